@@ -1,0 +1,451 @@
+"""Backbone benchmark on ML-1M: full, ES and MR at 0.80/0.90/0.95 for LightGCN, NGCF and NCF.
+
+Usage:
+    python bench/backbones.py quality --data-dir ../shared/data --protocol reference
+    python bench/backbones.py speed --data-dir ../shared/data
+    python bench/backbones.py report
+
+Every finished training run is appended to ``docs/benchmarks/backbones.json`` at once (a list of
+rows keyed by dataset, backbone, method, target_sparsity, protocol) and the markdown report is
+rewritten from the JSON, so an interrupted benchmark resumes where it stopped and never leaves a
+half-recorded table. Speed figures go to ``docs/benchmarks/backbones-speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper import PAPER_METRICS, paper_row
+
+from ciess_core.data import Phase, load_dataset, resolve_data_dir, split_per_user
+from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
+from ciess_core.runs import Protocol, RunSpec, execute_run, run_sizes
+from ciess_core.sizes import SizeScheme
+from ciess_core.training import TrainConfig, evaluate_model
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "benchmarks" / "backbones.json"
+SPEED = ROOT / "docs" / "benchmarks" / "backbones-speed.json"
+REPORT = ROOT / "docs" / "benchmarks" / "backbones.md"
+METHOD_SCHEME = {"full": SizeScheme.FULL, "es": SizeScheme.EQUAL, "mr": SizeScheme.RANDOM}
+logger = logging.getLogger("bench.backbones")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores ({cpu}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
+    )
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def save_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(staging, path)
+
+
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["dataset"], row["backbone"], row["method"], row["target_sparsity"], row["protocol"])
+
+
+def run_quality(arguments: argparse.Namespace) -> None:
+    data_dir = resolve_data_dir(arguments.data_dir)
+    data = load_dataset("ml-1m", data_dir)
+    split = split_per_user(data, seed=42)
+    rows = load_rows(RESULTS)
+    done = {row_key(row) for row in rows}
+    protocol = Protocol(arguments.protocol)
+    plan: list[tuple[str, str, float | None]] = []
+    for backbone in arguments.backbones.split(","):
+        for method in arguments.methods.split(","):
+            targets = (
+                [None] if method == "full" else [float(x) for x in arguments.sparsities.split(",")]
+            )
+            plan += [(backbone, method, target) for target in targets]
+    for backbone, method, target in plan:
+        key = ("ml-1m", backbone, method, target, protocol.value)
+        if key in done:
+            continue
+        training = TrainConfig(
+            max_batches=arguments.max_batches,
+            eval_every=arguments.eval_every,
+            patience=arguments.patience,
+            seed=arguments.seed,
+            device=arguments.device,
+        )
+        spec = RunSpec(
+            dataset="ml-1m",
+            backbone=BackboneConfig.default_for(BackboneKind(backbone)),
+            training=training,
+            size_scheme=METHOD_SCHEME[method],
+            target_sparsity=target,
+            protocol=protocol,
+        )
+        sizes = run_sizes(spec, split.num_users + split.num_items)
+        logger.info("running %s", key)
+        _, outcome, _ = execute_run(spec, split, sizes, progress=not arguments.no_progress)
+        stages = outcome.stages
+        batches = sum(stage["batches_run"] for stage in stages.values())
+        rows.append(
+            {
+                "dataset": "ml-1m",
+                "backbone": backbone,
+                "method": method,
+                "target_sparsity": target,
+                "achieved_sparsity": round(outcome.achieved_sparsity, 6),
+                "split": "test",
+                "protocol": protocol.value,
+                "metrics": {name: round(outcome.test_metrics[name], 6) for name in PAPER_METRICS},
+                "all_metrics": {k: round(v, 6) for k, v in outcome.test_metrics.items()},
+                "valid_metrics": {k: round(v, 6) for k, v in outcome.valid_metrics.items()},
+                "seconds": round(outcome.seconds, 1),
+                "batches": batches,
+                "best_batch": max(stage["best_batch"] for stage in stages.values()),
+                "seconds_per_batch": round(outcome.seconds / max(batches, 1), 4),
+                "device": arguments.device,
+                "machine": machine(),
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                "command": "python bench/backbones.py " + " ".join(sys.argv[1:]),
+            }
+        )
+        save_json(RESULTS, rows)
+        write_report()
+        logger.info("done %s: %s", key, rows[-1]["metrics"])
+
+
+class DenseLightGCN(torch.nn.Module):
+    """A plain LightGCN: one nn.Embedding, COO adjacency, no masks (the speed baseline)."""
+
+    def __init__(self, adjacency: torch.Tensor, num_users: int, num_entities: int) -> None:
+        super().__init__()
+        self.adjacency = adjacency
+        self.num_users = num_users
+        self.embedding = torch.nn.Embedding(num_entities, 128)
+        torch.nn.init.normal_(self.embedding.weight, std=0.01)
+
+    def forward(
+        self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+    ) -> torch.Tensor:
+        layer = self.embedding.weight
+        total = layer
+        for _ in range(3):
+            layer = torch.sparse.mm(self.adjacency, layer)
+            total = total + layer
+        final = total / 4
+        u = final[users]
+        p = final[positives + self.num_users]
+        n = final[negatives + self.num_users]
+        loss = torch.nn.functional.softplus((u * n).sum(1) - (u * p).sum(1)).mean()
+        ego = self.embedding(
+            torch.cat([users, positives + self.num_users, negatives + self.num_users])
+        )
+        return loss + 1e-4 * 0.5 * ego.pow(2).sum() / users.numel()
+
+
+def time_batches(step, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    step()
+    step()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - started) / repeats
+
+
+def masked_step(model, users, positives, negatives):  # type: ignore[no-untyped-def]
+    """One BPR step of our masked backbone, as a closure for :func:`time_batches`."""
+    from ciess_core.training import bpr_loss
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
+
+    def step() -> None:
+        representation = model.represent()
+        loss = bpr_loss(
+            model.score_pairs(representation, users, positives),
+            model.score_pairs(representation, users, negatives),
+        )
+        loss = loss + model.regularization(users, positives, negatives)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def run_speed(arguments: argparse.Namespace) -> None:
+    from ciess_core.models.graph import symmetric_normalized_adjacency
+    from ciess_core.training import BprSampler
+
+    data_dir = resolve_data_dir(arguments.data_dir)
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "command": "python bench/backbones.py " + " ".join(sys.argv[1:]),
+    }
+    # Training batch: ours (full width and ES 80 %) against a plain dense LightGCN.
+    split = split_per_user(load_dataset("ml-1m", data_dir), seed=42)
+    train, _ = split.phase(Phase.TEST)
+    sampler = BprSampler(train)
+    rng = np.random.default_rng(0)
+    batch = sampler.sample(10_000, rng)
+    users, positives, negatives = (
+        torch.from_numpy(x) for x in (batch.users, batch.positives, batch.negatives)
+    )
+    adjacency = symmetric_normalized_adjacency(train).tocoo()
+    coo = torch.sparse_coo_tensor(
+        np.vstack([adjacency.row, adjacency.col]), adjacency.data, adjacency.shape
+    ).coalesce()
+    dense = DenseLightGCN(coo, train.shape[0], sum(train.shape))
+    dense_optimizer = torch.optim.Adam(dense.parameters(), lr=0.03)
+
+    def dense_step() -> None:
+        loss = dense(users, positives, negatives)
+        dense_optimizer.zero_grad()
+        loss.backward()
+        dense_optimizer.step()
+
+    timings = {"dense_lightgcn_coo": time_batches(dense_step, arguments.repeats)}
+    for label, size in (("ours_full", 128), ("ours_es_0.8", 26)):
+        model = build_backbone(BackboneConfig(), train, torch.Generator().manual_seed(0))
+        model.set_embedding_sizes(torch.full((model.num_entities,), size))
+        step = masked_step(model, users, positives, negatives)
+        timings[label] = time_batches(step, arguments.repeats)
+    results["train_batch_seconds"] = {k: round(v, 4) for k, v in timings.items()}
+    results["train_batch_size"] = 10_000
+    # Evaluation of every user, ML-1M and Yelp2018, in subprocesses for a clean peak-memory figure.
+    for dataset in ("ml-1m", "yelp2018"):
+        output = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "eval-speed",
+                "--dataset",
+                dataset,
+                "--data-dir",
+                str(data_dir),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        results[f"eval_{dataset}"] = json.loads(output.strip().splitlines()[-1])
+    save_json(SPEED, results)
+    write_report()
+    print(json.dumps(results, indent=1))
+
+
+def run_eval_speed(arguments: argparse.Namespace) -> None:
+    data = load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir))
+    split = split_per_user(data, seed=42)
+    train, test = split.phase(Phase.TEST)
+    model = build_backbone(BackboneConfig(), train, torch.Generator().manual_seed(0)).eval()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    evaluate_model(model, train, test)  # warm-up
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        result = evaluate_model(model, train, test)
+        timings.append(time.perf_counter() - started)
+    with torch.no_grad():
+        representation = model.represent()
+        started = time.perf_counter()
+        for _ in range(3):
+            from ciess_core.evaluation import evaluate_full_ranking
+
+            evaluate_full_ranking(lambda u: model.score_all_items(representation, u), train, test)
+        ranking_only = (time.perf_counter() - started) / 3
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "dataset": arguments.dataset,
+                "users": len(result.user_ids),
+                "items": split.num_items,
+                "backbone": "lightgcn (128-d, propagation included)",
+                "seconds_best": round(min(timings), 3),
+                "seconds_median": round(float(np.median(timings)), 3),
+                "ranking_seconds_without_propagation": round(ranking_only, 3),
+                "peak_rss_mb": round(peak, 1),
+                "rss_before_eval_mb": round(rss_before, 1),
+            }
+        )
+    )
+
+
+def fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def write_report() -> None:
+    rows = load_rows(RESULTS)
+    speed = json.loads(SPEED.read_text()) if SPEED.exists() else None
+    lines = [
+        "# Backbones on ML-1M: full size, ES and MR",
+        "",
+        "Produced by `bench/backbones.py` (JSON twin: `backbones.json`, one row per training run; "
+        "speed figures: `backbones-speed.json`). Split 50/25/25 per user, seed 42; full ranking "
+        "over all items with seen items excluded; d_max 128. Paper numbers are the CIESS paper's "
+        "Table 1 (references, not ours); ours at *reference* protocol are the ones to compare with "
+        "them (CIESS.md §3), *clean* ones are what users should trust.",
+        "",
+    ]
+    if rows:
+        lines += ["Machine: " + rows[-1]["machine"], ""]
+    for protocol in ("reference", "clean"):
+        chosen = [r for r in rows if r["protocol"] == protocol]
+        if not chosen:
+            continue
+        lines += [
+            f"## Test metrics, {protocol} protocol",
+            "",
+            "| backbone | method | target c | achieved c | R@5 | R@20 | N@5 | N@20 | "
+            "paper R@5 | paper R@20 | paper N@5 | paper N@20 | ours/paper N@20 | "
+            "batches (best) | time |",
+            "|" + "---|" * 15,
+        ]
+        for row in chosen:
+            paper = paper_row(row["backbone"], row["method"], row["target_sparsity"] or 0.0)
+            m = row["metrics"]
+            ratio = "–" if paper is None else f"{m['ndcg@20'] / paper['ndcg@20']:.3f}"
+            target = "–" if row["target_sparsity"] is None else f"{row['target_sparsity']:.2f}"
+            lines.append(
+                f"| {row['backbone']} | {row['method']} | {target} | "
+                f"{row['achieved_sparsity']:.4f} | {fmt(m['recall@5'])} | {fmt(m['recall@20'])} | "
+                f"{fmt(m['ndcg@5'])} | {fmt(m['ndcg@20'])} | "
+                + " | ".join(fmt(None if paper is None else paper[k]) for k in PAPER_METRICS)
+                + f" | {ratio} | {row['batches']} ({row['best_batch']}) | {row['seconds'] / 60:.1f} min |"
+            )
+        lines.append("")
+    lines += bar_checks(rows)
+    if speed:
+        t = speed["train_batch_seconds"]
+        lines += [
+            "## Speed",
+            "",
+            f"Machine: {speed['machine']}; {speed['date']}; `{speed['command']}`.",
+            "",
+            f"One LightGCN training batch on ML-1M ({speed['train_batch_size']} users, one positive "
+            "and one negative each, train ∪ valid graph), forward + backward + Adam step:",
+            "",
+            "| model | seconds / batch |",
+            "|---|---|",
+            f"| plain dense PyTorch LightGCN (nn.Embedding, COO sparse.mm) | {t['dense_lightgcn_coo']:.3f} |",
+            f"| ours, full width (masked, CSR propagation) | {t['ours_full']:.3f} |",
+            f"| ours, ES at 80 % (d = 26, computed at width 26) | {t['ours_es_0.8']:.3f} |",
+            "",
+            "Evaluation of every user (full ranking, top-20, LightGCN 128-d):",
+            "",
+            "| dataset | users × items | seconds (best of 3) | of which ranking | peak RSS |",
+            "|---|---|---|---|---|",
+        ]
+        for dataset in ("ml-1m", "yelp2018"):
+            e = speed.get(f"eval_{dataset}")
+            if e:
+                lines.append(
+                    f"| {dataset} | {e['users']} × {e['items']} | {e['seconds_best']:.2f} | "
+                    f"{e['ranking_seconds_without_propagation']:.2f} | {e['peak_rss_mb']:.0f} MB |"
+                )
+        lines.append("")
+    REPORT.write_text("\n".join(lines) + "\n")
+
+
+def bar_checks(rows: list[dict[str, Any]]) -> list[str]:
+    reference = {
+        (r["backbone"], r["method"], r["target_sparsity"]): r
+        for r in rows
+        if r["protocol"] == "reference"
+    }
+    lines = ["## Bars (issue: ES ≥ 97 % of the paper's ES rows; full beats ES@80 %)", ""]
+    for (backbone, method, target), row in sorted(reference.items(), key=str):
+        if method != "es":
+            continue
+        paper = paper_row(backbone, "es", target)
+        if paper is None:
+            continue
+        for metric in PAPER_METRICS:
+            ours, need = row["metrics"][metric], 0.97 * paper[metric]
+            verdict = (
+                "met"
+                if ours >= need
+                else f"short by {need - ours:.4f} ({ours / paper[metric]:.1%} of paper)"
+            )
+            lines.append(
+                f"- {backbone} ES {target:.2f} {metric}: {ours:.4f} vs 97 % of paper "
+                f"{need:.4f}: {verdict}"
+            )
+    for backbone in ("lightgcn", "ngcf", "ncf"):
+        full, es = reference.get((backbone, "full", None)), reference.get((backbone, "es", 0.8))
+        if full and es:
+            beats = all(full["metrics"][m] > es["metrics"][m] for m in ("recall@20", "ndcg@20"))
+            lines.append(
+                f"- {backbone}: full N@20 {full['metrics']['ndcg@20']:.4f}, R@20 "
+                f"{full['metrics']['recall@20']:.4f} vs ES@80 % "
+                f"{es['metrics']['ndcg@20']:.4f}, {es['metrics']['recall@20']:.4f}: "
+                + ("full beats ES" if beats else "full does NOT beat ES")
+            )
+    return [*lines, ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    quality = commands.add_parser("quality", help="train and test every configuration (resumable)")
+    quality.add_argument("--data-dir")
+    quality.add_argument("--protocol", default="reference", choices=["reference", "clean"])
+    quality.add_argument("--backbones", default="lightgcn,ngcf,ncf")
+    quality.add_argument("--methods", default="full,es,mr")
+    quality.add_argument("--sparsities", default="0.8,0.9,0.95")
+    quality.add_argument("--max-batches", type=int, default=3000)
+    quality.add_argument("--eval-every", type=int, default=200)
+    quality.add_argument("--patience", type=int, default=3)
+    quality.add_argument("--seed", type=int, default=42)
+    quality.add_argument("--device", default="cpu")
+    quality.add_argument("--no-progress", action="store_true")
+    speed = commands.add_parser("speed", help="training-batch and evaluation timings")
+    speed.add_argument("--data-dir")
+    speed.add_argument("--repeats", type=int, default=10)
+    eval_speed = commands.add_parser("eval-speed", help=argparse.SUPPRESS)
+    eval_speed.add_argument("--dataset", required=True)
+    eval_speed.add_argument("--data-dir")
+    commands.add_parser("report", help="rewrite the markdown report from the JSON files")
+    arguments = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    {
+        "quality": run_quality,
+        "speed": run_speed,
+        "eval-speed": run_eval_speed,
+        "report": lambda _: write_report(),
+    }[arguments.command](arguments)
+
+
+if __name__ == "__main__":
+    main()

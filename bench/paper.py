@@ -1,0 +1,46 @@
+"""Reference numbers from the CIESS paper (Table 1, ML-1M), as printed in shared/spec/CIESS.md §8.
+
+These are the paper's numbers, never ours: reports print them beside our measurements and label
+them "paper".
+"""
+
+from __future__ import annotations
+
+# (backbone, method, sparsity) -> (R@5, R@20, N@5, N@20)
+PAPER_ML1M: dict[tuple[str, str, float], tuple[float, float, float, float]] = {
+    ("lightgcn", "es", 0.80): (0.0825, 0.2248, 0.4536, 0.3969),
+    ("lightgcn", "mr", 0.80): (0.0737, 0.2004, 0.4211, 0.3648),
+    ("lightgcn", "ciess", 0.80): (0.0920, 0.2436, 0.4854, 0.4257),
+    ("lightgcn", "es", 0.90): (0.0778, 0.2105, 0.4376, 0.3787),
+    ("lightgcn", "mr", 0.90): (0.0663, 0.1802, 0.3948, 0.3383),
+    ("lightgcn", "ciess", 0.90): (0.0846, 0.2248, 0.4631, 0.4023),
+    ("lightgcn", "es", 0.95): (0.0646, 0.1752, 0.3847, 0.3272),
+    ("lightgcn", "mr", 0.95): (0.0594, 0.1634, 0.3657, 0.3119),
+    ("lightgcn", "ciess", 0.95): (0.0744, 0.2009, 0.4264, 0.3664),
+    ("ngcf", "es", 0.80): (0.0803, 0.2232, 0.4281, 0.3858),
+    ("ngcf", "mr", 0.80): (0.0748, 0.2053, 0.4202, 0.3693),
+    ("ngcf", "ciess", 0.80): (0.0800, 0.2148, 0.4442, 0.3854),
+    ("ngcf", "es", 0.90): (0.0747, 0.2069, 0.4149, 0.3679),
+    ("ngcf", "mr", 0.90): (0.0745, 0.2056, 0.4122, 0.3660),
+    ("ngcf", "ciess", 0.90): (0.0782, 0.2082, 0.4385, 0.3779),
+    ("ngcf", "es", 0.95): (0.0736, 0.1977, 0.4134, 0.3595),
+    ("ngcf", "mr", 0.95): (0.0728, 0.1958, 0.4152, 0.3593),
+    ("ngcf", "ciess", 0.95): (0.0774, 0.2055, 0.4333, 0.3727),
+    ("ncf", "es", 0.80): (0.0779, 0.2080, 0.4121, 0.3682),
+    ("ncf", "mr", 0.80): (0.0692, 0.1914, 0.3787, 0.3374),
+    ("ncf", "ciess", 0.80): (0.0792, 0.2221, 0.4233, 0.3828),
+    ("ncf", "es", 0.90): (0.0694, 0.1973, 0.4011, 0.3546),
+    ("ncf", "mr", 0.90): (0.0605, 0.1703, 0.3523, 0.3127),
+    ("ncf", "ciess", 0.90): (0.0759, 0.2131, 0.4216, 0.3750),
+    # The paper's N@5 of PEP and ES may be swapped in this row (spec §8 "?").
+    ("ncf", "es", 0.95): (0.0666, 0.1841, 0.3864, 0.3358),
+    ("ncf", "mr", 0.95): (0.0595, 0.1637, 0.3575, 0.3072),
+    ("ncf", "ciess", 0.95): (0.0707, 0.1982, 0.4082, 0.3587),
+}
+
+PAPER_METRICS = ("recall@5", "recall@20", "ndcg@5", "ndcg@20")
+
+
+def paper_row(backbone: str, method: str, sparsity: float) -> dict[str, float] | None:
+    values = PAPER_ML1M.get((backbone, method, round(sparsity, 2)))
+    return None if values is None else dict(zip(PAPER_METRICS, values, strict=True))

@@ -1,0 +1,53 @@
+"""LightGCN (He et al., SIGIR 2020) with per-entity masked embeddings."""
+
+from __future__ import annotations
+
+import scipy.sparse as sp
+import torch
+
+from ciess_core.models.base import Backbone, BackboneConfig, Representation, normal_initializer
+from ciess_core.models.graph import SparseOperator, symmetric_normalized_adjacency
+from ciess_core.models.masking import MaskedEmbedding
+
+
+class LightGCN(Backbone):
+    """Mean of layers 0..K of propagation over D^-1/2 A D^-1/2; score = <user, item>."""
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        config: BackboneConfig,
+        train: sp.csr_matrix,
+        generator: torch.Generator,
+    ) -> None:
+        super().__init__(num_users, num_items, config)
+        self.embedding = MaskedEmbedding(
+            num_users + num_items, config.max_size, normal_initializer(0.01), generator
+        )
+        self.propagation = SparseOperator(
+            symmetric_normalized_adjacency(train), device=generator.device
+        )
+
+    def tables(self) -> tuple[MaskedEmbedding, ...]:
+        return (self.embedding,)
+
+    def represent(self) -> Representation:
+        """Returns (users (U, w), items (I, w)) final embeddings, w = the widest size in use."""
+        layer = self.embedding()
+        total = layer
+        for _ in range(self.config.num_layers):
+            layer = self.propagation @ layer
+            total = total + layer
+        final = total / (self.config.num_layers + 1)
+        return final[: self.num_users], final[self.num_users :]
+
+    def score_pairs(
+        self, representation: Representation, users: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
+        user_vectors, item_vectors = representation
+        return (user_vectors[users] * item_vectors[items]).sum(dim=-1)
+
+    def score_all_items(self, representation: Representation, users: torch.Tensor) -> torch.Tensor:
+        user_vectors, item_vectors = representation
+        return user_vectors[users] @ item_vectors.T

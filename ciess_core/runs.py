@@ -1,0 +1,227 @@
+"""Training runs: load a dataset, assign sizes, train under a protocol, write a run directory.
+
+This is orchestration: it sequences the pure pieces (data, sizes, models, training, evaluation) and
+is the only module here that touches run files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ciess_core import __version__
+from ciess_core.data import DatasetSplit, Phase
+from ciess_core.errors import ConfigError
+from ciess_core.models import Backbone, BackboneConfig, build_backbone
+from ciess_core.sizes import SizeScheme, assign_sizes, sparsity
+from ciess_core.training import TrainConfig, TrainResult, evaluate_model, train_bpr
+
+logger = logging.getLogger(__name__)
+
+RUN_FORMAT_VERSION = 1
+
+
+class Protocol(enum.Enum):
+    """How final test numbers are produced (CIESS.md §3).
+
+    CLEAN: early stopping on validation with a model trained on train; a fresh model is then
+    trained on train ∪ validation for the selected number of batches and tested once.
+    REFERENCE: the authors' released path: train on train ∪ validation and keep the checkpoint
+    that is best on the *test* set. Optimistic; only for comparison with published numbers.
+    """
+
+    CLEAN = "clean"
+    REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines one training run."""
+
+    dataset: str
+    backbone: BackboneConfig
+    training: TrainConfig
+    size_scheme: SizeScheme = SizeScheme.FULL
+    target_sparsity: float | None = None
+    protocol: Protocol = Protocol.CLEAN
+    split_seed: int = 42
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a run produced; also written to ``metrics.json``."""
+
+    test_metrics: dict[str, float]
+    valid_metrics: dict[str, float]
+    achieved_sparsity: float
+    seconds: float
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _device(spec: RunSpec) -> torch.device:
+    device = torch.device(spec.training.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but this machine has no usable CUDA device")
+    return device
+
+
+def _fresh_model(
+    spec: RunSpec, train: sp.csr_matrix, sizes: np.ndarray, device: torch.device
+) -> Backbone:
+    generator = torch.Generator(device=device).manual_seed(spec.training.seed)
+    model = build_backbone(spec.backbone, train, generator)
+    model.set_embedding_sizes(torch.from_numpy(sizes).to(device))
+    return model
+
+
+def _stage_summary(result: TrainResult) -> dict[str, Any]:
+    return {
+        "batches_run": result.batches_run,
+        "best_batch": result.best_batch,
+        "seconds": round(result.seconds, 3),
+        "seconds_per_batch": round(result.seconds_per_batch, 5),
+        "stopped_early": result.stopped_early,
+        "best_metrics": result.best_metrics,
+    }
+
+
+def execute_run(
+    spec: RunSpec, split: DatasetSplit, sizes: np.ndarray, progress: bool = True
+) -> tuple[Backbone, RunOutcome, list[dict[str, Any]]]:
+    """Train and test one model with fixed ``sizes`` under ``spec.protocol``.
+
+    Returns the final model, the outcome and the evaluation history (one dict per evaluation).
+    """
+    device = _device(spec)
+    started = time.perf_counter()
+    history: list[dict[str, Any]] = []
+    stages: dict[str, dict[str, Any]] = {}
+    search_train, valid = split.phase(Phase.SEARCH)
+    test_train, test = split.phase(Phase.TEST)
+    if spec.protocol is Protocol.REFERENCE:
+        model = _fresh_model(spec, test_train, sizes, device)
+        result = train_bpr(model, test_train, spec.training, held_out=test, progress=progress)
+        history += [{"stage": "test", **dataclasses.asdict(r)} for r in result.history]
+        stages["reference"] = _stage_summary(result)
+        test_metrics = result.best_metrics
+        valid_metrics: dict[str, float] = {}
+    else:
+        selector = _fresh_model(spec, search_train, sizes, device)
+        selection = train_bpr(
+            selector, search_train, spec.training, held_out=valid, progress=progress
+        )
+        history += [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
+        stages["select"] = _stage_summary(selection)
+        valid_metrics = selection.best_metrics
+        final_config = dataclasses.replace(
+            spec.training, max_batches=max(selection.best_batch, 1), eval_every=0
+        )
+        model = _fresh_model(spec, test_train, sizes, device)
+        final = train_bpr(model, test_train, final_config, progress=progress)
+        stages["final"] = _stage_summary(final)
+        test_metrics = evaluate_model(
+            model, test_train, test, spec.training.eval_users_per_chunk
+        ).mean()
+    outcome = RunOutcome(
+        test_metrics=test_metrics,
+        valid_metrics=valid_metrics,
+        achieved_sparsity=sparsity(sizes, spec.backbone.max_size),
+        seconds=time.perf_counter() - started,
+        stages=stages,
+    )
+    return model, outcome, history
+
+
+def run_sizes(spec: RunSpec, num_entities: int) -> np.ndarray:
+    """The size assignment that ``spec`` asks for (MR draws from the training seed)."""
+    rng = np.random.default_rng(spec.training.seed)
+    return assign_sizes(
+        spec.size_scheme, num_entities, spec.backbone.max_size, spec.target_sparsity, rng
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
+    """A JSON-ready view of ``spec`` (enums by value)."""
+    return {
+        "dataset": spec.dataset,
+        "backbone": _jsonable(dataclasses.asdict(spec.backbone)),
+        "training": _jsonable(dataclasses.asdict(spec.training)),
+        "size_scheme": spec.size_scheme.value,
+        "target_sparsity": spec.target_sparsity,
+        "protocol": spec.protocol.value,
+        "split_seed": spec.split_seed,
+    }
+
+
+def write_run(
+    directory: Path,
+    spec: RunSpec,
+    split: DatasetSplit,
+    dataset_fingerprint: str,
+    model: Backbone,
+    outcome: RunOutcome,
+    history: list[dict[str, Any]],
+) -> Path:
+    """Write a run directory atomically: files go to a temporary sibling renamed at the end."""
+    directory = Path(directory)
+    if directory.exists():
+        raise ConfigError(f"run directory {directory} already exists; choose another --out")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        config = {
+            "format_version": RUN_FORMAT_VERSION,
+            "ciess_version": __version__,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "dataset_fingerprint": dataset_fingerprint,
+            "num_users": split.num_users,
+            "num_items": split.num_items,
+            **spec_to_dict(spec),
+        }
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        metrics = {
+            "protocol": spec.protocol.value,
+            "test": outcome.test_metrics,
+            "valid": outcome.valid_metrics,
+            "achieved_sparsity": outcome.achieved_sparsity,
+            "seconds": round(outcome.seconds, 3),
+            "stages": outcome.stages,
+        }
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        with (staging / "history.jsonl").open("w") as handle:
+            for row in history:
+                handle.write(json.dumps(row) + "\n")
+        np.save(staging / "sizes.npy", model.embedding_sizes().cpu().numpy())
+        torch.save(model.state_dict(), staging / "model.pt")
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("wrote run %s", directory)
+    return directory

@@ -1,0 +1,68 @@
+"""Training configuration (frozen, validated once at the edge)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ciess_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """BPR training schedule (defaults follow the authors' code, CIESS.md §2).
+
+    Attributes:
+        batch_size: sampled users per batch, one positive and one negative each.
+        max_batches: upper bound on training batches.
+        learning_rate: Adam's initial learning rate.
+        lr_decay: factor applied every ``lr_decay_every`` batches.
+        lr_decay_every: batches between decays.
+        min_learning_rate: floor of the decayed learning rate.
+        eval_every: batches between evaluations on the held-out matrix (0: never evaluate).
+        patience: evaluations without improvement before stopping early.
+        selection_metric: the held-out metric that picks the best checkpoint.
+        seed: seeds the initialisation, sampling and dropout.
+        device: "cpu" or "cuda" (or "cuda:N").
+        eval_users_per_chunk: users scored at once during evaluation.
+    """
+
+    batch_size: int = 10_000
+    max_batches: int = 3_000
+    learning_rate: float = 0.03
+    lr_decay: float = 0.9
+    lr_decay_every: int = 200
+    min_learning_rate: float = 1e-3
+    eval_every: int = 200
+    patience: int = 3
+    selection_metric: str = "ndcg@20"
+    seed: int = 42
+    device: str = "cpu"
+    eval_users_per_chunk: int = 2048
+
+    def __post_init__(self) -> None:
+        positive = {
+            "batch_size": self.batch_size,
+            "max_batches": self.max_batches,
+            "lr_decay_every": self.lr_decay_every,
+            "patience": self.patience,
+            "eval_users_per_chunk": self.eval_users_per_chunk,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}")
+        if not 0 < self.min_learning_rate <= self.learning_rate:
+            raise ConfigError(
+                f"need 0 < min_learning_rate <= learning_rate, got {self.min_learning_rate} "
+                f"and {self.learning_rate}"
+            )
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
+        if not self.device.startswith(("cpu", "cuda")):
+            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got '{self.device}'")
+
+    def learning_rate_at(self, batch: int) -> float:
+        """Learning rate in force for the 0-based ``batch``."""
+        decayed = self.learning_rate * self.lr_decay ** (batch // self.lr_decay_every)
+        return max(decayed, self.min_learning_rate)

@@ -1,0 +1,190 @@
+"""BPR training with early stopping on a held-out matrix and best-checkpoint restore."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ciess_core.errors import ConfigError
+from ciess_core.evaluation import RankingResult, evaluate_full_ranking
+from ciess_core.models import Backbone
+from ciess_core.training.config import TrainConfig
+from ciess_core.training.sampling import BprSampler
+
+logger = logging.getLogger(__name__)
+
+
+def bpr_loss(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> torch.Tensor:
+    """Mean of -log σ(ŷ_pos - ŷ_neg) over the batch, computed stably as softplus(ŷ_neg - ŷ_pos)."""
+    return F.softplus(negative_scores - positive_scores).mean()
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """One evaluation during training."""
+
+    batch: int
+    seconds: float
+    loss: float
+    learning_rate: float
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train_bpr`; the model holds the best checkpoint when it returns."""
+
+    batches_run: int
+    best_batch: int
+    best_metrics: dict[str, float]
+    history: tuple[EvaluationRecord, ...]
+    seconds: float
+    seconds_per_batch: float
+    stopped_early: bool = False
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def evaluate_model(
+    model: Backbone,
+    exclude: sp.csr_matrix,
+    held_out: sp.csr_matrix,
+    users_per_chunk: int = 2048,
+    progress: bool = False,
+) -> RankingResult:
+    """Full-ranking evaluation of ``model`` in eval mode (restores its previous mode)."""
+    was_training = model.training
+    model.eval()
+    device = model.tables()[0].weight.device
+    try:
+        with torch.no_grad():
+            representation = model.represent()
+            return evaluate_full_ranking(
+                lambda users: model.score_all_items(representation, users),
+                exclude,
+                held_out,
+                users_per_chunk=users_per_chunk,
+                device=device,
+                progress=progress,
+            )
+    finally:
+        model.train(was_training)
+
+
+def train_bpr(
+    model: Backbone,
+    train: sp.csr_matrix,
+    config: TrainConfig,
+    held_out: sp.csr_matrix | None = None,
+    *,
+    progress: bool = True,
+    on_evaluation: Callable[[EvaluationRecord], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` with BPR on ``train``; select the best checkpoint on ``held_out``.
+
+    With ``held_out`` None (or ``config.eval_every`` 0) it trains for ``max_batches`` and keeps the
+    last weights. Otherwise it evaluates every ``eval_every`` batches (items in ``train`` are
+    excluded from the ranking), stops after ``patience`` evaluations without improvement of
+    ``selection_metric`` and restores the best weights.
+    """
+    if train.shape != (model.num_users, model.num_items):
+        raise ConfigError(
+            f"training matrix shape {train.shape} does not match the model's "
+            f"({model.num_users}, {model.num_items})"
+        )
+    device = model.tables()[0].weight.device
+    rng = np.random.default_rng(config.seed)
+    sampler = BprSampler(train)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    evaluating = held_out is not None and config.eval_every > 0
+    best_state: dict[str, torch.Tensor] | None = None
+    best_metrics: dict[str, float] = {}
+    best_score, best_batch, stale = -np.inf, 0, 0
+    history: list[EvaluationRecord] = []
+    started = time.perf_counter()
+    train_seconds = 0.0
+    running_loss, losses_seen = 0.0, 0
+    batches_run, stopped_early = 0, False
+    model.train()
+    bar = tqdm(total=config.max_batches, desc="train", unit="batch", disable=not progress)
+    for batch_index in range(config.max_batches):
+        batch_started = time.perf_counter()
+        learning_rate = config.learning_rate_at(batch_index)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+        batch = sampler.sample(config.batch_size, rng)
+        users = torch.from_numpy(batch.users).to(device)
+        positives = torch.from_numpy(batch.positives).to(device)
+        negatives = torch.from_numpy(batch.negatives).to(device)
+        representation = model.represent()
+        loss = bpr_loss(
+            model.score_pairs(representation, users, positives),
+            model.score_pairs(representation, users, negatives),
+        ) + model.regularization(users, positives, negatives)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        train_seconds += time.perf_counter() - batch_started
+        batches_run = batch_index + 1
+        running_loss += float(loss.detach())
+        losses_seen += 1
+        bar.update(1)
+        if held_out is None or not evaluating or batches_run % config.eval_every:
+            continue
+        result = evaluate_model(model, train, held_out, config.eval_users_per_chunk)
+        metrics = result.mean()
+        if config.selection_metric not in metrics:
+            raise ConfigError(
+                f"selection metric '{config.selection_metric}' is not one of {sorted(metrics)}"
+            )
+        record = EvaluationRecord(
+            batch=batches_run,
+            seconds=time.perf_counter() - started,
+            loss=running_loss / losses_seen,
+            learning_rate=learning_rate,
+            metrics=metrics,
+        )
+        running_loss, losses_seen = 0.0, 0
+        history.append(record)
+        if on_evaluation is not None:
+            on_evaluation(record)
+        score = metrics[config.selection_metric]
+        bar.set_postfix(loss=f"{record.loss:.4f}", **{config.selection_metric: f"{score:.4f}"})
+        logger.info("batch %d loss %.4f %s", batches_run, record.loss, _format(metrics))
+        if score > best_score:
+            best_score, best_batch, stale = score, batches_run, 0
+            best_metrics = metrics
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= config.patience:
+                stopped_early = True
+                break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_batch = batches_run
+    model.eval()
+    seconds = time.perf_counter() - started
+    return TrainResult(
+        batches_run=batches_run,
+        best_batch=best_batch,
+        best_metrics=best_metrics,
+        history=tuple(history),
+        seconds=seconds,
+        seconds_per_batch=train_seconds / max(batches_run, 1),
+        stopped_early=stopped_early,
+    )
+
+
+def _format(metrics: dict[str, float]) -> str:
+    return " ".join(f"{name}={value:.4f}" for name, value in sorted(metrics.items()))

@@ -1,0 +1,98 @@
+"""BPR sampling, loss, schedule, early stopping and checkpoint restore."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from ciess_core.data import DatasetSplit, Phase
+from ciess_core.errors import ConfigError, DataError
+from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
+from ciess_core.training import BprSampler, TrainConfig, bpr_loss, evaluate_model, train_bpr
+
+
+def test_sampler_never_returns_a_training_item_as_negative(tiny_train: sp.csr_matrix) -> None:
+    sampler = BprSampler(tiny_train)
+    batch = sampler.sample(5000, np.random.default_rng(0))
+    dense = tiny_train.toarray() > 0
+    assert np.all(dense[batch.users, batch.positives])
+    assert not np.any(dense[batch.users, batch.negatives])
+    assert set(np.unique(batch.users)) == set(range(12))
+
+
+def test_sampler_is_seeded(tiny_train: sp.csr_matrix) -> None:
+    sampler = BprSampler(tiny_train)
+    first = sampler.sample(100, np.random.default_rng(3))
+    second = sampler.sample(100, np.random.default_rng(3))
+    assert np.array_equal(first.negatives, second.negatives)
+
+
+def test_sampler_rejects_impossible_matrices() -> None:
+    with pytest.raises(DataError, match="no interactions"):
+        BprSampler(sp.csr_matrix((3, 4), dtype=np.float32))
+    with pytest.raises(DataError, match="every item"):
+        BprSampler(sp.csr_matrix(np.ones((2, 3), dtype=np.float32)))
+
+
+def test_bpr_loss_hand_values() -> None:
+    loss = bpr_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0]))
+    expected = (-np.log(1 / (1 + np.exp(-2.0))) + np.log(2.0)) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_learning_rate_schedule_decays_to_a_floor() -> None:
+    config = TrainConfig(
+        learning_rate=0.03, lr_decay=0.9, lr_decay_every=200, min_learning_rate=1e-3
+    )
+    assert config.learning_rate_at(0) == 0.03
+    assert config.learning_rate_at(199) == 0.03
+    assert config.learning_rate_at(200) == pytest.approx(0.027)
+    assert config.learning_rate_at(100_000) == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch_size", 0, "batch_size"),
+        ("min_learning_rate", 1.0, "min_learning_rate"),
+        ("device", "tpu", "device"),
+        ("lr_decay", 1.5, "lr_decay"),
+    ],
+)
+def test_bad_training_config_is_rejected(field: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_early_stopping_restores_the_best_checkpoint(clustered_split: DatasetSplit) -> None:
+    train, valid = clustered_split.phase(Phase.SEARCH)
+    model = build_backbone(
+        BackboneConfig.default_for(BackboneKind.LIGHTGCN, max_size=16),
+        train,
+        torch.Generator().manual_seed(0),
+    )
+    # A learning rate this high overshoots, so the best evaluation is not the last one.
+    config = TrainConfig(
+        batch_size=128,
+        max_batches=400,
+        learning_rate=0.5,
+        lr_decay=1.0,
+        min_learning_rate=0.5,
+        eval_every=10,
+        patience=2,
+    )
+    result = train_bpr(model, train, config, held_out=valid, progress=False)
+    scores = [record.metrics["ndcg@20"] for record in result.history]
+    assert result.best_metrics["ndcg@20"] == max(scores)
+    assert result.best_batch == result.history[int(np.argmax(scores))].batch
+    assert evaluate_model(model, train, valid).mean()["ndcg@20"] == pytest.approx(max(scores))
+    if result.stopped_early:
+        assert len(scores) - 1 - int(np.argmax(scores)) == config.patience
+
+
+def test_training_matrix_must_match_the_model(tiny_train: sp.csr_matrix) -> None:
+    model = build_backbone(BackboneConfig(max_size=4), tiny_train, torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError, match="does not match"):
+        train_bpr(model, tiny_train[:5], TrainConfig(max_batches=1), progress=False)
