@@ -281,19 +281,16 @@ def _chunk_hits(
     top_scores, top_items = torch.topk(scores, list_length, dim=1, sorted=True)
     del scores
 
-    # Relevant (row, item) pairs as sorted keys row * num_items + item; a ranked item is a hit when
-    # its key is found. Ranks that only hold -inf (a user with fewer candidates than the list) are
-    # excluded items, never hits.
+    # Relevant (row, item) pairs as keys row * num_items + item, sorted because the CSR block is
+    # canonical; a ranked item is a hit when its key is found. Every chunk user has a held-out
+    # item, so the keys are never empty. Ranks holding -inf (a user with fewer candidates than the
+    # list) are excluded items, never hits.
     held_rows, held_items = _chunk_coordinates(held_out[chunk_users], device)
     held_keys = held_rows * num_items + held_items
     row_offsets = torch.arange(num_chunk_users, device=device, dtype=torch.int64) * num_items
     ranked_keys = row_offsets[:, None] + top_items
-    positions = torch.searchsorted(held_keys, ranked_keys).clamp_(max=max(held_keys.numel() - 1, 0))
-    if held_keys.numel():
-        hits = held_keys[positions] == ranked_keys
-    else:
-        hits = torch.zeros_like(ranked_keys, dtype=torch.bool)
-    hits &= ~torch.isneginf(top_scores)
+    positions = torch.searchsorted(held_keys, ranked_keys).clamp_(max=held_keys.numel() - 1)
+    hits = (held_keys[positions] == ranked_keys) & ~torch.isneginf(top_scores)
     return hits.cpu().numpy()
 
 
