@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 from ciess_core.data import DatasetSplit, InteractionData, split_per_user
+
+# Test tensors are tiny: with several threads, synchronisation dominates and a busy machine (CI, a
+# benchmark beside the tests) makes each op orders of magnitude slower.
+torch.set_num_threads(1)
 
 
 def clustered_interactions(
