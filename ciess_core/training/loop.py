@@ -87,13 +87,15 @@ def train_bpr(
     *,
     progress: bool = True,
     on_evaluation: Callable[[EvaluationRecord], None] | None = None,
+    before_batch: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` with BPR on ``train``; select the best checkpoint on ``held_out``.
 
     With ``held_out`` None (or ``config.eval_every`` 0) it trains for ``max_batches`` and keeps the
     last weights. Otherwise it evaluates every ``eval_every`` batches (items in ``train`` are
     excluded from the ranking), stops after ``patience`` evaluations without improvement of
-    ``selection_metric`` and restores the best weights.
+    ``selection_metric`` and restores the best weights. ``before_batch(batch_index)`` runs before
+    every batch (the search's supernet uses it to draw new sizes).
     """
     if train.shape != (model.num_users, model.num_items):
         raise ConfigError(
@@ -117,6 +119,8 @@ def train_bpr(
     bar = tqdm(total=config.max_batches, desc="train", unit="batch", disable=not progress)
     for batch_index in range(config.max_batches):
         batch_started = time.perf_counter()
+        if before_batch is not None:
+            before_batch(batch_index)
         learning_rate = config.learning_rate_at(batch_index)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate

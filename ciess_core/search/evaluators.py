@@ -1,0 +1,196 @@
+"""Quality evaluators: how good is a size assignment, per user and per item, on validation?
+
+Two implementations behind one interface (:class:`QualityEvaluator`):
+
+- :class:`RetrainEvaluator` is the paper's: every candidate assignment gets a fresh model trained
+  for a fixed number of batches under its masks. Faithful and expensive (M·T trainings).
+- :class:`SupernetEvaluator` is ours: one model is trained once with a new random size for every
+  entity at every batch, so that every prefix of every embedding is useful on its own; a candidate
+  is scored by masking this model (optionally after a few fine-tuning batches under its masks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ciess_core.errors import ConfigError
+from ciess_core.models import Backbone, BackboneConfig, build_backbone
+from ciess_core.training import TrainConfig, evaluate_model, train_bpr
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QualitySignal:
+    """Validation quality of one size assignment.
+
+    Attributes:
+        user_eval: (num_users,) mean of Recall and NDCG at 5/10/20 per user; 0 where a user has no
+            validation item.
+        item_eval: (num_items,) mean ``user_eval`` over each item's training users.
+        metrics: the metrics averaged over evaluated users.
+        seconds: wall time of this evaluation, training included.
+    """
+
+    user_eval: np.ndarray
+    item_eval: np.ndarray
+    metrics: dict[str, float]
+    seconds: float
+
+
+class QualityEvaluator(Protocol):
+    """Scores size assignments; ``prepare`` pays any one-off cost before the search starts."""
+
+    name: str
+
+    def prepare(self) -> None: ...
+
+    def evaluate(self, sizes: np.ndarray) -> QualitySignal: ...
+
+
+def quality_signal(
+    model: Backbone, train: sp.csr_matrix, valid: sp.csr_matrix, started: float
+) -> QualitySignal:
+    """Evaluate ``model`` on ``valid`` and turn the result into per-user and per-item quality."""
+    result = evaluate_model(model, train, valid)
+    user_eval = np.nan_to_num(result.user_quality(), nan=0.0)
+    return QualitySignal(
+        user_eval=user_eval,
+        item_eval=result.item_quality(train),
+        metrics=result.mean(),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _sizes_tensor(sizes: np.ndarray, model: Backbone) -> torch.Tensor:
+    if sizes.shape != (model.num_entities,):
+        raise ConfigError(
+            f"a size assignment needs {model.num_entities} entries (users then items), "
+            f"got shape {sizes.shape}"
+        )
+    return torch.from_numpy(np.ascontiguousarray(sizes, dtype=np.int64)).to(
+        model.tables()[0].weight.device
+    )
+
+
+class RetrainEvaluator:
+    """The paper's evaluator: a fresh model trained for ``training.max_batches`` per candidate."""
+
+    name = "retrain"
+
+    def __init__(
+        self,
+        train: sp.csr_matrix,
+        valid: sp.csr_matrix,
+        backbone: BackboneConfig,
+        training: TrainConfig,
+    ) -> None:
+        self.train, self.valid = train, valid
+        self.backbone = backbone
+        self.training = dataclasses.replace(training, eval_every=0)
+        self.calls = 0
+
+    def prepare(self) -> None:
+        """Nothing to prepare: every evaluation starts from scratch."""
+
+    def evaluate(self, sizes: np.ndarray) -> QualitySignal:
+        started = time.perf_counter()
+        generator = torch.Generator(device=self.training.device)
+        generator.manual_seed(self.training.seed + self.calls)
+        model = build_backbone(self.backbone, self.train, generator)
+        model.set_embedding_sizes(_sizes_tensor(sizes, model))
+        config = dataclasses.replace(self.training, seed=self.training.seed + self.calls)
+        train_bpr(model, self.train, config, progress=False)
+        self.calls += 1
+        return quality_signal(model, self.train, self.valid, started)
+
+
+class SupernetEvaluator:
+    """Our evaluator: one model trained under random prefix sizes, masked per candidate.
+
+    Args:
+        supernet_training: schedule of the one-off supernet training (early stopping on
+            validation at full size is not used: sizes change every batch).
+        finetune_batches: batches trained under a candidate's masks before it is scored, from the
+            supernet's weights each time (0: score the masked supernet as it is).
+        finetune_learning_rate: Adam's rate for that fine-tuning.
+    """
+
+    name = "supernet"
+
+    def __init__(
+        self,
+        train: sp.csr_matrix,
+        valid: sp.csr_matrix,
+        backbone: BackboneConfig,
+        supernet_training: TrainConfig,
+        finetune_batches: int = 0,
+        finetune_learning_rate: float = 1e-3,
+    ) -> None:
+        if finetune_batches < 0:
+            raise ConfigError(f"finetune_batches must be >= 0, got {finetune_batches}")
+        self.train, self.valid = train, valid
+        self.backbone = backbone
+        self.training = dataclasses.replace(supernet_training, eval_every=0)
+        self.finetune_batches = finetune_batches
+        self.finetune_training = dataclasses.replace(
+            supernet_training,
+            max_batches=max(finetune_batches, 1),
+            learning_rate=finetune_learning_rate,
+            min_learning_rate=min(finetune_learning_rate, supernet_training.min_learning_rate),
+            eval_every=0,
+        )
+        self.model: Backbone | None = None
+        self._weights: dict[str, torch.Tensor] = {}
+        self.prepare_seconds = 0.0
+        self.calls = 0
+
+    def prepare(self) -> None:
+        """Train the supernet once (idempotent)."""
+        if self.model is not None:
+            return
+        started = time.perf_counter()
+        generator = torch.Generator(device=self.training.device)
+        generator.manual_seed(self.training.seed)
+        model = build_backbone(self.backbone, self.train, generator)
+        device = model.tables()[0].weight.device
+        size_generator = torch.Generator(device="cpu").manual_seed(self.training.seed + 1)
+
+        def draw_sizes(_: int) -> None:
+            sizes = torch.randint(
+                1, self.backbone.max_size + 1, (model.num_entities,), generator=size_generator
+            )
+            model.set_embedding_sizes(sizes.to(device), clear_truncated=False)
+
+        logger.info("training the supernet for %d batches", self.training.max_batches)
+        train_bpr(model, self.train, self.training, progress=False, before_batch=draw_sizes)
+        self.model = model
+        self._weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.prepare_seconds = time.perf_counter() - started
+
+    def evaluate(self, sizes: np.ndarray) -> QualitySignal:
+        self.prepare()
+        model = self.model
+        if model is None:  # prepare() always sets it; this keeps the type checker informed
+            raise RuntimeError("supernet missing after prepare()")
+        started = time.perf_counter()
+        model.load_state_dict(self._weights)
+        sizes_tensor = _sizes_tensor(sizes, model)
+        if self.finetune_batches == 0:
+            model.set_embedding_sizes(sizes_tensor, clear_truncated=False)
+        else:
+            model.set_embedding_sizes(sizes_tensor, clear_truncated=True)
+            config = dataclasses.replace(
+                self.finetune_training, seed=self.training.seed + self.calls
+            )
+            train_bpr(model, self.train, config, progress=False)
+        self.calls += 1
+        return quality_signal(model, self.train, self.valid, started)

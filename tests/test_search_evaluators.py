@@ -1,0 +1,68 @@
+"""The two quality evaluators of the search, on a tiny generated dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ciess_core.data import DatasetSplit, Phase
+from ciess_core.errors import ConfigError
+from ciess_core.models import BackboneConfig
+from ciess_core.search.evaluators import RetrainEvaluator, SupernetEvaluator
+from ciess_core.training import TrainConfig
+
+BACKBONE = BackboneConfig(max_size=16)
+TRAINING = TrainConfig(
+    batch_size=256, max_batches=120, learning_rate=0.02, min_learning_rate=1e-3, seed=3
+)
+
+
+def test_retrain_evaluator_gives_per_user_and_per_item_quality(
+    clustered_split: DatasetSplit,
+) -> None:
+    train, valid = clustered_split.phase(Phase.SEARCH)
+    evaluator = RetrainEvaluator(train, valid, BACKBONE, TRAINING)
+    evaluator.prepare()
+    signal = evaluator.evaluate(np.full(train.shape[0] + train.shape[1], 8))
+    assert signal.user_eval.shape == (train.shape[0],)
+    assert signal.item_eval.shape == (train.shape[1],)
+    assert np.all((signal.user_eval >= 0) & (signal.user_eval <= 1))
+    assert signal.metrics["recall@20"] > 0.5  # clustered data is easy to learn
+    # Per item: the mean quality of its training users.
+    item = 0
+    users = train[:, item].nonzero()[0]
+    assert signal.item_eval[item] == pytest.approx(signal.user_eval[users].mean())
+
+
+def test_supernet_scores_every_prefix_and_prefers_larger_sizes(
+    clustered_split: DatasetSplit,
+) -> None:
+    train, valid = clustered_split.phase(Phase.SEARCH)
+    evaluator = SupernetEvaluator(train, valid, BACKBONE, TRAINING)
+    evaluator.prepare()
+    entities = train.shape[0] + train.shape[1]
+    full = evaluator.evaluate(np.full(entities, 16)).metrics["ndcg@20"]
+    tiny = evaluator.evaluate(np.full(entities, 1)).metrics["ndcg@20"]
+    again = evaluator.evaluate(np.full(entities, 16)).metrics["ndcg@20"]
+    assert full > tiny
+    assert again == pytest.approx(full)  # scoring one assignment does not disturb the next
+    assert full > 0.3
+
+
+def test_supernet_with_finetuning_restarts_from_the_supernet(clustered_split: DatasetSplit) -> None:
+    train, valid = clustered_split.phase(Phase.SEARCH)
+    evaluator = SupernetEvaluator(train, valid, BACKBONE, TRAINING, finetune_batches=5)
+    sizes = np.full(train.shape[0] + train.shape[1], 4)
+    first = evaluator.evaluate(sizes)
+    assert evaluator.model is not None
+    weights_after_first = evaluator._weights["embedding.weight"].clone()
+    evaluator.evaluate(sizes)
+    assert np.isfinite(first.metrics["ndcg@20"])
+    assert (evaluator._weights["embedding.weight"] == weights_after_first).all()
+
+
+def test_wrong_assignment_length_is_rejected(clustered_split: DatasetSplit) -> None:
+    train, valid = clustered_split.phase(Phase.SEARCH)
+    evaluator = SupernetEvaluator(train, valid, BACKBONE, TRAINING)
+    with pytest.raises(ConfigError, match="users then items"):
+        evaluator.evaluate(np.full(3, 4))
