@@ -1,0 +1,79 @@
+"""The CIESS size search (spec §4–6): config, TD3 actor–critic, exploration, replay, state, pool.
+
+Everything here is pure or holds only its own state; the environment that trains and evaluates
+recommenders, and the episode loop, build on these pieces.
+"""
+
+from ciess_core.search.config import ExplorationNoise, SearchConfig
+from ciess_core.search.exploration import (
+    GaussianNoise,
+    NoiseProcess,
+    OrnsteinUhlenbeckNoise,
+    QFunction,
+    UniformNoise,
+    critic_pick,
+    explore,
+    make_noise,
+    neighbour_offsets,
+    random_walk,
+    start_sizes,
+)
+from ciess_core.search.networks import (
+    STATE_DIM,
+    Actor,
+    Critic,
+    denormalise_action,
+    normalise_action,
+)
+from ciess_core.search.pool import POOL_SCHEMA_VERSION, AssignmentPool, PoolEntry, project_to_budget
+from ciess_core.search.replay import ReplayBuffer, TransitionBatch
+from ciess_core.search.state import entity_states, minmax_scale, quality_ratio, reward
+from ciess_core.search.td3 import (
+    TD3Agent,
+    actor_loss,
+    build_agent,
+    critic_loss,
+    policy_sizes,
+    soft_update,
+    td3_target,
+    update,
+)
+
+__all__ = [
+    "POOL_SCHEMA_VERSION",
+    "STATE_DIM",
+    "Actor",
+    "AssignmentPool",
+    "Critic",
+    "ExplorationNoise",
+    "GaussianNoise",
+    "NoiseProcess",
+    "OrnsteinUhlenbeckNoise",
+    "PoolEntry",
+    "QFunction",
+    "ReplayBuffer",
+    "SearchConfig",
+    "TD3Agent",
+    "TransitionBatch",
+    "UniformNoise",
+    "actor_loss",
+    "build_agent",
+    "critic_loss",
+    "critic_pick",
+    "denormalise_action",
+    "entity_states",
+    "explore",
+    "make_noise",
+    "minmax_scale",
+    "neighbour_offsets",
+    "normalise_action",
+    "policy_sizes",
+    "project_to_budget",
+    "quality_ratio",
+    "random_walk",
+    "reward",
+    "soft_update",
+    "start_sizes",
+    "td3_target",
+    "update",
+]

@@ -1,0 +1,145 @@
+"""Configuration of the CIESS search (spec §4–6), frozen and validated once at the edge."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from ciess_core.errors import ConfigError
+from ciess_core.sizes import check_target_sparsity
+
+__all__ = ["ExplorationNoise", "SearchConfig"]
+
+
+class ExplorationNoise(enum.Enum):
+    """Per-entity noise added to the actor's size before the random walk (spec §5, §8 ablation)."""
+
+    GAUSSIAN = "gaussian"
+    ORNSTEIN_UHLENBECK = "ou"
+    UNIFORM = "uniform"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Hyperparameters of the RL size search; defaults are the paper's (CIESS.md §4–6).
+
+    Attributes:
+        num_episodes: episodes M; every episode restarts from full sizes.
+        iterations_per_episode: iterations T per episode (one size assignment each).
+        reward_penalty: λ in r = q − λ·(d/d_max)²; 0.4 on ML-1M, 0.2 on Yelp2018.
+        max_size: d_max, the full embedding size; actions are integer sizes in [1, max_size].
+        hidden_size: width of the two hidden layers of the actor and of each Q head.
+        actor_learning_rate: Adam learning rate of the actor.
+        critic_learning_rate: Adam learning rate of the twin critic.
+        gamma: discount factor γ of the TD target.
+        tau: Polyak factor τ of the soft target update, θ' ← τ·θ + (1 − τ)·θ'.
+        policy_delay: the actor and the targets are updated on every ``policy_delay``-th critic
+            update.
+        target_noise_std: standard deviation, in size units, of the target-policy smoothing noise.
+        target_noise_clip: the smoothing noise is clipped to ±this (size units).
+        grad_norm_clip: maximum global gradient norm of each critic and actor step.
+        replay_capacity_factor: a side's replay buffer holds this many × its number of entities.
+        batch_size: transitions per TD3 minibatch.
+        exploration_noise: kind of exploration noise added to the actor's sizes.
+        exploration_scale: magnitude of the exploration noise, in size units: the Gaussian
+            standard deviation, the OU process's σ, or the half-width of the uniform noise.
+        ou_theta: mean-reversion rate θ of the Ornstein–Uhlenbeck noise (ignored otherwise).
+        random_walk: explore by a random walk over sizes scored by the critic; if False the noisy
+            actor output, rounded and clipped, is the size.
+        walk_steps: number of random-walk steps (candidates = start + this many visited sizes).
+        walk_radius: size d links to every d' with 0 < |d − d'| ≤ walk_radius.
+        pool_size: l, the number of assignments kept per budget for selective retraining.
+        budgets: target sparsities c for which the pool keeps the best assignments.
+        seed: seeds the networks' initialisation, exploration and replay sampling.
+        device: "cpu" or "cuda" (or "cuda:N") for the actor–critic networks.
+    """
+
+    num_episodes: int = 30
+    iterations_per_episode: int = 10
+    reward_penalty: float = 0.4
+    max_size: int = 128
+    hidden_size: int = 256
+    actor_learning_rate: float = 1e-3
+    critic_learning_rate: float = 3e-3
+    gamma: float = 0.99
+    tau: float = 0.005
+    policy_delay: int = 2
+    target_noise_std: float = 2.0
+    target_noise_clip: float = 5.0
+    grad_norm_clip: float = 0.01
+    replay_capacity_factor: int = 100
+    batch_size: int = 4096
+    exploration_noise: ExplorationNoise = ExplorationNoise.GAUSSIAN
+    exploration_scale: float = 6.0
+    ou_theta: float = 0.15
+    random_walk: bool = True
+    walk_steps: int = 5
+    walk_radius: int = 5
+    pool_size: int = 3
+    budgets: tuple[float, ...] = (0.8, 0.9, 0.95)
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        at_least_one = {
+            "num_episodes": self.num_episodes,
+            "iterations_per_episode": self.iterations_per_episode,
+            "hidden_size": self.hidden_size,
+            "policy_delay": self.policy_delay,
+            "replay_capacity_factor": self.replay_capacity_factor,
+            "batch_size": self.batch_size,
+            "walk_steps": self.walk_steps,
+            "walk_radius": self.walk_radius,
+            "pool_size": self.pool_size,
+        }
+        for name, value in at_least_one.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.max_size < 2:
+            raise ConfigError(f"max_size must be >= 2, got {self.max_size}")
+        strictly_positive = {
+            "actor_learning_rate": self.actor_learning_rate,
+            "critic_learning_rate": self.critic_learning_rate,
+            "grad_norm_clip": self.grad_norm_clip,
+        }
+        non_negative = {
+            "reward_penalty": self.reward_penalty,
+            "target_noise_std": self.target_noise_std,
+            "target_noise_clip": self.target_noise_clip,
+            "exploration_scale": self.exploration_scale,
+        }
+        for name, number in strictly_positive.items():
+            if not (math.isfinite(number) and number > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {number}")
+        for name, number in non_negative.items():
+            if not (math.isfinite(number) and number >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {number}")
+        if not 0 <= self.gamma <= 1:
+            raise ConfigError(f"gamma must lie in [0, 1], got {self.gamma}")
+        if not 0 < self.tau <= 1:
+            raise ConfigError(f"tau must lie in (0, 1], got {self.tau}")
+        if not 0 < self.ou_theta <= 1:
+            raise ConfigError(f"ou_theta must lie in (0, 1], got {self.ou_theta}")
+        if not isinstance(self.exploration_noise, ExplorationNoise):
+            raise ConfigError(
+                f"exploration_noise must be one of {[kind.value for kind in ExplorationNoise]}, "
+                f"got {self.exploration_noise!r}"
+            )
+        if not self.budgets:
+            raise ConfigError("budgets must name at least one target sparsity, got ()")
+        for budget in self.budgets:
+            try:
+                check_target_sparsity(budget, self.max_size)
+            except ConfigError as error:
+                raise ConfigError(f"budgets: {error}") from None
+        if len(set(self.budgets)) != len(self.budgets):
+            raise ConfigError(f"budgets must be distinct, got {self.budgets}")
+        if not self.device.startswith(("cpu", "cuda")):
+            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got '{self.device}'")
+
+    def replay_capacity(self, num_entities: int) -> int:
+        """Replay capacity of a side with ``num_entities`` users or items."""
+        if num_entities < 1:
+            raise ConfigError(f"num_entities must be >= 1, got {num_entities}")
+        return self.replay_capacity_factor * num_entities

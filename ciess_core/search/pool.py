@@ -1,0 +1,286 @@
+"""The pool of best size assignments per budget, for selective retraining (spec §6).
+
+For every budget c the pool keeps the top-l assignments (sizes of all users then items) seen during
+the search whose sparsity is at least c, ranked by mean quality; an assignment over the budget is
+never kept for it. "Sparsity at least c" means Σ d ≤ ``parameter_budget(N, d_max, c)``, the same
+test the baselines use.
+
+If the search never meets a budget (it only ever explores denser assignments), the pool offers a
+fallback: it also keeps the l sparsest assignments seen (ties by quality), and
+:meth:`AssignmentPool.selection` projects those onto the budget with :func:`project_to_budget`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ciess_core.errors import ArtifactError, ConfigError
+from ciess_core.sizes import check_target_sparsity, parameter_budget
+
+__all__ = ["POOL_SCHEMA_VERSION", "AssignmentPool", "PoolEntry", "project_to_budget"]
+
+POOL_SCHEMA_VERSION = 1
+_INDEX_FILE = "pool.json"
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    """One remembered assignment.
+
+    Attributes:
+        sizes: ``(N,)`` int64 sizes of all users then items (read-only).
+        quality: mean quality of the assignment (the caller's choice of mean, e.g. over all q_n).
+        key: content hash of ``sizes``; equal keys mean identical assignments.
+        order: offer counter when first seen; breaks quality ties in favour of the earlier one.
+    """
+
+    sizes: np.ndarray
+    quality: float
+    key: str
+    order: int
+
+    @property
+    def total_size(self) -> int:
+        """Σ d, the kept parameters per embedding table."""
+        return int(self.sizes.sum())
+
+
+def _key(sizes: np.ndarray) -> str:
+    return hashlib.sha256(sizes.astype("<i8").tobytes()).hexdigest()[:24]
+
+
+def project_to_budget(sizes: np.ndarray, target_sparsity: float, max_size: int) -> np.ndarray:
+    """Shrink ``sizes`` proportionally until their sparsity is at least ``target_sparsity``.
+
+    Each size keeps its mandatory 1 and its excess d − 1 is scaled by the same factor so that Σ d
+    equals the budget ``parameter_budget(N, max_size, c)``; the fractional parts are handed out by
+    largest remainder, so the result meets the budget exactly, never grows a size, and keeps the
+    order of sizes (a larger size never ends up smaller). Sizes already within the budget come back
+    unchanged.
+
+    Args:
+        sizes: ``(N,)`` integer sizes in [1, max_size].
+        target_sparsity: the budget c.
+        max_size: d_max.
+
+    Returns:
+        ``(N,)`` int64 sizes with sparsity ≥ c.
+    """
+    sizes = _checked_sizes(sizes, max_size)
+    budget = parameter_budget(len(sizes), max_size, target_sparsity)
+    if int(sizes.sum()) <= budget:
+        return sizes.copy()
+    room = budget - len(sizes)
+    if room < 0:
+        raise ConfigError(
+            f"a budget of {budget} parameters cannot give {len(sizes)} entities one each "
+            f"(target sparsity {target_sparsity})"
+        )
+    excess = sizes - 1
+    scaled = excess * (room / float(excess.sum()))
+    kept = np.floor(scaled).astype(np.int64)
+    remainder = room - int(kept.sum())
+    if remainder > 0:
+        # Stable sort: equal fractions go to the earlier entity.
+        receivers = np.argsort(-(scaled - kept), kind="stable")[:remainder]
+        kept[receivers] += 1
+    return np.minimum(1 + kept, sizes)
+
+
+def _checked_sizes(sizes: np.ndarray, max_size: int) -> np.ndarray:
+    array = np.asarray(sizes)
+    if array.ndim != 1 or array.size == 0:
+        raise ConfigError(f"sizes must be a non-empty 1-d array, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ConfigError(f"sizes must be integers, got dtype {array.dtype}")
+    if array.min() < 1 or array.max() > max_size:
+        raise ConfigError(f"sizes must lie in [1, {max_size}], got [{array.min()}, {array.max()}]")
+    return array.astype(np.int64)
+
+
+def _insert(entries: list[PoolEntry], entry: PoolEntry, limit: int, rank: tuple[str, ...]) -> bool:
+    """Insert ``entry`` into the ranked list in place; True if it is in the list afterwards.
+
+    A duplicate (same key) keeps the better quality and its first ``order``.
+    """
+    for position, existing in enumerate(entries):
+        if existing.key == entry.key:
+            if entry.quality <= existing.quality:
+                return True
+            entries[position] = PoolEntry(
+                existing.sizes, entry.quality, existing.key, existing.order
+            )
+            break
+    else:
+        entries.append(entry)
+    entries.sort(key=lambda item: _rank_key(item, rank))
+    del entries[limit:]
+    return any(existing.key == entry.key for existing in entries)
+
+
+def _rank_key(entry: PoolEntry, rank: tuple[str, ...]) -> tuple[float, ...]:
+    values = {"quality": -entry.quality, "sparsity": float(entry.total_size)}
+    return (*(values[name] for name in rank), float(entry.order))
+
+
+_BY_QUALITY = ("quality",)
+_BY_SPARSITY = ("sparsity", "quality")
+
+
+class AssignmentPool:
+    """Top-l assignments per budget, plus the l sparsest as a fallback (see the module doc)."""
+
+    def __init__(self, budgets: Sequence[float], pool_size: int, max_size: int) -> None:
+        if pool_size < 1:
+            raise ConfigError(f"pool_size must be >= 1, got {pool_size}")
+        if not budgets:
+            raise ConfigError("budgets must name at least one target sparsity, got []")
+        for budget in budgets:
+            check_target_sparsity(budget, max_size)
+        if len(set(budgets)) != len(budgets):
+            raise ConfigError(f"budgets must be distinct, got {list(budgets)}")
+        self.budgets = tuple(float(budget) for budget in budgets)
+        self.pool_size = pool_size
+        self.max_size = max_size
+        self.num_entities: int | None = None
+        self._top: dict[float, list[PoolEntry]] = {budget: [] for budget in self.budgets}
+        self._sparsest: list[PoolEntry] = []
+        self._offers = 0
+
+    def offer(self, sizes: np.ndarray, quality: float) -> list[float]:
+        """Consider an assignment; returns the budgets whose top-l list now holds it.
+
+        Args:
+            sizes: ``(N,)`` integer sizes of all users then items; N must match earlier offers.
+            quality: its mean quality (higher is better).
+        """
+        checked = _checked_sizes(sizes, self.max_size)
+        if self.num_entities is None:
+            self.num_entities = len(checked)
+        elif len(checked) != self.num_entities:
+            raise ConfigError(
+                f"assignment has {len(checked)} entities, the pool holds {self.num_entities}"
+            )
+        if not np.isfinite(quality):
+            raise ConfigError(f"quality must be finite, got {quality}")
+        checked.setflags(write=False)
+        entry = PoolEntry(checked, float(quality), _key(checked), self._offers)
+        self._offers += 1
+        entered = []
+        for budget in self.budgets:
+            within = entry.total_size <= parameter_budget(len(checked), self.max_size, budget)
+            if within and _insert(self._top[budget], entry, self.pool_size, _BY_QUALITY):
+                entered.append(budget)
+        _insert(self._sparsest, entry, self.pool_size, _BY_SPARSITY)
+        return entered
+
+    def top(self, budget: float) -> list[PoolEntry]:
+        """The kept assignments within ``budget``, best quality first (may be empty)."""
+        return list(self._top[self._budget(budget)])
+
+    def sparsest(self) -> list[PoolEntry]:
+        """The l sparsest assignments seen, sparsest first (ties: better quality first)."""
+        return list(self._sparsest)
+
+    def selection(self, budget: float) -> list[np.ndarray]:
+        """Assignments to retrain for ``budget``: the top-l within it, or, when none is, the
+        sparsest assignments projected onto the budget (duplicates after projection dropped)."""
+        kept = self._top[self._budget(budget)]
+        if kept:
+            return [entry.sizes.copy() for entry in kept]
+        projected: dict[str, np.ndarray] = {}
+        for entry in self._sparsest:
+            sizes = project_to_budget(entry.sizes, budget, self.max_size)
+            projected.setdefault(_key(sizes), sizes)
+        return list(projected.values())
+
+    def _budget(self, budget: float) -> float:
+        for known in self.budgets:
+            if np.isclose(known, budget, rtol=0.0, atol=1e-12):
+                return known
+        raise ConfigError(f"budget {budget} is not one of the pool's budgets {list(self.budgets)}")
+
+    def save(self, directory: Path) -> None:
+        """Write ``pool.json`` and one ``assignment_<key>.npy`` per distinct kept assignment.
+
+        Assignment files of this layout that are no longer referenced are removed.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        entries = {entry.key: entry for entry in self._sparsest}
+        for kept in self._top.values():
+            entries.update({entry.key: entry for entry in kept})
+        for key, entry in entries.items():
+            np.save(directory / f"assignment_{key}.npy", entry.sizes, allow_pickle=False)
+
+        def describe(entry: PoolEntry) -> dict[str, Any]:
+            return {"key": entry.key, "quality": entry.quality, "order": entry.order}
+
+        index = {
+            "schema_version": POOL_SCHEMA_VERSION,
+            "budgets": list(self.budgets),
+            "pool_size": self.pool_size,
+            "max_size": self.max_size,
+            "num_entities": self.num_entities,
+            "offers": self._offers,
+            "top": [[describe(entry) for entry in self._top[budget]] for budget in self.budgets],
+            "sparsest": [describe(entry) for entry in self._sparsest],
+        }
+        (directory / _INDEX_FILE).write_text(json.dumps(index, indent=2))
+        for stale in directory.glob("assignment_*.npy"):
+            if stale.stem.removeprefix("assignment_") not in entries:
+                stale.unlink()
+
+    @classmethod
+    def load(cls, directory: Path) -> AssignmentPool:
+        """Read a pool written by :meth:`save`; ArtifactError if it is missing or inconsistent."""
+        directory = Path(directory)
+        index_path = directory / _INDEX_FILE
+        try:
+            index = json.loads(index_path.read_text())
+        except FileNotFoundError:
+            raise ArtifactError(
+                f"no assignment pool at {directory}: {index_path} is missing"
+            ) from None
+        except json.JSONDecodeError as error:
+            raise ArtifactError(f"{index_path} is not valid JSON: {error}") from None
+        version = index.get("schema_version") if isinstance(index, dict) else None
+        if version != POOL_SCHEMA_VERSION:
+            raise ArtifactError(
+                f"{index_path} has schema version {version!r}, this code reads "
+                f"{POOL_SCHEMA_VERSION}"
+            )
+        try:
+            pool = cls(index["budgets"], index["pool_size"], index["max_size"])
+            pool.num_entities = index["num_entities"]
+            pool._offers = int(index["offers"])
+            for budget, described in zip(pool.budgets, index["top"], strict=True):
+                pool._top[budget] = [pool._read_entry(directory, item) for item in described]
+            pool._sparsest = [pool._read_entry(directory, item) for item in index["sparsest"]]
+        except (KeyError, TypeError, ValueError) as error:
+            if isinstance(error, ArtifactError):
+                raise
+            raise ArtifactError(f"{index_path} is malformed: {error!r}") from None
+        return pool
+
+    def _read_entry(self, directory: Path, described: dict[str, Any]) -> PoolEntry:
+        key = str(described["key"])
+        path = directory / f"assignment_{key}.npy"
+        try:
+            sizes = np.load(path, allow_pickle=False)
+        except (FileNotFoundError, ValueError) as error:
+            raise ArtifactError(f"cannot read assignment {path}: {error}") from None
+        if _key(sizes) != key or (
+            self.num_entities is not None and len(sizes) != self.num_entities
+        ):
+            raise ArtifactError(f"assignment {path} does not match its key or the pool's size")
+        sizes = sizes.astype(np.int64)
+        sizes.setflags(write=False)
+        return PoolEntry(sizes, float(described["quality"]), key, int(described["order"]))
