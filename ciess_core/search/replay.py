@@ -100,3 +100,27 @@ class ReplayBuffer:
             rewards=self._rewards[indices],
             next_states=self._next_states[indices],
         )
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The filled part of the buffer and its write position, for checkpoints."""
+        return {
+            "states": self._states[: self._size].copy(),
+            "actions": self._actions[: self._size].copy(),
+            "rewards": self._rewards[: self._size].copy(),
+            "next_states": self._next_states[: self._size].copy(),
+            "position": np.asarray([self._next, self._size], dtype=np.int64),
+        }
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_dict` returned (same capacity)."""
+        position, size = (int(x) for x in state["position"])
+        if size > self.capacity or state["actions"].shape != (size,):
+            raise ConfigError(
+                f"replay checkpoint holds {state['actions'].shape[0]} transitions (size {size}) "
+                f"for a buffer of capacity {self.capacity}"
+            )
+        self._states[:size] = state["states"]
+        self._actions[:size] = state["actions"]
+        self._rewards[:size] = state["rewards"]
+        self._next_states[:size] = state["next_states"]
+        self._next, self._size = position, size

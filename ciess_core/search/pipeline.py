@@ -1,0 +1,260 @@
+"""The whole CIESS pipeline for one dataset and backbone, resumable stage by stage.
+
+Stages, each writing its results under the output directory and skipped when already there:
+
+1. ``full/``: the full-size model trained on the search split (early stopping on validation);
+   its per-user and per-item validation quality are the denominators of the quality ratio.
+2. the evaluator's one-off preparation (the supernet, for the default evaluator).
+3. ``search/``: the episode loop with checkpoints, ``trace.jsonl`` and the assignment pool.
+4. ``budget-<c>/``: selective retraining of the pool's best assignments for each budget, the pick
+   on validation and the final test under the chosen protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ciess_core.data import DatasetSplit, Phase
+from ciess_core.errors import ConfigError
+from ciess_core.models import BackboneConfig, build_backbone
+from ciess_core.runs import Protocol, RunSpec, execute_run
+from ciess_core.search.config import SearchConfig
+from ciess_core.search.evaluators import (
+    QualityEvaluator,
+    RetrainEvaluator,
+    SupernetEvaluator,
+    quality_signal,
+)
+from ciess_core.search.loop import SearchInputs, run_search
+from ciess_core.search.pool import AssignmentPool
+from ciess_core.sizes import sparsity
+from ciess_core.training import TrainConfig, train_bpr
+
+logger = logging.getLogger(__name__)
+
+
+class EvaluatorKind(enum.Enum):
+    SUPERNET = "supernet"
+    RETRAIN = "retrain"
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything that defines a CIESS pipeline run.
+
+    Attributes:
+        dataset: dataset name or path (recorded, the split is passed in).
+        backbone: the backbone's hyper-parameters.
+        training: schedule of the full model and of the retraining runs.
+        search: the search's hyper-parameters, budgets included.
+        evaluator: which quality evaluator scores candidate assignments.
+        supernet_batches: training batches of the supernet (supernet evaluator).
+        finetune_batches: batches under a candidate's masks before it is scored (supernet).
+        retrain_batches: batches of each from-scratch training (the paper's evaluator).
+        retrain_top: how many of each budget's best assignments are retrained (≤ pool size).
+        protocol: how the retrained models are tested (clean or reference).
+    """
+
+    dataset: str
+    backbone: BackboneConfig
+    training: TrainConfig
+    search: SearchConfig
+    evaluator: EvaluatorKind = EvaluatorKind.SUPERNET
+    supernet_batches: int = 3000
+    finetune_batches: int = 0
+    retrain_batches: int = 1500
+    retrain_top: int = 3
+    protocol: Protocol = Protocol.CLEAN
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.retrain_top <= self.search.pool_size:
+            raise ConfigError(
+                f"retrain_top must lie in [1, pool size {self.search.pool_size}], "
+                f"got {self.retrain_top}"
+            )
+        if self.backbone.max_size != self.search.max_size:
+            raise ConfigError(
+                f"the backbone's max_size {self.backbone.max_size} and the search's "
+                f"{self.search.max_size} differ"
+            )
+
+
+def _write_json(path: Path, value: Any) -> None:
+    staging = path.with_suffix(path.suffix + ".tmp")
+    staging.write_text(json.dumps(value, indent=1) + "\n")
+    staging.replace(path)
+
+
+def _full_model_quality(
+    spec: PipelineSpec, split: DatasetSplit, directory: Path, progress: bool
+) -> dict[str, Any]:
+    """Stage 1: train the full model on the search split; cache its validation quality."""
+    summary_path = directory / "summary.json"
+    if summary_path.exists():
+        summary: dict[str, Any] = json.loads(summary_path.read_text())
+        return summary
+    directory.mkdir(parents=True, exist_ok=True)
+    train, valid = split.phase(Phase.SEARCH)
+    started = time.perf_counter()
+    generator = torch.Generator(device=spec.training.device).manual_seed(spec.training.seed)
+    model = build_backbone(spec.backbone, train, generator)
+    result = train_bpr(model, train, spec.training, held_out=valid, progress=progress)
+    signal = quality_signal(model, train, valid, started)
+    np.save(directory / "user_quality.npy", signal.user_eval)
+    np.save(directory / "item_quality.npy", signal.item_eval)
+    summary = {
+        "valid_metrics": signal.metrics,
+        "best_batch": result.best_batch,
+        "batches_run": result.batches_run,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    _write_json(summary_path, summary)
+    return summary
+
+
+def build_evaluator(spec: PipelineSpec, split: DatasetSplit) -> QualityEvaluator:
+    """The evaluator ``spec`` asks for, on the search split."""
+    train, valid = split.phase(Phase.SEARCH)
+    if spec.evaluator is EvaluatorKind.RETRAIN:
+        training = dataclasses.replace(spec.training, max_batches=spec.retrain_batches)
+        return RetrainEvaluator(train, valid, spec.backbone, training)
+    supernet_training = dataclasses.replace(spec.training, max_batches=spec.supernet_batches)
+    return SupernetEvaluator(
+        train, valid, spec.backbone, supernet_training, finetune_batches=spec.finetune_batches
+    )
+
+
+def _retrain_budget(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    budget: float,
+    candidates: list[np.ndarray],
+    directory: Path,
+    progress: bool,
+) -> dict[str, Any]:
+    """Stage 4 for one budget: retrain each candidate, pick one, test it."""
+    result_path = directory / "result.json"
+    if result_path.exists():
+        cached: dict[str, Any] = json.loads(result_path.read_text())
+        return cached
+    directory.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    for index, sizes in enumerate(candidates):
+        run_spec = RunSpec(
+            dataset=spec.dataset,
+            backbone=spec.backbone,
+            training=spec.training,
+            target_sparsity=budget,
+            protocol=spec.protocol,
+        )
+        _, outcome, _ = execute_run(run_spec, split, sizes, progress=progress)
+        np.save(directory / f"candidate_{index}.npy", sizes)
+        runs.append(
+            {
+                "candidate": index,
+                "achieved_sparsity": outcome.achieved_sparsity,
+                "valid": outcome.valid_metrics,
+                "test": outcome.test_metrics,
+                "seconds": round(outcome.seconds, 2),
+            }
+        )
+    # Clean: pick on validation. Reference: the authors' path has only test numbers to pick by.
+    key = "valid" if spec.protocol is Protocol.CLEAN else "test"
+    best = max(runs, key=lambda run: run[key][spec.training.selection_metric])
+    np.save(directory / "sizes.npy", candidates[best["candidate"]])
+    result = {
+        "budget": budget,
+        "protocol": spec.protocol.value,
+        "chosen": best["candidate"],
+        "achieved_sparsity": best["achieved_sparsity"],
+        "test": best["test"],
+        "valid": best["valid"],
+        "candidates": runs,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    _write_json(result_path, result)
+    return result
+
+
+def run_pipeline(
+    spec: PipelineSpec, split: DatasetSplit, out: Path, progress: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) every stage; returns and writes ``summary.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    full = _full_model_quality(spec, split, out / "full", progress)
+    timings["full_model"] = full["seconds"]
+    num_users = split.num_users
+    user_quality = np.load(out / "full" / "user_quality.npy")
+    item_quality = np.load(out / "full" / "item_quality.npy")
+    train, _ = split.phase(Phase.SEARCH)
+    inputs = SearchInputs(
+        popularity={
+            "users": np.diff(train.indptr).astype(np.float64),
+            "items": np.bincount(train.indices, minlength=split.num_items).astype(np.float64),
+        },
+        full_quality={"users": user_quality, "items": item_quality},
+    )
+    search_dir = out / "search"
+    search_dir.mkdir(exist_ok=True)
+    pool_dir = search_dir / "pool"
+    if (search_dir / "done.json").exists():
+        pool = AssignmentPool.load(pool_dir)
+        timings.update(json.loads((search_dir / "done.json").read_text())["timings"])
+    else:
+        evaluator = build_evaluator(spec, split)
+        stage_started = time.perf_counter()
+        evaluator.prepare()
+        timings["evaluator_prepare"] = round(time.perf_counter() - stage_started, 2)
+        stage_started = time.perf_counter()
+        outcome = run_search(
+            spec.search,
+            inputs,
+            evaluator,
+            checkpoint_dir=search_dir / "checkpoint",
+            trace_path=search_dir / "trace.jsonl",
+            progress=progress,
+        )
+        timings["search"] = round(time.perf_counter() - stage_started, 2)
+        pool = outcome.pool
+        pool.save(pool_dir)
+        _write_json(search_dir / "done.json", {"timings": dict(timings)})
+    budgets = {}
+    for budget in spec.search.budgets:
+        candidates = pool.selection(budget)[: spec.retrain_top]
+        if not candidates:
+            raise ConfigError(f"the search found no assignment for budget {budget}")
+        stage_started = time.perf_counter()
+        budgets[f"{budget:g}"] = _retrain_budget(
+            spec, split, budget, candidates, out / f"budget-{budget:g}", progress
+        )
+        timings[f"retrain_{budget:g}"] = budgets[f"{budget:g}"]["seconds"]
+        sizes = np.load(out / f"budget-{budget:g}" / "sizes.npy")
+        if sparsity(sizes, spec.search.max_size) < budget - 1e-12:
+            raise ConfigError(f"budget {budget} exceeded by the chosen assignment")
+    summary = {
+        "dataset": spec.dataset,
+        "backbone": spec.backbone.kind.value,
+        "evaluator": spec.evaluator.value,
+        "protocol": spec.protocol.value,
+        "num_users": num_users,
+        "num_items": split.num_items,
+        "full_valid_metrics": full["valid_metrics"],
+        "budgets": budgets,
+        "timings": timings,
+        "seconds_this_call": round(time.perf_counter() - started, 2),
+    }
+    _write_json(out / "summary.json", summary)
+    return summary

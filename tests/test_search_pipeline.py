@@ -1,0 +1,149 @@
+"""An in-process end-to-end CIESS search on a tiny generated dataset (well under a minute)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ciess_core.data import DatasetSplit
+from ciess_core.models import BackboneConfig
+from ciess_core.runs import Protocol
+from ciess_core.search import SearchConfig
+from ciess_core.search.pipeline import EvaluatorKind, PipelineSpec, run_pipeline
+from ciess_core.sizes import sparsity
+from ciess_core.training import TrainConfig
+
+MAX_SIZE = 16
+
+
+def tiny_spec(evaluator: EvaluatorKind = EvaluatorKind.SUPERNET) -> PipelineSpec:
+    return PipelineSpec(
+        dataset="generated",
+        backbone=BackboneConfig(max_size=MAX_SIZE),
+        training=TrainConfig(
+            batch_size=256,
+            max_batches=60,
+            learning_rate=0.02,
+            min_learning_rate=1e-3,
+            eval_every=20,
+            patience=2,
+            seed=1,
+        ),
+        search=SearchConfig(
+            num_episodes=3,
+            iterations_per_episode=4,
+            max_size=MAX_SIZE,
+            hidden_size=32,
+            batch_size=256,
+            budgets=(0.5, 0.8),
+            exploration_scale=3.0,
+            walk_radius=2,
+            reward_penalty=0.4,
+            seed=2,
+        ),
+        evaluator=evaluator,
+        supernet_batches=60,
+        retrain_batches=20,
+        retrain_top=2,
+        protocol=Protocol.CLEAN,
+    )
+
+
+@pytest.mark.parametrize("evaluator", list(EvaluatorKind), ids=lambda kind: kind.value)
+def test_search_end_to_end_meets_every_budget(
+    clustered_split: DatasetSplit, tmp_path: Path, evaluator: EvaluatorKind
+) -> None:
+    summary = run_pipeline(tiny_spec(evaluator), clustered_split, tmp_path, progress=False)
+    trace = [
+        json.loads(line) for line in (tmp_path / "search" / "trace.jsonl").read_text().splitlines()
+    ]
+    assert len(trace) == 12
+    assert {row["episode"] for row in trace} == {1, 2, 3}
+    for budget in ("0.5", "0.8"):
+        sizes = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
+        assert sizes.shape == (clustered_split.num_users + clustered_split.num_items,)
+        assert sizes.min() >= 1 and sizes.max() <= MAX_SIZE
+        assert sparsity(sizes, MAX_SIZE) >= float(budget)  # budgets are never exceeded
+        result = summary["budgets"][budget]
+        assert result["achieved_sparsity"] == pytest.approx(sparsity(sizes, MAX_SIZE))
+        assert 0.0 < result["test"]["recall@20"] <= 1.0
+        assert len(result["candidates"]) <= 2
+    assert set(summary["timings"]) >= {"full_model", "search", "retrain_0.5", "retrain_0.8"}
+
+
+def test_pipeline_resumes_without_redoing_finished_stages(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    first = run_pipeline(tiny_spec(), clustered_split, tmp_path, progress=False)
+    trace_before = (tmp_path / "search" / "trace.jsonl").read_text()
+    second = run_pipeline(tiny_spec(), clustered_split, tmp_path, progress=False)
+    assert (tmp_path / "search" / "trace.jsonl").read_text() == trace_before
+    assert second["budgets"] == first["budgets"]
+    assert second["seconds_this_call"] < first["seconds_this_call"]
+
+
+class _InterruptError(Exception):
+    pass
+
+
+def test_interrupted_search_resumes_from_its_checkpoint_and_matches(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    from ciess_core.data import Phase
+    from ciess_core.search.loop import SearchInputs, run_search
+    from ciess_core.search.pipeline import build_evaluator
+
+    spec = tiny_spec()
+    train, _ = clustered_split.phase(Phase.SEARCH)
+    rng = np.random.default_rng(0)
+    inputs = SearchInputs(
+        popularity={
+            "users": np.diff(train.indptr).astype(float),
+            "items": np.bincount(train.indices, minlength=train.shape[1]).astype(float),
+        },
+        full_quality={
+            "users": rng.uniform(0.2, 0.8, train.shape[0]),
+            "items": rng.uniform(0.2, 0.8, train.shape[1]),
+        },
+    )
+    evaluator = build_evaluator(spec, clustered_split)
+    straight = run_search(spec.search, inputs, evaluator, progress=False)
+
+    def stop_in_episode_two(row: dict) -> None:
+        if row["episode"] == 2 and row["iteration"] == 2:
+            raise _InterruptError
+
+    checkpoint, trace = tmp_path / "checkpoint", tmp_path / "trace.jsonl"
+    with pytest.raises(_InterruptError):
+        run_search(
+            spec.search,
+            inputs,
+            evaluator,
+            checkpoint_dir=checkpoint,
+            trace_path=trace,
+            progress=False,
+            on_iteration=stop_in_episode_two,
+        )
+    assert json.loads((checkpoint / "checkpoint.json").read_text())["episodes_done"] == 1
+    resumed = run_search(
+        spec.search, inputs, evaluator, checkpoint_dir=checkpoint, trace_path=trace, progress=False
+    )
+    fields = (
+        "episode",
+        "iteration",
+        "users_mean_size",
+        "items_mean_size",
+        "sparsity",
+        "mean_quality",
+    )
+    assert [[row[f] for f in fields] for row in resumed.trace] == [
+        [row[f] for f in fields] for row in straight.trace
+    ]
+    assert len(trace.read_text().splitlines()) == len(straight.trace)
+    for budget in spec.search.budgets:
+        assert [e.key for e in resumed.pool.top(budget)] == [
+            e.key for e in straight.pool.top(budget)
+        ]
