@@ -24,6 +24,7 @@ from ciess_core.data.registry import (
     DATASETS,
     DatasetSpec,
     load_dataset,
+    open_dataset,
     resolve_data_dir,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "load_lightgcn",
     "load_movielens_ratings",
     "load_pairs",
+    "open_dataset",
     "pairs_to_csr",
     "resolve_data_dir",
     "split_per_user",

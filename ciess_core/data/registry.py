@@ -158,3 +158,21 @@ def load_dataset(name: str, data_dir: Path) -> InteractionData:
         f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))} "
         "(or give a path to an interaction file)"
     )
+
+
+def open_dataset(name: str, data_dir: str | os.PathLike[str] | None) -> InteractionData:
+    """:func:`load_dataset` for a command line: an existing file needs no data directory.
+
+    Args:
+        name: a registered dataset or a path to an interaction file.
+        data_dir: the ``--data-dir`` value, if any (else ``$CIESS_DATA_DIR``, else ``./data``).
+    """
+    path = Path(name).expanduser()
+    if name.lower() not in DATASETS and (path.is_file() or _looks_like_path(name)):
+        try:
+            folder = resolve_data_dir(data_dir)
+        except ConfigError:
+            # A file name with no data directory to look under: report the file itself.
+            return load_interactions(path)
+        return load_dataset(name, folder)
+    return load_dataset(name, resolve_data_dir(data_dir))

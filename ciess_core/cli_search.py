@@ -1,0 +1,170 @@
+"""``ciess search``: the CIESS pipeline from the command line (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ciess_core.errors import ConfigError
+
+logger = logging.getLogger("ciess")
+
+
+def add_search_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "search",
+        help="search a size for every user and item under one or more budgets (CIESS)",
+        description="Train the full model, prepare the quality evaluator, run the TD3 search with "
+        "random-walk exploration, then retrain the best assignments of every budget and test "
+        "them. Rerun the same command with the same --out to resume after an interruption.",
+    )
+    parser.add_argument("--dataset", default="ml-1m", help="ml-1m, yelp2018 or a file path")
+    parser.add_argument("--data-dir", help="datasets folder (default $CIESS_DATA_DIR, ./data)")
+    parser.add_argument("--backbone", default="lightgcn", choices=["lightgcn", "ngcf", "ncf"])
+    parser.add_argument(
+        "--budgets",
+        default="0.8,0.9,0.95",
+        help="target sparsities, comma-separated (default 0.8,0.9,0.95)",
+    )
+    parser.add_argument("--out", help="output directory (default runs/search-<dataset>-<backbone>)")
+    parser.add_argument(
+        "--evaluator",
+        default="supernet",
+        choices=["supernet", "retrain"],
+        help="supernet (fast, default) or retrain (the paper's, slow)",
+    )
+    parser.add_argument("--episodes", type=int, default=30, help="episodes M (default 30)")
+    parser.add_argument("--iterations", type=int, default=10, help="iterations per episode T")
+    parser.add_argument(
+        "--reward-penalty", type=float, help="λ (default: the dataset's, 0.4 ML-1M, 0.2 Yelp2018)"
+    )
+    parser.add_argument("--noise", default="gaussian", choices=["gaussian", "ou", "uniform"])
+    parser.add_argument("--no-random-walk", action="store_true", help="ablation: no random walk")
+    parser.add_argument("--supernet-batches", type=int, default=3000)
+    parser.add_argument("--finetune-batches", type=int, default=0)
+    parser.add_argument(
+        "--retrain-batches",
+        type=int,
+        default=1500,
+        help="batches per candidate with --evaluator retrain",
+    )
+    parser.add_argument(
+        "--retrain-top", type=int, default=3, help="assignments retrained per budget"
+    )
+    parser.add_argument("--protocol", default="clean", choices=["clean", "reference"])
+    parser.add_argument("--max-batches", type=int, default=3000, help="full model / retraining")
+    parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run_search_command(arguments: argparse.Namespace) -> int:
+    from ciess_core.data import DATASETS, open_dataset, split_per_user
+    from ciess_core.models import BackboneConfig, BackboneKind
+    from ciess_core.runs import Protocol
+    from ciess_core.search.config import ExplorationNoise, SearchConfig
+    from ciess_core.search.pipeline import EvaluatorKind, PipelineSpec, run_pipeline
+    from ciess_core.search.plots import plot_sizes_by_popularity, plot_trace
+    from ciess_core.training import TrainConfig
+
+    try:
+        budgets = tuple(float(value) for value in arguments.budgets.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--budgets must be comma-separated numbers, got '{arguments.budgets}'"
+        ) from None
+    penalty = arguments.reward_penalty
+    if penalty is None:
+        known = DATASETS.get(arguments.dataset.lower())
+        penalty = known.reward_penalty if known is not None else 0.4
+    noise = {
+        "gaussian": ExplorationNoise.GAUSSIAN,
+        "ou": ExplorationNoise.ORNSTEIN_UHLENBECK,
+        "uniform": ExplorationNoise.UNIFORM,
+    }[arguments.noise]
+    backbone = BackboneConfig.default_for(BackboneKind(arguments.backbone))
+    training = TrainConfig(
+        max_batches=arguments.max_batches,
+        eval_every=arguments.eval_every,
+        patience=arguments.patience,
+        seed=arguments.seed,
+        device=arguments.device,
+    )
+    search = SearchConfig(
+        num_episodes=arguments.episodes,
+        iterations_per_episode=arguments.iterations,
+        reward_penalty=penalty,
+        exploration_noise=noise,
+        random_walk=not arguments.no_random_walk,
+        budgets=budgets,
+        seed=arguments.seed,
+        device=arguments.device,
+    )
+    spec = PipelineSpec(
+        dataset=arguments.dataset,
+        backbone=backbone,
+        training=training,
+        search=search,
+        evaluator=EvaluatorKind(arguments.evaluator),
+        supernet_batches=arguments.supernet_batches,
+        finetune_batches=arguments.finetune_batches,
+        retrain_batches=arguments.retrain_batches,
+        retrain_top=min(arguments.retrain_top, search.pool_size),
+        protocol=Protocol(arguments.protocol),
+    )
+    out = Path(arguments.out or f"runs/search-{Path(arguments.dataset).stem}-{arguments.backbone}")
+    out.mkdir(parents=True, exist_ok=True)
+    described = _describe(spec)
+    spec_path = out / "spec.json"
+    if spec_path.exists() and json.loads(spec_path.read_text()) != described:
+        raise ConfigError(
+            f"{out} holds a search with other settings ({spec_path}); "
+            "choose another --out to start a new one"
+        )
+    spec_path.write_text(json.dumps(described, indent=1) + "\n")
+    data = open_dataset(arguments.dataset, arguments.data_dir)
+    split = split_per_user(data, seed=42)
+    summary = run_pipeline(spec, split, out, progress=not arguments.no_progress)
+    train = split.train
+    try:
+        plot_trace(out / "search" / "trace.jsonl", out / "search-trace.png")
+        for budget in budgets:
+            import numpy as np
+
+            sizes = np.load(out / f"budget-{budget:g}" / "sizes.npy")
+            plot_sizes_by_popularity(
+                sizes,
+                np.diff(train.indptr),
+                np.bincount(train.indices, minlength=split.num_items),
+                f"CIESS sizes at sparsity {budget:g}",
+                out / f"sizes-{budget:g}.png",
+            )
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plots (pip install 'ciess[train]')")
+    print(f"search: {out}")
+    for budget, result in summary["budgets"].items():
+        test = result["test"]
+        print(
+            f"budget {budget}: sparsity {result['achieved_sparsity']:.4f}  "
+            f"test R@20 {test['recall@20']:.4f}  N@20 {test['ndcg@20']:.4f}  ({result['protocol']})"
+        )
+    return 0
+
+
+def _describe(spec: Any) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if hasattr(value, "value") and not isinstance(value, (int, float, str)):
+            return value.value
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(spec))

@@ -1,0 +1,146 @@
+"""The command line: real runs on a tiny generated file, and clean errors for user mistakes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ciess_core.cli import main
+from tests.conftest import clustered_interactions
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = clustered_interactions(num_users=60, num_items=60)
+    path = tmp_path_factory.mktemp("data") / "pairs.txt"
+    lines = [
+        f"{data.external_user_ids[u]} {data.external_item_ids[i]}"
+        for u, i in zip(data.user_ids, data.item_ids, strict=True)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_train_writes_a_complete_run_directory(
+    pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--dataset",
+            str(pairs_file),
+            "--sizes",
+            "equal",
+            "--sparsity",
+            "0.9",
+            "--max-batches",
+            "20",
+            "--eval-every",
+            "10",
+            "--batch-size",
+            "128",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "metrics.json",
+        "history.jsonl",
+        "sizes.npy",
+        "model.pt",
+    }
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == "clean"
+    assert metrics["achieved_sparsity"] == pytest.approx(1 - 13 / 128)
+    assert set(metrics["test"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)}
+    assert np.all(np.load(out / "sizes.npy") == 13)
+    config = json.loads((out / "config.json").read_text())
+    assert config["size_scheme"] == "equal" and config["backbone"]["kind"] == "lightgcn"
+    assert "test (clean)" in capsys.readouterr().out
+
+
+def test_train_settings_from_a_config_file(pairs_file: Path, tmp_path: Path) -> None:
+    settings = tmp_path / "run.toml"
+    settings.write_text(
+        f'dataset = "{pairs_file}"\nsizes = "random"\nsparsity = 0.8\nmax-batches = 5\n'
+        'eval-every = 5\nbackbone = "ncf"\nbatch-size = 64\n'
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(settings), "--out", str(out), "--no-progress"]) == 0
+    sizes = np.load(out / "sizes.npy")
+    assert 1 - sizes.sum() / (len(sizes) * 128) >= 0.8
+    assert json.loads((out / "config.json").read_text())["backbone"]["kind"] == "ncf"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["train", "--dataset", "nowhere.txt"], "nowhere.txt"),
+        (["train", "--sizes", "equal"], "needs --sparsity"),
+        (["train", "--sizes", "equal", "--sparsity", "1.5"], "target sparsity"),
+        (["train", "--config", "missing.toml"], "missing.toml"),
+        (["search", "--budgets", "0.8,abc"], "--budgets"),
+    ],
+)
+def test_user_mistakes_end_in_one_error_line(
+    arguments: list[str], message: str, pairs_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = (
+        []
+        if "--dataset" in arguments or arguments[0] == "search"
+        else ["--dataset", str(pairs_file)]
+    )
+    assert main([*arguments, *extra, "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error
+    assert "Traceback" not in error
+
+
+def test_bad_config_file_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = tmp_path / "run.toml"
+    settings.write_text("learning_rat = 0.1\n")
+    assert main(["train", "--config", str(settings)]) == 2
+    assert "learning_rat" in capsys.readouterr().err
+
+
+def test_search_runs_end_to_end_and_resumes(
+    pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "search"
+    arguments = [
+        "search",
+        "--dataset",
+        str(pairs_file),
+        "--budgets",
+        "0.9",
+        "--out",
+        str(out),
+        "--episodes",
+        "2",
+        "--iterations",
+        "2",
+        "--supernet-batches",
+        "10",
+        "--max-batches",
+        "10",
+        "--eval-every",
+        "5",
+        "--retrain-top",
+        "1",
+        "--no-progress",
+    ]
+    assert main(arguments) == 0
+    assert "budget 0.9: sparsity" in capsys.readouterr().out
+    sizes = np.load(out / "budget-0.9" / "sizes.npy")
+    assert 1 - sizes.sum() / (len(sizes) * 128) >= 0.9
+    assert (out / "search-trace.png").stat().st_size > 0 and (out / "sizes-0.9.png").exists()
+    assert main(arguments) == 0  # resumes: every stage is already done
+    assert main([*arguments[:-1], "--episodes", "3", "--no-progress"]) == 2
+    assert "other settings" in capsys.readouterr().err
