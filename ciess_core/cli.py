@@ -19,6 +19,7 @@ from typing import Any
 
 import tomllib
 
+from ciess_core.cli_search import add_search_parser, run_search_command
 from ciess_core.errors import CiessError, ConfigError
 
 logger = logging.getLogger("ciess")
@@ -123,7 +124,7 @@ def _add_train_parser(subparsers: Any) -> None:
 
 def _train(arguments: argparse.Namespace) -> int:
     # Imported here so that `ciess --help` stays fast and torch-free commands stay torch-free.
-    from ciess_core.data import load_dataset, resolve_data_dir, split_per_user
+    from ciess_core.data import open_dataset, split_per_user
     from ciess_core.models import BackboneConfig, BackboneKind
     from ciess_core.runs import Protocol, RunSpec, execute_run, run_sizes, write_run
     from ciess_core.sizes import SizeScheme
@@ -161,7 +162,7 @@ def _train(arguments: argparse.Namespace) -> int:
         protocol=Protocol(settings["protocol"]),
         split_seed=settings["split_seed"],
     )
-    data = load_dataset(spec.dataset, resolve_data_dir(settings["data_dir"]))
+    data = open_dataset(spec.dataset, settings["data_dir"])
     split = split_per_user(data, seed=spec.split_seed)
     sizes = run_sizes(spec, split.num_users + split.num_items)
     out = settings["out"]
@@ -185,6 +186,72 @@ def _train(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a run directory as a versioned artifact",
+        description="Rebuild the model of a run directory (config.json, model.pt, sizes.npy) on "
+        "its dataset and write an artifact: manifest.json, ragged embedding stores, id maps, "
+        "seen items and ONNX scoring graphs. The artifact is checked against the model before "
+        "it is renamed into place.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by ciess train")
+    parser.add_argument("--out", required=True, help="artifact directory to create")
+    parser.add_argument(
+        "--data-dir", help="folder holding the datasets (default: $CIESS_DATA_DIR, then ./data)"
+    )
+    parser.add_argument(
+        "--float16", action="store_true", help="store embedding values as float16 (half the bytes)"
+    )
+    parser.add_argument(
+        "--verify-users",
+        type=int,
+        default=256,
+        help="users whose scores are compared with the model after writing (default 256)",
+    )
+
+
+def _export(arguments: argparse.Namespace) -> int:
+    from ciess_core.artifact.export import ExportOptions, export_run
+    from ciess_core.artifact.reader import load_artifact
+    from ciess_core.artifact.summary import summarize
+    from ciess_core.data import resolve_data_dir
+
+    options = ExportOptions(
+        value_dtype="float16" if arguments.float16 else "float32",
+        verify_users=arguments.verify_users,
+    )
+    out = export_run(
+        arguments.run_dir, arguments.out, resolve_data_dir(arguments.data_dir), options
+    )
+    print(summarize(load_artifact(out)))
+    return 0
+
+
+def _add_inspect_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="validate an artifact and summarise it",
+        description="Validate every file of an artifact and print its budget, sparsity, size "
+        "histograms, bytes on disk against the dense table, resident bytes and metrics.",
+    )
+    parser.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="artifact directory")
+    parser.add_argument(
+        "--plot", metavar="PNG", help="also write a size-by-popularity scatter plot to this PNG"
+    )
+
+
+def _inspect(arguments: argparse.Namespace) -> int:
+    from ciess_core.artifact.reader import load_artifact
+    from ciess_core.artifact.summary import plot_sizes, summarize
+
+    artifact = load_artifact(arguments.artifact_dir)
+    print(summarize(artifact))
+    if arguments.plot:
+        print(f"plot: {plot_sizes(artifact, Path(arguments.plot))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ciess",
@@ -193,10 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train_parser(subparsers)
+    _add_export_parser(subparsers)
+    _add_inspect_parser(subparsers)
+    add_search_parser(subparsers)
     return parser
 
 
-_COMMANDS = {"train": _train}
+_COMMANDS = {
+    "train": _train,
+    "export": _export,
+    "inspect": _inspect,
+    "search": run_search_command,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
