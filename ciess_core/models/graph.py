@@ -9,29 +9,19 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ciess_core.adjacency import (
+    bipartite_adjacency,
+    mean_normalized_adjacency_with_self_loops,
+    symmetric_normalized_adjacency,
+)
 
-def bipartite_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
-    """Return the (U+I, U+I) symmetric 0/1 adjacency of a (U, I) interaction matrix."""
-    binary = train.astype(np.float32)
-    binary.data[:] = 1.0
-    return sp.bmat([[None, binary], [binary.T, None]], format="csr", dtype=np.float32)
-
-
-def symmetric_normalized_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
-    """LightGCN's D^-1/2 A D^-1/2 over the bipartite graph, no self loops; isolated nodes stay 0."""
-    adjacency = bipartite_adjacency(train)
-    degree = np.asarray(adjacency.sum(axis=1)).ravel()
-    inverse_sqrt = np.zeros_like(degree)
-    np.power(degree, -0.5, where=degree > 0, out=inverse_sqrt)
-    scale = sp.diags(inverse_sqrt)
-    return (scale @ adjacency @ scale).tocsr().astype(np.float32)
-
-
-def mean_normalized_adjacency_with_self_loops(train: sp.csr_matrix) -> sp.csr_matrix:
-    """NGCF's D^-1 (A + I) over the bipartite graph (row-normalised, self loops added)."""
-    adjacency = bipartite_adjacency(train) + sp.identity(sum(train.shape), dtype=np.float32)
-    degree = np.asarray(adjacency.sum(axis=1)).ravel()
-    return (sp.diags(1.0 / degree) @ adjacency).tocsr().astype(np.float32)
+__all__ = [
+    "SparseOperator",
+    "bipartite_adjacency",
+    "mean_normalized_adjacency_with_self_loops",
+    "symmetric_normalized_adjacency",
+    "to_torch_csr",
+]
 
 
 def to_torch_csr(matrix: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.Tensor:

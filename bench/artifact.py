@@ -1,0 +1,505 @@
+"""Artifact benchmark: parity with PyTorch, bytes on disk against the budget, load and scoring speed.
+
+Usage:
+    python bench/artifact.py --dataset ml-1m --data-dir ../shared/data
+    python bench/artifact.py --dataset yelp2018 --data-dir ../shared/data --sections load,speed
+    python bench/artifact.py --dataset ml-1m --runs runs/a runs/b          # parity of trained runs
+    python bench/artifact.py --dataset ml-1m --ciess-sizes 0.9=sizes.npy   # CIESS rows of "size"
+    python bench/artifact.py --tiny --out /tmp/artifact-bench              # seconds, generated data
+
+Sections (``--sections``, default all):
+- parity: for LightGCN, NGCF and NCF (trained runs given with --runs, else fresh models trained
+  for --train-batches BPR batches at MR sizes), every user's top-20 from the artifact scorer vs
+  the PyTorch model (seen items excluded), and the largest score difference.
+- size: values bytes on disk vs (1 - c) x the dense float32 table x 1.01 + offsets, for ES, MR
+  (and CIESS, when --ciess-sizes gives its assignments) at 0.80/0.90/0.95, LightGCN (one table)
+  and NCF (two tables).
+- load: seconds from directory to a ready scorer (validation, hashing, propagation, sessions).
+- speed: users/s at batch 1 and 256 for top-20 with the bucketed layout, one zero-padded dense
+  matrix at d_max, and PyTorch eager, for ES/MR at 0.9 and full size.
+
+Results go to ``OUT/artifact.json`` (one entry per dataset, re-running a dataset replaces it) and
+``OUT/artifact.md`` is rewritten from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ciess_core.artifact.export import ExportOptions, export_model, export_run
+from ciess_core.artifact.reader import load_artifact
+from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
+from ciess_core.data import (
+    DatasetSplit,
+    InteractionData,
+    Phase,
+    load_dataset,
+    resolve_data_dir,
+    split_per_user,
+)
+from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
+from ciess_core.sizes import SizeScheme, assign_sizes
+from ciess_core.training import TrainConfig, train_bpr
+
+ROOT = Path(__file__).resolve().parent.parent
+TOP_K = 20
+TARGETS = (0.8, 0.9, 0.95)
+logger = logging.getLogger("bench.artifact")
+
+
+def machine(threads: int) -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {threads} thread(s), torch {torch.__version__}"
+
+
+def tiny_data() -> InteractionData:
+    """Clustered interactions, like the tests' fixture, a little larger."""
+    rng = np.random.default_rng(0)
+    num_users, num_items, clusters = 400, 300, 5
+    users, items = [], []
+    for user in range(num_users):
+        own = np.flatnonzero(np.arange(num_items) % clusters == user % clusters)
+        chosen = np.concatenate([rng.choice(own, 15, replace=False), rng.choice(num_items, 3)])
+        users += [user] * len(chosen)
+        items += chosen.tolist()
+    pairs = np.unique(np.stack([users, items], axis=1), axis=0)
+    return InteractionData(
+        user_ids=pairs[:, 0].astype(np.int64),
+        item_ids=pairs[:, 1].astype(np.int64),
+        external_user_ids=np.asarray([f"u{u}" for u in range(num_users)]),
+        external_item_ids=np.asarray([f"i{i}" for i in range(num_items)]),
+        source="generated clusters",
+    )
+
+
+def fresh_model(
+    kind: BackboneKind, train: sp.csr_matrix, sizes: np.ndarray, train_batches: int, seed: int = 0
+) -> Backbone:
+    model = build_backbone(
+        BackboneConfig.default_for(kind), train, torch.Generator().manual_seed(seed)
+    )
+    model.set_embedding_sizes(torch.from_numpy(sizes))
+    if train_batches:
+        config = TrainConfig(
+            batch_size=min(10_000, train.shape[0]),
+            max_batches=train_batches,
+            eval_every=0,
+            seed=seed,
+        )
+        train_bpr(model, train, config, progress=False)
+    return model.eval()
+
+
+def export_to(model: Backbone, split: DatasetSplit, root: Path, name: str, **options: Any) -> Path:
+    train, _ = split.phase(Phase.TEST)
+    return export_model(
+        model,
+        train,
+        split.external_user_ids,
+        split.external_item_ids,
+        root / name,
+        options=ExportOptions(**options),
+    )
+
+
+def torch_top_k(
+    model: Backbone, seen: sp.csr_matrix, users: np.ndarray, representation: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (B, I), top-k items (B, k)) of the PyTorch model, seen items excluded."""
+    with torch.no_grad():
+        representation = model.represent() if representation is None else representation
+        scores = model.score_all_items(representation, torch.from_numpy(users))
+        rows = seen[users]
+        masked = scores.clone()
+        masked[
+            torch.from_numpy(np.repeat(np.arange(users.size), np.diff(rows.indptr))),
+            torch.from_numpy(rows.indices.astype(np.int64)),
+        ] = -torch.inf
+        top = torch.topk(masked, TOP_K, dim=1, sorted=True).indices
+    return scores.numpy(), top.numpy()
+
+
+# -- sections ---------------------------------------------------------------------------------------
+def parity_row(model: Backbone, directory: Path, label: str, threads: int) -> dict[str, Any]:
+    scorer = ArtifactScorer(load_artifact(directory), ScorerOptions(threads=threads))
+    identical, worst, worst_relative, explained, largest = 0, 0.0, 0.0, 0, 0.0
+    with torch.no_grad():
+        representation = model.represent()
+    for start in range(0, model.num_users, 1024):
+        users = np.arange(start, min(start + 1024, model.num_users))
+        expected, expected_top = torch_top_k(model, scorer.seen, users, representation)
+        actual = scorer.score_all(users)
+        difference = np.abs(actual - expected)
+        largest = max(largest, float(np.abs(expected).max()))
+        worst = max(worst, float(difference.max()))
+        worst_relative = max(worst_relative, float((difference / (1 + np.abs(expected))).max()))
+        top, _ = scorer.recommend(users, TOP_K)
+        same = np.all(top == expected_top, axis=1)
+        identical += int(same.sum())
+        for row in np.flatnonzero(~same):
+            # A swap between items whose scores differ by less than 1e-5 is a tie, not an error.
+            ours = expected[row, top[row]]
+            theirs = expected[row, expected_top[row]]
+            explained += int(np.allclose(ours, theirs, rtol=0, atol=1e-5))
+    return {
+        "model": label,
+        "backbone": model.config.kind.value,
+        "users": model.num_users,
+        "top20_identical": identical,
+        "top20_differing_only_by_ties": explained,
+        "max_abs_score_difference": worst,
+        "max_score_difference_over_1_plus_abs": worst_relative,
+        "max_abs_score": largest,
+    }
+
+
+def run_parity(args: argparse.Namespace, split: DatasetSplit, work: Path) -> list[dict[str, Any]]:
+    rows = []
+    if args.runs:
+        for run in args.runs:
+            out = export_run(run, work / f"run-{Path(run).name}", resolve_data_dir(args.data_dir))
+            artifact = load_artifact(out)
+            train, _ = split.phase(Phase.TEST)
+            model = _model_of_run(Path(run), train)
+            rows.append(parity_row(model, out, f"run {Path(run).name}", args.threads))
+            del artifact
+        return rows
+    train, _ = split.phase(Phase.TEST)
+    count = split.num_users + split.num_items
+    sizes = assign_sizes(SizeScheme.RANDOM, count, 128, 0.9, np.random.default_rng(0))
+    for kind in BackboneKind:
+        model = fresh_model(kind, train, sizes, args.train_batches)
+        out = export_to(model, split, work, f"parity-{kind.value}", verify_users=0)
+        label = f"MR 0.9, {args.train_batches} BPR batches"
+        rows.append(parity_row(model, out, label, args.threads))
+        logger.info("parity %s", rows[-1])
+    return rows
+
+
+def _model_of_run(run: Path, train: sp.csr_matrix) -> Backbone:
+    from ciess_core.artifact.export import backbone_config_from_dict
+
+    config = json.loads((run / "config.json").read_text())
+    model = build_backbone(backbone_config_from_dict(config["backbone"]), train, torch.Generator())
+    model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def size_sizes(args: argparse.Namespace, count: int) -> dict[str, dict[float, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    methods = {
+        "ES": {c: assign_sizes(SizeScheme.EQUAL, count, 128, c, rng) for c in TARGETS},
+        "MR": {c: assign_sizes(SizeScheme.RANDOM, count, 128, c, rng) for c in TARGETS},
+    }
+    ciess: dict[float, np.ndarray] = {}
+    for item in args.ciess_sizes or []:
+        target, path = item.split("=", 1)
+        ciess[float(target)] = np.load(path, allow_pickle=False)
+    if ciess:
+        methods["CIESS"] = ciess
+    return methods
+
+
+def run_size(args: argparse.Namespace, split: DatasetSplit, work: Path) -> list[dict[str, Any]]:
+    train, _ = split.phase(Phase.TEST)
+    count = split.num_users + split.num_items
+    rows = []
+    for method, by_target in size_sizes(args, count).items():
+        for target, sizes in sorted(by_target.items()):
+            for kind in (BackboneKind.LIGHTGCN, BackboneKind.NCF):
+                model = fresh_model(kind, train, sizes, 0)
+                out = export_to(
+                    model, split, work, f"size-{method}-{target}-{kind.value}", verify_users=0
+                )
+                manifest = load_artifact(out).manifest
+                tables = manifest.tables
+                values = sum(manifest.file(f"tables/{t}/values.npy").bytes for t in tables)
+                offsets = sum(
+                    manifest.file(f"tables/{t}/{name}.npy").bytes
+                    for t in tables
+                    for name in ("offsets", "sizes")
+                )
+                dense = manifest.memory.dense
+                # The artifact's job is to store what the sizes keep: the bound uses the sparsity
+                # achieved (ES rounds its one size, so it can miss the target by < 1/d_max).
+                bound = (1 - manifest.achieved_sparsity) * dense * 1.01 + offsets
+                rows.append(
+                    {
+                        "method": method,
+                        "target_sparsity": target,
+                        "achieved_sparsity": round(manifest.achieved_sparsity, 6),
+                        "backbone": kind.value,
+                        "tables": len(tables),
+                        "dense_bytes": dense,
+                        "values_file_bytes": values,
+                        "offsets_and_sizes_file_bytes": offsets,
+                        "bound_bytes": int(bound),
+                        "within_bound": values + offsets <= bound,
+                        "sizes_meet_target": manifest.achieved_sparsity >= target - 1e-9,
+                        "values_over_dense": round(values / dense, 5),
+                    }
+                )
+    return rows
+
+
+def _timed(function: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    best, value = float("inf"), None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        value = function()
+        best = min(best, time.perf_counter() - started)
+    return best, value
+
+
+def run_load(args: argparse.Namespace, split: DatasetSplit, work: Path) -> list[dict[str, Any]]:
+    train, _ = split.phase(Phase.TEST)
+    count = split.num_users + split.num_items
+    rows = []
+    for label, sizes in _speed_sizes(count).items():
+        for kind in BackboneKind:
+            model = fresh_model(kind, train, sizes, 0)
+            out = export_to(model, split, work, f"load-{label}-{kind.value}", verify_users=0)
+            seconds, scorer = _timed(
+                lambda out=out: ArtifactScorer(
+                    load_artifact(out), ScorerOptions(threads=args.threads)
+                ),
+                3,
+            )
+            rows.append(
+                {
+                    "sizes": label,
+                    "backbone": kind.value,
+                    "load_seconds": round(seconds, 4),
+                    "stored_bytes": sum(e.bytes for e in load_artifact(out).manifest.files),
+                    "resident_bytes": scorer.resident_bytes,
+                    "buckets": scorer.bucket_widths,
+                }
+            )
+            logger.info("load %s", rows[-1])
+    return rows
+
+
+def _speed_sizes(count: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "full": np.full(count, 128),
+        "ES 0.9": assign_sizes(SizeScheme.EQUAL, count, 128, 0.9, rng),
+        "MR 0.9": assign_sizes(SizeScheme.RANDOM, count, 128, 0.9, rng),
+    }
+
+
+def _throughput(
+    recommend: Callable[[np.ndarray], Any], users: np.ndarray, batch: int, seconds: float
+) -> float:
+    """Users per second of ``recommend`` over consecutive batches, for about ``seconds``."""
+    recommend(users[:batch])  # warm up
+    done, started, position = 0, time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        chunk = users[position : position + batch]
+        if chunk.size < batch:
+            position, chunk = 0, users[:batch]
+        recommend(chunk)
+        done += chunk.size
+        position += batch
+    return done / (time.perf_counter() - started)
+
+
+def run_speed(args: argparse.Namespace, split: DatasetSplit, work: Path) -> list[dict[str, Any]]:
+    train, _ = split.phase(Phase.TEST)
+    count = split.num_users + split.num_items
+    users = np.random.default_rng(1).permutation(split.num_users)
+    rows = []
+    for label, sizes in _speed_sizes(count).items():
+        for kind in BackboneKind:
+            model = fresh_model(kind, train, sizes, 0)
+            out = export_to(model, split, work, f"speed-{label}-{kind.value}", verify_users=0)
+            artifact = load_artifact(out)
+            layouts = {
+                "bucketed": ArtifactScorer(artifact, ScorerOptions(threads=args.threads)),
+                "padded dense": ArtifactScorer(
+                    artifact, ScorerOptions(padded=True, threads=args.threads)
+                ),
+            }
+            with torch.no_grad():
+                representation = model.represent()
+            seen = artifact.seen
+            for batch in (1, 256):
+                row: dict[str, Any] = {"sizes": label, "backbone": kind.value, "batch": batch}
+                for name, scorer in layouts.items():
+                    row[name] = round(
+                        _throughput(
+                            lambda u, s=scorer: s.recommend(u, TOP_K), users, batch, args.seconds
+                        ),
+                        1,
+                    )
+                row["torch eager"] = round(
+                    _throughput(
+                        lambda u, m=model, s=seen, r=representation: torch_top_k(m, s, u, r),
+                        users,
+                        batch,
+                        args.seconds,
+                    ),
+                    1,
+                )
+                row["buckets"] = layouts["bucketed"].bucket_widths
+                rows.append(row)
+                logger.info("speed %s", row)
+    return rows
+
+
+# -- report -----------------------------------------------------------------------------------------
+def write_report(results: dict[str, Any], path: Path) -> None:
+    lines = [
+        "# Artifact benchmark",
+        "",
+        "Written by `bench/artifact.py` from `artifact.json`; see the script's docstring for what each",
+        "section measures. Scores: float32 artifacts. Speed: users per second for top-20 with seen items",
+        "excluded (higher is better).",
+    ]
+    for dataset, entry in results.items():
+        lines += [
+            "",
+            f"## {dataset}",
+            "",
+            f"{entry['machine']}; {entry['date']}; `{entry['command']}`",
+        ]
+        if entry.get("parity"):
+            lines += [
+                "",
+                "### Parity with PyTorch (every user)",
+                "",
+                "| backbone | model | users | identical top-20 | differing only by ties | max abs score diff | max diff / (1 + abs score) |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for r in entry["parity"]:
+                lines.append(
+                    f"| {r['backbone']} | {r['model']} | {r['users']} | {r['top20_identical']} | "
+                    f"{r['top20_differing_only_by_ties']} | {r['max_abs_score_difference']:.2e} | "
+                    f"{r['max_score_difference_over_1_plus_abs']:.2e} |"
+                )
+        if entry.get("size"):
+            lines += [
+                "",
+                "### Bytes on disk vs the budget",
+                "",
+                "Bound: (1 − c) × dense × 1.01 + offsets and sizes files, with c the sparsity the sizes",
+                "achieve (files: .npy, header included; dense: float32 at d_max, all tables). ES rounds",
+                "its one size, so its sizes can miss the target c by less than 1/d_max (last column).",
+                "",
+                "| method | target c | achieved c | backbone | dense | values file | offsets+sizes | bound | within bound | sizes meet target |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for r in entry["size"]:
+                lines.append(
+                    f"| {r['method']} | {r['target_sparsity']} | {r['achieved_sparsity']:.4f} | "
+                    f"{r['backbone']} | {r['dense_bytes']:,} | {r['values_file_bytes']:,} | "
+                    f"{r['offsets_and_sizes_file_bytes']:,} | {r['bound_bytes']:,} | "
+                    f"{'yes' if r['within_bound'] else '**no**'} | "
+                    f"{'yes' if r['sizes_meet_target'] else 'no'} |"
+                )
+        if entry.get("load"):
+            lines += [
+                "",
+                "### Load time (directory → ready scorer, best of 3)",
+                "",
+                "| sizes | backbone | seconds | stored bytes | resident bytes | buckets (items, width) |",
+                "|---|---|---|---|---|---|",
+            ]
+            for r in entry["load"]:
+                lines.append(
+                    f"| {r['sizes']} | {r['backbone']} | {r['load_seconds']:.3f} | {r['stored_bytes']:,} | "
+                    f"{r['resident_bytes']:,} | {r['buckets']} |"
+                )
+        if entry.get("speed"):
+            lines += [
+                "",
+                "### Scoring throughput (users/s, top-20)",
+                "",
+                "| sizes | backbone | batch | bucketed | padded dense (d_max) | PyTorch eager | buckets |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for r in entry["speed"]:
+                lines.append(
+                    f"| {r['sizes']} | {r['backbone']} | {r['batch']} | {r['bucketed']:,.0f} | "
+                    f"{r['padded dense']:,.0f} | {r['torch eager']:,.0f} | {r['buckets']} |"
+                )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dataset", default="ml-1m")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--tiny", action="store_true", help="generated data; seconds, for checking")
+    parser.add_argument("--sections", default="parity,size,load,speed")
+    parser.add_argument("--runs", nargs="*", help="run directories to check for parity")
+    parser.add_argument("--ciess-sizes", nargs="*", help="TARGET=sizes.npy, CIESS assignments")
+    parser.add_argument("--train-batches", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per throughput measurement")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    if args.tiny:
+        data, dataset = tiny_data(), "tiny (generated)"
+        args.train_batches = min(args.train_batches, 30)
+    else:
+        data, dataset = load_dataset(args.dataset, resolve_data_dir(args.data_dir)), args.dataset
+    split = split_per_user(data, seed=42)
+    sections = {
+        "parity": run_parity,
+        "size": run_size,
+        "load": run_load,
+        "speed": run_speed,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "artifact.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    entry = results.get(dataset, {})
+    entry.update(
+        {
+            "machine": machine(args.threads),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "command": "python bench/artifact.py "
+            + " ".join(sys.argv[1:] if argv is None else argv),
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="ciess-artifact-bench-") as work:
+        for name in args.sections.split(","):
+            logger.info("section %s on %s", name, dataset)
+            entry[name] = sections[name](args, split, Path(work))
+            results[dataset] = entry
+            results_path.write_text(json.dumps(results, indent=1) + "\n")
+            write_report(results, out / "artifact.md")
+    logger.info("wrote %s and %s", results_path, out / "artifact.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""Export a trained backbone (in memory or from a run directory) as a versioned artifact.
+
+The only module of :mod:`ciess_core.artifact` that imports torch. The artifact is written into a
+temporary sibling directory, loaded back with the torch-free reader and scorer to check it against
+the model (and to measure its resident memory), and renamed into place only when complete; any
+failure removes the temporary directory, so a half-written export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from ciess_core import __version__
+from ciess_core.artifact import graphs
+from ciess_core.artifact.files import file_entry, write_array, write_ids
+from ciess_core.artifact.manifest import (
+    ITEM_IDS_FILE,
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    SEEN_INDICES_FILE,
+    SEEN_INDPTR_FILE,
+    TABLES_BY_KIND,
+    USER_IDS_FILE,
+    Manifest,
+    MemoryReport,
+    graph_files,
+    manifest_to_json,
+    table_files,
+)
+from ciess_core.artifact.ragged import VALUE_DTYPES, pack
+from ciess_core.artifact.reader import load_artifact
+from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
+from ciess_core.errors import ArtifactError, ConfigError, DataError
+from ciess_core.models import NCF, NGCF, Backbone, BackboneConfig, BackboneKind, build_backbone
+
+logger = logging.getLogger(__name__)
+
+RUN_FILES = ("config.json", "metrics.json", "sizes.npy", "model.pt")
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """What the manifest says about where the model came from.
+
+    Attributes:
+        dataset: dataset name (or path) the model was trained on.
+        dataset_fingerprint: ``InteractionData.fingerprint()`` of that dataset.
+        split_seed: seed of the 50/25/25 split.
+        target_sparsity: the budget asked (None for a full-size model).
+        size_scheme: how the sizes were chosen ("full", "equal", "random", "ciess").
+        metrics: the run's metrics ({"protocol", "valid", "test"}).
+        source: free text, e.g. the run directory.
+    """
+
+    dataset: str = ""
+    dataset_fingerprint: str = ""
+    split_seed: int | None = None
+    target_sparsity: float | None = None
+    size_scheme: str | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to write and check the artifact.
+
+    Attributes:
+        value_dtype: "float32" (lossless) or "float16" (half the bytes; scores drift by ~1e-3
+            relative, and the parity check only reports, never fails).
+        verify_users: users whose scores and top-k are compared with the model after writing
+            (0: none).
+        tolerance: float32 parity bar, |artifact - model| <= tolerance · (1 + |model|).
+        top_k: list length of the top-k comparison.
+        threads: onnxruntime threads for the check.
+    """
+
+    value_dtype: str = "float32"
+    verify_users: int = 256
+    tolerance: float = 1e-5
+    top_k: int = 20
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.value_dtype not in VALUE_DTYPES:
+            raise ConfigError(f"value dtype must be one of {sorted(VALUE_DTYPES)}")
+        if self.verify_users < 0 or self.top_k < 1:
+            raise ConfigError("verify_users must be >= 0 and top_k >= 1")
+
+
+def _numpy(tensor: torch.Tensor) -> npt.NDArray[np.float32]:
+    return cast(npt.NDArray[np.float32], tensor.detach().to("cpu", torch.float32).numpy())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _write_graphs(model: Backbone, staging: Path) -> None:
+    """Write the backbone's scoring graphs (the manifest hashes them with the other files)."""
+    kind, config = model.config.kind, model.config
+    built = {"dot": graphs.dot_graph()}
+    if isinstance(model, NGCF):
+        for layer, (sum_layer, product_layer) in enumerate(
+            zip(model.sum_layers, model.product_layers, strict=True)
+        ):
+            summed, product = cast(nn.Linear, sum_layer), cast(nn.Linear, product_layer)
+            built[f"ngcf_layer_{layer}"] = graphs.ngcf_layer_graph(
+                _numpy(summed.weight),
+                _numpy(summed.bias),
+                _numpy(product.weight),
+                _numpy(product.bias),
+            )
+    elif isinstance(model, NCF):
+        width, last = config.max_size, config.mlp_layers[-1]
+        first_layer = cast(nn.Linear, model.tower[0])
+        first = _numpy(first_layer.weight)
+        predict = _numpy(model.predict.weight)[0]
+        built["ncf_user"] = graphs.ncf_user_graph(
+            first[:, :width], _numpy(first_layer.bias), predict[last : last + width]
+        )
+        built["ncf_item"] = graphs.ncf_item_graph(first[:, width : 2 * width])
+        tower = [
+            (_numpy(cast(nn.Linear, layer).weight), _numpy(cast(nn.Linear, layer).bias))
+            for layer in model.tower[1:]
+        ]
+        built["ncf_tower"] = graphs.ncf_tower_graph(
+            tower, predict[:last], float(model.predict.bias.item())
+        )
+    files = graph_files(kind.value, config.num_layers)
+    for role, model_proto in built.items():
+        graphs.save_graph(model_proto, staging / files[role])
+
+
+def _write_tables(
+    model: Backbone, staging: Path, value_dtype: str
+) -> tuple[MemoryReport, np.ndarray]:
+    """Pack and write every masked table; returns the stored-bytes report and the sizes."""
+    names = TABLES_BY_KIND[model.config.kind.value]
+    stored_values = stored_offsets = 0
+    sizes = model.embedding_sizes().cpu().numpy()
+    for name, table in zip(names, model.tables(), strict=True):
+        ragged = pack(
+            _numpy(table.dense()),
+            table.sizes.cpu().numpy(),
+            model.max_size,
+            value_dtype,
+            name=f"tables/{name}",
+        )
+        sizes_file, offsets_file, values_file = table_files(name)
+        write_array(staging, sizes_file, ragged.sizes)
+        write_array(staging, offsets_file, ragged.offsets)
+        write_array(staging, values_file, ragged.values)
+        stored_values += ragged.values.nbytes
+        stored_offsets += ragged.offsets.nbytes + ragged.sizes.nbytes
+    dense = len(names) * model.num_entities * model.max_size * np.dtype(np.float32).itemsize
+    return MemoryReport(stored_values, stored_offsets, dense), sizes
+
+
+def _write_interactions(train: sp.csr_matrix, staging: Path) -> None:
+    matrix = sp.csr_matrix(train, copy=True)
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    matrix.sort_indices()
+    write_array(staging, SEEN_INDPTR_FILE, matrix.indptr.astype(np.int64))
+    write_array(staging, SEEN_INDICES_FILE, matrix.indices.astype(np.int32))
+
+
+def _verify(
+    model: Backbone, scorer: ArtifactScorer, options: ExportOptions, exact: bool
+) -> dict[str, Any]:
+    """Compare the artifact's scores and top-k with the model's on a spread of users."""
+    count = min(options.verify_users, model.num_users)
+    if count == 0:
+        return {"users": 0}
+    users = np.unique(np.linspace(0, model.num_users - 1, count).round().astype(np.int64))
+    with torch.no_grad():
+        expected = _numpy(model.score_all_items(model.represent(), torch.from_numpy(users)))
+    actual = scorer.score_all(users)
+    difference = np.abs(actual - expected)
+    bound = options.tolerance * (1.0 + np.abs(expected))
+    k = min(options.top_k, model.num_items)
+    masked = expected.copy()
+    rows = scorer.seen[users]
+    masked[np.repeat(np.arange(users.size), np.diff(rows.indptr)), rows.indices] = -np.inf
+    # Reference top-k: by score, ties towards the lower item id (as the scorer breaks them).
+    reference = np.lexsort((np.broadcast_to(np.arange(model.num_items), masked.shape), -masked))
+    reference = np.where(
+        np.isneginf(np.take_along_axis(masked, reference[:, :k], axis=1)), -1, reference[:, :k]
+    )
+    top_items, _ = scorer.recommend(users, k)
+    report = {
+        "users": int(users.size),
+        "max_abs_score_difference": float(difference.max()),
+        "max_abs_score": float(np.abs(expected).max()),
+        "tolerance": options.tolerance,
+        "top_k": k,
+        "top_k_identical_fraction": float(np.mean(np.all(top_items == reference, axis=1))),
+    }
+    if exact and np.any(difference > bound):
+        worst = np.unravel_index(int(np.argmax(difference - bound)), difference.shape)
+        raise ArtifactError(
+            f"export check failed: artifact score {actual[worst]:.8g} vs model "
+            f"{expected[worst]:.8g} for user {users[worst[0]]}, item {worst[1]} "
+            f"(tolerance {options.tolerance} · (1 + |model|))"
+        )
+    return report
+
+
+def export_model(
+    model: Backbone,
+    train: sp.csr_matrix,
+    external_user_ids: npt.ArrayLike,
+    external_item_ids: npt.ArrayLike,
+    out_dir: Path | str,
+    metadata: ExportMetadata | None = None,
+    options: ExportOptions | None = None,
+) -> Path:
+    """Write ``model`` as an artifact directory ``out_dir`` (which must not exist).
+
+    Args:
+        model: a trained backbone; exported in eval mode (NGCF without dropout).
+        train: (num_users, num_items) interactions it was trained on: the graph of LightGCN and
+            NGCF and the items excluded from each user's recommendations.
+        external_user_ids: (num_users,) ids; position = internal id.
+        external_item_ids: (num_items,) ids.
+        out_dir: the artifact directory to create.
+        metadata: dataset, budget and metrics for the manifest.
+        options: value dtype and the parity check.
+
+    Returns:
+        ``out_dir``.
+    """
+    metadata = metadata or ExportMetadata()
+    options = options or ExportOptions()
+    out = Path(out_dir)
+    if out.exists():
+        raise ConfigError(f"artifact directory {out} already exists; choose another --out")
+    if train.shape != (model.num_users, model.num_items):
+        raise ConfigError(
+            f"training matrix shape {train.shape} does not match the model's "
+            f"({model.num_users}, {model.num_items})"
+        )
+    user_ids, item_ids = np.asarray(external_user_ids), np.asarray(external_item_ids)
+    if user_ids.shape != (model.num_users,) or item_ids.shape != (model.num_items,):
+        raise ConfigError(
+            f"external ids have shapes {user_ids.shape} and {item_ids.shape}, expected "
+            f"({model.num_users},) and ({model.num_items},)"
+        )
+    was_training = model.training
+    model.eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with torch.no_grad():
+            memory, sizes = _write_tables(model, staging, options.value_dtype)
+            write_ids(staging, USER_IDS_FILE, user_ids)
+            write_ids(staging, ITEM_IDS_FILE, item_ids)
+            _write_interactions(train, staging)
+            _write_graphs(model, staging)
+        manifest = _manifest(model, metadata, options, memory, sizes, staging)
+        (staging / MANIFEST_NAME).write_text(manifest_to_json(manifest))
+        scorer = ArtifactScorer(load_artifact(staging), ScorerOptions(threads=options.threads))
+        verification = _verify(model, scorer, options, exact=options.value_dtype == "float32")
+        manifest = dataclasses.replace(
+            manifest,
+            memory=dataclasses.replace(
+                memory, resident=scorer.resident_bytes, resident_detail=scorer.resident_detail
+            ),
+            verification=verification,
+        )
+        (staging / MANIFEST_NAME).write_text(manifest_to_json(manifest))
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        model.train(was_training)
+    logger.info(
+        "exported %s artifact %s: sparsity %.4f, %d embedding bytes stored (dense %d), "
+        "resident %d, check %s",
+        manifest.backbone,
+        out,
+        manifest.achieved_sparsity,
+        memory.stored_values,
+        memory.dense,
+        manifest.memory.resident,
+        verification,
+    )
+    return out
+
+
+def _manifest(
+    model: Backbone,
+    metadata: ExportMetadata,
+    options: ExportOptions,
+    memory: MemoryReport,
+    sizes: np.ndarray,
+    staging: Path,
+) -> Manifest:
+    kind = model.config.kind.value
+    files = sorted(str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file())
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        ciess_version=__version__,
+        backbone=kind,
+        backbone_config=_jsonable(dataclasses.asdict(model.config)),
+        max_size=model.max_size,
+        num_users=model.num_users,
+        num_items=model.num_items,
+        value_dtype=options.value_dtype,
+        tables=TABLES_BY_KIND[kind],
+        graphs=graph_files(kind, model.config.num_layers),
+        target_sparsity=metadata.target_sparsity,
+        achieved_sparsity=1.0 - float(sizes.sum()) / (sizes.size * model.max_size),
+        dataset={
+            "name": metadata.dataset,
+            "fingerprint": metadata.dataset_fingerprint,
+            "split_seed": metadata.split_seed,
+            "size_scheme": metadata.size_scheme,
+            "source": metadata.source,
+        },
+        metrics=_jsonable(metadata.metrics),
+        memory=memory,
+        verification={},
+        files=tuple(file_entry(staging, relative) for relative in files),
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return data
+
+
+def backbone_config_from_dict(values: Mapping[str, Any]) -> BackboneConfig:
+    """Rebuild a :class:`BackboneConfig` from its JSON form (as ``config.json`` stores it)."""
+    try:
+        kind = BackboneKind(values["kind"])
+        known = {f.name for f in dataclasses.fields(BackboneConfig)} - {"kind"}
+        rest: dict[str, Any] = {k: v for k, v in values.items() if k in known}
+        if "mlp_layers" in rest:
+            rest["mlp_layers"] = tuple(rest["mlp_layers"])
+        return BackboneConfig(kind=kind, **rest)
+    except (KeyError, ValueError, TypeError) as error:
+        raise ConfigError(f"backbone config {dict(values)} is not valid ({error})") from None
+
+
+def export_run(
+    run_dir: Path | str,
+    out_dir: Path | str,
+    data_dir: Path,
+    options: ExportOptions | None = None,
+) -> Path:
+    """Export the model of a run directory written by :func:`ciess_core.runs.write_run`.
+
+    The backbone is rebuilt on the training matrix of the test phase (train ∪ valid) of the run's
+    dataset and split seed, after checking that the dataset found under ``data_dir`` has the
+    fingerprint the run recorded.
+    """
+    from ciess_core.data import Phase, load_dataset, split_per_user
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ConfigError(f"run directory {run} does not exist")
+    for name in RUN_FILES:
+        if not (run / name).is_file():
+            raise DataError(f"{run}: not a complete run directory, {name} is missing")
+    config = _read_json(run / "config.json")
+    metrics = _read_json(run / "metrics.json")
+    backbone = backbone_config_from_dict(config.get("backbone", {}))
+    data = load_dataset(str(config.get("dataset")), data_dir)
+    fingerprint, recorded = data.fingerprint(), str(config.get("dataset_fingerprint"))
+    if fingerprint != recorded:
+        raise DataError(
+            f"dataset {config.get('dataset')!r} under {data_dir} has fingerprint "
+            f"{fingerprint[:16]}…, but {run / 'config.json'} records {recorded[:16]}…: the run "
+            "was trained on other data"
+        )
+    split = split_per_user(data, seed=int(config.get("split_seed", 42)))
+    train, _ = split.phase(Phase.TEST)
+    model = build_backbone(backbone, train, torch.Generator().manual_seed(0))
+    try:
+        state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, ValueError) as error:
+        raise DataError(
+            f"{run / 'model.pt'}: cannot load into a {backbone.kind.value} ({error})"
+        ) from None
+    sizes = np.load(run / "sizes.npy", allow_pickle=False)
+    if not np.array_equal(sizes, model.embedding_sizes().numpy()):
+        raise DataError(f"{run / 'sizes.npy'} disagrees with the sizes stored in model.pt")
+    metadata = ExportMetadata(
+        dataset=str(config.get("dataset")),
+        dataset_fingerprint=fingerprint,
+        split_seed=int(config.get("split_seed", 42)),
+        target_sparsity=config.get("target_sparsity"),
+        size_scheme=config.get("size_scheme"),
+        metrics={k: metrics.get(k) for k in ("protocol", "valid", "test")},
+        source=str(run),
+    )
+    return export_model(
+        model, train, split.external_user_ids, split.external_item_ids, out_dir, metadata, options
+    )

@@ -1,0 +1,188 @@
+"""Load an artifact directory and validate all of it (numpy and scipy only; no torch, no pickles).
+
+Checks, in order: the manifest (schema version, fields), that every file the backbone needs is
+listed, every listed file's size and sha256, the id maps against the entity counts, each ragged
+table's shapes and offsets invariants, and the seen-items CSR. Any failure raises
+:class:`ArtifactError` naming the file and the rule it breaks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from ciess_core.artifact.files import check_file, read_array, read_ids
+from ciess_core.artifact.manifest import (
+    ITEM_IDS_FILE,
+    MANIFEST_NAME,
+    SEEN_INDICES_FILE,
+    SEEN_INDPTR_FILE,
+    USER_IDS_FILE,
+    Manifest,
+    graph_files,
+    manifest_from_json,
+    table_files,
+)
+from ciess_core.artifact.ragged import RaggedTable, size_dtype, validate_ragged
+from ciess_core.errors import ArtifactError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Artifact:
+    """A validated artifact in memory.
+
+    Attributes:
+        directory: where it was read from.
+        manifest: the parsed manifest.
+        tables: table name -> ragged table, each (num_users + num_items) rows, users first.
+        external_user_ids: (num_users,) unicode; position = internal id.
+        external_item_ids: (num_items,) unicode.
+        seen: (num_users, num_items) float32 binary CSR, the training interactions: items excluded
+            from a user's recommendations, and the graph of LightGCN and NGCF.
+        graph_paths: graph role -> verified .onnx file.
+    """
+
+    directory: Path
+    manifest: Manifest
+    tables: Mapping[str, RaggedTable]
+    external_user_ids: npt.NDArray[np.str_]
+    external_item_ids: npt.NDArray[np.str_]
+    seen: sp.csr_matrix
+    graph_paths: Mapping[str, Path]
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """Parse ``directory/manifest.json`` (no file checks)."""
+    path = Path(directory) / MANIFEST_NAME
+    if not Path(directory).is_dir():
+        raise ArtifactError(f"{directory}: not an artifact directory (does not exist)")
+    if not path.is_file():
+        raise ArtifactError(f"{MANIFEST_NAME}: missing file in {directory}")
+    return manifest_from_json(path.read_text(encoding="utf-8"))
+
+
+def _required_files(manifest: Manifest) -> list[str]:
+    files = [USER_IDS_FILE, ITEM_IDS_FILE, SEEN_INDPTR_FILE, SEEN_INDICES_FILE]
+    for name in manifest.tables:
+        files += table_files(name)
+    expected_graphs = graph_files(manifest.backbone, manifest.num_layers)
+    if dict(manifest.graphs) != expected_graphs:
+        raise ArtifactError(
+            f"{MANIFEST_NAME}: a {manifest.backbone} artifact with {manifest.num_layers} layers "
+            f"needs graphs {expected_graphs}, the manifest lists {dict(manifest.graphs)}"
+        )
+    return files + list(expected_graphs.values())
+
+
+def _integer_array(array: npt.NDArray[np.generic], relative: str, length: int) -> None:
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise ArtifactError(
+            f"{relative}: expected a 1-D integer array, got {array.dtype} of shape {array.shape}"
+        )
+    if array.size != length:
+        raise ArtifactError(f"{relative}: expected {length} entries, got {array.size}")
+
+
+def _read_table(
+    directory: Path, manifest: Manifest, name: str, paths: Mapping[str, Path]
+) -> RaggedTable:
+    sizes_file, offsets_file, values_file = table_files(name)
+    sizes = read_array(paths[sizes_file], sizes_file)
+    offsets = read_array(paths[offsets_file], offsets_file)
+    values = read_array(paths[values_file], values_file)
+    _integer_array(sizes, sizes_file, manifest.num_entities)
+    _integer_array(offsets, offsets_file, manifest.num_entities + 1)
+    if sizes.dtype != size_dtype(manifest.max_size):
+        raise ArtifactError(
+            f"{sizes_file}: dtype {sizes.dtype}, expected {np.dtype(size_dtype(manifest.max_size))}"
+        )
+    if offsets.dtype != np.int64:
+        raise ArtifactError(f"{offsets_file}: dtype {offsets.dtype}, expected int64")
+    if values.ndim != 1 or values.dtype.name != manifest.value_dtype:
+        raise ArtifactError(
+            f"{values_file}: expected a 1-D {manifest.value_dtype} array, got {values.dtype} "
+            f"of shape {values.shape}"
+        )
+    table = RaggedTable(
+        sizes=sizes,  # type: ignore[arg-type]
+        offsets=offsets,  # type: ignore[arg-type]
+        values=values,  # type: ignore[arg-type]
+        max_size=manifest.max_size,
+        name=f"tables/{name}",
+    )
+    validate_ragged(table)
+    return table
+
+
+def _read_seen(manifest: Manifest, paths: Mapping[str, Path]) -> sp.csr_matrix:
+    indptr = read_array(paths[SEEN_INDPTR_FILE], SEEN_INDPTR_FILE)
+    indices = read_array(paths[SEEN_INDICES_FILE], SEEN_INDICES_FILE)
+    _integer_array(indptr, SEEN_INDPTR_FILE, manifest.num_users + 1)
+    if indices.ndim != 1 or indices.dtype.kind not in "iu":
+        raise ArtifactError(f"{SEEN_INDICES_FILE}: expected a 1-D integer array")
+    if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != indices.size:
+        raise ArtifactError(
+            f"{SEEN_INDPTR_FILE}: must start at 0, never decrease and end at "
+            f"len(indices) = {indices.size} (ends at {indptr[-1]})"
+        )
+    if indices.size and (indices.min() < 0 or indices.max() >= manifest.num_items):
+        raise ArtifactError(
+            f"{SEEN_INDICES_FILE}: item ids must lie in [0, {manifest.num_items}), got range "
+            f"[{indices.min()}, {indices.max()}]"
+        )
+    matrix = sp.csr_matrix(
+        (np.ones(indices.size, dtype=np.float32), indices, indptr),
+        shape=(manifest.num_users, manifest.num_items),
+    )
+    if not matrix.has_canonical_format:
+        raise ArtifactError(f"{SEEN_INDICES_FILE}: each user's items must be sorted and distinct")
+    return matrix
+
+
+def load_artifact(directory: Path | str) -> Artifact:
+    """Read and validate the artifact in ``directory``.
+
+    Raises:
+        ArtifactError: anything missing, corrupt, inconsistent or of an unknown schema version;
+            the message names the file and the rule.
+    """
+    root = Path(directory)
+    manifest = read_manifest(root)
+    listed = {entry.path for entry in manifest.files}
+    for relative in _required_files(manifest):
+        if relative not in listed:
+            raise ArtifactError(f"{MANIFEST_NAME}: file list lacks required file {relative}")
+    paths = {entry.path: check_file(root, entry) for entry in manifest.files}
+
+    user_ids = read_ids(paths[USER_IDS_FILE], USER_IDS_FILE)
+    item_ids = read_ids(paths[ITEM_IDS_FILE], ITEM_IDS_FILE)
+    for relative, ids, field, count in (
+        (USER_IDS_FILE, user_ids, "num_users", manifest.num_users),
+        (ITEM_IDS_FILE, item_ids, "num_items", manifest.num_items),
+    ):
+        if ids.size != count:
+            raise ArtifactError(
+                f"{relative}: holds {ids.size} ids but {MANIFEST_NAME} says {field} = {count}"
+            )
+    tables = {name: _read_table(root, manifest, name, paths) for name in manifest.tables}
+    seen = _read_seen(manifest, paths)
+    graph_paths = {role: paths[relative] for role, relative in manifest.graphs.items()}
+    logger.debug("validated artifact %s (%d files)", root, len(paths))
+    return Artifact(
+        directory=root,
+        manifest=manifest,
+        tables=MappingProxyType(tables),
+        external_user_ids=user_ids,
+        external_item_ids=item_ids,
+        seen=seen,
+        graph_paths=MappingProxyType(graph_paths),
+    )

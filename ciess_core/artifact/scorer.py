@@ -1,0 +1,334 @@
+"""Top-k over all items from an artifact alone: numpy, scipy and onnxruntime (no torch).
+
+Loading does the batch-independent work once: LightGCN propagates its ragged layer-0 table over
+the normalised graph (scipy), NGCF runs its per-layer ONNX graphs between sparse products, NCF
+projects both halves of its first tower layer. The item vectors are then sorted by effective width
+(index of the last non-zero + 1) into a few buckets, each a dense (width, items) matrix, and a
+request multiplies the user vectors, truncated to each bucket's width, with every bucket through
+the ``dot`` graph. Scores come out in bucket order; seen items are excluded there and the top-k
+positions are mapped back to internal item ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from ciess_core.artifact.buckets import BucketLayout, bucket_layout, effective_widths
+from ciess_core.artifact.propagation import (
+    lightgcn_propagate,
+    mean_normalized_adjacency_with_self_loops,
+    symmetric_normalized_adjacency,
+)
+from ciess_core.artifact.ragged import unpack
+from ciess_core.artifact.reader import Artifact, load_artifact
+from ciess_core.errors import ArtifactError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+IdArray = npt.NDArray[np.int64]
+
+# NCF's tower materialises (users, items, h1) activations; cap each block (as the torch model does).
+_MAX_BLOCK_ELEMENTS = 1 << 25
+
+
+@dataclass(frozen=True)
+class ScorerOptions:
+    """How the scorer lays out and runs its work.
+
+    Attributes:
+        max_buckets: most width buckets for the item matrix (1 = one matrix at the widest row).
+        min_bucket_saving: a bucket must save this fraction of the one-bucket work.
+        threads: onnxruntime intra-op threads (0: onnxruntime's default, all cores).
+        padded: ignore the widths and keep one zero-padded matrix at the full width (the
+            baseline layout the benchmark compares against).
+    """
+
+    max_buckets: int = 4
+    min_bucket_saving: float = 0.02
+    threads: int = 0
+    padded: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_buckets < 1:
+            raise ConfigError(f"max_buckets must be >= 1, got {self.max_buckets}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0, got {self.threads}")
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise ArtifactError(f"{path.name}: onnxruntime cannot load the graph ({error})") from None
+
+
+def _run(session: ort.InferenceSession, feeds: Mapping[str, FloatArray]) -> list[FloatArray]:
+    outputs: list[FloatArray] = session.run(None, dict(feeds))
+    return outputs
+
+
+class DotIndex:
+    """User vectors and width-bucketed item vectors scored by the ``dot`` graph.
+
+    Attributes:
+        users: (U, w_u) float32 user vectors.
+        layout: the item permutation and bucket bounds.
+        item_blocks: per bucket, (width, items in bucket) float32 C-contiguous (transposed).
+    """
+
+    def __init__(
+        self,
+        users: FloatArray,
+        items: FloatArray,
+        session: ort.InferenceSession,
+        options: ScorerOptions,
+        layout: BucketLayout | None = None,
+    ) -> None:
+        self.session = session
+        if options.padded:
+            user_widths = np.full(users.shape[0], users.shape[1], dtype=np.int64)
+            item_widths = np.full(items.shape[0], items.shape[1], dtype=np.int64)
+        else:
+            user_widths, item_widths = effective_widths(users), effective_widths(items)
+            users = np.ascontiguousarray(users[:, : int(user_widths.max())])
+        self.users = users
+        self.user_widths = user_widths
+        if layout is None:
+            layout = bucket_layout(item_widths, options.max_buckets, options.min_bucket_saving)
+        self.layout = layout
+        self.item_blocks = [
+            np.ascontiguousarray(items[layout.order[start:end], :width].T)
+            for start, end, width in layout.bounds
+        ]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.users.nbytes + sum(block.nbytes for block in self.item_blocks))
+
+    def scores(self, user_ids: IdArray, out: FloatArray | None = None) -> FloatArray:
+        """(B, num_items) float32 scores in bucket order for internal user ids (B,)."""
+        rows = self.users[user_ids]
+        widest_user = int(self.user_widths[user_ids].max()) if user_ids.size else 1
+        num_items = self.layout.order.size
+        result = np.zeros((user_ids.size, num_items), np.float32) if out is None else out
+        for (start, end, width), block in zip(self.layout.bounds, self.item_blocks, strict=True):
+            # Past either side's width every product is zero: multiply only the common prefix.
+            common = max(1, min(width, widest_user, rows.shape[1]))
+            users = np.ascontiguousarray(rows[:, :common])
+            (scores,) = _run(self.session, {"users": users, "items_t": block[:common]})
+            if out is None:
+                result[:, start:end] = scores
+            else:
+                result[:, start:end] += scores
+        return result
+
+
+class ArtifactScorer:
+    """Scores every item for a user, from an artifact alone.
+
+    Item ids are internal (0..num_items-1) everywhere; :meth:`user_index` and :meth:`item_labels`
+    map to and from the external ids.
+    """
+
+    def __init__(self, artifact: Artifact, options: ScorerOptions | None = None) -> None:
+        self.options = options or ScorerOptions()
+        self.manifest = artifact.manifest
+        self.num_users = artifact.manifest.num_users
+        self.num_items = artifact.manifest.num_items
+        self.external_user_ids = artifact.external_user_ids
+        self.external_item_ids = artifact.external_item_ids
+        self._user_lookup = {label: index for index, label in enumerate(artifact.external_user_ids)}
+        self.seen = artifact.seen
+        threads = self.options.threads
+        self.ncf_tower: ort.InferenceSession | None = None
+        self.ncf_parts: tuple[FloatArray, FloatArray] | None = None
+        if artifact.manifest.backbone == "ncf":
+            self.index = self._load_ncf(artifact, threads)
+        else:
+            dot = _session(artifact.graph_paths["dot"], threads)
+            if artifact.manifest.backbone == "lightgcn":
+                users, items = _lightgcn_vectors(artifact)
+            else:
+                users, items = _ngcf_vectors(artifact, threads)
+            self.index = DotIndex(users, items, dot, self.options)
+        logger.info(
+            "loaded %s artifact %s: %d users, %d items, buckets %s, resident %.1f MB",
+            self.manifest.backbone,
+            artifact.directory,
+            self.num_users,
+            self.num_items,
+            [(end - start, width) for start, end, width in self.index.layout.bounds],
+            self.resident_bytes / 1e6,
+        )
+
+    def _load_ncf(self, artifact: Artifact, threads: int) -> DotIndex:
+        manifest, width = artifact.manifest, artifact.manifest.max_size
+        users = np.arange(manifest.num_users)
+        items = np.arange(manifest.num_users, manifest.num_entities)
+        gmf, mlp = artifact.tables["gmf"], artifact.tables["mlp"]
+        user_session = _session(artifact.graph_paths["ncf_user"], threads)
+        user_part, user_gmf = _run(
+            user_session,
+            {"mlp": unpack(mlp, width, users), "gmf": unpack(gmf, width, users)},
+        )
+        item_session = _session(artifact.graph_paths["ncf_item"], threads)
+        (item_part,) = _run(item_session, {"mlp": unpack(mlp, width, items)})
+        dot = _session(artifact.graph_paths["dot"], threads)
+        index = DotIndex(user_gmf, unpack(gmf, width, items), dot, self.options)
+        # The tower sees items in the same (bucket) order as the GMF half.
+        self.ncf_parts = (user_part, np.ascontiguousarray(item_part[index.layout.order]))
+        self.ncf_tower = _session(artifact.graph_paths["ncf_tower"], threads)
+        return index
+
+    # -- memory ---------------------------------------------------------------------------------
+    @property
+    def resident_detail(self) -> dict[str, int]:
+        """Bytes kept in memory by part."""
+        detail = {
+            "user_vectors": int(self.index.users.nbytes),
+            "item_buckets": int(sum(block.nbytes for block in self.index.item_blocks)),
+            "item_order": int(self.index.layout.order.nbytes + self.index.layout.position.nbytes),
+            "seen": int(self.seen.indptr.nbytes + self.seen.indices.nbytes + self.seen.data.nbytes),
+        }
+        if self.ncf_parts is not None:
+            detail["ncf_user_part"] = int(self.ncf_parts[0].nbytes)
+            detail["ncf_item_part"] = int(self.ncf_parts[1].nbytes)
+        return detail
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(self.resident_detail.values())
+
+    @property
+    def bucket_widths(self) -> list[tuple[int, int]]:
+        """(items, width) per bucket."""
+        return [(end - start, width) for start, end, width in self.index.layout.bounds]
+
+    # -- scoring --------------------------------------------------------------------------------
+    def _check_users(self, user_ids: npt.ArrayLike) -> IdArray:
+        ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_users):
+            raise ConfigError(
+                f"user ids must lie in [0, {self.num_users}), got [{ids.min()}, {ids.max()}]"
+            )
+        return ids
+
+    def _bucket_order_scores(self, user_ids: IdArray) -> FloatArray:
+        """(B, num_items) float32 scores, items in bucket order."""
+        if self.ncf_parts is None or self.ncf_tower is None:
+            return self.index.scores(user_ids)
+        user_part, item_part = self.ncf_parts
+        block = max(1, _MAX_BLOCK_ELEMENTS // (self.num_items * item_part.shape[1]))
+        scores = np.empty((user_ids.size, self.num_items), dtype=np.float32)
+        for start in range(0, user_ids.size, block):
+            chunk = user_ids[start : start + block]
+            (scores[start : start + block],) = _run(
+                self.ncf_tower, {"user_part": user_part[chunk], "item_part": item_part}
+            )
+        return self.index.scores(user_ids, out=scores)
+
+    def score_all(self, user_ids: npt.ArrayLike) -> FloatArray:
+        """Scores of every item, in internal item order, seen items included.
+
+        Args:
+            user_ids: (B,) internal user ids.
+
+        Returns:
+            (B, num_items) float32.
+        """
+        ids = self._check_users(user_ids)
+        return self._bucket_order_scores(ids)[:, self.index.layout.position]
+
+    def recommend(
+        self, user_ids: npt.ArrayLike, k: int, exclude_seen: bool = True
+    ) -> tuple[IdArray, FloatArray]:
+        """Each user's top-k items, best first, seen items excluded.
+
+        Args:
+            user_ids: (B,) internal user ids.
+            k: list length; at most num_items.
+            exclude_seen: drop the user's training items from the ranking.
+
+        Returns:
+            (items (B, k) int64 internal ids, scores (B, k) float32). Ties break towards the lower
+            item id. When fewer than k items are left, the tail has item -1 and score -inf.
+        """
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        ids = self._check_users(user_ids)
+        k = min(k, self.num_items)
+        scores = self._bucket_order_scores(ids)
+        layout = self.index.layout
+        if exclude_seen:
+            rows = self.seen[ids]
+            counts = np.diff(rows.indptr)
+            scores[np.repeat(np.arange(ids.size), counts), layout.position[rows.indices]] = -np.inf
+        if k < self.num_items:
+            candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            candidates = np.broadcast_to(np.arange(self.num_items), scores.shape)
+        candidate_scores = np.take_along_axis(scores, candidates, axis=1)
+        candidate_items = layout.order[candidates]
+        ranking = np.lexsort((candidate_items, -candidate_scores), axis=1)
+        top_items = np.take_along_axis(candidate_items, ranking, axis=1)
+        top_scores = np.take_along_axis(candidate_scores, ranking, axis=1)
+        top_items[np.isneginf(top_scores)] = -1
+        return top_items, top_scores
+
+    # -- ids ------------------------------------------------------------------------------------
+    def user_index(self, external_user_ids: npt.ArrayLike) -> IdArray:
+        """Internal ids of external user ids; -1 for an unknown user (the caller decides: 404)."""
+        labels = np.asarray(external_user_ids).reshape(-1).tolist()
+        return np.asarray([self._user_lookup.get(str(label), -1) for label in labels], np.int64)
+
+    def item_labels(self, item_ids: npt.ArrayLike) -> npt.NDArray[np.str_]:
+        """External ids of internal item ids (-1, an empty slot, maps to "")."""
+        ids = np.asarray(item_ids, dtype=np.int64)
+        labels = self.external_item_ids[np.clip(ids, 0, None)]
+        return np.where(ids >= 0, labels, "")
+
+
+def _lightgcn_vectors(artifact: Artifact) -> tuple[FloatArray, FloatArray]:
+    """Final (U, w) user and (I, w) item vectors: mean of the propagated layers."""
+    table = artifact.tables["embedding"]
+    layer0 = unpack(table)  # (N, widest size)
+    final = lightgcn_propagate(
+        symmetric_normalized_adjacency(artifact.seen), layer0, artifact.manifest.num_layers
+    )
+    return final[: artifact.manifest.num_users], final[artifact.manifest.num_users :]
+
+
+def _ngcf_vectors(artifact: Artifact, threads: int) -> tuple[FloatArray, FloatArray]:
+    """Final user and item vectors [layer_1; …; layer_K; ego]: the ego part, the only ragged
+    one, goes last so that rows end at their size and the width buckets can cut them."""
+    manifest = artifact.manifest
+    adjacency = mean_normalized_adjacency_with_self_loops(artifact.seen)
+    layer0 = unpack(artifact.tables["embedding"])
+    ego = unpack(artifact.tables["embedding"], manifest.max_size)
+    parts = []
+    for layer in range(manifest.num_layers):
+        session = _session(artifact.graph_paths[f"ngcf_layer_{layer}"], threads)
+        side = np.asarray(adjacency @ ego, dtype=np.float32)
+        ego, normalized = _run(session, {"side": side, "ego": ego})
+        parts.append(normalized)
+    final = np.concatenate([*parts, layer0], axis=1)
+    return final[: manifest.num_users], final[manifest.num_users :]
+
+
+def load_scorer(directory: Path | str, options: ScorerOptions | None = None) -> ArtifactScorer:
+    """Validate the artifact in ``directory`` and build its scorer."""
+    return ArtifactScorer(load_artifact(directory), options)

@@ -1,0 +1,432 @@
+"""Export: layout, manifest, size bound, atomic writes, run directories, the CLI, and corruption."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from ciess_core.artifact import export as export_module
+from ciess_core.artifact.export import ExportMetadata, ExportOptions, export_model, export_run
+from ciess_core.artifact.files import sha256_file
+from ciess_core.artifact.manifest import SCHEMA_VERSION
+from ciess_core.artifact.reader import load_artifact
+from ciess_core.cli import main
+from ciess_core.data import DatasetSplit, InteractionData, Phase, split_per_user
+from ciess_core.errors import ArtifactError, ConfigError, DataError
+from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
+from ciess_core.runs import Protocol, RunOutcome, RunSpec, write_run
+from ciess_core.sizes import SizeScheme, assign_sizes
+from ciess_core.training import TrainConfig
+
+MAX_SIZE = 32
+
+
+def make_model(kind: BackboneKind, train: sp.csr_matrix, sizes: np.ndarray) -> Backbone:
+    """An untrained backbone with the given sizes; N(0, 0.01) tables scaled to give O(1) scores."""
+    config = BackboneConfig.default_for(kind, max_size=MAX_SIZE, mlp_layers=(16, 8))
+    model = build_backbone(config, train, torch.Generator().manual_seed(0))
+    if kind is not BackboneKind.NGCF:  # NGCF's Xavier init is O(1) already
+        with torch.no_grad():
+            for table in model.tables():
+                table.weight.mul_(100.0)
+    model.set_embedding_sizes(torch.from_numpy(sizes))
+    return model
+
+
+def random_sizes(count: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(1, MAX_SIZE + 1, count)
+
+
+def export(
+    kind: BackboneKind,
+    split: DatasetSplit,
+    out: Path,
+    sizes: np.ndarray | None = None,
+    **options: object,
+) -> Path:
+    train, _ = split.phase(Phase.TEST)
+    count = split.num_users + split.num_items
+    model = make_model(kind, train, random_sizes(count) if sizes is None else sizes)
+    return export_model(
+        model,
+        train,
+        split.external_user_ids,
+        split.external_item_ids,
+        out,
+        ExportMetadata(dataset="clusters", dataset_fingerprint="f" * 64, split_seed=7),
+        ExportOptions(**options),  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def artifacts(clustered_split: DatasetSplit, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("artifacts")
+    return {kind: export(kind, clustered_split, root / kind.value) for kind in BackboneKind}
+
+
+def test_layout_and_manifest(artifacts: dict, clustered_split: DatasetSplit) -> None:
+    directory = artifacts[BackboneKind.NGCF]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["schema_version"] == SCHEMA_VERSION
+    assert (manifest["num_users"], manifest["num_items"]) == (120, 80)
+    assert manifest["backbone"] == "ngcf" and manifest["max_size"] == MAX_SIZE
+    paths = {entry["path"] for entry in manifest["files"]}
+    assert paths == {
+        "ids/users.json",
+        "ids/items.json",
+        "interactions/indptr.npy",
+        "interactions/indices.npy",
+        "tables/embedding/sizes.npy",
+        "tables/embedding/offsets.npy",
+        "tables/embedding/values.npy",
+        "graphs/dot.onnx",
+        *(f"graphs/ngcf_layer_{k}.onnx" for k in range(3)),
+    }
+    on_disk = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
+    assert on_disk == paths | {"manifest.json"}
+    for entry in manifest["files"]:
+        file = directory / entry["path"]
+        assert sha256_file(file) == entry["sha256"] and file.stat().st_size == entry["bytes"]
+    sizes = np.load(directory / "tables/embedding/sizes.npy")
+    assert manifest["achieved_sparsity"] == pytest.approx(1 - sizes.sum() / (200 * MAX_SIZE))
+    memory = manifest["memory"]
+    assert memory["stored_values"] == 4 * sizes.sum()
+    assert memory["dense"] == 4 * 200 * MAX_SIZE
+    assert memory["resident"] == sum(memory["resident_detail"].values()) > 0
+    assert manifest["verification"]["top_k_identical_fraction"] == 1.0
+    assert manifest["dataset"]["fingerprint"] == "f" * 64
+    # The seen items are the training matrix of the test phase (train ∪ valid).
+    artifact = load_artifact(directory)
+    train, _ = clustered_split.phase(Phase.TEST)
+    assert (artifact.seen != train).nnz == 0
+    assert artifact.external_user_ids.tolist() == clustered_split.external_user_ids.tolist()
+
+
+def test_ncf_artifact_stores_both_tables(artifacts: dict) -> None:
+    artifact = load_artifact(artifacts[BackboneKind.NCF])
+    assert set(artifact.tables) == {"gmf", "mlp"}
+    np.testing.assert_array_equal(artifact.tables["gmf"].sizes, artifact.tables["mlp"].sizes)
+    assert set(artifact.graph_paths) == {"dot", "ncf_user", "ncf_item", "ncf_tower"}
+
+
+def test_no_pickles_anywhere(artifacts: dict) -> None:
+    for directory in artifacts.values():
+        for file in (path for path in directory.rglob("*") if path.is_file()):
+            assert file.suffix in {".npy", ".json", ".onnx"}, file
+            if file.suffix == ".npy":
+                assert not np.load(file, allow_pickle=False).dtype.hasobject
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95])
+@pytest.mark.parametrize("scheme", ["equal", "random", "skewed"])
+def test_embedding_bytes_track_the_budget(
+    scheme: str, target: float, clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    count = clustered_split.num_users + clustered_split.num_items
+    rng = np.random.default_rng(0)
+    if scheme == "skewed":  # CIESS-like: a few wide entities, a long tail of narrow ones
+        sizes = np.clip(rng.pareto(1.5, count) * (1 - target) * MAX_SIZE / 2, 1, MAX_SIZE)
+        sizes = np.floor(sizes * (1 - target) * MAX_SIZE * count / sizes.sum()).clip(1, MAX_SIZE)
+    else:
+        sizes = assign_sizes(SizeScheme(scheme), count, MAX_SIZE, target, rng)
+    sizes = sizes.astype(np.int64)
+    out = export(BackboneKind.LIGHTGCN, clustered_split, tmp_path / "a", sizes, verify_users=0)
+    manifest = load_artifact(out).manifest
+    values_file = manifest.file("tables/embedding/values.npy").bytes
+    offsets_file = sum(
+        manifest.file(f"tables/embedding/{name}.npy").bytes for name in ("offsets", "sizes")
+    )
+    achieved = manifest.achieved_sparsity
+    assert achieved >= target - 1 / MAX_SIZE  # ES rounds its one size
+    dense = manifest.memory.dense
+    assert manifest.memory.stored_values == pytest.approx((1 - achieved) * dense)
+    # The .npy header is the only overhead on top of the raw values.
+    assert values_file <= (1 - achieved) * dense * 1.01 + 128
+    assert offsets_file <= (count + 1) * 8 + count * 2 + 256
+
+
+def test_float16_halves_the_values(clustered_split: DatasetSplit, tmp_path: Path) -> None:
+    out = export(BackboneKind.LIGHTGCN, clustered_split, tmp_path / "half", value_dtype="float16")
+    artifact = load_artifact(out)
+    assert artifact.tables["embedding"].values.dtype == np.float16
+    assert artifact.manifest.memory.stored_values == 2 * int(
+        artifact.tables["embedding"].sizes.sum()
+    )
+    assert artifact.manifest.verification["max_abs_score_difference"] < 1e-2
+
+
+def test_half_written_export_leaves_nothing(
+    clustered_split: DatasetSplit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*args: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export_module, "_write_graphs", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export(BackboneKind.LIGHTGCN, clustered_split, tmp_path / "artifact")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_parity_check_leaves_nothing(
+    clustered_split: DatasetSplit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = export_module.ArtifactScorer.score_all
+    monkeypatch.setattr(
+        export_module.ArtifactScorer, "score_all", lambda self, users: original(self, users) + 1e-3
+    )
+    with pytest.raises(ArtifactError, match="export check failed"):
+        export(BackboneKind.NCF, clustered_split, tmp_path / "artifact")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_an_existing_directory(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ConfigError, match="already exists"):
+        export(BackboneKind.LIGHTGCN, clustered_split, tmp_path / "taken")
+
+
+# -- corruption: each is rejected with its own message ------------------------------------------
+def _copy(source: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(source, target)
+    return target
+
+
+def _rewrite(directory: Path, relative: str, array: np.ndarray) -> None:
+    """Replace a file *and* its manifest entry, as a buggy writer would."""
+    np.save(directory / relative, array, allow_pickle=False)
+    _edit_manifest(directory, lambda m: _rehash(directory, m, relative))
+
+
+def _rehash(directory: Path, manifest: dict, relative: str) -> None:
+    for entry in manifest["files"]:
+        if entry["path"] == relative:
+            entry["sha256"] = sha256_file(directory / relative)
+            entry["bytes"] = (directory / relative).stat().st_size
+
+
+def _edit_manifest(directory: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _truncate(directory: Path) -> None:
+    path = directory / "tables/embedding/values.npy"
+    path.write_bytes(path.read_bytes()[:-8])
+
+
+def _flip_byte(directory: Path) -> None:
+    path = directory / "tables/embedding/values.npy"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _short_values(directory: Path) -> None:
+    values = np.load(directory / "tables/embedding/values.npy")
+    _rewrite(directory, "tables/embedding/values.npy", values[:-2])
+
+
+def _bad_offsets(directory: Path) -> None:
+    offsets = np.load(directory / "tables/embedding/offsets.npy")
+    offsets[5] = offsets[4] - 1
+    _rewrite(directory, "tables/embedding/offsets.npy", offsets)
+
+
+def _sizes_disagree(directory: Path) -> None:
+    sizes = np.load(directory / "tables/embedding/sizes.npy")
+    sizes[3] = sizes[3] % MAX_SIZE + 1
+    _rewrite(directory, "tables/embedding/sizes.npy", sizes)
+
+
+def _item_out_of_range(directory: Path) -> None:
+    indices = np.load(directory / "interactions/indices.npy")
+    indices[-1] = 80
+    _rewrite(directory, "interactions/indices.npy", indices)
+
+
+def _set(field: str, value: object):  # type: ignore[no-untyped-def]
+    return lambda directory: _edit_manifest(directory, lambda m: m.__setitem__(field, value))
+
+
+def _unlist_graph(directory: Path) -> None:
+    _edit_manifest(
+        directory,
+        lambda m: m.__setitem__("files", [f for f in m["files"] if f["path"] != "graphs/dot.onnx"]),
+    )
+
+
+CORRUPTIONS = {
+    "truncated values": (
+        _truncate,
+        r"tables/embedding/values.npy: file has \d+ bytes, the manifest records",
+    ),
+    "values shorter than offsets": (
+        _short_values,
+        r"tables/embedding: offsets\[-1\] = \d+ but values holds",
+    ),
+    "bad offsets": (_bad_offsets, r"tables/embedding: offsets must be non-decreasing"),
+    "sizes disagree with offsets": (_sizes_disagree, r"tables/embedding: row 3 spans"),
+    "wrong hash": (_flip_byte, r"tables/embedding/values.npy: sha256 mismatch"),
+    "unknown schema version": (
+        _set("schema_version", 99),
+        r"manifest.json: unknown schema_version 99",
+    ),
+    "missing file": (lambda d: (d / "ids/items.json").unlink(), r"ids/items.json: missing file"),
+    "unlisted required file": (_unlist_graph, r"file list lacks required file graphs/dot.onnx"),
+    "mismatched user count": (
+        _set("num_users", 121),
+        r"ids/users.json: holds 120 ids but manifest.json says num_users = 121",
+    ),
+    "mismatched item count": (
+        _set("num_items", 79),
+        r"ids/items.json: holds 80 ids but manifest.json says num_items = 79",
+    ),
+    "seen item out of range": (
+        _item_out_of_range,
+        r"interactions/indices.npy: item ids must lie in \[0, 80\)",
+    ),
+    "no manifest": (lambda d: (d / "manifest.json").unlink(), r"manifest.json: missing file"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_each_corruption_is_rejected_with_its_own_message(
+    name: str, artifacts: dict, tmp_path: Path
+) -> None:
+    corrupt, message = CORRUPTIONS[name]
+    directory = _copy(artifacts[BackboneKind.LIGHTGCN], tmp_path)
+    corrupt(directory)
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(directory)
+
+
+def test_corruption_messages_are_distinct() -> None:
+    messages = [message for _, message in CORRUPTIONS.values()]
+    assert len(set(messages)) == len(messages)
+
+
+# -- run directories and the CLI ------------------------------------------------------------------
+def _write_pairs(data: InteractionData, path: Path) -> None:
+    lines = [
+        f"{data.external_user_ids[u]} {data.external_item_ids[i]}"
+        for u, i in zip(data.user_ids, data.item_ids, strict=True)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def run_dir(clustered_data: InteractionData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ciess_core.data import load_dataset
+
+    root = tmp_path_factory.mktemp("run")
+    data_file = root / "pairs.txt"
+    _write_pairs(clustered_data, data_file)
+    data = load_dataset(str(data_file), root)
+    split = split_per_user(data, seed=3)
+    train, _ = split.phase(Phase.TEST)
+    sizes = random_sizes(split.num_users + split.num_items, seed=4)
+    model = make_model(BackboneKind.NGCF, train, sizes)
+    spec = RunSpec(
+        dataset=str(data_file),
+        backbone=model.config,
+        training=TrainConfig(batch_size=10, max_batches=1),
+        size_scheme=SizeScheme.RANDOM,
+        target_sparsity=0.5,
+        protocol=Protocol.CLEAN,
+        split_seed=3,
+    )
+    outcome = RunOutcome({"recall@20": 0.25}, {"recall@20": 0.3}, model.sparsity(), 1.0)
+    return write_run(root / "run", spec, split, data.fingerprint(), model, outcome, [])
+
+
+def test_export_run_rebuilds_the_model_and_checks_it(run_dir: Path, tmp_path: Path) -> None:
+    out = export_run(run_dir, tmp_path / "artifact", run_dir.parent)
+    artifact = load_artifact(out)
+    manifest = artifact.manifest
+    assert manifest.backbone == "ngcf" and manifest.target_sparsity == 0.5
+    assert manifest.metrics["test"] == {"recall@20": 0.25}
+    assert manifest.dataset["split_seed"] == 3 and manifest.dataset["size_scheme"] == "random"
+    check = manifest.verification
+    assert check["max_abs_score_difference"] <= 1e-5 * (1 + check["max_abs_score"])
+    np.testing.assert_array_equal(
+        artifact.tables["embedding"].sizes, np.load(run_dir / "sizes.npy")
+    )
+
+
+def test_export_run_rejects_other_data(run_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "run"
+    shutil.copytree(run_dir, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["dataset_fingerprint"] = "0" * 64
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match=r"fingerprint .* records 0000"):
+        export_run(broken, tmp_path / "artifact", run_dir.parent)
+    (broken / "model.pt").unlink()
+    with pytest.raises(DataError, match=r"model\.pt is missing"):
+        export_run(broken, tmp_path / "artifact", run_dir.parent)
+
+
+def test_cli_export_and_inspect(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "artifact"
+    code = main(
+        [
+            "export",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--data-dir",
+            str(run_dir.parent),
+            "--verify-users",
+            "16",
+        ]
+    )
+    assert code == 0
+    assert "budget: target sparsity 0.5" in capsys.readouterr().out
+    plot = tmp_path / "sizes.png"
+    assert main(["inspect", str(out), "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    for expected in (
+        "sizes of users",
+        "sizes of items",
+        "of the dense",
+        "resident after load",
+        "metrics (clean)",
+    ):
+        assert expected in text
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["export", str(run_dir), "--out", str(out), "--data-dir", str(run_dir.parent)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    _truncate_any = out / "ids/users.json"
+    _truncate_any.write_text("[]")
+    assert main(["inspect", str(out)]) == 2
+    assert "error: ids/users.json" in capsys.readouterr().err
+
+
+def test_reader_and_scorer_need_no_torch(artifacts: dict) -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from ciess_core.artifact.scorer import load_scorer, ScorerOptions\n"
+        f"scorer = load_scorer({str(artifacts[BackboneKind.NGCF])!r}, ScorerOptions(threads=1))\n"
+        "items, scores = scorer.recommend([0, 1], 5)\n"
+        "assert items.shape == (2, 5)\n"
+        "assert 'torch' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,187 @@
+"""The artifact scorer against the PyTorch backbones: every user's scores and top-20."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from ciess_core.artifact.export import ExportOptions, export_model
+from ciess_core.artifact.reader import load_artifact
+from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions, load_scorer
+from ciess_core.data import DatasetSplit, Phase
+from ciess_core.errors import ConfigError
+from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
+from ciess_core.training import TrainConfig, train_bpr
+
+MAX_SIZE = 32
+TOP_K = 20
+
+
+def build(kind: BackboneKind, train: sp.csr_matrix, sizes: np.ndarray) -> Backbone:
+    """An untrained backbone with ``sizes``; N(0, 0.01) tables scaled to give O(1) scores."""
+    config = BackboneConfig.default_for(kind, max_size=MAX_SIZE, mlp_layers=(16, 8))
+    model = build_backbone(config, train, torch.Generator().manual_seed(0))
+    if kind is not BackboneKind.NGCF:
+        with torch.no_grad():
+            for table in model.tables():
+                table.weight.mul_(100.0)
+    model.set_embedding_sizes(torch.from_numpy(sizes))
+    return model.eval()
+
+
+def torch_top_k(model: Backbone, seen: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every user's scores (U, I) and top-k (U, k) from the model, seen items excluded."""
+    with torch.no_grad():
+        scores = model.score_all_items(model.represent(), torch.arange(model.num_users))
+    rows = np.repeat(np.arange(model.num_users), np.diff(seen.indptr))
+    masked = scores.clone()
+    masked[torch.from_numpy(rows), torch.from_numpy(seen.indices.astype(np.int64))] = -torch.inf
+    top = torch.topk(masked, k, dim=1, sorted=True).indices
+    return scores.numpy(), top.numpy()
+
+
+def export(model: Backbone, split: DatasetSplit, out: Path, **options: object) -> Path:
+    train, _ = split.phase(Phase.TEST)
+    return export_model(
+        model,
+        train,
+        split.external_user_ids,
+        split.external_item_ids,
+        out,
+        options=ExportOptions(**options),  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(params=list(BackboneKind), ids=lambda kind: kind.value)
+def kind(request: pytest.FixtureRequest) -> BackboneKind:
+    return request.param
+
+
+def _sizes(split: DatasetSplit, seed: int = 1) -> np.ndarray:
+    count = split.num_users + split.num_items
+    return np.random.default_rng(seed).integers(1, MAX_SIZE + 1, count)
+
+
+@pytest.mark.parametrize("sizes_name", ["random", "equal", "full"])
+def test_parity_with_the_torch_model_for_every_user(
+    kind: BackboneKind, sizes_name: str, clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    count = clustered_split.num_users + clustered_split.num_items
+    sizes = {
+        "random": _sizes(clustered_split),
+        "equal": np.full(count, 3),
+        "full": np.full(count, MAX_SIZE),
+    }[sizes_name]
+    train, _ = clustered_split.phase(Phase.TEST)
+    model = build(kind, train, sizes)
+    scorer = load_scorer(export(model, clustered_split, tmp_path / "a"), ScorerOptions(threads=1))
+    expected_scores, expected_top = torch_top_k(model, scorer.seen, TOP_K)
+    users = np.arange(model.num_users)
+    scores = scorer.score_all(users)
+    assert np.abs(expected_scores).max() > 0.1  # the comparison is not between tiny numbers
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
+    top_items, top_scores = scorer.recommend(users, TOP_K)
+    np.testing.assert_array_equal(top_items, expected_top)
+    np.testing.assert_allclose(
+        top_scores, np.take_along_axis(expected_scores, expected_top, axis=1), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_parity_after_training(clustered_split: DatasetSplit, tmp_path: Path) -> None:
+    train, _ = clustered_split.phase(Phase.TEST)
+    model = build(BackboneKind.LIGHTGCN, train, _sizes(clustered_split)).train()
+    config = TrainConfig(batch_size=64, max_batches=40, eval_every=0, learning_rate=0.05)
+    train_bpr(model, train, config, progress=False)
+    model.eval()
+    scorer = load_scorer(export(model, clustered_split, tmp_path / "a"), ScorerOptions(threads=1))
+    expected_scores, expected_top = torch_top_k(model, scorer.seen, TOP_K)
+    np.testing.assert_allclose(
+        scorer.score_all(np.arange(120)), expected_scores, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_array_equal(scorer.recommend(np.arange(120), TOP_K)[0], expected_top)
+
+
+def test_bucketed_and_padded_layouts_agree(
+    kind: BackboneKind, clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    train, _ = clustered_split.phase(Phase.TEST)
+    model = build(kind, train, _sizes(clustered_split, seed=5))
+    artifact = load_artifact(export(model, clustered_split, tmp_path / "a", verify_users=0))
+    users = np.arange(artifact.manifest.num_users)
+    padded = ArtifactScorer(artifact, ScorerOptions(padded=True, threads=1))
+    one = ArtifactScorer(artifact, ScorerOptions(max_buckets=1, threads=1))
+    many = ArtifactScorer(artifact, ScorerOptions(max_buckets=4, min_bucket_saving=0, threads=1))
+    assert len(padded.bucket_widths) == 1
+    if kind is not BackboneKind.LIGHTGCN:
+        # LightGCN's propagation makes every vector as wide as its widest 3-hop neighbour, which
+        # in this small connected graph is the widest entity; NGCF keeps the ego part ragged.
+        assert len(many.bucket_widths) > 1
+    reference = padded.score_all(users)
+    for scorer in (one, many):
+        np.testing.assert_allclose(scorer.score_all(users), reference, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(
+            scorer.recommend(users, TOP_K)[0], padded.recommend(users, TOP_K)[0]
+        )
+    assert many.index.layout.padded_elements <= padded.index.layout.padded_elements
+
+
+def test_work_follows_the_stored_sizes(clustered_split: DatasetSplit, tmp_path: Path) -> None:
+    """ES at size 3: LightGCN's propagated vectors stay 3 wide, so its buckets are 3 wide."""
+    train, _ = clustered_split.phase(Phase.TEST)
+    count = clustered_split.num_users + clustered_split.num_items
+    sizes = np.full(count, 3)
+    sizes[: clustered_split.num_users] = 2
+    for kind in (BackboneKind.LIGHTGCN, BackboneKind.NCF):
+        model = build(kind, train, sizes)
+        scorer = load_scorer(export(model, clustered_split, tmp_path / kind.value))
+        assert [width for _, width in scorer.bucket_widths] == [3]
+        assert scorer.index.users.shape[1] <= 3
+
+
+def test_recommendations_exclude_seen_items(clustered_split: DatasetSplit, tmp_path: Path) -> None:
+    train, _ = clustered_split.phase(Phase.TEST)
+    model = build(BackboneKind.NCF, train, _sizes(clustered_split))
+    scorer = load_scorer(export(model, clustered_split, tmp_path / "a", verify_users=0))
+    users = np.arange(scorer.num_users)
+    items, scores = scorer.recommend(users, TOP_K)
+    for user in users:
+        assert not set(items[user]) & set(scorer.seen[user].indices)
+        assert np.all(np.diff(scores[user]) <= 0)
+    with_seen, _ = scorer.recommend(users, TOP_K, exclude_seen=False)
+    assert any(set(with_seen[u]) & set(scorer.seen[u].indices) for u in users)
+    # Asking for every item leaves the seen ones as empty slots at the end.
+    everything, everything_scores = scorer.recommend([0], scorer.num_items)
+    num_seen = scorer.seen[0].nnz
+    assert np.all(everything[0, -num_seen:] == -1)
+    assert np.all(np.isneginf(everything_scores[0, -num_seen:]))
+    assert sorted(everything[0, :-num_seen]) == sorted(
+        set(range(scorer.num_items)) - set(scorer.seen[0].indices)
+    )
+
+
+def test_ids_and_input_checks(clustered_split: DatasetSplit, tmp_path: Path) -> None:
+    train, _ = clustered_split.phase(Phase.TEST)
+    model = build(BackboneKind.LIGHTGCN, train, _sizes(clustered_split))
+    scorer = load_scorer(export(model, clustered_split, tmp_path / "a", verify_users=0))
+    np.testing.assert_array_equal(scorer.user_index(["u3", "nobody", "u0"]), [3, -1, 0])
+    assert scorer.item_labels(np.array([[2, -1]])).tolist() == [["i2", ""]]
+    with pytest.raises(ConfigError, match="user ids must lie in"):
+        scorer.recommend([120], 5)
+    with pytest.raises(ConfigError, match="k must be >= 1"):
+        scorer.recommend([0], 0)
+
+
+def test_resident_bytes_are_reported(
+    kind: BackboneKind, clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    train, _ = clustered_split.phase(Phase.TEST)
+    model = build(kind, train, _sizes(clustered_split))
+    directory = export(model, clustered_split, tmp_path / "a")
+    scorer = load_scorer(directory, ScorerOptions(threads=1))
+    manifest = load_artifact(directory).manifest
+    assert manifest.memory.resident == scorer.resident_bytes
+    assert dict(manifest.memory.resident_detail) == scorer.resident_detail
