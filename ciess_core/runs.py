@@ -99,6 +99,15 @@ def _stage_summary(result: TrainResult) -> dict[str, Any]:
     }
 
 
+def select_on_validation(
+    spec: RunSpec, split: DatasetSplit, sizes: np.ndarray, progress: bool = True
+) -> TrainResult:
+    """The clean protocol's first stage: train on train, early-stop and select on validation."""
+    search_train, valid = split.phase(Phase.SEARCH)
+    model = _fresh_model(spec, search_train, sizes, _device(spec))
+    return train_bpr(model, search_train, spec.training, held_out=valid, progress=progress)
+
+
 def execute_run(
     spec: RunSpec, split: DatasetSplit, sizes: np.ndarray, progress: bool = True
 ) -> tuple[Backbone, RunOutcome, list[dict[str, Any]]]:
@@ -110,7 +119,6 @@ def execute_run(
     started = time.perf_counter()
     history: list[dict[str, Any]] = []
     stages: dict[str, dict[str, Any]] = {}
-    search_train, valid = split.phase(Phase.SEARCH)
     test_train, test = split.phase(Phase.TEST)
     if spec.protocol is Protocol.REFERENCE:
         model = _fresh_model(spec, test_train, sizes, device)
@@ -120,10 +128,7 @@ def execute_run(
         test_metrics = result.best_metrics
         valid_metrics: dict[str, float] = {}
     else:
-        selector = _fresh_model(spec, search_train, sizes, device)
-        selection = train_bpr(
-            selector, search_train, spec.training, held_out=valid, progress=progress
-        )
+        selection = select_on_validation(spec, split, sizes, progress=progress)
         history += [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
         stages["select"] = _stage_summary(selection)
         valid_metrics = selection.best_metrics
