@@ -1,0 +1,262 @@
+"""CIESS benchmark: the whole pipeline per backbone, beside ES, MR and the full model.
+
+Usage:
+    python bench/ciess.py run --backbone lightgcn --weight-decay 1e-3 --protocol reference
+    python bench/ciess.py paper-cost --backbone lightgcn --weight-decay 1e-3
+    python bench/ciess.py report
+
+`run` executes (or resumes) `ciess_core.search.pipeline.run_pipeline` under
+`bench/_work/ciess-<dataset>-<backbone>-<protocol>/` and appends one row per budget to
+`docs/benchmarks/ciess-<dataset>.json`, keyed like the backbones report. The ES, MR and full rows
+come from `docs/benchmarks/backbones.json` (same code, split, seed, protocol and weight decay; run
+`bench/backbones.py quality` with the same settings). `paper-cost` times one iteration of the
+paper's evaluator (a model trained from scratch for 1,500 batches, then evaluated) and multiplies
+it by M·T.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backbones import RESULTS as BACKBONE_RESULTS
+from backbones import load_rows, machine, save_json
+from paper import PAPER_METRICS, paper_row
+
+from ciess_core.data import DATASETS, Phase, load_dataset, resolve_data_dir, split_per_user
+from ciess_core.models import BackboneConfig, BackboneKind
+from ciess_core.runs import Protocol
+from ciess_core.search import SearchConfig
+from ciess_core.search.evaluators import RetrainEvaluator
+from ciess_core.search.pipeline import EvaluatorKind, PipelineSpec, run_pipeline
+from ciess_core.sizes import equal_sizes
+from ciess_core.training import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / "_work"
+logger = logging.getLogger("bench.ciess")
+
+
+def results_path(dataset: str) -> Path:
+    return ROOT / "docs" / "benchmarks" / f"ciess-{dataset}.json"
+
+
+def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
+    kind = BackboneKind(arguments.backbone)
+    penalty = arguments.reward_penalty or DATASETS[arguments.dataset].reward_penalty
+    return PipelineSpec(
+        dataset=arguments.dataset,
+        backbone=BackboneConfig.default_for(kind, weight_decay=arguments.weight_decay),
+        training=TrainConfig(
+            max_batches=arguments.max_batches, eval_every=200, patience=3, seed=arguments.seed
+        ),
+        search=SearchConfig(
+            num_episodes=arguments.episodes,
+            iterations_per_episode=arguments.iterations,
+            reward_penalty=penalty,
+            budgets=tuple(arguments.budgets),
+            seed=arguments.seed,
+        ),
+        evaluator=EvaluatorKind(arguments.evaluator),
+        supernet_batches=arguments.supernet_batches,
+        finetune_batches=arguments.finetune_batches,
+        retrain_top=arguments.retrain_top,
+        protocol=Protocol(arguments.protocol),
+    )
+
+
+def run(arguments: argparse.Namespace) -> None:
+    spec = spec_from(arguments)
+    split = split_per_user(
+        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
+    )
+    out = (
+        WORK
+        / f"ciess-{arguments.dataset}-{arguments.backbone}-{arguments.protocol}-{arguments.evaluator}"
+    )
+    started = time.perf_counter()
+    summary = run_pipeline(spec, split, out, progress=not arguments.no_progress)
+    rows = [
+        r
+        for r in load_rows(results_path(arguments.dataset))
+        if not (
+            r["backbone"] == arguments.backbone
+            and r["protocol"] == arguments.protocol
+            and r["method"] == "ciess"
+            and r.get("evaluator") == arguments.evaluator
+        )
+    ]
+    for budget, result in summary["budgets"].items():
+        rows.append(
+            {
+                "dataset": arguments.dataset,
+                "backbone": arguments.backbone,
+                "method": "ciess",
+                "target_sparsity": float(budget),
+                "achieved_sparsity": round(result["achieved_sparsity"], 6),
+                "split": "test",
+                "protocol": arguments.protocol,
+                "weight_decay": arguments.weight_decay,
+                "evaluator": arguments.evaluator,
+                "metrics": {m: round(result["test"][m], 6) for m in PAPER_METRICS},
+                "valid_metrics": {m: round(v, 6) for m, v in result["valid"].items()},
+                "seconds": round(result["seconds"], 1),
+                "pipeline_timings": summary["timings"],
+                "search": {
+                    "episodes": spec.search.num_episodes,
+                    "iterations": spec.search.iterations_per_episode,
+                    "reward_penalty": spec.search.reward_penalty,
+                    "supernet_batches": spec.supernet_batches,
+                    "finetune_batches": spec.finetune_batches,
+                    "retrain_top": spec.retrain_top,
+                },
+                "machine": machine(),
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                "command": "python bench/ciess.py " + " ".join(sys.argv[1:]),
+            }
+        )
+    save_json(results_path(arguments.dataset), rows)
+    logger.info("pipeline call took %.0f s", time.perf_counter() - started)
+    write_report(arguments.dataset)
+
+
+def paper_cost(arguments: argparse.Namespace) -> None:
+    """Time the paper's evaluator for one iteration; extrapolate to M·T iterations."""
+    spec = spec_from(arguments)
+    split = split_per_user(
+        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
+    )
+    train, valid = split.phase(Phase.SEARCH)
+    training = TrainConfig(max_batches=arguments.paper_batches, eval_every=0, seed=arguments.seed)
+    evaluator = RetrainEvaluator(train, valid, spec.backbone, training)
+    sizes = equal_sizes(split.num_users + split.num_items, 128, 0.8)
+    signal = evaluator.evaluate(sizes)
+    iterations = spec.search.num_episodes * spec.search.iterations_per_episode
+    path = WORK / f"paper-cost-{arguments.dataset}-{arguments.backbone}.json"
+    save_json(
+        path,
+        {
+            "batches_per_iteration": arguments.paper_batches,
+            "seconds_per_iteration": round(signal.seconds, 1),
+            "iterations": iterations,
+            "seconds_total": round(signal.seconds * iterations, 0),
+            "machine": machine(),
+            "command": "python bench/ciess.py " + " ".join(sys.argv[1:]),
+        },
+    )
+    write_report(arguments.dataset)
+
+
+def write_report(dataset: str) -> None:
+    rows = load_rows(results_path(dataset))
+    baselines = [r for r in load_rows(BACKBONE_RESULTS) if r["dataset"] == dataset]
+    lines = [
+        f"# CIESS on {dataset}",
+        "",
+        "Produced by `bench/ciess.py` (JSON twin: `ciess-" + dataset + ".json`; the ES, MR and "
+        "full rows are read from `backbones.json`, trained by the same code with the same split, "
+        "seed, protocol and weight decay). Paper numbers are the CIESS paper's Table 1 "
+        "(references, not ours), compared only with our reference-protocol rows.",
+        "",
+    ]
+    for protocol in ("reference", "clean"):
+        ours = [r for r in rows if r["protocol"] == protocol]
+        if not ours:
+            continue
+        lines += [
+            f"## Test metrics, {protocol} protocol",
+            "",
+            "| backbone | c | method | achieved c | R@5 | R@20 | N@5 | N@20 | paper CIESS R@20 | paper CIESS N@20 | time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in sorted(ours, key=lambda r: (r["backbone"], r["target_sparsity"])):
+            target = row["target_sparsity"]
+            paper = paper_row(row["backbone"], "ciess", target)
+            same = [
+                b
+                for b in baselines
+                if b["backbone"] == row["backbone"]
+                and b["protocol"] == protocol
+                and b.get("weight_decay") == row["weight_decay"]
+                and (b["target_sparsity"] in (None, target))
+            ]
+            for entry in [row, *sorted(same, key=lambda b: b["method"])]:
+                m = entry["metrics"]
+                lines.append(
+                    f"| {entry['backbone']} | {target:.2f} | {entry['method']}"
+                    f"{' (' + entry['evaluator'] + ')' if entry['method'] == 'ciess' else ''} | "
+                    f"{entry['achieved_sparsity']:.4f} | {m['recall@5']:.4f} | {m['recall@20']:.4f} | "
+                    f"{m['ndcg@5']:.4f} | {m['ndcg@20']:.4f} | "
+                    + (
+                        f"{paper['recall@20']:.4f} | {paper['ndcg@20']:.4f}"
+                        if paper and entry is row
+                        else "– | –"
+                    )
+                    + f" | {entry['seconds'] / 60:.1f} min |"
+                )
+        lines.append("")
+        timings = ours[-1].get("pipeline_timings", {})
+        if timings:
+            lines += [
+                "Pipeline wall time per stage (seconds): "
+                + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+                + f"; total {sum(timings.values()) / 60:.1f} min.",
+                "",
+            ]
+    cost_files = sorted(WORK.glob(f"paper-cost-{dataset}-*.json"))
+    for path in cost_files:
+        cost = json.loads(path.read_text())
+        lines += [
+            f"Paper's evaluator here ({path.stem}): one iteration (fresh model, "
+            f"{cost['batches_per_iteration']} batches, then validation) took "
+            f"{cost['seconds_per_iteration']:.0f} s; × {cost['iterations']} iterations = "
+            f"{cost['seconds_total'] / 3600:.1f} h.",
+            "",
+        ]
+    (ROOT / "docs" / "benchmarks" / f"ciess-{dataset}.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "paper-cost"):
+        command = commands.add_parser(name)
+        command.add_argument("--dataset", default="ml-1m")
+        command.add_argument("--data-dir")
+        command.add_argument("--backbone", default="lightgcn")
+        command.add_argument("--weight-decay", type=float, default=1e-3)
+        command.add_argument("--protocol", default="reference", choices=["reference", "clean"])
+        command.add_argument("--evaluator", default="supernet", choices=["supernet", "retrain"])
+        command.add_argument("--budgets", type=float, nargs="+", default=[0.8, 0.9, 0.95])
+        command.add_argument("--episodes", type=int, default=30)
+        command.add_argument("--iterations", type=int, default=10)
+        command.add_argument("--reward-penalty", type=float)
+        command.add_argument("--supernet-batches", type=int, default=3000)
+        command.add_argument("--finetune-batches", type=int, default=0)
+        command.add_argument("--retrain-top", type=int, default=1)
+        command.add_argument("--max-batches", type=int, default=4000)
+        command.add_argument("--paper-batches", type=int, default=1500)
+        command.add_argument("--seed", type=int, default=42)
+        command.add_argument("--no-progress", action="store_true")
+    report = commands.add_parser("report")
+    report.add_argument("--dataset", default="ml-1m")
+    arguments = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if arguments.command == "report":
+        write_report(arguments.dataset)
+    elif arguments.command == "run":
+        run(arguments)
+    else:
+        paper_cost(arguments)
+
+
+if __name__ == "__main__":
+    main()
