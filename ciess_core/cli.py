@@ -20,6 +20,7 @@ from typing import Any
 import tomllib
 
 from ciess_core.cli_search import add_search_parser, run_search_command
+from ciess_core.cli_service import add_service_parsers, run_serve_command, run_worker_command
 from ciess_core.errors import CiessError, ConfigError
 
 logger = logging.getLogger("ciess")
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_parser(subparsers)
     _add_inspect_parser(subparsers)
     add_search_parser(subparsers)
+    add_service_parsers(subparsers)
     return parser
 
 
@@ -271,6 +273,8 @@ _COMMANDS = {
     "export": _export,
     "inspect": _inspect,
     "search": run_search_command,
+    "serve": run_serve_command,
+    "worker": run_worker_command,
 }
 
 

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . "${CIESS_VENV:-.venv}/bin/activate"
-echo "== ruff"; ruff check ciess_core tests bench
-echo "== ruff format"; ruff format --check ciess_core tests bench
+echo "== ruff"; ruff check ciess_core service tests bench
+echo "== ruff format"; ruff format --check ciess_core service tests bench
 echo "== mypy"; mypy
 echo "== pytest"; pytest "$@"

@@ -1,0 +1,110 @@
+"""A budget as the admin gives it (sparsity, parameters or bytes) as a target sparsity (pure).
+
+Accounting, for N = users + items entities, d_max, T ragged tables (two for NCF, one otherwise):
+parameters = T · Σ sizes; bytes = T · (Σ sizes · value bytes + (N + 1) · 8 offsets bytes +
+N · size bytes), i.e. the stored tables with their bookkeeping. A budget must leave every entity at
+least one dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ciess_core.artifact.manifest import Manifest
+from ciess_core.artifact.ragged import size_dtype
+from service.errors import BudgetError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a job must meet.
+
+    Attributes:
+        target_sparsity: c, the fraction of the dense tables pruned (at least).
+        max_parameters: T · Σ sizes allowed.
+        requested: the admin's own words, e.g. {"max_bytes": 100000}.
+    """
+
+    target_sparsity: float
+    max_parameters: int
+    requested: dict[str, float]
+
+
+def _bytes_per_parameter(manifest: Manifest) -> int:
+    return int(np.dtype(manifest.value_dtype).itemsize)
+
+
+def _overhead_bytes(manifest: Manifest) -> int:
+    entities = manifest.num_entities
+    sizes = np.dtype(size_dtype(manifest.max_size)).itemsize
+    return len(manifest.tables) * ((entities + 1) * 8 + entities * sizes)
+
+
+def table_bytes(manifest: Manifest, parameters: int) -> int:
+    """Stored bytes of tables holding ``parameters`` values, bookkeeping included."""
+    return parameters * _bytes_per_parameter(manifest) + _overhead_bytes(manifest)
+
+
+def resolve_budget(
+    manifest: Manifest,
+    target_sparsity: float | None = None,
+    max_parameters: int | None = None,
+    max_bytes: int | None = None,
+) -> Budget:
+    """The budget given by exactly one of the three forms, for the model ``manifest`` describes.
+
+    Raises:
+        BudgetError: none or several forms given, or a budget that cannot be met (out of range,
+            or less than one dimension per entity).
+    """
+    given = {
+        name: value
+        for name, value in (
+            ("target_sparsity", target_sparsity),
+            ("max_parameters", max_parameters),
+            ("max_bytes", max_bytes),
+        )
+        if value is not None
+    }
+    if len(given) != 1:
+        raise BudgetError(
+            "give exactly one of target_sparsity, max_parameters or max_bytes, "
+            f"got {sorted(given) or 'none'}"
+        )
+    tables, entities, width = len(manifest.tables), manifest.num_entities, manifest.max_size
+    dense = tables * entities * width
+    minimum = tables * entities  # one dimension per entity
+    if target_sparsity is not None:
+        highest = 1.0 - 1.0 / width
+        if not (math.isfinite(target_sparsity) and 0.0 <= target_sparsity <= highest):
+            raise BudgetError(
+                f"target_sparsity must lie in [0, {highest:.6f}]: every one of the {entities} "
+                f"users and items keeps at least 1 of {width} dimensions; got {target_sparsity}"
+            )
+        parameters = math.floor((1.0 - target_sparsity) * dense + 1e-9)
+    elif max_parameters is not None:
+        parameters = int(max_parameters)
+        if parameters < minimum:
+            raise BudgetError(
+                f"max_parameters {parameters} is below the minimum {minimum}: {entities} users "
+                f"and items × {tables} table(s) need at least 1 dimension each"
+            )
+    else:
+        max_bytes = int(given["max_bytes"])
+        least = table_bytes(manifest, minimum)
+        if max_bytes < least:
+            raise BudgetError(
+                f"max_bytes {max_bytes} is below the smallest model, {least} bytes: {entities} "
+                f"users and items × {tables} table(s) at 1 dimension of "
+                f"{manifest.value_dtype} each, plus offsets and sizes"
+            )
+        parameters = (max_bytes - _overhead_bytes(manifest)) // _bytes_per_parameter(manifest)
+    parameters = min(parameters, dense)
+    sparsity = 1.0 - parameters / dense
+    # Float rounding must never let the sparsity's parameter count exceed the budget.
+    while math.floor((1.0 - sparsity) * dense + 1e-9) > parameters:
+        sparsity = math.nextafter(sparsity, 1.0)
+    return Budget(sparsity, parameters, {k: float(v) for k, v in given.items()})

@@ -1,0 +1,280 @@
+"""The job store: one SQLite file (WAL mode) shared by the API and the worker.
+
+Every operation opens its own short connection, so the store is safe to use from any thread or
+process. State changes are single ``UPDATE … WHERE state = …`` statements, which makes them atomic:
+two workers cannot claim the same job, and a job cancelled while it finishes ends in exactly one
+final state.
+
+Lifecycle: ``queued`` → ``running`` (stage and progress 0..1, heartbeats) → ``succeeded`` |
+``failed`` | ``cancelled``; a queued job can be cancelled directly, a running one is flagged
+(``cancel_requested``) and its worker stops it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.errors import ConflictError, NotFoundError
+
+
+class JobState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    params TEXT NOT NULL,
+    state TEXT NOT NULL,
+    stage TEXT NOT NULL DEFAULT '',
+    progress REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    artifact TEXT,
+    version TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    worker_pid INTEGER,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    heartbeat_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the store (times are UNIX seconds)."""
+
+    id: int
+    kind: str
+    params: Mapping[str, Any]
+    state: JobState
+    stage: str
+    progress: float
+    message: str
+    artifact: str | None
+    version: str | None
+    cancel_requested: bool
+    worker: str | None
+    worker_pid: int | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    heartbeat_at: float | None
+
+
+def _job(row: sqlite3.Row) -> Job:
+    values = dict(row)
+    values["params"] = json.loads(values["params"])
+    values["state"] = JobState(values["state"])
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return Job(**values)
+
+
+def worker_name() -> str:
+    """``host:pid`` of this process (the host tells whether a pid can be checked here)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobStore:
+    """Jobs in the SQLite file ``path`` (created with its folder on first use)."""
+
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection whose ``with`` commits (or rolls back) and then closes it."""
+        with closing(sqlite3.connect(self.path, timeout=self.timeout)) as connection:
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA busy_timeout = 30000")
+            with connection:
+                yield connection
+
+    # -- reading ----------------------------------------------------------------------------
+    def get(self, job_id: int) -> Job:
+        with self._connect() as connection:
+            row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"job {job_id} does not exist")
+        return _job(row)
+
+    def list_jobs(self, state: JobState | None = None, limit: int = 100) -> list[Job]:
+        """Newest first."""
+        query, arguments = "SELECT * FROM jobs", []
+        if state is not None:
+            query, arguments = query + " WHERE state = ?", [state.value]
+        with self._connect() as connection:
+            rows = connection.execute(query + " ORDER BY id DESC LIMIT ?", (*arguments, limit))
+            return [_job(row) for row in rows.fetchall()]
+
+    def counts(self) -> dict[JobState, int]:
+        """Jobs per state (every state present, zero included)."""
+        with self._connect() as connection:
+            rows = connection.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        counts = dict.fromkeys(JobState, 0)
+        counts.update({JobState(state): count for state, count in rows})
+        return counts
+
+    # -- the API's side -----------------------------------------------------------------------
+    def submit(self, kind: str, params: Mapping[str, Any]) -> Job:
+        now = time.time()
+        with self._connect() as connection:
+            cursor = connection.execute(
+                "INSERT INTO jobs (kind, params, state, stage, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'queued', ?, ?)",
+                (kind, json.dumps(dict(params)), JobState.QUEUED.value, now, now),
+            )
+            job_id = int(cursor.lastrowid or 0)
+        return self.get(job_id)
+
+    def cancel(self, job_id: int) -> Job:
+        """Cancel a queued job now; flag a running one for its worker to stop."""
+        now = time.time()
+        with self._connect() as connection:
+            connection.execute(
+                "UPDATE jobs SET state = ?, stage = 'cancelled', message = 'cancelled before it "
+                "started', cancel_requested = 1, updated_at = ?, finished_at = ? "
+                "WHERE id = ? AND state = ?",
+                (JobState.CANCELLED.value, now, now, job_id, JobState.QUEUED.value),
+            )
+            connection.execute(
+                "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ? AND state = ?",
+                (now, job_id, JobState.RUNNING.value),
+            )
+        job = self.get(job_id)
+        if job.state.finished and job.state is not JobState.CANCELLED:
+            raise ConflictError(f"job {job_id} already {job.state.value}; nothing to cancel")
+        return job
+
+    # -- the worker's side --------------------------------------------------------------------
+    def claim(self, worker: str, pid: int) -> Job | None:
+        """Atomically move the oldest queued job to running for this worker; None when idle."""
+        now = time.time()
+        with self._connect() as connection:
+            row = connection.execute(
+                "UPDATE jobs SET state = ?, stage = 'starting', worker = ?, worker_pid = ?, "
+                "started_at = ?, heartbeat_at = ?, updated_at = ? "
+                "WHERE id = (SELECT id FROM jobs WHERE state = ? ORDER BY id LIMIT 1) "
+                "AND state = ? RETURNING *",
+                (
+                    JobState.RUNNING.value,
+                    worker,
+                    pid,
+                    now,
+                    now,
+                    now,
+                    JobState.QUEUED.value,
+                    JobState.QUEUED.value,
+                ),
+            ).fetchone()
+        return None if row is None else _job(row)
+
+    def report(self, job_id: int, stage: str, progress: float, message: str | None = None) -> None:
+        """Stage and progress (clipped to 0..1) of a running job; also a heartbeat."""
+        now = time.time()
+        with self._connect() as connection:
+            connection.execute(
+                "UPDATE jobs SET stage = ?, progress = ?, message = COALESCE(?, message), "
+                "heartbeat_at = ?, updated_at = ? WHERE id = ? AND state = ?",
+                (
+                    stage,
+                    min(max(progress, 0.0), 1.0),
+                    message,
+                    now,
+                    now,
+                    job_id,
+                    JobState.RUNNING.value,
+                ),
+            )
+
+    def heartbeat(self, job_id: int) -> bool:
+        """Refresh the heartbeat; returns whether a cancellation was asked for."""
+        now = time.time()
+        with self._connect() as connection:
+            connection.execute(
+                "UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND state = ?",
+                (now, job_id, JobState.RUNNING.value),
+            )
+            row = connection.execute(
+                "SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        return bool(row and row[0])
+
+    def set_artifact(self, job_id: int, artifact: Path, version: str) -> None:
+        with self._connect() as connection:
+            connection.execute(
+                "UPDATE jobs SET artifact = ?, version = ?, updated_at = ? "
+                "WHERE id = ? AND state = ?",
+                (str(artifact), version, time.time(), job_id, JobState.RUNNING.value),
+            )
+
+    def finish(self, job_id: int, state: JobState, message: str, stage: str | None = None) -> bool:
+        """Move a running job to a final state; False if it was no longer running."""
+        if not state.finished:
+            raise ValueError(f"{state} is not a final state")
+        now = time.time()
+        progress = "1.0" if state is JobState.SUCCEEDED else "progress"
+        with self._connect() as connection:
+            cursor = connection.execute(
+                f"UPDATE jobs SET state = ?, stage = COALESCE(?, stage), message = ?, "
+                f"progress = {progress}, updated_at = ?, finished_at = ? "
+                "WHERE id = ? AND state = ?",
+                (state.value, stage, message, now, now, job_id, JobState.RUNNING.value),
+            )
+            return cursor.rowcount == 1
+
+    def fail_stale(
+        self, stale_after: float, alive: Callable[[int], bool] | None = None
+    ) -> list[int]:
+        """Fail running jobs whose worker died: its pid is gone (same host) or its heartbeat is
+        older than ``stale_after`` seconds. ``alive(pid) -> bool`` checks a local pid."""
+        host = worker_name().split(":")[0]
+        now = time.time()
+        failed = []
+        for job in self.list_jobs(JobState.RUNNING, limit=10_000):
+            same_host = (job.worker or "").split(":")[0] == host
+            dead = (
+                same_host
+                and job.worker_pid is not None
+                and alive is not None
+                and not alive(job.worker_pid)
+            )
+            silent = job.heartbeat_at is None or now - job.heartbeat_at > stale_after
+            if dead or silent:
+                why = "process gone" if dead else f"no heartbeat for {stale_after:g} s"
+                message = (
+                    f"worker died ({why}) during stage {job.stage!r}; the previous model "
+                    "keeps serving"
+                )
+                if self.finish(job.id, JobState.FAILED, message):
+                    failed.append(job.id)
+        return failed

@@ -1,0 +1,44 @@
+"""The served model: backbone, budget, sparsity, counts, bytes, metrics, creation time."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from service.deps import ModelDep
+from service.routers.recommend import VERSION_HEADER
+from service.schemas import ModelBytes, ModelInfo
+
+router = APIRouter(prefix="/v1", tags=["model"])
+
+
+@router.get(
+    "/model",
+    response_model=ModelInfo,
+    summary="The model that answers top-k requests now",
+    responses={503: {"description": "no model loaded yet"}},
+)
+def model_info(model: ModelDep, response: Response) -> ModelInfo:
+    manifest = model.scorer.manifest
+    memory = manifest.memory
+    response.headers[VERSION_HEADER] = model.version
+    return ModelInfo(
+        version=model.version,
+        backbone=manifest.backbone,
+        max_size=manifest.max_size,
+        target_sparsity=manifest.target_sparsity,
+        sparsity=manifest.achieved_sparsity,
+        num_users=manifest.num_users,
+        num_items=manifest.num_items,
+        value_dtype=manifest.value_dtype,
+        bytes=ModelBytes(
+            embedding_values=memory.stored_values,
+            offsets_and_sizes=memory.stored_offsets,
+            dense_equivalent=memory.dense,
+            files_on_disk=sum(entry.bytes for entry in manifest.files),
+            resident=model.scorer.resident_bytes,
+        ),
+        metrics=dict(manifest.metrics),
+        dataset=dict(manifest.dataset),
+        created_at=manifest.created_at,
+        loaded_at=model.loaded_at,
+    )

@@ -1,0 +1,58 @@
+"""Budgets in the admin's three forms, converted to a target sparsity (pure)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from ciess_core.artifact.reader import read_manifest
+from service.errors import BudgetError
+from service.jobs.budget import resolve_budget, table_bytes
+from tests.service.conftest import BaseArtifact
+
+
+@pytest.fixture(scope="module")
+def manifest(base_model: BaseArtifact):  # type: ignore[no-untyped-def]
+    return read_manifest(Path(base_model.artifact))
+
+
+def test_target_sparsity_gives_the_parameter_count(manifest) -> None:  # type: ignore[no-untyped-def]
+    budget = resolve_budget(manifest, target_sparsity=0.75)
+    assert budget.max_parameters == 200 * 16 // 4
+    assert budget.target_sparsity == 0.75
+    assert budget.requested == {"target_sparsity": 0.75}
+
+
+def test_parameters_and_bytes_round_down_to_a_feasible_sparsity(manifest) -> None:  # type: ignore[no-untyped-def]
+    by_parameters = resolve_budget(manifest, max_parameters=1001)
+    assert by_parameters.max_parameters == 1001
+    assert math.floor((1 - by_parameters.target_sparsity) * 3200 + 1e-9) <= 1001
+    limit = table_bytes(manifest, 1000) + 3  # 3 bytes: less than one more float32
+    by_bytes = resolve_budget(manifest, max_bytes=limit)
+    assert by_bytes.max_parameters == 1000
+    assert table_bytes(manifest, by_bytes.max_parameters) <= limit
+    assert resolve_budget(manifest, max_parameters=10**9).target_sparsity == 0.0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "phrase"),
+    [
+        ({"target_sparsity": 1 - 1 / 16 + 1e-6}, "at least 1 of 16"),
+        ({"target_sparsity": -0.1}, "must lie in"),
+        ({"target_sparsity": float("nan")}, "must lie in"),
+        ({"max_parameters": 199}, "below the minimum 200"),
+        ({"max_bytes": 10}, "below the smallest model"),
+        ({}, "exactly one"),
+        ({"target_sparsity": 0.5, "max_parameters": 1000}, "exactly one"),
+    ],
+)
+def test_impossible_budgets_say_why(manifest, arguments, phrase) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BudgetError, match=phrase):
+        resolve_budget(manifest, **arguments)
+
+
+def test_the_minimum_budget_is_one_dimension_each(manifest) -> None:  # type: ignore[no-untyped-def]
+    budget = resolve_budget(manifest, max_parameters=200)
+    assert budget.target_sparsity == pytest.approx(1 - 1 / 16)

@@ -1,0 +1,89 @@
+"""``ciess serve`` and ``ciess worker`` parse their flags into the shared settings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ciess_core.cli_service import _export_settings, add_service_parsers
+from service.jobs.store import JobState, JobStore
+from service.settings import Settings, load_settings
+from tests.service.conftest import (
+    REPOSITORY,
+    BaseArtifact,
+    free_port,
+    group_alive,
+    wait_for,
+    worker_environment,
+)
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_service_parsers(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def test_flags_become_the_settings_of_api_and_worker(tmp_path: Path) -> None:
+    arguments = _parse(
+        "serve", "--state-dir", str(tmp_path), "--artifact-dir", "/a", "--dev", "--port", "9"
+    )
+    assert arguments.port == 9 and not arguments.no_worker
+    settings = load_settings(_export_settings(arguments))
+    assert settings.state_dir == tmp_path
+    assert settings.artifact_dir == Path("/a")
+    assert settings.dev_mode
+    worker = _parse("worker", "--data-dir", "/d")
+    assert load_settings(_export_settings(worker)).data_dir == Path("/d")
+
+
+_SERVE = """
+import argparse, logging, sys
+from ciess_core.cli_service import add_service_parsers, run_serve_command
+logging.basicConfig(level=logging.INFO)
+parser = argparse.ArgumentParser()
+add_service_parsers(parser.add_subparsers(dest="command"))
+sys.exit(run_serve_command(parser.parse_args(sys.argv[1:])))
+"""
+
+
+@pytest.mark.slow
+def test_serve_starts_the_api_and_a_worker_and_stops_both(
+    settings: Settings, base_model: BaseArtifact
+) -> None:
+    port = free_port()
+    environment = worker_environment(settings)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, "serve", "--port", str(port)],
+        env=environment,
+        cwd=REPOSITORY,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, timeout=60, what="ciess serve")
+        store = JobStore(settings.job_db_path)
+        job = store.submit("budget", {"target_sparsity": 0.5, "method": "equal"})
+        wait_for(lambda: store.get(job.id).state is JobState.SUCCEEDED, timeout=120)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    wait_for(lambda: not group_alive(process.pid), timeout=30, what="the worker to stop")

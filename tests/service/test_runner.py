@@ -1,0 +1,74 @@
+"""A budget job in-process: ES sizes or a tiny CIESS search, retrained and exported."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from ciess_core.artifact.reader import load_artifact
+from ciess_core.errors import DataError
+from service.jobs.runner import equal_sizes_within, run_budget_job
+from service.jobs.store import JobState, JobStore
+from service.settings import Settings
+
+
+def _job(store: JobStore, **params: object):  # type: ignore[no-untyped-def]
+    store.submit("budget", params)
+    job = store.claim("test", 1)
+    assert job is not None
+    return job
+
+
+def test_equal_sizes_never_exceed_the_budget() -> None:
+    assert equal_sizes_within(10, 16, 35).tolist() == [3] * 10
+    assert equal_sizes_within(10, 16, 5).tolist() == [1] * 10
+    assert equal_sizes_within(10, 16, 10**6).tolist() == [16] * 10
+
+
+def test_equal_sizes_job_exports_an_artifact_within_the_budget(settings: Settings) -> None:
+    store = JobStore(settings.job_db_path)
+    job = _job(store, target_sparsity=0.8, max_parameters=640, method="equal")
+    out = run_budget_job(settings, store, job)
+    artifact = load_artifact(out)
+    assert artifact.manifest.achieved_sparsity >= 0.8
+    assert artifact.manifest.target_sparsity == 0.8
+    assert artifact.manifest.dataset["size_scheme"] == "equal"
+    assert set(artifact.manifest.metrics) == {"protocol", "valid", "test"}
+    recorded = store.get(job.id)
+    assert recorded.artifact == str(out) and recorded.version == out.name
+    assert recorded.stage == "exported" and recorded.progress == 1.0
+    assert recorded.state is JobState.RUNNING  # the worker promotes and finishes it
+
+
+def test_search_job_runs_the_pipeline_once_and_reuses_it(settings: Settings) -> None:
+    tiny = dataclasses.replace(
+        settings,
+        search_episodes=1,
+        search_iterations=2,
+        search_supernet_batches=5,
+        job_max_batches=5,
+        job_eval_every=5,
+    )
+    store = JobStore(tiny.job_db_path)
+    first = run_budget_job(tiny, store, _job(store, target_sparsity=0.7, method="search"))
+    manifest = load_artifact(first).manifest
+    assert manifest.achieved_sparsity >= 0.7
+    assert manifest.dataset["size_scheme"] == "ciess"
+    searches = list((tiny.state_dir / "searches").iterdir())
+    assert len(searches) == 1 and (searches[0] / "summary.json").is_file()
+    summary_time = (searches[0] / "summary.json").stat().st_mtime_ns
+    job = _job(store, target_sparsity=0.7, method="search")
+    run_budget_job(tiny, store, job)
+    assert (searches[0] / "summary.json").stat().st_mtime_ns == summary_time  # reused
+
+
+def test_a_job_refuses_other_data_than_the_served_models(settings: Settings) -> None:
+    other = settings.state_dir.parent / "other.txt"
+    other.write_text("a x\nb y\n")
+    store = JobStore(settings.job_db_path)
+    job = _job(store, target_sparsity=0.5)
+    with pytest.raises(DataError, match="fingerprint"):
+        run_budget_job(dataclasses.replace(settings, dataset=str(other)), store, job)
+    assert json.loads(json.dumps(store.get(job.id).params)) == {"target_sparsity": 0.5}

@@ -1,0 +1,114 @@
+"""The SQLite job store: persistence, atomic claims, cancellation, stale-job recovery."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from service.errors import ConflictError, NotFoundError
+from service.jobs.store import JobState, JobStore, worker_name
+from service.jobs.worker import pid_alive
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> JobStore:
+    return JobStore(tmp_path / "state" / "jobs.sqlite3")
+
+
+def test_jobs_survive_a_new_store_on_the_same_file(store: JobStore) -> None:
+    job = store.submit("budget", {"target_sparsity": 0.9})
+    again = JobStore(store.path).get(job.id)
+    assert again == job
+    assert again.state is JobState.QUEUED and again.params == {"target_sparsity": 0.9}
+    with sqlite3.connect(store.path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_concurrent_claims_take_each_job_once(store: JobStore) -> None:
+    submitted = {store.submit("budget", {"n": n}).id for n in range(30)}
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def claim_all(name: str) -> None:
+        own = JobStore(store.path)
+        while (job := own.claim(name, os.getpid())) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=claim_all, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == sorted(submitted)
+    assert store.counts()[JobState.RUNNING] == 30
+
+
+def test_claim_takes_the_oldest_and_records_the_worker(store: JobStore) -> None:
+    first = store.submit("budget", {})
+    store.submit("budget", {})
+    job = store.claim("host:1", 1)
+    assert job is not None and job.id == first.id
+    assert job.state is JobState.RUNNING and job.worker == "host:1" and job.started_at
+
+
+def test_progress_is_clipped_and_finish_is_final(store: JobStore) -> None:
+    job_id = store.submit("budget", {}).id
+    store.report(job_id, "training", 1.7)  # ignored: not running yet
+    assert store.get(job_id).stage == "queued"
+    store.claim("w", 1)
+    store.report(job_id, "training", 1.7)
+    assert store.get(job_id).progress == 1.0
+    store.report(job_id, "training", 0.4)
+    assert store.finish(job_id, JobState.FAILED, "boom")
+    assert not store.finish(job_id, JobState.SUCCEEDED, "late")
+    job = store.get(job_id)
+    assert job.state is JobState.FAILED and job.message == "boom" and job.progress == 0.4
+    with pytest.raises(ValueError, match="not a final state"):
+        store.finish(job_id, JobState.RUNNING, "")
+
+
+def test_cancel_a_queued_job_now_and_a_running_one_by_flag(store: JobStore) -> None:
+    queued = store.submit("budget", {}).id
+    running = store.submit("budget", {}).id
+    assert store.cancel(queued).state is JobState.CANCELLED  # the oldest, so claim the next
+    assert store.claim("w", 1).id == running  # type: ignore[union-attr]
+    flagged = store.cancel(running)
+    assert flagged.state is JobState.RUNNING and flagged.cancel_requested
+    assert store.heartbeat(running) is True
+    store.finish(running, JobState.FAILED, "x")
+    with pytest.raises(ConflictError, match="already failed"):
+        store.cancel(running)
+    with pytest.raises(NotFoundError):
+        store.cancel(12345)
+
+
+def test_stale_running_jobs_are_failed(store: JobStore) -> None:
+    here = worker_name().split(":")[0]
+    dead = store.submit("budget", {}).id
+    alive = store.submit("budget", {}).id
+    silent = store.submit("budget", {}).id
+    store.claim(f"{here}:999999999", 999_999_999)
+    store.claim(worker_name(), os.getpid())
+    store.claim("elsewhere:5", 5)
+    with sqlite3.connect(store.path) as connection:
+        connection.execute(
+            "UPDATE jobs SET heartbeat_at = ? WHERE id = ?", (time.time() - 3600, silent)
+        )
+    assert sorted(store.fail_stale(60.0, alive=pid_alive)) == [dead, silent]
+    assert store.get(alive).state is JobState.RUNNING
+    assert "worker died" in store.get(dead).message
+    assert "no heartbeat" in store.get(silent).message
+
+
+def test_list_is_newest_first_and_filters_by_state(store: JobStore) -> None:
+    ids = [store.submit("budget", {}).id for _ in range(3)]
+    store.cancel(ids[1])
+    assert [job.id for job in store.list_jobs()] == ids[::-1]
+    assert [job.id for job in store.list_jobs(JobState.CANCELLED)] == [ids[1]]
+    assert store.counts()[JobState.QUEUED] == 2
