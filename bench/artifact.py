@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -40,6 +38,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import cpu_description
 
 from ciess_core.artifact.export import ExportOptions, export_model, export_run
 from ciess_core.artifact.reader import load_artifact
@@ -63,15 +64,7 @@ logger = logging.getLogger("bench.artifact")
 
 
 def machine(threads: int) -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {threads} thread(s), torch {torch.__version__}"
+    return f"{cpu_description()}, {threads} thread(s), torch {torch.__version__}"
 
 
 def tiny_data() -> InteractionData:

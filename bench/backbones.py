@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import cpu_description
 from paper import PAPER_METRICS, paper_row
 
 from ciess_core.data import Phase, load_dataset, resolve_data_dir, split_per_user
@@ -55,17 +56,9 @@ logger = logging.getLogger("bench.backbones")
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"{platform.node()}: {os.cpu_count()} cores ({cpu}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
+        f"{cpu_description()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"Python {platform.python_version()}"
     )
 
 

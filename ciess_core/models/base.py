@@ -140,6 +140,20 @@ class Backbone(nn.Module, ABC):
         return 1.0 - self.embedding_parameter_count() / self.dense_embedding_parameter_count()
 
 
+class DotProductBackbone(Backbone):
+    """A backbone whose representation is (user vectors, item vectors) scored by dot product."""
+
+    def score_pairs(
+        self, representation: Representation, users: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
+        user_vectors, item_vectors = representation
+        return (user_vectors[users] * item_vectors[items]).sum(dim=-1)
+
+    def score_all_items(self, representation: Representation, users: torch.Tensor) -> torch.Tensor:
+        user_vectors, item_vectors = representation
+        return user_vectors[users] @ item_vectors.T
+
+
 def normal_initializer(std: float):  # type: ignore[no-untyped-def]
     """An initializer drawing N(0, std²) from the given generator."""
 

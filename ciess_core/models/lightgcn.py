@@ -5,12 +5,17 @@ from __future__ import annotations
 import scipy.sparse as sp
 import torch
 
-from ciess_core.models.base import Backbone, BackboneConfig, Representation, normal_initializer
+from ciess_core.models.base import (
+    BackboneConfig,
+    DotProductBackbone,
+    Representation,
+    normal_initializer,
+)
 from ciess_core.models.graph import SparseOperator, symmetric_normalized_adjacency
 from ciess_core.models.masking import MaskedEmbedding
 
 
-class LightGCN(Backbone):
+class LightGCN(DotProductBackbone):
     """Mean of layers 0..K of propagation over D^-1/2 A D^-1/2; score = <user, item>."""
 
     def __init__(
@@ -41,13 +46,3 @@ class LightGCN(Backbone):
             total = total + layer
         final = total / (self.config.num_layers + 1)
         return final[: self.num_users], final[self.num_users :]
-
-    def score_pairs(
-        self, representation: Representation, users: torch.Tensor, items: torch.Tensor
-    ) -> torch.Tensor:
-        user_vectors, item_vectors = representation
-        return (user_vectors[users] * item_vectors[items]).sum(dim=-1)
-
-    def score_all_items(self, representation: Representation, users: torch.Tensor) -> torch.Tensor:
-        user_vectors, item_vectors = representation
-        return user_vectors[users] @ item_vectors.T

@@ -9,12 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ciess_core.models.base import Backbone, BackboneConfig, Representation, xavier_initializer
+from ciess_core.models.base import (
+    BackboneConfig,
+    DotProductBackbone,
+    Representation,
+    xavier_initializer,
+)
 from ciess_core.models.graph import SparseOperator, mean_normalized_adjacency_with_self_loops
 from ciess_core.models.masking import MaskedEmbedding
 
 
-class NGCF(Backbone):
+class NGCF(DotProductBackbone):
     """Layers e' = LeakyReLU(W1 (L e) + W2 ((L e) ⊙ e)), each L2-normalised; final = concat.
 
     The final representation is [ego; layer_1; ...; layer_K]; the ego part is as wide as the widest
@@ -74,13 +79,3 @@ class NGCF(Backbone):
             outputs.append(F.normalize(ego, p=2, dim=1))
         final = torch.cat(outputs, dim=1)
         return final[: self.num_users], final[self.num_users :]
-
-    def score_pairs(
-        self, representation: Representation, users: torch.Tensor, items: torch.Tensor
-    ) -> torch.Tensor:
-        user_vectors, item_vectors = representation
-        return (user_vectors[users] * item_vectors[items]).sum(dim=-1)
-
-    def score_all_items(self, representation: Representation, users: torch.Tensor) -> torch.Tensor:
-        user_vectors, item_vectors = representation
-        return user_vectors[users] @ item_vectors.T
