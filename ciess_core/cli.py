@@ -118,7 +118,7 @@ def _add_train_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--weight-decay",
         type=float,
-        help="L2 on the batch embeddings (default: the backbone's, 1e-4 or 1e-3 for NGCF)",
+        help="L2 on the batch embeddings (default: the backbone's, 1e-3; 1e-4 for NCF)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
