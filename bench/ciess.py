@@ -219,6 +219,9 @@ def write_report(dataset: str) -> None:
             f"{cost['seconds_total'] / 3600:.1f} h.",
             "",
         ]
+    notes = ROOT / "docs" / "benchmarks" / f"ciess-{dataset}.notes.md"
+    if notes.exists():  # hand-written findings, kept apart so that regenerating keeps them
+        lines += ["## Findings", "", notes.read_text().strip(), ""]
     (ROOT / "docs" / "benchmarks" / f"ciess-{dataset}.md").write_text("\n".join(lines) + "\n")
 
 
