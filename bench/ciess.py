@@ -213,7 +213,7 @@ def write_report(dataset: str) -> None:
     for path in cost_files:
         cost = json.loads(path.read_text())
         lines += [
-            f"Paper's evaluator here ({path.stem}): one iteration (fresh model, "
+            f"Paper's evaluator here ({path.stem}, {cost['machine']}): one iteration (fresh model at ES 0.8 sizes, "
             f"{cost['batches_per_iteration']} batches, then validation) took "
             f"{cost['seconds_per_iteration']:.0f} s; × {cost['iterations']} iterations = "
             f"{cost['seconds_total'] / 3600:.1f} h.",
