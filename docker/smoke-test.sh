@@ -1,0 +1,328 @@
+#!/usr/bin/env bash
+# Smoke test of the Docker deployment, end to end on one machine:
+#   1. build the service and trainer images (one after the other), show their sizes and the
+#      service image's `pip list` (which must not contain torch);
+#   2. `compose up` on an empty volume: init trains and exports a small first model, then the API
+#      and the worker start; wait until /readyz answers 200 (time from `up` to ready);
+#   3. top-k for a user; a budget update with the admin token (401 without it); wait for the job;
+#      check that the served model changed to the job's artifact at the new sparsity, while a
+#      client kept asking for top-k the whole time without one failure;
+#   4. `down` and `up` again on the same volume: the job history and the current artifact are kept;
+#   5. tear everything down (containers, network, volume; the images stay, as build cache).
+#
+# Honours CONTAINER_ENGINE (default docker), COMPOSE (default "docker compose") and BASE_IMAGE
+# (default python:3.11-slim); on this project's machines: `source ../shared/tools/container-engine.sh`
+# first. Other knobs: CIESS_DATA_DIR (host folder of the datasets, default ../shared/data),
+# SMOKE_PORT (default 18000), TORCH_INDEX_URL / TORCH_FIND_LINKS (where the trainer build finds the
+# CPU torch; default: a CPU wheel in pip's find-links folder on this host, linked into
+# docker/wheels/, else PyTorch's CPU index), SMOKE_REMOVE_IMAGES=1 (remove the images at the end),
+# SMOKE_PRUNE=0 (keep dangling images: by default they are pruned after the builds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENGINE=${CONTAINER_ENGINE:-docker}
+read -r -a COMPOSE_CMD <<<"${COMPOSE:-docker compose}"
+BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim}
+PROJECT=ciess-smoke
+TAG=smoke
+PORT=${SMOKE_PORT:-18000}
+URL=http://127.0.0.1:$PORT
+DATA_DIR=$(cd "${CIESS_DATA_DIR:-../shared/data}" && pwd)
+TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+WORK=$(mktemp -d)
+started_all=$(date +%s)
+
+log() { printf '[smoke %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+fail() { log "FAIL: $*"; exit 1; }
+now() { python3 -c 'import time; print(f"{time.monotonic():.3f}")'; }
+elapsed() { python3 -c "print(f'{$(now) - $1:.1f}')"; }
+
+# Settings of the stack under test: a small first model and small jobs, so that the test is short.
+export CIESS_IMAGE_TAG=$TAG CIESS_PORT=$PORT CIESS_DATA_DIR=$DATA_DIR CIESS_ADMIN_TOKEN=$TOKEN
+export BASE_IMAGE
+export CIESS_INIT_DATASET=ml-1m
+export CIESS_INIT_TRAIN_ARGS="--sizes equal --sparsity 0.9 --max-batches ${SMOKE_INIT_BATCHES:-50} --eval-every 0"
+export CIESS_JOB_MAX_BATCHES=${SMOKE_JOB_BATCHES:-50} CIESS_JOB_EVAL_EVERY=0
+COMPOSE_FILES=(-f docker-compose.yml)
+compose() { "${COMPOSE_CMD[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"; }
+plain() { sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /'; } # indented, without colours
+
+teardown() {
+    local status=$?
+    [ -f "$WORK/load.pid" ] && kill "$(cat "$WORK/load.pid")" 2>/dev/null || true
+    if [ "$status" -ne 0 ]; then
+        log "logs of the stack (last lines):"
+        compose logs --tail 40 2>&1 | tail -n 120 || true
+    fi
+    log "tearing down (containers, network, volume)"
+    compose down -v >/dev/null 2>&1 || true
+    if [ "${SMOKE_REMOVE_IMAGES:-0}" = 1 ]; then
+        "$ENGINE" rmi "ciess-service:$TAG" "ciess-trainer:$TAG" "ciess-service-build:$TAG" \
+            "ciess-trainer-build:$TAG" >/dev/null 2>&1 || true
+    fi
+    rm -rf "$WORK"
+    log "$([ "$status" -eq 0 ] && echo PASSED || echo FAILED) in $(($(date +%s) - started_all)) s"
+}
+trap teardown EXIT
+
+[ -d "$DATA_DIR/$CIESS_INIT_DATASET" ] || fail "no $CIESS_INIT_DATASET under $DATA_DIR (set CIESS_DATA_DIR)"
+compose down -v >/dev/null 2>&1 || true # leftovers of an interrupted run
+
+# --- the base image ------------------------------------------------------------------------------
+# A base image imported from a tar of a root file system (as ../shared/tools/container-engine.sh
+# makes its stand-in for python:3.11-slim) can carry `/` at mode 0700, which shuts every non-root
+# user, the images' `ciess` included, out of the whole tree. Such a base is exported and imported
+# once more (`import` gives `/` a traversable mode); a sound base is used as it is.
+mode=$("$ENGINE" run --rm --user 0 --entrypoint stat "$BASE_IMAGE" -c %a / 2>/dev/null || true)
+case "$mode" in
+    *[1357]) ;;
+    "") log "could not read the mode of / in $BASE_IMAGE; using it as it is" ;;
+    *)
+        fixed="$BASE_IMAGE-traversable"
+        [[ "$BASE_IMAGE" == *:* ]] || fixed="$BASE_IMAGE:traversable"
+        log "/ in $BASE_IMAGE has mode $mode (not traversable by non-root users): using $fixed"
+        if ! "$ENGINE" image inspect "$fixed" >/dev/null 2>&1; then
+            container=$("$ENGINE" create "$BASE_IMAGE" true)
+            "$ENGINE" export -o "$WORK/base.tar" "$container"
+            "$ENGINE" rm "$container" >/dev/null
+            "$ENGINE" import "$WORK/base.tar" "$fixed" >/dev/null 2>&1
+            rm -f "$WORK/base.tar"
+        fi
+        BASE_IMAGE=$fixed
+        ;;
+esac
+
+# --- where the trainer build finds the CPU build of torch -------------------------------------
+if [ -z "${TORCH_INDEX_URL:-}" ] && [ -z "${TORCH_FIND_LINKS:-}" ]; then
+    wheel=$(ls docker/wheels/torch-*+cpu-*.whl 2>/dev/null | head -n 1 || true)
+    if [ -z "$wheel" ]; then
+        links=$(python3 -m pip config get global.find-links 2>/dev/null || true)
+        found=$(ls "$links"/torch-*+cpu-cp311-*.whl 2>/dev/null | head -n 1 || true)
+        if [ -n "$links" ] && [ -n "$found" ]; then
+            ln "$found" docker/wheels/ 2>/dev/null || cp "$found" docker/wheels/
+            wheel=docker/wheels/$(basename "$found")
+        fi
+    fi
+    if [ -n "$wheel" ]; then
+        export TORCH_FIND_LINKS=/wheels
+        torch_version=$(basename "$wheel" | sed -E 's/^torch-([^+]+)\+cpu-.*/\1/')
+        log "torch: $wheel (TORCH_FIND_LINKS=/wheels)"
+    else
+        log "torch: PyTorch's CPU index (no local CPU wheel found)"
+    fi
+fi
+torch_args=(--build-arg "TORCH_VERSION=${torch_version:-2.13.0}")
+[ -n "${TORCH_FIND_LINKS:-}" ] && torch_args+=(--build-arg "TORCH_FIND_LINKS=$TORCH_FIND_LINKS")
+[ -n "${TORCH_INDEX_URL:-}" ] && torch_args+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
+
+# --- images ------------------------------------------------------------------------------------
+# podman keeps HEALTHCHECK only in Docker-format images
+export BUILDAH_FORMAT=docker
+for image in service trainer; do
+    extra=()
+    [ "$image" = trainer ] && extra=("${torch_args[@]}")
+    log "building ciess-$image:$TAG (BASE_IMAGE=$BASE_IMAGE)"
+    t=$(now)
+    # The build stage is tagged too (ciess-<image>-build): a named cache that the pruning below
+    # keeps, while it drops what older builds left behind (vfs storage copies every layer in full).
+    for target in build ""; do
+        if [ -n "$target" ]; then name="ciess-$image-build:$TAG"; else name="ciess-$image:$TAG"; fi
+        "$ENGINE" build --build-arg "BASE_IMAGE=$BASE_IMAGE" "${extra[@]}" ${target:+--target "$target"} \
+            -f "docker/Dockerfile.$image" -t "$name" . >>"$WORK/build-$image.log" 2>&1 \
+            || { tail -n 40 "$WORK/build-$image.log"; fail "build of $name"; }
+    done
+    log "built ciess-$image:$TAG in $(elapsed "$t") s"
+done
+if [ "${SMOKE_PRUNE:-1}" = 1 ]; then
+    "$ENGINE" image prune -f >/dev/null 2>&1 || true
+fi
+for image in service trainer; do
+    size=$("$ENGINE" image inspect --format '{{.Size}}' "ciess-$image:$TAG")
+    log "image ciess-$image:$TAG: $((size / 1000000)) MB"
+done
+log "pip list of ciess-service:$TAG:"
+"$ENGINE" run --rm --entrypoint pip "ciess-service:$TAG" list --format freeze 2>/dev/null \
+    | tee "$WORK/service-pip.txt" | sed 's/^/    /'
+grep -qi '^torch==' "$WORK/service-pip.txt" && fail "torch is in the service image"
+grep -qi '^onnxruntime==' "$WORK/service-pip.txt" || fail "onnxruntime is missing from the service image"
+log "the service image has no torch"
+for image in service trainer; do
+    user=$("$ENGINE" image inspect --format '{{.Config.User}}' "ciess-$image:$TAG")
+    case "$user" in "" | 0 | 0:* | root | root:*) fail "ciess-$image runs as root" ;; esac
+done
+log "both images run as the user '$user', not root"
+
+# --- helpers for the API -----------------------------------------------------------------------
+http() { # METHOD PATH [BODY] -> prints "STATUS BODY"; SMOKE_AUTH=token adds the bearer token
+    python3 - "$URL" "$@" <<'EOF'
+import json, os, sys, urllib.error, urllib.request
+url, method, path = sys.argv[1], sys.argv[2], sys.argv[3]
+body = sys.argv[4].encode() if len(sys.argv) > 4 else None
+request = urllib.request.Request(url + path, data=body, method=method)
+if body is not None:
+    request.add_header("Content-Type", "application/json")
+if os.environ.get("SMOKE_AUTH"):
+    request.add_header("Authorization", "Bearer " + os.environ["SMOKE_AUTH"])
+try:
+    with urllib.request.urlopen(request, timeout=10) as response:
+        print(response.status, response.read().decode())
+except urllib.error.HTTPError as error:
+    print(error.code, error.read().decode())
+except OSError as error:
+    print(0, json.dumps({"error": str(error)}))
+EOF
+}
+field() { python3 -c "import json, sys; print(json.loads(sys.argv[1])$2)" "$1"; }
+wait_ready() { # seconds: until /readyz answers 200
+    local deadline=$(($(date +%s) + $1))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        [ "$(http GET /readyz | cut -d' ' -f1)" = 200 ] && return 0
+        sleep 1
+    done
+    return 1
+}
+
+# The healthchecks as configured (compose's over the images'), run once in their containers: the
+# engine need not run them itself (podman without systemd does not).
+check_health() {
+    local service id
+    for service in api worker; do
+        id=$("$ENGINE" ps -q --filter "label=com.docker.compose.project=$PROJECT" \
+            --filter "label=com.docker.compose.service=$service" | head -n 1)
+        [ -n "$id" ] || fail "no running $service container"
+        mapfile -t command < <("$ENGINE" inspect --format '{{json .Config.Healthcheck.Test}}' "$id" \
+            | python3 -c 'import json, sys
+test = json.load(sys.stdin)
+print("\n".join(test[1:] if test[0] == "CMD" else ["sh", "-c", test[1]]))')
+        "$ENGINE" exec "$id" "${command[@]}" >/dev/null 2>&1 || fail "the $service healthcheck fails"
+    done
+    log "healthchecks of api and worker pass"
+}
+
+# --- up on an empty volume -----------------------------------------------------------------------
+log "compose up (empty volume: init trains the first model)"
+t_up=$(now)
+compose up -d --no-build >"$WORK/up.log" 2>&1 || { tail -n 40 "$WORK/up.log"; fail "compose up"; }
+log "compose up returned after $(elapsed "$t_up") s"
+wait_ready 900 || fail "the API was not ready within 900 s"
+first_ready=$(elapsed "$t_up")
+log "up -> ready: $first_ready s (includes training the first model)"
+compose logs init 2>&1 | grep -E 'ciess-init|sparsity|test' | plain || true
+check_health
+
+reply=$(http GET /v1/model)
+[ "${reply%% *}" = 200 ] || fail "GET /v1/model: $reply"
+version_before=$(field "${reply#* }" "['version']")
+sparsity_before=$(field "${reply#* }" "['sparsity']")
+log "serving $version_before (sparsity $sparsity_before)"
+user_id=$(compose exec -T api python -c \
+    "import json; print(json.load(open('/var/lib/ciess/initial/ids/users.json'))[0])" | tr -d '\r')
+reply=$(http GET "/v1/users/$user_id/recommendations?k=10")
+[ "${reply%% *}" = 200 ] || fail "top-k: $reply"
+log "top-10 for user $user_id: $(field "${reply#* }" "['items'][:3]") …"
+
+# --- a client that keeps asking for top-k while the job runs ---------------------------------
+python3 - "$URL/v1/users/$user_id/recommendations?k=10" "$WORK" <<'EOF' &
+import collections, json, os, sys, time, urllib.error, urllib.request
+url, work = sys.argv[1], sys.argv[2]
+counts, versions, errors = collections.Counter(), collections.Counter(), []
+deadline = time.monotonic() + 1800  # bounded: 30 min or 20,000 requests at most
+sent = 0
+while not os.path.exists(f"{work}/load.stop") and time.monotonic() < deadline and sent < 20000:
+    sent += 1
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            counts[response.status] += 1
+            versions[json.loads(response.read())["model_version"]] += 1
+    except urllib.error.HTTPError as error:
+        counts[error.code] += 1
+        errors.append(f"{error.code} {error.read()[:200]!r}")
+    except OSError as error:
+        counts["connection"] += 1
+        errors.append(str(error))
+    time.sleep(0.1)
+with open(f"{work}/load.json", "w") as out:
+    json.dump({"requests": sent, "status": {str(k): v for k, v in counts.items()},
+               "versions": versions, "errors": errors[:5]}, out)
+EOF
+echo $! >"$WORK/load.pid"
+
+# --- a budget update ---------------------------------------------------------------------------
+budget='{"target_sparsity": 0.95, "method": "equal"}'
+reply=$(http POST /v1/admin/budget "$budget")
+[ "${reply%% *}" = 401 ] || fail "a budget update without the token was not refused with 401: $reply"
+reply=$(SMOKE_AUTH=$TOKEN http POST /v1/admin/budget "$budget")
+[ "${reply%% *}" = 202 ] || fail "POST /v1/admin/budget: $reply"
+job=$(field "${reply#* }" "['id']")
+log "budget job $job queued: $budget"
+t_job=$(now)
+deadline=$(($(date +%s) + 900))
+state=queued
+while [ "$(date +%s)" -lt "$deadline" ]; do
+    reply=$(SMOKE_AUTH=$TOKEN http GET "/v1/admin/jobs/$job")
+    state=$(field "${reply#* }" "['state']")
+    case "$state" in succeeded | failed | cancelled) break ;; esac
+    sleep 2
+done
+log "job $job: $state after $(elapsed "$t_job") s ($(field "${reply#* }" "['message']"))"
+[ "$state" = succeeded ] || fail "job $job ended $state"
+promoted=$(field "${reply#* }" "['artifact_version']")
+
+# the API swaps the promoted artifact in within its poll interval
+deadline=$(($(date +%s) + 60))
+version_after=""
+while [ "$(date +%s)" -lt "$deadline" ]; do
+    reply=$(http GET /v1/model)
+    version_after=$(field "${reply#* }" "['version']")
+    [ "$version_after" = "$promoted" ] && break
+    sleep 1
+done
+[ "$version_after" = "$promoted" ] || fail "the API serves $version_after, not the promoted $promoted"
+sparsity_after=$(field "${reply#* }" "['sparsity']")
+python3 -c "import sys; sys.exit(not float(sys.argv[1]) >= 0.95 - 1e-9)" "$sparsity_after" \
+    || fail "the new model's sparsity $sparsity_after misses the budget 0.95"
+log "serving $version_after (sparsity $sparsity_after), was $version_before ($sparsity_before)"
+sleep 3 # a few requests on the new model
+touch "$WORK/load.stop"
+wait "$(cat "$WORK/load.pid")"
+rm -f "$WORK/load.pid"
+load=$(cat "$WORK/load.json")
+log "top-k during the job: $load"
+python3 - "$load" "$version_before" "$promoted" <<'EOF' || fail "top-k requests failed during the job"
+import json, sys
+load, before, after = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+ok = load["status"].get("200", 0)
+assert ok == load["requests"] and ok > 0, load
+assert load["versions"].get(before) and load["versions"].get(after), load["versions"]
+EOF
+log "every top-k request succeeded, on the old model and then on the new one"
+
+# --- the volume survives down and up -------------------------------------------------------------
+log "compose down (the volume stays) and up again, the admin token now from a secret file"
+compose down >/dev/null 2>&1
+printf '%s\n' "$TOKEN" >"$WORK/admin-token"
+chmod 0444 "$WORK/admin-token" # read by the container's non-root user
+unset CIESS_ADMIN_TOKEN
+export CIESS_ADMIN_TOKEN_SECRET=$WORK/admin-token
+COMPOSE_FILES+=(-f docker/compose.secret.yml)
+t_up=$(now)
+compose up -d --no-build >"$WORK/up2.log" 2>&1 || { tail -n 40 "$WORK/up2.log"; fail "compose up (again)"; }
+wait_ready 300 || fail "the API was not ready within 300 s after the second up"
+second_ready=$(elapsed "$t_up")
+log "up -> ready (volume already holding a model): $second_ready s"
+compose logs init 2>&1 | grep 'ciess-init' | tail -n 1 | plain || true
+reply=$(http GET /v1/model)
+[ "$(field "${reply#* }" "['version']")" = "$promoted" ] \
+    || fail "after down/up the API serves $(field "${reply#* }" "['version']"), not $promoted"
+reply=$(SMOKE_AUTH=$TOKEN http GET /v1/admin/jobs)
+python3 - "${reply#* }" "$job" <<'EOF' || fail "after down/up the job history lost job $job: $reply"
+import json, sys
+jobs = {job["id"]: job["state"] for job in json.loads(sys.argv[1])["jobs"]}
+assert jobs.get(int(sys.argv[2])) == "succeeded", jobs
+EOF
+reply=$(http GET "/v1/users/$user_id/recommendations?k=10")
+[ "${reply%% *}" = 200 ] || fail "top-k after down/up: $reply"
+log "after down/up: still serving $promoted, job $job still listed as succeeded (token from the secret)"
+check_health
+log "summary: up->ready $first_ready s on an empty volume (init included), $second_ready s on a" \
+    "kept one; job $job promoted $promoted"
