@@ -49,7 +49,7 @@ plain() { sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /'; } # indented, without col
 
 teardown() {
     local status=$?
-    [ -f "$WORK/load.pid" ] && kill "$(cat "$WORK/load.pid")" 2>/dev/null || true
+    if [ -f "$WORK/load.pid" ]; then kill "$(cat "$WORK/load.pid")" 2>/dev/null || true; fi
     if [ "$status" -ne 0 ]; then
         log "logs of the stack (last lines):"
         compose logs --tail 40 2>&1 | tail -n 120 || true
@@ -94,11 +94,17 @@ esac
 
 # --- where the trainer build finds the CPU build of torch -------------------------------------
 if [ -z "${TORCH_INDEX_URL:-}" ] && [ -z "${TORCH_FIND_LINKS:-}" ]; then
-    wheel=$(ls docker/wheels/torch-*+cpu-*.whl 2>/dev/null | head -n 1 || true)
+    shopt -s nullglob
+    wheels=(docker/wheels/torch-*+cpu-*.whl)
+    wheel=${wheels[0]:-}
     if [ -z "$wheel" ]; then
         links=$(python3 -m pip config get global.find-links 2>/dev/null || true)
-        found=$(ls "$links"/torch-*+cpu-cp311-*.whl 2>/dev/null | head -n 1 || true)
-        if [ -n "$links" ] && [ -n "$found" ]; then
+        found=""
+        if [ -n "$links" ]; then
+            wheels=("$links"/torch-*+cpu-cp311-*.whl)
+            found=${wheels[0]:-}
+        fi
+        if [ -n "$found" ]; then
             ln "$found" docker/wheels/ 2>/dev/null || cp "$found" docker/wheels/
             wheel=docker/wheels/$(basename "$found")
         fi
@@ -110,17 +116,22 @@ if [ -z "${TORCH_INDEX_URL:-}" ] && [ -z "${TORCH_FIND_LINKS:-}" ]; then
     else
         log "torch: PyTorch's CPU index (no local CPU wheel found)"
     fi
+    shopt -u nullglob
 fi
 torch_args=(--build-arg "TORCH_VERSION=${torch_version:-2.13.0}")
-[ -n "${TORCH_FIND_LINKS:-}" ] && torch_args+=(--build-arg "TORCH_FIND_LINKS=$TORCH_FIND_LINKS")
-[ -n "${TORCH_INDEX_URL:-}" ] && torch_args+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
+if [ -n "${TORCH_FIND_LINKS:-}" ]; then
+    torch_args+=(--build-arg "TORCH_FIND_LINKS=$TORCH_FIND_LINKS")
+fi
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    torch_args+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
+fi
 
 # --- images ------------------------------------------------------------------------------------
 # podman keeps HEALTHCHECK only in Docker-format images
 export BUILDAH_FORMAT=docker
 for image in service trainer; do
     extra=()
-    [ "$image" = trainer ] && extra=("${torch_args[@]}")
+    if [ "$image" = trainer ]; then extra=("${torch_args[@]}"); fi
     log "building ciess-$image:$TAG (BASE_IMAGE=$BASE_IMAGE)"
     t=$(now)
     # The build stage is tagged too (ciess-<image>-build): a named cache that the pruning below
