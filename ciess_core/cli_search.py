@@ -130,7 +130,9 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     spec_path.write_text(json.dumps(described, indent=1) + "\n")
     data = open_dataset(arguments.dataset, arguments.data_dir)
     split = split_per_user(data, seed=42)
-    summary = run_pipeline(spec, split, out, progress=not arguments.no_progress)
+    summary = run_pipeline(
+        spec, split, out, progress=not arguments.no_progress, dataset_fingerprint=data.fingerprint()
+    )
     train = split.train
     try:
         plot_trace(out / "search" / "trace.jsonl", out / "search-trace.png")
@@ -154,6 +156,8 @@ def run_search_command(arguments: argparse.Namespace) -> int:
             f"budget {budget}: sparsity {result['achieved_sparsity']:.4f}  "
             f"test R@20 {test['recall@20']:.4f}  N@20 {test['ndcg@20']:.4f}  ({result['protocol']})"
         )
+        if (out / f"budget-{budget}" / "run").is_dir():
+            print(f"  export: ciess export {out / f'budget-{budget}' / 'run'} --out ARTIFACT_DIR")
     return 0
 
 

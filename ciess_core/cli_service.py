@@ -53,6 +53,11 @@ def add_service_parsers(subparsers: Any) -> None:
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     serve.add_argument("--no-worker", action="store_true", help="do not start a job worker")
     serve.add_argument("--dev", action="store_true", help="development mode (no admin token)")
+    serve.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="no uvicorn line per request (latency and counts stay in /metrics)",
+    )
     worker = subparsers.add_parser(
         "worker",
         help="run budget jobs from the job store (search, retrain, export, promote)",
@@ -112,6 +117,7 @@ def run_serve_command(arguments: argparse.Namespace) -> int:
             host=arguments.host,
             port=arguments.port,
             workers=arguments.workers,
+            access_log=not arguments.no_access_log,
         )
     finally:
         if worker is not None:

@@ -14,11 +14,14 @@ from ciess_core.errors import ConfigError
 
 
 class SizeScheme(enum.Enum):
-    """How a training run assigns sizes: full width, equal sizes (ES), mixed random (MR)."""
+    """How a training run assigns sizes: full width, equal sizes (ES), mixed random (MR), or
+    given from outside (the CIESS search's assignment, or a sizes file)."""
 
     FULL = "full"
     EQUAL = "equal"
     RANDOM = "random"
+    CIESS = "ciess"
+    FILE = "file"
 
 
 def sparsity(sizes: np.ndarray, max_size: int) -> float:
@@ -97,4 +100,6 @@ def assign_sizes(
         raise ConfigError(f"size scheme '{scheme.value}' needs a target sparsity (e.g. 0.9)")
     if scheme is SizeScheme.EQUAL:
         return equal_sizes(num_entities, max_size, target_sparsity)
-    return mixed_random_sizes(num_entities, max_size, target_sparsity, rng)
+    if scheme is SizeScheme.RANDOM:
+        return mixed_random_sizes(num_entities, max_size, target_sparsity, rng)
+    raise ConfigError(f"size scheme '{scheme.value}' takes its sizes from outside, not drawn")

@@ -6,6 +6,7 @@ the allowed items are ranked with the same rules (seen items out, ties towards t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -64,14 +65,14 @@ def _filtered_top_k(
     return top_items, top_scores
 
 
-def recommend(
+def ranked(
     model: ServedModel,
     user_ids: Sequence[str],
     k: int,
     exclude_seen: bool = True,
     item_ids: Sequence[str] | None = None,
-) -> list[Recommendation]:
-    """Each user's top-k, best first; empty slots (fewer items left than k) are dropped.
+) -> list[tuple[list[str], list[float]]]:
+    """Each user's top-k as (external item ids, scores), best first; empty slots dropped.
 
     Raises:
         NotFoundError: an unknown user (404).
@@ -85,18 +86,49 @@ def recommend(
             model, users, _allowed_items(model, item_ids), k, exclude_seen
         )
     labels = model.scorer.item_labels(items)
-    results = []
-    for row, user in enumerate(user_ids):
-        keep = items[row] >= 0
-        results.append(
-            Recommendation(
-                user_id=user,
-                items=[
-                    ScoredItem(item_id=label, score=score)
-                    for label, score in zip(
-                        labels[row][keep].tolist(), scores[row][keep].tolist(), strict=True
-                    )
-                ],
-            )
+    keep = items >= 0
+    return [
+        (labels[row][keep[row]].tolist(), scores[row][keep[row]].tolist())
+        for row in range(len(user_ids))
+    ]
+
+
+def recommend(
+    model: ServedModel,
+    user_ids: Sequence[str],
+    k: int,
+    exclude_seen: bool = True,
+    item_ids: Sequence[str] | None = None,
+) -> list[Recommendation]:
+    """:func:`ranked` as response objects."""
+    return [
+        Recommendation(
+            user_id=user,
+            items=[
+                ScoredItem(item_id=label, score=score)
+                for label, score in zip(labels, scores, strict=True)
+            ],
         )
-    return results
+        for user, (labels, scores) in zip(
+            user_ids, ranked(model, user_ids, k, exclude_seen, item_ids), strict=True
+        )
+    ]
+
+
+def recommendation_json(
+    user_id: str, ranking: tuple[list[str], list[float]], model_version: str
+) -> bytes:
+    """A :class:`service.schemas.RecommendationResponse` body, serialised in one step."""
+    labels, scores = ranking
+    return json.dumps(
+        {
+            "user_id": user_id,
+            "items": [
+                {"item_id": label, "score": score}
+                for label, score in zip(labels, scores, strict=True)
+            ],
+            "model_version": model_version,
+        },
+        separators=(",", ":"),
+        allow_nan=False,
+    ).encode()

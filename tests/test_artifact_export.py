@@ -88,6 +88,7 @@ def test_layout_and_manifest(artifacts: dict, clustered_split: DatasetSplit) -> 
         "tables/embedding/offsets.npy",
         "tables/embedding/values.npy",
         "graphs/dot.onnx",
+        "graphs/topk.onnx",
         *(f"graphs/ngcf_layer_{k}.onnx" for k in range(3)),
     }
     on_disk = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
@@ -114,7 +115,7 @@ def test_ncf_artifact_stores_both_tables(artifacts: dict) -> None:
     artifact = load_artifact(artifacts[BackboneKind.NCF])
     assert set(artifact.tables) == {"gmf", "mlp"}
     np.testing.assert_array_equal(artifact.tables["gmf"].sizes, artifact.tables["mlp"].sizes)
-    assert set(artifact.graph_paths) == {"dot", "ncf_user", "ncf_item", "ncf_tower"}
+    assert set(artifact.graph_paths) == {"dot", "topk", "ncf_user", "ncf_item", "ncf_tower"}
 
 
 def test_no_pickles_anywhere(artifacts: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,53 @@ def test_resident_bytes_are_reported(
     manifest = load_artifact(directory).manifest
     assert manifest.memory.resident == scorer.resident_bytes
     assert dict(manifest.memory.resident_detail) == scorer.resident_detail
+
+
+def _without_topk_graph(directory: Path) -> None:
+    """Rewrite ``directory`` as an export from before the topk graph existed."""
+    manifest_path = directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["graphs"]["topk"]
+    manifest["files"] = [e for e in manifest["files"] if e["path"] != "graphs/topk.onnx"]
+    (directory / "graphs" / "topk.onnx").unlink()
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_artifacts_without_the_topk_graph_rank_the_same(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    train, _ = clustered_split.phase(Phase.TEST)
+    model = build(BackboneKind.LIGHTGCN, train, _sizes(clustered_split))
+    directory = export(model, clustered_split, tmp_path / "a", verify_users=0)
+    current = load_scorer(directory)
+    assert current.topk is not None
+    _without_topk_graph(directory)
+    older = load_scorer(directory)
+    assert older.topk is None
+    users = np.arange(current.num_users)
+    for k in (1, TOP_K, current.num_items):
+        new_items, new_scores = current.recommend(users, k)
+        old_items, old_scores = older.recommend(users, k)
+        np.testing.assert_array_equal(new_items, old_items)
+        np.testing.assert_array_equal(new_scores, old_scores)
+
+
+def test_ties_go_to_the_lower_item_id_even_across_the_cut(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    train, _ = clustered_split.phase(Phase.TEST)
+    # NCF keeps each item's own width, so the buckets reorder the items.
+    model = build(BackboneKind.NCF, train, _sizes(clustered_split))
+    scorer = load_scorer(export(model, clustered_split, tmp_path / "a", verify_users=0))
+    assert len(scorer.bucket_widths) > 1
+    # Scores from five values only: every top-k cut falls inside a group of ties.
+    tied = np.random.default_rng(0).integers(0, 5, (scorer.num_users, scorer.num_items))
+    in_bucket_order = tied.astype(np.float32)[:, scorer.index.layout.order]
+    scorer._bucket_order_scores = lambda ids: in_bucket_order[ids].copy()  # type: ignore[method-assign]
+    users = np.arange(scorer.num_users)
+    for k in (3, 8, 13):
+        items_k, scores_k = scorer.recommend(users, k, exclude_seen=False)
+        for user in users:
+            expected = np.lexsort((np.arange(scorer.num_items), -tied[user]))[:k]
+            np.testing.assert_array_equal(items_k[user], expected)
+            np.testing.assert_array_equal(scores_k[user], tied[user, expected])

@@ -141,6 +141,14 @@ def test_search_runs_end_to_end_and_resumes(
     sizes = np.load(out / "budget-0.9" / "sizes.npy")
     assert 1 - sizes.sum() / (len(sizes) * 128) >= 0.9
     assert (out / "search-trace.png").stat().st_size > 0 and (out / "sizes-0.9.png").exists()
+    # The chosen model is a run directory that exports to an artifact with the searched sizes.
+    run = out / "budget-0.9" / "run"
+    np.testing.assert_array_equal(np.load(run / "sizes.npy"), sizes)
+    assert json.loads((run / "config.json").read_text())["size_scheme"] == "ciess"
+    artifact = tmp_path / "artifact"
+    assert main(["export", str(run), "--out", str(artifact), "--data-dir", str(tmp_path)]) == 0
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["achieved_sparsity"] >= 0.9
     assert main(arguments) == 0  # resumes: every stage is already done
     assert main([*arguments[:-1], "--episodes", "3", "--no-progress"]) == 2
     assert "other settings" in capsys.readouterr().err

@@ -122,7 +122,7 @@ def _jsonable(value: Any) -> Any:
 def _write_graphs(model: Backbone, staging: Path) -> None:
     """Write the backbone's scoring graphs (the manifest hashes them with the other files)."""
     kind, config = model.config.kind, model.config
-    built = {"dot": graphs.dot_graph()}
+    built = {"dot": graphs.dot_graph(), "topk": graphs.topk_graph()}
     if isinstance(model, NGCF):
         for layer, (sum_layer, product_layer) in enumerate(
             zip(model.sum_layers, model.product_layers, strict=True)
@@ -374,13 +374,21 @@ def backbone_config_from_dict(values: Mapping[str, Any]) -> BackboneConfig:
         raise ConfigError(f"backbone config {dict(values)} is not valid ({error})") from None
 
 
-def export_run(
-    run_dir: Path | str,
-    out_dir: Path | str,
-    data_dir: Path,
-    options: ExportOptions | None = None,
-) -> Path:
-    """Export the model of a run directory written by :func:`ciess_core.runs.write_run`.
+@dataclass(frozen=True)
+class LoadedRun:
+    """A run directory's model rebuilt on its test-phase training matrix."""
+
+    model: Backbone
+    train: sp.csr_matrix
+    external_user_ids: npt.NDArray[np.str_]
+    external_item_ids: npt.NDArray[np.str_]
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    fingerprint: str
+
+
+def load_run(run_dir: Path | str, data_dir: Path) -> LoadedRun:
+    """Rebuild the model of a run directory written by :func:`ciess_core.runs.write_run`.
 
     The backbone is rebuilt on the training matrix of the test phase (train ∪ valid) of the run's
     dataset and split seed, after checking that the dataset found under ``data_dir`` has the
@@ -418,15 +426,42 @@ def export_run(
     sizes = np.load(run / "sizes.npy", allow_pickle=False)
     if not np.array_equal(sizes, model.embedding_sizes().numpy()):
         raise DataError(f"{run / 'sizes.npy'} disagrees with the sizes stored in model.pt")
+    return LoadedRun(
+        model=model,
+        train=train,
+        external_user_ids=split.external_user_ids,
+        external_item_ids=split.external_item_ids,
+        config=config,
+        metrics=metrics,
+        fingerprint=fingerprint,
+    )
+
+
+def export_run(
+    run_dir: Path | str,
+    out_dir: Path | str,
+    data_dir: Path,
+    options: ExportOptions | None = None,
+) -> Path:
+    """Export the model of a run directory written by :func:`ciess_core.runs.write_run`
+    (rebuilt as :func:`load_run` does)."""
+    run = load_run(run_dir, data_dir)
+    config = run.config
     metadata = ExportMetadata(
         dataset=str(config.get("dataset")),
-        dataset_fingerprint=fingerprint,
+        dataset_fingerprint=run.fingerprint,
         split_seed=int(config.get("split_seed", 42)),
         target_sparsity=config.get("target_sparsity"),
         size_scheme=config.get("size_scheme"),
-        metrics={k: metrics.get(k) for k in ("protocol", "valid", "test")},
-        source=str(run),
+        metrics={k: run.metrics.get(k) for k in ("protocol", "valid", "test")},
+        source=str(run_dir),
     )
     return export_model(
-        model, train, split.external_user_ids, split.external_item_ids, out_dir, metadata, options
+        run.model,
+        run.train,
+        run.external_user_ids,
+        run.external_item_ids,
+        out_dir,
+        metadata,
+        options,
     )

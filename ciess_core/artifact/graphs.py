@@ -10,6 +10,10 @@ Graphs (opset 17, IR 8, float32, batch and width dimensions symbolic):
 - ``ncf_item``: mlp (I, d) -> item_part (I, h1): the first layer on the item half.
 - ``ncf_tower``: user_part (B, h1), item_part (I, h1) -> scores (B, I): ReLU, the remaining tower
   layers and the MLP half of the prediction, plus the prediction bias.
+- ``topk``: scores (B, n), k (1,) int64 -> values (B, k), indices (B, k), largest first. Every
+  backbone's artifact has it (since ciess 0.1.0's second release; older artifacts lack it and the
+  scorer falls back to numpy): onnxruntime's TopK is 10-15x faster than ``np.argpartition`` over
+  tens of thousands of items.
 """
 
 from __future__ import annotations
@@ -49,6 +53,27 @@ def _model(
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
+
+
+def topk_graph() -> onnx.ModelProto:
+    """values, indices = TopK(scores, k) along the items, largest first (ties: lower index)."""
+    return _model(
+        "topk",
+        [
+            helper.make_node(
+                "TopK", ["scores", "k"], ["values", "indices"], axis=1, largest=1, sorted=1
+            )
+        ],
+        [
+            _value("scores", ["batch", "items"]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, [1]),
+        ],
+        [
+            _value("values", ["batch", "k"]),
+            helper.make_tensor_value_info("indices", TensorProto.INT64, ["batch", "k"]),
+        ],
+        [],
+    )
 
 
 def dot_graph() -> onnx.ModelProto:

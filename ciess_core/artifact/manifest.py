@@ -30,6 +30,9 @@ DOT_GRAPH = "graphs/dot.onnx"
 NCF_USER_GRAPH = "graphs/ncf_user.onnx"
 NCF_ITEM_GRAPH = "graphs/ncf_item.onnx"
 NCF_TOWER_GRAPH = "graphs/ncf_tower.onnx"
+TOPK_GRAPH = "graphs/topk.onnx"
+# Graphs an artifact of this schema may lack (written by newer exports, optional for the reader).
+OPTIONAL_GRAPHS: Mapping[str, str] = MappingProxyType({"topk": TOPK_GRAPH})
 USER_IDS_FILE = "ids/users.json"
 ITEM_IDS_FILE = "ids/items.json"
 SEEN_INDPTR_FILE = "interactions/indptr.npy"
@@ -46,8 +49,8 @@ def table_files(name: str) -> tuple[str, str, str]:
 
 
 def graph_files(kind: str, num_layers: int) -> dict[str, str]:
-    """Graph role -> file for a backbone kind."""
-    graphs = {"dot": DOT_GRAPH}
+    """Graph role -> file for a backbone kind, as an export writes them (optional ones included)."""
+    graphs = {"dot": DOT_GRAPH, **OPTIONAL_GRAPHS}
     if kind == "ncf":
         graphs.update(
             {"ncf_user": NCF_USER_GRAPH, "ncf_item": NCF_ITEM_GRAPH, "ncf_tower": NCF_TOWER_GRAPH}

@@ -22,6 +22,7 @@ from ciess_core.artifact.files import check_file, read_array, read_ids
 from ciess_core.artifact.manifest import (
     ITEM_IDS_FILE,
     MANIFEST_NAME,
+    OPTIONAL_GRAPHS,
     SEEN_INDICES_FILE,
     SEEN_INDPTR_FILE,
     USER_IDS_FILE,
@@ -75,12 +76,15 @@ def _required_files(manifest: Manifest) -> list[str]:
     for name in manifest.tables:
         files += table_files(name)
     expected_graphs = graph_files(manifest.backbone, manifest.num_layers)
-    if dict(manifest.graphs) != expected_graphs:
+    required = {role: file for role, file in expected_graphs.items() if role not in OPTIONAL_GRAPHS}
+    listed = dict(manifest.graphs)
+    if listed not in (expected_graphs, required):
         raise ArtifactError(
             f"{MANIFEST_NAME}: a {manifest.backbone} artifact with {manifest.num_layers} layers "
-            f"needs graphs {expected_graphs}, the manifest lists {dict(manifest.graphs)}"
+            f"needs graphs {required} (optionally also {dict(OPTIONAL_GRAPHS)}), the manifest "
+            f"lists {listed}"
         )
-    return files + list(expected_graphs.values())
+    return files + list(listed.values())
 
 
 def _integer_array(array: npt.NDArray[np.generic], relative: str, length: int) -> None:

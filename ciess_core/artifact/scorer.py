@@ -156,6 +156,9 @@ class ArtifactScorer:
         threads = self.options.threads
         self.ncf_tower: ort.InferenceSession | None = None
         self.ncf_parts: tuple[FloatArray, FloatArray] | None = None
+        topk_graph = artifact.graph_paths.get("topk")
+        # Artifacts exported before the topk graph existed rank with numpy instead.
+        self.topk = None if topk_graph is None else _session(topk_graph, threads)
         if artifact.manifest.backbone == "ncf":
             self.index = self._load_ncf(artifact, threads)
         else:
@@ -274,20 +277,46 @@ class ArtifactScorer:
         scores = self._bucket_order_scores(ids)
         layout = self.index.layout
         if exclude_seen:
-            rows = self.seen[ids]
-            counts = np.diff(rows.indptr)
-            scores[np.repeat(np.arange(ids.size), counts), layout.position[rows.indices]] = -np.inf
-        if k < self.num_items:
-            candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            candidates = np.broadcast_to(np.arange(self.num_items), scores.shape)
-        candidate_scores = np.take_along_axis(scores, candidates, axis=1)
-        candidate_items = layout.order[candidates]
+            rows, items = self._seen_entries(ids)
+            scores[rows, layout.position[items]] = -np.inf
+        # One more than asked: when the k-th and (k+1)-th scores differ the top-k set is unique;
+        # when they tie, the row is ranked in full so that ties go to the lower item id.
+        fetched = min(k + 1, self.num_items)
+        positions = self._top_positions(scores, fetched)
+        candidate_scores = np.take_along_axis(scores, positions, axis=1)
+        candidate_items = layout.order[positions]
         ranking = np.lexsort((candidate_items, -candidate_scores), axis=1)
-        top_items = np.take_along_axis(candidate_items, ranking, axis=1)
-        top_scores = np.take_along_axis(candidate_scores, ranking, axis=1)
+        top_items = np.take_along_axis(candidate_items, ranking, axis=1)[:, :k]
+        top_scores = np.take_along_axis(candidate_scores, ranking, axis=1)[:, :k]
+        if fetched > k:
+            kth, next_best = np.sort(candidate_scores, axis=1)[:, ::-1][:, [k - 1, k]].T
+            for row in np.flatnonzero((kth == next_best) & ~np.isneginf(kth)):
+                exact = np.lexsort((layout.order, -scores[row]))[:k]
+                top_items[row], top_scores[row] = layout.order[exact], scores[row, exact]
         top_items[np.isneginf(top_scores)] = -1
         return top_items, top_scores
+
+    def _seen_entries(self, ids: IdArray) -> tuple[IdArray, IdArray]:
+        """(row in ``ids``, internal item) of every seen entry: the CSR rows gathered directly,
+        without scipy's fancy indexing (which costs more than the whole ranking of one user)."""
+        indptr, indices = self.seen.indptr, self.seen.indices
+        starts, ends = indptr[ids].astype(np.int64), indptr[ids + 1].astype(np.int64)
+        counts = ends - starts
+        rows = np.repeat(np.arange(ids.size), counts)
+        if ids.size == 1:
+            return rows, indices[starts[0] : ends[0]].astype(np.int64)
+        first = np.cumsum(counts) - counts  # where each row starts in the gathered output
+        positions = np.arange(int(counts.sum())) + np.repeat(starts - first, counts)
+        return rows, indices[positions].astype(np.int64)
+
+    def _top_positions(self, scores: FloatArray, count: int) -> IdArray:
+        """(B, count) positions of each row's ``count`` largest scores, in no promised order."""
+        if count >= scores.shape[1]:
+            return np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+        if self.topk is not None:
+            _, positions = self.topk.run(None, {"scores": scores, "k": np.array([count], np.int64)})
+            return np.asarray(positions, dtype=np.int64)
+        return np.argpartition(-scores, count - 1, axis=1)[:, :count]
 
     # -- ids ------------------------------------------------------------------------------------
     def user_index(self, external_user_ids: npt.ArrayLike) -> IdArray:
