@@ -81,11 +81,16 @@ def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
         row["target_sparsity"],
         row["protocol"],
         row.get("weight_decay"),
+        row.get("learning_rate", DEFAULT_LEARNING_RATE),
     )
 
 
+DEFAULT_LEARNING_RATE = TrainConfig().learning_rate
+
+
 def parse_weight_decays(text: str) -> dict[str, float]:
-    """``lightgcn=1e-3,ncf=1e-4`` -> {backbone: weight decay}; unnamed backbones keep defaults."""
+    """``lightgcn=1e-3,ncf=1e-4`` -> {backbone: value}; unnamed backbones keep defaults (also
+    used for the per-backbone learning rates)."""
     values = {}
     for part in filter(None, text.split(",")):
         name, value = part.split("=")
@@ -111,9 +116,11 @@ def run_one(
     weight_decay: float,
     protocol: Protocol,
     selection_only: bool = False,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
 ) -> dict[str, Any]:
     """Train and test one configuration (or, ``selection_only``, train and validate); a JSON row."""
     training = TrainConfig(
+        learning_rate=learning_rate,
         max_batches=arguments.max_batches,
         eval_every=arguments.eval_every,
         patience=arguments.patience,
@@ -156,6 +163,7 @@ def run_one(
         "split": "test" if tested else "valid",
         "protocol": protocol.value,
         "weight_decay": weight_decay,
+        "learning_rate": learning_rate,
         "metrics": {name: round(metrics[name], 6) for name in PAPER_METRICS},
         "all_metrics": {k: round(v, 6) for k, v in metrics.items()},
         "valid_metrics": {k: round(v, 6) for k, v in outcome.valid_metrics.items()},
@@ -176,17 +184,30 @@ def run_quality(arguments: argparse.Namespace) -> None:
     done = {row_key(row) for row in rows}
     protocol = Protocol(arguments.protocol)
     decays = parse_weight_decays(arguments.weight_decay)
+    rates = parse_weight_decays(arguments.learning_rate)
     for backbone, method, target in plan_runs(
         arguments.backbones, arguments.methods, arguments.sparsities
     ):
         weight_decay = decays.get(
             backbone, BackboneConfig.default_for(BackboneKind(backbone)).weight_decay
         )
-        key = ("ml-1m", backbone, method, target, protocol.value, weight_decay)
+        rate = rates.get(backbone, DEFAULT_LEARNING_RATE)
+        key = ("ml-1m", backbone, method, target, protocol.value, weight_decay, rate)
         if key in done:
             continue
         logger.info("running %s", key)
-        rows.append(run_one(arguments, split, backbone, method, target, weight_decay, protocol))
+        rows.append(
+            run_one(
+                arguments,
+                split,
+                backbone,
+                method,
+                target,
+                weight_decay,
+                protocol,
+                learning_rate=rate,
+            )
+        )
         save_json(RESULTS, rows)
         write_report()
         logger.info("done %s: %s", key, rows[-1]["metrics"])
@@ -200,8 +221,13 @@ def run_tune(arguments: argparse.Namespace) -> None:
     for backbone, method, target in plan_runs(
         arguments.backbones, arguments.methods, arguments.sparsities
     ):
-        for weight_decay in (float(x) for x in arguments.weight_decays.split(",")):
-            key = ("ml-1m", backbone, method, target, "tune", weight_decay)
+        grid = [
+            (float(decay), float(rate))
+            for decay in arguments.weight_decays.split(",")
+            for rate in arguments.learning_rates.split(",")
+        ]
+        for weight_decay, rate in grid:
+            key = ("ml-1m", backbone, method, target, "tune", weight_decay, rate)
             if key in done:
                 continue
             logger.info("tuning %s", key)
@@ -214,6 +240,7 @@ def run_tune(arguments: argparse.Namespace) -> None:
                 weight_decay,
                 Protocol.CLEAN,
                 selection_only=True,
+                learning_rate=rate,
             )
             rows.append({**row, "protocol": "tune"})
             save_json(TUNING, rows)
@@ -427,19 +454,21 @@ def write_report() -> None:
     tuning = load_rows(TUNING)
     if tuning:
         lines += [
-            "## Weight-decay sweep (validation only)",
+            "## Weight-decay and learning-rate sweep (validation only)",
             "",
             "Each configuration trained on the training split with early stopping on validation "
             "(the clean protocol's selection stage); the test set is not touched. The weight decay "
             "used in the tables above is the one that is best here for the full model.",
             "",
-            "| backbone | method | target c | weight decay | valid R@20 | valid N@20 | best batch | time |",
-            "|---|---|---|---|---|---|---|---|",
+            "| backbone | method | target c | weight decay | learning rate | valid R@20 | valid N@20 | best batch | time |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in tuning:
             target = "–" if row["target_sparsity"] is None else f"{row['target_sparsity']:.2f}"
+            rate = row.get("learning_rate", DEFAULT_LEARNING_RATE)
             lines.append(
                 f"| {row['backbone']} | {row['method']} | {target} | {row['weight_decay']:g} | "
+                f"{rate:g} | "
                 f"{row['metrics']['recall@20']:.4f} | {row['metrics']['ndcg@20']:.4f} | "
                 f"{row['best_batch']} | {row['seconds'] / 60:.1f} min |"
             )
@@ -535,12 +564,18 @@ def main() -> None:
         default="",
         help="per backbone, e.g. lightgcn=1e-3,ncf=1e-4 (default: the spec's)",
     )
+    quality.add_argument(
+        "--learning-rate",
+        default="",
+        help=f"per backbone, e.g. ncf=0.01 (default {DEFAULT_LEARNING_RATE})",
+    )
     tune = commands.add_parser("tune", help="weight-decay sweep on validation (resumable)")
     tune.add_argument("--data-dir")
     tune.add_argument("--backbones", default="lightgcn")
     tune.add_argument("--methods", default="full,es")
     tune.add_argument("--sparsities", default="0.8")
     tune.add_argument("--weight-decays", default="1e-4,1e-3,3e-3,1e-2")
+    tune.add_argument("--learning-rates", default=str(DEFAULT_LEARNING_RATE))
     tune.add_argument("--max-batches", type=int, default=4000)
     tune.add_argument("--eval-every", type=int, default=200)
     tune.add_argument("--patience", type=int, default=3)

@@ -37,8 +37,10 @@ class Tally:
     statuses: dict[int, int] = field(default_factory=dict)
     failures: int = 0  # connection errors, timeouts: no status at all
     record_from: float = 0.0
+    sent: int = 0  # warm-up included
 
     def add(self, scheduled: float, finished: float, status: int | None) -> None:
+        self.sent += 1
         if scheduled < self.record_from:
             return
         if status is None:
@@ -158,6 +160,7 @@ def summarize(tally: Tally, seconds: float) -> dict[str, object]:
         "errors": requests - ok,
         "statuses": {str(status): count for status, count in sorted(tally.statuses.items())},
         "failures": tally.failures,
+        "sent_with_warmup": tally.sent,
         "seconds": seconds,
     }
 

@@ -96,6 +96,20 @@ class Server:
             answers[user] = [item["item_id"] for item in body["items"]]
         return answers
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of every process in the server's group (uvicorn and its workers)."""
+        total, tick = 0, os.sysconf("SC_CLK_TCK")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.process.pid:  # the process group id
+                total += int(fields[11]) + int(fields[12])
+        return total / tick
+
     def tail(self) -> str:
         self.log.flush()
         return Path(self.log.name).read_text()[-2000:]
@@ -214,9 +228,12 @@ def bench_dataset(
                     print(f"[{dataset}] fuzz exit {extra['fuzz']['exit_code']}", flush=True)
                 loads = [("closed", 0.0)] + [("open", rate) for rate in args.rps]
                 for mode, rate in loads:
+                    cpu_before = server.cpu_seconds()
                     result = run_load(
                         server, paths_file, mode, args.seconds, args.connections, rate
                     )
+                    cpu = server.cpu_seconds() - cpu_before
+                    sent = result["sent_with_warmup"]  # the CPU covers the warm-up too
                     row = {
                         "dataset": dataset,
                         "server": kind,
@@ -227,6 +244,7 @@ def bench_dataset(
                         "throughput_rps": result["throughput_rps"],
                         "errors": result["errors"],
                         "requests": result["requests"],
+                        "server_cpu_ms_per_request": round(1e3 * cpu / max(sent, 1), 3),
                         "p90_ms": result["p90_ms"],
                         "max_ms": result["max_ms"],
                         "connections": result["connections"],
@@ -333,8 +351,8 @@ def write_report(report: dict[str, Any], path: Path) -> None:
             f"item for {agreement.get('identical_top_k')}, same item set for "
             f"{agreement.get('same_items')}.",
             "",
-            "| server | workers | load | throughput (req/s) | p50 ms | p90 ms | p99 ms | max ms | errors / requests | ready after (s) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| server | workers | load | throughput (req/s) | p50 ms | p90 ms | p99 ms | max ms | errors / requests | server CPU ms / request | ready after (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in sorted(subset, key=lambda r: (r["server"], r["workers"], r["offered_rps"] or 0)):
             load = (
@@ -345,7 +363,8 @@ def write_report(report: dict[str, Any], path: Path) -> None:
             lines.append(
                 f"| {row['server']} | {row['workers']} | {load} | {row['throughput_rps']:,.0f} | "
                 f"{row['p50_ms']} | {row['p90_ms']} | {row['p99_ms']} | {row['max_ms']} | "
-                f"{row['errors']} / {row['requests']} | {row['ready_seconds']} |"
+                f"{row['errors']} / {row['requests']} | {row['server_cpu_ms_per_request']} | "
+                f"{row['ready_seconds']} |"
             )
         closed = {
             (r["server"], r["workers"]): r["throughput_rps"]

@@ -1,11 +1,60 @@
 #!/usr/bin/env bash
-# Set up the environment and run the main job on a sensible default: train LightGCN on
-# MovieLens-1M (clean protocol) and print its test metrics. Extra arguments go to `ciess train`.
-# The data directory comes from CIESS_DATA_DIR (default: ../shared/data beside this checkout).
+# The whole product on one machine: set up, build an artifact for MovieLens-1M with a short CIESS
+# search at one budget (LightGCN, few episodes, short training: minutes, not hours), and serve it
+# on localhost with a job worker, printing example requests. A second run reuses the artifact.
+#
+# Environment: CIESS_DATA_DIR (default ../shared/data beside this checkout), CIESS_STATE_DIR
+# (default state/quickstart), CIESS_BUDGET (target sparsity, default 0.9), CIESS_PORT (8000),
+# CIESS_ADMIN_TOKEN (default: a random token kept in $CIESS_STATE_DIR/admin-token).
+# The full-length search is `ciess search` with its defaults (README, section "Search").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . "${CIESS_VENV:-.venv}/bin/activate"
 export CIESS_DATA_DIR="${CIESS_DATA_DIR:-../shared/data}"
-exec ciess train --dataset ml-1m --backbone lightgcn --sizes full "$@"
+state="${CIESS_STATE_DIR:-state/quickstart}"
+budget=$(printf '%g' "${CIESS_BUDGET:-0.9}")
+port="${CIESS_PORT:-8000}"
+search="$state/search-ml-1m-lightgcn-$budget"
+artifact="$state/artifacts/quickstart-ml-1m-lightgcn-$budget"
+started=$(date +%s)
+# The quick search's settings, also those of the budget jobs the admin endpoint starts (re-searches
+# with CIESS, not equal sizes); any of them can be set in the environment.
+export CIESS_JOB_METHOD="${CIESS_JOB_METHOD:-search}"
+export CIESS_SEARCH_EPISODES="${CIESS_SEARCH_EPISODES:-4}"
+export CIESS_SEARCH_ITERATIONS="${CIESS_SEARCH_ITERATIONS:-5}"
+export CIESS_SEARCH_SUPERNET_BATCHES="${CIESS_SEARCH_SUPERNET_BATCHES:-600}"
+export CIESS_JOB_MAX_BATCHES="${CIESS_JOB_MAX_BATCHES:-600}"
+export CIESS_JOB_EVAL_EVERY="${CIESS_JOB_EVAL_EVERY:-100}"
+
+if [ ! -f "$artifact/manifest.json" ]; then
+    echo "== building the first artifact: CIESS search on ml-1m at sparsity $budget =="
+    ciess search --dataset ml-1m --backbone lightgcn --budgets "$budget" \
+        --episodes "$CIESS_SEARCH_EPISODES" --iterations "$CIESS_SEARCH_ITERATIONS" \
+        --supernet-batches "$CIESS_SEARCH_SUPERNET_BATCHES" --max-batches "$CIESS_JOB_MAX_BATCHES" \
+        --eval-every 100 --retrain-top 1 --out "$search"
+    ciess export "$search/budget-$budget/run" --out "$artifact"
+    echo "== artifact ready after $(($(date +%s) - started)) s =="
+fi
+
+mkdir -p "$state"
+if [ -z "${CIESS_ADMIN_TOKEN:-}" ]; then
+    [ -s "$state/admin-token" ] || python -c "import secrets; print(secrets.token_hex(16))" >"$state/admin-token"
+    chmod 600 "$state/admin-token"
+    CIESS_ADMIN_TOKEN=$(cat "$state/admin-token")
+    export CIESS_ADMIN_TOKEN
+fi
+user=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))[0])" "$artifact/ids/users.json")
+cat <<EXAMPLES
+== serving $artifact on http://127.0.0.1:$port (docs: http://127.0.0.1:$port/docs) ==
+  curl http://127.0.0.1:$port/readyz
+  curl 'http://127.0.0.1:$port/v1/users/$user/recommendations?k=10'
+  curl -X POST http://127.0.0.1:$port/v1/recommendations -H 'Content-Type: application/json' \\
+       -d '{"user_ids": ["$user"], "k": 5}'
+  curl http://127.0.0.1:$port/v1/model
+  # a new budget (admin token in $state/admin-token unless CIESS_ADMIN_TOKEN was set):
+  curl -X POST http://127.0.0.1:$port/v1/admin/budget -H "Authorization: Bearer \$(cat $state/admin-token)" \\
+       -H 'Content-Type: application/json' -d '{"target_sparsity": 0.95}'
+EXAMPLES
+exec ciess serve --artifact-dir "$artifact" --state-dir "$state" --port "$port"
