@@ -378,6 +378,9 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             "",
             f"{entry['machine']}; {entry['date']}; `{entry['command']}`",
         ]
+        for section, command in entry.get("section_commands", {}).items():
+            if command != entry["command"]:
+                lines.append(f"\nSection {section}: `{command}`")
         if entry.get("parity"):
             lines += [
                 "",
@@ -475,18 +478,25 @@ def main(argv: list[str] | None = None) -> int:
     results_path = out / "artifact.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     entry = results.get(dataset, {})
+    previous_command = entry.get("command")
+    command = "python bench/artifact.py " + " ".join(sys.argv[1:] if argv is None else argv)
     entry.update(
         {
             "machine": machine(args.threads),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-            "command": "python bench/artifact.py "
-            + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": command,
         }
     )
+    # A section re-run alone keeps the other sections: say which command produced which.
+    section_commands = entry.setdefault("section_commands", {})
+    for name in ("parity", "size", "load", "speed"):
+        if name in entry and name not in section_commands:
+            section_commands[name] = previous_command or command
     with tempfile.TemporaryDirectory(prefix="ciess-artifact-bench-") as work:
         for name in args.sections.split(","):
             logger.info("section %s on %s", name, dataset)
             entry[name] = sections[name](args, split, Path(work))
+            section_commands[name] = command
             results[dataset] = entry
             results_path.write_text(json.dumps(results, indent=1) + "\n")
             write_report(results, out / "artifact.md")

@@ -171,24 +171,45 @@ def compare(first: dict[str, list[str]], second: dict[str, list[str]]) -> dict[s
     return {"users": len(first), "identical_top_k": identical, "same_items": same_set}
 
 
-def fuzz(server: Server, token: str, examples: int) -> dict[str, Any]:
-    """schemathesis over the whole schema; counts every 5xx answer."""
+def _schemathesis(
+    server: Server, token: str, examples: int, config: Path | None = None, options: tuple = ()
+) -> dict[str, Any]:
+    configured = ["--config-file", str(config)] if config else []
     command = [
-        sys.executable, "-m", "schemathesis.cli", "run", f"{server.base}/openapi.json",
+        sys.executable, "-m", "schemathesis.cli", *configured, "run", f"{server.base}/openapi.json",
         "--checks", "not_a_server_error", "--max-examples", str(examples),
-        "--header", f"Authorization: Bearer {token}", "--no-color",
+        "--header", f"Authorization: Bearer {token}", "--no-color", *options,
     ]  # fmt: skip
-    start = time.perf_counter()
+    started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    output = done.stdout + done.stderr
-    summary = [line for line in output.splitlines() if line.strip()][-25:]
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    failures = [line for line in lines if "ST1" in line or "Server error" in line]
+    marker = next((i for i, line in enumerate(lines) if "SUMMARY" in line), max(0, len(lines) - 20))
     return {
         "exit_code": done.returncode,
-        "seconds": round(time.perf_counter() - start, 1),
-        "max_examples": examples,
-        "summary": summary,
-        "command": shlex.join(["schemathesis", *command[3:]]).replace(token, "$TOKEN"),
+        "seconds": round(time.perf_counter() - started, 1),
+        "failures": failures,
+        "summary": lines[marker:],
+        "command": shlex.join(["schemathesis", *command[3:]])
+        .replace(token, "$TOKEN")
+        .replace(str(config), "KNOWN_USER.toml"),
     }
+
+
+def fuzz(server: Server, token: str, examples: int, known_user: str, work: Path) -> dict[str, Any]:
+    """schemathesis over the whole schema (random ids: mostly 404s on the top-k routes), then the
+    single-user top-k route again with a known user id so that the ranking path itself is fuzzed
+    (k, exclude_seen, item filters). ``not_a_server_error``: every 5xx is a failure."""
+    config = work / "schemathesis-known-user.toml"
+    config.write_text(
+        "[[operations]]\n"
+        'include-path = "/v1/users/{user_id}/recommendations"\n'
+        f"parameters = {{ user_id = {json.dumps(known_user)} }}\n"
+    )
+    whole = _schemathesis(server, token, examples)
+    route = ("--include-path", "/v1/users/{user_id}/recommendations")
+    known = _schemathesis(server, token, examples, config, route)
+    return {"max_examples": examples, "whole_schema": whole, "known_user": known}
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, Path]:
@@ -201,18 +222,21 @@ def _pairs(values: list[str], flag: str) -> dict[str, Path]:
     return pairs
 
 
-def bench_dataset(
+def _sample_users(artifact: Path, count: int) -> list[str]:
+    users = np.asarray(json.loads((artifact / "ids" / "users.json").read_text()))
+    return [str(user) for user in np.random.default_rng(0).permutation(users)[:count]]
+
+
+def bench_load(
     args: argparse.Namespace, dataset: str, artifact: Path, run: Path, work: Path
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Both servers at each worker count: closed and open loops, and their answers compared."""
     manifest = json.loads((artifact / "manifest.json").read_text())
-    users = np.asarray(json.loads((artifact / "ids" / "users.json").read_text()))
-    rng = np.random.default_rng(0)
-    sample = [str(user) for user in rng.permutation(users)[: args.paths]]
+    sample = _sample_users(artifact, args.paths)
     paths_file = work / f"paths-{dataset}.txt"
     paths_file.write_text("".join(PATH_TEMPLATE.format(user=u, k=args.k) + "\n" for u in sample))
     token = secrets.token_hex(16)
     rows: list[dict[str, Any]] = []
-    extra: dict[str, Any] = {"artifact": str(artifact), "run": str(run)}
     answers: dict[str, dict[str, list[str]]] = {}
     for kind in ("ciess", "torch"):
         for workers in args.workers:
@@ -223,9 +247,6 @@ def bench_dataset(
                 print(f"[{dataset}] {kind} x{workers} ready in {ready:.1f} s", flush=True)
                 if kind not in answers:
                     answers[kind] = server.top_k(sample[: args.compare_users], args.k)
-                if args.fuzz and kind == "ciess" and "fuzz" not in extra:
-                    extra["fuzz"] = fuzz(server, token, args.fuzz_examples)
-                    print(f"[{dataset}] fuzz exit {extra['fuzz']['exit_code']}", flush=True)
                 loads = [("closed", 0.0)] + [("open", rate) for rate in args.rps]
                 for mode, rate in loads:
                     cpu_before = server.cpu_seconds()
@@ -266,8 +287,73 @@ def bench_dataset(
                     )
             finally:
                 server.stop()
-    extra["agreement"] = compare(answers["ciess"], answers["torch"])
-    return rows, extra
+    return rows, {"agreement": compare(answers["ciess"], answers["torch"])}
+
+
+def bench_fuzz(
+    args: argparse.Namespace, dataset: str, artifact: Path, run: Path, work: Path
+) -> dict[str, Any]:
+    token = secrets.token_hex(16)
+    state = Path(tempfile.mkdtemp(prefix="serving-state-", dir=work))
+    server = start_server("ciess", artifact, run, args.data_dir, 1, state, token)
+    try:
+        server.wait_ready(args.ready_timeout)
+        result = fuzz(server, token, args.fuzz_examples, _sample_users(artifact, 1)[0], work)
+    finally:
+        server.stop()
+    for name in ("whole_schema", "known_user"):
+        print(f"[{dataset}] fuzz {name}: exit {result[name]['exit_code']}", flush=True)
+    return result
+
+
+def bench_scoring(
+    args: argparse.Namespace, dataset: str, artifact: Path, run: Path, work: Path
+) -> dict[str, Any]:
+    """Scoring alone, in this process, one thread each: the artifact scorer's top-k for one user
+    against the PyTorch model's (``score_all_items``, mask, ``torch.topk``), as the servers do."""
+    import torch
+
+    from ciess_core.artifact.export import load_run
+    from ciess_core.artifact.scorer import ScorerOptions, load_scorer
+
+    torch.set_num_threads(1)
+    scorer = load_scorer(artifact, ScorerOptions(threads=1))
+    loaded = load_run(run, args.data_dir)
+    model = loaded.model.eval()
+    with torch.no_grad():
+        representation = model.represent()
+    indptr = torch.from_numpy(loaded.train.indptr.astype(np.int64))
+    indices = torch.from_numpy(loaded.train.indices.astype(np.int64))
+    users = np.random.default_rng(0).integers(0, scorer.num_users, args.scoring_users)
+
+    def torch_top_k(user: int) -> None:
+        with torch.no_grad():
+            scores = model.score_all_items(representation, torch.tensor([user]))[0]
+            scores[indices[indptr[user] : indptr[user + 1]]] = -torch.inf
+            torch.topk(scores, args.k)
+
+    timings = {}
+    for name, function in (
+        ("ciess", lambda user: scorer.recommend(np.array([user]), args.k)),
+        ("torch", torch_top_k),
+    ):
+        for user in users[:50]:
+            function(int(user))  # warm-up
+        started = time.perf_counter()
+        for user in users:
+            function(int(user))
+        timings[name] = round(1e6 * (time.perf_counter() - started) / users.size, 1)
+    print(f"[{dataset}] scoring us/user: {timings}", flush=True)
+    return {
+        "users": int(users.size),
+        "k": args.k,
+        "microseconds_per_user": timings,
+        "item_buckets": scorer.bucket_widths,
+        "torch_item_width": int(representation[-1].shape[-1]),
+    }
+
+
+SECTIONS = ("load", "fuzz", "scoring")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run", action="append", default=[], help="DATASET=RUN_DIR (the torch baseline)"
     )
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="of load,fuzz,scoring")
     parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     parser.add_argument("--rps", type=lambda s: [float(x) for x in s.split(",")], default=[500.0])
     parser.add_argument("--seconds", type=float, default=20.0, help="recorded seconds per load")
@@ -289,12 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paths", type=int, default=5000, help="distinct users in the load")
     parser.add_argument("--compare-users", type=int, default=300)
     parser.add_argument("--ready-timeout", type=float, default=600.0)
-    parser.add_argument(
-        "--fuzz", action="store_true", help="schemathesis over the service's schema"
-    )
-    parser.add_argument("--fuzz-examples", type=int, default=50)
+    parser.add_argument("--fuzz-examples", type=int, default=100)
+    parser.add_argument("--scoring-users", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
+    sections = [name for name in args.sections.split(",") if name]
+    if not set(sections) <= set(SECTIONS):
+        parser.error(f"--sections takes names from {SECTIONS}, got {args.sections!r}")
     artifacts, runs = _pairs(args.artifact, "--artifact"), _pairs(args.run, "--run")
     if not artifacts or set(artifacts) != set(runs):
         parser.error("give --artifact and --run for the same datasets")
@@ -307,16 +395,26 @@ def main(argv: list[str] | None = None) -> int:
         ["python", "bench/serving.py", *(argv if argv is not None else sys.argv[1:])]
     )
     for dataset, artifact in artifacts.items():
-        rows, extra = bench_dataset(args, dataset, artifact, runs[dataset], work)
-        keys = {(row["dataset"], row["server"], row["workers"], row["offered_rps"]) for row in rows}
-        report["rows"] = [
-            row for row in report["rows"]
-            if (row["dataset"], row["server"], row["workers"], row["offered_rps"]) not in keys
-        ] + rows  # fmt: skip
-        report["datasets"][dataset] = {**extra, "command": command}
-        args.out.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=1) + "\n")
-        write_report(report, args.out / "serving.md")
+        entry = report["datasets"].setdefault(dataset, {})
+        entry.update(artifact=str(artifact), run=str(runs[dataset]))
+        commands = entry.setdefault("commands", {})
+        for section in sections:
+            if section == "load":
+                rows, extra = bench_load(args, dataset, artifact, runs[dataset], work)
+                keys = {(r["dataset"], r["server"], r["workers"], r["offered_rps"]) for r in rows}
+                report["rows"] = [
+                    r for r in report["rows"]
+                    if (r["dataset"], r["server"], r["workers"], r["offered_rps"]) not in keys
+                ] + rows  # fmt: skip
+                entry.update(extra)
+            elif section == "fuzz":
+                entry["fuzz"] = bench_fuzz(args, dataset, artifact, runs[dataset], work)
+            else:
+                entry["scoring"] = bench_scoring(args, dataset, artifact, runs[dataset], work)
+            commands[section] = command
+            args.out.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(report, indent=1) + "\n")
+            write_report(report, args.out / "serving.md")
     return 0
 
 
@@ -332,64 +430,83 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         "rate, latency from the scheduled send time (queueing included). `ciess`: `ciess serve` with",
         "onnxruntime, no torch. `torch`: `bench/torch_server.py`, the same run's dense PyTorch model,",
         "eager `score_all_items` + `torch.topk`. Both: FastAPI + uvicorn (uvloop, httptools), no",
-        "access log, one scoring thread per worker.",
+        "access log, one scoring thread per worker. Server CPU per request: user + system time of",
+        "the server's processes over the load, divided by the requests sent.",
         "",
     ]
     for dataset, extra in report["datasets"].items():
         subset = [row for row in rows if row["dataset"] == dataset]
-        if not subset:
-            continue
-        first = subset[0]
-        agreement = extra.get("agreement", {})
-        lines += [
-            f"## {dataset}",
-            "",
-            f"{first['machine']}; {first['date']}; {first['backbone']} artifact at sparsity "
-            f"{first['sparsity']}; `{extra['command']}`",
-            "",
-            f"Same answers: for {agreement.get('users')} users, top-{first['k']} identical item by "
-            f"item for {agreement.get('identical_top_k')}, same item set for "
-            f"{agreement.get('same_items')}.",
-            "",
-            "| server | workers | load | throughput (req/s) | p50 ms | p90 ms | p99 ms | max ms | errors / requests | server CPU ms / request | ready after (s) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in sorted(subset, key=lambda r: (r["server"], r["workers"], r["offered_rps"] or 0)):
-            load = (
-                "closed, {} conns".format(row["connections"])
-                if row["offered_rps"] is None
-                else f"open {row['offered_rps']:.0f}/s"
-            )
-            lines.append(
-                f"| {row['server']} | {row['workers']} | {load} | {row['throughput_rps']:,.0f} | "
-                f"{row['p50_ms']} | {row['p90_ms']} | {row['p99_ms']} | {row['max_ms']} | "
-                f"{row['errors']} / {row['requests']} | {row['server_cpu_ms_per_request']} | "
-                f"{row['ready_seconds']} |"
-            )
-        closed = {
-            (r["server"], r["workers"]): r["throughput_rps"]
-            for r in subset
-            if r["offered_rps"] is None
-        }
-        ratios = [
-            f"{workers} worker(s): {closed[('ciess', workers)] / closed[('torch', workers)]:.2f}×"
-            for workers in sorted({w for _, w in closed})
-            if ("ciess", workers) in closed and closed.get(("torch", workers))
-        ]
-        lines += ["", f"Closed-loop throughput, ciess / torch: {', '.join(ratios)}.", ""]
-        if "fuzz" in extra:
-            fuzz_result = extra["fuzz"]
+        lines += [f"## {dataset}", ""]
+        for section, command in extra.get("commands", {}).items():
+            lines.append(f"- {section}: `{command}`")
+        lines.append("")
+        if subset:
+            first = subset[0]
+            agreement = extra.get("agreement", {})
             lines += [
-                f"### OpenAPI fuzz ({dataset} service)",
+                f"{first['machine']}; {first['date']}; {first['backbone']} artifact at sparsity "
+                f"{first['sparsity']:.4f} (`{extra.get('artifact')}`, run `{extra.get('run')}`).",
                 "",
-                f"`{fuzz_result['command']}`: exit code {fuzz_result['exit_code']}, "
-                f"{fuzz_result['seconds']} s. Tail of its output:",
+                f"Same answers: for {agreement.get('users')} users, top-{first['k']} identical item "
+                f"by item for {agreement.get('identical_top_k')}, same item set for "
+                f"{agreement.get('same_items')}.",
                 "",
-                "```",
-                *fuzz_result["summary"],
-                "```",
+                "| server | workers | load | throughput (req/s) | p50 ms | p90 ms | p99 ms | max ms | errors / requests | server CPU ms / request | ready after (s) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            ordered = sorted(
+                subset, key=lambda r: (r["server"], r["workers"], r["offered_rps"] or 0)
+            )
+            for row in ordered:
+                load = (
+                    f"closed, {row['connections']} conns"
+                    if row["offered_rps"] is None
+                    else f"open {row['offered_rps']:.0f}/s"
+                )
+                lines.append(
+                    f"| {row['server']} | {row['workers']} | {load} | {row['throughput_rps']:,.0f} | "
+                    f"{row['p50_ms']} | {row['p90_ms']} | {row['p99_ms']} | {row['max_ms']} | "
+                    f"{row['errors']} / {row['requests']} | "
+                    f"{row.get('server_cpu_ms_per_request', '–')} | {row['ready_seconds']} |"
+                )
+            closed = {
+                (r["server"], r["workers"]): r["throughput_rps"]
+                for r in subset
+                if r["offered_rps"] is None
+            }
+            ratios = [
+                f"{workers} worker(s): {closed[('ciess', workers)] / closed[('torch', workers)]:.2f}×"
+                for workers in sorted({w for _, w in closed})
+                if ("ciess", workers) in closed and closed.get(("torch", workers))
+            ]
+            lines += ["", f"Closed-loop throughput, ciess / torch: {', '.join(ratios)}.", ""]
+        if "scoring" in extra:
+            scoring = extra["scoring"]
+            timing = scoring["microseconds_per_user"]
+            lines += [
+                "Scoring alone, in one process, one thread, top-"
+                f"{scoring['k']} of one user, mean over {scoring['users']} users: ciess "
+                f"{timing['ciess']} µs (item buckets (items, width) {scoring['item_buckets']}), "
+                f"PyTorch eager {timing['torch']} µs (items at width {scoring['torch_item_width']}).",
                 "",
             ]
+        if "fuzz" in extra and "whole_schema" in extra["fuzz"]:
+            for name, title in (
+                ("whole_schema", "whole schema, generated ids"),
+                ("known_user", "single-user top-k with a known user id"),
+            ):
+                result = extra["fuzz"][name]
+                lines += [
+                    f"### OpenAPI fuzz: {title}",
+                    "",
+                    f"`{result['command']}`: exit code {result['exit_code']}, {result['seconds']} s, "
+                    f"5xx answers: {len(result['failures'])}. Summary:",
+                    "",
+                    "```",
+                    *result["summary"],
+                    "```",
+                    "",
+                ]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -124,6 +124,12 @@ class DotIndex:
         rows = self.users[user_ids]
         widest_user = int(self.user_widths[user_ids].max()) if user_ids.size else 1
         num_items = self.layout.order.size
+        if out is None and len(self.item_blocks) == 1:  # one bucket: its scores are the result
+            ((_, _, width),), (block,) = self.layout.bounds, self.item_blocks
+            common = max(1, min(width, widest_user, rows.shape[1]))
+            users = np.ascontiguousarray(rows[:, :common])
+            (scores,) = _run(self.session, {"users": users, "items_t": block[:common]})
+            return scores
         result = np.zeros((user_ids.size, num_items), np.float32) if out is None else out
         for (start, end, width), block in zip(self.layout.bounds, self.item_blocks, strict=True):
             # Past either side's width every product is zero: multiply only the common prefix.
@@ -282,14 +288,15 @@ class ArtifactScorer:
         # One more than asked: when the k-th and (k+1)-th scores differ the top-k set is unique;
         # when they tie, the row is ranked in full so that ties go to the lower item id.
         fetched = min(k + 1, self.num_items)
-        positions = self._top_positions(scores, fetched)
-        candidate_scores = np.take_along_axis(scores, positions, axis=1)
-        candidate_items = layout.order[positions]
-        ranking = np.lexsort((candidate_items, -candidate_scores), axis=1)
-        top_items = np.take_along_axis(candidate_items, ranking, axis=1)[:, :k]
-        top_scores = np.take_along_axis(candidate_scores, ranking, axis=1)[:, :k]
+        values, positions = self._top(scores, fetched)
+        items = layout.order[positions]
+        if np.any(values[:, 1:] == values[:, :-1]):  # ties inside the list: lower item id first
+            ranking = np.lexsort((items, -values), axis=1)
+            items = np.take_along_axis(items, ranking, axis=1)
+            values = np.take_along_axis(values, ranking, axis=1)
+        top_items, top_scores = items[:, :k].copy(), values[:, :k].copy()
         if fetched > k:
-            kth, next_best = np.sort(candidate_scores, axis=1)[:, ::-1][:, [k - 1, k]].T
+            kth, next_best = values[:, k - 1], values[:, k]
             for row in np.flatnonzero((kth == next_best) & ~np.isneginf(kth)):
                 exact = np.lexsort((layout.order, -scores[row]))[:k]
                 top_items[row], top_scores[row] = layout.order[exact], scores[row, exact]
@@ -309,14 +316,21 @@ class ArtifactScorer:
         positions = np.arange(int(counts.sum())) + np.repeat(starts - first, counts)
         return rows, indices[positions].astype(np.int64)
 
-    def _top_positions(self, scores: FloatArray, count: int) -> IdArray:
-        """(B, count) positions of each row's ``count`` largest scores, in no promised order."""
-        if count >= scores.shape[1]:
-            return np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-        if self.topk is not None:
-            _, positions = self.topk.run(None, {"scores": scores, "k": np.array([count], np.int64)})
-            return np.asarray(positions, dtype=np.int64)
-        return np.argpartition(-scores, count - 1, axis=1)[:, :count]
+    def _top(self, scores: FloatArray, count: int) -> tuple[FloatArray, IdArray]:
+        """Each row's ``count`` largest scores, best first, and their positions: (B, count) each."""
+        positions: IdArray
+        if self.topk is not None and count < scores.shape[1]:
+            values, found = _run(
+                self.topk, {"scores": scores, "k": np.array([count], dtype=np.int64)}
+            )
+            return values, np.asarray(found, dtype=np.int64)
+        if count < scores.shape[1]:
+            positions = np.argpartition(-scores, count - 1, axis=1)[:, :count]
+        else:
+            positions = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+        order = np.argsort(-np.take_along_axis(scores, positions, axis=1), axis=1, kind="stable")
+        positions = np.take_along_axis(positions, order, axis=1)
+        return np.take_along_axis(scores, positions, axis=1), positions
 
     # -- ids ------------------------------------------------------------------------------------
     def user_index(self, external_user_ids: npt.ArrayLike) -> IdArray:

@@ -30,7 +30,9 @@ router = APIRouter(
 )
 
 BUDGET_JOB = "budget"
-JobId = Annotated[int, Path(ge=1, description="job id")]
+# SQLite integers are signed 64-bit: a larger id is a 422, not an OverflowError in the store.
+MAX_JOB_ID = 2**63 - 1
+JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID, description="job id")]
 
 
 def job_view(job: Job) -> JobView:

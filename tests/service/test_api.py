@@ -192,6 +192,10 @@ def test_budget_creates_a_job(client: TestClient, settings: Settings) -> None:
     finished = client.post(f"/v1/admin/jobs/{by_bytes['id']}/cancel", headers=admin_headers())
     assert finished.status_code == 409
     assert client.get("/v1/admin/jobs/999", headers=admin_headers()).status_code == 404
+    # Past SQLite's 64-bit integers (found by the schemathesis run in docs/benchmarks/serving.md).
+    huge = f"/v1/admin/jobs/{2**64}"
+    assert client.get(huge, headers=admin_headers()).status_code == 422
+    assert client.post(huge + "/cancel", headers=admin_headers()).status_code == 422
 
 
 @pytest.mark.parametrize(
