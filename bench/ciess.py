@@ -32,7 +32,7 @@ from paper import PAPER_METRICS, paper_row
 from ciess_core.data import DATASETS, Phase, load_dataset, resolve_data_dir, split_per_user
 from ciess_core.models import BackboneConfig, BackboneKind
 from ciess_core.runs import Protocol
-from ciess_core.search import SearchConfig
+from ciess_core.search import ItemQuality, SearchConfig
 from ciess_core.search.evaluators import RetrainEvaluator
 from ciess_core.search.pipeline import EvaluatorKind, PipelineSpec, run_pipeline
 from ciess_core.sizes import equal_sizes
@@ -62,6 +62,7 @@ def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
             reward_penalty=penalty,
             budgets=tuple(arguments.budgets),
             seed=arguments.seed,
+            item_quality=ItemQuality(arguments.item_quality),
         ),
         evaluator=EvaluatorKind(arguments.evaluator),
         supernet_batches=arguments.supernet_batches,
@@ -80,6 +81,8 @@ def run(arguments: argparse.Namespace) -> None:
         WORK
         / f"ciess-{arguments.dataset}-{arguments.backbone}-{arguments.protocol}-{arguments.evaluator}"
     )
+    if arguments.item_quality != "users":  # the paper's item quality keeps the original name
+        out = out.with_name(f"{out.name}-items-{arguments.item_quality}")
     started = time.perf_counter()
     summary = run_pipeline(spec, split, out, progress=not arguments.no_progress)
     rows = [
@@ -90,6 +93,7 @@ def run(arguments: argparse.Namespace) -> None:
             and r["protocol"] == arguments.protocol
             and r["method"] == "ciess"
             and r.get("evaluator") == arguments.evaluator
+            and r.get("item_quality", "users") == arguments.item_quality
         )
     ]
     for budget, result in summary["budgets"].items():
@@ -104,6 +108,7 @@ def run(arguments: argparse.Namespace) -> None:
                 "protocol": arguments.protocol,
                 "weight_decay": arguments.weight_decay,
                 "evaluator": arguments.evaluator,
+                "item_quality": arguments.item_quality,
                 "metrics": {m: round(result["test"][m], 6) for m in PAPER_METRICS},
                 "valid_metrics": {m: round(v, 6) for m, v in result["valid"].items()},
                 "seconds": round(result["seconds"], 1),
@@ -190,7 +195,7 @@ def write_report(dataset: str) -> None:
                 m = entry["metrics"]
                 lines.append(
                     f"| {entry['backbone']} | {target:.2f} | {entry['method']}"
-                    f"{' (' + entry['evaluator'] + ')' if entry['method'] == 'ciess' else ''} | "
+                    f"{' (' + entry['evaluator'] + ', item q ' + entry.get('item_quality', 'users') + ')' if entry['method'] == 'ciess' else ''} | "
                     f"{entry['achieved_sparsity']:.4f} | {m['recall@5']:.4f} | {m['recall@20']:.4f} | "
                     f"{m['ndcg@5']:.4f} | {m['ndcg@20']:.4f} | "
                     + (
@@ -245,6 +250,7 @@ def main() -> None:
         command.add_argument("--supernet-batches", type=int, default=3000)
         command.add_argument("--finetune-batches", type=int, default=0)
         command.add_argument("--retrain-top", type=int, default=1)
+        command.add_argument("--item-quality", default="users", choices=["users", "own"])
         command.add_argument("--max-batches", type=int, default=4000)
         command.add_argument("--paper-batches", type=int, default=1500)
         command.add_argument("--seed", type=int, default=42)

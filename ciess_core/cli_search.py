@@ -44,6 +44,13 @@ def add_search_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--noise", default="gaussian", choices=["gaussian", "ou", "uniform"])
     parser.add_argument("--no-random-walk", action="store_true", help="ablation: no random walk")
+    parser.add_argument(
+        "--item-quality",
+        default="users",
+        choices=["users", "own"],
+        help="an item's quality: its training users' eval (users, the paper's) or its own ranks "
+        "for its validation users (own)",
+    )
     parser.add_argument("--supernet-batches", type=int, default=3000)
     parser.add_argument("--finetune-batches", type=int, default=0)
     parser.add_argument(
@@ -68,7 +75,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     from ciess_core.data import DATASETS, open_dataset, split_per_user
     from ciess_core.models import BackboneConfig, BackboneKind
     from ciess_core.runs import Protocol
-    from ciess_core.search.config import ExplorationNoise, SearchConfig
+    from ciess_core.search.config import ExplorationNoise, ItemQuality, SearchConfig
     from ciess_core.search.pipeline import EvaluatorKind, PipelineSpec, run_pipeline
     from ciess_core.search.plots import plot_sizes_by_popularity, plot_trace
     from ciess_core.training import TrainConfig
@@ -102,6 +109,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         reward_penalty=penalty,
         exploration_noise=noise,
         random_walk=not arguments.no_random_walk,
+        item_quality=ItemQuality(arguments.item_quality),
         budgets=budgets,
         seed=arguments.seed,
         device=arguments.device,
@@ -122,7 +130,10 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     described = _describe(spec)
     spec_path = out / "spec.json"
-    if spec_path.exists() and json.loads(spec_path.read_text()) != described:
+    stored = json.loads(spec_path.read_text()) if spec_path.exists() else None
+    if stored is not None:  # searches from before the option used the paper's item quality
+        stored.get("search", {}).setdefault("item_quality", "users")
+    if stored is not None and stored != described:
         raise ConfigError(
             f"{out} holds a search with other settings ({spec_path}); "
             "choose another --out to start a new one"

@@ -61,11 +61,16 @@ class RankingResult:
         per_user: metric name (``"recall@5"``, ``"ndcg@5"``, ``"recall@10"``, …) to ``(U_eval,)``
             float64, aligned with ``user_ids``.
         num_users: total number of users of the dataset (evaluated or not).
+        top_items: ``(U_eval, L)`` int64, each evaluated user's ranked list (best first), when
+            the evaluation kept it (:func:`evaluate_full_ranking` does); None otherwise.
+        hits: ``(U_eval, L)`` bool, which of those ranks hold a held-out item (with top_items).
     """
 
     user_ids: np.ndarray
     per_user: Mapping[str, np.ndarray]
     num_users: int
+    top_items: np.ndarray | None = None
+    hits: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         user_ids = np.asarray(self.user_ids, dtype=np.int64)
@@ -87,6 +92,17 @@ class RankingResult:
             metrics[name] = array
         if not metrics:
             raise ConfigError("per_user must hold at least one metric")
+        if (self.top_items is None) != (self.hits is None):
+            raise ConfigError("top_items and hits go together: give both or neither")
+        if (
+            self.top_items is not None
+            and self.hits is not None
+            and (self.top_items.shape != self.hits.shape or self.hits.shape[0] != user_ids.size)
+        ):
+            raise ConfigError(
+                f"top_items {self.top_items.shape} and hits {self.hits.shape} must both be "
+                f"({user_ids.size}, list length)"
+            )
         object.__setattr__(self, "user_ids", user_ids)
         object.__setattr__(self, "per_user", MappingProxyType(metrics))
 
@@ -137,6 +153,47 @@ class RankingResult:
         item_quality = np.zeros(train.shape[1], dtype=np.float64)
         np.divide(totals, counts, out=item_quality, where=counts > 0)
         return item_quality
+
+    def item_own_quality(
+        self, held_out: sp.spmatrix | sp.sparray, ks: Sequence[int] = DEFAULT_KS
+    ) -> np.ndarray:
+        """Per-item quality from the item's own ranks (``ItemQuality.OWN`` of the search).
+
+        For each held-out pair (u, n) of an evaluated user, with r the rank of n in u's list
+        (0 = best): the mean over k of [r < k] and [r < k] / log2(r + 2), averaged over the
+        item's held-out pairs.
+
+        Args:
+            held_out: ``(num_users, num_items)`` sparse, the held-out items of this evaluation.
+            ks: cut-offs, each at most the list length.
+
+        Returns:
+            ``(num_items,)`` float64 in [0, 1]; 0 for items without held-out pairs.
+        """
+        if self.top_items is None or self.hits is None:
+            raise ConfigError("this result kept no ranked lists; evaluate with top_items kept")
+        ks = _validated_ks(ks)
+        if max(ks) > self.hits.shape[1]:
+            raise ConfigError(f"ks {ks} exceed the ranked list length {self.hits.shape[1]}")
+        held = _canonical_interactions(held_out)
+        if held.shape[0] != self.num_users:
+            raise ConfigError(
+                f"held_out has {held.shape[0]} users (shape {held.shape}), "
+                f"the result has {self.num_users}"
+            )
+        rows, ranks = np.nonzero(self.hits)
+        items = self.top_items[rows, ranks]
+        gains = np.zeros(ranks.size, dtype=np.float64)
+        for k in ks:
+            inside = ranks < k
+            gains += inside + inside / np.log2(ranks + 2.0)
+        gains /= 2 * len(ks)
+        num_items = held.shape[1]
+        totals = np.bincount(items, weights=gains, minlength=num_items)
+        pairs = np.bincount(held[self.user_ids].indices, minlength=num_items).astype(np.float64)
+        quality = np.zeros(num_items, dtype=np.float64)
+        np.divide(totals, pairs, out=quality, where=pairs > 0)
+        return quality
 
 
 def ranking_metrics_from_hits(
@@ -231,20 +288,24 @@ def evaluate_full_ranking(
     list_length = min(max(ks), num_items)
 
     hit_chunks: list[np.ndarray] = []
+    item_chunks: list[np.ndarray] = []
     with (
         torch.no_grad(),
         tqdm(total=user_ids.size, disable=not progress, unit="user", desc="ranking") as bar,
     ):
         for start in range(0, user_ids.size, users_per_chunk):
             chunk_users = user_ids[start : start + users_per_chunk]
-            hit_chunks.append(
-                _chunk_hits(
-                    score_users, chunk_users, exclude_csr, held_out_csr, list_length, device
-                )
+            hits_chunk, items_chunk = _chunk_hits(
+                score_users, chunk_users, exclude_csr, held_out_csr, list_length, device
             )
+            hit_chunks.append(hits_chunk)
+            item_chunks.append(items_chunk)
             bar.update(chunk_users.size)
 
     hits = np.concatenate(hit_chunks) if hit_chunks else np.zeros((0, list_length), dtype=bool)
+    top_items = (
+        np.concatenate(item_chunks) if item_chunks else np.zeros((0, list_length), dtype=np.int64)
+    )
     per_user = ranking_metrics_from_hits(hits, num_positives[user_ids], ks)
     logger.debug(
         "ranked %d of %d users over %d items in chunks of %d",
@@ -253,7 +314,13 @@ def evaluate_full_ranking(
         num_items,
         users_per_chunk,
     )
-    return RankingResult(user_ids=user_ids, per_user=per_user, num_users=num_users)
+    return RankingResult(
+        user_ids=user_ids,
+        per_user=per_user,
+        num_users=num_users,
+        top_items=top_items,
+        hits=hits,
+    )
 
 
 def _chunk_hits(
@@ -263,8 +330,9 @@ def _chunk_hits(
     held_out: sp.csr_matrix,
     list_length: int,
     device: torch.device,
-) -> np.ndarray:
-    """Top-``list_length`` hit pattern ``(B, list_length)`` bool of one chunk of users ``(B,)``."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``list_length`` hit pattern ``(B, list_length)`` bool of one chunk of users ``(B,)``,
+    and the ranked items ``(B, list_length)`` int64."""
     num_chunk_users = chunk_users.size
     num_items = exclude.shape[1]
     scores = score_users(torch.from_numpy(chunk_users).to(device))
@@ -291,7 +359,7 @@ def _chunk_hits(
     ranked_keys = row_offsets[:, None] + top_items
     positions = torch.searchsorted(held_keys, ranked_keys).clamp_(max=held_keys.numel() - 1)
     hits = (held_keys[positions] == ranked_keys) & ~torch.isneginf(top_scores)
-    return hits.cpu().numpy()
+    return hits.cpu().numpy(), top_items.cpu().numpy().astype(np.int64)
 
 
 def _chunk_coordinates(rows: sp.csr_matrix, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -242,3 +242,46 @@ def test_no_evaluated_users() -> None:
     assert result.user_ids.shape == (0,)
     assert all(math.isnan(value) for value in result.mean().values())
     assert np.isnan(result.user_quality()).all()
+
+
+def test_item_own_quality_by_hand() -> None:
+    # 3 users, 5 items, no exclusions. Scores rank items (best first):
+    #   user 0: 4, 3, 2, 1, 0   held out {3, 0}  -> item 3 at rank 1, item 0 at rank 4
+    #   user 1: 0, 1, 2, 3, 4   held out {0}     -> item 0 at rank 0
+    #   user 2: nothing held out (not evaluated)
+    scores = np.array(
+        [[0.0, 1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]]
+    )
+    held_out = csr([[3, 0], [0], []], 5)
+    result = evaluate_full_ranking(dense_scorer(scores), csr([[], [], []], 5), held_out, ks=(1, 2))
+
+    def gain(rank: int) -> float:  # mean over k in (1, 2) of [rank < k] and [rank < k]/log2(r+2)
+        return sum((rank < k) * (1 + 1 / math.log2(rank + 2)) for k in (1, 2)) / 4
+
+    # item 0: pairs (0, rank 4 -> 0) and (1, rank 0); item 3: (0, rank 1); others: no pairs.
+    expected = [(gain(4) + gain(0)) / 2, 0.0, 0.0, gain(1), 0.0]
+    np.testing.assert_allclose(result.item_own_quality(held_out, ks=(1, 2)), expected)
+    assert expected[0] == pytest.approx(0.5) and expected[3] == pytest.approx(
+        0.5 * 0.5 * (1 + 1 / math.log2(3))
+    )
+    with pytest.raises(ConfigError, match="exceed"):
+        result.item_own_quality(held_out, ks=(1, 6))
+    bare = RankingResult(
+        user_ids=np.array([0]), per_user={"recall@1": np.array([1.0])}, num_users=3
+    )
+    with pytest.raises(ConfigError, match="kept no ranked lists"):
+        bare.item_own_quality(held_out)
+
+
+def test_item_own_quality_falls_when_the_item_is_ranked_lower() -> None:
+    held_out = csr([[1], [1]], 3)
+    high = np.array([[0.0, 2.0, 1.0], [0.0, 2.0, 1.0]])
+    low = np.array([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
+    exclude = csr([[], []], 3)
+    own_high = evaluate_full_ranking(dense_scorer(high), exclude, held_out, ks=(1, 2))
+    own_low = evaluate_full_ranking(dense_scorer(low), exclude, held_out, ks=(1, 2))
+    assert (
+        own_high.item_own_quality(held_out, (1, 2))[1]
+        > own_low.item_own_quality(held_out, (1, 2))[1]
+        > 0
+    )

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ciess_core.data import DatasetSplit
+from ciess_core.data import DatasetSplit, Phase
 from ciess_core.models import BackboneConfig
 from ciess_core.runs import Protocol
-from ciess_core.search import SearchConfig
+from ciess_core.search import ItemQuality, SearchConfig
 from ciess_core.search.pipeline import EvaluatorKind, PipelineSpec, run_pipeline
 from ciess_core.sizes import sparsity
 from ciess_core.training import TrainConfig
@@ -147,3 +148,22 @@ def test_interrupted_search_resumes_from_its_checkpoint_and_matches(
         assert [e.key for e in resumed.pool.top(budget)] == [
             e.key for e in straight.pool.top(budget)
         ]
+
+
+def test_search_with_the_items_own_quality(clustered_split: DatasetSplit, tmp_path: Path) -> None:
+    spec = tiny_spec()
+    spec = dataclasses.replace(
+        spec, search=dataclasses.replace(spec.search, item_quality=ItemQuality.OWN)
+    )
+    summary = run_pipeline(spec, clustered_split, tmp_path, progress=False)
+    # The full model's item quality is now the items' own ranks: 0 exactly where an item has no
+    # validation interaction, and it differs from the training users' mean eval.
+    own = np.load(tmp_path / "full" / "item_quality.npy")
+    _, valid = clustered_split.phase(Phase.SEARCH)
+    no_pairs = np.bincount(valid.indices, minlength=clustered_split.num_items) == 0
+    assert np.all(own[no_pairs] == 0.0) and np.all((own >= 0) & (own <= 1))
+    assert own[~no_pairs].max() > 0
+    for budget in ("0.5", "0.8"):
+        sizes = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
+        assert sparsity(sizes, MAX_SIZE) >= float(budget)
+        assert summary["budgets"][budget]["test"]["recall@20"] > 0

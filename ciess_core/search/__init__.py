@@ -4,7 +4,7 @@ Everything here is pure or holds only its own state; the environment that trains
 recommenders, and the episode loop, build on these pieces.
 """
 
-from ciess_core.search.config import ExplorationNoise, SearchConfig
+from ciess_core.search.config import ExplorationNoise, ItemQuality, SearchConfig
 from ciess_core.search.exploration import (
     GaussianNoise,
     NoiseProcess,
@@ -47,6 +47,7 @@ __all__ = [
     "Critic",
     "ExplorationNoise",
     "GaussianNoise",
+    "ItemQuality",
     "NoiseProcess",
     "OrnsteinUhlenbeckNoise",
     "PoolEntry",

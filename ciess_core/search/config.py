@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ciess_core.errors import ConfigError
 from ciess_core.sizes import check_target_sparsity
 
-__all__ = ["ExplorationNoise", "SearchConfig"]
+__all__ = ["ExplorationNoise", "ItemQuality", "SearchConfig"]
 
 
 class ExplorationNoise(enum.Enum):
@@ -18,6 +18,22 @@ class ExplorationNoise(enum.Enum):
     GAUSSIAN = "gaussian"
     ORNSTEIN_UHLENBECK = "ou"
     UNIFORM = "uniform"
+
+
+class ItemQuality(enum.Enum):
+    """What an item's quality q_n measures.
+
+    - ``users`` (the paper's, spec §4): the mean eval of the users who interacted with the item in
+      training. Under a fixed-weight evaluator it hardly moves with the item's own size, so the
+      size penalty alone drives every item towards size 1 (docs/benchmarks/ciess-ml-1m.md).
+    - ``own``: how well the item itself is ranked for its validation users: the mean, over the
+      item's validation interactions (u, n), of [n in u's top-k] and [n in u's top-k] /
+      log2(rank + 2) for k in 5/10/20 (the item-side counterparts of Recall and NDCG). It falls
+      when the item's own vector is cut. Items without validation interactions get 0.
+    """
+
+    USERS = "users"
+    OWN = "own"
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,7 @@ class SearchConfig:
         walk_steps: number of random-walk steps (candidates = start + this many visited sizes).
         walk_radius: size d links to every d' with 0 < |d − d'| ≤ walk_radius.
         pool_size: l, the number of assignments kept per budget for selective retraining.
+        item_quality: what an item's quality measures (see :class:`ItemQuality`).
         budgets: target sparsities c for which the pool keeps the best assignments.
         seed: seeds the networks' initialisation, exploration and replay sampling.
         device: "cpu" or "cuda" (or "cuda:N") for the actor–critic networks.
@@ -77,6 +94,7 @@ class SearchConfig:
     walk_steps: int = 5
     walk_radius: int = 5
     pool_size: int = 3
+    item_quality: ItemQuality = ItemQuality.USERS
     budgets: tuple[float, ...] = (0.8, 0.9, 0.95)
     seed: int = 0
     device: str = "cpu"
@@ -125,6 +143,11 @@ class SearchConfig:
             raise ConfigError(
                 f"exploration_noise must be one of {[kind.value for kind in ExplorationNoise]}, "
                 f"got {self.exploration_noise!r}"
+            )
+        if not isinstance(self.item_quality, ItemQuality):
+            raise ConfigError(
+                f"item_quality must be one of {[kind.value for kind in ItemQuality]}, "
+                f"got {self.item_quality!r}"
             )
         if not self.budgets:
             raise ConfigError("budgets must name at least one target sparsity, got ()")

@@ -23,6 +23,7 @@ import torch
 
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
+from ciess_core.search.config import ItemQuality
 from ciess_core.training import TrainConfig, evaluate_model, train_bpr
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,9 @@ class QualitySignal:
     Attributes:
         user_eval: (num_users,) mean of Recall and NDCG at 5/10/20 per user; 0 where a user has no
             validation item.
-        item_eval: (num_items,) mean ``user_eval`` over each item's training users.
+        item_eval: (num_items,) the items' eval, as ``ItemQuality`` asks: the mean ``user_eval``
+            over each item's training users (``users``, the paper's) or the item's own ranks
+            for its validation users (``own``).
         metrics: the metrics averaged over evaluated users.
         seconds: wall time of this evaluation, training included.
     """
@@ -57,14 +60,23 @@ class QualityEvaluator(Protocol):
 
 
 def quality_signal(
-    model: Backbone, train: sp.csr_matrix, valid: sp.csr_matrix, started: float
+    model: Backbone,
+    train: sp.csr_matrix,
+    valid: sp.csr_matrix,
+    started: float,
+    item_quality: ItemQuality = ItemQuality.USERS,
 ) -> QualitySignal:
     """Evaluate ``model`` on ``valid`` and turn the result into per-user and per-item quality."""
     result = evaluate_model(model, train, valid)
     user_eval = np.nan_to_num(result.user_quality(), nan=0.0)
+    item_eval = (
+        result.item_own_quality(valid)
+        if item_quality is ItemQuality.OWN
+        else result.item_quality(train)
+    )
     return QualitySignal(
         user_eval=user_eval,
-        item_eval=result.item_quality(train),
+        item_eval=item_eval,
         metrics=result.mean(),
         seconds=time.perf_counter() - started,
     )
@@ -92,10 +104,12 @@ class RetrainEvaluator:
         valid: sp.csr_matrix,
         backbone: BackboneConfig,
         training: TrainConfig,
+        item_quality: ItemQuality = ItemQuality.USERS,
     ) -> None:
         self.train, self.valid = train, valid
         self.backbone = backbone
         self.training = dataclasses.replace(training, eval_every=0)
+        self.item_quality = item_quality
         self.calls = 0
 
     def prepare(self) -> None:
@@ -110,7 +124,7 @@ class RetrainEvaluator:
         config = dataclasses.replace(self.training, seed=self.training.seed + self.calls)
         train_bpr(model, self.train, config, progress=False)
         self.calls += 1
-        return quality_signal(model, self.train, self.valid, started)
+        return quality_signal(model, self.train, self.valid, started, self.item_quality)
 
 
 class SupernetEvaluator:
@@ -134,6 +148,7 @@ class SupernetEvaluator:
         supernet_training: TrainConfig,
         finetune_batches: int = 0,
         finetune_learning_rate: float = 1e-3,
+        item_quality: ItemQuality = ItemQuality.USERS,
     ) -> None:
         if finetune_batches < 0:
             raise ConfigError(f"finetune_batches must be >= 0, got {finetune_batches}")
@@ -141,6 +156,7 @@ class SupernetEvaluator:
         self.backbone = backbone
         self.training = dataclasses.replace(supernet_training, eval_every=0)
         self.finetune_batches = finetune_batches
+        self.item_quality = item_quality
         self.finetune_training = dataclasses.replace(
             supernet_training,
             max_batches=max(finetune_batches, 1),
@@ -193,4 +209,4 @@ class SupernetEvaluator:
             )
             train_bpr(model, self.train, config, progress=False)
         self.calls += 1
-        return quality_signal(model, self.train, self.valid, started)
+        return quality_signal(model, self.train, self.valid, started, self.item_quality)

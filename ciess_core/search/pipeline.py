@@ -110,7 +110,7 @@ def _full_model_quality(
     generator = torch.Generator(device=spec.training.device).manual_seed(spec.training.seed)
     model = build_backbone(spec.backbone, train, generator)
     result = train_bpr(model, train, spec.training, held_out=valid, progress=progress)
-    signal = quality_signal(model, train, valid, started)
+    signal = quality_signal(model, train, valid, started, spec.search.item_quality)
     np.save(directory / "user_quality.npy", signal.user_eval)
     np.save(directory / "item_quality.npy", signal.item_eval)
     summary = {
@@ -128,10 +128,17 @@ def build_evaluator(spec: PipelineSpec, split: DatasetSplit) -> QualityEvaluator
     train, valid = split.phase(Phase.SEARCH)
     if spec.evaluator is EvaluatorKind.RETRAIN:
         training = dataclasses.replace(spec.training, max_batches=spec.retrain_batches)
-        return RetrainEvaluator(train, valid, spec.backbone, training)
+        return RetrainEvaluator(
+            train, valid, spec.backbone, training, item_quality=spec.search.item_quality
+        )
     supernet_training = dataclasses.replace(spec.training, max_batches=spec.supernet_batches)
     return SupernetEvaluator(
-        train, valid, spec.backbone, supernet_training, finetune_batches=spec.finetune_batches
+        train,
+        valid,
+        spec.backbone,
+        supernet_training,
+        finetune_batches=spec.finetune_batches,
+        item_quality=spec.search.item_quality,
     )
 
 
