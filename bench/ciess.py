@@ -3,6 +3,7 @@
 Usage:
     python bench/ciess.py run --backbone lightgcn --weight-decay 1e-3 --protocol reference
     python bench/ciess.py paper-cost --backbone lightgcn --weight-decay 1e-3
+    python bench/ciess.py ablation --budgets 0.9 --variants walk-gaussian,no-walk,walk-ou,walk-uniform
     python bench/ciess.py report
 
 `run` executes (or resumes) `ciess_core.search.pipeline.run_pipeline` under
@@ -11,20 +12,26 @@ Usage:
 come from `docs/benchmarks/backbones.json` (same code, split, seed, protocol and weight decay; run
 `bench/backbones.py quality` with the same settings). `paper-cost` times one iteration of the
 paper's evaluator (a model trained from scratch for 1,500 batches, then evaluated) and multiplies
-it by M·T.
+it by M·T. `ablation` runs the search once per exploration variant (spec §8: with and without the
+random walk, Gaussian, OU and uniform noise) at the given budget, each in its own work folder that
+starts from the `run` folder's full model and supernet (same data, backbone and schedules), and
+records rows with method `ciess-ablation`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
 from backbones import RESULTS as BACKBONE_RESULTS
 from backbones import load_rows, machine, save_json
 from paper import PAPER_METRICS, paper_row
@@ -32,7 +39,7 @@ from paper import PAPER_METRICS, paper_row
 from ciess_core.data import DATASETS, Phase, load_dataset, resolve_data_dir, split_per_user
 from ciess_core.models import BackboneConfig, BackboneKind
 from ciess_core.runs import Protocol
-from ciess_core.search import ItemQuality, SearchConfig
+from ciess_core.search import ExplorationNoise, ItemQuality, SearchConfig
 from ciess_core.search.evaluators import RetrainEvaluator
 from ciess_core.search.pipeline import EvaluatorKind, PipelineSpec, run_pipeline
 from ciess_core.sizes import equal_sizes
@@ -72,17 +79,102 @@ def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
     )
 
 
+def run_dir(arguments: argparse.Namespace) -> Path:
+    name = (
+        f"ciess-{arguments.dataset}-{arguments.backbone}-{arguments.protocol}-{arguments.evaluator}"
+    )
+    if arguments.item_quality != "users":  # the paper's item quality keeps the original name
+        name += f"-items-{arguments.item_quality}"
+    return WORK / name
+
+
+ABLATION_VARIANTS = {
+    "walk-gaussian": (True, ExplorationNoise.GAUSSIAN),
+    "no-walk": (False, ExplorationNoise.GAUSSIAN),
+    "walk-ou": (True, ExplorationNoise.ORNSTEIN_UHLENBECK),
+    "walk-uniform": (True, ExplorationNoise.UNIFORM),
+}
+
+
+def ablation(arguments: argparse.Namespace) -> None:
+    """One search per exploration variant at ``arguments.budgets`` (spec §8)."""
+    base = spec_from(arguments)
+    split = split_per_user(
+        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
+    )
+    shared = run_dir(arguments)
+    for variant in arguments.variants.split(","):
+        walk, noise = ABLATION_VARIANTS[variant]
+        spec = dataclasses.replace(
+            base,
+            search=dataclasses.replace(base.search, random_walk=walk, exploration_noise=noise),
+        )
+        out = WORK / f"ablation-{shared.name}-{variant}"
+        for stage in ("full", "supernet"):  # same model and supernet as the main run
+            if (shared / stage).is_dir() and not (out / stage).exists():
+                shutil.copytree(shared / stage, out / stage)
+        logger.info("ablation %s in %s", variant, out)
+        summary = run_pipeline(spec, split, out, progress=not arguments.no_progress)
+        rows = [
+            r
+            for r in load_rows(results_path(arguments.dataset))
+            if not (
+                r["method"] == "ciess-ablation"
+                and r["backbone"] == arguments.backbone
+                and r["protocol"] == arguments.protocol
+                and r.get("item_quality", "users") == arguments.item_quality
+                and r.get("variant") == variant
+            )
+        ]
+        trace = [json.loads(line) for line in (out / "search" / "trace.jsonl").open()]
+        for budget, result in summary["budgets"].items():
+            rows.append(
+                {
+                    "dataset": arguments.dataset,
+                    "backbone": arguments.backbone,
+                    "method": "ciess-ablation",
+                    "variant": variant,
+                    "target_sparsity": float(budget),
+                    "achieved_sparsity": round(result["achieved_sparsity"], 6),
+                    "split": "test",
+                    "protocol": arguments.protocol,
+                    "weight_decay": arguments.weight_decay,
+                    "evaluator": arguments.evaluator,
+                    "item_quality": arguments.item_quality,
+                    "metrics": {m: round(result["test"][m], 6) for m in PAPER_METRICS},
+                    "valid_metrics": {m: round(v, 6) for m, v in result["valid"].items()},
+                    "search_best_mean_quality": round(max(t["mean_quality"] for t in trace), 6),
+                    "search_last_episode_reward": round(
+                        float(
+                            np.mean(
+                                [
+                                    (t["users_mean_reward"] + t["items_mean_reward"]) / 2
+                                    for t in trace
+                                    if t["episode"] == trace[-1]["episode"]
+                                ]
+                            )
+                        ),
+                        6,
+                    ),
+                    "search_min_sparsity": round(min(t["sparsity"] for t in trace), 6),
+                    "search_max_sparsity": round(max(t["sparsity"] for t in trace), 6),
+                    "seconds": round(result["seconds"], 1),
+                    "pipeline_timings": summary["timings"],
+                    "machine": machine(),
+                    "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                    "command": "python bench/ciess.py " + " ".join(sys.argv[1:]),
+                }
+            )
+        save_json(results_path(arguments.dataset), rows)
+        write_report(arguments.dataset)
+
+
 def run(arguments: argparse.Namespace) -> None:
     spec = spec_from(arguments)
     split = split_per_user(
         load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
     )
-    out = (
-        WORK
-        / f"ciess-{arguments.dataset}-{arguments.backbone}-{arguments.protocol}-{arguments.evaluator}"
-    )
-    if arguments.item_quality != "users":  # the paper's item quality keeps the original name
-        out = out.with_name(f"{out.name}-items-{arguments.item_quality}")
+    out = run_dir(arguments)
     started = time.perf_counter()
     summary = run_pipeline(spec, split, out, progress=not arguments.no_progress)
     rows = [
@@ -170,6 +262,8 @@ def write_report(dataset: str) -> None:
         "(references, not ours), compared only with our reference-protocol rows.",
         "",
     ]
+    ablations = [r for r in rows if r["method"] == "ciess-ablation"]
+    rows = [r for r in rows if r["method"] == "ciess"]
     for protocol in ("reference", "clean"):
         ours = [r for r in rows if r["protocol"] == protocol]
         if not ours:
@@ -214,6 +308,31 @@ def write_report(dataset: str) -> None:
                 + f"; total {sum(timings.values()) / 60:.1f} min.",
                 "",
             ]
+    if ablations:
+        lines += [
+            "## Ablation of the exploration (spec §8)",
+            "",
+            "Same full model, supernet, schedule and budget for every variant; only the search's "
+            "exploration changes. Test metrics of the retrained assignment; the search columns come "
+            "from its trace (best mean quality of an assignment, the users' and items' mean reward "
+            "averaged over the last episode, and the range of sparsities the search visited). "
+            "Time: the search and the retraining (the full model and supernet are shared).",
+            "",
+            "| backbone | protocol | item q | c | variant | achieved c | R@20 | N@20 | best search quality | last-episode reward | sparsity visited | time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in sorted(
+            ablations, key=lambda r: (r["backbone"], r["target_sparsity"], r["variant"])
+        ):
+            lines.append(
+                f"| {r['backbone']} | {r['protocol']} | {r.get('item_quality', 'users')} | "
+                f"{r['target_sparsity']:.2f} | {r['variant']} | {r['achieved_sparsity']:.4f} | "
+                f"{r['metrics']['recall@20']:.4f} | {r['metrics']['ndcg@20']:.4f} | "
+                f"{r['search_best_mean_quality']:.4f} | {r['search_last_episode_reward']:.4f} | "
+                f"{r['search_min_sparsity']:.3f}–{r['search_max_sparsity']:.3f} | "
+                f"{sum(v for k, v in r['pipeline_timings'].items() if k == 'search' or k.startswith('retrain')) / 60:.1f} min |"
+            )
+        lines.append("")
     cost_files = sorted(WORK.glob(f"paper-cost-{dataset}-*.json"))
     for path in cost_files:
         cost = json.loads(path.read_text())
@@ -235,7 +354,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "paper-cost"):
+    for name in ("run", "paper-cost", "ablation"):
         command = commands.add_parser(name)
         command.add_argument("--dataset", default="ml-1m")
         command.add_argument("--data-dir")
@@ -255,6 +374,8 @@ def main() -> None:
         command.add_argument("--paper-batches", type=int, default=1500)
         command.add_argument("--seed", type=int, default=42)
         command.add_argument("--no-progress", action="store_true")
+        if name == "ablation":
+            command.add_argument("--variants", default=",".join(ABLATION_VARIANTS))
     report = commands.add_parser("report")
     report.add_argument("--dataset", default="ml-1m")
     arguments = parser.parse_args()
@@ -263,6 +384,8 @@ def main() -> None:
         write_report(arguments.dataset)
     elif arguments.command == "run":
         run(arguments)
+    elif arguments.command == "ablation":
+        ablation(arguments)
     else:
         paper_cost(arguments)
 

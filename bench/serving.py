@@ -507,6 +507,9 @@ def write_report(report: dict[str, Any], path: Path) -> None:
                     "```",
                     "",
                 ]
+    notes = path.with_suffix(".notes.md")
+    if notes.exists():  # hand-written findings, kept apart so that regenerating keeps them
+        lines += ["## Findings", "", notes.read_text().strip(), ""]
     path.write_text("\n".join(lines) + "\n")
 
 

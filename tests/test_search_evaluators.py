@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -66,3 +71,30 @@ def test_wrong_assignment_length_is_rejected(clustered_split: DatasetSplit) -> N
     evaluator = SupernetEvaluator(train, valid, BACKBONE, TRAINING)
     with pytest.raises(ConfigError, match="users then items"):
         evaluator.evaluate(np.full(3, 4))
+
+
+def test_supernet_cache_is_reused_only_for_the_same_training(
+    clustered_split: DatasetSplit, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train, valid = clustered_split.phase(Phase.SEARCH)
+    cache = tmp_path / "supernet" / "supernet.pt"
+    short = dataclasses.replace(TRAINING, max_batches=20)
+    first = SupernetEvaluator(train, valid, BACKBONE, short, cache_path=cache)
+    first.prepare()
+    assert cache.is_file() and cache.with_suffix(".json").is_file()
+    sizes = np.full(train.shape[0] + train.shape[1], 6)
+    expected = first.evaluate(sizes).metrics
+    with caplog.at_level(logging.INFO, logger="ciess_core.search.evaluators"):
+        second = SupernetEvaluator(train, valid, BACKBONE, short, cache_path=cache)
+        second.prepare()
+    assert "supernet loaded from" in caplog.text
+    assert second.evaluate(sizes).metrics == expected
+    # Another schedule does not take the cached weights (and replaces them).
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ciess_core.search.evaluators"):
+        other = SupernetEvaluator(
+            train, valid, BACKBONE, dataclasses.replace(short, seed=9), cache_path=cache
+        )
+        other.prepare()
+    assert "trained otherwise" in caplog.text and "training the supernet" in caplog.text
+    assert json.loads(cache.with_suffix(".json").read_text())["training"]["seed"] == 9

@@ -12,10 +12,15 @@ Two implementations behind one interface (:class:`QualityEvaluator`):
 from __future__ import annotations
 
 import dataclasses
+import enum
+import hashlib
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -82,6 +87,17 @@ def quality_signal(
     )
 
 
+def _plain(value: Any) -> Any:
+    """Enums to their values, tuples to lists: a JSON-comparable form of a config dict."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
 def _sizes_tensor(sizes: np.ndarray, model: Backbone) -> torch.Tensor:
     if sizes.shape != (model.num_entities,):
         raise ConfigError(
@@ -136,6 +152,9 @@ class SupernetEvaluator:
         finetune_batches: batches trained under a candidate's masks before it is scored, from the
             supernet's weights each time (0: score the masked supernet as it is).
         finetune_learning_rate: Adam's rate for that fine-tuning.
+        cache_path: where the trained supernet's weights are kept (a ``.pt`` file with a JSON
+            twin describing what was trained): a later evaluator with the same data, backbone and
+            schedule loads them instead of training again (resumed pipelines, ablations).
     """
 
     name = "supernet"
@@ -149,6 +168,7 @@ class SupernetEvaluator:
         finetune_batches: int = 0,
         finetune_learning_rate: float = 1e-3,
         item_quality: ItemQuality = ItemQuality.USERS,
+        cache_path: Path | None = None,
     ) -> None:
         if finetune_batches < 0:
             raise ConfigError(f"finetune_batches must be >= 0, got {finetune_batches}")
@@ -157,6 +177,7 @@ class SupernetEvaluator:
         self.training = dataclasses.replace(supernet_training, eval_every=0)
         self.finetune_batches = finetune_batches
         self.item_quality = item_quality
+        self.cache_path = cache_path
         self.finetune_training = dataclasses.replace(
             supernet_training,
             max_batches=max(finetune_batches, 1),
@@ -186,11 +207,52 @@ class SupernetEvaluator:
             )
             model.set_embedding_sizes(sizes.to(device), clear_truncated=False)
 
-        logger.info("training the supernet for %d batches", self.training.max_batches)
-        train_bpr(model, self.train, self.training, progress=False, before_batch=draw_sizes)
+        key = self._cache_key()
+        if self._load_cached(model, key):
+            logger.info("supernet loaded from %s", self.cache_path)
+        else:
+            logger.info("training the supernet for %d batches", self.training.max_batches)
+            train_bpr(model, self.train, self.training, progress=False, before_batch=draw_sizes)
+            self._save_cached(model, key)
         self.model = model
         self._weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.prepare_seconds = time.perf_counter() - started
+
+    def _cache_key(self) -> dict[str, Any]:
+        """What the supernet's weights depend on."""
+        train = self.train
+        digest = hashlib.sha256()
+        for array in (train.indptr, train.indices):
+            digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        return {
+            "train": digest.hexdigest(),
+            "backbone": _plain(dataclasses.asdict(self.backbone)),
+            "training": _plain(dataclasses.asdict(self.training)),
+        }
+
+    def _load_cached(self, model: Backbone, key: dict[str, Any]) -> bool:
+        if self.cache_path is None or not self.cache_path.is_file():
+            return False
+        described = self.cache_path.with_suffix(".json")
+        try:
+            if json.loads(described.read_text()) != key:
+                logger.info("supernet cache %s was trained otherwise: training again", described)
+                return False
+            state = torch.load(self.cache_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except (OSError, ValueError, RuntimeError) as error:
+            logger.warning("supernet cache %s unusable (%s): retraining", self.cache_path, error)
+            return False
+        return True
+
+    def _save_cached(self, model: Backbone, key: dict[str, Any]) -> None:
+        if self.cache_path is None:
+            return
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.cache_path.with_suffix(".tmp")
+        torch.save(model.state_dict(), staging)
+        os.replace(staging, self.cache_path)  # weights first: the key alone never validates
+        self.cache_path.with_suffix(".json").write_text(json.dumps(key, indent=1) + "\n")
 
     def evaluate(self, sizes: np.ndarray) -> QualitySignal:
         self.prepare()

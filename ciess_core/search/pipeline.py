@@ -123,8 +123,11 @@ def _full_model_quality(
     return summary
 
 
-def build_evaluator(spec: PipelineSpec, split: DatasetSplit) -> QualityEvaluator:
-    """The evaluator ``spec`` asks for, on the search split."""
+def build_evaluator(
+    spec: PipelineSpec, split: DatasetSplit, cache_dir: Path | None = None
+) -> QualityEvaluator:
+    """The evaluator ``spec`` asks for, on the search split; the supernet's weights are kept in
+    ``cache_dir`` when given."""
     train, valid = split.phase(Phase.SEARCH)
     if spec.evaluator is EvaluatorKind.RETRAIN:
         training = dataclasses.replace(spec.training, max_batches=spec.retrain_batches)
@@ -139,6 +142,7 @@ def build_evaluator(spec: PipelineSpec, split: DatasetSplit) -> QualityEvaluator
         supernet_training,
         finetune_batches=spec.finetune_batches,
         item_quality=spec.search.item_quality,
+        cache_path=None if cache_dir is None else cache_dir / "supernet.pt",
     )
 
 
@@ -246,7 +250,7 @@ def run_pipeline(
         pool = AssignmentPool.load(pool_dir)
         timings.update(json.loads((search_dir / "done.json").read_text())["timings"])
     else:
-        evaluator = build_evaluator(spec, split)
+        evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
         stage_started = time.perf_counter()
         evaluator.prepare()
         timings["evaluator_prepare"] = round(time.perf_counter() - stage_started, 2)
