@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from ciess_core import __version__
 from service.errors import install_error_handlers
+from service.fast_path import TopKFastPath
 from service.jobs.store import JobStore
 from service.metrics import Metrics, MetricsMiddleware
 from service.model_holder import ModelHolder
@@ -87,6 +88,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.holder = holder
     app.state.store = None
     app.state.metrics = Metrics(holder, lambda: app.state.store)
+    if settings.fast_path:  # added first: it runs inside the metrics middleware
+        app.add_middleware(TopKFastPath, holder=holder)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     for router in (health.router, recommend.router, models.router, admin.router):

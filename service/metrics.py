@@ -92,6 +92,10 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Labelled children, looked up once per label set (``labels()`` costs more than the
+        # observation itself on the hot path); routes are templates, so the sets stay few.
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,5 +115,15 @@ class MetricsMiddleware:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(method, template, str(status[0])).inc()
+            latency = self._latency.get((method, template))
+            if latency is None:
+                latency = self._latency[method, template] = self.metrics.latency.labels(
+                    method, template
+                )
+            latency.observe(time.perf_counter() - started)
+            counter = self._requests.get((method, template, status[0]))
+            if counter is None:
+                counter = self._requests[method, template, status[0]] = (
+                    self.metrics.requests.labels(method, template, str(status[0]))
+                )
+            counter.inc()

@@ -45,6 +45,8 @@ class Settings:
         model_poll_seconds: how often the API checks ``current.json`` for a newly promoted model.
         stale_after_seconds: a running job whose heartbeat is older than this is failed.
         scorer_threads: onnxruntime intra-op threads per scorer (1 suits many small requests).
+        fast_path: answer plain single-user top-k requests ahead of FastAPI's routing
+            (:mod:`service.fast_path`; same answers, a fraction of the CPU).
         job_max_batches: BPR batches of a job's training (upper bound; early stopping applies).
         job_batch_size: users per BPR batch in a job.
         job_eval_every: batches between validation evaluations in a job (0: never).
@@ -66,6 +68,7 @@ class Settings:
     model_poll_seconds: float = 1.0
     stale_after_seconds: float = 60.0
     scorer_threads: int = 1
+    fast_path: bool = True
     job_max_batches: int = 3000
     job_batch_size: int = 10_000
     job_eval_every: int = 200
