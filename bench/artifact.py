@@ -441,6 +441,9 @@ def write_report(results: dict[str, Any], path: Path) -> None:
                     f"| {r['sizes']} | {r['backbone']} | {r['batch']} | {r['bucketed']:,.0f} | "
                     f"{r['padded dense']:,.0f} | {r['torch eager']:,.0f} | {r['buckets']} |"
                 )
+    notes = path.with_suffix(".notes.md")
+    if notes.exists():  # hand-written findings, kept apart so that regenerating keeps them
+        lines += ["", "## Findings", "", notes.read_text().strip()]
     path.write_text("\n".join(lines) + "\n")
 
 
