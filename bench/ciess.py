@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from backbones import RESULTS as BACKBONE_RESULTS
 from backbones import load_rows, machine, save_json
-from paper import PAPER_METRICS, paper_row
+from paper import PAPER_ABLATION_ML1M, PAPER_METRICS, paper_row
 
 from ciess_core.data import DATASETS, Phase, load_dataset, resolve_data_dir, split_per_user
 from ciess_core.models import BackboneConfig, BackboneKind
@@ -318,16 +318,23 @@ def write_report(dataset: str) -> None:
             "averaged over the last episode, and the range of sparsities the search visited). "
             "Time: the search and the retraining (the full model and supernet are shared).",
             "",
-            "| backbone | protocol | item q | c | variant | achieved c | R@20 | N@20 | best search quality | last-episode reward | sparsity visited | time |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| backbone | protocol | item q | c | variant | achieved c | R@20 | N@20 | paper R@20 / N@20 (ML-1M, LightGCN) | best search quality | last-episode reward | sparsity visited | time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in sorted(
             ablations, key=lambda r: (r["backbone"], r["target_sparsity"], r["variant"])
         ):
+            paper = (
+                PAPER_ABLATION_ML1M.get((round(r["target_sparsity"], 2), r["variant"]))
+                if dataset == "ml-1m" and r["backbone"] == "lightgcn"
+                else None
+            )
             lines.append(
                 f"| {r['backbone']} | {r['protocol']} | {r.get('item_quality', 'users')} | "
                 f"{r['target_sparsity']:.2f} | {r['variant']} | {r['achieved_sparsity']:.4f} | "
                 f"{r['metrics']['recall@20']:.4f} | {r['metrics']['ndcg@20']:.4f} | "
+                + (f"{paper[0]:.4f} / {paper[1]:.4f}" if paper else "–")
+                + " | "
                 f"{r['search_best_mean_quality']:.4f} | {r['search_last_episode_reward']:.4f} | "
                 f"{r['search_min_sparsity']:.3f}–{r['search_max_sparsity']:.3f} | "
                 f"{sum(v for k, v in r['pipeline_timings'].items() if k == 'search' or k.startswith('retrain')) / 60:.1f} min |"

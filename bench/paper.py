@@ -44,3 +44,21 @@ PAPER_METRICS = ("recall@5", "recall@20", "ndcg@5", "ndcg@20")
 def paper_row(backbone: str, method: str, sparsity: float) -> dict[str, float] | None:
     values = PAPER_ML1M.get((backbone, method, round(sparsity, 2)))
     return None if values is None else dict(zip(PAPER_METRICS, values, strict=True))
+
+
+# The paper's ablation (LightGCN, ML-1M), CIESS.md §8: (sparsity, variant) -> (R@20, N@20).
+# Variants are named as bench/ciess.py names them.
+PAPER_ABLATION_ML1M: dict[tuple[float, str], tuple[float, float]] = {
+    (0.80, "walk-gaussian"): (0.2437, 0.4250),
+    (0.80, "walk-ou"): (0.2432, 0.4243),
+    (0.80, "walk-uniform"): (0.2421, 0.4241),
+    (0.80, "no-walk"): (0.2130, 0.3825),
+    (0.90, "walk-gaussian"): (0.2248, 0.4023),
+    (0.90, "walk-ou"): (0.2212, 0.3936),
+    (0.90, "walk-uniform"): (0.2212, 0.3971),
+    (0.90, "no-walk"): (0.1995, 0.3635),
+    (0.95, "walk-gaussian"): (0.2009, 0.3664),
+    (0.95, "walk-ou"): (0.2027, 0.3570),
+    (0.95, "walk-uniform"): (0.1972, 0.3554),
+    (0.95, "no-walk"): (0.1890, 0.3493),
+}
