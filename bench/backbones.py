@@ -455,6 +455,9 @@ def write_report() -> None:
             )
         lines.append("")
     lines += bar_checks(rows)
+    notes = RESULTS.with_name("backbones.notes.md")
+    if notes.exists():  # hand-written findings, kept apart so that regenerating keeps them
+        lines += ["## Findings", "", notes.read_text().strip(), ""]
     tuning = load_rows(TUNING)
     if tuning:
         lines += [
