@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -173,13 +172,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
 
 
 def _describe(spec: Any) -> dict[str, Any]:
-    def plain(value: Any) -> Any:
-        if hasattr(value, "value") and not isinstance(value, (int, float, str)):
-            return value.value
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
+    from ciess_core.runs import jsonable
 
-    return plain(dataclasses.asdict(spec))
+    described: dict[str, Any] = jsonable(spec)
+    return described

@@ -159,15 +159,16 @@ def run_sizes(spec: RunSpec, num_entities: int) -> np.ndarray:
     )
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """Enums to their values, dataclasses to dicts, tuples to lists: config in JSON form."""
     if isinstance(value, enum.Enum):
         return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+        return {k: jsonable(v) for k, v in dataclasses.asdict(value).items()}
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -175,8 +176,8 @@ def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
     """A JSON-ready view of ``spec`` (enums by value)."""
     return {
         "dataset": spec.dataset,
-        "backbone": _jsonable(dataclasses.asdict(spec.backbone)),
-        "training": _jsonable(dataclasses.asdict(spec.training)),
+        "backbone": jsonable(dataclasses.asdict(spec.backbone)),
+        "training": jsonable(dataclasses.asdict(spec.training)),
         "size_scheme": spec.size_scheme.value,
         "target_sparsity": spec.target_sparsity,
         "protocol": spec.protocol.value,

@@ -12,7 +12,6 @@ Two implementations behind one interface (:class:`QualityEvaluator`):
 from __future__ import annotations
 
 import dataclasses
-import enum
 import hashlib
 import json
 import logging
@@ -28,6 +27,7 @@ import torch
 
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
+from ciess_core.runs import jsonable
 from ciess_core.search.config import ItemQuality
 from ciess_core.training import TrainConfig, evaluate_model, train_bpr
 
@@ -85,17 +85,6 @@ def quality_signal(
         metrics=result.mean(),
         seconds=time.perf_counter() - started,
     )
-
-
-def _plain(value: Any) -> Any:
-    """Enums to their values, tuples to lists: a JSON-comparable form of a config dict."""
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
 
 
 def _sizes_tensor(sizes: np.ndarray, model: Backbone) -> torch.Tensor:
@@ -226,8 +215,8 @@ class SupernetEvaluator:
             digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
         return {
             "train": digest.hexdigest(),
-            "backbone": _plain(dataclasses.asdict(self.backbone)),
-            "training": _plain(dataclasses.asdict(self.training)),
+            "backbone": jsonable(self.backbone),
+            "training": jsonable(self.training),
         }
 
     def _load_cached(self, model: Backbone, key: dict[str, Any]) -> bool:
