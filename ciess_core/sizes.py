@@ -14,14 +14,13 @@ from ciess_core.errors import ConfigError
 
 
 class SizeScheme(enum.Enum):
-    """How a training run assigns sizes: full width, equal sizes (ES), mixed random (MR), or
-    given from outside (the CIESS search's assignment, or a sizes file)."""
+    """How a training run assigns sizes: full width, equal sizes (ES), mixed random (MR), or the
+    CIESS search's assignment (given from outside, never drawn here)."""
 
     FULL = "full"
     EQUAL = "equal"
     RANDOM = "random"
     CIESS = "ciess"
-    FILE = "file"
 
 
 def sparsity(sizes: np.ndarray, max_size: int) -> float:

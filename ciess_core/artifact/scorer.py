@@ -123,23 +123,23 @@ class DotIndex:
         """(B, num_items) float32 scores in bucket order for internal user ids (B,)."""
         rows = self.users[user_ids]
         widest_user = int(self.user_widths[user_ids].max()) if user_ids.size else 1
-        num_items = self.layout.order.size
-        if out is None and len(self.item_blocks) == 1:  # one bucket: its scores are the result
-            ((_, _, width),), (block,) = self.layout.bounds, self.item_blocks
-            common = max(1, min(width, widest_user, rows.shape[1]))
-            users = np.ascontiguousarray(rows[:, :common])
-            (scores,) = _run(self.session, {"users": users, "items_t": block[:common]})
-            return scores
-        result = np.zeros((user_ids.size, num_items), np.float32) if out is None else out
-        for (start, end, width), block in zip(self.layout.bounds, self.item_blocks, strict=True):
+
+        def bucket_scores(width: int, block: FloatArray) -> FloatArray:
             # Past either side's width every product is zero: multiply only the common prefix.
             common = max(1, min(width, widest_user, rows.shape[1]))
             users = np.ascontiguousarray(rows[:, :common])
             (scores,) = _run(self.session, {"users": users, "items_t": block[:common]})
+            return scores
+
+        if out is None and len(self.item_blocks) == 1:  # one bucket: its scores are the result
+            return bucket_scores(self.layout.bounds[0][2], self.item_blocks[0])
+        num_items = self.layout.order.size
+        result = np.zeros((user_ids.size, num_items), np.float32) if out is None else out
+        for (start, end, width), block in zip(self.layout.bounds, self.item_blocks, strict=True):
             if out is None:
-                result[:, start:end] = scores
+                result[:, start:end] = bucket_scores(width, block)
             else:
-                result[:, start:end] += scores
+                result[:, start:end] += bucket_scores(width, block)
         return result
 
 
