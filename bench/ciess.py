@@ -29,6 +29,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
@@ -88,6 +89,35 @@ def run_dir(arguments: argparse.Namespace) -> Path:
     return WORK / name
 
 
+def budget_rows(
+    arguments: argparse.Namespace, method: str, summary: dict[str, Any], **extra: Any
+) -> list[dict[str, Any]]:
+    """One JSON row per budget of a pipeline summary (keyed as the backbones report)."""
+    return [
+        {
+            "dataset": arguments.dataset,
+            "backbone": arguments.backbone,
+            "method": method,
+            "target_sparsity": float(budget),
+            "achieved_sparsity": round(result["achieved_sparsity"], 6),
+            "split": "test",
+            "protocol": arguments.protocol,
+            "weight_decay": arguments.weight_decay,
+            "evaluator": arguments.evaluator,
+            "item_quality": arguments.item_quality,
+            "metrics": {m: round(result["test"][m], 6) for m in PAPER_METRICS},
+            "valid_metrics": {m: round(v, 6) for m, v in result["valid"].items()},
+            "seconds": round(result["seconds"], 1),
+            "pipeline_timings": summary["timings"],
+            **extra,
+            "machine": machine(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "command": "python bench/ciess.py " + " ".join(sys.argv[1:]),
+        }
+        for budget, result in summary["budgets"].items()
+    ]
+
+
 ABLATION_VARIANTS = {
     "walk-gaussian": (True, ExplorationNoise.GAUSSIAN),
     "no-walk": (False, ExplorationNoise.GAUSSIAN),
@@ -127,44 +157,20 @@ def ablation(arguments: argparse.Namespace) -> None:
             )
         ]
         trace = [json.loads(line) for line in (out / "search" / "trace.jsonl").open()]
-        for budget, result in summary["budgets"].items():
-            rows.append(
-                {
-                    "dataset": arguments.dataset,
-                    "backbone": arguments.backbone,
-                    "method": "ciess-ablation",
-                    "variant": variant,
-                    "target_sparsity": float(budget),
-                    "achieved_sparsity": round(result["achieved_sparsity"], 6),
-                    "split": "test",
-                    "protocol": arguments.protocol,
-                    "weight_decay": arguments.weight_decay,
-                    "evaluator": arguments.evaluator,
-                    "item_quality": arguments.item_quality,
-                    "metrics": {m: round(result["test"][m], 6) for m in PAPER_METRICS},
-                    "valid_metrics": {m: round(v, 6) for m, v in result["valid"].items()},
-                    "search_best_mean_quality": round(max(t["mean_quality"] for t in trace), 6),
-                    "search_last_episode_reward": round(
-                        float(
-                            np.mean(
-                                [
-                                    (t["users_mean_reward"] + t["items_mean_reward"]) / 2
-                                    for t in trace
-                                    if t["episode"] == trace[-1]["episode"]
-                                ]
-                            )
-                        ),
-                        6,
-                    ),
-                    "search_min_sparsity": round(min(t["sparsity"] for t in trace), 6),
-                    "search_max_sparsity": round(max(t["sparsity"] for t in trace), 6),
-                    "seconds": round(result["seconds"], 1),
-                    "pipeline_timings": summary["timings"],
-                    "machine": machine(),
-                    "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-                    "command": "python bench/ciess.py " + " ".join(sys.argv[1:]),
-                }
-            )
+        last_episode = [t for t in trace if t["episode"] == trace[-1]["episode"]]
+        last_reward = np.mean(
+            [(t["users_mean_reward"] + t["items_mean_reward"]) / 2 for t in last_episode]
+        )
+        rows += budget_rows(
+            arguments,
+            "ciess-ablation",
+            summary,
+            variant=variant,
+            search_best_mean_quality=round(max(t["mean_quality"] for t in trace), 6),
+            search_last_episode_reward=round(float(last_reward), 6),
+            search_min_sparsity=round(min(t["sparsity"] for t in trace), 6),
+            search_max_sparsity=round(max(t["sparsity"] for t in trace), 6),
+        )
         save_json(results_path(arguments.dataset), rows)
         write_report(arguments.dataset)
 
@@ -188,36 +194,19 @@ def run(arguments: argparse.Namespace) -> None:
             and r.get("item_quality", "users") == arguments.item_quality
         )
     ]
-    for budget, result in summary["budgets"].items():
-        rows.append(
-            {
-                "dataset": arguments.dataset,
-                "backbone": arguments.backbone,
-                "method": "ciess",
-                "target_sparsity": float(budget),
-                "achieved_sparsity": round(result["achieved_sparsity"], 6),
-                "split": "test",
-                "protocol": arguments.protocol,
-                "weight_decay": arguments.weight_decay,
-                "evaluator": arguments.evaluator,
-                "item_quality": arguments.item_quality,
-                "metrics": {m: round(result["test"][m], 6) for m in PAPER_METRICS},
-                "valid_metrics": {m: round(v, 6) for m, v in result["valid"].items()},
-                "seconds": round(result["seconds"], 1),
-                "pipeline_timings": summary["timings"],
-                "search": {
-                    "episodes": spec.search.num_episodes,
-                    "iterations": spec.search.iterations_per_episode,
-                    "reward_penalty": spec.search.reward_penalty,
-                    "supernet_batches": spec.supernet_batches,
-                    "finetune_batches": spec.finetune_batches,
-                    "retrain_top": spec.retrain_top,
-                },
-                "machine": machine(),
-                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-                "command": "python bench/ciess.py " + " ".join(sys.argv[1:]),
-            }
-        )
+    rows += budget_rows(
+        arguments,
+        "ciess",
+        summary,
+        search={
+            "episodes": spec.search.num_episodes,
+            "iterations": spec.search.iterations_per_episode,
+            "reward_penalty": spec.search.reward_penalty,
+            "supernet_batches": spec.supernet_batches,
+            "finetune_batches": spec.finetune_batches,
+            "retrain_top": spec.retrain_top,
+        },
+    )
     save_json(results_path(arguments.dataset), rows)
     logger.info("pipeline call took %.0f s", time.perf_counter() - started)
     write_report(arguments.dataset)
