@@ -40,7 +40,7 @@ from paper import PAPER_ABLATION_ML1M, PAPER_METRICS, paper_row
 from ciess_core.data import DATASETS, Phase, load_dataset, resolve_data_dir, split_per_user
 from ciess_core.models import BackboneConfig, BackboneKind
 from ciess_core.runs import Protocol
-from ciess_core.search import ExplorationNoise, ItemQuality, SearchConfig
+from ciess_core.search import ExplorationNoise, ItemQuality, PenaltyControl, SearchConfig
 from ciess_core.search.evaluators import RetrainEvaluator
 from ciess_core.search.pipeline import EvaluatorKind, PipelineSpec, run_pipeline
 from ciess_core.sizes import equal_sizes
@@ -71,6 +71,9 @@ def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
             budgets=tuple(arguments.budgets),
             seed=arguments.seed,
             item_quality=ItemQuality(arguments.item_quality),
+            penalty_control=PenaltyControl(arguments.penalty_control),
+            penalty_step=arguments.penalty_step,
+            policy_rollouts=arguments.policy_rollouts,
         ),
         evaluator=EvaluatorKind(arguments.evaluator),
         supernet_batches=arguments.supernet_batches,
@@ -86,6 +89,10 @@ def run_dir(arguments: argparse.Namespace) -> Path:
     )
     if arguments.item_quality != "users":  # the paper's item quality keeps the original name
         name += f"-items-{arguments.item_quality}"
+    if arguments.penalty_control != "fixed":  # so does the paper's fixed λ
+        name += f"-penalty-{arguments.penalty_control}"
+    if arguments.policy_rollouts:
+        name += "-rollouts"
     return WORK / name
 
 
@@ -105,6 +112,8 @@ def budget_rows(
             "weight_decay": arguments.weight_decay,
             "evaluator": arguments.evaluator,
             "item_quality": arguments.item_quality,
+            "penalty_control": arguments.penalty_control,
+            "policy_rollouts": arguments.policy_rollouts,
             "metrics": {m: round(result["test"][m], 6) for m in PAPER_METRICS},
             "valid_metrics": {m: round(v, 6) for m, v in result["valid"].items()},
             "seconds": round(result["seconds"], 1),
@@ -153,10 +162,12 @@ def ablation(arguments: argparse.Namespace) -> None:
                 and r["backbone"] == arguments.backbone
                 and r["protocol"] == arguments.protocol
                 and r.get("item_quality", "users") == arguments.item_quality
+                and r.get("penalty_control", "fixed") == arguments.penalty_control
                 and r.get("variant") == variant
             )
         ]
         trace = [json.loads(line) for line in (out / "search" / "trace.jsonl").open()]
+        trace = [t for t in trace if t.get("kind", "explore") == "explore"]
         last_episode = [t for t in trace if t["episode"] == trace[-1]["episode"]]
         last_reward = np.mean(
             [(t["users_mean_reward"] + t["items_mean_reward"]) / 2 for t in last_episode]
@@ -192,6 +203,7 @@ def run(arguments: argparse.Namespace) -> None:
             and r["method"] == "ciess"
             and r.get("evaluator") == arguments.evaluator
             and r.get("item_quality", "users") == arguments.item_quality
+            and r.get("penalty_control", "fixed") == arguments.penalty_control
         )
     ]
     rows += budget_rows(
@@ -239,6 +251,16 @@ def paper_cost(arguments: argparse.Namespace) -> None:
     write_report(arguments.dataset)
 
 
+def variant_label(row: dict[str, Any]) -> str:
+    """The search settings that tell one CIESS row from another, in a few words."""
+    parts = [row["evaluator"], f"item q {row.get('item_quality', 'users')}"]
+    if row.get("penalty_control", "fixed") != "fixed":
+        parts.append(f"λ {row['penalty_control']}")
+    if row.get("policy_rollouts"):
+        parts.append("rollouts")
+    return ", ".join(parts)
+
+
 def write_report(dataset: str) -> None:
     rows = load_rows(results_path(dataset))
     baselines = [r for r in load_rows(BACKBONE_RESULTS) if r["dataset"] == dataset]
@@ -260,30 +282,44 @@ def write_report(dataset: str) -> None:
         lines += [
             f"## Test metrics, {protocol} protocol",
             "",
-            "| backbone | c | method | achieved c | R@5 | R@20 | N@5 | N@20 | paper CIESS R@20 | paper CIESS N@20 | time |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "Per backbone and budget: our full model, ES and MR (from `backbones.json`), then every "
+            "CIESS variant run (search settings in brackets), with its N@20 relative to our ES.",
+            "",
+            "| backbone | c | method | achieved c | R@5 | R@20 | N@5 | N@20 | N@20 vs our ES | "
+            "paper CIESS R@20 | paper CIESS N@20 | time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for row in sorted(ours, key=lambda r: (r["backbone"], r["target_sparsity"])):
-            target = row["target_sparsity"]
-            paper = paper_row(row["backbone"], "ciess", target)
+        groups = sorted({(r["backbone"], r["target_sparsity"]) for r in ours})
+        for backbone, target in groups:
+            paper = paper_row(backbone, "ciess", target)
             same = [
                 b
                 for b in baselines
-                if b["backbone"] == row["backbone"]
+                if b["backbone"] == backbone
                 and b["protocol"] == protocol
-                and b.get("weight_decay") == row["weight_decay"]
+                and b.get("weight_decay") == ours[0]["weight_decay"]
                 and (b["target_sparsity"] in (None, target))
             ]
-            for entry in [row, *sorted(same, key=lambda b: b["method"])]:
+            es = next((b for b in same if b["method"] == "es"), None)
+            variants = [
+                r for r in ours if (r["backbone"], r["target_sparsity"]) == (backbone, target)
+            ]
+            for entry in [*sorted(same, key=lambda b: b["method"]), *variants]:
                 m = entry["metrics"]
+                is_ciess = entry["method"] == "ciess"
+                versus = (
+                    f"{m['ndcg@20'] / es['metrics']['ndcg@20'] - 1:+.1%}"
+                    if is_ciess and es is not None
+                    else "–"
+                )
                 lines.append(
-                    f"| {entry['backbone']} | {target:.2f} | {entry['method']}"
-                    f"{' (' + entry['evaluator'] + ', item q ' + entry.get('item_quality', 'users') + ')' if entry['method'] == 'ciess' else ''} | "
-                    f"{entry['achieved_sparsity']:.4f} | {m['recall@5']:.4f} | {m['recall@20']:.4f} | "
-                    f"{m['ndcg@5']:.4f} | {m['ndcg@20']:.4f} | "
+                    f"| {backbone} | {target:.2f} | "
+                    + (f"ciess [{variant_label(entry)}]" if is_ciess else entry["method"])
+                    + f" | {entry['achieved_sparsity']:.4f} | {m['recall@5']:.4f} | "
+                    f"{m['recall@20']:.4f} | {m['ndcg@5']:.4f} | {m['ndcg@20']:.4f} | {versus} | "
                     + (
                         f"{paper['recall@20']:.4f} | {paper['ndcg@20']:.4f}"
-                        if paper and entry is row
+                        if paper and is_ciess
                         else "– | –"
                     )
                     + f" | {entry['seconds'] / 60:.1f} min |"
@@ -366,6 +402,9 @@ def main() -> None:
         command.add_argument("--finetune-batches", type=int, default=0)
         command.add_argument("--retrain-top", type=int, default=1)
         command.add_argument("--item-quality", default="users", choices=["users", "own"])
+        command.add_argument("--penalty-control", default="fixed", choices=["fixed", "per-budget"])
+        command.add_argument("--penalty-step", type=float, default=0.3)
+        command.add_argument("--policy-rollouts", action="store_true")
         command.add_argument("--max-batches", type=int, default=4000)
         command.add_argument("--paper-batches", type=int, default=1500)
         command.add_argument("--seed", type=int, default=42)

@@ -41,6 +41,24 @@ def add_search_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--reward-penalty", type=float, help="λ (default: the dataset's, 0.4 ML-1M, 0.2 Yelp2018)"
     )
+    parser.add_argument(
+        "--penalty-control",
+        default="fixed",
+        choices=["fixed", "per-budget"],
+        help="fixed: one λ and one search for every budget (the paper's); per-budget: one phase "
+        "per budget with λ steered until the search's sparsity reaches it",
+    )
+    parser.add_argument(
+        "--penalty-step",
+        type=float,
+        default=0.3,
+        help="per-budget λ step η: λ ← λ·exp(η·(budget − sparsity)) (default 0.3)",
+    )
+    parser.add_argument(
+        "--policy-rollouts",
+        action="store_true",
+        help="after every episode also score the actors' own sizes, without exploration noise",
+    )
     parser.add_argument("--noise", default="gaussian", choices=["gaussian", "ou", "uniform"])
     parser.add_argument("--no-random-walk", action="store_true", help="ablation: no random walk")
     parser.add_argument(
@@ -74,7 +92,12 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     from ciess_core.data import DATASETS, open_dataset, split_per_user
     from ciess_core.models import BackboneConfig, BackboneKind
     from ciess_core.runs import Protocol
-    from ciess_core.search.config import ExplorationNoise, ItemQuality, SearchConfig
+    from ciess_core.search.config import (
+        ExplorationNoise,
+        ItemQuality,
+        PenaltyControl,
+        SearchConfig,
+    )
     from ciess_core.search.pipeline import EvaluatorKind, PipelineSpec, run_pipeline
     from ciess_core.search.plots import plot_sizes_by_popularity, plot_trace
     from ciess_core.training import TrainConfig
@@ -106,6 +129,9 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         num_episodes=arguments.episodes,
         iterations_per_episode=arguments.iterations,
         reward_penalty=penalty,
+        penalty_control=PenaltyControl(arguments.penalty_control),
+        penalty_step=arguments.penalty_step,
+        policy_rollouts=arguments.policy_rollouts,
         exploration_noise=noise,
         random_walk=not arguments.no_random_walk,
         item_quality=ItemQuality(arguments.item_quality),
@@ -132,6 +158,9 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     stored = json.loads(spec_path.read_text()) if spec_path.exists() else None
     if stored is not None:  # searches from before the option used the paper's item quality
         stored.get("search", {}).setdefault("item_quality", "users")
+        stored.get("search", {}).setdefault("penalty_control", "fixed")
+        stored.get("search", {}).setdefault("penalty_step", 0.3)
+        stored.get("search", {}).setdefault("policy_rollouts", False)
     if stored is not None and stored != described:
         raise ConfigError(
             f"{out} holds a search with other settings ({spec_path}); "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +15,19 @@ from torch import nn
 
 from ciess_core.errors import ArtifactError, ConfigError
 from ciess_core.search import (
+    PENALTY_BOUNDS,
     Actor,
     AssignmentPool,
     Critic,
     ExplorationNoise,
     GaussianNoise,
     OrnsteinUhlenbeckNoise,
+    PenaltyControl,
     ReplayBuffer,
     SearchConfig,
     TransitionBatch,
     UniformNoise,
+    adjust_penalty,
     build_agent,
     critic_loss,
     critic_pick,
@@ -80,6 +85,32 @@ def test_config_rejects_bad_values_naming_field_and_value(field: str, value: obj
 def test_config_rejects_impossible_budget() -> None:
     with pytest.raises(ConfigError, match=r"budgets.*0\.999"):
         SearchConfig(budgets=(0.8, 0.999))
+
+
+def test_penalty_step_is_multiplicative_dual_ascent_within_bounds() -> None:
+    # Too dense (sparsity below the budget) raises λ, too sparse lowers it, on target keeps it.
+    assert adjust_penalty(0.4, 0.9, 0.8, step=4.0) == pytest.approx(0.4 * math.exp(0.4))
+    assert adjust_penalty(0.4, 0.9, 0.95, step=4.0) == pytest.approx(0.4 * math.exp(-0.2))
+    assert adjust_penalty(0.4, 0.9, 0.9, step=4.0) == pytest.approx(0.4, rel=1e-12)
+    assert adjust_penalty(0.4, 0.9, 0.0, step=1e6) == pytest.approx(PENALTY_BOUNDS[1], rel=1e-12)
+    assert adjust_penalty(0.4, 0.0, 0.9, step=1e6) == pytest.approx(PENALTY_BOUNDS[0], rel=1e-12)
+    assert adjust_penalty(0.4, 0.9, 0.5, step=0.0) == pytest.approx(0.4, rel=1e-12)
+    with pytest.raises(ConfigError, match="penalty"):
+        adjust_penalty(0.0, 0.9, 0.5, step=1.0)
+
+
+def test_per_budget_phases_run_loosest_budget_first() -> None:
+    fixed = SearchConfig(num_episodes=7, budgets=(0.95, 0.8, 0.9))
+    assert fixed.penalty_control is PenaltyControl.FIXED  # the paper's
+    assert (fixed.total_episodes, fixed.phase_budget(3)) == (7, None)
+    steered = dataclasses.replace(fixed, penalty_control=PenaltyControl.PER_BUDGET)
+    # 7 episodes over 3 budgets: 3 per phase, 9 in all.
+    assert (steered.episodes_per_phase, steered.total_episodes) == (3, 9)
+    assert [steered.phase_budget(e) for e in range(9)] == [0.8] * 3 + [0.9] * 3 + [0.95] * 3
+    with pytest.raises(ConfigError, match="episode"):
+        steered.phase_budget(9)
+    with pytest.raises(ConfigError, match="reward_penalty"):
+        dataclasses.replace(steered, reward_penalty=0.0)
 
 
 # --- networks -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.models import BackboneConfig
 from ciess_core.runs import Protocol
-from ciess_core.search import ItemQuality, SearchConfig
+from ciess_core.search import PENALTY_BOUNDS, ItemQuality, PenaltyControl, SearchConfig
 from ciess_core.search.pipeline import EvaluatorKind, PipelineSpec, run_pipeline
 from ciess_core.sizes import sparsity
 from ciess_core.training import TrainConfig
@@ -167,3 +168,69 @@ def test_search_with_the_items_own_quality(clustered_split: DatasetSplit, tmp_pa
         sizes = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
         assert sparsity(sizes, MAX_SIZE) >= float(budget)
         assert summary["budgets"][budget]["test"]["recall@20"] > 0
+
+
+def test_per_budget_search_steers_the_penalty_towards_each_budget(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    spec = tiny_spec()
+    search = dataclasses.replace(
+        spec.search, penalty_control=PenaltyControl.PER_BUDGET, penalty_step=4.0
+    )
+    spec = dataclasses.replace(spec, search=search)
+    summary = run_pipeline(spec, clustered_split, tmp_path, progress=False)
+    trace = [
+        json.loads(line) for line in (tmp_path / "search" / "trace.jsonl").read_text().splitlines()
+    ]
+    # 3 episodes over 2 budgets: 2 episodes per phase, the looser budget first.
+    assert len(trace) == 4 * 4
+    assert [row["target_sparsity"] for row in trace] == [0.5] * 8 + [0.8] * 8
+    assert trace[0]["penalty"] == search.reward_penalty
+    for before, after in itertools.pairwise(trace):
+        gap = before["target_sparsity"] - before["sparsity"]
+        # λ moved by exactly one dual step after every iteration, up when too dense.
+        expected = np.clip(before["penalty"] * np.exp(search.penalty_step * gap), *PENALTY_BOUNDS)
+        assert after["penalty"] == pytest.approx(expected)
+    for budget in ("0.5", "0.8"):
+        sizes = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
+        assert sparsity(sizes, MAX_SIZE) >= float(budget)
+        assert summary["budgets"][budget]["test"]["recall@20"] > 0
+
+
+def test_policy_rollouts_add_one_scored_policy_row_per_episode_and_change_nothing_else(
+    clustered_split: DatasetSplit,
+) -> None:
+    from ciess_core.search.loop import SearchInputs, run_search
+    from ciess_core.search.pipeline import build_evaluator
+
+    spec = tiny_spec()
+    train, _ = clustered_split.phase(Phase.SEARCH)
+    inputs = SearchInputs(
+        popularity={
+            "users": np.diff(train.indptr).astype(float),
+            "items": np.bincount(train.indices, minlength=train.shape[1]).astype(float),
+        },
+        full_quality={"users": np.full(train.shape[0], 0.5), "items": np.full(train.shape[1], 0.5)},
+    )
+    evaluator = build_evaluator(spec, clustered_split)
+    plain = run_search(spec.search, inputs, evaluator, progress=False)
+    with_rollouts = run_search(
+        dataclasses.replace(spec.search, policy_rollouts=True), inputs, evaluator, progress=False
+    )
+    explored = [row for row in with_rollouts.trace if row["kind"] == "explore"]
+    policy = [row for row in with_rollouts.trace if row["kind"] == "policy"]
+    fields = ("episode", "iteration", "users_mean_size", "items_mean_size", "mean_quality")
+    # The explored iterations, and so the learning, are exactly those of the plain search.
+    assert [[r[f] for f in fields] for r in explored] == [
+        [r[f] for f in fields] for r in plain.trace
+    ]
+    assert [row["episode"] for row in policy] == [1, 2, 3]
+    iterations = spec.search.iterations_per_episode
+    for row in policy:
+        assert row["iteration"] == iterations + 1
+        assert 1 <= row["users_mean_size"] <= MAX_SIZE and 0 <= row["sparsity"] < 1
+        assert 0 < row["metrics"]["recall@20"] <= 1
+    # Each episode's rollout sits right after its explored iterations.
+    assert [row["kind"] for row in with_rollouts.trace[: iterations + 1]] == ["explore"] * (
+        iterations
+    ) + ["policy"]

@@ -25,6 +25,7 @@ from ciess_core.search.networks import (
     denormalise_action,
     normalise_action,
 )
+from ciess_core.search.penalty import PENALTY_BOUNDS, PenaltyControl, adjust_penalty
 from ciess_core.search.pool import POOL_SCHEMA_VERSION, AssignmentPool, PoolEntry, project_to_budget
 from ciess_core.search.replay import ReplayBuffer, TransitionBatch
 from ciess_core.search.state import entity_states, minmax_scale, quality_ratio, reward
@@ -40,6 +41,7 @@ from ciess_core.search.td3 import (
 )
 
 __all__ = [
+    "PENALTY_BOUNDS",
     "POOL_SCHEMA_VERSION",
     "STATE_DIM",
     "Actor",
@@ -50,6 +52,7 @@ __all__ = [
     "ItemQuality",
     "NoiseProcess",
     "OrnsteinUhlenbeckNoise",
+    "PenaltyControl",
     "PoolEntry",
     "QFunction",
     "ReplayBuffer",
@@ -58,6 +61,7 @@ __all__ = [
     "TransitionBatch",
     "UniformNoise",
     "actor_loss",
+    "adjust_penalty",
     "build_agent",
     "critic_loss",
     "critic_pick",

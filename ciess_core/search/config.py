@@ -7,9 +7,10 @@ import math
 from dataclasses import dataclass
 
 from ciess_core.errors import ConfigError
+from ciess_core.search.penalty import PenaltyControl
 from ciess_core.sizes import check_target_sparsity
 
-__all__ = ["ExplorationNoise", "ItemQuality", "SearchConfig"]
+__all__ = ["ExplorationNoise", "ItemQuality", "PenaltyControl", "SearchConfig"]
 
 
 class ExplorationNoise(enum.Enum):
@@ -43,7 +44,12 @@ class SearchConfig:
     Attributes:
         num_episodes: episodes M; every episode restarts from full sizes.
         iterations_per_episode: iterations T per episode (one size assignment each).
-        reward_penalty: λ in r = q − λ·(d/d_max)²; 0.4 on ML-1M, 0.2 on Yelp2018.
+        reward_penalty: λ in r = q − λ·(d/d_max)²; 0.4 on ML-1M, 0.2 on Yelp2018. Under
+            ``PenaltyControl.PER_BUDGET`` this is λ's starting value.
+        penalty_control: ``fixed`` (the paper's: one λ, one search for every budget) or
+            ``per-budget`` (one phase of episodes per budget with λ steered towards it; see
+            :mod:`ciess_core.search.penalty`).
+        penalty_step: η of the per-budget dual-ascent step λ ← λ·exp(η·(c − sparsity)).
         max_size: d_max, the full embedding size; actions are integer sizes in [1, max_size].
         hidden_size: width of the two hidden layers of the actor and of each Q head.
         actor_learning_rate: Adam learning rate of the actor.
@@ -65,6 +71,9 @@ class SearchConfig:
             actor output, rounded and clipped, is the size.
         walk_steps: number of random-walk steps (candidates = start + this many visited sizes).
         walk_radius: size d links to every d' with 0 < |d − d'| ≤ walk_radius.
+        policy_rollouts: after every episode, also score the actors' own sizes (no noise, no
+            random walk) and offer them to the pool; exploration is for learning, and the
+            explored assignments carry its per-entity noise. Off in the paper.
         pool_size: l, the number of assignments kept per budget for selective retraining.
         item_quality: what an item's quality measures (see :class:`ItemQuality`).
         budgets: target sparsities c for which the pool keeps the best assignments.
@@ -75,6 +84,8 @@ class SearchConfig:
     num_episodes: int = 30
     iterations_per_episode: int = 10
     reward_penalty: float = 0.4
+    penalty_control: PenaltyControl = PenaltyControl.FIXED
+    penalty_step: float = 0.3
     max_size: int = 128
     hidden_size: int = 256
     actor_learning_rate: float = 1e-3
@@ -93,6 +104,7 @@ class SearchConfig:
     random_walk: bool = True
     walk_steps: int = 5
     walk_radius: int = 5
+    policy_rollouts: bool = False
     pool_size: int = 3
     item_quality: ItemQuality = ItemQuality.USERS
     budgets: tuple[float, ...] = (0.8, 0.9, 0.95)
@@ -126,6 +138,7 @@ class SearchConfig:
             "target_noise_std": self.target_noise_std,
             "target_noise_clip": self.target_noise_clip,
             "exploration_scale": self.exploration_scale,
+            "penalty_step": self.penalty_step,
         }
         for name, number in strictly_positive.items():
             if not (math.isfinite(number) and number > 0):
@@ -144,6 +157,13 @@ class SearchConfig:
                 f"exploration_noise must be one of {[kind.value for kind in ExplorationNoise]}, "
                 f"got {self.exploration_noise!r}"
             )
+        if not isinstance(self.penalty_control, PenaltyControl):
+            raise ConfigError(
+                f"penalty_control must be one of {[kind.value for kind in PenaltyControl]}, "
+                f"got {self.penalty_control!r}"
+            )
+        if self.penalty_control is PenaltyControl.PER_BUDGET and not self.reward_penalty > 0:
+            raise ConfigError("a per-budget penalty needs a starting reward_penalty > 0, got 0")
         if not isinstance(self.item_quality, ItemQuality):
             raise ConfigError(
                 f"item_quality must be one of {[kind.value for kind in ItemQuality]}, "
@@ -160,6 +180,28 @@ class SearchConfig:
             raise ConfigError(f"budgets must be distinct, got {self.budgets}")
         if not self.device.startswith(("cpu", "cuda")):
             raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got '{self.device}'")
+
+    @property
+    def episodes_per_phase(self) -> int:
+        """Episodes per budget phase: all of them when λ is fixed, else M split over budgets."""
+        if self.penalty_control is PenaltyControl.FIXED:
+            return self.num_episodes
+        return math.ceil(self.num_episodes / len(self.budgets))
+
+    @property
+    def total_episodes(self) -> int:
+        """Episodes the whole search runs (M, rounded up to whole phases)."""
+        if self.penalty_control is PenaltyControl.FIXED:
+            return self.num_episodes
+        return self.episodes_per_phase * len(self.budgets)
+
+    def phase_budget(self, episode: int) -> float | None:
+        """The budget λ is steered towards in 0-based ``episode``; None when λ is fixed."""
+        if self.penalty_control is PenaltyControl.FIXED:
+            return None
+        if not 0 <= episode < self.total_episodes:
+            raise ConfigError(f"episode must lie in [0, {self.total_episodes}), got {episode}")
+        return sorted(self.budgets)[episode // self.episodes_per_phase]
 
     def replay_capacity(self, num_entities: int) -> int:
         """Replay capacity of a side with ``num_entities`` users or items."""

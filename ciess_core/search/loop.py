@@ -26,6 +26,7 @@ from ciess_core.errors import ConfigError
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.evaluators import QualityEvaluator
 from ciess_core.search.exploration import NoiseProcess, explore, make_noise
+from ciess_core.search.penalty import adjust_penalty
 from ciess_core.search.pool import AssignmentPool
 from ciess_core.search.replay import ReplayBuffer
 from ciess_core.search.state import entity_states, quality_ratio, reward
@@ -120,6 +121,7 @@ def _save_checkpoint(
     pool: AssignmentPool,
     rng: np.random.Generator,
     trace: list[dict[str, Any]],
+    penalty: float,
 ) -> None:
     """Write the whole search state after ``episode`` episodes, replacing the old checkpoint."""
     staging = directory.with_name(directory.name + ".tmp")
@@ -147,6 +149,7 @@ def _save_checkpoint(
         "episodes_done": episode,
         "rng": rng.bit_generator.state,
         "trace_length": len(trace),
+        "penalty": penalty,
     }
     (staging / "checkpoint.json").write_text(json.dumps(meta, indent=1))
     backup = directory.with_name(directory.name + ".old")
@@ -158,8 +161,8 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    directory: Path, sides: dict[str, _SideState], rng: np.random.Generator
-) -> tuple[int, AssignmentPool, int]:
+    directory: Path, sides: dict[str, _SideState], rng: np.random.Generator, penalty: float
+) -> tuple[int, AssignmentPool, int, float]:
     meta = json.loads((directory / "checkpoint.json").read_text())
     if meta.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(
@@ -179,7 +182,51 @@ def _load_checkpoint(
         with np.load(directory / f"replay_{side}.npz") as arrays:
             state.buffer.load_state_dict(dict(arrays))
     rng.bit_generator.state = meta["rng"]
-    return int(meta["episodes_done"]), AssignmentPool.load(directory / "pool"), meta["trace_length"]
+    pool = AssignmentPool.load(directory / "pool")
+    # Checkpoints from before the per-budget penalty hold no λ: it was the fixed one.
+    return int(meta["episodes_done"]), pool, meta["trace_length"], meta.get("penalty", penalty)
+
+
+def _policy_rollout(
+    config: SearchConfig,
+    inputs: SearchInputs,
+    evaluator: QualityEvaluator,
+    sides: dict[str, _SideState],
+    states: dict[str, np.ndarray],
+    pool: AssignmentPool,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Score the actors' own sizes from the episode's last states, without exploration.
+
+    The assignment goes to the pool like any other; nothing goes to the replay buffers and no
+    network is updated, so the search itself is the same with or without rollouts.
+    """
+    started = time.perf_counter()
+    sizes = {
+        side: np.clip(
+            np.rint(policy_sizes(state.agent.actor, states[side], device)), 1, config.max_size
+        ).astype(np.int64)
+        for side, state in sides.items()
+    }
+    assignment = np.concatenate([sizes["users"], sizes["items"]])
+    signal = evaluator.evaluate(assignment)
+    evals = {"users": signal.user_eval, "items": signal.item_eval}
+    row: dict[str, Any] = {"iteration": config.iterations_per_episode + 1, "kind": "policy"}
+    qualities = []
+    for side in SIDES:
+        quality = quality_ratio(evals[side], inputs.full_quality[side])
+        qualities.append(quality)
+        row[f"{side}_mean_size"] = float(sizes[side].mean())
+        row[f"{side}_mean_quality"] = float(quality.mean())
+    mean_quality = float(np.concatenate(qualities).mean())
+    row.update(
+        mean_quality=mean_quality,
+        sparsity=sparsity(assignment, config.max_size),
+        pooled_for=pool.offer(assignment, mean_quality),
+        metrics=signal.metrics,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return row
 
 
 def run_search(
@@ -194,16 +241,20 @@ def run_search(
 ) -> SearchOutcome:
     """Run the CIESS search; resume from ``checkpoint_dir`` if it holds a checkpoint.
 
-    Every iteration appends one JSON line to ``trace_path`` (episode, iteration, reward, mean
-    sizes, sparsity, validation metrics, seconds). Checkpoints are written after every episode.
+    Every iteration appends one JSON line to ``trace_path`` (episode, iteration, kind, reward,
+    mean sizes, sparsity, λ, validation metrics, seconds); with ``config.policy_rollouts`` every
+    episode ends with one more line of kind ``policy`` (see :func:`_policy_rollout`). Checkpoints
+    are written after every episode.
     """
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     sides = _build_sides(config, inputs)
     pool = AssignmentPool(config.budgets, config.pool_size, config.max_size)
-    first_episode, trace = 0, []
+    first_episode, trace, penalty = 0, [], config.reward_penalty
     if checkpoint_dir is not None and (checkpoint_dir / "checkpoint.json").exists():
-        first_episode, pool, trace_length = _load_checkpoint(checkpoint_dir, sides, rng)
+        first_episode, pool, trace_length, penalty = _load_checkpoint(
+            checkpoint_dir, sides, rng, penalty
+        )
         if trace_path is not None and trace_path.exists():
             lines = trace_path.read_text().splitlines()[:trace_length]
             trace = [json.loads(line) for line in lines]
@@ -213,7 +264,7 @@ def run_search(
         trace_path.write_text("")
     evaluator.prepare()
     device = torch.device(config.device)
-    total = config.num_episodes * config.iterations_per_episode
+    total = config.total_episodes * config.iterations_per_episode
     bar = tqdm(
         total=total,
         initial=first_episode * config.iterations_per_episode,
@@ -221,7 +272,8 @@ def run_search(
         unit="it",
         disable=not progress,
     )
-    for episode in range(first_episode, config.num_episodes):
+    for episode in range(first_episode, config.total_episodes):
+        target = config.phase_budget(episode)
         states = _initial_states(inputs, config.max_size)
         for state in sides.values():
             state.noise.reset()
@@ -242,11 +294,15 @@ def run_search(
             assignment = np.concatenate([sizes["users"], sizes["items"]])
             signal = evaluator.evaluate(assignment)
             evals = {"users": signal.user_eval, "items": signal.item_eval}
-            row: dict[str, Any] = {"episode": episode + 1, "iteration": iteration + 1}
+            row: dict[str, Any] = {
+                "episode": episode + 1,
+                "iteration": iteration + 1,
+                "kind": "explore",
+            }
             qualities = []
             for side, state in sides.items():
                 quality = quality_ratio(evals[side], inputs.full_quality[side])
-                rewards = reward(quality, sizes[side], config.max_size, config.reward_penalty)
+                rewards = reward(quality, sizes[side], config.max_size, penalty)
                 next_states = entity_states(inputs.popularity[side], sizes[side], quality)
                 state.buffer.add(states[side], sizes[side], rewards, next_states)
                 losses = update(
@@ -261,9 +317,12 @@ def run_search(
                 row[f"{side}_critic_loss"] = losses["critic_loss"]
             mean_quality = float(np.concatenate(qualities).mean())
             entered = pool.offer(assignment, mean_quality)
+            achieved = sparsity(assignment, config.max_size)
             row.update(
                 mean_quality=mean_quality,
-                sparsity=sparsity(assignment, config.max_size),
+                sparsity=achieved,
+                penalty=penalty,
+                target_sparsity=target,
                 pooled_for=entered,
                 metrics=signal.metrics,
                 seconds=round(time.perf_counter() - iteration_started, 3),
@@ -274,9 +333,20 @@ def run_search(
                     handle.write(json.dumps(row) + "\n")
             if on_iteration is not None:
                 on_iteration(row)
+            if target is not None:
+                penalty = adjust_penalty(penalty, target, achieved, config.penalty_step)
             bar.update(1)
-            bar.set_postfix(sparsity=f"{row['sparsity']:.3f}", quality=f"{mean_quality:.3f}")
+            bar.set_postfix(sparsity=f"{achieved:.3f}", quality=f"{mean_quality:.3f}")
+        if config.policy_rollouts:
+            row = _policy_rollout(config, inputs, evaluator, sides, states, pool, device)
+            row.update(episode=episode + 1, penalty=penalty, target_sparsity=target)
+            trace.append(row)
+            if trace_path is not None:
+                with trace_path.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+            if on_iteration is not None:
+                on_iteration(row)
         if checkpoint_dir is not None:
-            _save_checkpoint(checkpoint_dir, episode + 1, sides, pool, rng, trace)
+            _save_checkpoint(checkpoint_dir, episode + 1, sides, pool, rng, trace, penalty)
     bar.close()
     return SearchOutcome(pool=pool, trace=trace, seconds=time.perf_counter() - started)
