@@ -403,7 +403,7 @@ def main() -> None:
         command.add_argument("--retrain-top", type=int, default=1)
         command.add_argument("--item-quality", default="users", choices=["users", "own"])
         command.add_argument("--penalty-control", default="fixed", choices=["fixed", "per-budget"])
-        command.add_argument("--penalty-step", type=float, default=0.3)
+        command.add_argument("--penalty-step", type=float, default=0.1)
         command.add_argument("--policy-rollouts", action="store_true")
         command.add_argument("--max-batches", type=int, default=4000)
         command.add_argument("--paper-batches", type=int, default=1500)

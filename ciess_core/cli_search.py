@@ -51,8 +51,8 @@ def add_search_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--penalty-step",
         type=float,
-        default=0.3,
-        help="per-budget λ step η: λ ← λ·exp(η·(budget − sparsity)) (default 0.3)",
+        default=0.1,
+        help="per-budget λ step η: λ ← λ·exp(η·(budget − sparsity)) (default 0.1)",
     )
     parser.add_argument(
         "--policy-rollouts",
@@ -159,7 +159,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     if stored is not None:  # searches from before the option used the paper's item quality
         stored.get("search", {}).setdefault("item_quality", "users")
         stored.get("search", {}).setdefault("penalty_control", "fixed")
-        stored.get("search", {}).setdefault("penalty_step", 0.3)
+        stored.get("search", {}).setdefault("penalty_step", 0.1)
         stored.get("search", {}).setdefault("policy_rollouts", False)
     if stored is not None and stored != described:
         raise ConfigError(

@@ -41,6 +41,7 @@ from ciess_core.search import (
     quality_ratio,
     random_walk,
     reward,
+    reward_scale,
     soft_update,
     start_sizes,
     td3_target,
@@ -97,6 +98,11 @@ def test_penalty_step_is_multiplicative_dual_ascent_within_bounds() -> None:
     assert adjust_penalty(0.4, 0.9, 0.5, step=0.0) == pytest.approx(0.4, rel=1e-12)
     with pytest.raises(ConfigError, match="penalty"):
         adjust_penalty(0.0, 0.9, 0.5, step=1.0)
+
+
+def test_rewards_are_scaled_by_one_over_one_plus_penalty_only_per_budget() -> None:
+    assert reward_scale(PenaltyControl.FIXED, 50.0) == 1.0
+    assert reward_scale(PenaltyControl.PER_BUDGET, 3.0) == 0.25
 
 
 def test_per_budget_phases_run_loosest_budget_first() -> None:

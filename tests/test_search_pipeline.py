@@ -191,6 +191,9 @@ def test_per_budget_search_steers_the_penalty_towards_each_budget(
         # λ moved by exactly one dual step after every iteration, up when too dense.
         expected = np.clip(before["penalty"] * np.exp(search.penalty_step * gap), *PENALTY_BOUNDS)
         assert after["penalty"] == pytest.approx(expected)
+    for row in trace:  # rewards divided by 1 + λ stay within [−1, 1] however large λ gets
+        assert -1.0 <= row["users_mean_reward"] <= 1.0 and -1.0 <= row["items_mean_reward"] <= 1.0
+    assert max(row["penalty"] for row in trace) > 10  # the tiny search cannot reach 0.8 quickly
     for budget in ("0.5", "0.8"):
         sizes = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
         assert sparsity(sizes, MAX_SIZE) >= float(budget)

@@ -25,7 +25,7 @@ from ciess_core.search.networks import (
     denormalise_action,
     normalise_action,
 )
-from ciess_core.search.penalty import PENALTY_BOUNDS, PenaltyControl, adjust_penalty
+from ciess_core.search.penalty import PENALTY_BOUNDS, PenaltyControl, adjust_penalty, reward_scale
 from ciess_core.search.pool import POOL_SCHEMA_VERSION, AssignmentPool, PoolEntry, project_to_budget
 from ciess_core.search.replay import ReplayBuffer, TransitionBatch
 from ciess_core.search.state import entity_states, minmax_scale, quality_ratio, reward
@@ -77,6 +77,7 @@ __all__ = [
     "quality_ratio",
     "random_walk",
     "reward",
+    "reward_scale",
     "soft_update",
     "start_sizes",
     "td3_target",

@@ -85,7 +85,7 @@ class SearchConfig:
     iterations_per_episode: int = 10
     reward_penalty: float = 0.4
     penalty_control: PenaltyControl = PenaltyControl.FIXED
-    penalty_step: float = 0.3
+    penalty_step: float = 0.1
     max_size: int = 128
     hidden_size: int = 256
     actor_learning_rate: float = 1e-3

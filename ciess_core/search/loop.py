@@ -26,7 +26,7 @@ from ciess_core.errors import ConfigError
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.evaluators import QualityEvaluator
 from ciess_core.search.exploration import NoiseProcess, explore, make_noise
-from ciess_core.search.penalty import adjust_penalty
+from ciess_core.search.penalty import adjust_penalty, reward_scale
 from ciess_core.search.pool import AssignmentPool
 from ciess_core.search.replay import ReplayBuffer
 from ciess_core.search.state import entity_states, quality_ratio, reward
@@ -302,7 +302,9 @@ def run_search(
             qualities = []
             for side, state in sides.items():
                 quality = quality_ratio(evals[side], inputs.full_quality[side])
-                rewards = reward(quality, sizes[side], config.max_size, penalty)
+                rewards = reward(quality, sizes[side], config.max_size, penalty) * reward_scale(
+                    config.penalty_control, penalty
+                )
                 next_states = entity_states(inputs.popularity[side], sizes[side], quality)
                 state.buffer.add(states[side], sizes[side], rewards, next_states)
                 losses = update(

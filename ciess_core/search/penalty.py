@@ -10,6 +10,12 @@ first, and after every iteration moves λ by a multiplicative dual-ascent step t
 λ ← λ·exp(η·(c − s)), where s is the iteration's sparsity and c the phase's budget. A search that
 keeps too many parameters raises λ, one that prunes past the budget lowers it. λ carries over from
 one phase to the next, and so do the agents and their replay buffers.
+
+Under per-budget control the rewards are divided by 1 + λ (:func:`reward_scale`). A positive
+factor leaves every entity's best size where it was, and keeps the rewards within [−1, 1] however
+far λ moves. Unscaled, a λ in the hundreds gives rewards in the hundreds and Q values near
+−λ/(1 − γ), which a critic stepping at 3e-3 per update cannot follow: in the first measured
+run the users' critic loss reached 2.5e4 and their sizes stopped answering λ at all.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 
 from ciess_core.errors import ConfigError
 
-__all__ = ["PENALTY_BOUNDS", "PenaltyControl", "adjust_penalty"]
+__all__ = ["PENALTY_BOUNDS", "PenaltyControl", "adjust_penalty", "reward_scale"]
 
 #: λ never leaves this range, so that a budget the policy cannot reach does not blow λ up.
 PENALTY_BOUNDS = (1e-3, 1e3)
@@ -49,3 +55,11 @@ def adjust_penalty(penalty: float, target_sparsity: float, achieved: float, step
     # In log space, so that a huge step saturates at a bound instead of overflowing.
     logarithm = math.log(penalty) + step * (target_sparsity - achieved)
     return math.exp(min(max(logarithm, math.log(low)), math.log(high)))
+
+
+def reward_scale(control: PenaltyControl, penalty: float) -> float:
+    """The factor the rewards are multiplied by: 1 for a fixed λ (the paper's), 1 / (1 + λ)
+    under per-budget control."""
+    if control is PenaltyControl.FIXED:
+        return 1.0
+    return 1.0 / (1.0 + penalty)
