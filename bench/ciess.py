@@ -42,7 +42,12 @@ from ciess_core.models import BackboneConfig, BackboneKind
 from ciess_core.runs import Protocol
 from ciess_core.search import ExplorationNoise, ItemQuality, PenaltyControl, SearchConfig
 from ciess_core.search.evaluators import RetrainEvaluator
-from ciess_core.search.pipeline import EvaluatorKind, PipelineSpec, run_pipeline
+from ciess_core.search.pipeline import (
+    DEFAULT_SHARE_GRID,
+    EvaluatorKind,
+    PipelineSpec,
+    run_pipeline,
+)
 from ciess_core.sizes import equal_sizes
 from ciess_core.training import TrainConfig
 
@@ -80,6 +85,7 @@ def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
         finetune_batches=arguments.finetune_batches,
         retrain_top=arguments.retrain_top,
         protocol=Protocol(arguments.protocol),
+        share_grid=DEFAULT_SHARE_GRID if arguments.fit_shares else (),
     )
 
 
@@ -93,6 +99,8 @@ def run_dir(arguments: argparse.Namespace) -> Path:
         name += f"-penalty-{arguments.penalty_control}"
     if arguments.policy_rollouts:
         name += "-rollouts"
+    if arguments.fit_shares:
+        name += "-fit"
     return WORK / name
 
 
@@ -114,6 +122,7 @@ def budget_rows(
             "item_quality": arguments.item_quality,
             "penalty_control": arguments.penalty_control,
             "policy_rollouts": arguments.policy_rollouts,
+            "fit_shares": arguments.fit_shares,
             "metrics": {m: round(result["test"][m], 6) for m in PAPER_METRICS},
             "valid_metrics": {m: round(v, 6) for m, v in result["valid"].items()},
             "seconds": round(result["seconds"], 1),
@@ -163,6 +172,10 @@ def ablation(arguments: argparse.Namespace) -> None:
                 and r["protocol"] == arguments.protocol
                 and r.get("item_quality", "users") == arguments.item_quality
                 and r.get("penalty_control", "fixed") == arguments.penalty_control
+                and bool(r.get("policy_rollouts")) == arguments.policy_rollouts
+                and bool(r.get("fit_shares")) == arguments.fit_shares
+                and bool(r.get("policy_rollouts")) == arguments.policy_rollouts
+                and bool(r.get("fit_shares")) == arguments.fit_shares
                 and r.get("variant") == variant
             )
         ]
@@ -204,6 +217,8 @@ def run(arguments: argparse.Namespace) -> None:
             and r.get("evaluator") == arguments.evaluator
             and r.get("item_quality", "users") == arguments.item_quality
             and r.get("penalty_control", "fixed") == arguments.penalty_control
+            and bool(r.get("policy_rollouts")) == arguments.policy_rollouts
+            and bool(r.get("fit_shares")) == arguments.fit_shares
         )
     ]
     rows += budget_rows(
@@ -258,6 +273,8 @@ def variant_label(row: dict[str, Any]) -> str:
         parts.append(f"λ {row['penalty_control']}")
     if row.get("policy_rollouts"):
         parts.append("rollouts")
+    if row.get("fit_shares"):
+        parts.append("share fit")
     return ", ".join(parts)
 
 
@@ -405,6 +422,7 @@ def main() -> None:
         command.add_argument("--penalty-control", default="fixed", choices=["fixed", "per-budget"])
         command.add_argument("--penalty-step", type=float, default=0.1)
         command.add_argument("--policy-rollouts", action="store_true")
+        command.add_argument("--fit-shares", action="store_true")
         command.add_argument("--max-batches", type=int, default=4000)
         command.add_argument("--paper-batches", type=int, default=1500)
         command.add_argument("--seed", type=int, default=42)

@@ -59,6 +59,13 @@ def add_search_parser(subparsers: Any) -> None:
         action="store_true",
         help="after every episode also score the actors' own sizes, without exploration noise",
     )
+    parser.add_argument(
+        "--fit-shares",
+        action="store_true",
+        help="before retraining, refit each budget's assignments with the users' share of the "
+        "budget at 0.30, 0.35, …, 0.95 and keep the variants the supernet scores best on "
+        "validation",
+    )
     parser.add_argument("--noise", default="gaussian", choices=["gaussian", "ou", "uniform"])
     parser.add_argument("--no-random-walk", action="store_true", help="ablation: no random walk")
     parser.add_argument(
@@ -98,7 +105,12 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         PenaltyControl,
         SearchConfig,
     )
-    from ciess_core.search.pipeline import EvaluatorKind, PipelineSpec, run_pipeline
+    from ciess_core.search.pipeline import (
+        DEFAULT_SHARE_GRID,
+        EvaluatorKind,
+        PipelineSpec,
+        run_pipeline,
+    )
     from ciess_core.search.plots import plot_sizes_by_popularity, plot_trace
     from ciess_core.training import TrainConfig
 
@@ -150,6 +162,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         retrain_batches=arguments.retrain_batches,
         retrain_top=min(arguments.retrain_top, search.pool_size),
         protocol=Protocol(arguments.protocol),
+        share_grid=DEFAULT_SHARE_GRID if arguments.fit_shares else (),
     )
     out = Path(arguments.out or f"runs/search-{Path(arguments.dataset).stem}-{arguments.backbone}")
     out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from pathlib import Path
@@ -40,9 +41,11 @@ from ciess_core.search import (
     project_to_budget,
     quality_ratio,
     random_walk,
+    rescale_to_total,
     reward,
     reward_scale,
     soft_update,
+    split_budget,
     start_sizes,
     td3_target,
     update,
@@ -551,3 +554,36 @@ def test_pool_selection_falls_back_to_projected_sparsest() -> None:
     fallback = pool.selection(0.75)
     assert [sizes.tolist() for sizes in fallback] == [[3, 2, 2, 1], [2, 2, 2, 2]]
     assert all(sizes.sum() <= 8 for sizes in fallback)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rescale_to_total_hits_the_total_and_keeps_the_order(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 33, size=int(rng.integers(2, 200)))
+    for total in (len(sizes), int(sizes.sum()) // 3, int(sizes.sum()) * 2, len(sizes) * 32):
+        total = min(max(total, len(sizes)), len(sizes) * 32)
+        rescaled = rescale_to_total(sizes, total, max_size=32)
+        assert rescaled.sum() == total and rescaled.min() >= 1 and rescaled.max() <= 32
+        for smaller, larger in itertools.pairwise(np.unique(sizes)):
+            # a larger size never ends up below a smaller one; equal sizes differ by ≤ 1
+            assert rescaled[sizes == smaller].max() <= rescaled[sizes == larger].min()
+        for value in np.unique(sizes):
+            assert np.ptp(rescaled[sizes == value]) <= 1
+    assert rescale_to_total(np.array([2, 4, 8]), 28, max_size=32).tolist() == [4, 8, 16]
+    with pytest.raises(ConfigError, match="cannot sum"):
+        rescale_to_total(np.array([2, 4]), 65, max_size=32)
+
+
+def test_split_budget_gives_the_users_their_share_and_meets_the_budget() -> None:
+    sizes = np.array([4, 8, 12, 2, 2, 6, 6, 6], dtype=np.int64)  # 3 users, 5 items
+    budget = parameter_budget(8, 16, 0.75)  # 32 parameters
+    fitted = split_budget(sizes, num_users=3, target_sparsity=0.75, user_share=0.75, max_size=16)
+    assert fitted.sum() == budget and fitted[:3].sum() == 24 and fitted[3:].sum() == 8
+    assert fitted[:3].tolist() == [4, 8, 12]  # already the users' share: unchanged
+    # A share the users cannot hold (3 × 16 < 0.99 × 32 is fine, 1 each for items is the floor).
+    crowded = split_budget(sizes, num_users=3, target_sparsity=0.75, user_share=0.99, max_size=16)
+    assert crowded[3:].tolist() == [1] * 5 and crowded.sum() == budget
+    with pytest.raises(ConfigError, match="user_share"):
+        split_budget(sizes, num_users=3, target_sparsity=0.75, user_share=1.0, max_size=16)
+    with pytest.raises(ConfigError, match="num_users"):
+        split_budget(sizes, num_users=0, target_sparsity=0.75, user_share=0.5, max_size=16)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ciess_core.data import DatasetSplit, Phase
+from ciess_core.errors import ConfigError
 from ciess_core.models import BackboneConfig
 from ciess_core.runs import Protocol
 from ciess_core.search import PENALTY_BOUNDS, ItemQuality, PenaltyControl, SearchConfig
@@ -237,3 +238,27 @@ def test_policy_rollouts_add_one_scored_policy_row_per_episode_and_change_nothin
     assert [row["kind"] for row in with_rollouts.trace[: iterations + 1]] == ["explore"] * (
         iterations
     ) + ["policy"]
+
+
+def test_share_fitting_scores_refitted_variants_and_retrains_the_best(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    spec = dataclasses.replace(tiny_spec(), share_grid=(0.3, 0.5, 0.7), retrain_top=1)
+    summary = run_pipeline(spec, clustered_split, tmp_path, progress=False)
+    num_users = clustered_split.num_users
+    for budget in ("0.5", "0.8"):
+        fit = json.loads((tmp_path / f"budget-{budget}" / "fit.json").read_text())
+        pool_variants = [row for row in fit if row["user_share"] is None]
+        assert len(fit) == 4 * len(pool_variants)  # the pool's own plus one per share
+        scores = [row["valid_ndcg@20"] for row in fit]
+        assert scores == sorted(scores, reverse=True)  # best first
+        best = fit[0]
+        chosen = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
+        assert sparsity(chosen, MAX_SIZE) >= float(budget)
+        assert chosen[:num_users].mean() == pytest.approx(best["users_mean_size"])
+        assert chosen[num_users:].mean() == pytest.approx(best["items_mean_size"])
+        assert summary["budgets"][budget]["test"]["recall@20"] > 0
+    with pytest.raises(ConfigError, match="share_grid"):
+        dataclasses.replace(spec, share_grid=(1.0,))
+    with pytest.raises(ConfigError, match="supernet"):
+        dataclasses.replace(spec, evaluator=EvaluatorKind.RETRAIN)

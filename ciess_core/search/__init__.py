@@ -26,7 +26,14 @@ from ciess_core.search.networks import (
     normalise_action,
 )
 from ciess_core.search.penalty import PENALTY_BOUNDS, PenaltyControl, adjust_penalty, reward_scale
-from ciess_core.search.pool import POOL_SCHEMA_VERSION, AssignmentPool, PoolEntry, project_to_budget
+from ciess_core.search.pool import (
+    POOL_SCHEMA_VERSION,
+    AssignmentPool,
+    PoolEntry,
+    project_to_budget,
+    rescale_to_total,
+    split_budget,
+)
 from ciess_core.search.replay import ReplayBuffer, TransitionBatch
 from ciess_core.search.state import entity_states, minmax_scale, quality_ratio, reward
 from ciess_core.search.td3 import (
@@ -76,9 +83,11 @@ __all__ = [
     "project_to_budget",
     "quality_ratio",
     "random_walk",
+    "rescale_to_total",
     "reward",
     "reward_scale",
     "soft_update",
+    "split_budget",
     "start_sizes",
     "td3_target",
     "update",

@@ -37,11 +37,16 @@ from ciess_core.search.evaluators import (
     quality_signal,
 )
 from ciess_core.search.loop import SearchInputs, run_search
-from ciess_core.search.pool import AssignmentPool
+from ciess_core.search.pool import AssignmentPool, split_budget
 from ciess_core.sizes import SizeScheme, sparsity
 from ciess_core.training import TrainConfig, train_bpr
 
 logger = logging.getLogger(__name__)
+
+
+#: Users' shares of the budget tried by ``--fit-shares``: wide enough to hold every side split
+#: the ML-1M and Yelp2018 searches produce (users are 62 % and 45 % of their entities).
+DEFAULT_SHARE_GRID = tuple(round(0.3 + 0.05 * step, 2) for step in range(14))
 
 
 class EvaluatorKind(enum.Enum):
@@ -64,6 +69,13 @@ class PipelineSpec:
         retrain_batches: batches of each from-scratch training (the paper's evaluator).
         retrain_top: how many of each budget's best assignments are retrained (≤ pool size).
         protocol: how the retrained models are tested (clean or reference).
+        share_grid: users' shares of the budget to try for every pool assignment before
+            retraining (empty: off, the paper's). Each assignment is refitted to the budget at
+            each share (:func:`~ciess_core.search.pool.split_budget`), every variant (the
+            assignment as the pool gives it included) is scored by the evaluator on validation
+            with ``training.selection_metric``, and the best ``retrain_top`` are retrained. The
+            search's per-entity rewards cannot see how one side's sizes cost the other side's
+            quality; this step weighs the two sides against each other on the metric itself.
     """
 
     dataset: str
@@ -76,8 +88,17 @@ class PipelineSpec:
     retrain_batches: int = 1500
     retrain_top: int = 3
     protocol: Protocol = Protocol.CLEAN
+    share_grid: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        for share in self.share_grid:
+            if not 0.0 < share < 1.0:
+                raise ConfigError(f"share_grid values must lie in (0, 1), got {share}")
+        if self.share_grid and self.evaluator is not EvaluatorKind.SUPERNET:
+            raise ConfigError(
+                "share_grid scores every refitted variant and needs the supernet evaluator, "
+                f"got evaluator '{self.evaluator.value}'"
+            )
         if not 1 <= self.retrain_top <= self.search.pool_size:
             raise ConfigError(
                 f"retrain_top must lie in [1, pool size {self.search.pool_size}], "
@@ -215,6 +236,45 @@ def _retrain_budget(
     return result
 
 
+def _fit_shares(
+    spec: PipelineSpec,
+    evaluator: QualityEvaluator,
+    num_users: int,
+    budget: float,
+    candidates: list[np.ndarray],
+    directory: Path,
+) -> list[np.ndarray]:
+    """Refit each candidate at every share of ``spec.share_grid``; the best first.
+
+    Writes ``directory/fit.json``: every variant's share (null: as the pool gave it), users'
+    and items' mean sizes, sparsity and validation score.
+    """
+    metric = spec.training.selection_metric
+    scored: list[tuple[float, int, np.ndarray, dict[str, Any]]] = []
+    for index, sizes in enumerate(candidates):
+        variants: list[tuple[float | None, np.ndarray]] = [(None, sizes)]
+        variants += [
+            (share, split_budget(sizes, num_users, budget, share, spec.search.max_size))
+            for share in spec.share_grid
+        ]
+        for share, fitted in variants:
+            score = evaluator.evaluate(fitted).metrics[metric]
+            record = {
+                "candidate": index,
+                "user_share": share,
+                "users_mean_size": float(fitted[:num_users].mean()),
+                "items_mean_size": float(fitted[num_users:].mean()),
+                "sparsity": sparsity(fitted, spec.search.max_size),
+                f"valid_{metric}": score,
+            }
+            scored.append((score, len(scored), fitted, record))
+    scored.sort(key=lambda entry: (-entry[0], entry[1]))  # best first, ties: earlier
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_json(directory / "fit.json", [entry[3] for entry in scored])
+    logger.info("budget %g: best refit %s (%s %.4f)", budget, scored[0][3], metric, scored[0][0])
+    return [entry[2] for entry in scored]
+
+
 def run_pipeline(
     spec: PipelineSpec,
     split: DatasetSplit,
@@ -268,17 +328,27 @@ def run_pipeline(
         pool.save(pool_dir)
         _write_json(search_dir / "done.json", {"timings": dict(timings)})
     budgets = {}
+    fit_evaluator: QualityEvaluator | None = None
     for budget in spec.search.budgets:
-        candidates = pool.selection(budget)[: spec.retrain_top]
+        budget_dir = out / f"budget-{budget:g}"
+        candidates = pool.selection(budget)
         if not candidates:
             raise ConfigError(f"the search found no assignment for budget {budget}")
+        if spec.share_grid and not (budget_dir / "result.json").exists():
+            if fit_evaluator is None:
+                fit_evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
+                fit_evaluator.prepare()
+            stage_started = time.perf_counter()
+            candidates = _fit_shares(spec, fit_evaluator, num_users, budget, candidates, budget_dir)
+            timings[f"fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)
+        candidates = candidates[: spec.retrain_top]
         stage_started = time.perf_counter()
         budgets[f"{budget:g}"] = _retrain_budget(
             spec,
             split,
             budget,
             candidates,
-            out / f"budget-{budget:g}",
+            budget_dir,
             progress,
             dataset_fingerprint,
         )

@@ -24,7 +24,14 @@ import numpy as np
 from ciess_core.errors import ArtifactError, ConfigError
 from ciess_core.sizes import check_target_sparsity, parameter_budget
 
-__all__ = ["POOL_SCHEMA_VERSION", "AssignmentPool", "PoolEntry", "project_to_budget"]
+__all__ = [
+    "POOL_SCHEMA_VERSION",
+    "AssignmentPool",
+    "PoolEntry",
+    "project_to_budget",
+    "rescale_to_total",
+    "split_budget",
+]
 
 POOL_SCHEMA_VERSION = 1
 _INDEX_FILE = "pool.json"
@@ -92,6 +99,89 @@ def project_to_budget(sizes: np.ndarray, target_sparsity: float, max_size: int) 
         receivers = np.argsort(-(scaled - kept), kind="stable")[:remainder]
         kept[receivers] += 1
     return np.minimum(1 + kept, sizes)
+
+
+def rescale_to_total(sizes: np.ndarray, total: int, max_size: int) -> np.ndarray:
+    """Scale ``sizes`` by one factor, up or down, so that they sum to exactly ``total``.
+
+    Every size becomes clip(f·d, 1, max_size) for the largest f whose floored sizes fit in
+    ``total``; the dimensions still missing go one each to the sizes with the largest fractional
+    parts that have room. Relative sizes are kept as far as the bounds allow, and a larger size
+    never ends up smaller.
+
+    Args:
+        sizes: ``(N,)`` integer sizes in [1, max_size].
+        total: the wanted Σ d, in [N, N·max_size].
+        max_size: d_max.
+    """
+    sizes = _checked_sizes(sizes, max_size)
+    if not len(sizes) <= total <= len(sizes) * max_size:
+        raise ConfigError(f"{len(sizes)} sizes in [1, {max_size}] cannot sum to {total}")
+    weights = sizes.astype(np.float64)
+
+    def fitted(factor: float) -> np.ndarray:
+        return np.clip(factor * weights, 1.0, float(max_size))
+
+    low, high = 0.0, float(max_size)  # f = max_size puts every size at the cap
+    for _ in range(100):
+        middle = (low + high) / 2
+        if np.floor(fitted(middle)).sum() <= total:
+            low = middle
+        else:
+            high = middle
+    scaled = fitted(low)
+    kept = np.floor(scaled).astype(np.int64)
+    remainder = total - int(kept.sum())
+    if remainder > 0:
+        fractions = np.where(kept < max_size, scaled - kept, -1.0)
+        receivers = np.argsort(-fractions, kind="stable")[:remainder]
+        kept[receivers] += 1
+    return kept
+
+
+def split_budget(
+    sizes: np.ndarray, num_users: int, target_sparsity: float, user_share: float, max_size: int
+) -> np.ndarray:
+    """Refit an assignment to a budget with a given share of it for the users.
+
+    The budget ``parameter_budget(N, max_size, c)`` is split into round(share · budget) for the
+    users and the rest for the items (each clipped to what its side can hold), and each side is
+    rescaled with :func:`rescale_to_total`, keeping its own relative sizes. Σ d equals the budget
+    unless both sides are at a bound.
+
+    Args:
+        sizes: ``(N,)`` sizes of all users then items.
+        num_users: how many of them are users.
+        target_sparsity: the budget c.
+        user_share: the users' fraction of the budget, in (0, 1).
+        max_size: d_max.
+    """
+    sizes = _checked_sizes(sizes, max_size)
+    if not 0 < num_users < len(sizes):
+        raise ConfigError(f"num_users must lie in (0, {len(sizes)}), got {num_users}")
+    if not 0.0 < user_share < 1.0:
+        raise ConfigError(f"user_share must lie in (0, 1), got {user_share}")
+    num_items = len(sizes) - num_users
+    budget = parameter_budget(len(sizes), max_size, target_sparsity)
+    if budget < len(sizes):
+        raise ConfigError(
+            f"a budget of {budget} parameters cannot give {len(sizes)} entities one each "
+            f"(target sparsity {target_sparsity})"
+        )
+    users_total = round(user_share * budget)
+    # Each side keeps at least one dimension per entity and at most max_size per entity.
+    users_total = min(
+        max(users_total, num_users, budget - num_items * max_size),
+        num_users * max_size,
+        budget - num_items,
+    )
+    items_total = min(budget - users_total, num_items * max_size)
+    return np.concatenate(
+        [
+            rescale_to_total(sizes[:num_users], users_total, max_size),
+            rescale_to_total(sizes[num_users:], items_total, max_size),
+        ]
+    )
 
 
 def _checked_sizes(sizes: np.ndarray, max_size: int) -> np.ndarray:
