@@ -4,6 +4,7 @@ Usage:
     python bench/ciess.py run --backbone lightgcn --weight-decay 1e-3 --protocol reference
     python bench/ciess.py paper-cost --backbone lightgcn --weight-decay 1e-3
     python bench/ciess.py ablation --budgets 0.9 --variants walk-gaussian,no-walk,walk-ou,walk-uniform
+    python bench/ciess.py es-fit --item-quality own --supernet-batches 2000
     python bench/ciess.py report
 
 `run` executes (or resumes) `ciess_core.search.pipeline.run_pipeline` under
@@ -15,7 +16,9 @@ paper's evaluator (a model trained from scratch for 1,500 batches, then evaluate
 it by M·T. `ablation` runs the search once per exploration variant (spec §8: with and without the
 random walk, Gaussian, OU and uniform noise) at the given budget, each in its own work folder that
 starts from the `run` folder's full model and supernet (same data, backbone and schedules), and
-records rows with method `ciess-ablation`.
+records rows with method `ciess-ablation`. `es-fit` is the control for `run --fit-shares`: the
+same share fit applied to the ES assignment (equal sizes within each side, the users' share of
+the budget chosen on validation by the `run` folder's supernet), then retrained; rows `es-fit`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ from ciess_core.search.pipeline import (
     DEFAULT_SHARE_GRID,
     EvaluatorKind,
     PipelineSpec,
+    build_evaluator,
+    fit_shares,
+    retrain_budget,
     run_pipeline,
 )
 from ciess_core.sizes import equal_sizes
@@ -239,6 +245,44 @@ def run(arguments: argparse.Namespace) -> None:
     write_report(arguments.dataset)
 
 
+def es_fit(arguments: argparse.Namespace) -> None:
+    """The share fit applied to ES itself: per-side equal sizes, users' share picked on validation.
+
+    The control for ``--fit-shares``: it tells how much of a share-fitted CIESS result comes from
+    weighing users against items rather than from the search. Uses the `run` folder's supernet.
+    """
+    spec = dataclasses.replace(spec_from(arguments), share_grid=DEFAULT_SHARE_GRID)
+    split = split_per_user(
+        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
+    )
+    shared = run_dir(arguments)
+    out = WORK / f"es-fit-{shared.name}"
+    evaluator = build_evaluator(spec, split, cache_dir=shared / "supernet")
+    evaluator.prepare()
+    summary: dict[str, Any] = {"budgets": {}, "timings": {}}
+    for budget in spec.search.budgets:
+        directory = out / f"budget-{budget:g}"
+        started = time.perf_counter()
+        equal = equal_sizes(split.num_users + split.num_items, spec.search.max_size, budget)
+        fitted = fit_shares(spec, evaluator, split.num_users, budget, [equal], directory)
+        summary["timings"][f"fit_{budget:g}"] = round(time.perf_counter() - started, 2)
+        result = retrain_budget(spec, split, budget, fitted[:1], directory, progress=False)
+        summary["budgets"][f"{budget:g}"] = result
+        summary["timings"][f"retrain_{budget:g}"] = result["seconds"]
+    rows = [
+        r
+        for r in load_rows(results_path(arguments.dataset))
+        if not (
+            r["method"] == "es-fit"
+            and r["backbone"] == arguments.backbone
+            and r["protocol"] == arguments.protocol
+        )
+    ]
+    rows += budget_rows(arguments, "es-fit", summary)
+    save_json(results_path(arguments.dataset), rows)
+    write_report(arguments.dataset)
+
+
 def paper_cost(arguments: argparse.Namespace) -> None:
     """Time the paper's evaluator for one iteration; extrapolate to M·T iterations."""
     spec = spec_from(arguments)
@@ -291,6 +335,7 @@ def write_report(dataset: str) -> None:
         "",
     ]
     ablations = [r for r in rows if r["method"] == "ciess-ablation"]
+    fitted_es = [r for r in rows if r["method"] == "es-fit"]
     rows = [r for r in rows if r["method"] == "ciess"]
     for protocol in ("reference", "clean"):
         ours = [r for r in rows if r["protocol"] == protocol]
@@ -299,8 +344,9 @@ def write_report(dataset: str) -> None:
         lines += [
             f"## Test metrics, {protocol} protocol",
             "",
-            "Per backbone and budget: our full model, ES and MR (from `backbones.json`), then every "
-            "CIESS variant run (search settings in brackets), with its N@20 relative to our ES.",
+            "Per backbone and budget: our full model, ES and MR (from `backbones.json`), ES with "
+            "the share fit (`es-fit`, the control for CIESS's `share fit`), then every CIESS "
+            "variant run (search settings in brackets), with N@20 relative to our ES.",
             "",
             "| backbone | c | method | achieved c | R@5 | R@20 | N@5 | N@20 | N@20 vs our ES | "
             "paper CIESS R@20 | paper CIESS N@20 | time |",
@@ -317,6 +363,12 @@ def write_report(dataset: str) -> None:
                 and b.get("weight_decay") == ours[0]["weight_decay"]
                 and (b["target_sparsity"] in (None, target))
             ]
+            same += [
+                r
+                for r in fitted_es
+                if (r["backbone"], r["protocol"], r["target_sparsity"])
+                == (backbone, protocol, target)
+            ]
             es = next((b for b in same if b["method"] == "es"), None)
             variants = [
                 r for r in ours if (r["backbone"], r["target_sparsity"]) == (backbone, target)
@@ -326,7 +378,7 @@ def write_report(dataset: str) -> None:
                 is_ciess = entry["method"] == "ciess"
                 versus = (
                     f"{m['ndcg@20'] / es['metrics']['ndcg@20'] - 1:+.1%}"
-                    if is_ciess and es is not None
+                    if entry["method"] in ("ciess", "es-fit") and es is not None
                     else "–"
                 )
                 lines.append(
@@ -403,7 +455,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "paper-cost", "ablation"):
+    for name in ("run", "paper-cost", "ablation", "es-fit"):
         command = commands.add_parser(name)
         command.add_argument("--dataset", default="ml-1m")
         command.add_argument("--data-dir")
@@ -439,6 +491,8 @@ def main() -> None:
         run(arguments)
     elif arguments.command == "ablation":
         ablation(arguments)
+    elif arguments.command == "es-fit":
+        es_fit(arguments)
     else:
         paper_cost(arguments)
 

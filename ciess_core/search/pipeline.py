@@ -167,7 +167,7 @@ def build_evaluator(
     )
 
 
-def _retrain_budget(
+def retrain_budget(
     spec: PipelineSpec,
     split: DatasetSplit,
     budget: float,
@@ -236,7 +236,7 @@ def _retrain_budget(
     return result
 
 
-def _fit_shares(
+def fit_shares(
     spec: PipelineSpec,
     evaluator: QualityEvaluator,
     num_users: int,
@@ -339,11 +339,11 @@ def run_pipeline(
                 fit_evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
                 fit_evaluator.prepare()
             stage_started = time.perf_counter()
-            candidates = _fit_shares(spec, fit_evaluator, num_users, budget, candidates, budget_dir)
+            candidates = fit_shares(spec, fit_evaluator, num_users, budget, candidates, budget_dir)
             timings[f"fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)
         candidates = candidates[: spec.retrain_top]
         stage_started = time.perf_counter()
-        budgets[f"{budget:g}"] = _retrain_budget(
+        budgets[f"{budget:g}"] = retrain_budget(
             spec,
             split,
             budget,
