@@ -6,8 +6,9 @@ Stages, each writing its results under the output directory and skipped when alr
    its per-user and per-item validation quality are the denominators of the quality ratio.
 2. the evaluator's one-off preparation (the supernet, for the default evaluator).
 3. ``search/``: the episode loop with checkpoints, ``trace.jsonl`` and the assignment pool.
-4. ``budget-<c>/``: selective retraining of the pool's best assignments for each budget, the pick
-   on validation and the final test under the chosen protocol.
+4. ``budget-<c>/``: optionally the share fit (``fit.json``, see ``PipelineSpec.share_grid``),
+   then selective retraining of the best assignments for each budget, the pick on validation and
+   the final test under the chosen protocol.
 """
 
 from __future__ import annotations
