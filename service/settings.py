@@ -55,6 +55,9 @@ class Settings:
         search_episodes: episodes of a job's search.
         search_iterations: iterations per episode of a job's search.
         search_supernet_batches: supernet training batches of a job's search.
+        search_fit_shares: refit the search's assignment to the budget with the users' share
+            of it chosen on validation before retraining (``ciess search --fit-shares``; in
+            docs/benchmarks/ciess-ml-1m.md it lifts the search's result at every budget).
     """
 
     state_dir: Path = Path("state")
@@ -76,6 +79,7 @@ class Settings:
     search_episodes: int = 30
     search_iterations: int = 10
     search_supernet_batches: int = 3000
+    search_fit_shares: bool = False
 
     def __post_init__(self) -> None:
         for name in ("worker_poll_seconds", "model_poll_seconds", "stale_after_seconds"):

@@ -115,7 +115,7 @@ def _search_sizes(
 ) -> np.ndarray:
     """The CIESS pipeline's sizes for ``target``, reusing a finished search that covers it."""
     from ciess_core.search.config import SearchConfig
-    from ciess_core.search.pipeline import PipelineSpec, run_pipeline
+    from ciess_core.search.pipeline import DEFAULT_SHARE_GRID, PipelineSpec, run_pipeline
 
     described = {
         "fingerprint": fingerprint,
@@ -126,6 +126,8 @@ def _search_sizes(
         "max_batches": settings.job_max_batches,
         "budget": f"{target:.6g}",
     }
+    if settings.search_fit_shares:  # only when on, so that earlier searches keep their keys
+        described["fit_shares"] = True
     key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     directory = settings.state_dir / "searches" / key
     sizes_path = directory / f"budget-{target:g}" / "sizes.npy"
@@ -148,6 +150,7 @@ def _search_sizes(
         ),
         supernet_batches=settings.search_supernet_batches,
         retrain_top=1,
+        share_grid=DEFAULT_SHARE_GRID if settings.search_fit_shares else (),
     )
     report("sizing: CIESS search", 0.06, force=True)
     run_pipeline(spec, split, directory, progress=False)

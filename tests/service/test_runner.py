@@ -72,3 +72,25 @@ def test_a_job_refuses_other_data_than_the_served_models(settings: Settings) -> 
     with pytest.raises(DataError, match="fingerprint"):
         run_budget_job(dataclasses.replace(settings, dataset=str(other)), store, job)
     assert json.loads(json.dumps(store.get(job.id).params)) == {"target_sparsity": 0.5}
+
+
+def test_search_job_with_share_fitting_scores_the_shares_under_its_own_key(
+    settings: Settings,
+) -> None:
+    tiny = dataclasses.replace(
+        settings,
+        search_episodes=1,
+        search_iterations=2,
+        search_supernet_batches=5,
+        job_max_batches=5,
+        job_eval_every=5,
+        search_fit_shares=True,
+    )
+    store = JobStore(tiny.job_db_path)
+    out = run_budget_job(tiny, store, _job(store, target_sparsity=0.7, method="search"))
+    assert load_artifact(out).manifest.achieved_sparsity >= 0.7
+    (search,) = list((tiny.state_dir / "searches").iterdir())
+    assert json.loads((search / "job-spec.json").read_text())["fit_shares"] is True
+    fit = json.loads((search / "budget-0.7" / "fit.json").read_text())
+    assert len(fit) == 15  # the pool's one assignment as it is, then 14 shares
+    assert {row["user_share"] for row in fit} >= {None, 0.3, 0.95}
