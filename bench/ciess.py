@@ -142,6 +142,19 @@ def budget_rows(
     ]
 
 
+def same_search(row: dict[str, Any], arguments: argparse.Namespace) -> bool:
+    """Whether ``row`` came from a search with these arguments' backbone, protocol and options
+    (rows older than an option count as having had it off)."""
+    return (
+        row["backbone"] == arguments.backbone
+        and row["protocol"] == arguments.protocol
+        and row.get("item_quality", "users") == arguments.item_quality
+        and row.get("penalty_control", "fixed") == arguments.penalty_control
+        and bool(row.get("policy_rollouts")) == arguments.policy_rollouts
+        and bool(row.get("fit_shares")) == arguments.fit_shares
+    )
+
+
 ABLATION_VARIANTS = {
     "walk-gaussian": (True, ExplorationNoise.GAUSSIAN),
     "no-walk": (False, ExplorationNoise.GAUSSIAN),
@@ -174,14 +187,7 @@ def ablation(arguments: argparse.Namespace) -> None:
             for r in load_rows(results_path(arguments.dataset))
             if not (
                 r["method"] == "ciess-ablation"
-                and r["backbone"] == arguments.backbone
-                and r["protocol"] == arguments.protocol
-                and r.get("item_quality", "users") == arguments.item_quality
-                and r.get("penalty_control", "fixed") == arguments.penalty_control
-                and bool(r.get("policy_rollouts")) == arguments.policy_rollouts
-                and bool(r.get("fit_shares")) == arguments.fit_shares
-                and bool(r.get("policy_rollouts")) == arguments.policy_rollouts
-                and bool(r.get("fit_shares")) == arguments.fit_shares
+                and same_search(r, arguments)
                 and r.get("variant") == variant
             )
         ]
@@ -217,14 +223,9 @@ def run(arguments: argparse.Namespace) -> None:
         r
         for r in load_rows(results_path(arguments.dataset))
         if not (
-            r["backbone"] == arguments.backbone
-            and r["protocol"] == arguments.protocol
-            and r["method"] == "ciess"
+            r["method"] == "ciess"
             and r.get("evaluator") == arguments.evaluator
-            and r.get("item_quality", "users") == arguments.item_quality
-            and r.get("penalty_control", "fixed") == arguments.penalty_control
-            and bool(r.get("policy_rollouts")) == arguments.policy_rollouts
-            and bool(r.get("fit_shares")) == arguments.fit_shares
+            and same_search(r, arguments)
         )
     ]
     rows += budget_rows(

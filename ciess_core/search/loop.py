@@ -262,6 +262,16 @@ def run_search(
         logger.info("resuming the search after episode %d", first_episode)
     elif trace_path is not None:
         trace_path.write_text("")
+
+    def record(row: dict[str, Any]) -> None:
+        """Keep ``row`` in the trace, append it to ``trace_path`` and report it."""
+        trace.append(row)
+        if trace_path is not None:
+            with trace_path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        if on_iteration is not None:
+            on_iteration(row)
+
     evaluator.prepare()
     device = torch.device(config.device)
     total = config.total_episodes * config.iterations_per_episode
@@ -329,12 +339,7 @@ def run_search(
                 metrics=signal.metrics,
                 seconds=round(time.perf_counter() - iteration_started, 3),
             )
-            trace.append(row)
-            if trace_path is not None:
-                with trace_path.open("a") as handle:
-                    handle.write(json.dumps(row) + "\n")
-            if on_iteration is not None:
-                on_iteration(row)
+            record(row)
             if target is not None:
                 penalty = adjust_penalty(penalty, target, achieved, config.penalty_step)
             bar.update(1)
@@ -342,12 +347,7 @@ def run_search(
         if config.policy_rollouts:
             row = _policy_rollout(config, inputs, evaluator, sides, states, pool, device)
             row.update(episode=episode + 1, penalty=penalty, target_sparsity=target)
-            trace.append(row)
-            if trace_path is not None:
-                with trace_path.open("a") as handle:
-                    handle.write(json.dumps(row) + "\n")
-            if on_iteration is not None:
-                on_iteration(row)
+            record(row)
         if checkpoint_dir is not None:
             _save_checkpoint(checkpoint_dir, episode + 1, sides, pool, rng, trace, penalty)
     bar.close()

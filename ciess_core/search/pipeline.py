@@ -307,6 +307,7 @@ def run_pipeline(
     search_dir = out / "search"
     search_dir.mkdir(exist_ok=True)
     pool_dir = search_dir / "pool"
+    evaluator: QualityEvaluator | None = None  # built only when a stage needs it
     if (search_dir / "done.json").exists():
         pool = AssignmentPool.load(pool_dir)
         timings.update(json.loads((search_dir / "done.json").read_text())["timings"])
@@ -329,18 +330,17 @@ def run_pipeline(
         pool.save(pool_dir)
         _write_json(search_dir / "done.json", {"timings": dict(timings)})
     budgets = {}
-    fit_evaluator: QualityEvaluator | None = None
     for budget in spec.search.budgets:
         budget_dir = out / f"budget-{budget:g}"
         candidates = pool.selection(budget)
         if not candidates:
             raise ConfigError(f"the search found no assignment for budget {budget}")
         if spec.share_grid and not (budget_dir / "result.json").exists():
-            if fit_evaluator is None:
-                fit_evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
-                fit_evaluator.prepare()
+            if evaluator is None:  # the search was done by an earlier call
+                evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
+                evaluator.prepare()
             stage_started = time.perf_counter()
-            candidates = fit_shares(spec, fit_evaluator, num_users, budget, candidates, budget_dir)
+            candidates = fit_shares(spec, evaluator, num_users, budget, candidates, budget_dir)
             timings[f"fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)
         candidates = candidates[: spec.retrain_top]
         stage_started = time.perf_counter()

@@ -81,15 +81,10 @@ def project_to_budget(sizes: np.ndarray, target_sparsity: float, max_size: int) 
         ``(N,)`` int64 sizes with sparsity ≥ c.
     """
     sizes = _checked_sizes(sizes, max_size)
-    budget = parameter_budget(len(sizes), max_size, target_sparsity)
+    budget = _budget_with_room(len(sizes), max_size, target_sparsity)
     if int(sizes.sum()) <= budget:
         return sizes.copy()
     room = budget - len(sizes)
-    if room < 0:
-        raise ConfigError(
-            f"a budget of {budget} parameters cannot give {len(sizes)} entities one each "
-            f"(target sparsity {target_sparsity})"
-        )
     excess = sizes - 1
     scaled = excess * (room / float(excess.sum()))
     kept = np.floor(scaled).astype(np.int64)
@@ -162,12 +157,7 @@ def split_budget(
     if not 0.0 < user_share < 1.0:
         raise ConfigError(f"user_share must lie in (0, 1), got {user_share}")
     num_items = len(sizes) - num_users
-    budget = parameter_budget(len(sizes), max_size, target_sparsity)
-    if budget < len(sizes):
-        raise ConfigError(
-            f"a budget of {budget} parameters cannot give {len(sizes)} entities one each "
-            f"(target sparsity {target_sparsity})"
-        )
+    budget = _budget_with_room(len(sizes), max_size, target_sparsity)
     users_total = round(user_share * budget)
     # Each side keeps at least one dimension per entity and at most max_size per entity.
     users_total = min(
@@ -182,6 +172,17 @@ def split_budget(
             rescale_to_total(sizes[num_users:], items_total, max_size),
         ]
     )
+
+
+def _budget_with_room(num_entities: int, max_size: int, target_sparsity: float) -> int:
+    """``parameter_budget(N, max_size, c)``; ConfigError when it cannot give every entity one."""
+    budget = parameter_budget(num_entities, max_size, target_sparsity)
+    if budget < num_entities:
+        raise ConfigError(
+            f"a budget of {budget} parameters cannot give {num_entities} entities one each "
+            f"(target sparsity {target_sparsity})"
+        )
+    return budget
 
 
 def _checked_sizes(sizes: np.ndarray, max_size: int) -> np.ndarray:

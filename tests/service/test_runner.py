@@ -42,15 +42,21 @@ def test_equal_sizes_job_exports_an_artifact_within_the_budget(settings: Setting
     assert recorded.state is JobState.RUNNING  # the worker promotes and finishes it
 
 
-def test_search_job_runs_the_pipeline_once_and_reuses_it(settings: Settings) -> None:
-    tiny = dataclasses.replace(
+def _tiny_search(settings: Settings, **overrides: object) -> Settings:
+    """Search-job settings small enough for a test."""
+    return dataclasses.replace(
         settings,
         search_episodes=1,
         search_iterations=2,
         search_supernet_batches=5,
         job_max_batches=5,
         job_eval_every=5,
+        **overrides,  # type: ignore[arg-type]
     )
+
+
+def test_search_job_runs_the_pipeline_once_and_reuses_it(settings: Settings) -> None:
+    tiny = _tiny_search(settings)
     store = JobStore(tiny.job_db_path)
     first = run_budget_job(tiny, store, _job(store, target_sparsity=0.7, method="search"))
     manifest = load_artifact(first).manifest
@@ -77,15 +83,7 @@ def test_a_job_refuses_other_data_than_the_served_models(settings: Settings) -> 
 def test_search_job_with_share_fitting_scores_the_shares_under_its_own_key(
     settings: Settings,
 ) -> None:
-    tiny = dataclasses.replace(
-        settings,
-        search_episodes=1,
-        search_iterations=2,
-        search_supernet_batches=5,
-        job_max_batches=5,
-        job_eval_every=5,
-        search_fit_shares=True,
-    )
+    tiny = _tiny_search(settings, search_fit_shares=True)
     store = JobStore(tiny.job_db_path)
     out = run_budget_job(tiny, store, _job(store, target_sparsity=0.7, method="search"))
     assert load_artifact(out).manifest.achieved_sparsity >= 0.7
