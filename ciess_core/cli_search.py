@@ -98,7 +98,7 @@ def add_search_parser(subparsers: Any) -> None:
 def run_search_command(arguments: argparse.Namespace) -> int:
     from ciess_core.data import DATASETS, open_dataset, split_per_user
     from ciess_core.models import BackboneConfig, BackboneKind
-    from ciess_core.runs import Protocol
+    from ciess_core.runs import Protocol, jsonable
     from ciess_core.search.config import (
         ExplorationNoise,
         ItemQuality,
@@ -169,11 +169,10 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     described = _describe(spec)
     spec_path = out / "spec.json"
     stored = json.loads(spec_path.read_text()) if spec_path.exists() else None
-    if stored is not None:  # searches from before the option used the paper's item quality
-        stored.get("search", {}).setdefault("item_quality", "users")
-        stored.get("search", {}).setdefault("penalty_control", "fixed")
-        stored.get("search", {}).setdefault("penalty_step", 0.1)
-        stored.get("search", {}).setdefault("policy_rollouts", False)
+    if stored is not None:  # a search from before an option ran with the option's default
+        for name, default in jsonable(SearchConfig()).items():
+            stored.get("search", {}).setdefault(name, default)
+        stored.setdefault("share_grid", [])
     if stored is not None and stored != described:
         raise ConfigError(
             f"{out} holds a search with other settings ({spec_path}); "

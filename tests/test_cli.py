@@ -150,5 +150,13 @@ def test_search_runs_end_to_end_and_resumes(
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["achieved_sparsity"] >= 0.9
     assert main(arguments) == 0  # resumes: every stage is already done
+    # A search written before the newer options resumes too: they were off (their defaults).
+    spec_path = out / "spec.json"
+    older = json.loads(spec_path.read_text())
+    for name in ("item_quality", "penalty_control", "penalty_step", "policy_rollouts"):
+        del older["search"][name]
+    del older["share_grid"]
+    spec_path.write_text(json.dumps(older))
+    assert main(arguments) == 0
     assert main([*arguments[:-1], "--episodes", "3", "--no-progress"]) == 2
     assert "other settings" in capsys.readouterr().err
