@@ -1,14 +1,19 @@
-"""Backbone benchmark on ML-1M: full, ES and MR at 0.80/0.90/0.95 for LightGCN, NGCF and NCF.
+"""Backbone benchmark: full, ES and MR at 0.80/0.90/0.95 for LightGCN, NGCF and NCF (ML-1M by
+default; `--dataset yelp2018` for the Yelp2018 baselines of the CIESS report).
 
 Usage:
     python bench/backbones.py quality --data-dir ../shared/data --protocol reference
-    python bench/backbones.py speed --data-dir ../shared/data
+    python bench/backbones.py speed --data-dir ../shared/data [--device cuda]
+    python bench/backbones.py merge rows-a.json rows-b.json   # rows written elsewhere (--results)
     python bench/backbones.py report
 
 Every finished training run is appended to ``docs/benchmarks/backbones.json`` at once (a list of
 rows keyed by dataset, backbone, method, target_sparsity, protocol) and the markdown report is
 rewritten from the JSON, so an interrupted benchmark resumes where it stopped and never leaves a
-half-recorded table. Speed figures go to ``docs/benchmarks/backbones-speed.json``.
+half-recorded table. ``--results`` sends the rows to another file instead (one per process when
+several run at once, e.g. on a lent GPU machine); ``merge`` appends such files to the JSON twin.
+Speed figures go to ``docs/benchmarks/backbones-speed.json`` (``backbones-speed-cuda.json`` for
+``--device cuda``).
 """
 
 from __future__ import annotations
@@ -64,6 +69,14 @@ def machine() -> str:
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else []
+
+
+def speed_path(device: str) -> Path:
+    return (
+        SPEED
+        if device == "cpu"
+        else SPEED.with_name(f"backbones-speed-{device.split(':')[0]}.json")
+    )
 
 
 def save_json(path: Path, value: Any) -> None:
@@ -128,7 +141,7 @@ def run_one(
         device=arguments.device,
     )
     spec = RunSpec(
-        dataset="ml-1m",
+        dataset=arguments.dataset,
         backbone=BackboneConfig.default_for(BackboneKind(backbone), weight_decay=weight_decay),
         training=training,
         size_scheme=METHOD_SCHEME[method],
@@ -155,7 +168,7 @@ def run_one(
     tested = bool(outcome.test_metrics)
     metrics = outcome.test_metrics if tested else outcome.valid_metrics
     return {
-        "dataset": "ml-1m",
+        "dataset": arguments.dataset,
         "backbone": backbone,
         "method": method,
         "target_sparsity": target,
@@ -179,8 +192,11 @@ def run_one(
 
 
 def run_quality(arguments: argparse.Namespace) -> None:
-    split = split_per_user(load_dataset("ml-1m", resolve_data_dir(arguments.data_dir)), seed=42)
-    rows = load_rows(RESULTS)
+    split = split_per_user(
+        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
+    )
+    results = Path(arguments.results) if arguments.results else RESULTS
+    rows = load_rows(results)
     done = {row_key(row) for row in rows}
     protocol = Protocol(arguments.protocol)
     decays = parse_weight_decays(arguments.weight_decay)
@@ -192,7 +208,7 @@ def run_quality(arguments: argparse.Namespace) -> None:
             backbone, BackboneConfig.default_for(BackboneKind(backbone)).weight_decay
         )
         rate = rates.get(backbone, DEFAULT_LEARNING_RATE)
-        key = ("ml-1m", backbone, method, target, protocol.value, weight_decay, rate)
+        key = (arguments.dataset, backbone, method, target, protocol.value, weight_decay, rate)
         if key in done:
             continue
         logger.info("running %s", key)
@@ -208,14 +224,37 @@ def run_quality(arguments: argparse.Namespace) -> None:
                 learning_rate=rate,
             )
         )
-        save_json(RESULTS, rows)
-        write_report()
+        save_json(results, rows)
+        if results == RESULTS:
+            write_report()
         logger.info("done %s: %s", key, rows[-1]["metrics"])
+
+
+def merge_rows(target: Path, sources: list[Path]) -> int:
+    """Append the rows of ``sources`` to the JSON list at ``target`` (rows already there, equal in
+    every field, are skipped); returns how many were added."""
+    rows = load_rows(target)
+    added = 0
+    for source in sources:
+        for row in json.loads(source.read_text()):
+            if row not in rows:
+                rows.append(row)
+                added += 1
+    save_json(target, rows)
+    return added
+
+
+def run_merge(arguments: argparse.Namespace) -> None:
+    added = merge_rows(RESULTS, [Path(p) for p in arguments.files])
+    logger.info("merged %d rows into %s", added, RESULTS)
+    write_report()
 
 
 def run_tune(arguments: argparse.Namespace) -> None:
     """Weight-decay sweep on validation only (the selection stage of the clean protocol)."""
-    split = split_per_user(load_dataset("ml-1m", resolve_data_dir(arguments.data_dir)), seed=42)
+    split = split_per_user(
+        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
+    )
     rows = load_rows(TUNING)
     done = {row_key(row) for row in rows}
     for backbone, method, target in plan_runs(
@@ -227,7 +266,7 @@ def run_tune(arguments: argparse.Namespace) -> None:
             for rate in arguments.learning_rates.split(",")
         ]
         for weight_decay, rate in grid:
-            key = ("ml-1m", backbone, method, target, "tune", weight_decay, rate)
+            key = (arguments.dataset, backbone, method, target, "tune", weight_decay, rate)
             if key in done:
                 continue
             logger.info("tuning %s", key)
@@ -277,12 +316,19 @@ class DenseLightGCN(torch.nn.Module):
         return loss + 1e-4 * 0.5 * ego.pow(2).sum() / users.numel()
 
 
-def time_batches(step, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_batches(step, repeats: int, device: torch.device) -> float:  # type: ignore[no-untyped-def]
     step()
     step()
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(repeats):
         step()
+    synchronize(device)
     return (time.perf_counter() - started) / repeats
 
 
@@ -311,7 +357,10 @@ def run_speed(arguments: argparse.Namespace) -> None:
     from ciess_core.training import BprSampler
 
     data_dir = resolve_data_dir(arguments.data_dir)
+    device = torch.device(arguments.device)
     results: dict[str, Any] = {
+        "device": arguments.device,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "machine": machine(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "command": "python bench/backbones.py " + " ".join(sys.argv[1:]),
@@ -323,13 +372,15 @@ def run_speed(arguments: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     batch = sampler.sample(10_000, rng)
     users, positives, negatives = (
-        torch.from_numpy(x) for x in (batch.users, batch.positives, batch.negatives)
+        torch.from_numpy(x).to(device) for x in (batch.users, batch.positives, batch.negatives)
     )
     adjacency = symmetric_normalized_adjacency(train).tocoo()
     coo = torch.sparse_coo_tensor(
-        np.vstack([adjacency.row, adjacency.col]), adjacency.data, adjacency.shape
+        torch.from_numpy(np.vstack([adjacency.row, adjacency.col]).astype(np.int64)),
+        torch.from_numpy(adjacency.data.astype(np.float32)),
+        adjacency.shape,
     ).coalesce()
-    dense = DenseLightGCN(coo, train.shape[0], sum(train.shape))
+    dense = DenseLightGCN(coo.to(device), train.shape[0], sum(train.shape)).to(device)
     dense_optimizer = torch.optim.Adam(dense.parameters(), lr=0.03)
 
     def dense_step() -> None:
@@ -338,12 +389,14 @@ def run_speed(arguments: argparse.Namespace) -> None:
         loss.backward()
         dense_optimizer.step()
 
-    timings = {"dense_lightgcn_coo": time_batches(dense_step, arguments.repeats)}
+    timings = {"dense_lightgcn_coo": time_batches(dense_step, arguments.repeats, device)}
     for label, size in (("ours_full", 128), ("ours_es_0.8", 26)):
-        model = build_backbone(BackboneConfig(), train, torch.Generator().manual_seed(0))
-        model.set_embedding_sizes(torch.full((model.num_entities,), size))
+        model = build_backbone(
+            BackboneConfig(), train, torch.Generator(device=device).manual_seed(0)
+        )
+        model.set_embedding_sizes(torch.full((model.num_entities,), size, device=device))
         step = masked_step(model, users, positives, negatives)
-        timings[label] = time_batches(step, arguments.repeats)
+        timings[label] = time_batches(step, arguments.repeats, device)
     results["train_batch_seconds"] = {k: round(v, 4) for k, v in timings.items()}
     results["train_batch_size"] = 10_000
     # Evaluation of every user, ML-1M and Yelp2018, in subprocesses for a clean peak-memory figure.
@@ -357,13 +410,15 @@ def run_speed(arguments: argparse.Namespace) -> None:
                 dataset,
                 "--data-dir",
                 str(data_dir),
+                "--device",
+                arguments.device,
             ],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
         results[f"eval_{dataset}"] = json.loads(output.strip().splitlines()[-1])
-    save_json(SPEED, results)
+    save_json(Path(arguments.output) if arguments.output else speed_path(arguments.device), results)
     write_report()
     print(json.dumps(results, indent=1))
 
@@ -372,13 +427,17 @@ def run_eval_speed(arguments: argparse.Namespace) -> None:
     data = load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir))
     split = split_per_user(data, seed=42)
     train, test = split.phase(Phase.TEST)
-    model = build_backbone(BackboneConfig(), train, torch.Generator().manual_seed(0)).eval()
+    device = torch.device(arguments.device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    model = build_backbone(BackboneConfig(), train, generator).eval()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     evaluate_model(model, train, test)  # warm-up
     timings = []
     for _ in range(3):
+        synchronize(device)
         started = time.perf_counter()
         result = evaluate_model(model, train, test)
+        synchronize(device)
         timings.append(time.perf_counter() - started)
     with torch.no_grad():
         representation = model.represent()
@@ -386,7 +445,10 @@ def run_eval_speed(arguments: argparse.Namespace) -> None:
         for _ in range(3):
             from ciess_core.evaluation import evaluate_full_ranking
 
-            evaluate_full_ranking(lambda u: model.score_all_items(representation, u), train, test)
+            evaluate_full_ranking(
+                lambda u: model.score_all_items(representation, u), train, test, device=device
+            )
+        synchronize(device)
         ranking_only = (time.perf_counter() - started) / 3
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
@@ -400,6 +462,11 @@ def run_eval_speed(arguments: argparse.Namespace) -> None:
                 "seconds_median": round(float(np.median(timings)), 3),
                 "ranking_seconds_without_propagation": round(ranking_only, 3),
                 "peak_rss_mb": round(peak, 1),
+                "peak_gpu_mb": (
+                    round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                    if device.type == "cuda"
+                    else None
+                ),
                 "rss_before_eval_mb": round(rss_before, 1),
             }
         )
@@ -410,51 +477,110 @@ def fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
+def quality_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
+    """Rows of one dataset and protocol, each beside the paper's row for it."""
+    lines = [
+        "| backbone | L2 / lr | method | target c | achieved c | R@5 | R@20 | N@5 | N@20 | "
+        "paper R@5 | paper R@20 | paper N@5 | paper N@20 | ours/paper N@20 | "
+        "batches (best) | device | time |",
+        "|" + "---|" * 17,
+    ]
+    for row in rows:
+        paper = paper_row(row["backbone"], row["method"], row["target_sparsity"] or 0.0, dataset)
+        m = row["metrics"]
+        ratio = "–" if paper is None else f"{m['ndcg@20'] / paper['ndcg@20']:.3f}"
+        target = "–" if row["target_sparsity"] is None else f"{row['target_sparsity']:.2f}"
+        recipe = (
+            f"{row.get('weight_decay', 0):g} / {row.get('learning_rate', DEFAULT_LEARNING_RATE):g}"
+        )
+        lines.append(
+            f"| {row['backbone']} | {recipe} | {row['method']} | {target} | "
+            f"{row['achieved_sparsity']:.4f} | {fmt(m['recall@5'])} | {fmt(m['recall@20'])} | "
+            f"{fmt(m['ndcg@5'])} | {fmt(m['ndcg@20'])} | "
+            + " | ".join(fmt(None if paper is None else paper[k]) for k in PAPER_METRICS)
+            + f" | {ratio} | {row['batches']} ({row['best_batch']}) | {row.get('device', 'cpu')} | "
+            f"{row['seconds'] / 60:.1f} min |"
+        )
+    return [*lines, ""]
+
+
+def speed_section(speeds: list[dict[str, Any]]) -> list[str]:
+    """Training-batch and evaluation timings, one column per device measured."""
+    label = {
+        "dense_lightgcn_coo": "plain dense PyTorch LightGCN (nn.Embedding, COO sparse.mm)",
+        "ours_full": "ours, full width (masked, CSR propagation)",
+        "ours_es_0.8": "ours, ES at 80 % (d = 26, computed at width 26)",
+    }
+    columns = [s.get("gpu") or f"CPU ({s.get('device', 'cpu')})" for s in speeds]
+    lines = ["## Speed", ""]
+    for speed, column in zip(speeds, columns, strict=True):
+        lines.append(f"- {column}: {speed['machine']}; {speed['date']}; `{speed['command']}`.")
+    lines += [
+        "",
+        f"One LightGCN training batch on ML-1M ({speeds[0]['train_batch_size']} users, one "
+        "positive and one negative each, train ∪ valid graph), forward + backward + Adam step, "
+        "seconds:",
+        "",
+        "| model | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(speeds),
+    ]
+    for key, text in label.items():
+        lines.append(
+            f"| {text} | "
+            + " | ".join(f"{s['train_batch_seconds'][key]:.4f}" for s in speeds)
+            + " |"
+        )
+    lines += [
+        "",
+        "Evaluation of every user (full ranking, top-20, LightGCN 128-d; propagation included; "
+        "best of 3, and the ranking alone):",
+        "",
+        "| dataset | users × items | device | seconds | of which ranking | peak RSS | peak GPU memory |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dataset in ("ml-1m", "yelp2018"):
+        for speed, column in zip(speeds, columns, strict=True):
+            e = speed.get(f"eval_{dataset}")
+            if e:
+                gpu = e.get("peak_gpu_mb")
+                lines.append(
+                    f"| {dataset} | {e['users']} × {e['items']} | {column} | "
+                    f"{e['seconds_best']:.3f} | {e['ranking_seconds_without_propagation']:.3f} | "
+                    f"{e['peak_rss_mb']:.0f} MB | "
+                    + ("–" if gpu is None else f"{gpu:.0f} MB")
+                    + " |"
+                )
+    return [*lines, ""]
+
+
 def write_report() -> None:
     rows = load_rows(RESULTS)
-    speed = json.loads(SPEED.read_text()) if SPEED.exists() else None
+    speeds = [
+        json.loads(path.read_text())
+        for path in [SPEED, *sorted(SPEED.parent.glob("backbones-speed-*.json"))]
+        if path.exists()
+    ]
     lines = [
-        "# Backbones on ML-1M: full size, ES and MR",
+        "# Backbones: full size, ES and MR",
         "",
         "Produced by `bench/backbones.py` (JSON twin: `backbones.json`, one row per training run; "
-        "speed figures: `backbones-speed.json`). Split 50/25/25 per user, seed 42; full ranking "
+        "speed figures: `backbones-speed*.json`). Split 50/25/25 per user, seed 42; full ranking "
         "over all items with seen items excluded; d_max 128. Paper numbers are the CIESS paper's "
         "Table 1 (references, not ours); ours at *reference* protocol are the ones to compare with "
-        "them (CIESS.md §3), *clean* ones are what users should trust.",
+        "them (CIESS.md §3), *clean* ones are what users should trust. The device column says where "
+        "a row was trained: `cpu` is this 2-core machine, `cuda` a lent GPU machine (its card in "
+        "the row's `machine` field).",
         "",
     ]
     if rows:
-        lines += ["Machine: " + rows[-1]["machine"], ""]
-    for protocol in ("reference", "clean"):
-        chosen = [r for r in rows if r["protocol"] == protocol]
-        if not chosen:
-            continue
-        lines += [
-            f"## Test metrics, {protocol} protocol",
-            "",
-            "| backbone | L2 / lr | method | target c | achieved c | R@5 | R@20 | N@5 | N@20 | "
-            "paper R@5 | paper R@20 | paper N@5 | paper N@20 | ours/paper N@20 | "
-            "batches (best) | time |",
-            "|" + "---|" * 16,
-        ]
-        for row in chosen:
-            paper = paper_row(row["backbone"], row["method"], row["target_sparsity"] or 0.0)
-            m = row["metrics"]
-            ratio = "–" if paper is None else f"{m['ndcg@20'] / paper['ndcg@20']:.3f}"
-            target = "–" if row["target_sparsity"] is None else f"{row['target_sparsity']:.2f}"
-            recipe = (
-                f"{row.get('weight_decay', 0):g} / "
-                f"{row.get('learning_rate', DEFAULT_LEARNING_RATE):g}"
-            )
-            lines.append(
-                f"| {row['backbone']} | {recipe} | {row['method']} | {target} | "
-                f"{row['achieved_sparsity']:.4f} | {fmt(m['recall@5'])} | {fmt(m['recall@20'])} | "
-                f"{fmt(m['ndcg@5'])} | {fmt(m['ndcg@20'])} | "
-                + " | ".join(fmt(None if paper is None else paper[k]) for k in PAPER_METRICS)
-                + f" | {ratio} | {row['batches']} ({row['best_batch']}) | {row['seconds'] / 60:.1f} min |"
-            )
-        lines.append("")
-    lines += bar_checks(rows)
+        lines += ["Machine (latest row): " + rows[-1]["machine"], ""]
+    for dataset in ("ml-1m", "yelp2018"):
+        for protocol in ("reference", "clean"):
+            chosen = [r for r in rows if r["protocol"] == protocol and r["dataset"] == dataset]
+            if chosen:
+                lines += [f"## {dataset}: test metrics, {protocol} protocol", ""]
+                lines += quality_table(chosen, dataset)
+    lines += bar_checks([r for r in rows if r["dataset"] == "ml-1m"])
     notes = RESULTS.with_name("backbones.notes.md")
     if notes.exists():  # hand-written findings, kept apart so that regenerating keeps them
         lines += ["## Findings", "", notes.read_text().strip(), ""]
@@ -480,35 +606,8 @@ def write_report() -> None:
                 f"{row['best_batch']} | {row['seconds'] / 60:.1f} min |"
             )
         lines.append("")
-    if speed:
-        t = speed["train_batch_seconds"]
-        lines += [
-            "## Speed",
-            "",
-            f"Machine: {speed['machine']}; {speed['date']}; `{speed['command']}`.",
-            "",
-            f"One LightGCN training batch on ML-1M ({speed['train_batch_size']} users, one positive "
-            "and one negative each, train ∪ valid graph), forward + backward + Adam step:",
-            "",
-            "| model | seconds / batch |",
-            "|---|---|",
-            f"| plain dense PyTorch LightGCN (nn.Embedding, COO sparse.mm) | {t['dense_lightgcn_coo']:.3f} |",
-            f"| ours, full width (masked, CSR propagation) | {t['ours_full']:.3f} |",
-            f"| ours, ES at 80 % (d = 26, computed at width 26) | {t['ours_es_0.8']:.3f} |",
-            "",
-            "Evaluation of every user (full ranking, top-20, LightGCN 128-d):",
-            "",
-            "| dataset | users × items | seconds (best of 3) | of which ranking | peak RSS |",
-            "|---|---|---|---|---|",
-        ]
-        for dataset in ("ml-1m", "yelp2018"):
-            e = speed.get(f"eval_{dataset}")
-            if e:
-                lines.append(
-                    f"| {dataset} | {e['users']} × {e['items']} | {e['seconds_best']:.2f} | "
-                    f"{e['ranking_seconds_without_propagation']:.2f} | {e['peak_rss_mb']:.0f} MB |"
-                )
-        lines.append("")
+    if speeds:
+        lines += speed_section(speeds)
     REPORT.write_text("\n".join(lines) + "\n")
 
 
@@ -561,6 +660,10 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     quality = commands.add_parser("quality", help="train and test every configuration (resumable)")
     quality.add_argument("--data-dir")
+    quality.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "yelp2018"])
+    quality.add_argument(
+        "--results", help="JSON file the rows go to (default: docs/benchmarks/backbones.json)"
+    )
     quality.add_argument("--protocol", default="reference", choices=["reference", "clean"])
     quality.add_argument("--backbones", default="lightgcn,ngcf,ncf")
     quality.add_argument("--methods", default="full,es,mr")
@@ -583,6 +686,7 @@ def main() -> None:
     )
     tune = commands.add_parser("tune", help="weight-decay sweep on validation (resumable)")
     tune.add_argument("--data-dir")
+    tune.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "yelp2018"])
     tune.add_argument("--backbones", default="lightgcn")
     tune.add_argument("--methods", default="full,es")
     tune.add_argument("--sparsities", default="0.8")
@@ -597,9 +701,14 @@ def main() -> None:
     speed = commands.add_parser("speed", help="training-batch and evaluation timings")
     speed.add_argument("--data-dir")
     speed.add_argument("--repeats", type=int, default=10)
+    speed.add_argument("--device", default="cpu")
+    speed.add_argument("--output", help="JSON file (default: backbones-speed[-<device>].json)")
     eval_speed = commands.add_parser("eval-speed", help=argparse.SUPPRESS)
     eval_speed.add_argument("--dataset", required=True)
     eval_speed.add_argument("--data-dir")
+    eval_speed.add_argument("--device", default="cpu")
+    merge = commands.add_parser("merge", help="append rows written with --results to the JSON twin")
+    merge.add_argument("files", nargs="+")
     commands.add_parser("report", help="rewrite the markdown report from the JSON files")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -608,6 +717,7 @@ def main() -> None:
         "tune": run_tune,
         "speed": run_speed,
         "eval-speed": run_eval_speed,
+        "merge": run_merge,
         "report": lambda _: write_report(),
     }[arguments.command](arguments)
 

@@ -5,13 +5,16 @@ Usage:
     python bench/ciess.py paper-cost --backbone lightgcn --weight-decay 1e-3
     python bench/ciess.py ablation --budgets 0.9 --variants walk-gaussian,no-walk,walk-ou,walk-uniform
     python bench/ciess.py es-fit --item-quality own --supernet-batches 2000
+    python bench/ciess.py merge --dataset yelp2018 rows.json   # rows written with --results
     python bench/ciess.py report
 
 `run` executes (or resumes) `ciess_core.search.pipeline.run_pipeline` under
 `bench/_work/ciess-<dataset>-<backbone>-<protocol>/` and appends one row per budget to
 `docs/benchmarks/ciess-<dataset>.json`, keyed like the backbones report. The ES, MR and full rows
 come from `docs/benchmarks/backbones.json` (same code, split, seed, protocol and weight decay; run
-`bench/backbones.py quality` with the same settings). `paper-cost` times one iteration of the
+`bench/backbones.py quality` with the same settings). `--device cuda` runs every stage on a GPU;
+`--results FILE` sends the rows to another file (for runs on a lent machine), which `merge` then
+appends to the dataset's JSON twin. `paper-cost` times one iteration of the
 paper's evaluator (a model trained from scratch for 1,500 batches, then evaluated) and multiplies
 it by M·T. `ablation` runs the search once per exploration variant (spec §8: with and without the
 random walk, Gaussian, OU and uniform noise) at the given budget, each in its own work folder that
@@ -37,8 +40,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from backbones import RESULTS as BACKBONE_RESULTS
-from backbones import load_rows, machine, save_json
-from paper import PAPER_ABLATION_ML1M, PAPER_METRICS, paper_row
+from backbones import load_rows, machine, merge_rows, save_json
+from paper import PAPER_ABLATION_ML1M, PAPER_METRICS, bet_row, paper_row
 
 from ciess_core.data import DATASETS, Phase, load_dataset, resolve_data_dir, split_per_user
 from ciess_core.models import BackboneConfig, BackboneKind
@@ -58,12 +61,18 @@ from ciess_core.sizes import equal_sizes
 from ciess_core.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_LEARNING_RATE = TrainConfig().learning_rate
 WORK = ROOT / "bench" / "_work"
 logger = logging.getLogger("bench.ciess")
 
 
 def results_path(dataset: str) -> Path:
     return ROOT / "docs" / "benchmarks" / f"ciess-{dataset}.json"
+
+
+def rows_path(arguments: argparse.Namespace) -> Path:
+    """Where this command's rows go: ``--results`` if given, else the dataset's JSON twin."""
+    return Path(arguments.results) if arguments.results else results_path(arguments.dataset)
 
 
 def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
@@ -73,7 +82,12 @@ def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
         dataset=arguments.dataset,
         backbone=BackboneConfig.default_for(kind, weight_decay=arguments.weight_decay),
         training=TrainConfig(
-            max_batches=arguments.max_batches, eval_every=200, patience=3, seed=arguments.seed
+            learning_rate=arguments.learning_rate,
+            max_batches=arguments.max_batches,
+            eval_every=200,
+            patience=3,
+            seed=arguments.seed,
+            device=arguments.device,
         ),
         search=SearchConfig(
             num_episodes=arguments.episodes,
@@ -85,6 +99,7 @@ def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
             penalty_control=PenaltyControl(arguments.penalty_control),
             penalty_step=arguments.penalty_step,
             policy_rollouts=arguments.policy_rollouts,
+            device=arguments.device,
         ),
         evaluator=EvaluatorKind(arguments.evaluator),
         supernet_batches=arguments.supernet_batches,
@@ -107,6 +122,8 @@ def run_dir(arguments: argparse.Namespace) -> Path:
         name += "-rollouts"
     if arguments.fit_shares:
         name += "-fit"
+    if arguments.learning_rate != DEFAULT_LEARNING_RATE:
+        name += f"-lr{arguments.learning_rate:g}"
     return WORK / name
 
 
@@ -124,6 +141,8 @@ def budget_rows(
             "split": "test",
             "protocol": arguments.protocol,
             "weight_decay": arguments.weight_decay,
+            "learning_rate": arguments.learning_rate,
+            "device": arguments.device,
             "evaluator": arguments.evaluator,
             "item_quality": arguments.item_quality,
             "penalty_control": arguments.penalty_control,
@@ -152,6 +171,8 @@ def same_search(row: dict[str, Any], arguments: argparse.Namespace) -> bool:
         and row.get("penalty_control", "fixed") == arguments.penalty_control
         and bool(row.get("policy_rollouts")) == arguments.policy_rollouts
         and bool(row.get("fit_shares")) == arguments.fit_shares
+        and row.get("learning_rate", DEFAULT_LEARNING_RATE) == arguments.learning_rate
+        and row.get("device", "cpu") == arguments.device
     )
 
 
@@ -184,7 +205,7 @@ def ablation(arguments: argparse.Namespace) -> None:
         summary = run_pipeline(spec, split, out, progress=not arguments.no_progress)
         rows = [
             r
-            for r in load_rows(results_path(arguments.dataset))
+            for r in load_rows(rows_path(arguments))
             if not (
                 r["method"] == "ciess-ablation"
                 and same_search(r, arguments)
@@ -207,7 +228,7 @@ def ablation(arguments: argparse.Namespace) -> None:
             search_min_sparsity=round(min(t["sparsity"] for t in trace), 6),
             search_max_sparsity=round(max(t["sparsity"] for t in trace), 6),
         )
-        save_json(results_path(arguments.dataset), rows)
+        save_json(rows_path(arguments), rows)
         write_report(arguments.dataset)
 
 
@@ -221,7 +242,7 @@ def run(arguments: argparse.Namespace) -> None:
     summary = run_pipeline(spec, split, out, progress=not arguments.no_progress)
     rows = [
         r
-        for r in load_rows(results_path(arguments.dataset))
+        for r in load_rows(rows_path(arguments))
         if not (
             r["method"] == "ciess"
             and r.get("evaluator") == arguments.evaluator
@@ -241,7 +262,7 @@ def run(arguments: argparse.Namespace) -> None:
             "retrain_top": spec.retrain_top,
         },
     )
-    save_json(results_path(arguments.dataset), rows)
+    save_json(rows_path(arguments), rows)
     logger.info("pipeline call took %.0f s", time.perf_counter() - started)
     write_report(arguments.dataset)
 
@@ -272,7 +293,7 @@ def es_fit(arguments: argparse.Namespace) -> None:
         summary["timings"][f"retrain_{budget:g}"] = result["seconds"]
     rows = [
         r
-        for r in load_rows(results_path(arguments.dataset))
+        for r in load_rows(rows_path(arguments))
         if not (
             r["method"] == "es-fit"
             and r["backbone"] == arguments.backbone
@@ -280,7 +301,7 @@ def es_fit(arguments: argparse.Namespace) -> None:
         )
     ]
     rows += budget_rows(arguments, "es-fit", summary)
-    save_json(results_path(arguments.dataset), rows)
+    save_json(rows_path(arguments), rows)
     write_report(arguments.dataset)
 
 
@@ -291,12 +312,19 @@ def paper_cost(arguments: argparse.Namespace) -> None:
         load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
     )
     train, valid = split.phase(Phase.SEARCH)
-    training = TrainConfig(max_batches=arguments.paper_batches, eval_every=0, seed=arguments.seed)
+    training = TrainConfig(
+        learning_rate=arguments.learning_rate,
+        max_batches=arguments.paper_batches,
+        eval_every=0,
+        seed=arguments.seed,
+        device=arguments.device,
+    )
     evaluator = RetrainEvaluator(train, valid, spec.backbone, training)
     sizes = equal_sizes(split.num_users + split.num_items, 128, 0.8)
     signal = evaluator.evaluate(sizes)
     iterations = spec.search.num_episodes * spec.search.iterations_per_episode
-    path = WORK / f"paper-cost-{arguments.dataset}-{arguments.backbone}.json"
+    suffix = "" if arguments.device == "cpu" else f"-{arguments.device.split(':')[0]}"
+    path = WORK / f"paper-cost-{arguments.dataset}-{arguments.backbone}{suffix}.json"
     save_json(
         path,
         {
@@ -314,6 +342,8 @@ def paper_cost(arguments: argparse.Namespace) -> None:
 def variant_label(row: dict[str, Any]) -> str:
     """The search settings that tell one CIESS row from another, in a few words."""
     parts = [row["evaluator"], f"item q {row.get('item_quality', 'users')}"]
+    if row.get("learning_rate", DEFAULT_LEARNING_RATE) != DEFAULT_LEARNING_RATE:
+        parts.append(f"lr {row['learning_rate']:g}")
     if row.get("penalty_control", "fixed") != "fixed":
         parts.append(f"λ {row['penalty_control']}")
     if row.get("policy_rollouts"):
@@ -350,18 +380,26 @@ def write_report(dataset: str) -> None:
             "variant run (search settings in brackets), with N@20 relative to our ES.",
             "",
             "| backbone | c | method | achieved c | R@5 | R@20 | N@5 | N@20 | N@20 vs our ES | "
-            "paper CIESS R@20 | paper CIESS N@20 | time |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "paper CIESS R@20 | paper CIESS N@20 | BET R@20 / N@20 | device | time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         groups = sorted({(r["backbone"], r["target_sparsity"]) for r in ours})
         for backbone, target in groups:
-            paper = paper_row(backbone, "ciess", target)
+            paper = paper_row(backbone, "ciess", target, dataset)
+            bet = bet_row(backbone, target, dataset)
+            variants = [
+                r for r in ours if (r["backbone"], r["target_sparsity"]) == (backbone, target)
+            ]
+            recipes = {
+                (r["weight_decay"], r.get("learning_rate", DEFAULT_LEARNING_RATE)) for r in variants
+            }
             same = [
                 b
                 for b in baselines
                 if b["backbone"] == backbone
                 and b["protocol"] == protocol
-                and b.get("weight_decay") == ours[0]["weight_decay"]
+                and (b.get("weight_decay"), b.get("learning_rate", DEFAULT_LEARNING_RATE))
+                in recipes
                 and (b["target_sparsity"] in (None, target))
             ]
             same += [
@@ -370,10 +408,7 @@ def write_report(dataset: str) -> None:
                 if (r["backbone"], r["protocol"], r["target_sparsity"])
                 == (backbone, protocol, target)
             ]
-            es = next((b for b in same if b["method"] == "es"), None)
-            variants = [
-                r for r in ours if (r["backbone"], r["target_sparsity"]) == (backbone, target)
-            ]
+            es = next((b for b in reversed(same) if b["method"] == "es"), None)  # the latest
             for entry in [*sorted(same, key=lambda b: b["method"]), *variants]:
                 m = entry["metrics"]
                 is_ciess = entry["method"] == "ciess"
@@ -392,17 +427,26 @@ def write_report(dataset: str) -> None:
                         if paper and is_ciess
                         else "– | –"
                     )
-                    + f" | {entry['seconds'] / 60:.1f} min |"
+                    + " | "
+                    + (
+                        f"{bet['recall@20']:.4f} / {bet['ndcg@20']:.4f}"
+                        if bet and is_ciess
+                        else "–"
+                    )
+                    + f" | {entry.get('device', 'cpu')} | {entry['seconds'] / 60:.1f} min |"
                 )
         lines.append("")
-        timings = ours[-1].get("pipeline_timings", {})
-        if timings:
-            lines += [
-                "Pipeline wall time per stage (seconds): "
-                + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
-                + f"; total {sum(timings.values()) / 60:.1f} min.",
-                "",
-            ]
+        for backbone in sorted({r["backbone"] for r in ours}):
+            latest = [r for r in ours if r["backbone"] == backbone][-1]
+            timings = latest.get("pipeline_timings", {})
+            if timings:
+                lines += [
+                    f"{backbone}, latest run ({variant_label(latest)}, "
+                    f"{latest.get('device', 'cpu')}): pipeline wall time per stage (seconds): "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+                    + f"; total {sum(timings.values()) / 60:.1f} min.",
+                    "",
+                ]
     if ablations:
         lines += [
             "## Ablation of the exploration (spec §8)",
@@ -419,7 +463,7 @@ def write_report(dataset: str) -> None:
         for r in sorted(
             ablations, key=lambda r: (r["backbone"], r["target_sparsity"], r["variant"])
         ):
-            paper = (
+            ablation_paper = (
                 PAPER_ABLATION_ML1M.get((round(r["target_sparsity"], 2), r["variant"]))
                 if dataset == "ml-1m" and r["backbone"] == "lightgcn"
                 else None
@@ -428,7 +472,7 @@ def write_report(dataset: str) -> None:
                 f"| {r['backbone']} | {r['protocol']} | {r.get('item_quality', 'users')} | "
                 f"{r['target_sparsity']:.2f} | {r['variant']} | {r['achieved_sparsity']:.4f} | "
                 f"{r['metrics']['recall@20']:.4f} | {r['metrics']['ndcg@20']:.4f} | "
-                + (f"{paper[0]:.4f} / {paper[1]:.4f}" if paper else "–")
+                + (f"{ablation_paper[0]:.4f} / {ablation_paper[1]:.4f}" if ablation_paper else "–")
                 + " | "
                 f"{r['search_best_mean_quality']:.4f} | {r['search_last_episode_reward']:.4f} | "
                 f"{r['search_min_sparsity']:.3f}–{r['search_max_sparsity']:.3f} | "
@@ -479,14 +523,28 @@ def main() -> None:
         command.add_argument("--max-batches", type=int, default=4000)
         command.add_argument("--paper-batches", type=int, default=1500)
         command.add_argument("--seed", type=int, default=42)
+        command.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE)
+        command.add_argument("--device", default="cpu", help="cpu or cuda[:N] (every stage)")
+        command.add_argument(
+            "--results",
+            help="JSON file the rows go to (default: docs/benchmarks/ciess-<dataset>.json)",
+        )
         command.add_argument("--no-progress", action="store_true")
         if name == "ablation":
             command.add_argument("--variants", default=",".join(ABLATION_VARIANTS))
     report = commands.add_parser("report")
     report.add_argument("--dataset", default="ml-1m")
+    merge = commands.add_parser("merge", help="append rows written with --results to the twin")
+    merge.add_argument("--dataset", default="ml-1m")
+    merge.add_argument("files", nargs="+")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if arguments.command == "report":
+        write_report(arguments.dataset)
+    elif arguments.command == "merge":
+        target = results_path(arguments.dataset)
+        added = merge_rows(target, [Path(f) for f in arguments.files])
+        logger.info("merged %d rows into %s", added, target)
         write_report(arguments.dataset)
     elif arguments.command == "run":
         run(arguments)

@@ -1,4 +1,5 @@
-"""Reference numbers from the CIESS paper (Table 1, ML-1M), as printed in shared/spec/CIESS.md §8.
+"""Reference numbers from the CIESS paper (Table 1, ML-1M and Yelp2018) and from its follow-up BET,
+as printed in shared/spec/CIESS.md §8.
 
 These are the paper's numbers, never ours: reports print them beside our measurements and label
 them "paper".
@@ -38,12 +39,67 @@ PAPER_ML1M: dict[tuple[str, str, float], tuple[float, float, float, float]] = {
     ("ncf", "ciess", 0.95): (0.0707, 0.1982, 0.4082, 0.3587),
 }
 
+PAPER_YELP2018: dict[tuple[str, str, float], tuple[float, float, float, float]] = {
+    ("lightgcn", "es", 0.80): (0.0289, 0.0822, 0.0665, 0.0758),
+    ("lightgcn", "mr", 0.80): (0.0253, 0.0783, 0.0588, 0.0698),
+    ("lightgcn", "ciess", 0.80): (0.0292, 0.0839, 0.0692, 0.0783),
+    ("lightgcn", "es", 0.90): (0.0230, 0.0722, 0.0544, 0.0648),
+    ("lightgcn", "mr", 0.90): (0.0210, 0.0642, 0.0476, 0.0573),
+    ("lightgcn", "ciess", 0.90): (0.0263, 0.0730, 0.0649, 0.0705),
+    ("lightgcn", "es", 0.95): (0.0217, 0.0624, 0.0494, 0.0571),
+    ("lightgcn", "mr", 0.95): (0.0195, 0.0583, 0.0465, 0.0540),
+    ("lightgcn", "ciess", 0.95): (0.0230, 0.0657, 0.0534, 0.0640),
+    ("ngcf", "es", 0.80): (0.0223, 0.0665, 0.0517, 0.0603),
+    ("ngcf", "mr", 0.80): (0.0212, 0.0618, 0.0499, 0.0573),
+    ("ngcf", "ciess", 0.80): (0.0233, 0.0701, 0.0566, 0.0652),
+    ("ngcf", "es", 0.90): (0.0205, 0.0622, 0.0528, 0.0592),
+    ("ngcf", "mr", 0.90): (0.0195, 0.0573, 0.0449, 0.0524),
+    ("ngcf", "ciess", 0.90): (0.0232, 0.0669, 0.0551, 0.0619),
+    ("ngcf", "es", 0.95): (0.0196, 0.0573, 0.0496, 0.0545),
+    ("ngcf", "mr", 0.95): (0.0175, 0.0528, 0.0415, 0.0486),
+    ("ngcf", "ciess", 0.95): (0.0222, 0.0662, 0.0540, 0.0613),
+    ("ncf", "es", 0.80): (0.0131, 0.0465, 0.0226, 0.0351),
+    ("ncf", "mr", 0.80): (0.0101, 0.0342, 0.0183, 0.0268),
+    ("ncf", "ciess", 0.80): (0.0175, 0.0533, 0.0377, 0.0474),
+    ("ncf", "es", 0.90): (0.0119, 0.0416, 0.0201, 0.0309),
+    ("ncf", "mr", 0.90): (0.0089, 0.0309, 0.0170, 0.0242),
+    ("ncf", "ciess", 0.90): (0.0153, 0.0500, 0.0350, 0.0442),
+    ("ncf", "es", 0.95): (0.0091, 0.0303, 0.0174, 0.0238),
+    ("ncf", "mr", 0.95): (0.0078, 0.0275, 0.0145, 0.0216),
+    ("ncf", "ciess", 0.95): (0.0157, 0.0483, 0.0383, 0.0446),
+}
+
+# BET (WSDM 2024), Yelp2018, CIESS.md §8: (backbone, sparsity) -> (R@20, N@20).
+PAPER_BET_YELP2018: dict[tuple[str, float], tuple[float, float]] = {
+    ("lightgcn", 0.80): (0.0873, 0.0816),
+    ("lightgcn", 0.90): (0.0816, 0.0762),
+    ("lightgcn", 0.95): (0.0727, 0.0676),
+    ("ngcf", 0.80): (0.0741, 0.0685),
+    ("ngcf", 0.90): (0.0736, 0.0676),
+    ("ngcf", 0.95): (0.0639, 0.0588),
+    ("ncf", 0.80): (0.0620, 0.0554),
+    ("ncf", 0.90): (0.0565, 0.0499),
+    ("ncf", 0.95): (0.0545, 0.0491),
+}
+
+PAPER_TABLES = {"ml-1m": PAPER_ML1M, "yelp2018": PAPER_YELP2018}
+
 PAPER_METRICS = ("recall@5", "recall@20", "ndcg@5", "ndcg@20")
 
 
-def paper_row(backbone: str, method: str, sparsity: float) -> dict[str, float] | None:
-    values = PAPER_ML1M.get((backbone, method, round(sparsity, 2)))
+def paper_row(
+    backbone: str, method: str, sparsity: float, dataset: str = "ml-1m"
+) -> dict[str, float] | None:
+    values = PAPER_TABLES.get(dataset, {}).get((backbone, method, round(sparsity, 2)))
     return None if values is None else dict(zip(PAPER_METRICS, values, strict=True))
+
+
+def bet_row(backbone: str, sparsity: float, dataset: str) -> dict[str, float] | None:
+    """BET's R@20 / N@20 (Yelp2018 only), or None."""
+    if dataset != "yelp2018":
+        return None
+    values = PAPER_BET_YELP2018.get((backbone, round(sparsity, 2)))
+    return None if values is None else {"recall@20": values[0], "ndcg@20": values[1]}
 
 
 # The paper's ablation (LightGCN, ML-1M), CIESS.md §8: (sparsity, variant) -> (R@20, N@20).
