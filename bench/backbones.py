@@ -245,8 +245,9 @@ def merge_rows(target: Path, sources: list[Path]) -> int:
 
 
 def run_merge(arguments: argparse.Namespace) -> None:
-    added = merge_rows(RESULTS, [Path(p) for p in arguments.files])
-    logger.info("merged %d rows into %s", added, RESULTS)
+    target = TUNING if arguments.tuning else RESULTS
+    added = merge_rows(target, [Path(p) for p in arguments.files])
+    logger.info("merged %d rows into %s", added, target)
     write_report()
 
 
@@ -255,7 +256,8 @@ def run_tune(arguments: argparse.Namespace) -> None:
     split = split_per_user(
         load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
     )
-    rows = load_rows(TUNING)
+    tuning = Path(arguments.results) if arguments.results else TUNING
+    rows = load_rows(tuning)
     done = {row_key(row) for row in rows}
     for backbone, method, target in plan_runs(
         arguments.backbones, arguments.methods, arguments.sparsities
@@ -282,8 +284,9 @@ def run_tune(arguments: argparse.Namespace) -> None:
                 learning_rate=rate,
             )
             rows.append({**row, "protocol": "tune"})
-            save_json(TUNING, rows)
-            write_report()
+            save_json(tuning, rows)
+            if tuning == TUNING:
+                write_report()
             logger.info("done %s: %s", key, row["metrics"])
 
 
@@ -687,6 +690,10 @@ def main() -> None:
     tune = commands.add_parser("tune", help="weight-decay sweep on validation (resumable)")
     tune.add_argument("--data-dir")
     tune.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "yelp2018"])
+    tune.add_argument(
+        "--results",
+        help="JSON file the rows go to (default: docs/benchmarks/backbones-tuning.json)",
+    )
     tune.add_argument("--backbones", default="lightgcn")
     tune.add_argument("--methods", default="full,es")
     tune.add_argument("--sparsities", default="0.8")
@@ -709,6 +716,7 @@ def main() -> None:
     eval_speed.add_argument("--device", default="cpu")
     merge = commands.add_parser("merge", help="append rows written with --results to the JSON twin")
     merge.add_argument("files", nargs="+")
+    merge.add_argument("--tuning", action="store_true", help="rows from `tune` (validation only)")
     commands.add_parser("report", help="rewrite the markdown report from the JSON files")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
