@@ -6,6 +6,7 @@ Usage:
     python bench/ciess.py ablation --budgets 0.9 --variants walk-gaussian,no-walk,walk-ou,walk-uniform
     python bench/ciess.py es-fit --item-quality own --supernet-batches 2000
     python bench/ciess.py merge --dataset yelp2018 rows.json   # rows written with --results
+    python bench/ciess.py plots --dataset yelp2018 --item-quality own --fit-shares
     python bench/ciess.py report
 
 `run` executes (or resumes) `ciess_core.search.pipeline.run_pipeline` under
@@ -305,6 +306,34 @@ def es_fit(arguments: argparse.Namespace) -> None:
     write_report(arguments.dataset)
 
 
+PLOTS = ROOT / "docs" / "benchmarks" / "plots"
+
+
+def plots(arguments: argparse.Namespace) -> None:
+    """The search trace and the sizes-by-popularity plots of a `run` folder, into the reports'
+    plots folder (named by dataset, backbone and run), then the report again."""
+    from ciess_core.search.plots import plot_sizes_by_popularity, plot_trace
+
+    out = run_dir(arguments)
+    split = split_per_user(
+        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
+    )
+    train = split.train
+    stem = out.name
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    plot_trace(out / "search" / "trace.jsonl", PLOTS / f"{stem}-trace.png")
+    for budget in arguments.budgets:
+        sizes = np.load(out / f"budget-{budget:g}" / "sizes.npy")
+        plot_sizes_by_popularity(
+            sizes,
+            np.diff(train.indptr),
+            np.bincount(train.indices, minlength=split.num_items),
+            f"{arguments.dataset} {arguments.backbone}: CIESS sizes at sparsity {budget:g}",
+            PLOTS / f"{stem}-sizes-{budget:g}.png",
+        )
+    write_report(arguments.dataset)
+
+
 def paper_cost(arguments: argparse.Namespace) -> None:
     """Time the paper's evaluator for one iteration; extrapolate to M·T iterations."""
     spec = spec_from(arguments)
@@ -489,6 +518,17 @@ def write_report(dataset: str) -> None:
             f"{cost['seconds_total'] / 3600:.1f} h.",
             "",
         ]
+    pictures = sorted(PLOTS.glob(f"ciess-{dataset}-*.png"))
+    if pictures:
+        lines += [
+            "## Plots",
+            "",
+            "Written by `python bench/ciess.py plots …` from each run's folder: per episode the "
+            "users' and items' mean reward and mean size (`-trace`), and every entity's size "
+            "against its training popularity at each budget (`-sizes-<c>`).",
+            "",
+        ]
+        lines += [f"![{path.stem}](plots/{path.name})" for path in pictures] + [""]
     notes = ROOT / "docs" / "benchmarks" / f"ciess-{dataset}.notes.md"
     if notes.exists():  # hand-written findings, kept apart so that regenerating keeps them
         lines += ["## Findings", "", notes.read_text().strip(), ""]
@@ -500,7 +540,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "paper-cost", "ablation", "es-fit"):
+    for name in ("run", "paper-cost", "ablation", "es-fit", "plots"):
         command = commands.add_parser(name)
         command.add_argument("--dataset", default="ml-1m")
         command.add_argument("--data-dir")
@@ -552,6 +592,8 @@ def main() -> None:
         ablation(arguments)
     elif arguments.command == "es-fit":
         es_fit(arguments)
+    elif arguments.command == "plots":
+        plots(arguments)
     else:
         paper_cost(arguments)
 
