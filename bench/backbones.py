@@ -637,7 +637,7 @@ def bar_checks(rows: list[dict[str, Any]]) -> list[str]:
             verdict = (
                 "met"
                 if ours >= need
-                else f"short by {need - ours:.4f} ({ours / paper[metric]:.1%} of paper)"
+                else f"short by {need - ours:.5f} ({ours / paper[metric]:.2%} of paper)"
             )
             lines.append(
                 f"- {backbone} ES {target:.2f} {metric}: {ours:.4f} vs 97 % of paper "
