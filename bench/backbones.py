@@ -71,12 +71,13 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
+def device_suffix(device: str) -> str:
+    """ "" for the CPU, else "-<kind>" ("-cuda" for "cuda:1"): tells result files apart by device."""
+    return "" if device == "cpu" else f"-{device.split(':')[0]}"
+
+
 def speed_path(device: str) -> Path:
-    return (
-        SPEED
-        if device == "cpu"
-        else SPEED.with_name(f"backbones-speed-{device.split(':')[0]}.json")
-    )
+    return SPEED.with_name(f"backbones-speed{device_suffix(device)}.json")
 
 
 def save_json(path: Path, value: Any) -> None:

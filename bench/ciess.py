@@ -41,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from backbones import RESULTS as BACKBONE_RESULTS
-from backbones import load_rows, machine, merge_rows, save_json
+from backbones import device_suffix, load_rows, machine, merge_rows, save_json
 from paper import PAPER_ABLATION_ML1M, PAPER_METRICS, bet_row, paper_row
 
 from ciess_core.data import DATASETS, Phase, load_dataset, resolve_data_dir, split_per_user
@@ -311,26 +311,15 @@ PLOTS = ROOT / "docs" / "benchmarks" / "plots"
 
 def plots(arguments: argparse.Namespace) -> None:
     """The search trace and the sizes-by-popularity plots of a `run` folder, into the reports'
-    plots folder (named by dataset, backbone and run), then the report again."""
-    from ciess_core.search.plots import plot_sizes_by_popularity, plot_trace
+    plots folder (one subfolder per run), then the report again."""
+    from ciess_core.search.plots import plot_search_run
 
     out = run_dir(arguments)
     split = split_per_user(
         load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
     )
-    train = split.train
-    stem = out.name
-    PLOTS.mkdir(parents=True, exist_ok=True)
-    plot_trace(out / "search" / "trace.jsonl", PLOTS / f"{stem}-trace.png")
-    for budget in arguments.budgets:
-        sizes = np.load(out / f"budget-{budget:g}" / "sizes.npy")
-        plot_sizes_by_popularity(
-            sizes,
-            np.diff(train.indptr),
-            np.bincount(train.indices, minlength=split.num_items),
-            f"{arguments.dataset} {arguments.backbone}: CIESS sizes at sparsity {budget:g}",
-            PLOTS / f"{stem}-sizes-{budget:g}.png",
-        )
+    title = f"{arguments.dataset} {arguments.backbone}: "
+    plot_search_run(out, split.train, arguments.budgets, PLOTS / out.name, title)
     write_report(arguments.dataset)
 
 
@@ -352,7 +341,7 @@ def paper_cost(arguments: argparse.Namespace) -> None:
     sizes = equal_sizes(split.num_users + split.num_items, 128, 0.8)
     signal = evaluator.evaluate(sizes)
     iterations = spec.search.num_episodes * spec.search.iterations_per_episode
-    suffix = "" if arguments.device == "cpu" else f"-{arguments.device.split(':')[0]}"
+    suffix = device_suffix(arguments.device)
     path = WORK / f"paper-cost-{arguments.dataset}-{arguments.backbone}{suffix}.json"
     save_json(
         path,
@@ -518,17 +507,20 @@ def write_report(dataset: str) -> None:
             f"{cost['seconds_total'] / 3600:.1f} h.",
             "",
         ]
-    pictures = sorted(PLOTS.glob(f"ciess-{dataset}-*.png"))
+    pictures = sorted(PLOTS.glob(f"ciess-{dataset}-*/*.png"))
     if pictures:
         lines += [
             "## Plots",
             "",
             "Written by `python bench/ciess.py plots …` from each run's folder: per episode the "
-            "users' and items' mean reward and mean size (`-trace`), and every entity's size "
-            "against its training popularity at each budget (`-sizes-<c>`).",
+            "users' and items' mean reward and mean size (`search-trace`), and every entity's "
+            "size against its training popularity at each budget (`sizes-<c>`).",
             "",
         ]
-        lines += [f"![{path.stem}](plots/{path.name})" for path in pictures] + [""]
+        lines += [
+            f"![{path.parent.name}: {path.stem}](plots/{path.parent.name}/{path.name})"
+            for path in pictures
+        ] + [""]
     notes = ROOT / "docs" / "benchmarks" / f"ciess-{dataset}.notes.md"
     if notes.exists():  # hand-written findings, kept apart so that regenerating keeps them
         lines += ["## Findings", "", notes.read_text().strip(), ""]

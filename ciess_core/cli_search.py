@@ -111,7 +111,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         PipelineSpec,
         run_pipeline,
     )
-    from ciess_core.search.plots import plot_sizes_by_popularity, plot_trace
+    from ciess_core.search.plots import plot_search_run
     from ciess_core.training import TrainConfig
 
     try:
@@ -184,20 +184,8 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     summary = run_pipeline(
         spec, split, out, progress=not arguments.no_progress, dataset_fingerprint=data.fingerprint()
     )
-    train = split.train
     try:
-        plot_trace(out / "search" / "trace.jsonl", out / "search-trace.png")
-        for budget in budgets:
-            import numpy as np
-
-            sizes = np.load(out / f"budget-{budget:g}" / "sizes.npy")
-            plot_sizes_by_popularity(
-                sizes,
-                np.diff(train.indptr),
-                np.bincount(train.indices, minlength=split.num_items),
-                f"CIESS sizes at sparsity {budget:g}",
-                out / f"sizes-{budget:g}.png",
-            )
+        plot_search_run(out, split.train, budgets, out)
     except ImportError:
         logger.warning("matplotlib is not installed: no plots (pip install 'ciess[train]')")
     print(f"search: {out}")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +76,27 @@ def plot_sizes_by_popularity(
     figure.savefig(out, dpi=120)
     plt.close(figure)
     return out
+
+
+def plot_search_run(
+    run: Path,
+    train: sp.csr_matrix,
+    budgets: Sequence[float],
+    out: Path,
+    title_prefix: str = "",
+) -> list[Path]:
+    """The plots of one search folder (``run``, as ``run_pipeline`` writes it) into ``out``:
+    ``search-trace.png`` and one ``sizes-<c>.png`` per budget; ``train`` gives the popularity."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [plot_trace(run / "search" / "trace.jsonl", out / "search-trace.png")]
+    for budget in budgets:
+        written.append(
+            plot_sizes_by_popularity(
+                np.load(run / f"budget-{budget:g}" / "sizes.npy"),
+                np.diff(train.indptr),
+                np.bincount(train.indices, minlength=train.shape[1]),
+                f"{title_prefix}CIESS sizes at sparsity {budget:g}",
+                out / f"sizes-{budget:g}.png",
+            )
+        )
+    return written
