@@ -68,6 +68,15 @@ def add_service_parsers(subparsers: Any) -> None:
     _add_shared(worker)
 
 
+def uvicorn_http_protocol() -> Any:
+    """uvicorn's httptools protocol with one write per response, when httptools is installed."""
+    try:
+        from service.http_protocol import CoalescingHttpToolsProtocol
+    except ImportError:  # no httptools: uvicorn's own choice (h11)
+        return "auto"
+    return CoalescingHttpToolsProtocol
+
+
 def _export_settings(arguments: argparse.Namespace) -> dict[str, str]:
     """The environment that carries the flags to the app factory and to the worker."""
     environment = dict(os.environ)
@@ -118,6 +127,7 @@ def run_serve_command(arguments: argparse.Namespace) -> int:
             port=arguments.port,
             workers=arguments.workers,
             access_log=not arguments.no_access_log,
+            http=uvicorn_http_protocol(),
         )
     finally:
         if worker is not None:

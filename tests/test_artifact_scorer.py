@@ -236,3 +236,48 @@ def test_ties_go_to_the_lower_item_id_even_across_the_cut(
             expected = np.lexsort((np.arange(scorer.num_items), -tied[user]))[:k]
             np.testing.assert_array_equal(items_k[user], expected)
             np.testing.assert_array_equal(scores_k[user], tied[user, expected])
+
+
+def test_one_user_ranks_exactly_as_in_a_batch(
+    kind: BackboneKind, clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    """A request's single-user path ranks as the batch path does.
+
+    Its scores are the batch-of-one scores bit for bit; a larger batch may round the last bit
+    differently (another matrix kernel), so there the scores agree to float32 precision.
+    """
+    train, _ = clustered_split.phase(Phase.TEST)
+    model = build(kind, train, _sizes(clustered_split))
+    scorer = load_scorer(export(model, clustered_split, tmp_path / "a", verify_users=0))
+    if kind is BackboneKind.NGCF:  # the ragged ego part last: several buckets to fill
+        assert len(scorer.bucket_widths) > 1
+    users = np.arange(scorer.num_users)
+    for user in users:
+        np.testing.assert_array_equal(
+            scorer.index.user_scores(int(user)), scorer.index.scores(np.array([user]))
+        )
+    for exclude_seen in (True, False):
+        for k in (1, TOP_K, scorer.num_items):
+            batch_items, batch_scores = scorer.recommend(users, k, exclude_seen=exclude_seen)
+            for user in users:
+                items, scores = scorer.recommend([user], k, exclude_seen=exclude_seen)
+                np.testing.assert_array_equal(items[0], batch_items[user])
+                np.testing.assert_allclose(scores[0], batch_scores[user], rtol=1e-5, atol=1e-6)
+
+
+def test_one_user_ties_go_to_the_lower_item_id(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    train, _ = clustered_split.phase(Phase.TEST)
+    model = build(BackboneKind.NGCF, train, _sizes(clustered_split))
+    scorer = load_scorer(export(model, clustered_split, tmp_path / "a", verify_users=0))
+    assert len(scorer.bucket_widths) > 1  # bucket order differs from item order
+    tied = np.random.default_rng(1).integers(0, 5, (scorer.num_users, scorer.num_items))
+    in_bucket_order = tied.astype(np.float32)[:, scorer.index.layout.order]
+    scorer.index.user_scores = lambda user: in_bucket_order[user : user + 1].copy()  # type: ignore[method-assign]
+    for user in range(scorer.num_users):
+        for k in (3, 8, 13):
+            items, scores = scorer.recommend([user], k, exclude_seen=False)
+            expected = np.lexsort((np.arange(scorer.num_items), -tied[user]))[:k]
+            np.testing.assert_array_equal(items[0], expected)
+            np.testing.assert_array_equal(scores[0], tied[user, expected])

@@ -119,6 +119,27 @@ class DotIndex:
     def nbytes(self) -> int:
         return int(self.users.nbytes + sum(block.nbytes for block in self.item_blocks))
 
+    def user_scores(self, user: int) -> FloatArray:
+        """(1, num_items) float32 scores of one internal user, in bucket order.
+
+        What :meth:`scores` gives for a batch of one, without the batch bookkeeping: a request for
+        one user spends more time in that bookkeeping than in the products themselves.
+        """
+        row = self.users[user : user + 1]  # a view: one row of a C-contiguous matrix
+        widest_user = min(int(self.user_widths[user]), row.shape[1])
+        if len(self.item_blocks) == 1:
+            block = self.item_blocks[0]
+            common = max(1, min(block.shape[0], widest_user))
+            (scores,) = _run(self.session, {"users": row[:, :common], "items_t": block[:common]})
+            return scores
+        result = np.empty((1, self.layout.order.size), np.float32)
+        for (start, end, _), block in zip(self.layout.bounds, self.item_blocks, strict=True):
+            common = max(1, min(block.shape[0], widest_user))
+            (result[:, start:end],) = _run(
+                self.session, {"users": row[:, :common], "items_t": block[:common]}
+            )
+        return result
+
     def scores(self, user_ids: IdArray, out: FloatArray | None = None) -> FloatArray:
         """(B, num_items) float32 scores in bucket order for internal user ids (B,)."""
         rows = self.users[user_ids]
@@ -174,6 +195,8 @@ class ArtifactScorer:
             else:
                 users, items = _ngcf_vectors(artifact, threads)
             self.index = DotIndex(users, items, dot, self.options)
+        # Each user's seen items as positions in bucket order, aligned with ``seen.indptr``.
+        self._seen_positions = self.index.layout.position[self.seen.indices].astype(np.int32)
         logger.info(
             "loaded %s artifact %s: %d users, %d items, buckets %s, resident %.1f MB",
             self.manifest.backbone,
@@ -212,6 +235,7 @@ class ArtifactScorer:
             "item_buckets": int(sum(block.nbytes for block in self.index.item_blocks)),
             "item_order": int(self.index.layout.order.nbytes + self.index.layout.position.nbytes),
             "seen": int(self.seen.indptr.nbytes + self.seen.indices.nbytes + self.seen.data.nbytes),
+            "seen_positions": int(self._seen_positions.nbytes),
         }
         if self.ncf_parts is not None:
             detail["ncf_user_part"] = int(self.ncf_parts[0].nbytes)
@@ -280,11 +304,17 @@ class ArtifactScorer:
             raise ConfigError(f"k must be >= 1, got {k}")
         ids = self._check_users(user_ids)
         k = min(k, self.num_items)
-        scores = self._bucket_order_scores(ids)
         layout = self.index.layout
-        if exclude_seen:
-            rows, items = self._seen_entries(ids)
-            scores[rows, layout.position[items]] = -np.inf
+        if ids.size == 1 and self.ncf_parts is None:  # one user: the lean path, same result
+            user = int(ids[0])
+            scores = self.index.user_scores(user)
+            if exclude_seen:
+                start, end = self.seen.indptr[user], self.seen.indptr[user + 1]
+                scores[0, self._seen_positions[start:end]] = -np.inf
+        else:
+            scores = self._bucket_order_scores(ids)
+            if exclude_seen:
+                scores[self._seen_entries(ids)] = -np.inf
         # One more than asked: when the k-th and (k+1)-th scores differ the top-k set is unique;
         # when they tie, the row is ranked in full so that ties go to the lower item id.
         fetched = min(k + 1, self.num_items)
@@ -304,9 +334,9 @@ class ArtifactScorer:
         return top_items, top_scores
 
     def _seen_entries(self, ids: IdArray) -> tuple[IdArray, IdArray]:
-        """(row in ``ids``, internal item) of every seen entry: the CSR rows gathered directly,
-        without scipy's fancy indexing (which costs more than the whole ranking of one user)."""
-        indptr, indices = self.seen.indptr, self.seen.indices
+        """(row in ``ids``, position in bucket order) of every seen entry: the CSR rows gathered
+        directly, without scipy's fancy indexing (which costs more than the ranking of a user)."""
+        indptr, indices = self.seen.indptr, self._seen_positions
         starts, ends = indptr[ids].astype(np.int64), indptr[ids + 1].astype(np.int64)
         counts = ends - starts
         rows = np.repeat(np.arange(ids.size), counts)
@@ -339,7 +369,10 @@ class ArtifactScorer:
 
     def user_index(self, external_user_ids: npt.ArrayLike) -> IdArray:
         """Internal ids of external user ids; -1 for an unknown user (the caller decides: 404)."""
-        labels = np.asarray(external_user_ids).reshape(-1).tolist()
+        if isinstance(external_user_ids, list):  # the service's case: no round trip via numpy
+            labels = external_user_ids
+        else:
+            labels = np.asarray(external_user_ids).reshape(-1).tolist()
         return np.asarray([self._user_lookup.get(str(label), -1) for label in labels], np.int64)
 
     def item_labels(self, item_ids: npt.ArrayLike) -> npt.NDArray[np.str_]:

@@ -20,6 +20,7 @@ import torch
 import uvicorn
 
 from ciess_core.artifact.export import ExportMetadata, ExportOptions, export_model
+from ciess_core.cli_service import uvicorn_http_protocol
 from ciess_core.data import Phase, load_pairs, split_per_user
 from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
 from ciess_core.training import TrainConfig, train_bpr
@@ -105,7 +106,11 @@ def free_port() -> int:
 def live_server(settings: Settings) -> Iterator[str]:
     """uvicorn on loopback (a free port) in a thread; yields the base URL, stops it after."""
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning"
+        create_app(settings),
+        host="127.0.0.1",
+        port=free_port(),
+        log_level="warning",
+        http=uvicorn_http_protocol(),  # what ``ciess serve`` runs
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
