@@ -126,15 +126,21 @@ class Server:
         Path(self.log.name).unlink(missing_ok=True)
 
 
+# ``server`` names: the service as shipped, the same with uvicorn's stock httptools protocol (two
+# writes per response, to show what the one-write protocol is worth), and the PyTorch baseline.
+CIESS_SERVERS = {"ciess": "coalescing", "ciess-stock-http": "httptools"}
+SERVERS = (*CIESS_SERVERS, "torch")
+
+
 def start_server(
     kind: str, artifact: Path, run: Path, data_dir: Path, workers: int, state: Path, token: str
 ) -> Server:
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    if kind == "ciess":
+    if kind in CIESS_SERVERS:
         command = [
             sys.executable, "-m", "ciess_core.cli", "serve", "--no-worker", "--no-access-log",
-            "--port", str(port), "--workers", str(workers),
+            "--port", str(port), "--workers", str(workers), "--http", CIESS_SERVERS[kind],
             "--artifact-dir", str(artifact), "--state-dir", str(state),
         ]  # fmt: skip
         env["CIESS_ADMIN_TOKEN"] = token
@@ -238,7 +244,7 @@ def bench_load(
     token = secrets.token_hex(16)
     rows: list[dict[str, Any]] = []
     answers: dict[str, dict[str, list[str]]] = {}
-    for kind in ("ciess", "torch"):
+    for kind in args.servers:
         for workers in args.workers:
             state = Path(tempfile.mkdtemp(prefix="serving-state-", dir=work))
             server = start_server(kind, artifact, run, args.data_dir, workers, state, token)
@@ -369,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sections", default=",".join(SECTIONS), help="of load,fuzz,scoring")
     parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    parser.add_argument(
+        "--servers",
+        type=lambda s: [x for x in s.split(",") if x],
+        default=list(SERVERS),
+        help=f"of {','.join(SERVERS)} (ciess and torch are compared)",
+    )
     parser.add_argument("--rps", type=lambda s: [float(x) for x in s.split(",")], default=[500.0])
     parser.add_argument("--seconds", type=float, default=20.0, help="recorded seconds per load")
     parser.add_argument("--connections", type=int, default=16)
@@ -380,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scoring-users", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
+    if not {"ciess", "torch"} <= set(args.servers) <= set(SERVERS):
+        parser.error(f"--servers takes ciess, torch and any of {SERVERS}, got {args.servers}")
     sections = [name for name in args.sections.split(",") if name]
     if not set(sections) <= set(SECTIONS):
         parser.error(f"--sections takes names from {SECTIONS}, got {args.sections!r}")
@@ -428,10 +442,14 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         "as a separate process **on the same 2 cores** as the server, so every figure includes its",
         "CPU cost. Closed loop: clients send back to back (throughput). Open loop: requests at a fixed",
         "rate, latency from the scheduled send time (queueing included). `ciess`: `ciess serve` with",
-        "onnxruntime, no torch. `torch`: `bench/torch_server.py`, the same run's dense PyTorch model,",
-        "eager `score_all_items` + `torch.topk`. Both: FastAPI + uvicorn (uvloop, httptools), no",
-        "access log, one scoring thread per worker. Server CPU per request: user + system time of",
-        "the server's processes over the load, divided by the requests sent.",
+        "onnxruntime, no torch, on uvicorn's httptools protocol changed to send each response in one",
+        "write (`service/http_protocol.py`, the default of `ciess serve`). `ciess-stock-http`: the",
+        "same service on uvicorn's stock httptools protocol (`--http httptools`: two writes per",
+        "response), to show that change's share. `torch`: `bench/torch_server.py`, the same run's",
+        "dense PyTorch model, eager `score_all_items` + `torch.topk`, stock uvicorn. All: FastAPI +",
+        "uvicorn (uvloop, httptools), no access log, one scoring thread per worker. Server CPU per",
+        "request: user + system time of the server's processes over the load, divided by the",
+        "requests sent.",
         "",
     ]
     for dataset, extra in report["datasets"].items():
@@ -474,12 +492,17 @@ def write_report(report: dict[str, Any], path: Path) -> None:
                 for r in subset
                 if r["offered_rps"] is None
             }
-            ratios = [
-                f"{workers} worker(s): {closed[('ciess', workers)] / closed[('torch', workers)]:.2f}×"
-                for workers in sorted({w for _, w in closed})
-                if ("ciess", workers) in closed and closed.get(("torch", workers))
-            ]
-            lines += ["", f"Closed-loop throughput, ciess / torch: {', '.join(ratios)}.", ""]
+            lines.append("")
+            for other in ("torch", "ciess-stock-http"):
+                ratios = [
+                    f"{workers} worker(s): "
+                    f"{closed[('ciess', workers)] / closed[(other, workers)]:.2f}×"
+                    for workers in sorted({w for _, w in closed})
+                    if ("ciess", workers) in closed and closed.get((other, workers))
+                ]
+                if ratios:
+                    lines.append(f"Closed-loop throughput, ciess / {other}: {', '.join(ratios)}.")
+            lines.append("")
         if "scoring" in extra:
             scoring = extra["scoring"]
             timing = scoring["microseconds_per_user"]

@@ -58,6 +58,13 @@ def add_service_parsers(subparsers: Any) -> None:
         action="store_true",
         help="no uvicorn line per request (latency and counts stay in /metrics)",
     )
+    serve.add_argument(
+        "--http",
+        choices=HTTP_PROTOCOLS,
+        default="coalescing",
+        help="HTTP implementation: coalescing (default; uvicorn's httptools protocol sending "
+        "each response in one write), httptools or h11 (uvicorn's own, unchanged)",
+    )
     worker = subparsers.add_parser(
         "worker",
         help="run budget jobs from the job store (search, retrain, export, promote)",
@@ -68,8 +75,15 @@ def add_service_parsers(subparsers: Any) -> None:
     _add_shared(worker)
 
 
-def uvicorn_http_protocol() -> Any:
-    """uvicorn's httptools protocol with one write per response, when httptools is installed."""
+HTTP_PROTOCOLS = ("coalescing", "httptools", "h11")
+
+
+def uvicorn_http_protocol(name: str = "coalescing") -> Any:
+    """uvicorn's ``http`` setting for ``--http``: ``coalescing`` is uvicorn's httptools protocol
+    with one write per response (service/http_protocol.py), or uvicorn's choice without httptools.
+    """
+    if name != "coalescing":
+        return name
     try:
         from service.http_protocol import CoalescingHttpToolsProtocol
     except ImportError:  # no httptools: uvicorn's own choice (h11)
@@ -127,7 +141,7 @@ def run_serve_command(arguments: argparse.Namespace) -> int:
             port=arguments.port,
             workers=arguments.workers,
             access_log=not arguments.no_access_log,
-            http=uvicorn_http_protocol(),
+            http=uvicorn_http_protocol(arguments.http),
         )
     finally:
         if worker is not None:

@@ -86,6 +86,7 @@ def test_close_sends_what_is_pending_and_abort_drops_it() -> None:
 
 def test_the_service_runs_on_it_and_answers_over_keep_alive(settings: Settings) -> None:
     assert uvicorn_http_protocol() is CoalescingHttpToolsProtocol
+    assert uvicorn_http_protocol("httptools") == "httptools"  # `ciess serve --http httptools`
     with live_server(settings) as base, httpx.Client(base_url=base) as client:
         for _ in range(3):  # one connection, several responses in a row
             answer = client.get("/v1/users/u0/recommendations", params={"k": 5})
