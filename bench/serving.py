@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -163,12 +164,59 @@ def run_load(
         "--paths", str(paths_file), "--mode", mode, "--duration", str(seconds),
         "--connections", str(connections), "--rps", str(rps),
     ]  # fmt: skip
+    cpu_before = server.cpu_seconds()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
+    cpu = server.cpu_seconds() - cpu_before  # warm-up included, as in sent_with_warmup
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout)
+    result["server_cpu_seconds"] = cpu
     result["loadgen_command"] = shlex.join(["python", *command[1:]])
     return result
+
+
+def run_wrk(
+    server: Server, paths_file: Path, seconds: float, connections: int, warmup: float = 2.0
+) -> dict[str, Any]:
+    """Closed loop with wrk (C, one thread): about 10 µs of CPU per request, against several
+    times that for bench/loadgen.py, so far less of the two cores goes to the generator.
+    A warm-up run first, not recorded; the result has bench/loadgen.py's keys."""
+    script = ROOT / "bench" / "wrk_paths.lua"
+
+    def wrk(duration: float) -> list[str]:
+        return [
+            "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s",
+            "-s", str(script), server.base, "--", str(paths_file),
+        ]  # fmt: skip
+
+    subprocess.run(wrk(warmup), capture_output=True, check=False)
+    command = wrk(seconds)
+    cpu_before = server.cpu_seconds()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    cpu = server.cpu_seconds() - cpu_before
+    line = next((x for x in done.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed: {done.stdout[-1000:]} {done.stderr[-1000:]}")
+    raw = json.loads(line.removeprefix("WRK_JSON "))
+    failures = sum(raw[key] for key in ("connect_errors", "read_errors", "write_errors"))
+    failures += raw["timeouts"]
+    duration = raw["duration_us"] / 1e6
+    return {
+        "mode": "closed",
+        "connections": connections,
+        "p50_ms": round(raw["p50_us"] / 1e3, 3),
+        "p90_ms": round(raw["p90_us"] / 1e3, 3),
+        "p99_ms": round(raw["p99_us"] / 1e3, 3),
+        "max_ms": round(raw["max_us"] / 1e3, 3),
+        "throughput_rps": round(raw["requests"] / duration, 1),
+        "requests": raw["requests"],
+        "errors": raw["status_errors"] + failures,
+        "failures": failures,
+        "sent_with_warmup": raw["requests"],  # the CPU window covers the recorded run only
+        "server_cpu_seconds": cpu,
+        "seconds": round(duration, 2),
+        "loadgen_command": shlex.join(command),
+    }
 
 
 def compare(first: dict[str, list[str]], second: dict[str, list[str]]) -> dict[str, Any]:
@@ -253,19 +301,22 @@ def bench_load(
                 print(f"[{dataset}] {kind} x{workers} ready in {ready:.1f} s", flush=True)
                 if kind not in answers:
                     answers[kind] = server.top_k(sample[: args.compare_users], args.k)
-                loads = [("closed", 0.0)] + [("open", rate) for rate in args.rps]
-                for mode, rate in loads:
-                    cpu_before = server.cpu_seconds()
-                    result = run_load(
-                        server, paths_file, mode, args.seconds, args.connections, rate
-                    )
-                    cpu = server.cpu_seconds() - cpu_before
-                    sent = result["sent_with_warmup"]  # the CPU covers the warm-up too
+                loads = [("closed", 0.0, name) for name in args.closed_loop]
+                loads += [("open", rate, "python") for rate in args.rps]
+                for mode, rate, generator in loads:
+                    if generator == "wrk":
+                        result = run_wrk(server, paths_file, args.seconds, args.connections)
+                    else:
+                        result = run_load(
+                            server, paths_file, mode, args.seconds, args.connections, rate
+                        )
+                    cpu, sent = result["server_cpu_seconds"], result["sent_with_warmup"]
                     row = {
                         "dataset": dataset,
                         "server": kind,
                         "workers": workers,
                         "offered_rps": rate if mode == "open" else None,
+                        "generator": generator,
                         "p50_ms": result["p50_ms"],
                         "p99_ms": result["p99_ms"],
                         "throughput_rps": result["throughput_rps"],
@@ -286,7 +337,7 @@ def bench_load(
                     }
                     rows.append(row)
                     print(
-                        f"[{dataset}] {kind} x{workers} {mode} {rate or ''}: "
+                        f"[{dataset}] {kind} x{workers} {mode} {rate or ''} ({generator}): "
                         f"{row['throughput_rps']} rps p50 {row['p50_ms']} p99 {row['p99_ms']} "
                         f"errors {row['errors']}/{row['requests']}",
                         flush=True,
@@ -381,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
         default=list(SERVERS),
         help=f"of {','.join(SERVERS)} (ciess and torch are compared)",
     )
+    parser.add_argument(
+        "--closed-loop",
+        type=lambda s: [x for x in s.split(",") if x],
+        default=["wrk", "python"] if shutil.which("wrk") else ["python"],
+        help="generators of the closed loop, of wrk,python (default: both when wrk is installed)",
+    )
     parser.add_argument("--rps", type=lambda s: [float(x) for x in s.split(",")], default=[500.0])
     parser.add_argument("--seconds", type=float, default=20.0, help="recorded seconds per load")
     parser.add_argument("--connections", type=int, default=16)
@@ -394,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not {"ciess", "torch"} <= set(args.servers) <= set(SERVERS):
         parser.error(f"--servers takes ciess, torch and any of {SERVERS}, got {args.servers}")
+    if not set(args.closed_loop) <= {"wrk", "python"}:
+        parser.error(f"--closed-loop takes wrk and/or python, got {args.closed_loop}")
+    if "wrk" in args.closed_loop and not shutil.which("wrk"):
+        parser.error("--closed-loop wrk: wrk is not installed (apt-get install wrk)")
     sections = [name for name in args.sections.split(",") if name]
     if not set(sections) <= set(SECTIONS):
         parser.error(f"--sections takes names from {SECTIONS}, got {args.sections!r}")
@@ -415,11 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         for section in sections:
             if section == "load":
                 rows, extra = bench_load(args, dataset, artifact, runs[dataset], work)
-                keys = {(r["dataset"], r["server"], r["workers"], r["offered_rps"]) for r in rows}
-                report["rows"] = [
-                    r for r in report["rows"]
-                    if (r["dataset"], r["server"], r["workers"], r["offered_rps"]) not in keys
-                ] + rows  # fmt: skip
+                keys = {_row_key(r) for r in rows}
+                report["rows"] = [r for r in report["rows"] if _row_key(r) not in keys] + rows
                 entry.update(extra)
             elif section == "fuzz":
                 entry["fuzz"] = bench_fuzz(args, dataset, artifact, runs[dataset], work)
@@ -432,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """One row per dataset, server, workers, offered rate and load generator."""
+    generator = row.get("generator", "python")  # rows from before wrk: bench/loadgen.py
+    return row["dataset"], row["server"], row["workers"], row["offered_rps"], generator
+
+
 def write_report(report: dict[str, Any], path: Path) -> None:
     rows = report["rows"]
     lines = [
@@ -441,7 +505,10 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         "users drawn at random; the load generator (`bench/loadgen.py`, raw HTTP/1.1 keep-alive) runs",
         "as a separate process **on the same 2 cores** as the server, so every figure includes its",
         "CPU cost. Closed loop: clients send back to back (throughput). Open loop: requests at a fixed",
-        "rate, latency from the scheduled send time (queueing included). `ciess`: `ciess serve` with",
+        "rate, latency from the scheduled send time (queueing included). The closed loop runs twice:",
+        "with `wrk` (C, about 10 µs of CPU per request, so the servers keep most of the two cores)",
+        "and with `bench/loadgen.py` (Python, several times that); the open loop uses",
+        "`bench/loadgen.py`, which schedules requests at a fixed rate. `ciess`: `ciess serve` with",
         "onnxruntime, no torch, on uvicorn's httptools protocol changed to send each response in one",
         "write (`service/http_protocol.py`, the default of `ciess serve`). `ciess-stock-http`: the",
         "same service on uvicorn's stock httptools protocol (`--http httptools`: two writes per",
@@ -473,11 +540,12 @@ def write_report(report: dict[str, Any], path: Path) -> None:
                 "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             ordered = sorted(
-                subset, key=lambda r: (r["server"], r["workers"], r["offered_rps"] or 0)
+                subset,
+                key=lambda r: (r["server"], r["workers"], r["offered_rps"] or 0, _row_key(r)[-1]),
             )
             for row in ordered:
                 load = (
-                    f"closed, {row['connections']} conns"
+                    f"closed, {row['connections']} conns, {_row_key(row)[-1]}"
                     if row["offered_rps"] is None
                     else f"open {row['offered_rps']:.0f}/s"
                 )
@@ -488,20 +556,25 @@ def write_report(report: dict[str, Any], path: Path) -> None:
                     f"{row.get('server_cpu_ms_per_request', '–')} | {row['ready_seconds']} |"
                 )
             closed = {
-                (r["server"], r["workers"]): r["throughput_rps"]
+                (r["server"], r["workers"], _row_key(r)[-1]): r["throughput_rps"]
                 for r in subset
                 if r["offered_rps"] is None
             }
             lines.append("")
-            for other in ("torch", "ciess-stock-http"):
-                ratios = [
-                    f"{workers} worker(s): "
-                    f"{closed[('ciess', workers)] / closed[(other, workers)]:.2f}×"
-                    for workers in sorted({w for _, w in closed})
-                    if ("ciess", workers) in closed and closed.get((other, workers))
-                ]
-                if ratios:
-                    lines.append(f"Closed-loop throughput, ciess / {other}: {', '.join(ratios)}.")
+            for generator in ("wrk", "python"):
+                for other in ("torch", "ciess-stock-http"):
+                    ratios = [
+                        f"{workers} worker(s): "
+                        f"{closed[('ciess', workers, generator)] / closed[(other, workers, generator)]:.2f}×"
+                        for workers in sorted({w for _, w, _ in closed})
+                        if ("ciess", workers, generator) in closed
+                        and closed.get((other, workers, generator))
+                    ]
+                    if ratios:
+                        lines.append(
+                            f"- Closed-loop throughput ({generator}), ciess / {other}: "
+                            f"{', '.join(ratios)}."
+                        )
             lines.append("")
         if "scoring" in extra:
             scoring = extra["scoring"]
