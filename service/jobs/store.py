@@ -106,8 +106,24 @@ class JobStore:
         self.path = Path(path)
         self.timeout = timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._initialise()
+                return
+            except sqlite3.OperationalError as error:
+                # Processes that start together (uvicorn workers, the job worker) may all find a
+                # new file and switch it to WAL at once: SQLite then answers one of them "database
+                # is locked" at once, without waiting out the busy timeout. Try again.
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def _initialise(self) -> None:
         with self._connect() as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
+            (mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(_SCHEMA)
 
     @contextmanager

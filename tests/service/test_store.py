@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +114,30 @@ def test_list_is_newest_first_and_filters_by_state(store: JobStore) -> None:
     assert [job.id for job in store.list_jobs()] == ids[::-1]
     assert [job.id for job in store.list_jobs(JobState.CANCELLED)] == [ids[1]]
     assert store.counts()[JobState.QUEUED] == 2
+
+
+def _open_store(path: Path, barrier: Any, failures: Any) -> None:
+    barrier.wait()
+    try:
+        JobStore(path).counts()
+    except sqlite3.Error as error:
+        failures.put(str(error))
+
+
+def test_processes_starting_together_all_open_a_new_store(tmp_path: Path) -> None:
+    """uvicorn workers and the job worker start at once on a file none of them created yet."""
+    context = multiprocessing.get_context("fork")
+    processes_per_file = 6
+    for attempt in range(8):
+        path = tmp_path / f"jobs-{attempt}.db"
+        barrier, failures = context.Barrier(processes_per_file), context.Queue()
+        processes = [
+            context.Process(target=_open_store, args=(path, barrier, failures))
+            for _ in range(processes_per_file)
+        ]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=60)
+            assert process.exitcode == 0
+        assert failures.empty(), failures.get()
