@@ -8,7 +8,8 @@ that request, a known user with ``k`` and ``exclude_seen`` given as FastAPI itse
 them, with the very same body and headers as the FastAPI route (:mod:`service.routers.recommend`),
 which stays in place, documented in the OpenAPI schema, and handles everything else: item
 filters, values the fast path does not recognise, unknown users (404), out-of-range ``k`` (422),
-no model (503).
+no model (503). Requests that arrive in the same event-loop turn are ranked as one batch
+(:mod:`service.batching`) unless the ``batch_requests`` setting is off.
 tests/service/test_fast_path.py checks that both give the same answers.
 """
 
@@ -20,6 +21,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.batching import TurnBatcher
 from service.model_holder import ModelHolder
 from service.ranking import ranked, recommendation_json
 from service.routers.recommend import VERSION_HEADER
@@ -65,9 +67,10 @@ def _parse(query: bytes) -> tuple[int, bool] | None:
 class TopKFastPath:
     """ASGI middleware: answers plain single-user top-k requests, passes everything else on."""
 
-    def __init__(self, app: ASGIApp, holder: ModelHolder) -> None:
+    def __init__(self, app: ASGIApp, holder: ModelHolder, batcher: TurnBatcher | None) -> None:
         self.app = app
         self.holder = holder
+        self.batcher = batcher  # None: each request ranked on its own
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
@@ -78,7 +81,10 @@ class TopKFastPath:
                 user_id = match.group(1)
                 if parsed is not None and model.scorer.has_user(user_id):
                     k, exclude_seen = parsed
-                    (ranking,) = ranked(model, [user_id], k, exclude_seen)
+                    if self.batcher is None:
+                        (ranking,) = ranked(model, [user_id], k, exclude_seen)
+                    else:
+                        ranking = await self.batcher.rank(model, user_id, k, exclude_seen)
                     body = recommendation_json(user_id, ranking, model.version)
                     scope["route"] = _MATCHED
                     await send(

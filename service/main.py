@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from ciess_core import __version__
+from service.batching import TurnBatcher
 from service.errors import install_error_handlers
 from service.fast_path import TopKFastPath
 from service.jobs.store import JobStore
@@ -87,9 +88,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.holder = holder
     app.state.store = None
-    app.state.metrics = Metrics(holder, lambda: app.state.store)
+    batcher = TurnBatcher() if settings.fast_path and settings.batch_requests else None
+    app.state.metrics = Metrics(holder, lambda: app.state.store, lambda: batcher)
     if settings.fast_path:  # added first: it runs inside the metrics middleware
-        app.add_middleware(TopKFastPath, holder=holder)
+        app.add_middleware(TopKFastPath, holder=holder, batcher=batcher)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     for router in (health.router, recommend.router, models.router, admin.router):

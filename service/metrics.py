@@ -5,6 +5,7 @@
 - ``ciess_requests_total{method, route, status}``.
 - ``ciess_model_info{version}`` = 1 for the served model; ``ciess_model_swaps_total``.
 - ``ciess_jobs{state}``: jobs per state, read from the store at scrape time.
+- ``ciess_ranking_batches_total``, ``ciess_ranked_requests_total``: the fast path's turn batcher.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.batching import TurnBatcher
 from service.jobs.store import JobStore
 from service.model_holder import ModelHolder
 
@@ -32,11 +34,17 @@ _LATENCY_BUCKETS = (
 
 
 class _StateCollector(Collector):
-    """Jobs per state and the served model's version, computed when scraped."""
+    """Jobs per state, the served model's version and the turn batcher's counts, when scraped."""
 
-    def __init__(self, store: Callable[[], JobStore | None], holder: ModelHolder) -> None:
+    def __init__(
+        self,
+        store: Callable[[], JobStore | None],
+        holder: ModelHolder,
+        batcher: Callable[[], TurnBatcher | None],
+    ) -> None:
         self._store = store
         self._holder = holder
+        self._batcher = batcher
 
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("ciess_jobs", "Jobs in the store, by state", labels=["state"])
@@ -55,12 +63,29 @@ class _StateCollector(Collector):
         if current is not None:
             model.add_metric([current.version], 1.0)
         yield model
+        batcher = self._batcher()
+        if batcher is not None:  # requests / batches = the mean batch size under load
+            yield CounterMetricFamily(
+                "ciess_ranking_batches",
+                "Ranking calls of the fast path's turn batcher (a batch of one included)",
+                value=batcher.batches,
+            )
+            yield CounterMetricFamily(
+                "ciess_ranked_requests",
+                "Requests ranked by the fast path's turn batcher",
+                value=batcher.requests,
+            )
 
 
 class Metrics:
     """The app's registry and its instruments."""
 
-    def __init__(self, holder: ModelHolder, store: Callable[[], JobStore | None]) -> None:
+    def __init__(
+        self,
+        holder: ModelHolder,
+        store: Callable[[], JobStore | None],
+        batcher: Callable[[], TurnBatcher | None] = lambda: None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "ciess_request_duration_seconds",
@@ -83,7 +108,7 @@ class Metrics:
             "Promoted artifacts that failed to load (the old model kept serving)",
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(store, holder))
+        self.registry.register(_StateCollector(store, holder, batcher))
 
 
 class MetricsMiddleware:
