@@ -127,9 +127,14 @@ class Server:
         Path(self.log.name).unlink(missing_ok=True)
 
 
-# ``server`` names: the service as shipped, the same with uvicorn's stock httptools protocol (two
-# writes per response, to show what the one-write protocol is worth), and the PyTorch baseline.
-CIESS_SERVERS = {"ciess": "coalescing", "ciess-stock-http": "httptools"}
+# ``server`` names: the service as shipped; without the turn batcher; without it and on uvicorn's
+# stock httptools protocol (two writes per response): each step shows one change's share. Then the
+# PyTorch baseline. Values: (``ciess serve --http``, environment).
+CIESS_SERVERS = {
+    "ciess": ("coalescing", {}),
+    "ciess-unbatched": ("coalescing", {"CIESS_BATCH_REQUESTS": "0"}),
+    "ciess-stock-http": ("httptools", {"CIESS_BATCH_REQUESTS": "0"}),
+}
 SERVERS = (*CIESS_SERVERS, "torch")
 
 
@@ -141,9 +146,10 @@ def start_server(
     if kind in CIESS_SERVERS:
         command = [
             sys.executable, "-m", "ciess_core.cli", "serve", "--no-worker", "--no-access-log",
-            "--port", str(port), "--workers", str(workers), "--http", CIESS_SERVERS[kind],
+            "--port", str(port), "--workers", str(workers), "--http", CIESS_SERVERS[kind][0],
             "--artifact-dir", str(artifact), "--state-dir", str(state),
         ]  # fmt: skip
+        env.update(CIESS_SERVERS[kind][1])
         env["CIESS_ADMIN_TOKEN"] = token
         env["CIESS_SCORER_THREADS"] = "1"
     else:
@@ -509,10 +515,12 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         "with `wrk` (C, about 10 µs of CPU per request, so the servers keep most of the two cores)",
         "and with `bench/loadgen.py` (Python, several times that); the open loop uses",
         "`bench/loadgen.py`, which schedules requests at a fixed rate. `ciess`: `ciess serve` with",
-        "onnxruntime, no torch, on uvicorn's httptools protocol changed to send each response in one",
-        "write (`service/http_protocol.py`, the default of `ciess serve`). `ciess-stock-http`: the",
-        "same service on uvicorn's stock httptools protocol (`--http httptools`: two writes per",
-        "response), to show that change's share. `torch`: `bench/torch_server.py`, the same run's",
+        "onnxruntime, no torch, as shipped: the requests of one event-loop turn ranked as one batch",
+        "(`service/batching.py`) and each response sent in one write (`service/http_protocol.py`).",
+        "`ciess-unbatched`: the same without the batching (`CIESS_BATCH_REQUESTS=0`).",
+        "`ciess-stock-http`: without the batching and on uvicorn's stock httptools protocol",
+        "(`--http httptools`: two writes per response); the three show each change's share.",
+        "`torch`: `bench/torch_server.py`, the same run's",
         "dense PyTorch model, eager `score_all_items` + `torch.topk`, stock uvicorn. All: FastAPI +",
         "uvicorn (uvloop, httptools), no access log, one scoring thread per worker. Server CPU per",
         "request: user + system time of the server's processes over the load, divided by the",
@@ -562,7 +570,7 @@ def write_report(report: dict[str, Any], path: Path) -> None:
             }
             lines.append("")
             for generator in ("wrk", "python"):
-                for other in ("torch", "ciess-stock-http"):
+                for other in ("torch", "ciess-unbatched", "ciess-stock-http"):
                     ratios = [
                         f"{workers} worker(s): "
                         f"{closed[('ciess', workers, generator)] / closed[(other, workers, generator)]:.2f}×"
