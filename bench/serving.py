@@ -406,6 +406,13 @@ def bench_scoring(
         for user in users:
             function(int(user))
         timings[name] = round(1e6 * (time.perf_counter() - started) / users.size, 1)
+    # What the turn batcher does under load: 16 users per call (per user).
+    batches = users[: users.size // 16 * 16].reshape(-1, 16)
+    scorer.recommend(batches[0], args.k)
+    started = time.perf_counter()
+    for batch in batches:
+        scorer.recommend(batch, args.k)
+    timings["ciess_batch_16"] = round(1e6 * (time.perf_counter() - started) / batches.size, 1)
     print(f"[{dataset}] scoring us/user: {timings}", flush=True)
     return {
         "users": int(users.size),
@@ -591,7 +598,13 @@ def write_report(report: dict[str, Any], path: Path) -> None:
                 "Scoring alone, in one process, one thread, top-"
                 f"{scoring['k']} of one user, mean over {scoring['users']} users: ciess "
                 f"{timing['ciess']} µs (item buckets (items, width) {scoring['item_buckets']}), "
-                f"PyTorch eager {timing['torch']} µs (items at width {scoring['torch_item_width']}).",
+                f"PyTorch eager {timing['torch']} µs (items at width {scoring['torch_item_width']})"
+                + (
+                    f"; ciess in batches of 16 users, as the turn batcher ranks them under load: "
+                    f"{timing['ciess_batch_16']} µs per user."
+                    if "ciess_batch_16" in timing
+                    else "."
+                ),
                 "",
             ]
         if "fuzz" in extra and "whole_schema" in extra["fuzz"]:
