@@ -217,21 +217,30 @@ def test_artifacts_without_the_topk_graph_rank_the_same(
         np.testing.assert_array_equal(new_scores, old_scores)
 
 
+@pytest.mark.parametrize("path", ["batch", "one user"])
 def test_ties_go_to_the_lower_item_id_even_across_the_cut(
-    clustered_split: DatasetSplit, tmp_path: Path
+    path: str, clustered_split: DatasetSplit, tmp_path: Path
 ) -> None:
+    """Both ranking paths: a batch (NCF, whose buckets keep each item's own width) and the
+    single-user path of a request (NGCF, whose ragged ego part gives several buckets too)."""
     train, _ = clustered_split.phase(Phase.TEST)
-    # NCF keeps each item's own width, so the buckets reorder the items.
-    model = build(BackboneKind.NCF, train, _sizes(clustered_split))
+    kind = BackboneKind.NCF if path == "batch" else BackboneKind.NGCF
+    model = build(kind, train, _sizes(clustered_split))
     scorer = load_scorer(export(model, clustered_split, tmp_path / "a", verify_users=0))
-    assert len(scorer.bucket_widths) > 1
+    assert len(scorer.bucket_widths) > 1  # bucket order differs from item order
     # Scores from five values only: every top-k cut falls inside a group of ties.
     tied = np.random.default_rng(0).integers(0, 5, (scorer.num_users, scorer.num_items))
     in_bucket_order = tied.astype(np.float32)[:, scorer.index.layout.order]
     scorer._bucket_order_scores = lambda ids: in_bucket_order[ids].copy()  # type: ignore[method-assign]
+    scorer.index.user_scores = lambda user: in_bucket_order[user : user + 1].copy()  # type: ignore[method-assign]
     users = np.arange(scorer.num_users)
     for k in (3, 8, 13):
-        items_k, scores_k = scorer.recommend(users, k, exclude_seen=False)
+        if path == "batch":
+            items_k, scores_k = scorer.recommend(users, k, exclude_seen=False)
+        else:
+            ranked = [scorer.recommend([user], k, exclude_seen=False) for user in users]
+            items_k = np.concatenate([items for items, _ in ranked])
+            scores_k = np.concatenate([scores for _, scores in ranked])
         for user in users:
             expected = np.lexsort((np.arange(scorer.num_items), -tied[user]))[:k]
             np.testing.assert_array_equal(items_k[user], expected)
@@ -263,21 +272,3 @@ def test_one_user_ranks_exactly_as_in_a_batch(
                 items, scores = scorer.recommend([user], k, exclude_seen=exclude_seen)
                 np.testing.assert_array_equal(items[0], batch_items[user])
                 np.testing.assert_allclose(scores[0], batch_scores[user], rtol=1e-5, atol=1e-6)
-
-
-def test_one_user_ties_go_to_the_lower_item_id(
-    clustered_split: DatasetSplit, tmp_path: Path
-) -> None:
-    train, _ = clustered_split.phase(Phase.TEST)
-    model = build(BackboneKind.NGCF, train, _sizes(clustered_split))
-    scorer = load_scorer(export(model, clustered_split, tmp_path / "a", verify_users=0))
-    assert len(scorer.bucket_widths) > 1  # bucket order differs from item order
-    tied = np.random.default_rng(1).integers(0, 5, (scorer.num_users, scorer.num_items))
-    in_bucket_order = tied.astype(np.float32)[:, scorer.index.layout.order]
-    scorer.index.user_scores = lambda user: in_bucket_order[user : user + 1].copy()  # type: ignore[method-assign]
-    for user in range(scorer.num_users):
-        for k in (3, 8, 13):
-            items, scores = scorer.recommend([user], k, exclude_seen=False)
-            expected = np.lexsort((np.arange(scorer.num_items), -tied[user]))[:k]
-            np.testing.assert_array_equal(items[0], expected)
-            np.testing.assert_array_equal(scores[0], tied[user, expected])
