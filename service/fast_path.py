@@ -1,9 +1,9 @@
 """The single-user top-k route answered straight from ASGI, ahead of FastAPI's routing.
 
 ``GET /v1/users/{user_id}/recommendations`` is what a recommender service answers most, and the
-ranking itself takes about a tenth of a millisecond (82 µs on ML-1M, 131 µs on Yelp2018);
-FastAPI's routing, dependency injection, parameter validation and response handling cost several
-times that (measured in docs/benchmarks/serving.md). This middleware answers the plain form of
+ranking itself takes tens of microseconds per user (docs/benchmarks/serving.md); FastAPI's
+routing, dependency injection, parameter validation and response handling cost several times
+that. This middleware answers the plain form of
 that request, a known user with ``k`` and ``exclude_seen`` given as FastAPI itself would accept
 them, with the very same body and headers as the FastAPI route (:mod:`service.routers.recommend`),
 which stays in place, documented in the OpenAPI schema, and handles everything else: item
