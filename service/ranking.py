@@ -6,6 +6,7 @@ the allowed items are ranked with the same rules (seen items out, ties towards t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -121,10 +122,12 @@ def recommendation_json(
     """A :class:`service.schemas.RecommendationResponse` body, serialised in one step.
 
     orjson: UTF-8 and compact like FastAPI's own JSON responses, about ten times faster than the
-    standard library here (the body was 8 % of a request's CPU). Scores are finite (empty slots
-    were dropped), which orjson would otherwise write as null.
+    standard library here (the body was 8 % of a request's CPU). It would write a NaN or infinite
+    score as null; like ``json.dumps(allow_nan=False)`` before it, this refuses one instead.
     """
     labels, scores = ranking
+    if not all(map(math.isfinite, scores)):
+        raise ValueError(f"non-finite score in the top-k of user {user_id!r}: {scores}")
     return orjson.dumps(
         {
             "user_id": user_id,

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
+from service.ranking import recommendation_json
 from service.settings import Settings
 
 QUERIES = [
@@ -78,3 +79,12 @@ def test_fast_path_requests_are_counted_in_the_metrics(
 def test_fast_path_waits_for_a_model(settings: Settings) -> None:
     with TestClient(create_app(dataclasses.replace(settings, artifact_dir=None))) as client:
         assert client.get("/v1/users/u0/recommendations").status_code == 503
+
+
+def test_a_non_finite_score_is_refused_not_written_as_null() -> None:
+    assert recommendation_json("u0", (["i1"], [0.5]), "v1") == (
+        b'{"user_id":"u0","items":[{"item_id":"i1","score":0.5}],"model_version":"v1"}'
+    )
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="non-finite score"):
+            recommendation_json("u0", (["i1", "i2"], [0.5, bad]), "v1")
