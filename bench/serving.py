@@ -503,10 +503,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _generator(row: dict[str, Any]) -> str:
+    return str(row.get("generator", "python"))  # rows from before wrk: bench/loadgen.py
+
+
 def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
     """One row per dataset, server, workers, offered rate and load generator."""
-    generator = row.get("generator", "python")  # rows from before wrk: bench/loadgen.py
-    return row["dataset"], row["server"], row["workers"], row["offered_rps"], generator
+    return row["dataset"], row["server"], row["workers"], row["offered_rps"], _generator(row)
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
@@ -556,11 +559,11 @@ def write_report(report: dict[str, Any], path: Path) -> None:
             ]
             ordered = sorted(
                 subset,
-                key=lambda r: (r["server"], r["workers"], r["offered_rps"] or 0, _row_key(r)[-1]),
+                key=lambda r: (r["server"], r["workers"], r["offered_rps"] or 0, _generator(r)),
             )
             for row in ordered:
                 load = (
-                    f"closed, {row['connections']} conns, {_row_key(row)[-1]}"
+                    f"closed, {row['connections']} conns, {_generator(row)}"
                     if row["offered_rps"] is None
                     else f"open {row['offered_rps']:.0f}/s"
                 )
@@ -571,7 +574,7 @@ def write_report(report: dict[str, Any], path: Path) -> None:
                     f"{row.get('server_cpu_ms_per_request', '–')} | {row['ready_seconds']} |"
                 )
             closed = {
-                (r["server"], r["workers"], _row_key(r)[-1]): r["throughput_rps"]
+                (r["server"], r["workers"], _generator(r)): r["throughput_rps"]
                 for r in subset
                 if r["offered_rps"] is None
             }

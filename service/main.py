@@ -89,7 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.holder = holder
     app.state.store = None
     batcher = TurnBatcher() if settings.fast_path and settings.batch_requests else None
-    app.state.metrics = Metrics(holder, lambda: app.state.store, lambda: batcher)
+    app.state.metrics = Metrics(holder, lambda: app.state.store, batcher)
     if settings.fast_path:  # added first: it runs inside the metrics middleware
         app.add_middleware(TopKFastPath, holder=holder, batcher=batcher)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -40,7 +40,7 @@ class _StateCollector(Collector):
         self,
         store: Callable[[], JobStore | None],
         holder: ModelHolder,
-        batcher: Callable[[], TurnBatcher | None],
+        batcher: TurnBatcher | None,
     ) -> None:
         self._store = store
         self._holder = holder
@@ -63,7 +63,7 @@ class _StateCollector(Collector):
         if current is not None:
             model.add_metric([current.version], 1.0)
         yield model
-        batcher = self._batcher()
+        batcher = self._batcher
         if batcher is not None:  # requests / batches = the mean batch size under load
             yield CounterMetricFamily(
                 "ciess_ranking_batches",
@@ -84,7 +84,7 @@ class Metrics:
         self,
         holder: ModelHolder,
         store: Callable[[], JobStore | None],
-        batcher: Callable[[], TurnBatcher | None] = lambda: None,
+        batcher: TurnBatcher | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram(

@@ -126,41 +126,34 @@ class DotIndex:
         one user spends more time in that bookkeeping than in the products themselves.
         """
         row = self.users[user : user + 1]  # a view: one row of a C-contiguous matrix
-        widest_user = min(int(self.user_widths[user]), row.shape[1])
-        if len(self.item_blocks) == 1:
-            block = self.item_blocks[0]
-            common = max(1, min(block.shape[0], widest_user))
-            (scores,) = _run(self.session, {"users": row[:, :common], "items_t": block[:common]})
-            return scores
-        result = np.empty((1, self.layout.order.size), np.float32)
-        for (start, end, _), block in zip(self.layout.bounds, self.item_blocks, strict=True):
-            common = max(1, min(block.shape[0], widest_user))
-            (result[:, start:end],) = _run(
-                self.session, {"users": row[:, :common], "items_t": block[:common]}
-            )
-        return result
+        return self._products(row, int(self.user_widths[user]))
 
     def scores(self, user_ids: IdArray, out: FloatArray | None = None) -> FloatArray:
         """(B, num_items) float32 scores in bucket order for internal user ids (B,)."""
-        rows = self.users[user_ids]
         widest_user = int(self.user_widths[user_ids].max()) if user_ids.size else 1
+        return self._products(self.users[user_ids], widest_user, out)
 
-        def bucket_scores(width: int, block: FloatArray) -> FloatArray:
+    def _products(
+        self, rows: FloatArray, widest_user: int, out: FloatArray | None = None
+    ) -> FloatArray:
+        """``rows`` (B, w) times every bucket; added to ``out`` when given."""
+
+        def bucket_scores(block: FloatArray) -> FloatArray:
             # Past either side's width every product is zero: multiply only the common prefix.
-            common = max(1, min(width, widest_user, rows.shape[1]))
+            common = max(1, min(block.shape[0], widest_user, rows.shape[1]))
             users = np.ascontiguousarray(rows[:, :common])
             (scores,) = _run(self.session, {"users": users, "items_t": block[:common]})
             return scores
 
         if out is None and len(self.item_blocks) == 1:  # one bucket: its scores are the result
-            return bucket_scores(self.layout.bounds[0][2], self.item_blocks[0])
+            return bucket_scores(self.item_blocks[0])
         num_items = self.layout.order.size
-        result = np.zeros((user_ids.size, num_items), np.float32) if out is None else out
-        for (start, end, width), block in zip(self.layout.bounds, self.item_blocks, strict=True):
+        result = np.zeros((rows.shape[0], num_items), np.float32) if out is None else out
+        for (start, end, _), block in zip(self.layout.bounds, self.item_blocks, strict=True):
             if out is None:
-                result[:, start:end] = bucket_scores(width, block)
+                result[:, start:end] = bucket_scores(block)
             else:
-                result[:, start:end] += bucket_scores(width, block)
+                result[:, start:end] += bucket_scores(block)
         return result
 
 
@@ -306,15 +299,11 @@ class ArtifactScorer:
         k = min(k, self.num_items)
         layout = self.index.layout
         if ids.size == 1 and self.ncf_parts is None:  # one user: the lean path, same result
-            user = int(ids[0])
-            scores = self.index.user_scores(user)
-            if exclude_seen:
-                start, end = self.seen.indptr[user], self.seen.indptr[user + 1]
-                scores[0, self._seen_positions[start:end]] = -np.inf
+            scores = self.index.user_scores(int(ids[0]))
         else:
             scores = self._bucket_order_scores(ids)
-            if exclude_seen:
-                scores[self._seen_entries(ids)] = -np.inf
+        if exclude_seen:
+            scores[self._seen_entries(ids)] = -np.inf
         # One more than asked: when the k-th and (k+1)-th scores differ the top-k set is unique;
         # when they tie, the row is ranked in full so that ties go to the lower item id.
         fetched = min(k + 1, self.num_items)
@@ -337,11 +326,13 @@ class ArtifactScorer:
         """(row in ``ids``, position in bucket order) of every seen entry: the CSR rows gathered
         directly, without scipy's fancy indexing (which costs more than the ranking of a user)."""
         indptr, indices = self.seen.indptr, self._seen_positions
+        if ids.size == 1:  # a request's case: one slice
+            user = int(ids[0])
+            positions = indices[indptr[user] : indptr[user + 1]]
+            return np.zeros(positions.size, np.int64), positions.astype(np.int64)
         starts, ends = indptr[ids].astype(np.int64), indptr[ids + 1].astype(np.int64)
         counts = ends - starts
         rows = np.repeat(np.arange(ids.size), counts)
-        if ids.size == 1:
-            return rows, indices[starts[0] : ends[0]].astype(np.int64)
         first = np.cumsum(counts) - counts  # where each row starts in the gathered output
         positions = np.arange(int(counts.sum())) + np.repeat(starts - first, counts)
         return rows, indices[positions].astype(np.int64)
