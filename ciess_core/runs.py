@@ -29,6 +29,7 @@ from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
 from ciess_core.sizes import SizeScheme, assign_sizes, sparsity
 from ciess_core.training import TrainConfig, TrainResult, evaluate_model, train_bpr
+from ciess_core.training.distillation import DistillationConfig, Distiller
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,11 @@ class Protocol(enum.Enum):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything that defines one training run."""
+    """Everything that defines one training run.
+
+    ``distillation``: when set, every training stage also follows a teacher (passed to
+    :func:`execute_run`), see :mod:`ciess_core.training.distillation`.
+    """
 
     dataset: str
     backbone: BackboneConfig
@@ -59,6 +64,7 @@ class RunSpec:
     target_sparsity: float | None = None
     protocol: Protocol = Protocol.CLEAN
     split_seed: int = 42
+    distillation: DistillationConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -99,36 +105,71 @@ def _stage_summary(result: TrainResult) -> dict[str, Any]:
     }
 
 
+def _distiller(
+    spec: RunSpec, teacher: Backbone | None, train: sp.csr_matrix
+) -> Distiller | None:
+    if spec.distillation is None:
+        return None
+    if teacher is None:
+        raise ConfigError("the run asks for distillation but no teacher model was given")
+    return Distiller(teacher, train, spec.distillation, spec.training.eval_users_per_chunk)
+
+
 def select_on_validation(
-    spec: RunSpec, split: DatasetSplit, sizes: np.ndarray, progress: bool = True
+    spec: RunSpec,
+    split: DatasetSplit,
+    sizes: np.ndarray,
+    progress: bool = True,
+    teacher: Backbone | None = None,
 ) -> TrainResult:
     """The clean protocol's first stage: train on train, early-stop and select on validation."""
     search_train, valid = split.phase(Phase.SEARCH)
     model = _fresh_model(spec, search_train, sizes, _device(spec))
-    return train_bpr(model, search_train, spec.training, held_out=valid, progress=progress)
+    return train_bpr(
+        model,
+        search_train,
+        spec.training,
+        held_out=valid,
+        progress=progress,
+        distiller=_distiller(spec, teacher, search_train),
+    )
 
 
 def execute_run(
-    spec: RunSpec, split: DatasetSplit, sizes: np.ndarray, progress: bool = True
+    spec: RunSpec,
+    split: DatasetSplit,
+    sizes: np.ndarray,
+    progress: bool = True,
+    teacher: Backbone | None = None,
 ) -> tuple[Backbone, RunOutcome, list[dict[str, Any]]]:
     """Train and test one model with fixed ``sizes`` under ``spec.protocol``.
 
-    Returns the final model, the outcome and the evaluation history (one dict per evaluation).
+    ``teacher`` is the trained model that ``spec.distillation`` distils from (it must score the
+    same users and items). Returns the final model, the outcome and the evaluation history (one
+    dict per evaluation).
     """
     device = _device(spec)
     started = time.perf_counter()
+    test_distiller = _distiller(spec, teacher, split.phase(Phase.TEST)[0])
     history: list[dict[str, Any]] = []
     stages: dict[str, dict[str, Any]] = {}
     test_train, test = split.phase(Phase.TEST)
     if spec.protocol is Protocol.REFERENCE:
         model = _fresh_model(spec, test_train, sizes, device)
-        result = train_bpr(model, test_train, spec.training, held_out=test, progress=progress)
+        result = train_bpr(
+            model,
+            test_train,
+            spec.training,
+            held_out=test,
+            progress=progress,
+            distiller=test_distiller,
+        )
         history += [{"stage": "test", **dataclasses.asdict(r)} for r in result.history]
         stages["reference"] = _stage_summary(result)
         test_metrics = result.best_metrics
         valid_metrics: dict[str, float] = {}
     else:
-        selection = select_on_validation(spec, split, sizes, progress=progress)
+        selection = select_on_validation(spec, split, sizes, progress=progress, teacher=teacher)
         history += [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
         stages["select"] = _stage_summary(selection)
         valid_metrics = selection.best_metrics
@@ -136,7 +177,9 @@ def execute_run(
             spec.training, max_batches=max(selection.best_batch, 1), eval_every=0
         )
         model = _fresh_model(spec, test_train, sizes, device)
-        final = train_bpr(model, test_train, final_config, progress=progress)
+        final = train_bpr(
+            model, test_train, final_config, progress=progress, distiller=test_distiller
+        )
         stages["final"] = _stage_summary(final)
         test_metrics = evaluate_model(
             model, test_train, test, spec.training.eval_users_per_chunk
@@ -182,6 +225,7 @@ def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
         "target_sparsity": spec.target_sparsity,
         "protocol": spec.protocol.value,
         "split_seed": spec.split_seed,
+        "distillation": jsonable(spec.distillation),
     }
 
 

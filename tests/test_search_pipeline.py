@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,15 @@ from ciess_core.errors import ConfigError
 from ciess_core.models import BackboneConfig
 from ciess_core.runs import Protocol
 from ciess_core.search import PENALTY_BOUNDS, ItemQuality, PenaltyControl, SearchConfig
-from ciess_core.search.pipeline import EvaluatorKind, PipelineSpec, run_pipeline
+from ciess_core.search.pipeline import (
+    EvaluatorKind,
+    PipelineSpec,
+    load_full_model,
+    run_pipeline,
+)
 from ciess_core.sizes import sparsity
-from ciess_core.training import TrainConfig
+from ciess_core.training import TrainConfig, evaluate_model
+from ciess_core.training.distillation import DistillationConfig
 
 MAX_SIZE = 16
 
@@ -262,3 +269,31 @@ def test_share_fitting_scores_refitted_variants_and_retrains_the_best(
         dataclasses.replace(spec, share_grid=(1.0,))
     with pytest.raises(ConfigError, match="supernet"):
         dataclasses.replace(spec, evaluator=EvaluatorKind.RETRAIN)
+
+
+def test_distilled_retraining_follows_the_kept_full_model(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    """Stage 1 keeps the full model's weights; with distillation the retraining uses them as the
+    teacher, the search itself is unchanged, and the retrained models differ from plain BPR's."""
+    plain = run_pipeline(tiny_spec(), clustered_split, tmp_path / "plain", progress=False)
+    spec = dataclasses.replace(tiny_spec(), distillation=DistillationConfig(top_k=10))
+    distilled = run_pipeline(spec, clustered_split, tmp_path / "kd", progress=False)
+    for folder in ("plain", "kd"):
+        assert (tmp_path / folder / "full" / "model.pt").exists()
+    teacher = load_full_model(spec, clustered_split, tmp_path / "kd" / "full")
+    train, valid = clustered_split.phase(Phase.SEARCH)
+    assert evaluate_model(teacher, train, valid).mean() == pytest.approx(
+        distilled["full_valid_metrics"]
+    )
+    assert _untimed_trace(tmp_path / "kd") == _untimed_trace(tmp_path / "plain")
+    assert distilled["budgets"]["0.5"]["test"] != plain["budgets"]["0.5"]["test"]
+    (tmp_path / "kd" / "full" / "model.pt").unlink()
+    shutil.rmtree(tmp_path / "kd" / "budget-0.8")
+    with pytest.raises(ConfigError, match="model.pt is missing"):
+        run_pipeline(spec, clustered_split, tmp_path / "kd", progress=False)
+
+
+def _untimed_trace(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "search" / "trace.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in row.items() if "seconds" not in key} for row in rows]

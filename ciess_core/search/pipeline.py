@@ -3,7 +3,8 @@
 Stages, each writing its results under the output directory and skipped when already there:
 
 1. ``full/``: the full-size model trained on the search split (early stopping on validation);
-   its per-user and per-item validation quality are the denominators of the quality ratio.
+   its per-user and per-item validation quality are the denominators of the quality ratio, and
+   its weights (``model.pt``) are the teacher when retraining distils.
 2. the evaluator's one-off preparation (the supernet, for the default evaluator).
 3. ``search/``: the episode loop with checkpoints, ``trace.jsonl`` and the assignment pool.
 4. ``budget-<c>/``: optionally the share fit (``fit.json``, see ``PipelineSpec.share_grid``),
@@ -41,6 +42,7 @@ from ciess_core.search.loop import SearchInputs, run_search
 from ciess_core.search.pool import AssignmentPool, split_budget
 from ciess_core.sizes import SizeScheme, sparsity
 from ciess_core.training import TrainConfig, train_bpr
+from ciess_core.training.distillation import DistillationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class PipelineSpec:
             with ``training.selection_metric``, and the best ``retrain_top`` are retrained. The
             search's per-entity rewards cannot see how one side's sizes cost the other side's
             quality; this step weighs the two sides against each other on the metric itself.
+        distillation: when set, selective retraining also distils from the full model of stage 1
+            (:mod:`ciess_core.training.distillation`); None: plain BPR, the paper's.
     """
 
     dataset: str
@@ -90,6 +94,7 @@ class PipelineSpec:
     retrain_top: int = 3
     protocol: Protocol = Protocol.CLEAN
     share_grid: tuple[float, ...] = ()
+    distillation: DistillationConfig | None = None
 
     def __post_init__(self) -> None:
         for share in self.share_grid:
@@ -135,6 +140,7 @@ def _full_model_quality(
     signal = quality_signal(model, train, valid, started, spec.search.item_quality)
     np.save(directory / "user_quality.npy", signal.user_eval)
     np.save(directory / "item_quality.npy", signal.item_eval)
+    torch.save(model.state_dict(), directory / "model.pt")
     summary = {
         "valid_metrics": signal.metrics,
         "best_batch": result.best_batch,
@@ -143,6 +149,21 @@ def _full_model_quality(
     }
     _write_json(summary_path, summary)
     return summary
+
+
+def load_full_model(spec: PipelineSpec, split: DatasetSplit, directory: Path) -> Backbone:
+    """The full model that stage 1 trained and kept in ``directory`` (the distillation teacher)."""
+    weights = directory / "model.pt"
+    if not weights.exists():
+        raise ConfigError(
+            f"{weights} is missing: this run's full model was trained before its weights were "
+            f"kept; remove {directory} to train it again"
+        )
+    train, _ = split.phase(Phase.SEARCH)
+    generator = torch.Generator(device=spec.training.device).manual_seed(spec.training.seed)
+    model = build_backbone(spec.backbone, train, generator)
+    model.load_state_dict(torch.load(weights, map_location=spec.training.device))
+    return model
 
 
 def build_evaluator(
@@ -176,11 +197,13 @@ def retrain_budget(
     directory: Path,
     progress: bool,
     dataset_fingerprint: str | None = None,
+    teacher: Backbone | None = None,
 ) -> dict[str, Any]:
     """Stage 4 for one budget: retrain each candidate, pick one, test it.
 
     With ``dataset_fingerprint``, the chosen candidate's model is also written as a run directory,
-    ``directory/run`` (what ``ciess export`` takes).
+    ``directory/run`` (what ``ciess export`` takes). ``teacher``: the full model, needed when
+    ``spec.distillation`` is set.
     """
     result_path = directory / "result.json"
     if result_path.exists():
@@ -198,10 +221,13 @@ def retrain_budget(
         target_sparsity=budget,
         protocol=spec.protocol,
         size_scheme=SizeScheme.CIESS,
+        distillation=spec.distillation,
     )
     best_run: tuple[float, Backbone, RunOutcome, list[dict[str, Any]]] | None = None
     for index, sizes in enumerate(candidates):
-        model, outcome, history = execute_run(run_spec, split, sizes, progress=progress)
+        model, outcome, history = execute_run(
+            run_spec, split, sizes, progress=progress, teacher=teacher
+        )
         quality = (outcome.valid_metrics if key == "valid" else outcome.test_metrics)[
             spec.training.selection_metric
         ]
@@ -329,6 +355,7 @@ def run_pipeline(
         pool = outcome.pool
         pool.save(pool_dir)
         _write_json(search_dir / "done.json", {"timings": dict(timings)})
+    teacher = None if spec.distillation is None else load_full_model(spec, split, out / "full")
     budgets = {}
     for budget in spec.search.budgets:
         budget_dir = out / f"budget-{budget:g}"
@@ -352,6 +379,7 @@ def run_pipeline(
             budget_dir,
             progress,
             dataset_fingerprint,
+            teacher,
         )
         timings[f"retrain_{budget:g}"] = budgets[f"{budget:g}"]["seconds"]
         sizes = np.load(out / f"budget-{budget:g}" / "sizes.npy")

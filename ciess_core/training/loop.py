@@ -18,6 +18,7 @@ from ciess_core.errors import ConfigError
 from ciess_core.evaluation import RankingResult, evaluate_full_ranking
 from ciess_core.models import Backbone
 from ciess_core.training.config import TrainConfig
+from ciess_core.training.distillation import Distiller
 from ciess_core.training.sampling import BprSampler
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def train_bpr(
     progress: bool = True,
     on_evaluation: Callable[[EvaluationRecord], None] | None = None,
     before_batch: Callable[[int], None] | None = None,
+    distiller: Distiller | None = None,
 ) -> TrainResult:
     """Train ``model`` with BPR on ``train``; select the best checkpoint on ``held_out``.
 
@@ -95,7 +97,8 @@ def train_bpr(
     last weights. Otherwise it evaluates every ``eval_every`` batches (items in ``train`` are
     excluded from the ranking), stops after ``patience`` evaluations without improvement of
     ``selection_metric`` and restores the best weights. ``before_batch(batch_index)`` runs before
-    every batch (the search's supernet uses it to draw new sizes).
+    every batch (the search's supernet uses it to draw new sizes). With ``distiller``, its
+    distillation term on the batch's users is added to the loss.
     """
     if train.shape != (model.num_users, model.num_items):
         raise ConfigError(
@@ -133,6 +136,8 @@ def train_bpr(
             model.score_pairs(representation, users, positives),
             model.score_pairs(representation, users, negatives),
         ) + model.regularization(users, positives, negatives)
+        if distiller is not None:
+            loss = loss + distiller.loss(model, representation, users, rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

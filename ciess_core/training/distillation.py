@@ -1,0 +1,140 @@
+"""Listwise knowledge distillation from a trained teacher into a size-constrained student.
+
+The pipeline trains a full-size model before it searches (its quality is the denominator of the
+search's reward), so a teacher is at hand when the chosen assignments are retrained. Each batch,
+every sampled user gets a short candidate list: ``sampled_top`` items drawn from the teacher's
+``top_k`` highest-scored items among those the user has not interacted with in the student's
+training matrix, and ``sampled_random`` items drawn uniformly from the catalogue. The student is
+pulled towards the teacher's softmax over that list (KL divergence, temperature τ, scaled by τ²),
+beside the usual BPR loss. The top items carry the teacher's knowledge of which unseen items
+come next; the random ones anchor the rest of the catalogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from ciess_core.errors import ConfigError
+from ciess_core.models import Backbone
+from ciess_core.models.base import Representation
+
+
+@dataclass(frozen=True)
+class DistillationConfig:
+    """How strongly and on which items the student follows the teacher.
+
+    Attributes:
+        weight: factor of the distillation term added to the BPR loss.
+        temperature: τ of both softmaxes.
+        top_k: size of each user's list of the teacher's best unseen items.
+        sampled_top: candidates per user per batch drawn from that list.
+        sampled_random: candidates per user per batch drawn uniformly from all items.
+    """
+
+    weight: float = 1.0
+    temperature: float = 1.0
+    top_k: int = 100
+    sampled_top: int = 16
+    sampled_random: int = 16
+
+    def __post_init__(self) -> None:
+        if self.weight <= 0:
+            raise ConfigError(f"distillation weight must be > 0, got {self.weight}")
+        if self.temperature <= 0:
+            raise ConfigError(f"distillation temperature must be > 0, got {self.temperature}")
+        for name in ("top_k", "sampled_top"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"distillation {name} must be >= 1, got {getattr(self, name)}")
+        if self.sampled_random < 0:
+            raise ConfigError(f"sampled_random must be >= 0, got {self.sampled_random}")
+
+
+class Distiller:
+    """A frozen teacher and its per-user candidate lists, for :func:`train_bpr`.
+
+    ``teacher`` must score the same users and items as the student; ``exclude`` is the student's
+    training matrix (the teacher's top lists skip those items).
+    """
+
+    def __init__(
+        self,
+        teacher: Backbone,
+        exclude: sp.csr_matrix,
+        config: DistillationConfig,
+        users_per_chunk: int = 2048,
+    ) -> None:
+        if exclude.shape != (teacher.num_users, teacher.num_items):
+            raise ConfigError(
+                f"teacher scores {teacher.num_users} users and {teacher.num_items} items, "
+                f"the training matrix has shape {exclude.shape}"
+            )
+        if config.top_k >= teacher.num_items:
+            raise ConfigError(
+                f"distillation top_k {config.top_k} must be below the item count "
+                f"{teacher.num_items}"
+            )
+        self.config = config
+        self.teacher = teacher
+        teacher.eval()
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
+        with torch.no_grad():
+            self.representation = teacher.represent()
+            self.top_items = _teacher_top_items(
+                teacher, self.representation, exclude.tocsr(), config.top_k, users_per_chunk
+            )
+
+    def loss(
+        self,
+        student: Backbone,
+        representation: Representation,
+        users: torch.Tensor,
+        rng: np.random.Generator,
+    ) -> torch.Tensor:
+        """The weighted distillation term for the batch's ``users`` (B,)."""
+        config = self.config
+        count = len(users)
+        picks = torch.from_numpy(rng.integers(0, config.top_k, size=(count, config.sampled_top)))
+        top = self.top_items[users.cpu()].gather(1, picks)
+        uniform = torch.from_numpy(
+            rng.integers(0, self.teacher.num_items, size=(count, config.sampled_random))
+        )
+        candidates = torch.cat([top, uniform], dim=1).to(users.device)
+        width = candidates.shape[1]
+        pair_users = users.repeat_interleave(width)
+        pair_items = candidates.reshape(-1)
+        with torch.no_grad():
+            teacher_scores = self.teacher.score_pairs(self.representation, pair_users, pair_items)
+        student_scores = student.score_pairs(representation, pair_users, pair_items)
+        tau = config.temperature
+        target = F.softmax(teacher_scores.view(count, width) / tau, dim=1)
+        log_student = F.log_softmax(student_scores.view(count, width) / tau, dim=1)
+        divergence = F.kl_div(log_student, target, reduction="batchmean")
+        return config.weight * tau * tau * divergence
+
+
+def _teacher_top_items(
+    teacher: Backbone,
+    representation: Representation,
+    exclude: sp.csr_matrix,
+    top_k: int,
+    users_per_chunk: int,
+) -> torch.Tensor:
+    """(num_users, top_k) int64 on the CPU: each user's best-scored items outside ``exclude``."""
+    device = teacher.tables()[0].weight.device
+    rows: list[torch.Tensor] = []
+    for start in range(0, teacher.num_users, users_per_chunk):
+        stop = min(start + users_per_chunk, teacher.num_users)
+        users = torch.arange(start, stop, device=device)
+        scores = teacher.score_all_items(representation, users)
+        block = exclude[start:stop].tocoo()
+        scores[torch.from_numpy(block.row).to(device), torch.from_numpy(block.col).to(device)] = (
+            -torch.inf
+        )
+        rows.append(scores.topk(top_k, dim=1).indices.cpu())
+    return torch.cat(rows)
