@@ -41,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from backbones import RESULTS as BACKBONE_RESULTS
-from backbones import device_suffix, load_rows, machine, merge_rows, save_json
+from backbones import load_rows, machine, merge_rows, save_json
 from paper import PAPER_ABLATION_ML1M, PAPER_METRICS, bet_row, paper_row
 
 from ciess_core.data import DATASETS, Phase, load_dataset, resolve_data_dir, split_per_user
@@ -55,16 +55,22 @@ from ciess_core.search.pipeline import (
     PipelineSpec,
     build_evaluator,
     fit_shares,
+    load_full_model,
     retrain_budget,
     run_pipeline,
 )
 from ciess_core.sizes import equal_sizes
 from ciess_core.training import TrainConfig
+from ciess_core.training.distillation import DistillationConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LEARNING_RATE = TrainConfig().learning_rate
 WORK = ROOT / "bench" / "_work"
 logger = logging.getLogger("bench.ciess")
+
+
+#: Measured cost of the paper's evaluator (`paper-cost`), one record per dataset, backbone, device.
+PAPER_COST = ROOT / "docs" / "benchmarks" / "ciess-paper-cost.json"
 
 
 def results_path(dataset: str) -> Path:
@@ -108,10 +114,31 @@ def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
         retrain_top=arguments.retrain_top,
         protocol=Protocol(arguments.protocol),
         share_grid=DEFAULT_SHARE_GRID if arguments.fit_shares else (),
+        distillation=distillation_from(arguments),
+    )
+
+
+def distillation_from(arguments: argparse.Namespace) -> DistillationConfig | None:
+    if not arguments.distill:
+        return None
+    return DistillationConfig(
+        weight=arguments.distill_weight, temperature=arguments.distill_temperature
     )
 
 
 def run_dir(arguments: argparse.Namespace) -> Path:
+    """The `run` folder of these arguments: the search's folder, plus a suffix for a
+    distilled retraining (which starts from a copy of the search's stages)."""
+    base = search_dir(arguments)
+    if arguments.distill:  # the search is the same; only the retraining differs
+        return base.with_name(
+            f"{base.name}-distill-w{arguments.distill_weight:g}-t{arguments.distill_temperature:g}"
+        )
+    return base
+
+
+def search_dir(arguments: argparse.Namespace) -> Path:
+    """The folder whose full model, supernet and search these arguments' runs share."""
     name = (
         f"ciess-{arguments.dataset}-{arguments.backbone}-{arguments.protocol}-{arguments.evaluator}"
     )
@@ -126,6 +153,13 @@ def run_dir(arguments: argparse.Namespace) -> Path:
     if arguments.learning_rate != DEFAULT_LEARNING_RATE:
         name += f"-lr{arguments.learning_rate:g}"
     return WORK / name
+
+
+def copy_shared_stages(source: Path, out: Path, stages: tuple[str, ...]) -> None:
+    """Start ``out`` from ``source``'s finished stages (same data, backbone and schedules)."""
+    for stage in stages:
+        if (source / stage).is_dir() and not (out / stage).exists():
+            shutil.copytree(source / stage, out / stage)
 
 
 def budget_rows(
@@ -149,6 +183,7 @@ def budget_rows(
             "penalty_control": arguments.penalty_control,
             "policy_rollouts": arguments.policy_rollouts,
             "fit_shares": arguments.fit_shares,
+            "distillation": budget_distillation(arguments),
             "metrics": {m: round(result["test"][m], 6) for m in PAPER_METRICS},
             "valid_metrics": {m: round(v, 6) for m, v in result["valid"].items()},
             "seconds": round(result["seconds"], 1),
@@ -174,7 +209,13 @@ def same_search(row: dict[str, Any], arguments: argparse.Namespace) -> bool:
         and bool(row.get("fit_shares")) == arguments.fit_shares
         and row.get("learning_rate", DEFAULT_LEARNING_RATE) == arguments.learning_rate
         and row.get("device", "cpu") == arguments.device
+        and row.get("distillation") == budget_distillation(arguments)
     )
+
+
+def budget_distillation(arguments: argparse.Namespace) -> dict[str, Any] | None:
+    config = distillation_from(arguments)
+    return None if config is None else dataclasses.asdict(config)
 
 
 ABLATION_VARIANTS = {
@@ -199,9 +240,7 @@ def ablation(arguments: argparse.Namespace) -> None:
             search=dataclasses.replace(base.search, random_walk=walk, exploration_noise=noise),
         )
         out = WORK / f"ablation-{shared.name}-{variant}"
-        for stage in ("full", "supernet"):  # same model and supernet as the main run
-            if (shared / stage).is_dir() and not (out / stage).exists():
-                shutil.copytree(shared / stage, out / stage)
+        copy_shared_stages(shared, out, ("full", "supernet"))  # as the main run's
         logger.info("ablation %s in %s", variant, out)
         summary = run_pipeline(spec, split, out, progress=not arguments.no_progress)
         rows = [
@@ -239,6 +278,8 @@ def run(arguments: argparse.Namespace) -> None:
         load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
     )
     out = run_dir(arguments)
+    if out != search_dir(arguments):
+        copy_shared_stages(search_dir(arguments), out, ("full", "supernet", "search"))
     started = time.perf_counter()
     summary = run_pipeline(spec, split, out, progress=not arguments.no_progress)
     rows = [
@@ -268,40 +309,55 @@ def run(arguments: argparse.Namespace) -> None:
     write_report(arguments.dataset)
 
 
-def es_fit(arguments: argparse.Namespace) -> None:
-    """The share fit applied to ES itself: per-side equal sizes, users' share picked on validation.
+def es_control(arguments: argparse.Namespace, fit: bool) -> None:
+    """ES retrained under a `run` folder's settings: the control for a CIESS variant.
 
-    The control for ``--fit-shares``: it tells how much of a share-fitted CIESS result comes from
-    weighing users against items rather than from the search. Uses the `run` folder's supernet.
+    ``fit``: the share fit applied to ES itself (per-side equal sizes, the users' share picked on
+    validation by the run folder's supernet), the control for ``--fit-shares``; it tells how much
+    of a share-fitted CIESS result comes from weighing users against items rather than from the
+    search. With ``--distill`` the retraining distils from the run folder's full model, as the
+    CIESS run's does. Rows: ``es`` + ``-fit`` and/or ``-distill``.
     """
-    spec = dataclasses.replace(spec_from(arguments), share_grid=DEFAULT_SHARE_GRID)
+    spec = spec_from(arguments)
+    if fit:
+        spec = dataclasses.replace(spec, share_grid=DEFAULT_SHARE_GRID)
+    method = "es" + ("-fit" if fit else "") + ("-distill" if spec.distillation else "")
+    if method == "es":
+        raise SystemExit("es-control needs --fit-shares or --distill (plain ES: backbones.py)")
     split = split_per_user(
         load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
     )
-    shared = run_dir(arguments)
-    out = WORK / f"es-fit-{shared.name}"
-    evaluator = build_evaluator(spec, split, cache_dir=shared / "supernet")
-    evaluator.prepare()
+    shared = search_dir(arguments)
+    out = WORK / f"{method}-{run_dir(arguments).name}"
+    evaluator = None
+    if fit:
+        evaluator = build_evaluator(spec, split, cache_dir=shared / "supernet")
+        evaluator.prepare()
+    teacher = load_full_model(spec, split, shared / "full") if spec.distillation else None
     summary: dict[str, Any] = {"budgets": {}, "timings": {}}
     for budget in spec.search.budgets:
         directory = out / f"budget-{budget:g}"
         started = time.perf_counter()
-        equal = equal_sizes(split.num_users + split.num_items, spec.search.max_size, budget)
-        fitted = fit_shares(spec, evaluator, split.num_users, budget, [equal], directory)
+        candidates = [equal_sizes(split.num_users + split.num_items, spec.search.max_size, budget)]
+        if evaluator is not None:
+            candidates = fit_shares(spec, evaluator, split.num_users, budget, candidates, directory)
         summary["timings"][f"fit_{budget:g}"] = round(time.perf_counter() - started, 2)
-        result = retrain_budget(spec, split, budget, fitted[:1], directory, progress=False)
+        result = retrain_budget(
+            spec, split, budget, candidates[:1], directory, progress=False, teacher=teacher
+        )
         summary["budgets"][f"{budget:g}"] = result
         summary["timings"][f"retrain_{budget:g}"] = result["seconds"]
     rows = [
         r
         for r in load_rows(rows_path(arguments))
         if not (
-            r["method"] == "es-fit"
+            r["method"] == method
             and r["backbone"] == arguments.backbone
             and r["protocol"] == arguments.protocol
+            and r.get("distillation") == budget_distillation(arguments)
         )
     ]
-    rows += budget_rows(arguments, "es-fit", summary)
+    rows += budget_rows(arguments, method, summary)
     save_json(rows_path(arguments), rows)
     write_report(arguments.dataset)
 
@@ -341,19 +397,27 @@ def paper_cost(arguments: argparse.Namespace) -> None:
     sizes = equal_sizes(split.num_users + split.num_items, 128, 0.8)
     signal = evaluator.evaluate(sizes)
     iterations = spec.search.num_episodes * spec.search.iterations_per_episode
-    suffix = device_suffix(arguments.device)
-    path = WORK / f"paper-cost-{arguments.dataset}-{arguments.backbone}{suffix}.json"
-    save_json(
-        path,
+    device = arguments.device.split(":")[0]
+    records = [
+        r
+        for r in load_rows(PAPER_COST)
+        if (r["dataset"], r["backbone"], r["device"])
+        != (arguments.dataset, arguments.backbone, device)
+    ]
+    records.append(
         {
+            "dataset": arguments.dataset,
+            "backbone": arguments.backbone,
+            "device": device,
             "batches_per_iteration": arguments.paper_batches,
             "seconds_per_iteration": round(signal.seconds, 1),
             "iterations": iterations,
             "seconds_total": round(signal.seconds * iterations, 0),
             "machine": machine(),
             "command": "python bench/ciess.py " + " ".join(sys.argv[1:]),
-        },
+        }
     )
+    save_json(PAPER_COST, records)
     write_report(arguments.dataset)
 
 
@@ -368,7 +432,18 @@ def variant_label(row: dict[str, Any]) -> str:
         parts.append("rollouts")
     if row.get("fit_shares"):
         parts.append("share fit")
+    if row.get("distillation"):
+        config = row["distillation"]
+        parts.append(f"distilled w {config['weight']:g} τ {config['temperature']:g}")
     return ", ".join(parts)
+
+
+def control_label(row: dict[str, Any]) -> str:
+    """A baseline's or ES control's method, with its distillation settings if any."""
+    config = row.get("distillation")
+    if not config:
+        return str(row["method"])
+    return f"{row['method']} [w {config['weight']:g} τ {config['temperature']:g}]"
 
 
 def write_report(dataset: str) -> None:
@@ -384,7 +459,7 @@ def write_report(dataset: str) -> None:
         "",
     ]
     ablations = [r for r in rows if r["method"] == "ciess-ablation"]
-    fitted_es = [r for r in rows if r["method"] == "es-fit"]
+    es_controls = [r for r in rows if r["method"].startswith("es-")]
     rows = [r for r in rows if r["method"] == "ciess"]
     for protocol in ("reference", "clean"):
         ours = [r for r in rows if r["protocol"] == protocol]
@@ -393,9 +468,11 @@ def write_report(dataset: str) -> None:
         lines += [
             f"## Test metrics, {protocol} protocol",
             "",
-            "Per backbone and budget: our full model, ES and MR (from `backbones.json`), ES with "
-            "the share fit (`es-fit`, the control for CIESS's `share fit`), then every CIESS "
-            "variant run (search settings in brackets), with N@20 relative to our ES.",
+            "Per backbone and budget: our full model, ES and MR (from `backbones.json`), the ES "
+            "controls (`es-fit`: ES with the share fit, the control for CIESS's `share fit`; "
+            "`es-distill`: ES retrained with distillation from the run's full model, the control "
+            "for CIESS's `distilled`), then every CIESS variant run (search settings in "
+            "brackets), with N@20 relative to our plain ES.",
             "",
             "| backbone | c | method | achieved c | R@5 | R@20 | N@5 | N@20 | N@20 vs our ES | "
             "paper CIESS R@20 | paper CIESS N@20 | BET R@20 / N@20 | device | time |",
@@ -422,7 +499,7 @@ def write_report(dataset: str) -> None:
             ]
             same += [
                 r
-                for r in fitted_es
+                for r in es_controls
                 if (r["backbone"], r["protocol"], r["target_sparsity"])
                 == (backbone, protocol, target)
             ]
@@ -432,12 +509,12 @@ def write_report(dataset: str) -> None:
                 is_ciess = entry["method"] == "ciess"
                 versus = (
                     f"{m['ndcg@20'] / es['metrics']['ndcg@20'] - 1:+.1%}"
-                    if entry["method"] in ("ciess", "es-fit") and es is not None
+                    if (is_ciess or entry["method"].startswith("es-")) and es is not None
                     else "–"
                 )
                 lines.append(
                     f"| {backbone} | {target:.2f} | "
-                    + (f"ciess [{variant_label(entry)}]" if is_ciess else entry["method"])
+                    + (f"ciess [{variant_label(entry)}]" if is_ciess else control_label(entry))
                     + f" | {entry['achieved_sparsity']:.4f} | {m['recall@5']:.4f} | "
                     f"{m['recall@20']:.4f} | {m['ndcg@5']:.4f} | {m['ndcg@20']:.4f} | {versus} | "
                     + (
@@ -497,11 +574,12 @@ def write_report(dataset: str) -> None:
                 f"{sum(v for k, v in r['pipeline_timings'].items() if k == 'search' or k.startswith('retrain')) / 60:.1f} min |"
             )
         lines.append("")
-    cost_files = sorted(WORK.glob(f"paper-cost-{dataset}-*.json"))
-    for path in cost_files:
-        cost = json.loads(path.read_text())
+    for cost in load_rows(PAPER_COST):
+        if cost["dataset"] != dataset:
+            continue
         lines += [
-            f"Paper's evaluator here ({path.stem}, {cost['machine']}): one iteration (fresh model at ES 0.8 sizes, "
+            f"Paper's evaluator here ({cost['backbone']}, {cost['device']}, {cost['machine']}): "
+            "one iteration (fresh model at ES 0.8 sizes, "
             f"{cost['batches_per_iteration']} batches, then validation) took "
             f"{cost['seconds_per_iteration']:.0f} s; × {cost['iterations']} iterations = "
             f"{cost['seconds_total'] / 3600:.1f} h.",
@@ -532,7 +610,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "paper-cost", "ablation", "es-fit", "plots"):
+    for name in ("run", "paper-cost", "ablation", "es-fit", "es-control", "plots"):
         command = commands.add_parser(name)
         command.add_argument("--dataset", default="ml-1m")
         command.add_argument("--data-dir")
@@ -561,6 +639,15 @@ def main() -> None:
             "--results",
             help="JSON file the rows go to (default: docs/benchmarks/ciess-<dataset>.json)",
         )
+        command.add_argument(
+            "--distill",
+            action="store_true",
+            help="retrain with distillation from the run's full model",
+        )
+        command.add_argument("--distill-weight", type=float, default=DistillationConfig().weight)
+        command.add_argument(
+            "--distill-temperature", type=float, default=DistillationConfig().temperature
+        )
         command.add_argument("--no-progress", action="store_true")
         if name == "ablation":
             command.add_argument("--variants", default=",".join(ABLATION_VARIANTS))
@@ -583,7 +670,9 @@ def main() -> None:
     elif arguments.command == "ablation":
         ablation(arguments)
     elif arguments.command == "es-fit":
-        es_fit(arguments)
+        es_control(arguments, fit=True)
+    elif arguments.command == "es-control":
+        es_control(arguments, fit=arguments.fit_shares)
     elif arguments.command == "plots":
         plots(arguments)
     else:
