@@ -327,7 +327,12 @@ def es_control(arguments: argparse.Namespace, fit: bool) -> None:
     split = split_per_user(
         load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
     )
-    shared = search_dir(arguments)
+    # The run's full model and supernet: in the search's folder, or in the run's own when a
+    # distilled run did the search itself.
+    shared = next(
+        (d for d in (search_dir(arguments), run_dir(arguments)) if (d / "full").is_dir()),
+        search_dir(arguments),
+    )
     out = WORK / f"{method}-{run_dir(arguments).name}"
     evaluator = None
     if fit:

@@ -86,6 +86,17 @@ def add_search_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--retrain-top", type=int, default=3, help="assignments retrained per budget"
     )
+    parser.add_argument(
+        "--distill",
+        action="store_true",
+        help="retrain the chosen assignments with distillation from the full model",
+    )
+    parser.add_argument(
+        "--distill-weight", type=float, default=1.0, help="weight of the distillation term"
+    )
+    parser.add_argument(
+        "--distill-temperature", type=float, default=1.0, help="softmax temperature τ"
+    )
     parser.add_argument("--protocol", default="clean", choices=["clean", "reference"])
     parser.add_argument("--max-batches", type=int, default=3000, help="full model / retraining")
     parser.add_argument("--eval-every", type=int, default=200)
@@ -113,6 +124,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     )
     from ciess_core.search.plots import plot_search_run
     from ciess_core.training import TrainConfig
+    from ciess_core.training.distillation import DistillationConfig
 
     try:
         budgets = tuple(float(value) for value in arguments.budgets.split(","))
@@ -163,6 +175,13 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         retrain_top=min(arguments.retrain_top, search.pool_size),
         protocol=Protocol(arguments.protocol),
         share_grid=DEFAULT_SHARE_GRID if arguments.fit_shares else (),
+        distillation=(
+            DistillationConfig(
+                weight=arguments.distill_weight, temperature=arguments.distill_temperature
+            )
+            if arguments.distill
+            else None
+        ),
     )
     out = Path(arguments.out or f"runs/search-{Path(arguments.dataset).stem}-{arguments.backbone}")
     out.mkdir(parents=True, exist_ok=True)
@@ -173,6 +192,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         for name, default in jsonable(SearchConfig()).items():
             stored.get("search", {}).setdefault(name, default)
         stored.setdefault("share_grid", [])
+        stored.setdefault("distillation", None)
     if stored is not None and stored != described:
         raise ConfigError(
             f"{out} holds a search with other settings ({spec_path}); "

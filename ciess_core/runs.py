@@ -105,9 +105,7 @@ def _stage_summary(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def _distiller(
-    spec: RunSpec, teacher: Backbone | None, train: sp.csr_matrix
-) -> Distiller | None:
+def _distiller(spec: RunSpec, teacher: Backbone | None, train: sp.csr_matrix) -> Distiller | None:
     if spec.distillation is None:
         return None
     if teacher is None:

@@ -45,6 +45,10 @@ def test_scores_of_pairs_match_scores_of_all_items(
         ).view(model.num_users, model.num_items)
     assert everything.shape == (12, 9)
     torch.testing.assert_close(everything, pairs, rtol=1e-5, atol=1e-6)
+    lists = torch.randint(0, model.num_items, (model.num_users, 5), generator=torch.Generator())
+    with torch.no_grad():
+        candidates = model.score_candidates(representation, users, lists)
+    torch.testing.assert_close(candidates, everything.gather(1, lists), rtol=1e-5, atol=1e-6)
 
 
 def test_truncated_computation_equals_zero_padded_full_width(

@@ -55,7 +55,9 @@ def test_a_student_equal_to_its_teacher_has_zero_loss(
     clustered_split: DatasetSplit, teacher: Backbone
 ) -> None:
     train, _ = clustered_split.phase(Phase.SEARCH)
-    distiller = Distiller(teacher, train, DistillationConfig(top_k=10, temperature=0.5))
+    distiller = Distiller(
+        teacher, train, DistillationConfig(top_k=10, temperature=0.5, users_per_batch=50)
+    )
     users = torch.arange(teacher.num_users)
     rng = np.random.default_rng(0)
     same = distiller.loss(teacher, distiller.representation, users, rng)
@@ -105,6 +107,7 @@ def _top_overlap(student: Backbone, teacher: Backbone, train: sp.csr_matrix, k: 
         ("top_k", 0, "top_k"),
         ("sampled_top", 0, "sampled_top"),
         ("sampled_random", -1, "sampled_random"),
+        ("users_per_batch", -1, "users_per_batch"),
     ],
 )
 def test_bad_distillation_config_is_rejected(field: str, value: object, message: str) -> None:

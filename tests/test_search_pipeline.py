@@ -290,7 +290,7 @@ def test_distilled_retraining_follows_the_kept_full_model(
     assert distilled["budgets"]["0.5"]["test"] != plain["budgets"]["0.5"]["test"]
     (tmp_path / "kd" / "full" / "model.pt").unlink()
     shutil.rmtree(tmp_path / "kd" / "budget-0.8")
-    with pytest.raises(ConfigError, match="model.pt is missing"):
+    with pytest.raises(ConfigError, match=r"model\.pt is missing"):
         run_pipeline(spec, clustered_split, tmp_path / "kd", progress=False)
 
 

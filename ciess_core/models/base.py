@@ -114,6 +114,14 @@ class Backbone(nn.Module, ABC):
     def score_all_items(self, representation: Representation, users: torch.Tensor) -> torch.Tensor:
         """Scores of every item for each user: (B, num_items) from (B,) int64 user ids."""
 
+    def score_candidates(
+        self, representation: Representation, users: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores of a list of items per user: (B, m) from users (B,) and items (B, m)."""
+        count, width = items.shape
+        scores = self.score_pairs(representation, users.repeat_interleave(width), items.reshape(-1))
+        return scores.view(count, width)
+
     def regularization(
         self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
     ) -> torch.Tensor:
@@ -157,6 +165,12 @@ class DotProductBackbone(Backbone):
     def score_all_items(self, representation: Representation, users: torch.Tensor) -> torch.Tensor:
         user_vectors, item_vectors = representation
         return user_vectors[users] @ item_vectors.T
+
+    def score_candidates(
+        self, representation: Representation, users: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
+        user_vectors, item_vectors = representation  # each user's vector is read once
+        return torch.einsum("bw,bmw->bm", user_vectors[users], item_vectors[items])
 
 
 def normal_initializer(std: float):  # type: ignore[no-untyped-def]

@@ -34,6 +34,8 @@ class DistillationConfig:
         top_k: size of each user's list of the teacher's best unseen items.
         sampled_top: candidates per user per batch drawn from that list.
         sampled_random: candidates per user per batch drawn uniformly from all items.
+        users_per_batch: how many of the batch's users (the first ones; the sampler draws them
+            uniformly) get a candidate list; 0: all of them.
     """
 
     weight: float = 1.0
@@ -41,6 +43,7 @@ class DistillationConfig:
     top_k: int = 100
     sampled_top: int = 16
     sampled_random: int = 16
+    users_per_batch: int = 2048
 
     def __post_init__(self) -> None:
         if self.weight <= 0:
@@ -50,8 +53,9 @@ class DistillationConfig:
         for name in ("top_k", "sampled_top"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"distillation {name} must be >= 1, got {getattr(self, name)}")
-        if self.sampled_random < 0:
-            raise ConfigError(f"sampled_random must be >= 0, got {self.sampled_random}")
+        for name in ("sampled_random", "users_per_batch"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"distillation {name} must be >= 0, got {getattr(self, name)}")
 
 
 class Distiller:
@@ -85,7 +89,7 @@ class Distiller:
             parameter.requires_grad_(False)
         with torch.no_grad():
             self.representation = teacher.represent()
-            self.top_items = _teacher_top_items(
+            self.top_items, self.top_scores = _teacher_top_items(
                 teacher, self.representation, exclude.tocsr(), config.top_k, users_per_chunk
             )
 
@@ -98,22 +102,30 @@ class Distiller:
     ) -> torch.Tensor:
         """The weighted distillation term for the batch's ``users`` (B,)."""
         config = self.config
+        if config.users_per_batch:
+            users = users[: config.users_per_batch]
         count = len(users)
+        rows = users.cpu()
         picks = torch.from_numpy(rng.integers(0, config.top_k, size=(count, config.sampled_top)))
-        top = self.top_items[users.cpu()].gather(1, picks)
+        top = self.top_items[rows].gather(1, picks)
         uniform = torch.from_numpy(
             rng.integers(0, self.teacher.num_items, size=(count, config.sampled_random))
         )
+        with torch.no_grad():  # the top lists' teacher scores are kept; only the uniform's cost
+            teacher_scores = torch.cat(
+                [
+                    self.top_scores[rows].gather(1, picks).to(users.device),
+                    self.teacher.score_candidates(
+                        self.representation, users, uniform.to(users.device)
+                    ),
+                ],
+                dim=1,
+            )
         candidates = torch.cat([top, uniform], dim=1).to(users.device)
-        width = candidates.shape[1]
-        pair_users = users.repeat_interleave(width)
-        pair_items = candidates.reshape(-1)
-        with torch.no_grad():
-            teacher_scores = self.teacher.score_pairs(self.representation, pair_users, pair_items)
-        student_scores = student.score_pairs(representation, pair_users, pair_items)
+        student_scores = student.score_candidates(representation, users, candidates)
         tau = config.temperature
-        target = F.softmax(teacher_scores.view(count, width) / tau, dim=1)
-        log_student = F.log_softmax(student_scores.view(count, width) / tau, dim=1)
+        target = F.softmax(teacher_scores / tau, dim=1)
+        log_student = F.log_softmax(student_scores / tau, dim=1)
         divergence = F.kl_div(log_student, target, reduction="batchmean")
         return config.weight * tau * tau * divergence
 
@@ -124,17 +136,21 @@ def _teacher_top_items(
     exclude: sp.csr_matrix,
     top_k: int,
     users_per_chunk: int,
-) -> torch.Tensor:
-    """(num_users, top_k) int64 on the CPU: each user's best-scored items outside ``exclude``."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each user's ``top_k`` best-scored items outside ``exclude`` and their scores, both
+    (num_users, top_k) on the CPU."""
     device = teacher.tables()[0].weight.device
     rows: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
     for start in range(0, teacher.num_users, users_per_chunk):
         stop = min(start + users_per_chunk, teacher.num_users)
         users = torch.arange(start, stop, device=device)
         scores = teacher.score_all_items(representation, users)
         block = exclude[start:stop].tocoo()
-        scores[torch.from_numpy(block.row).to(device), torch.from_numpy(block.col).to(device)] = (
-            -torch.inf
-        )
-        rows.append(scores.topk(top_k, dim=1).indices.cpu())
-    return torch.cat(rows)
+        scores[
+            torch.from_numpy(block.row).to(device), torch.from_numpy(block.col).to(device)
+        ] = -torch.inf
+        best = scores.topk(top_k, dim=1)
+        rows.append(best.indices.cpu())
+        values.append(best.values.cpu())
+    return torch.cat(rows), torch.cat(values)
