@@ -87,6 +87,7 @@ def test_train_settings_from_a_config_file(pairs_file: Path, tmp_path: Path) -> 
         (["train", "--sizes", "equal", "--sparsity", "1.5"], "target sparsity"),
         (["train", "--config", "missing.toml"], "missing.toml"),
         (["search", "--budgets", "0.8,abc"], "--budgets"),
+        (["search", "--distill", "--distill-weight", "0"], "distillation weight"),
     ],
 )
 def test_user_mistakes_end_in_one_error_line(
@@ -156,7 +157,13 @@ def test_search_runs_end_to_end_and_resumes(
     for name in ("item_quality", "penalty_control", "penalty_step", "policy_rollouts"):
         del older["search"][name]
     del older["share_grid"]
+    del older["distillation"]
     spec_path.write_text(json.dumps(older))
     assert main(arguments) == 0
+    distilled = tmp_path / "distilled"
+    assert main([*arguments[:6], str(distilled), *arguments[7:], "--distill"]) == 0
+    config = json.loads((distilled / "budget-0.9" / "run" / "config.json").read_text())
+    assert config["distillation"]["weight"] == 1.0
+    assert json.loads((run / "config.json").read_text())["distillation"] is None
     assert main([*arguments[:-1], "--episodes", "3", "--no-progress"]) == 2
     assert "other settings" in capsys.readouterr().err

@@ -121,5 +121,8 @@ def test_teacher_must_match_the_training_matrix(
     train, _ = clustered_split.phase(Phase.SEARCH)
     with pytest.raises(ConfigError, match="shape"):
         Distiller(teacher, train[:10], DistillationConfig(top_k=5))
-    with pytest.raises(ConfigError, match="top_k"):
-        Distiller(teacher, train, DistillationConfig(top_k=teacher.num_items))
+    capped = Distiller(teacher, train, DistillationConfig(top_k=teacher.num_items))
+    fewest_unseen = teacher.num_items - int(np.diff(train.indptr).max())
+    assert capped.config.top_k == fewest_unseen
+    assert capped.top_items.shape == (teacher.num_users, fewest_unseen)
+    assert not train.toarray()[np.arange(teacher.num_users)[:, None], capped.top_items].any()

@@ -12,6 +12,8 @@ come next; the random ones anchor the rest of the catalogue.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,8 @@ import torch.nn.functional as F
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone
 from ciess_core.models.base import Representation
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ class Distiller:
     """A frozen teacher and its per-user candidate lists, for :func:`train_bpr`.
 
     ``teacher`` must score the same users and items as the student; ``exclude`` is the student's
-    training matrix (the teacher's top lists skip those items).
+    training matrix (the teacher's top lists skip those items; ``top_k`` is capped at the fewest
+    unseen items of any user).
     """
 
     def __init__(
@@ -77,11 +82,13 @@ class Distiller:
                 f"teacher scores {teacher.num_users} users and {teacher.num_items} items, "
                 f"the training matrix has shape {exclude.shape}"
             )
-        if config.top_k >= teacher.num_items:
-            raise ConfigError(
-                f"distillation top_k {config.top_k} must be below the item count "
-                f"{teacher.num_items}"
-            )
+        exclude = exclude.tocsr()
+        unseen = teacher.num_items - int(np.diff(exclude.indptr).max(initial=0))
+        if unseen < 1:
+            raise ConfigError("a user has interacted with every item: nothing to distil")
+        if config.top_k > unseen:  # every top list must hold unseen items only
+            logger.info("distillation top_k %d capped at %d", config.top_k, unseen)
+            config = dataclasses.replace(config, top_k=unseen)
         self.config = config
         self.teacher = teacher
         teacher.eval()
@@ -90,7 +97,7 @@ class Distiller:
         with torch.no_grad():
             self.representation = teacher.represent()
             self.top_items, self.top_scores = _teacher_top_items(
-                teacher, self.representation, exclude.tocsr(), config.top_k, users_per_chunk
+                teacher, self.representation, exclude, config.top_k, users_per_chunk
             )
 
     def loss(
