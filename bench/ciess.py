@@ -46,7 +46,7 @@ from paper import PAPER_ABLATION_ML1M, PAPER_METRICS, bet_row, paper_row
 
 from ciess_core.data import DATASETS, Phase, load_dataset, resolve_data_dir, split_per_user
 from ciess_core.models import BackboneConfig, BackboneKind
-from ciess_core.runs import Protocol
+from ciess_core.runs import Protocol, jsonable
 from ciess_core.search import ExplorationNoise, ItemQuality, PenaltyControl, SearchConfig
 from ciess_core.search.evaluators import RetrainEvaluator
 from ciess_core.search.pipeline import (
@@ -55,13 +55,13 @@ from ciess_core.search.pipeline import (
     PipelineSpec,
     build_evaluator,
     fit_shares,
-    load_full_model,
+    prepare_teachers,
     retrain_budget,
     run_pipeline,
 )
 from ciess_core.sizes import equal_sizes
 from ciess_core.training import TrainConfig
-from ciess_core.training.distillation import DistillationConfig
+from ciess_core.training.distillation import DistillationConfig, TeacherSource
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LEARNING_RATE = TrainConfig().learning_rate
@@ -122,7 +122,10 @@ def distillation_from(arguments: argparse.Namespace) -> DistillationConfig | Non
     if not arguments.distill:
         return None
     return DistillationConfig(
-        weight=arguments.distill_weight, temperature=arguments.distill_temperature
+        weight=arguments.distill_weight,
+        temperature=arguments.distill_temperature,
+        users_per_batch=arguments.distill_users,
+        teacher=TeacherSource(arguments.distill_teacher),
     )
 
 
@@ -131,9 +134,14 @@ def run_dir(arguments: argparse.Namespace) -> Path:
     distilled retraining (which starts from a copy of the search's stages)."""
     base = search_dir(arguments)
     if arguments.distill:  # the search is the same; only the retraining differs
-        return base.with_name(
+        name = (
             f"{base.name}-distill-w{arguments.distill_weight:g}-t{arguments.distill_temperature:g}"
         )
+        if arguments.distill_users != DistillationConfig().users_per_batch:
+            name += f"-u{arguments.distill_users}"
+        if arguments.distill_teacher != DistillationConfig().teacher.value:
+            name += f"-teacher-{arguments.distill_teacher}"
+        return base.with_name(name)
     return base
 
 
@@ -215,7 +223,7 @@ def same_search(row: dict[str, Any], arguments: argparse.Namespace) -> bool:
 
 def budget_distillation(arguments: argparse.Namespace) -> dict[str, Any] | None:
     config = distillation_from(arguments)
-    return None if config is None else dataclasses.asdict(config)
+    return None if config is None else jsonable(config)
 
 
 ABLATION_VARIANTS = {
@@ -338,7 +346,7 @@ def es_control(arguments: argparse.Namespace, fit: bool) -> None:
     if fit:
         evaluator = build_evaluator(spec, split, cache_dir=shared / "supernet")
         evaluator.prepare()
-    teacher = load_full_model(spec, split, shared / "full") if spec.distillation else None
+    teachers, _ = prepare_teachers(spec, split, shared, progress=False)
     summary: dict[str, Any] = {"budgets": {}, "timings": {}}
     for budget in spec.search.budgets:
         directory = out / f"budget-{budget:g}"
@@ -348,7 +356,7 @@ def es_control(arguments: argparse.Namespace, fit: bool) -> None:
             candidates = fit_shares(spec, evaluator, split.num_users, budget, candidates, directory)
         summary["timings"][f"fit_{budget:g}"] = round(time.perf_counter() - started, 2)
         result = retrain_budget(
-            spec, split, budget, candidates[:1], directory, progress=False, teacher=teacher
+            spec, split, budget, candidates[:1], directory, progress=False, teachers=teachers
         )
         summary["budgets"][f"{budget:g}"] = result
         summary["timings"][f"retrain_{budget:g}"] = result["seconds"]
@@ -438,8 +446,7 @@ def variant_label(row: dict[str, Any]) -> str:
     if row.get("fit_shares"):
         parts.append("share fit")
     if row.get("distillation"):
-        config = row["distillation"]
-        parts.append(f"distilled w {config['weight']:g} τ {config['temperature']:g}")
+        parts.append(distillation_label(row["distillation"]))
     return ", ".join(parts)
 
 
@@ -448,7 +455,16 @@ def control_label(row: dict[str, Any]) -> str:
     config = row.get("distillation")
     if not config:
         return str(row["method"])
-    return f"{row['method']} [w {config['weight']:g} τ {config['temperature']:g}]"
+    return f"{row['method']} [{distillation_label(config)}]"
+
+
+def distillation_label(config: dict[str, Any]) -> str:
+    users = config.get("users_per_batch", 0) or "all"
+    teacher = config.get("teacher", "search")
+    return (
+        f"distilled w {config['weight']:g} τ {config['temperature']:g}, {users} users/batch, "
+        f"teacher {teacher}"
+    )
 
 
 def write_report(dataset: str) -> None:
@@ -652,6 +668,17 @@ def main() -> None:
         command.add_argument("--distill-weight", type=float, default=DistillationConfig().weight)
         command.add_argument(
             "--distill-temperature", type=float, default=DistillationConfig().temperature
+        )
+        command.add_argument(
+            "--distill-users",
+            type=int,
+            default=DistillationConfig().users_per_batch,
+            help="users per batch given a candidate list (0: all)",
+        )
+        command.add_argument(
+            "--distill-teacher",
+            default=DistillationConfig().teacher.value,
+            choices=[source.value for source in TeacherSource],
         )
         command.add_argument("--no-progress", action="store_true")
         if name == "ablation":

@@ -97,6 +97,19 @@ def add_search_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--distill-temperature", type=float, default=1.0, help="softmax temperature τ"
     )
+    parser.add_argument(
+        "--distill-users",
+        type=int,
+        default=2048,
+        help="users of each batch given the teacher's candidate list (0: all)",
+    )
+    parser.add_argument(
+        "--distill-teacher",
+        default="search",
+        choices=["search", "phase"],
+        help="search: the full model of the search split teaches every phase; phase: the test "
+        "phase gets its own full model, trained on train + validation (one more training)",
+    )
     parser.add_argument("--protocol", default="clean", choices=["clean", "reference"])
     parser.add_argument("--max-batches", type=int, default=3000, help="full model / retraining")
     parser.add_argument("--eval-every", type=int, default=200)
@@ -124,7 +137,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     )
     from ciess_core.search.plots import plot_search_run
     from ciess_core.training import TrainConfig
-    from ciess_core.training.distillation import DistillationConfig
+    from ciess_core.training.distillation import DistillationConfig, TeacherSource
 
     try:
         budgets = tuple(float(value) for value in arguments.budgets.split(","))
@@ -177,7 +190,10 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         share_grid=DEFAULT_SHARE_GRID if arguments.fit_shares else (),
         distillation=(
             DistillationConfig(
-                weight=arguments.distill_weight, temperature=arguments.distill_temperature
+                weight=arguments.distill_weight,
+                temperature=arguments.distill_temperature,
+                users_per_batch=arguments.distill_users,
+                teacher=TeacherSource(arguments.distill_teacher),
             )
             if arguments.distill
             else None

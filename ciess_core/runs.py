@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -105,11 +106,20 @@ def _stage_summary(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def _distiller(spec: RunSpec, teacher: Backbone | None, train: sp.csr_matrix) -> Distiller | None:
+Teachers = Mapping[Phase, Backbone]
+"""The full model that teaches each training phase when a run distils."""
+
+
+def _distiller(
+    spec: RunSpec, teachers: Teachers | None, phase: Phase, train: sp.csr_matrix
+) -> Distiller | None:
     if spec.distillation is None:
         return None
+    teacher = None if teachers is None else teachers.get(phase)
     if teacher is None:
-        raise ConfigError("the run asks for distillation but no teacher model was given")
+        raise ConfigError(
+            f"the run asks for distillation but no teacher was given for the {phase.value} phase"
+        )
     return Distiller(teacher, train, spec.distillation, spec.training.eval_users_per_chunk)
 
 
@@ -118,7 +128,7 @@ def select_on_validation(
     split: DatasetSplit,
     sizes: np.ndarray,
     progress: bool = True,
-    teacher: Backbone | None = None,
+    teachers: Teachers | None = None,
 ) -> TrainResult:
     """The clean protocol's first stage: train on train, early-stop and select on validation."""
     search_train, valid = split.phase(Phase.SEARCH)
@@ -129,7 +139,7 @@ def select_on_validation(
         spec.training,
         held_out=valid,
         progress=progress,
-        distiller=_distiller(spec, teacher, search_train),
+        distiller=_distiller(spec, teachers, Phase.SEARCH, search_train),
     )
 
 
@@ -138,17 +148,17 @@ def execute_run(
     split: DatasetSplit,
     sizes: np.ndarray,
     progress: bool = True,
-    teacher: Backbone | None = None,
+    teachers: Teachers | None = None,
 ) -> tuple[Backbone, RunOutcome, list[dict[str, Any]]]:
     """Train and test one model with fixed ``sizes`` under ``spec.protocol``.
 
-    ``teacher`` is the trained model that ``spec.distillation`` distils from (it must score the
-    same users and items). Returns the final model, the outcome and the evaluation history (one
-    dict per evaluation).
+    ``teachers``: the trained models that ``spec.distillation`` distils from in each phase (they
+    must score the same users and items). Returns the final model, the outcome and the
+    evaluation history (one dict per evaluation).
     """
     device = _device(spec)
     started = time.perf_counter()
-    test_distiller = _distiller(spec, teacher, split.phase(Phase.TEST)[0])
+    test_distiller = _distiller(spec, teachers, Phase.TEST, split.phase(Phase.TEST)[0])
     history: list[dict[str, Any]] = []
     stages: dict[str, dict[str, Any]] = {}
     test_train, test = split.phase(Phase.TEST)
@@ -167,7 +177,7 @@ def execute_run(
         test_metrics = result.best_metrics
         valid_metrics: dict[str, float] = {}
     else:
-        selection = select_on_validation(spec, split, sizes, progress=progress, teacher=teacher)
+        selection = select_on_validation(spec, split, sizes, progress=progress, teachers=teachers)
         history += [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
         stages["select"] = _stage_summary(selection)
         valid_metrics = selection.best_metrics

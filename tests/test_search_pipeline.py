@@ -20,11 +20,12 @@ from ciess_core.search.pipeline import (
     EvaluatorKind,
     PipelineSpec,
     load_full_model,
+    prepare_teachers,
     run_pipeline,
 )
 from ciess_core.sizes import sparsity
 from ciess_core.training import TrainConfig, evaluate_model
-from ciess_core.training.distillation import DistillationConfig
+from ciess_core.training.distillation import DistillationConfig, TeacherSource
 
 MAX_SIZE = 16
 
@@ -292,6 +293,26 @@ def test_distilled_retraining_follows_the_kept_full_model(
     shutil.rmtree(tmp_path / "kd" / "budget-0.8")
     with pytest.raises(ConfigError, match=r"model\.pt is missing"):
         run_pipeline(spec, clustered_split, tmp_path / "kd", progress=False)
+
+
+@pytest.mark.parametrize("protocol", list(Protocol), ids=lambda protocol: protocol.value)
+def test_a_test_phase_teacher_is_trained_once_on_train_and_validation(
+    clustered_split: DatasetSplit, tmp_path: Path, protocol: Protocol
+) -> None:
+    config = DistillationConfig(top_k=10, teacher=TeacherSource.PHASE)
+    spec = dataclasses.replace(tiny_spec(), distillation=config, protocol=protocol)
+    summary = run_pipeline(spec, clustered_split, tmp_path, progress=False)
+    assert summary["timings"]["teacher"] > 0
+    teachers, _ = prepare_teachers(spec, clustered_split, tmp_path, progress=False)
+    # Each teacher propagates over its own phase's graph: the test one has the validation edges.
+    edges = {
+        phase: teacher.propagation.matrix.values().numel()  # type: ignore[union-attr]
+        for phase, teacher in teachers.items()
+    }
+    assert edges[Phase.TEST] > edges[Phase.SEARCH]
+    weights = (tmp_path / "teacher" / "model.pt").stat().st_mtime_ns
+    run_pipeline(spec, clustered_split, tmp_path, progress=False)
+    assert (tmp_path / "teacher" / "model.pt").stat().st_mtime_ns == weights  # not retrained
 
 
 def _untimed_trace(out: Path) -> list[dict]:

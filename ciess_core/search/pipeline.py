@@ -30,7 +30,7 @@ import torch
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
-from ciess_core.runs import Protocol, RunOutcome, RunSpec, execute_run, write_run
+from ciess_core.runs import Protocol, RunOutcome, RunSpec, Teachers, execute_run, write_run
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.evaluators import (
     QualityEvaluator,
@@ -42,7 +42,7 @@ from ciess_core.search.loop import SearchInputs, run_search
 from ciess_core.search.pool import AssignmentPool, split_budget
 from ciess_core.sizes import SizeScheme, sparsity
 from ciess_core.training import TrainConfig, train_bpr
-from ciess_core.training.distillation import DistillationConfig
+from ciess_core.training.distillation import DistillationConfig, TeacherSource
 
 logger = logging.getLogger(__name__)
 
@@ -151,19 +151,72 @@ def _full_model_quality(
     return summary
 
 
-def load_full_model(spec: PipelineSpec, split: DatasetSplit, directory: Path) -> Backbone:
-    """The full model that stage 1 trained and kept in ``directory`` (the distillation teacher)."""
+def load_full_model(
+    spec: PipelineSpec, split: DatasetSplit, directory: Path, phase: Phase = Phase.SEARCH
+) -> Backbone:
+    """The full model kept in ``directory/model.pt``, trained on ``phase``'s training matrix:
+    stage 1's (``full/``, the search phase) or the test phase's teacher (``teacher/``)."""
     weights = directory / "model.pt"
     if not weights.exists():
         raise ConfigError(
             f"{weights} is missing: this run's full model was trained before its weights were "
             f"kept; remove {directory} to train it again"
         )
-    train, _ = split.phase(Phase.SEARCH)
+    train, _ = split.phase(phase)
     generator = torch.Generator(device=spec.training.device).manual_seed(spec.training.seed)
     model = build_backbone(spec.backbone, train, generator)
     model.load_state_dict(torch.load(weights, map_location=spec.training.device))
     return model
+
+
+def _test_phase_teacher(
+    spec: PipelineSpec, split: DatasetSplit, out: Path, progress: bool
+) -> dict[str, Any]:
+    """The full model on the test phase's training matrix (train ∪ validation), trained as the
+    protocol trains every final model: reference, checkpoint picked on test; clean, for as many
+    batches as stage 1's model needed on validation. Kept in ``out/teacher``."""
+    directory = out / "teacher"
+    summary_path = directory / "summary.json"
+    if summary_path.exists():
+        cached: dict[str, Any] = json.loads(summary_path.read_text())
+        return cached
+    directory.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    train, test = split.phase(Phase.TEST)
+    generator = torch.Generator(device=spec.training.device).manual_seed(spec.training.seed)
+    model = build_backbone(spec.backbone, train, generator)
+    if spec.protocol is Protocol.REFERENCE:
+        train_bpr(model, train, spec.training, held_out=test, progress=progress)
+    else:
+        full = json.loads((out / "full" / "summary.json").read_text())
+        config = dataclasses.replace(
+            spec.training, max_batches=max(int(full["best_batch"]), 1), eval_every=0
+        )
+        train_bpr(model, train, config, progress=progress)
+    staging = directory / "model.pt.tmp"
+    torch.save(model.state_dict(), staging)
+    staging.replace(directory / "model.pt")
+    summary = {"seconds": round(time.perf_counter() - started, 2)}
+    _write_json(summary_path, summary)
+    return summary
+
+
+def prepare_teachers(
+    spec: PipelineSpec, split: DatasetSplit, out: Path, progress: bool = True
+) -> tuple[dict[Phase, Backbone], float]:
+    """The teacher of each phase for distilled retraining, and the seconds spent training any.
+
+    Stage 1's full model teaches every phase, or with ``TeacherSource.PHASE`` the test phase
+    has its own (trained here once, kept in ``out/teacher``).
+    """
+    if spec.distillation is None:
+        return {}, 0.0
+    search_teacher = load_full_model(spec, split, out / "full")
+    if spec.distillation.teacher is TeacherSource.SEARCH:
+        return {Phase.SEARCH: search_teacher, Phase.TEST: search_teacher}, 0.0
+    seconds = float(_test_phase_teacher(spec, split, out, progress)["seconds"])
+    test_teacher = load_full_model(spec, split, out / "teacher", Phase.TEST)
+    return {Phase.SEARCH: search_teacher, Phase.TEST: test_teacher}, seconds
 
 
 def build_evaluator(
@@ -197,13 +250,13 @@ def retrain_budget(
     directory: Path,
     progress: bool,
     dataset_fingerprint: str | None = None,
-    teacher: Backbone | None = None,
+    teachers: Teachers | None = None,
 ) -> dict[str, Any]:
     """Stage 4 for one budget: retrain each candidate, pick one, test it.
 
     With ``dataset_fingerprint``, the chosen candidate's model is also written as a run directory,
-    ``directory/run`` (what ``ciess export`` takes). ``teacher``: the full model, needed when
-    ``spec.distillation`` is set.
+    ``directory/run`` (what ``ciess export`` takes). ``teachers``: see :func:`prepare_teachers`,
+    needed when ``spec.distillation`` is set.
     """
     result_path = directory / "result.json"
     if result_path.exists():
@@ -226,7 +279,7 @@ def retrain_budget(
     best_run: tuple[float, Backbone, RunOutcome, list[dict[str, Any]]] | None = None
     for index, sizes in enumerate(candidates):
         model, outcome, history = execute_run(
-            run_spec, split, sizes, progress=progress, teacher=teacher
+            run_spec, split, sizes, progress=progress, teachers=teachers
         )
         quality = (outcome.valid_metrics if key == "valid" else outcome.test_metrics)[
             spec.training.selection_metric
@@ -355,7 +408,9 @@ def run_pipeline(
         pool = outcome.pool
         pool.save(pool_dir)
         _write_json(search_dir / "done.json", {"timings": dict(timings)})
-    teacher = None if spec.distillation is None else load_full_model(spec, split, out / "full")
+    teachers, teacher_seconds = prepare_teachers(spec, split, out, progress)
+    if teacher_seconds:
+        timings["teacher"] = teacher_seconds
     budgets = {}
     for budget in spec.search.budgets:
         budget_dir = out / f"budget-{budget:g}"
@@ -379,7 +434,7 @@ def run_pipeline(
             budget_dir,
             progress,
             dataset_fingerprint,
-            teacher,
+            teachers,
         )
         timings[f"retrain_{budget:g}"] = budgets[f"{budget:g}"]["seconds"]
         sizes = np.load(out / f"budget-{budget:g}" / "sizes.npy")

@@ -13,6 +13,7 @@ come next; the random ones anchor the rest of the catalogue.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 from dataclasses import dataclass
 
@@ -28,6 +29,18 @@ from ciess_core.models.base import Representation
 logger = logging.getLogger(__name__)
 
 
+class TeacherSource(enum.Enum):
+    """Which full model teaches a training phase.
+
+    SEARCH: the full model trained on the search split (train only) teaches every phase; the
+    pipeline has it anyway. PHASE: each phase has its own full model, trained on that phase's
+    training matrix (for the test phase, train ∪ validation); one more full training.
+    """
+
+    SEARCH = "search"
+    PHASE = "phase"
+
+
 @dataclass(frozen=True)
 class DistillationConfig:
     """How strongly and on which items the student follows the teacher.
@@ -40,6 +53,7 @@ class DistillationConfig:
         sampled_random: candidates per user per batch drawn uniformly from all items.
         users_per_batch: how many of the batch's users (the first ones; the sampler draws them
             uniformly) get a candidate list; 0: all of them.
+        teacher: which full model teaches each phase.
     """
 
     weight: float = 1.0
@@ -48,6 +62,7 @@ class DistillationConfig:
     sampled_top: int = 16
     sampled_random: int = 16
     users_per_batch: int = 2048
+    teacher: TeacherSource = TeacherSource.SEARCH
 
     def __post_init__(self) -> None:
         if self.weight <= 0:
