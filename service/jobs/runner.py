@@ -5,7 +5,9 @@ manifest), ``sizing`` (ES sizes, or the CIESS pipeline: reused when a finished s
 data, backbone and settings already covers the budget), ``training`` (select the number of batches
 on validation, then train on train ∪ validation and test once: the clean protocol) and
 ``exporting`` (a new artifact under ``state_dir/artifacts/<version>``, checked against the model
-before it is renamed into place). The worker promotes the artifact when this returns.
+before it is renamed into place). The worker promotes the artifact when this returns. With the
+``job_distill`` setting, the training stage distils from a full-size model (the search's own, or
+one trained for the job on the search split, with early stopping on validation).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ciess_core.errors import ConfigError, DataError
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
 from ciess_core.sizes import sparsity
 from ciess_core.training import TrainConfig, evaluate_model, train_bpr
+from ciess_core.training.distillation import DistillationConfig, Distiller
 from service.jobs.store import Job, JobStore
 from service.model_holder import read_pointer
 from service.settings import Settings
@@ -112,8 +115,9 @@ def _search_sizes(
     backbone: BackboneConfig,
     target: float,
     report: Reporter,
-) -> np.ndarray:
-    """The CIESS pipeline's sizes for ``target``, reusing a finished search that covers it."""
+) -> tuple[np.ndarray, Path]:
+    """The CIESS pipeline's sizes for ``target`` and its folder, reusing a finished search that
+    covers it."""
     from ciess_core.search.config import SearchConfig
     from ciess_core.search.pipeline import DEFAULT_SHARE_GRID, PipelineSpec, run_pipeline
 
@@ -134,7 +138,7 @@ def _search_sizes(
     if (directory / "summary.json").is_file() and sizes_path.is_file():
         logger.info("job reuses the finished search %s for budget %g", directory, target)
         report("sizing: reusing a finished search", _SIZING_END["search"], force=True)
-        return np.asarray(np.load(sizes_path), dtype=np.int64)
+        return np.asarray(np.load(sizes_path), dtype=np.int64), directory
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "job-spec.json").write_text(json.dumps(described, indent=1) + "\n")
     spec = PipelineSpec(
@@ -154,7 +158,33 @@ def _search_sizes(
     )
     report("sizing: CIESS search", 0.06, force=True)
     run_pipeline(spec, split, directory, progress=False)
-    return np.asarray(np.load(sizes_path), dtype=np.int64)
+    return np.asarray(np.load(sizes_path), dtype=np.int64), directory
+
+
+def _teacher(
+    backbone: BackboneConfig,
+    split: DatasetSplit,
+    config: TrainConfig,
+    search_dir: Path | None,
+    report: Reporter,
+    progress: float,
+) -> Backbone:
+    """The full-size model a job distils from: the search's (``full/model.pt``) when there is
+    one, else one trained now on the search split, early-stopped on validation."""
+    search_train, valid = split.phase(Phase.SEARCH)
+    model = _fresh(
+        backbone,
+        search_train,
+        np.full(split.num_users + split.num_items, backbone.max_size, dtype=np.int64),
+        config.seed,
+    )
+    kept = None if search_dir is None else search_dir / "full" / "model.pt"
+    if kept is not None and kept.is_file():
+        model.load_state_dict(torch.load(kept))
+        return model
+    report("training: full-size teacher", progress, force=True)
+    train_bpr(model, search_train, config, held_out=valid, progress=False)
+    return model
 
 
 def _train(
@@ -164,8 +194,18 @@ def _train(
     config: TrainConfig,
     report: Reporter,
     start: float,
+    teacher: Backbone | None = None,
 ) -> tuple[Backbone, dict[str, Any]]:
-    """The clean protocol: pick the batch count on validation, retrain on train ∪ valid, test."""
+    """The clean protocol: pick the batch count on validation, retrain on train ∪ valid, test.
+
+    With ``teacher``, both trainings distil from it (the default :class:`DistillationConfig`).
+    """
+
+    def distiller(train: Any) -> Distiller | None:
+        if teacher is None:
+            return None
+        return Distiller(teacher, train, DistillationConfig(), config.eval_users_per_chunk)
+
     span = _TRAINING_END - start
     selecting = config.eval_every > 0
     valid_metrics: dict[str, float] = {}
@@ -184,6 +224,7 @@ def _train(
             held_out=valid,
             progress=False,
             before_batch=selection_progress,
+            distiller=distiller(search_train),
         )
         valid_metrics = selection.best_metrics
         batches = max(selection.best_batch, 1)
@@ -195,9 +236,18 @@ def _train(
     def final_progress(batch: int) -> None:
         report("training: final model", start + span * batch / batches)
 
-    train_bpr(model, test_train, final_config, progress=False, before_batch=final_progress)
+    train_bpr(
+        model,
+        test_train,
+        final_config,
+        progress=False,
+        before_batch=final_progress,
+        distiller=distiller(test_train),
+    )
     test_metrics = evaluate_model(model, test_train, test, config.eval_users_per_chunk).mean()
-    metrics = {"protocol": "clean", "valid": valid_metrics, "test": test_metrics}
+    metrics: dict[str, Any] = {"protocol": "clean", "valid": valid_metrics, "test": test_metrics}
+    if teacher is not None:
+        metrics["distilled"] = True
     return model, metrics
 
 
@@ -231,8 +281,9 @@ def run_budget_job(settings: Settings, store: JobStore, job: Job) -> Path:
     max_parameters = int(params.get("max_parameters") or 0) // tables or None
     method = str(params.get("method") or settings.job_method)
     report("sizing", 0.05, force=True)
+    search_dir: Path | None = None
     if method == "search":
-        sizes = _search_sizes(
+        sizes, search_dir = _search_sizes(
             settings,
             split,
             str(manifest.dataset.get("name")),
@@ -251,7 +302,13 @@ def run_budget_job(settings: Settings, store: JobStore, job: Job) -> Path:
         raise ConfigError(f"sizes of sparsity {achieved:.6f} miss the budget {target:.6f}")
     start = _SIZING_END.get(method, 0.06)
     report("training", start, force=True)
-    model, metrics = _train(backbone, split, sizes, _training(settings, 42), report, start)
+    config = _training(settings, 42)
+    teacher = (
+        _teacher(backbone, split, config, search_dir, report, start)
+        if settings.job_distill
+        else None
+    )
+    model, metrics = _train(backbone, split, sizes, config, report, start, teacher)
     report("exporting", _TRAINING_END, force=True)
     version = new_version(job.id)
     out = settings.artifacts_dir / version

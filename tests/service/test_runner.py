@@ -9,6 +9,7 @@ import pytest
 
 from ciess_core.artifact.reader import load_artifact
 from ciess_core.errors import DataError
+from service.jobs import runner
 from service.jobs.runner import equal_sizes_within, run_budget_job
 from service.jobs.store import JobState, JobStore
 from service.settings import Settings
@@ -92,3 +93,28 @@ def test_search_job_with_share_fitting_scores_the_shares_under_its_own_key(
     fit = json.loads((search / "budget-0.7" / "fit.json").read_text())
     assert len(fit) == 15  # the pool's one assignment as it is, then 14 shares
     assert {row["user_share"] for row in fit} >= {None, 0.3, 0.95}
+
+
+@pytest.mark.parametrize("method", ["equal", "search"])
+def test_a_distilling_job_learns_from_a_full_size_teacher(
+    settings: Settings, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An equal-sizes job trains its own teacher; a search job reuses the search's full model."""
+    trained: list[int] = []
+    original = runner.train_bpr
+
+    def counting(model, *arguments, **keywords):  # type: ignore[no-untyped-def]
+        trained.append(int(model.embedding_sizes().min()))
+        return original(model, *arguments, **keywords)
+
+    monkeypatch.setattr(runner, "train_bpr", counting)
+    tiny = _tiny_search(settings, job_distill=True)
+    store = JobStore(tiny.job_db_path)
+    out = run_budget_job(tiny, store, _job(store, target_sparsity=0.8, method=method))
+    manifest = load_artifact(out).manifest
+    assert manifest.metrics["distilled"] is True
+    assert manifest.achieved_sparsity >= 0.8
+    full_size = [size for size in trained if size == manifest.max_size]
+    # equal: the teacher, then selection and final; search: the search's full model teaches.
+    expected_teachers = 1 if method == "equal" else 0
+    assert len(full_size) == expected_teachers and len(trained) == 2 + expected_teachers
