@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from ciess_core.data import DatasetSplit, Phase
@@ -117,6 +118,20 @@ class PipelineSpec:
             )
 
 
+def _full_size_model(spec: PipelineSpec, train: sp.csr_matrix) -> Backbone:
+    """A fresh full-size model on ``train``, seeded as every full model of the pipeline."""
+    generator = torch.Generator(device=spec.training.device).manual_seed(spec.training.seed)
+    return build_backbone(spec.backbone, train, generator)
+
+
+def _cached(path: Path) -> dict[str, Any] | None:
+    """The result a finished stage left in ``path``, if it did."""
+    if not path.exists():
+        return None
+    cached: dict[str, Any] = json.loads(path.read_text())
+    return cached
+
+
 def _write_json(path: Path, value: Any) -> None:
     staging = path.with_suffix(path.suffix + ".tmp")
     staging.write_text(json.dumps(value, indent=1) + "\n")
@@ -128,14 +143,12 @@ def _full_model_quality(
 ) -> dict[str, Any]:
     """Stage 1: train the full model on the search split; cache its validation quality."""
     summary_path = directory / "summary.json"
-    if summary_path.exists():
-        summary: dict[str, Any] = json.loads(summary_path.read_text())
-        return summary
+    if (cached := _cached(summary_path)) is not None:
+        return cached
     directory.mkdir(parents=True, exist_ok=True)
     train, valid = split.phase(Phase.SEARCH)
     started = time.perf_counter()
-    generator = torch.Generator(device=spec.training.device).manual_seed(spec.training.seed)
-    model = build_backbone(spec.backbone, train, generator)
+    model = _full_size_model(spec, train)
     result = train_bpr(model, train, spec.training, held_out=valid, progress=progress)
     signal = quality_signal(model, train, valid, started, spec.search.item_quality)
     np.save(directory / "user_quality.npy", signal.user_eval)
@@ -163,8 +176,7 @@ def load_full_model(
             f"kept; remove {directory} to train it again"
         )
     train, _ = split.phase(phase)
-    generator = torch.Generator(device=spec.training.device).manual_seed(spec.training.seed)
-    model = build_backbone(spec.backbone, train, generator)
+    model = _full_size_model(spec, train)
     model.load_state_dict(torch.load(weights, map_location=spec.training.device))
     return model
 
@@ -177,14 +189,12 @@ def _test_phase_teacher(
     batches as stage 1's model needed on validation. Kept in ``out/teacher``."""
     directory = out / "teacher"
     summary_path = directory / "summary.json"
-    if summary_path.exists():
-        cached: dict[str, Any] = json.loads(summary_path.read_text())
+    if (cached := _cached(summary_path)) is not None:
         return cached
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     train, test = split.phase(Phase.TEST)
-    generator = torch.Generator(device=spec.training.device).manual_seed(spec.training.seed)
-    model = build_backbone(spec.backbone, train, generator)
+    model = _full_size_model(spec, train)
     if spec.protocol is Protocol.REFERENCE:
         train_bpr(model, train, spec.training, held_out=test, progress=progress)
     else:
@@ -259,8 +269,7 @@ def retrain_budget(
     needed when ``spec.distillation`` is set.
     """
     result_path = directory / "result.json"
-    if result_path.exists():
-        cached: dict[str, Any] = json.loads(result_path.read_text())
+    if (cached := _cached(result_path)) is not None:
         return cached
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
