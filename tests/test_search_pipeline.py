@@ -313,6 +313,9 @@ def test_a_test_phase_teacher_is_trained_once_on_train_and_validation(
     weights = (tmp_path / "teacher" / "model.pt").stat().st_mtime_ns
     run_pipeline(spec, clustered_split, tmp_path, progress=False)
     assert (tmp_path / "teacher" / "model.pt").stat().st_mtime_ns == weights  # not retrained
+    shutil.rmtree(tmp_path / "teacher")  # every budget is done: no teacher is needed any more
+    run_pipeline(spec, clustered_split, tmp_path, progress=False)
+    assert not (tmp_path / "teacher").exists()
 
 
 def _untimed_trace(out: Path) -> list[dict]:

@@ -417,7 +417,12 @@ def run_pipeline(
         pool = outcome.pool
         pool.save(pool_dir)
         _write_json(search_dir / "done.json", {"timings": dict(timings)})
-    teachers, teacher_seconds = prepare_teachers(spec, split, out, progress)
+    retraining = [
+        b for b in spec.search.budgets if not (out / f"budget-{b:g}" / "result.json").exists()
+    ]
+    teachers, teacher_seconds = (
+        prepare_teachers(spec, split, out, progress) if retraining else ({}, 0.0)
+    )
     if teacher_seconds:
         timings["teacher"] = teacher_seconds
     budgets = {}
