@@ -31,6 +31,7 @@ __all__ = [
     "RankingResult",
     "ScoreFunction",
     "evaluate_full_ranking",
+    "mask_excluded",
     "ranking_metrics_from_hits",
 ]
 
@@ -344,8 +345,7 @@ def _chunk_hits(
     if not scores.is_floating_point():
         raise ConfigError(f"score function returned dtype {scores.dtype}, expected a float dtype")
 
-    excluded_rows, excluded_items = _chunk_coordinates(exclude[chunk_users], device)
-    scores[excluded_rows, excluded_items] = -math.inf
+    mask_excluded(scores, exclude[chunk_users])
     top_scores, top_items = torch.topk(scores, list_length, dim=1, sorted=True)
     del scores
 
@@ -360,6 +360,13 @@ def _chunk_hits(
     positions = torch.searchsorted(held_keys, ranked_keys).clamp_(max=held_keys.numel() - 1)
     hits = (held_keys[positions] == ranked_keys) & ~torch.isneginf(top_scores)
     return hits.cpu().numpy(), top_items.cpu().numpy().astype(np.int64)
+
+
+def mask_excluded(scores: torch.Tensor, exclude_rows: sp.csr_matrix) -> None:
+    """Set ``scores[r, i]`` to -inf, in place, for every stored entry (r, i) of the CSR block
+    ``exclude_rows`` (one row per row of ``scores``): those items are never ranked."""
+    excluded_rows, excluded_items = _chunk_coordinates(exclude_rows, scores.device)
+    scores[excluded_rows, excluded_items] = -math.inf
 
 
 def _chunk_coordinates(rows: sp.csr_matrix, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -158,10 +158,10 @@ def execute_run(
     """
     device = _device(spec)
     started = time.perf_counter()
-    test_distiller = _distiller(spec, teachers, Phase.TEST, split.phase(Phase.TEST)[0])
     history: list[dict[str, Any]] = []
     stages: dict[str, dict[str, Any]] = {}
     test_train, test = split.phase(Phase.TEST)
+    test_distiller = _distiller(spec, teachers, Phase.TEST, test_train)
     if spec.protocol is Protocol.REFERENCE:
         model = _fresh_model(spec, test_train, sizes, device)
         result = train_bpr(

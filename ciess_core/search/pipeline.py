@@ -183,14 +183,15 @@ def load_full_model(
 
 def _test_phase_teacher(
     spec: PipelineSpec, split: DatasetSplit, out: Path, progress: bool
-) -> dict[str, Any]:
+) -> tuple[Backbone, float]:
     """The full model on the test phase's training matrix (train ∪ validation), trained as the
     protocol trains every final model: reference, checkpoint picked on test; clean, for as many
-    batches as stage 1's model needed on validation. Kept in ``out/teacher``."""
+    batches as stage 1's model needed on validation. Kept in ``out/teacher`` (loaded from there
+    when an earlier call trained it); returns it and the seconds its training took."""
     directory = out / "teacher"
     summary_path = directory / "summary.json"
     if (cached := _cached(summary_path)) is not None:
-        return cached
+        return load_full_model(spec, split, directory, Phase.TEST), float(cached["seconds"])
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     train, test = split.phase(Phase.TEST)
@@ -206,9 +207,9 @@ def _test_phase_teacher(
     staging = directory / "model.pt.tmp"
     torch.save(model.state_dict(), staging)
     staging.replace(directory / "model.pt")
-    summary = {"seconds": round(time.perf_counter() - started, 2)}
-    _write_json(summary_path, summary)
-    return summary
+    seconds = round(time.perf_counter() - started, 2)
+    _write_json(summary_path, {"seconds": seconds})
+    return model, seconds
 
 
 def prepare_teachers(
@@ -224,8 +225,7 @@ def prepare_teachers(
     search_teacher = load_full_model(spec, split, out / "full")
     if spec.distillation.teacher is TeacherSource.SEARCH:
         return {Phase.SEARCH: search_teacher, Phase.TEST: search_teacher}, 0.0
-    seconds = float(_test_phase_teacher(spec, split, out, progress)["seconds"])
-    test_teacher = load_full_model(spec, split, out / "teacher", Phase.TEST)
+    test_teacher, seconds = _test_phase_teacher(spec, split, out, progress)
     return {Phase.SEARCH: search_teacher, Phase.TEST: test_teacher}, seconds
 
 
@@ -417,9 +417,9 @@ def run_pipeline(
         pool = outcome.pool
         pool.save(pool_dir)
         _write_json(search_dir / "done.json", {"timings": dict(timings)})
-    retraining = [
-        b for b in spec.search.budgets if not (out / f"budget-{b:g}" / "result.json").exists()
-    ]
+    retraining = any(
+        not (out / f"budget-{b:g}" / "result.json").exists() for b in spec.search.budgets
+    )
     teachers, teacher_seconds = (
         prepare_teachers(spec, split, out, progress) if retraining else ({}, 0.0)
     )

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ciess_core.errors import ConfigError
+from ciess_core.evaluation import mask_excluded
 from ciess_core.models import Backbone
 from ciess_core.models.base import Representation
 
@@ -168,10 +169,7 @@ def _teacher_top_items(
         stop = min(start + users_per_chunk, teacher.num_users)
         users = torch.arange(start, stop, device=device)
         scores = teacher.score_all_items(representation, users)
-        block = exclude[start:stop].tocoo()
-        scores[
-            torch.from_numpy(block.row).to(device), torch.from_numpy(block.col).to(device)
-        ] = -torch.inf
+        mask_excluded(scores, exclude[start:stop])
         best = scores.topk(top_k, dim=1)
         rows.append(best.indices.cpu())
         values.append(best.values.cpu())

@@ -172,12 +172,7 @@ def _teacher(
     """The full-size model a job distils from: the search's (``full/model.pt``) when there is
     one, else one trained now on the search split, early-stopped on validation."""
     search_train, valid = split.phase(Phase.SEARCH)
-    model = _fresh(
-        backbone,
-        search_train,
-        np.full(split.num_users + split.num_items, backbone.max_size, dtype=np.int64),
-        config.seed,
-    )
+    model = build_backbone(backbone, search_train, torch.Generator().manual_seed(config.seed))
     kept = None if search_dir is None else search_dir / "full" / "model.pt"
     if kept is not None and kept.is_file():
         model.load_state_dict(torch.load(kept))
