@@ -5,6 +5,7 @@ Usage:
     python bench/ciess.py paper-cost --backbone lightgcn --weight-decay 1e-3
     python bench/ciess.py ablation --budgets 0.9 --variants walk-gaussian,no-walk,walk-ou,walk-uniform
     python bench/ciess.py es-fit --item-quality own --supernet-batches 2000
+    python bench/ciess.py shapes --budgets 0.9 --user-share 0.75 --shapes floor:items:0.3:pop
     python bench/ciess.py merge --dataset yelp2018 rows.json   # rows written with --results
     python bench/ciess.py plots --dataset yelp2018 --item-quality own --fit-shares
     python bench/ciess.py report
@@ -23,6 +24,9 @@ starts from the `run` folder's full model and supernet (same data, backbone and 
 records rows with method `ciess-ablation`. `es-fit` is the control for `run --fit-shares`: the
 same share fit applied to the ES assignment (equal sizes within each side, the users' share of
 the budget chosen on validation by the `run` folder's supernet), then retrained; rows `es-fit`.
+`shapes` retrains hand-shaped assignments under a `run` folder's settings (its teachers when
+distilling), to tell which within-side spreads of sizes survive retraining (rows `shape`, see
+:func:`shaped_sizes`).
 """
 
 from __future__ import annotations
@@ -54,12 +58,12 @@ from ciess_core.search.pipeline import (
     EvaluatorKind,
     PipelineSpec,
     build_evaluator,
-    fit_shares,
+    equal_split_candidate,
     prepare_teachers,
     retrain_budget,
     run_pipeline,
 )
-from ciess_core.sizes import equal_sizes
+from ciess_core.sizes import equal_sizes, parameter_budget
 from ciess_core.training import TrainConfig
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
 
@@ -351,9 +355,12 @@ def es_control(arguments: argparse.Namespace, fit: bool) -> None:
     for budget in spec.search.budgets:
         directory = out / f"budget-{budget:g}"
         started = time.perf_counter()
-        candidates = [equal_sizes(split.num_users + split.num_items, spec.search.max_size, budget)]
-        if evaluator is not None:
-            candidates = fit_shares(spec, evaluator, split.num_users, budget, candidates, directory)
+        num_entities = split.num_users + split.num_items
+        candidates = [
+            equal_split_candidate(spec, evaluator, split.num_users, num_entities, budget, directory)
+            if fit
+            else equal_sizes(num_entities, spec.search.max_size, budget)
+        ]
         summary["timings"][f"fit_{budget:g}"] = round(time.perf_counter() - started, 2)
         result = retrain_budget(
             spec, split, budget, candidates[:1], directory, progress=False, teachers=teachers
@@ -372,6 +379,144 @@ def es_control(arguments: argparse.Namespace, fit: bool) -> None:
     ]
     rows += budget_rows(arguments, method, summary)
     save_json(rows_path(arguments), rows)
+    write_report(arguments.dataset)
+
+
+def allocate(weights: np.ndarray, total: int, max_size: int) -> np.ndarray:
+    """Integer sizes in [1, max_size] proportional to ``weights`` that sum to at most ``total``
+    (floors, then the largest fractional parts take the dimensions left)."""
+    wanted = weights / weights.sum() * total
+    sizes = np.clip(np.floor(wanted), 1, max_size)
+    left = int(total - sizes.sum())
+    if left > 0:
+        order = np.argsort(-(wanted - np.floor(wanted)), kind="stable")
+        sizes[order[:left]] += 1
+    while sizes.sum() > total:
+        sizes[np.argmax(sizes)] -= 1
+    return np.minimum(sizes, max_size).astype(np.int64)
+
+
+def floored(total: int, fraction: float, key: np.ndarray) -> np.ndarray:
+    """The lowest ``fraction`` of a side by ``key`` at size 1, the rest equal (the highest keys
+    take the remainder): a budget moved without widening anyone past the rest."""
+    count = len(key)
+    low = round(fraction * count)
+    order = np.argsort(key, kind="stable")
+    sizes = np.ones(count, dtype=np.int64)
+    rest = order[low:]
+    base, extra = divmod(total - low, len(rest))
+    sizes[rest] = base
+    sizes[rest[len(rest) - extra :]] += 1
+    return sizes
+
+
+def shaped_sizes(
+    shape: str,
+    train: Any,
+    budget: float,
+    user_share: float,
+    max_size: int,
+    searched: np.ndarray | None,
+) -> np.ndarray:
+    """One hand-shaped assignment at ``budget`` with the users' share ``user_share`` of it.
+
+    Shapes (a side not named stays equal within itself):
+    - ``pop:<side>:<alpha>``: sizes ∝ training popularity^alpha within the side;
+    - ``floor:<side>:<fraction>:<key>``: the side's lowest ``fraction`` by ``key`` (``pop``:
+      popularity; ``search``: the run's CIESS sizes, ties by popularity) at size 1, the rest
+      equal;
+    - ``shrink:<factor>``: the run's CIESS assignment with each side's spread around its mean
+      scaled by ``factor`` (its own users' share).
+    """
+    num_users, num_items = train.shape
+    popularity = {
+        "users": np.maximum(np.diff(train.indptr), 1).astype(np.float64),
+        "items": np.maximum(np.bincount(train.indices, minlength=num_items), 1).astype(np.float64),
+    }
+    total = parameter_budget(num_users + num_items, max_size, budget)
+    kind, *parameters = shape.split(":")
+    if kind == "shrink":
+        if searched is None:
+            raise SystemExit("shape shrink needs the run folder's CIESS sizes for this budget")
+        parts = []
+        for side in (searched[:num_users], searched[num_users:]):
+            mean = side.mean()
+            parts.append(
+                np.clip(np.round(mean + float(parameters[0]) * (side - mean)), 1, max_size)
+            )
+        sizes = np.concatenate(parts).astype(np.int64)
+        while sizes.sum() > total:
+            sizes[np.argmax(sizes)] -= 1
+        return sizes
+    items_total = max(total - int(total * user_share), num_items)
+    totals = {"users": total - items_total, "items": items_total}
+    sides = {
+        side: allocate(np.ones_like(popularity[side]), totals[side], max_size)
+        for side in ("users", "items")
+    }
+    side = parameters[0]
+    if kind == "pop":
+        sides[side] = allocate(popularity[side] ** float(parameters[1]), totals[side], max_size)
+    elif kind == "floor":
+        key = popularity[side]
+        if parameters[2] == "search":
+            if searched is None:
+                raise SystemExit("key search needs the run folder's CIESS sizes for this budget")
+            own = searched[:num_users] if side == "users" else searched[num_users:]
+            key = own + 1e-6 * key
+        sides[side] = floored(totals[side], float(parameters[1]), key)
+    else:
+        raise SystemExit(f"unknown shape {shape!r}: pop, floor or shrink")
+    return np.concatenate([sides["users"], sides["items"]])
+
+
+def shapes(arguments: argparse.Namespace) -> None:
+    """Retrain each of ``--shapes`` at each budget under the run folder's settings; rows
+    ``shape`` (with ``shape``, ``user_share`` and each side's mean and spread)."""
+    spec = spec_from(arguments)
+    split = split_per_user(
+        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
+    )
+    folder = run_dir(arguments)
+    teachers, _ = prepare_teachers(spec, split, folder, progress=False)
+    train, _ = split.phase(Phase.SEARCH)
+    num_users = split.num_users
+    new_rows = []
+    for shape in arguments.shapes.split(","):
+        for budget in spec.search.budgets:
+            searched_path = folder / f"budget-{budget:g}" / "sizes.npy"
+            searched = np.load(searched_path) if searched_path.is_file() else None
+            sizes = shaped_sizes(
+                shape, train, budget, arguments.user_share, spec.search.max_size, searched
+            )
+            out = WORK / f"shape-{shape.replace(':', '_')}-{folder.name}" / f"budget-{budget:g}"
+            result = retrain_budget(
+                spec, split, budget, [sizes], out, progress=False, teachers=teachers
+            )
+            row = budget_rows(
+                arguments,
+                "shape",
+                {"budgets": {f"{budget:g}": result}, "timings": {}},
+                shape=shape,
+                user_share=arguments.user_share if not shape.startswith("shrink") else None,
+                users_size_mean=round(float(sizes[:num_users].mean()), 3),
+                users_size_std=round(float(sizes[:num_users].std()), 3),
+                items_size_mean=round(float(sizes[num_users:].mean()), 3),
+                items_size_std=round(float(sizes[num_users:].std()), 3),
+            )[0]
+            logger.info("shape %s at %g: test N@20 %.4f", shape, budget, row["metrics"]["ndcg@20"])
+            new_rows.append(row)
+    keys = {(r["shape"], r["target_sparsity"], json.dumps(r["distillation"])) for r in new_rows}
+    rows = [
+        r
+        for r in load_rows(rows_path(arguments))
+        if not (
+            r["method"] == "shape"
+            and r["backbone"] == arguments.backbone
+            and (r["shape"], r["target_sparsity"], json.dumps(r["distillation"])) in keys
+        )
+    ]
+    save_json(rows_path(arguments), rows + new_rows)
     write_report(arguments.dataset)
 
 
@@ -467,6 +612,52 @@ def distillation_label(config: dict[str, Any]) -> str:
     )
 
 
+def shape_table(
+    shapes: list[dict[str, Any]], searched: list[dict[str, Any]], controls: list[dict[str, Any]]
+) -> list[str]:
+    """The `shapes` rows beside the share-fitted ES control and the CIESS row retrained the same
+    way (same backbone, protocol, budget and distillation)."""
+
+    def same(row: dict[str, Any], shape: dict[str, Any]) -> bool:
+        keys = ("backbone", "protocol", "target_sparsity", "distillation")
+        return all(row.get(key) == shape.get(key) for key in keys)
+
+    lines = [
+        "## Size shapes: which spreads within a side survive retraining",
+        "",
+        "Hand-shaped assignments (`python bench/ciess.py shapes …`, see `shaped_sizes`) retrained "
+        "under a `run` folder's settings, beside the ES control with the share fit and the CIESS "
+        "row retrained the same way. `pop:<side>:<α>`: sizes ∝ popularity^α within the side; "
+        "`floor:<side>:<f>:<key>`: the side's lowest fraction f by key at size 1, the rest "
+        "equal; `shrink:<s>`: the CIESS assignment with each side's spread around its mean "
+        "scaled by s. The other side stays equal.",
+        "",
+        "| backbone | c | shape | users' share | users mean ± sd | items mean ± sd | R@20 | "
+        "N@20 | N@20 vs ES + share fit | N@20 vs CIESS | retraining |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(shapes, key=lambda r: (r["backbone"], r["target_sparsity"], r["shape"])):
+        control = next(
+            (c for c in reversed(controls) if c["method"].startswith("es-fit") and same(c, r)),
+            None,
+        )
+        ciess = next((c for c in reversed(searched) if c.get("fit_shares") and same(c, r)), None)
+        n20 = r["metrics"]["ndcg@20"]
+
+        def versus(other: dict[str, Any] | None, n20: float = n20) -> str:
+            return "–" if other is None else f"{n20 / other['metrics']['ndcg@20'] - 1:+.1%}"
+
+        share = "CIESS's" if r.get("user_share") is None else f"{r['user_share']:.2f}"
+        lines.append(
+            f"| {r['backbone']} | {r['target_sparsity']:.2f} | `{r['shape']}` | {share} | "
+            f"{r['users_size_mean']:.1f} ± {r['users_size_std']:.1f} | "
+            f"{r['items_size_mean']:.1f} ± {r['items_size_std']:.1f} | "
+            f"{r['metrics']['recall@20']:.4f} | {n20:.4f} | {versus(control)} | "
+            f"{versus(ciess)} | {r['seconds'] / 60:.1f} min |"
+        )
+    return [*lines, ""]
+
+
 def write_report(dataset: str) -> None:
     rows = load_rows(results_path(dataset))
     baselines = [r for r in load_rows(BACKBONE_RESULTS) if r["dataset"] == dataset]
@@ -481,6 +672,7 @@ def write_report(dataset: str) -> None:
     ]
     ablations = [r for r in rows if r["method"] == "ciess-ablation"]
     es_controls = [r for r in rows if r["method"].startswith("es-")]
+    shape_rows = [r for r in rows if r["method"] == "shape"]
     rows = [r for r in rows if r["method"] == "ciess"]
     for protocol in ("reference", "clean"):
         ours = [r for r in rows if r["protocol"] == protocol]
@@ -595,6 +787,8 @@ def write_report(dataset: str) -> None:
                 f"{sum(v for k, v in r['pipeline_timings'].items() if k == 'search' or k.startswith('retrain')) / 60:.1f} min |"
             )
         lines.append("")
+    if shape_rows:
+        lines += shape_table(shape_rows, rows, es_controls)
     for cost in load_rows(PAPER_COST):
         if cost["dataset"] != dataset:
             continue
@@ -631,7 +825,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "paper-cost", "ablation", "es-fit", "es-control", "plots"):
+    for name in ("run", "paper-cost", "ablation", "es-fit", "es-control", "shapes", "plots"):
         command = commands.add_parser(name)
         command.add_argument("--dataset", default="ml-1m")
         command.add_argument("--data-dir")
@@ -683,6 +877,11 @@ def main() -> None:
         command.add_argument("--no-progress", action="store_true")
         if name == "ablation":
             command.add_argument("--variants", default=",".join(ABLATION_VARIANTS))
+        if name == "shapes":
+            command.add_argument(
+                "--shapes", required=True, help="comma-separated, see shaped_sizes"
+            )
+            command.add_argument("--user-share", type=float, default=0.75)
     report = commands.add_parser("report")
     report.add_argument("--dataset", default="ml-1m")
     merge = commands.add_parser("merge", help="append rows written with --results to the twin")
@@ -705,6 +904,8 @@ def main() -> None:
         es_control(arguments, fit=True)
     elif arguments.command == "es-control":
         es_control(arguments, fit=arguments.fit_shares)
+    elif arguments.command == "shapes":
+        shapes(arguments)
     elif arguments.command == "plots":
         plots(arguments)
     else:

@@ -66,6 +66,12 @@ def add_search_parser(subparsers: Any) -> None:
         "budget at 0.30, 0.35, …, 0.95 and keep the variants the supernet scores best on "
         "validation",
     )
+    parser.add_argument(
+        "--equal-candidate",
+        action="store_true",
+        help="also retrain per-side equal sizes at each budget (share-fitted with --fit-shares) "
+        "and keep whichever candidate the protocol's pick prefers; the result says which kind",
+    )
     parser.add_argument("--noise", default="gaussian", choices=["gaussian", "ou", "uniform"])
     parser.add_argument("--no-random-walk", action="store_true", help="ablation: no random walk")
     parser.add_argument(
@@ -198,6 +204,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
             if arguments.distill
             else None
         ),
+        equal_candidate=arguments.equal_candidate,
     )
     out = Path(arguments.out or f"runs/search-{Path(arguments.dataset).stem}-{arguments.backbone}")
     out.mkdir(parents=True, exist_ok=True)
@@ -209,6 +216,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
             stored.get("search", {}).setdefault(name, default)
         stored.setdefault("share_grid", [])
         stored.setdefault("distillation", None)
+        stored.setdefault("equal_candidate", False)
     if stored is not None and stored != described:
         raise ConfigError(
             f"{out} holds a search with other settings ({spec_path}); "
@@ -229,7 +237,8 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         test = result["test"]
         print(
             f"budget {budget}: sparsity {result['achieved_sparsity']:.4f}  "
-            f"test R@20 {test['recall@20']:.4f}  N@20 {test['ndcg@20']:.4f}  ({result['protocol']})"
+            f"test R@20 {test['recall@20']:.4f}  N@20 {test['ndcg@20']:.4f}  ({result['protocol']}"
+            f"{', equal sizes kept' if result.get('chosen_kind') == 'equal' else ''})"
         )
         if (out / f"budget-{budget}" / "run").is_dir():
             print(f"  export: ciess export {out / f'budget-{budget}' / 'run'} --out ARTIFACT_DIR")

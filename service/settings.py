@@ -60,6 +60,10 @@ class Settings:
         search_fit_shares: refit the search's assignment to the budget with the users' share
             of it chosen on validation before retraining (``ciess search --fit-shares``; in
             docs/benchmarks/ciess-ml-1m.md it lifts the search's result at every budget).
+        search_equal_candidate: a search job also retrains per-side equal sizes (share-fitted
+            when ``search_fit_shares`` is on) and keeps whichever the validation pick prefers
+            (``ciess search --equal-candidate``): a searched assignment that retrains worse than
+            equal sizes is never served. Costs one more retraining per job.
         job_distill: a job's final model also learns from a full-size model of the same data
             (the search's own full model, or one trained for the job on the search split):
             :mod:`ciess_core.training.distillation`, ``ciess search --distill``. In
@@ -88,6 +92,7 @@ class Settings:
     search_iterations: int = 10
     search_supernet_batches: int = 3000
     search_fit_shares: bool = False
+    search_equal_candidate: bool = False
     job_distill: bool = False
 
     def __post_init__(self) -> None:

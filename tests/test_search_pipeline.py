@@ -23,7 +23,7 @@ from ciess_core.search.pipeline import (
     prepare_teachers,
     run_pipeline,
 )
-from ciess_core.sizes import sparsity
+from ciess_core.sizes import parameter_budget, sparsity
 from ciess_core.training import TrainConfig, evaluate_model
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
 
@@ -270,6 +270,37 @@ def test_share_fitting_scores_refitted_variants_and_retrains_the_best(
         dataclasses.replace(spec, share_grid=(1.0,))
     with pytest.raises(ConfigError, match="supernet"):
         dataclasses.replace(spec, evaluator=EvaluatorKind.RETRAIN)
+
+
+@pytest.mark.parametrize("shares", [(), (0.3, 0.5, 0.7)], ids=["no-fit", "share-fit"])
+def test_the_equal_candidate_is_retrained_beside_the_searched_one_and_the_pick_sees_both(
+    clustered_split: DatasetSplit, tmp_path: Path, shares: tuple[float, ...]
+) -> None:
+    spec = dataclasses.replace(tiny_spec(), share_grid=shares, retrain_top=1, equal_candidate=True)
+    summary = run_pipeline(spec, clustered_split, tmp_path, progress=False)
+    num_users = clustered_split.num_users
+    metric = spec.training.selection_metric
+    for budget in ("0.5", "0.8"):
+        folder = tmp_path / f"budget-{budget}"
+        result = summary["budgets"][budget]
+        assert [candidate["kind"] for candidate in result["candidates"]] == ["search", "equal"]
+        best = max(result["candidates"], key=lambda candidate: candidate["valid"][metric])
+        assert (result["chosen"], result["chosen_kind"]) == (best["candidate"], best["kind"])
+        assert np.array_equal(
+            np.load(folder / "sizes.npy"), np.load(folder / f"candidate_{best['candidate']}.npy")
+        )
+        equal = np.load(folder / "candidate_1.npy")
+        # The whole budget, never more, and each side equal within itself.
+        assert equal.sum() == parameter_budget(len(equal), MAX_SIZE, float(budget))
+        for side in (equal[:num_users], equal[num_users:]):
+            assert side.max() - side.min() <= 1
+        if shares:
+            fit = json.loads((folder / "equal-fit.json").read_text())
+            assert len(fit) == 1 + len(shares)
+            assert equal[:num_users].mean() == pytest.approx(fit[0]["users_mean_size"])
+        else:
+            assert equal.max() - equal.min() <= 1
+            assert not (folder / "equal-fit.json").exists()
 
 
 def test_distilled_retraining_follows_the_kept_full_model(

@@ -8,8 +8,9 @@ Stages, each writing its results under the output directory and skipped when alr
 2. the evaluator's one-off preparation (the supernet, for the default evaluator).
 3. ``search/``: the episode loop with checkpoints, ``trace.jsonl`` and the assignment pool.
 4. ``budget-<c>/``: optionally the share fit (``fit.json``, see ``PipelineSpec.share_grid``),
-   then selective retraining of the best assignments for each budget, the pick on validation and
-   the final test under the chosen protocol.
+   then selective retraining of the best assignments for each budget (with
+   ``PipelineSpec.equal_candidate``, per-side equal sizes too), the pick on validation and the
+   final test under the chosen protocol.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from ciess_core.search.evaluators import (
     quality_signal,
 )
 from ciess_core.search.loop import SearchInputs, run_search
-from ciess_core.search.pool import AssignmentPool, split_budget
-from ciess_core.sizes import SizeScheme, sparsity
+from ciess_core.search.pool import AssignmentPool, rescale_to_total, split_budget
+from ciess_core.sizes import SizeScheme, parameter_budget, sparsity
 from ciess_core.training import TrainConfig, train_bpr
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
 
@@ -82,6 +83,11 @@ class PipelineSpec:
             quality; this step weighs the two sides against each other on the metric itself.
         distillation: when set, selective retraining also distils from the full model of stage 1
             (:mod:`ciess_core.training.distillation`); None: plain BPR, the paper's.
+        equal_candidate: also retrain per-side equal sizes at each budget
+            (:func:`equal_split_candidate`) beside the search's assignments, and let the
+            protocol's pick choose among them all. The pick then never keeps a searched
+            assignment that retrains worse than equal sizes fitted the same way; the result
+            records which kind it kept. Off: the paper's, only searched assignments.
     """
 
     dataset: str
@@ -96,6 +102,7 @@ class PipelineSpec:
     protocol: Protocol = Protocol.CLEAN
     share_grid: tuple[float, ...] = ()
     distillation: DistillationConfig | None = None
+    equal_candidate: bool = False
 
     def __post_init__(self) -> None:
         for share in self.share_grid:
@@ -261,13 +268,18 @@ def retrain_budget(
     progress: bool,
     dataset_fingerprint: str | None = None,
     teachers: Teachers | None = None,
+    kinds: list[str] | None = None,
 ) -> dict[str, Any]:
     """Stage 4 for one budget: retrain each candidate, pick one, test it.
 
     With ``dataset_fingerprint``, the chosen candidate's model is also written as a run directory,
     ``directory/run`` (what ``ciess export`` takes). ``teachers``: see :func:`prepare_teachers`,
-    needed when ``spec.distillation`` is set.
+    needed when ``spec.distillation`` is set. ``kinds``: one label per candidate ("search",
+    "equal"; default all "search"), recorded per candidate and for the chosen one.
     """
+    kinds = kinds if kinds is not None else ["search"] * len(candidates)
+    if len(kinds) != len(candidates):
+        raise ConfigError(f"{len(kinds)} kinds for {len(candidates)} candidates")
     result_path = directory / "result.json"
     if (cached := _cached(result_path)) is not None:
         return cached
@@ -299,6 +311,7 @@ def retrain_budget(
         runs.append(
             {
                 "candidate": index,
+                "kind": kinds[index],
                 "achieved_sparsity": outcome.achieved_sparsity,
                 "valid": outcome.valid_metrics,
                 "test": outcome.test_metrics,
@@ -315,6 +328,7 @@ def retrain_budget(
         "budget": budget,
         "protocol": spec.protocol.value,
         "chosen": best["candidate"],
+        "chosen_kind": best["kind"],
         "achieved_sparsity": best["achieved_sparsity"],
         "test": best["test"],
         "valid": best["valid"],
@@ -332,10 +346,11 @@ def fit_shares(
     budget: float,
     candidates: list[np.ndarray],
     directory: Path,
+    record_name: str = "fit.json",
 ) -> list[np.ndarray]:
     """Refit each candidate at every share of ``spec.share_grid``; the best first.
 
-    Writes ``directory/fit.json``: every variant's share (null: as the pool gave it), users'
+    Writes ``directory/<record_name>``: every variant's share (null: as the pool gave it), users'
     and items' mean sizes, sparsity and validation score.
     """
     metric = spec.training.selection_metric
@@ -359,9 +374,35 @@ def fit_shares(
             scored.append((score, len(scored), fitted, record))
     scored.sort(key=lambda entry: (-entry[0], entry[1]))  # best first, ties: earlier
     directory.mkdir(parents=True, exist_ok=True)
-    _write_json(directory / "fit.json", [entry[3] for entry in scored])
+    _write_json(directory / record_name, [entry[3] for entry in scored])
     logger.info("budget %g: best refit %s (%s %.4f)", budget, scored[0][3], metric, scored[0][0])
     return [entry[2] for entry in scored]
+
+
+def equal_split_candidate(
+    spec: PipelineSpec,
+    evaluator: QualityEvaluator | None,
+    num_users: int,
+    num_entities: int,
+    budget: float,
+    directory: Path,
+) -> np.ndarray:
+    """Per-side equal sizes that spend the whole budget: the control a searched assignment has to
+    beat, fitted as the search's assignments are.
+
+    Without a share grid, every entity gets an equal share of ``parameter_budget`` (sizes differ
+    by at most one). With ``spec.share_grid``, that assignment is refitted at every users' share
+    by :func:`fit_shares` (``directory/equal-fit.json``), so that each side stays equal within
+    itself and the evaluator picks the split between the sides.
+    """
+    max_size = spec.search.max_size
+    total = parameter_budget(num_entities, max_size, budget)
+    flat = rescale_to_total(np.ones(num_entities, dtype=np.int64), total, max_size)
+    if not spec.share_grid:
+        return flat
+    if evaluator is None:
+        raise ConfigError("the share fit of the equal candidate needs the evaluator")
+    return fit_shares(spec, evaluator, num_users, budget, [flat], directory, "equal-fit.json")[0]
 
 
 def run_pipeline(
@@ -431,14 +472,26 @@ def run_pipeline(
         candidates = pool.selection(budget)
         if not candidates:
             raise ConfigError(f"the search found no assignment for budget {budget}")
-        if spec.share_grid and not (budget_dir / "result.json").exists():
-            if evaluator is None:  # the search was done by an earlier call
-                evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
-                evaluator.prepare()
+        pending = not (budget_dir / "result.json").exists()
+        if spec.share_grid and pending and evaluator is None:  # the search ran in an earlier call
+            evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
+            evaluator.prepare()
+        if spec.share_grid and pending:
+            assert evaluator is not None
             stage_started = time.perf_counter()
             candidates = fit_shares(spec, evaluator, num_users, budget, candidates, budget_dir)
             timings[f"fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)
         candidates = candidates[: spec.retrain_top]
+        kinds = ["search"] * len(candidates)
+        if spec.equal_candidate and pending:
+            stage_started = time.perf_counter()
+            candidates.append(
+                equal_split_candidate(
+                    spec, evaluator, num_users, len(candidates[0]), budget, budget_dir
+                )
+            )
+            kinds.append("equal")
+            timings[f"equal_fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)
         stage_started = time.perf_counter()
         budgets[f"{budget:g}"] = retrain_budget(
             spec,
@@ -449,6 +502,7 @@ def run_pipeline(
             progress,
             dataset_fingerprint,
             teachers,
+            kinds,
         )
         timings[f"retrain_{budget:g}"] = budgets[f"{budget:g}"]["seconds"]
         sizes = np.load(out / f"budget-{budget:g}" / "sizes.npy")

@@ -115,9 +115,10 @@ def _search_sizes(
     backbone: BackboneConfig,
     target: float,
     report: Reporter,
-) -> tuple[np.ndarray, Path]:
-    """The CIESS pipeline's sizes for ``target`` and its folder, reusing a finished search that
-    covers it."""
+) -> tuple[np.ndarray, Path, str]:
+    """The CIESS pipeline's sizes for ``target``, its folder and the kind of sizes it kept
+    ("ciess", or "equal" when its equal candidate retrained better), reusing a finished search
+    that covers it."""
     from ciess_core.search.config import SearchConfig
     from ciess_core.search.pipeline import DEFAULT_SHARE_GRID, PipelineSpec, run_pipeline
 
@@ -132,13 +133,15 @@ def _search_sizes(
     }
     if settings.search_fit_shares:  # only when on, so that earlier searches keep their keys
         described["fit_shares"] = True
+    if settings.search_equal_candidate:
+        described["equal_candidate"] = True
     key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     directory = settings.state_dir / "searches" / key
     sizes_path = directory / f"budget-{target:g}" / "sizes.npy"
     if (directory / "summary.json").is_file() and sizes_path.is_file():
         logger.info("job reuses the finished search %s for budget %g", directory, target)
         report("sizing: reusing a finished search", _SIZING_END["search"], force=True)
-        return np.asarray(np.load(sizes_path), dtype=np.int64), directory
+        return _kept_sizes(directory, target)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "job-spec.json").write_text(json.dumps(described, indent=1) + "\n")
     spec = PipelineSpec(
@@ -155,10 +158,18 @@ def _search_sizes(
         supernet_batches=settings.search_supernet_batches,
         retrain_top=1,
         share_grid=DEFAULT_SHARE_GRID if settings.search_fit_shares else (),
+        equal_candidate=settings.search_equal_candidate,
     )
     report("sizing: CIESS search", 0.06, force=True)
     run_pipeline(spec, split, directory, progress=False)
-    return np.asarray(np.load(sizes_path), dtype=np.int64), directory
+    return _kept_sizes(directory, target)
+
+
+def _kept_sizes(directory: Path, target: float) -> tuple[np.ndarray, Path, str]:
+    budget_dir = directory / f"budget-{target:g}"
+    result = json.loads((budget_dir / "result.json").read_text())
+    kind = "equal" if result.get("chosen_kind") == "equal" else "ciess"
+    return np.asarray(np.load(budget_dir / "sizes.npy"), dtype=np.int64), directory, kind
 
 
 def _teacher(
@@ -277,8 +288,9 @@ def run_budget_job(settings: Settings, store: JobStore, job: Job) -> Path:
     method = str(params.get("method") or settings.job_method)
     report("sizing", 0.05, force=True)
     search_dir: Path | None = None
+    size_scheme = "equal"
     if method == "search":
-        sizes, search_dir = _search_sizes(
+        sizes, search_dir, size_scheme = _search_sizes(
             settings,
             split,
             str(manifest.dataset.get("name")),
@@ -313,7 +325,7 @@ def run_budget_job(settings: Settings, store: JobStore, job: Job) -> Path:
         dataset_fingerprint=data.fingerprint(),
         split_seed=split_seed,
         target_sparsity=target,
-        size_scheme="ciess" if method == "search" else "equal",
+        size_scheme=size_scheme,
         metrics=metrics,
         source=f"job {job.id}",
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from ciess_core.artifact.reader import load_artifact
 from ciess_core.errors import DataError
+from ciess_core.sizes import sparsity
 from service.jobs import runner
 from service.jobs.runner import equal_sizes_within, run_budget_job
 from service.jobs.store import JobState, JobStore
@@ -93,6 +95,25 @@ def test_search_job_with_share_fitting_scores_the_shares_under_its_own_key(
     fit = json.loads((search / "budget-0.7" / "fit.json").read_text())
     assert len(fit) == 15  # the pool's one assignment as it is, then 14 shares
     assert {row["user_share"] for row in fit} >= {None, 0.3, 0.95}
+
+
+def test_a_search_job_with_the_equal_candidate_serves_the_kind_its_pick_kept(
+    settings: Settings,
+) -> None:
+    tiny = _tiny_search(settings, search_equal_candidate=True)
+    store = JobStore(tiny.job_db_path)
+    out = run_budget_job(tiny, store, _job(store, target_sparsity=0.7, method="search"))
+    (search,) = list((tiny.state_dir / "searches").iterdir())
+    assert json.loads((search / "job-spec.json").read_text())["equal_candidate"] is True
+    result = json.loads((search / "budget-0.7" / "result.json").read_text())
+    assert [candidate["kind"] for candidate in result["candidates"]] == ["search", "equal"]
+    manifest = load_artifact(out).manifest
+    assert (
+        manifest.dataset["size_scheme"]
+        == {"search": "ciess", "equal": "equal"}[result["chosen_kind"]]
+    )
+    kept = np.load(search / "budget-0.7" / "sizes.npy")
+    assert manifest.achieved_sparsity == pytest.approx(sparsity(kept, manifest.max_size))
 
 
 @pytest.mark.parametrize("method", ["equal", "search"])
