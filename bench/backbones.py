@@ -96,9 +96,12 @@ def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
         row["protocol"],
         row.get("weight_decay"),
         row.get("learning_rate", DEFAULT_LEARNING_RATE),
+        row.get("seed", DEFAULT_SEED),
     )
 
 
+#: The training seed of rows that do not record one (every row before the field existed).
+DEFAULT_SEED = 42
 DEFAULT_LEARNING_RATE = TrainConfig().learning_rate
 
 
@@ -178,6 +181,7 @@ def run_one(
         "protocol": protocol.value,
         "weight_decay": weight_decay,
         "learning_rate": learning_rate,
+        "seed": arguments.seed,
         "metrics": {name: round(metrics[name], 6) for name in PAPER_METRICS},
         "all_metrics": {k: round(v, 6) for k, v in metrics.items()},
         "valid_metrics": {k: round(v, 6) for k, v in outcome.valid_metrics.items()},
@@ -497,6 +501,8 @@ def quality_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
         recipe = (
             f"{row.get('weight_decay', 0):g} / {row.get('learning_rate', DEFAULT_LEARNING_RATE):g}"
         )
+        if row.get("seed", DEFAULT_SEED) != DEFAULT_SEED:
+            recipe += f" (seed {row['seed']})"
         lines.append(
             f"| {row['backbone']} | {recipe} | {row['method']} | {target} | "
             f"{row['achieved_sparsity']:.4f} | {fmt(m['recall@5'])} | {fmt(m['recall@20'])} | "
@@ -675,7 +681,7 @@ def main() -> None:
     quality.add_argument("--max-batches", type=int, default=3000)
     quality.add_argument("--eval-every", type=int, default=200)
     quality.add_argument("--patience", type=int, default=3)
-    quality.add_argument("--seed", type=int, default=42)
+    quality.add_argument("--seed", type=int, default=DEFAULT_SEED)
     quality.add_argument("--device", default="cpu")
     quality.add_argument("--no-progress", action="store_true")
     quality.add_argument(
@@ -703,7 +709,7 @@ def main() -> None:
     tune.add_argument("--max-batches", type=int, default=4000)
     tune.add_argument("--eval-every", type=int, default=200)
     tune.add_argument("--patience", type=int, default=3)
-    tune.add_argument("--seed", type=int, default=42)
+    tune.add_argument("--seed", type=int, default=DEFAULT_SEED)
     tune.add_argument("--device", default="cpu")
     tune.add_argument("--no-progress", action="store_true")
     speed = commands.add_parser("speed", help="training-batch and evaluation timings")

@@ -63,6 +63,7 @@ from ciess_core.search.pipeline import (
     retrain_budget,
     run_pipeline,
 )
+from ciess_core.search.pool import rescale_to_total
 from ciess_core.sizes import equal_sizes, parameter_budget
 from ciess_core.training import TrainConfig
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
@@ -426,7 +427,9 @@ def shaped_sizes(
       popularity; ``search``: the run's CIESS sizes, ties by popularity) at size 1, the rest
       equal;
     - ``shrink:<factor>``: the run's CIESS assignment with each side's spread around its mean
-      scaled by ``factor`` (its own users' share).
+      scaled by ``factor`` (its own users' share);
+    - ``search:<side>``: the side keeps the run's CIESS sizes, rescaled to its part of the budget
+      (:func:`rescale_to_total`), the other side equal.
     """
     num_users, num_items = train.shape
     popularity = {
@@ -457,6 +460,11 @@ def shaped_sizes(
     side = parameters[0]
     if kind == "pop":
         sides[side] = allocate(popularity[side] ** float(parameters[1]), totals[side], max_size)
+    elif kind == "search":
+        if searched is None:
+            raise SystemExit("shape search needs the run folder's CIESS sizes for this budget")
+        own = searched[:num_users] if side == "users" else searched[num_users:]
+        sides[side] = rescale_to_total(own, totals[side], max_size)
     elif kind == "floor":
         key = popularity[side]
         if parameters[2] == "search":
@@ -466,7 +474,7 @@ def shaped_sizes(
             key = own + 1e-6 * key
         sides[side] = floored(totals[side], float(parameters[1]), key)
     else:
-        raise SystemExit(f"unknown shape {shape!r}: pop, floor or shrink")
+        raise SystemExit(f"unknown shape {shape!r}: pop, floor, search or shrink")
     return np.concatenate([sides["users"], sides["items"]])
 
 
@@ -479,6 +487,9 @@ def shapes(arguments: argparse.Namespace) -> None:
     )
     folder = run_dir(arguments)
     teachers, _ = prepare_teachers(spec, split, folder, progress=False)
+    evaluator = build_evaluator(spec, split, cache_dir=folder / "supernet")
+    evaluator.prepare()  # the run's supernet, loaded: its score of each shape goes in the row
+    metric = spec.training.selection_metric
     train, _ = split.phase(Phase.SEARCH)
     num_users = split.num_users
     new_rows = []
@@ -503,6 +514,7 @@ def shapes(arguments: argparse.Namespace) -> None:
                 users_size_std=round(float(sizes[:num_users].std()), 3),
                 items_size_mean=round(float(sizes[num_users:].mean()), 3),
                 items_size_std=round(float(sizes[num_users:].std()), 3),
+                supernet_valid=round(evaluator.evaluate(sizes).metrics[metric], 6),
             )[0]
             logger.info("shape %s at %g: test N@20 %.4f", shape, budget, row["metrics"]["ndcg@20"])
             new_rows.append(row)
@@ -630,11 +642,13 @@ def shape_table(
         "row retrained the same way. `pop:<side>:<α>`: sizes ∝ popularity^α within the side; "
         "`floor:<side>:<f>:<key>`: the side's lowest fraction f by key at size 1, the rest "
         "equal; `shrink:<s>`: the CIESS assignment with each side's spread around its mean "
-        "scaled by s. The other side stays equal.",
+        "scaled by s. The other side stays equal. The supernet's valid score is the run's "
+        "supernet's validation NDCG@20 of the shape (the evaluator the search and the share fit "
+        "rank assignments by).",
         "",
-        "| backbone | c | shape | users' share | users mean ± sd | items mean ± sd | R@20 | "
-        "N@20 | N@20 vs ES + share fit | N@20 vs CIESS | retraining |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| backbone | c | shape | users' share | users mean ± sd | items mean ± sd | supernet's "
+        "valid score | R@20 | N@20 | N@20 vs ES + share fit | N@20 vs CIESS | retraining |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(shapes, key=lambda r: (r["backbone"], r["target_sparsity"], r["shape"])):
         control = next(
@@ -652,7 +666,8 @@ def shape_table(
             f"| {r['backbone']} | {r['target_sparsity']:.2f} | `{r['shape']}` | {share} | "
             f"{r['users_size_mean']:.1f} ± {r['users_size_std']:.1f} | "
             f"{r['items_size_mean']:.1f} ± {r['items_size_std']:.1f} | "
-            f"{r['metrics']['recall@20']:.4f} | {n20:.4f} | {versus(control)} | "
+            + (f"{r['supernet_valid']:.4f}" if "supernet_valid" in r else "–")
+            + f" | {r['metrics']['recall@20']:.4f} | {n20:.4f} | {versus(control)} | "
             f"{versus(ciess)} | {r['seconds'] / 60:.1f} min |"
         )
     return [*lines, ""]
