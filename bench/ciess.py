@@ -641,8 +641,9 @@ def shape_table(
         "under a `run` folder's settings, beside the ES control with the share fit and the CIESS "
         "row retrained the same way. `pop:<side>:<α>`: sizes ∝ popularity^α within the side; "
         "`floor:<side>:<f>:<key>`: the side's lowest fraction f by key at size 1, the rest "
-        "equal; `shrink:<s>`: the CIESS assignment with each side's spread around its mean "
-        "scaled by s. The other side stays equal. The supernet's valid score is the run's "
+        "equal; `search:<side>`: the side keeps the CIESS assignment's sizes, rescaled to its "
+        "part of the budget; `shrink:<s>`: the CIESS assignment with each side's spread around "
+        "its mean scaled by s. The other side stays equal. The supernet's valid score is the run's "
         "supernet's validation NDCG@20 of the shape (the evaluator the search and the share fit "
         "rank assignments by).",
         "",
