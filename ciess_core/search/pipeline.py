@@ -458,11 +458,12 @@ def run_pipeline(
         pool = outcome.pool
         pool.save(pool_dir)
         _write_json(search_dir / "done.json", {"timings": dict(timings)})
-    retraining = any(
-        not (out / f"budget-{b:g}" / "result.json").exists() for b in spec.search.budgets
-    )
+    pending = {  # the budgets whose retraining has not finished in an earlier call
+        budget: not (out / f"budget-{budget:g}" / "result.json").exists()
+        for budget in spec.search.budgets
+    }
     teachers, teacher_seconds = (
-        prepare_teachers(spec, split, out, progress) if retraining else ({}, 0.0)
+        prepare_teachers(spec, split, out, progress) if any(pending.values()) else ({}, 0.0)
     )
     if teacher_seconds:
         timings["teacher"] = teacher_seconds
@@ -472,18 +473,16 @@ def run_pipeline(
         candidates = pool.selection(budget)
         if not candidates:
             raise ConfigError(f"the search found no assignment for budget {budget}")
-        pending = not (budget_dir / "result.json").exists()
-        if spec.share_grid and pending and evaluator is None:  # the search ran in an earlier call
-            evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
-            evaluator.prepare()
-        if spec.share_grid and pending:
-            assert evaluator is not None
+        if spec.share_grid and pending[budget]:
+            if evaluator is None:  # the search was done by an earlier call
+                evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
+                evaluator.prepare()
             stage_started = time.perf_counter()
             candidates = fit_shares(spec, evaluator, num_users, budget, candidates, budget_dir)
             timings[f"fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)
         candidates = candidates[: spec.retrain_top]
         kinds = ["search"] * len(candidates)
-        if spec.equal_candidate and pending:
+        if spec.equal_candidate and pending[budget]:
             stage_started = time.perf_counter()
             candidates.append(
                 equal_split_candidate(
