@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,6 +59,15 @@ def _tiny_search(settings: Settings, **overrides: object) -> Settings:
     )
 
 
+def _one_search_job(tiny: Settings) -> tuple[Path, Path]:
+    """Run one search job at sparsity 0.7 in a fresh state folder: (its artifact, its search's
+    folder, the only one)."""
+    store = JobStore(tiny.job_db_path)
+    out = run_budget_job(tiny, store, _job(store, target_sparsity=0.7, method="search"))
+    (search,) = list((tiny.state_dir / "searches").iterdir())
+    return out, search
+
+
 def test_search_job_runs_the_pipeline_once_and_reuses_it(settings: Settings) -> None:
     tiny = _tiny_search(settings)
     store = JobStore(tiny.job_db_path)
@@ -86,11 +96,8 @@ def test_a_job_refuses_other_data_than_the_served_models(settings: Settings) -> 
 def test_search_job_with_share_fitting_scores_the_shares_under_its_own_key(
     settings: Settings,
 ) -> None:
-    tiny = _tiny_search(settings, search_fit_shares=True)
-    store = JobStore(tiny.job_db_path)
-    out = run_budget_job(tiny, store, _job(store, target_sparsity=0.7, method="search"))
+    out, search = _one_search_job(_tiny_search(settings, search_fit_shares=True))
     assert load_artifact(out).manifest.achieved_sparsity >= 0.7
-    (search,) = list((tiny.state_dir / "searches").iterdir())
     assert json.loads((search / "job-spec.json").read_text())["fit_shares"] is True
     fit = json.loads((search / "budget-0.7" / "fit.json").read_text())
     assert len(fit) == 15  # the pool's one assignment as it is, then 14 shares
@@ -100,10 +107,7 @@ def test_search_job_with_share_fitting_scores_the_shares_under_its_own_key(
 def test_a_search_job_with_the_equal_candidate_serves_the_kind_its_pick_kept(
     settings: Settings,
 ) -> None:
-    tiny = _tiny_search(settings, search_equal_candidate=True)
-    store = JobStore(tiny.job_db_path)
-    out = run_budget_job(tiny, store, _job(store, target_sparsity=0.7, method="search"))
-    (search,) = list((tiny.state_dir / "searches").iterdir())
+    out, search = _one_search_job(_tiny_search(settings, search_equal_candidate=True))
     assert json.loads((search / "job-spec.json").read_text())["equal_candidate"] is True
     result = json.loads((search / "budget-0.7" / "result.json").read_text())
     assert [candidate["kind"] for candidate in result["candidates"]] == ["search", "equal"]
