@@ -836,35 +836,114 @@ def write_report(dataset: str) -> None:
     (ROOT / "docs" / "benchmarks" / f"ciess-{dataset}.md").write_text("\n".join(lines) + "\n")
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has one (not for flags or unset options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+RUN_COMMANDS = {
+    "run": "the whole CIESS pipeline (full model, search, retraining) and its rows",
+    "paper-cost": "time the paper's evaluator per iteration and multiply it out",
+    "ablation": "the exploration ablation of spec §8 on one budget",
+    "es-fit": "ES with the users' share fitted as CIESS's share fit does",
+    "es-control": "ES retrained exactly as a run's CIESS assignments (share fit, distillation)",
+    "shapes": "retrain hand-shaped size assignments under a run's settings",
+    "plots": "search-trace and size-by-popularity plots of a run's folder",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "paper-cost", "ablation", "es-fit", "es-control", "shapes", "plots"):
-        command = commands.add_parser(name)
-        command.add_argument("--dataset", default="ml-1m")
-        command.add_argument("--data-dir")
-        command.add_argument("--backbone", default="lightgcn")
-        command.add_argument("--weight-decay", type=float, default=1e-3)
-        command.add_argument("--protocol", default="reference", choices=["reference", "clean"])
-        command.add_argument("--evaluator", default="supernet", choices=["supernet", "retrain"])
-        command.add_argument("--budgets", type=float, nargs="+", default=[0.8, 0.9, 0.95])
-        command.add_argument("--episodes", type=int, default=30)
-        command.add_argument("--iterations", type=int, default=10)
-        command.add_argument("--reward-penalty", type=float)
-        command.add_argument("--supernet-batches", type=int, default=3000)
-        command.add_argument("--finetune-batches", type=int, default=0)
-        command.add_argument("--retrain-top", type=int, default=1)
-        command.add_argument("--item-quality", default="users", choices=["users", "own"])
-        command.add_argument("--penalty-control", default="fixed", choices=["fixed", "per-budget"])
-        command.add_argument("--penalty-step", type=float, default=0.1)
-        command.add_argument("--policy-rollouts", action="store_true")
-        command.add_argument("--fit-shares", action="store_true")
-        command.add_argument("--max-batches", type=int, default=4000)
-        command.add_argument("--paper-batches", type=int, default=1500)
-        command.add_argument("--seed", type=int, default=42)
-        command.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE)
+    for name, summary in RUN_COMMANDS.items():
+        command = commands.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            formatter_class=_DefaultsHelp,
+        )
+        command.add_argument("--dataset", default="ml-1m", help="dataset name in --data-dir")
+        command.add_argument("--data-dir", help="datasets folder (default $CIESS_DATA_DIR)")
+        command.add_argument("--backbone", default="lightgcn", help="lightgcn, ngcf or ncf")
+        command.add_argument(
+            "--weight-decay", type=float, default=1e-3, help="L2 on the batch's embeddings"
+        )
+        command.add_argument(
+            "--protocol",
+            default="reference",
+            choices=["reference", "clean"],
+            help="reference: the paper's (test picks the stop); clean: validation does",
+        )
+        command.add_argument(
+            "--evaluator",
+            default="supernet",
+            choices=["supernet", "retrain"],
+            help="the search's quality evaluator: ours (supernet) or the paper's (retrain)",
+        )
+        command.add_argument(
+            "--budgets", type=float, nargs="+", default=[0.8, 0.9, 0.95], help="target sparsities"
+        )
+        command.add_argument("--episodes", type=int, default=30, help="search episodes M")
+        command.add_argument("--iterations", type=int, default=10, help="iterations per episode T")
+        command.add_argument(
+            "--reward-penalty", type=float, help="λ (default: the dataset's, see ciess search)"
+        )
+        command.add_argument(
+            "--supernet-batches", type=int, default=3000, help="batches training the supernet"
+        )
+        command.add_argument(
+            "--finetune-batches",
+            type=int,
+            default=0,
+            help="fine-tuning batches per scored candidate",
+        )
+        command.add_argument(
+            "--retrain-top", type=int, default=1, help="assignments retrained per budget"
+        )
+        command.add_argument(
+            "--item-quality",
+            default="users",
+            choices=["users", "own"],
+            help="an item's quality: its users' (the paper's) or its own ranks",
+        )
+        command.add_argument(
+            "--penalty-control",
+            default="fixed",
+            choices=["fixed", "per-budget"],
+            help="one λ for every budget, or one search phase per budget with λ steered",
+        )
+        command.add_argument(
+            "--penalty-step", type=float, default=0.1, help="λ step η with --penalty-control"
+        )
+        command.add_argument(
+            "--policy-rollouts",
+            action="store_true",
+            help="also score the actors' own sizes after every episode",
+        )
+        command.add_argument(
+            "--fit-shares",
+            action="store_true",
+            help="refit the users' share of each budget before retraining",
+        )
+        command.add_argument(
+            "--max-batches", type=int, default=4000, help="cap on every training's batches"
+        )
+        command.add_argument(
+            "--paper-batches",
+            type=int,
+            default=1500,
+            help="batches per candidate of the paper's evaluator",
+        )
+        command.add_argument("--seed", type=int, default=42, help="seed of every stage")
+        command.add_argument(
+            "--learning-rate", type=float, default=DEFAULT_LEARNING_RATE, help="Adam's"
+        )
         command.add_argument("--device", default="cpu", help="cpu or cuda[:N] (every stage)")
         command.add_argument(
             "--results",
@@ -875,9 +954,17 @@ def main() -> None:
             action="store_true",
             help="retrain with distillation from the run's full model",
         )
-        command.add_argument("--distill-weight", type=float, default=DistillationConfig().weight)
         command.add_argument(
-            "--distill-temperature", type=float, default=DistillationConfig().temperature
+            "--distill-weight",
+            type=float,
+            default=DistillationConfig().weight,
+            help="weight of the distillation term",
+        )
+        command.add_argument(
+            "--distill-temperature",
+            type=float,
+            default=DistillationConfig().temperature,
+            help="softmax temperature τ",
         )
         command.add_argument(
             "--distill-users",
@@ -889,16 +976,29 @@ def main() -> None:
             "--distill-teacher",
             default=DistillationConfig().teacher.value,
             choices=[source.value for source in TeacherSource],
+            help="search: the full model of the search split; phase: one full model per phase",
         )
-        command.add_argument("--no-progress", action="store_true")
+        command.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name == "ablation":
-            command.add_argument("--variants", default=",".join(ABLATION_VARIANTS))
+            command.add_argument(
+                "--variants",
+                default=",".join(ABLATION_VARIANTS),
+                help="comma-separated exploration variants",
+            )
         if name == "shapes":
             command.add_argument(
-                "--shapes", required=True, help="comma-separated, see shaped_sizes"
+                "--shapes",
+                required=True,
+                help="comma-separated: pop:<side>:<α>, floor:<side>:<f>:<pop|search>, "
+                "search:<side>, shrink:<factor> (see shaped_sizes)",
             )
-            command.add_argument("--user-share", type=float, default=0.75)
-    report = commands.add_parser("report")
+            command.add_argument(
+                "--user-share",
+                type=float,
+                default=0.75,
+                help="users' share of the budget for the shapes that split it",
+            )
+    report = commands.add_parser("report", help="rewrite the report from its JSON twin")
     report.add_argument("--dataset", default="ml-1m")
     merge = commands.add_parser("merge", help="append rows written with --results to the twin")
     merge.add_argument("--dataset", default="ml-1m")
