@@ -447,20 +447,61 @@ def write_report(results: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+class _DefaultsHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and an option's default (not for flags or unset options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_DefaultsHelp)
+    parser.add_argument(
+        "--dataset", default="ml-1m", help="dataset in --data-dir (ignored with --tiny)"
     )
-    parser.add_argument("--dataset", default="ml-1m")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--tiny", action="store_true", help="generated data; seconds, for checking")
-    parser.add_argument("--sections", default="parity,size,load,speed")
-    parser.add_argument("--runs", nargs="*", help="run directories to check for parity")
-    parser.add_argument("--ciess-sizes", nargs="*", help="TARGET=sizes.npy, CIESS assignments")
-    parser.add_argument("--train-batches", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seconds", type=float, default=2.0, help="per throughput measurement")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    parser.add_argument(
+        "--data-dir", help="datasets folder (default: $CIESS_DATA_DIR, else ./data)"
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="generated data (400 users, 300 items), at most 30 training batches: seconds, "
+        "for checking",
+    )
+    parser.add_argument(
+        "--sections",
+        default="parity,size,load,speed",
+        help="comma-separated, of parity,size,load,speed (see above)",
+    )
+    parser.add_argument(
+        "--runs",
+        nargs="*",
+        help="run directories whose parity is checked, instead of fresh MR models",
+    )
+    parser.add_argument(
+        "--ciess-sizes",
+        nargs="*",
+        help="TARGET=SIZES.npy: a CIESS size assignment at that target, added to the size section",
+    )
+    parser.add_argument(
+        "--train-batches",
+        type=int,
+        default=200,
+        help="BPR batches training each fresh parity model (at most 30 with --tiny)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="threads of torch and of the artifact scorer"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=2.0, help="seconds per throughput measurement (speed)"
+    )
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "docs" / "benchmarks"),
+        help="folder of artifact.json and artifact.md",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)

@@ -663,68 +663,128 @@ def bar_checks(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has one (not for flags, unset or empty options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == "":
+            return action.help
+        return super()._get_help_string(action)
+
+
+COMMANDS = {
+    "quality": "train and test each planned configuration; one row per run in the JSON twin",
+    "tune": "weight-decay and learning-rate sweep, trained and scored on validation only",
+    "speed": "time an ML-1M training batch (ours vs plain LightGCN) and full evaluations",
+    "eval-speed": "(internal, run by speed) time the full evaluation of one dataset, as JSON",
+    "merge": "append rows written with --results to the JSON twin",
+    "report": "rewrite the markdown report from the JSON files",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    quality = commands.add_parser("quality", help="train and test every configuration (resumable)")
-    quality.add_argument("--data-dir")
-    quality.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "yelp2018"])
+
+    def command(name: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=COMMANDS[name], description=COMMANDS[name], formatter_class=_DefaultsHelp
+        )
+
+    data_dir = "datasets folder (default: $CIESS_DATA_DIR, else ./data)"
+    dataset = "dataset in --data-dir"
+    backbones = "comma-separated backbones, of lightgcn,ngcf,ncf"
+    methods = "comma-separated size methods, of full (d_max), es (equal sizes), mr (random sizes)"
+    sparsities = "comma-separated target sparsities of es and mr (full has none)"
+    max_batches = "cap on every run's training batches"
+    eval_every = "batches between the evaluations that pick the stopping point"
+    patience = "evaluations without improvement before a run stops"
+    seed = "training seed (the split's is always 42)"
+    device = "cpu or cuda[:N]"
+    quality = command("quality")
+    quality.add_argument("--data-dir", help=data_dir)
+    quality.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "yelp2018"], help=dataset)
     quality.add_argument(
         "--results", help="JSON file the rows go to (default: docs/benchmarks/backbones.json)"
     )
-    quality.add_argument("--protocol", default="reference", choices=["reference", "clean"])
-    quality.add_argument("--backbones", default="lightgcn,ngcf,ncf")
-    quality.add_argument("--methods", default="full,es,mr")
-    quality.add_argument("--sparsities", default="0.8,0.9,0.95")
-    quality.add_argument("--max-batches", type=int, default=3000)
-    quality.add_argument("--eval-every", type=int, default=200)
-    quality.add_argument("--patience", type=int, default=3)
-    quality.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    quality.add_argument("--device", default="cpu")
-    quality.add_argument("--no-progress", action="store_true")
+    quality.add_argument(
+        "--protocol",
+        default="reference",
+        choices=["reference", "clean"],
+        help="reference: the paper's (test picks the stop); clean: validation does",
+    )
+    quality.add_argument("--backbones", default="lightgcn,ngcf,ncf", help=backbones)
+    quality.add_argument("--methods", default="full,es,mr", help=methods)
+    quality.add_argument("--sparsities", default="0.8,0.9,0.95", help=sparsities)
+    quality.add_argument("--max-batches", type=int, default=3000, help=max_batches)
+    quality.add_argument("--eval-every", type=int, default=200, help=eval_every)
+    quality.add_argument("--patience", type=int, default=3, help=patience)
+    quality.add_argument("--seed", type=int, default=DEFAULT_SEED, help=seed)
+    quality.add_argument("--device", default="cpu", help=device)
+    quality.add_argument("--no-progress", action="store_true", help="no progress bars")
     quality.add_argument(
         "--weight-decay",
         default="",
-        help="per backbone, e.g. lightgcn=1e-3,ncf=1e-4 (default: the spec's)",
+        help="L2 per backbone, e.g. lightgcn=1e-3,ncf=1e-4 (default: the spec's)",
     )
     quality.add_argument(
         "--learning-rate",
         default="",
-        help=f"per backbone, e.g. ncf=0.01 (default {DEFAULT_LEARNING_RATE})",
+        help=f"Adam's per backbone, e.g. ncf=0.01 (default {DEFAULT_LEARNING_RATE})",
     )
-    tune = commands.add_parser("tune", help="weight-decay sweep on validation (resumable)")
-    tune.add_argument("--data-dir")
-    tune.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "yelp2018"])
+    tune = command("tune")
+    tune.add_argument("--data-dir", help=data_dir)
+    tune.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "yelp2018"], help=dataset)
     tune.add_argument(
         "--results",
         help="JSON file the rows go to (default: docs/benchmarks/backbones-tuning.json)",
     )
-    tune.add_argument("--backbones", default="lightgcn")
-    tune.add_argument("--methods", default="full,es")
-    tune.add_argument("--sparsities", default="0.8")
-    tune.add_argument("--weight-decays", default="1e-4,1e-3,3e-3,1e-2")
-    tune.add_argument("--learning-rates", default=str(DEFAULT_LEARNING_RATE))
-    tune.add_argument("--max-batches", type=int, default=4000)
-    tune.add_argument("--eval-every", type=int, default=200)
-    tune.add_argument("--patience", type=int, default=3)
-    tune.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    tune.add_argument("--device", default="cpu")
-    tune.add_argument("--no-progress", action="store_true")
-    speed = commands.add_parser("speed", help="training-batch and evaluation timings")
-    speed.add_argument("--data-dir")
-    speed.add_argument("--repeats", type=int, default=10)
-    speed.add_argument("--device", default="cpu")
-    speed.add_argument("--output", help="JSON file (default: backbones-speed[-<device>].json)")
-    eval_speed = commands.add_parser("eval-speed", help=argparse.SUPPRESS)
-    eval_speed.add_argument("--dataset", required=True)
-    eval_speed.add_argument("--data-dir")
-    eval_speed.add_argument("--device", default="cpu")
-    merge = commands.add_parser("merge", help="append rows written with --results to the JSON twin")
-    merge.add_argument("files", nargs="+")
-    merge.add_argument("--tuning", action="store_true", help="rows from `tune` (validation only)")
-    commands.add_parser("report", help="rewrite the markdown report from the JSON files")
+    tune.add_argument("--backbones", default="lightgcn", help=backbones)
+    tune.add_argument("--methods", default="full,es", help=methods)
+    tune.add_argument("--sparsities", default="0.8", help=sparsities)
+    tune.add_argument(
+        "--weight-decays", default="1e-4,1e-3,3e-3,1e-2", help="comma-separated L2 values to try"
+    )
+    tune.add_argument(
+        "--learning-rates",
+        default=str(DEFAULT_LEARNING_RATE),
+        help="comma-separated learning rates to try, each with every weight decay",
+    )
+    tune.add_argument("--max-batches", type=int, default=4000, help=max_batches)
+    tune.add_argument("--eval-every", type=int, default=200, help=eval_every)
+    tune.add_argument("--patience", type=int, default=3, help=patience)
+    tune.add_argument("--seed", type=int, default=DEFAULT_SEED, help=seed)
+    tune.add_argument("--device", default="cpu", help=device)
+    tune.add_argument("--no-progress", action="store_true", help="no progress bars")
+    speed = command("speed")
+    speed.add_argument(
+        "--data-dir",
+        help="datasets folder with ml-1m and yelp2018 (default: $CIESS_DATA_DIR, else ./data)",
+    )
+    speed.add_argument(
+        "--repeats",
+        type=int,
+        default=10,
+        help="timed training batches per model, after 2 warm-up ones (the mean is kept)",
+    )
+    speed.add_argument("--device", default="cpu", help=device)
+    speed.add_argument(
+        "--output", help="JSON file (default: docs/benchmarks/backbones-speed[-<device>].json)"
+    )
+    eval_speed = command("eval-speed")
+    eval_speed.add_argument("--dataset", required=True, help=dataset)
+    eval_speed.add_argument("--data-dir", help=data_dir)
+    eval_speed.add_argument("--device", default="cpu", help=device)
+    merge = command("merge")
+    merge.add_argument("files", nargs="+", help="JSON files written with --results")
+    merge.add_argument(
+        "--tuning",
+        action="store_true",
+        help="rows from `tune`: merge into backbones-tuning.json, not backbones.json",
+    )
+    command("report")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     {

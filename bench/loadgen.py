@@ -165,19 +165,60 @@ def summarize(tally: Tally, seconds: float) -> dict[str, object]:
     }
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has one (not for required or unset options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--paths", type=Path, required=True, help="file: one request path a line")
-    parser.add_argument("--mode", choices=["closed", "open"], default="closed")
-    parser.add_argument("--rps", type=float, default=100.0, help="open loop: requests/s offered")
-    parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--duration", type=float, default=10.0, help="recorded seconds")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unrecorded seconds first")
-    parser.add_argument("--timeout", type=float, default=10.0, help="per request, seconds")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="write the JSON result here (else stdout)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=_DefaultsHelp
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="server address")
+    parser.add_argument("--port", type=int, required=True, help="server port")
+    parser.add_argument(
+        "--paths",
+        type=Path,
+        required=True,
+        help="file of request paths, one a line, sent round-robin from a random start",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["closed", "open"],
+        default="closed",
+        help="closed: each client sends on the previous answer (throughput); open: requests at "
+        "--rps, latency from the scheduled send time (queueing counts)",
+    )
+    parser.add_argument(
+        "--rps", type=float, default=100.0, help="open loop: requests per second offered"
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=8,
+        help="keep-alive connections: closed loop, one client each; open loop, the most "
+        "requests in flight (more wait, and the wait counts)",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds recorded, after --warmup"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds sent first and not recorded"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds a request may take before it counts as a failure",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random starting points in --paths"
+    )
+    parser.add_argument("--out", type=Path, help="write the JSON result here (default: stdout)")
     args = parser.parse_args(argv)
     paths = [line.strip() for line in args.paths.read_text().splitlines() if line.strip()]
     if not paths:

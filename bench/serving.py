@@ -426,41 +426,122 @@ def bench_scoring(
 SECTIONS = ("load", "fuzz", "scoring")
 
 
+class _DefaultsHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """An option's default where it has one (not for empty lists, nor where the help says it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default == [] or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=_DefaultsHelp
     )
     parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("CIESS_DATA_DIR", "../shared/data"))
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("CIESS_DATA_DIR", "../shared/data")),
+        help="datasets folder the torch baseline and the scoring section read the runs' data "
+        "from (default: $CIESS_DATA_DIR, else ../shared/data)",
     )
-    parser.add_argument("--artifact", action="append", default=[], help="DATASET=ARTIFACT_DIR")
     parser.add_argument(
-        "--run", action="append", default=[], help="DATASET=RUN_DIR (the torch baseline)"
+        "--artifact",
+        action="append",
+        default=[],
+        help="DATASET=ARTIFACT_DIR, the artifact `ciess serve` serves; once per dataset, "
+        "at least once",
     )
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="of load,fuzz,scoring")
-    parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    parser.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        help="DATASET=RUN_DIR, the run the artifact was exported from (the torch baseline "
+        "serves it); once per dataset of --artifact",
+    )
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated, of load,fuzz,scoring"
+    )
+    parser.add_argument(
+        "--workers",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 2],
+        help="comma-separated uvicorn worker counts; the load runs on each server at each "
+        "(default: 1,2)",
+    )
     parser.add_argument(
         "--servers",
         type=lambda s: [x for x in s.split(",") if x],
         default=list(SERVERS),
-        help=f"of {','.join(SERVERS)} (ciess and torch are compared)",
+        help=f"comma-separated, of {','.join(SERVERS)}; ciess and torch are needed (their "
+        "answers are compared) (default: all)",
     )
     parser.add_argument(
         "--closed-loop",
         type=lambda s: [x for x in s.split(",") if x],
         default=["wrk", "python"] if shutil.which("wrk") else ["python"],
-        help="generators of the closed loop, of wrk,python (default: both when wrk is installed)",
+        help="generators of the closed loop, of wrk,python (default: both when wrk is installed, "
+        "else python)",
     )
-    parser.add_argument("--rps", type=lambda s: [float(x) for x in s.split(",")], default=[500.0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="recorded seconds per load")
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--paths", type=int, default=5000, help="distinct users in the load")
-    parser.add_argument("--compare-users", type=int, default=300)
-    parser.add_argument("--ready-timeout", type=float, default=600.0)
-    parser.add_argument("--fuzz-examples", type=int, default=100)
-    parser.add_argument("--scoring-users", type=int, default=2000)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    parser.add_argument(
+        "--rps",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[500.0],
+        help="comma-separated open-loop rates, requests per second; one open loop each "
+        "(default: 500)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=20.0,
+        help="recorded seconds per load (a 2 s warm-up, not recorded, comes first)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=16,
+        help="closed loop: concurrent clients; open loop: the most requests in flight",
+    )
+    parser.add_argument(
+        "--k", type=int, default=20, help="recommendations per request (the k of the top-k)"
+    )
+    parser.add_argument(
+        "--paths",
+        type=int,
+        default=5000,
+        help="distinct users in the load, drawn from the artifact's users",
+    )
+    parser.add_argument(
+        "--compare-users",
+        type=int,
+        default=300,
+        help="users whose top-k lists ciess and torch both answer, compared item by item",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a server may take to answer /readyz before the benchmark stops",
+    )
+    parser.add_argument(
+        "--fuzz-examples",
+        type=int,
+        default=100,
+        help="schemathesis --max-examples (per operation) of each of the fuzz section's two runs",
+    )
+    parser.add_argument(
+        "--scoring-users",
+        type=int,
+        default=2000,
+        help="users timed per scorer in the scoring section (one top-k each)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "docs" / "benchmarks",
+        help="folder of serving.json and serving.md",
+    )
     args = parser.parse_args(argv)
     if not {"ciess", "torch"} <= set(args.servers) <= set(SERVERS):
         parser.error(f"--servers takes ciess, torch and any of {SERVERS}, got {args.servers}")
