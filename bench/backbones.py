@@ -213,7 +213,16 @@ def run_quality(arguments: argparse.Namespace) -> None:
             backbone, BackboneConfig.default_for(BackboneKind(backbone)).weight_decay
         )
         rate = rates.get(backbone, DEFAULT_LEARNING_RATE)
-        key = (arguments.dataset, backbone, method, target, protocol.value, weight_decay, rate)
+        key = (
+            arguments.dataset,
+            backbone,
+            method,
+            target,
+            protocol.value,
+            weight_decay,
+            rate,
+            arguments.seed,
+        )
         if key in done:
             continue
         logger.info("running %s", key)
@@ -273,7 +282,16 @@ def run_tune(arguments: argparse.Namespace) -> None:
             for rate in arguments.learning_rates.split(",")
         ]
         for weight_decay, rate in grid:
-            key = (arguments.dataset, backbone, method, target, "tune", weight_decay, rate)
+            key = (
+                arguments.dataset,
+                backbone,
+                method,
+                target,
+                "tune",
+                weight_decay,
+                rate,
+                arguments.seed,
+            )
             if key in done:
                 continue
             logger.info("tuning %s", key)
@@ -673,8 +691,8 @@ class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 
 
 COMMANDS = {
-    "quality": "train and test each planned configuration; one row per run in the JSON twin",
-    "tune": "weight-decay and learning-rate sweep, trained and scored on validation only",
+    "quality": "train and test each planned configuration (resumable: rows already in the JSON are kept)",
+    "tune": "weight-decay and learning-rate sweep on validation only (resumable likewise)",
     "speed": "time an ML-1M training batch (ours vs plain LightGCN) and full evaluations",
     "eval-speed": "(internal, run by speed) time the full evaluation of one dataset, as JSON",
     "merge": "append rows written with --results to the JSON twin",
