@@ -40,6 +40,7 @@ import scipy.sparse as sp
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_help import DefaultsHelp
 from machine_info import cpu_description
 
 from ciess_core.artifact.export import ExportOptions, export_model, export_run
@@ -447,17 +448,8 @@ def write_report(results: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-class _DefaultsHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The docstring as written, and an option's default (not for flags or unset options)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_DefaultsHelp)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelp)
     parser.add_argument(
         "--dataset", default="ml-1m", help="dataset in --data-dir (ignored with --tiny)"
     )

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_help import DefaultsHelp
 from machine_info import cpu_description
 from paper import PAPER_METRICS, paper_row
 
@@ -681,15 +682,6 @@ def bar_checks(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default where it has one (not for flags, unset or empty options)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False or action.default == "":
-            return action.help
-        return super()._get_help_string(action)
-
-
 COMMANDS = {
     "quality": "train and test each planned configuration (resumable: rows already in the JSON are kept)",
     "tune": "weight-decay and learning-rate sweep on validation only (resumable likewise)",
@@ -708,7 +700,7 @@ def main() -> None:
 
     def command(name: str) -> argparse.ArgumentParser:
         return commands.add_parser(
-            name, help=COMMANDS[name], description=COMMANDS[name], formatter_class=_DefaultsHelp
+            name, help=COMMANDS[name], description=COMMANDS[name], formatter_class=DefaultsHelp
         )
 
     data_dir = "datasets folder (default: $CIESS_DATA_DIR, else ./data)"

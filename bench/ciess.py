@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from backbones import RESULTS as BACKBONE_RESULTS
 from backbones import load_rows, machine, merge_rows, save_json
+from cli_help import DefaultsHelp
 from paper import PAPER_ABLATION_ML1M, PAPER_METRICS, bet_row, paper_row
 
 from ciess_core.data import DATASETS, Phase, load_dataset, resolve_data_dir, split_per_user
@@ -836,15 +837,6 @@ def write_report(dataset: str) -> None:
     (ROOT / "docs" / "benchmarks" / f"ciess-{dataset}.md").write_text("\n".join(lines) + "\n")
 
 
-class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default where it has one (not for flags or unset options)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False):
-            return action.help
-        return super()._get_help_string(action)
-
-
 RUN_COMMANDS = {
     "run": "the whole CIESS pipeline (full model, search, retraining) and its rows",
     "paper-cost": "time the paper's evaluator per iteration and multiply it out",
@@ -866,7 +858,7 @@ def main() -> None:
             name,
             help=summary,
             description=summary,
-            formatter_class=_DefaultsHelp,
+            formatter_class=DefaultsHelp,
         )
         command.add_argument("--dataset", default="ml-1m", help="dataset name in --data-dir")
         command.add_argument("--data-dir", help="datasets folder (default $CIESS_DATA_DIR)")

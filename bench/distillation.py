@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from backbones import machine, save_json
+from cli_help import DefaultsHelp
 
 from ciess_core.data import Phase, load_dataset, resolve_data_dir, split_per_user
 from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
@@ -30,17 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "docs" / "benchmarks" / "distillation"
 
 
-class _DefaultsHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The docstring as written; an option's default where it has one (not for unset options)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_DefaultsHelp)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelp)
     parser.add_argument(
         "--data-dir", help="datasets folder with ml-1m (default: $CIESS_DATA_DIR, else ./data)"
     )

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from cli_help import DefaultsHelp
 
 
 @dataclass
@@ -165,18 +166,9 @@ def summarize(tally: Tally, seconds: float) -> dict[str, object]:
     }
 
 
-class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default where it has one (not for required or unset options)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=_DefaultsHelp
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelp
     )
     parser.add_argument("--host", default="127.0.0.1", help="server address")
     parser.add_argument("--port", type=int, required=True, help="server port")

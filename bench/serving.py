@@ -44,6 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.cli_help import DefaultsHelp
 from bench.machine_info import cpu_description
 
 PATH_TEMPLATE = "/v1/users/{user}/recommendations?k={k}"
@@ -426,18 +427,9 @@ def bench_scoring(
 SECTIONS = ("load", "fuzz", "scoring")
 
 
-class _DefaultsHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """An option's default where it has one (not for empty lists, nor where the help says it)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default == [] or "(default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=_DefaultsHelp
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelp
     )
     parser.add_argument(
         "--data-dir",
