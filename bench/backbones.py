@@ -101,6 +101,30 @@ def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def planned_key(
+    arguments: argparse.Namespace,
+    backbone: str,
+    method: str,
+    target: float | None,
+    protocol: str,
+    weight_decay: float,
+    learning_rate: float,
+) -> tuple[Any, ...]:
+    """The :func:`row_key` of the row that a run with these settings writes (to skip it when the
+    JSON already has that row)."""
+    row = {
+        "dataset": arguments.dataset,
+        "backbone": backbone,
+        "method": method,
+        "target_sparsity": target,
+        "protocol": protocol,
+        "weight_decay": weight_decay,
+        "learning_rate": learning_rate,
+        "seed": arguments.seed,
+    }
+    return row_key(row)
+
+
 #: The training seed of rows that do not record one (every row before the field existed).
 DEFAULT_SEED = 42
 DEFAULT_LEARNING_RATE = TrainConfig().learning_rate
@@ -214,16 +238,7 @@ def run_quality(arguments: argparse.Namespace) -> None:
             backbone, BackboneConfig.default_for(BackboneKind(backbone)).weight_decay
         )
         rate = rates.get(backbone, DEFAULT_LEARNING_RATE)
-        key = (
-            arguments.dataset,
-            backbone,
-            method,
-            target,
-            protocol.value,
-            weight_decay,
-            rate,
-            arguments.seed,
-        )
+        key = planned_key(arguments, backbone, method, target, protocol.value, weight_decay, rate)
         if key in done:
             continue
         logger.info("running %s", key)
@@ -283,16 +298,7 @@ def run_tune(arguments: argparse.Namespace) -> None:
             for rate in arguments.learning_rates.split(",")
         ]
         for weight_decay, rate in grid:
-            key = (
-                arguments.dataset,
-                backbone,
-                method,
-                target,
-                "tune",
-                weight_decay,
-                rate,
-                arguments.seed,
-            )
+            key = planned_key(arguments, backbone, method, target, "tune", weight_decay, rate)
             if key in done:
                 continue
             logger.info("tuning %s", key)
