@@ -714,11 +714,37 @@ def main() -> None:
     backbones = "comma-separated backbones, of lightgcn,ngcf,ncf"
     methods = "comma-separated size methods, of full (d_max), es (equal sizes), mr (random sizes)"
     sparsities = "comma-separated target sparsities of es and mr (full has none)"
-    max_batches = "cap on every run's training batches"
-    eval_every = "batches between the evaluations that pick the stopping point"
-    patience = "evaluations without improvement before a run stops"
-    seed = "training seed (the split's is always 42)"
     device = "cpu or cuda[:N]"
+
+    def training_options(parser: argparse.ArgumentParser, max_batches: int) -> None:
+        """The options of every training run, shared by quality and tune."""
+        parser.add_argument(
+            "--max-batches",
+            type=int,
+            default=max_batches,
+            help="cap on every run's training batches",
+        )
+        parser.add_argument(
+            "--eval-every",
+            type=int,
+            default=200,
+            help="batches between the evaluations that pick the stopping point",
+        )
+        parser.add_argument(
+            "--patience",
+            type=int,
+            default=3,
+            help="evaluations without improvement before a run stops",
+        )
+        parser.add_argument(
+            "--seed",
+            type=int,
+            default=DEFAULT_SEED,
+            help="training seed (the split's is always 42)",
+        )
+        parser.add_argument("--device", default="cpu", help=device)
+        parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     quality = command("quality")
     quality.add_argument("--data-dir", help=data_dir)
     quality.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "yelp2018"], help=dataset)
@@ -734,12 +760,7 @@ def main() -> None:
     quality.add_argument("--backbones", default="lightgcn,ngcf,ncf", help=backbones)
     quality.add_argument("--methods", default="full,es,mr", help=methods)
     quality.add_argument("--sparsities", default="0.8,0.9,0.95", help=sparsities)
-    quality.add_argument("--max-batches", type=int, default=3000, help=max_batches)
-    quality.add_argument("--eval-every", type=int, default=200, help=eval_every)
-    quality.add_argument("--patience", type=int, default=3, help=patience)
-    quality.add_argument("--seed", type=int, default=DEFAULT_SEED, help=seed)
-    quality.add_argument("--device", default="cpu", help=device)
-    quality.add_argument("--no-progress", action="store_true", help="no progress bars")
+    training_options(quality, max_batches=3000)
     quality.add_argument(
         "--weight-decay",
         default="",
@@ -768,12 +789,7 @@ def main() -> None:
         default=str(DEFAULT_LEARNING_RATE),
         help="comma-separated learning rates to try, each with every weight decay",
     )
-    tune.add_argument("--max-batches", type=int, default=4000, help=max_batches)
-    tune.add_argument("--eval-every", type=int, default=200, help=eval_every)
-    tune.add_argument("--patience", type=int, default=3, help=patience)
-    tune.add_argument("--seed", type=int, default=DEFAULT_SEED, help=seed)
-    tune.add_argument("--device", default="cpu", help=device)
-    tune.add_argument("--no-progress", action="store_true", help="no progress bars")
+    training_options(tune, max_batches=4000)
     speed = command("speed")
     speed.add_argument(
         "--data-dir",
