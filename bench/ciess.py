@@ -121,6 +121,7 @@ def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
         protocol=Protocol(arguments.protocol),
         share_grid=DEFAULT_SHARE_GRID if arguments.fit_shares else (),
         distillation=distillation_from(arguments),
+        even_tolerance=arguments.even_tolerance,
     )
 
 
@@ -135,20 +136,20 @@ def distillation_from(arguments: argparse.Namespace) -> DistillationConfig | Non
     )
 
 
-def run_dir(arguments: argparse.Namespace) -> Path:
+def run_dir(arguments: argparse.Namespace, even: bool = True) -> Path:
     """The `run` folder of these arguments: the search's folder, plus a suffix for a
-    distilled retraining (which starts from a copy of the search's stages)."""
-    base = search_dir(arguments)
+    distilled retraining and one for a near-tie order (both start from a copy of the search's
+    stages). ``even=False``: the folder without the near-tie suffix."""
+    name = search_dir(arguments).name
     if arguments.distill:  # the search is the same; only the retraining differs
-        name = (
-            f"{base.name}-distill-w{arguments.distill_weight:g}-t{arguments.distill_temperature:g}"
-        )
+        name += f"-distill-w{arguments.distill_weight:g}-t{arguments.distill_temperature:g}"
         if arguments.distill_users != DistillationConfig().users_per_batch:
             name += f"-u{arguments.distill_users}"
         if arguments.distill_teacher != DistillationConfig().teacher.value:
             name += f"-teacher-{arguments.distill_teacher}"
-        return base.with_name(name)
-    return base
+    if even and arguments.even_tolerance:  # only the order of the share fit's variants differs
+        name += f"-even{arguments.even_tolerance:g}"
+    return WORK / name
 
 
 def search_dir(arguments: argparse.Namespace) -> Path:
@@ -197,11 +198,14 @@ def budget_rows(
             "penalty_control": arguments.penalty_control,
             "policy_rollouts": arguments.policy_rollouts,
             "fit_shares": arguments.fit_shares,
+            "even_tolerance": arguments.even_tolerance,
             "distillation": budget_distillation(arguments),
             "metrics": {m: round(result["test"][m], 6) for m in PAPER_METRICS},
             "valid_metrics": {m: round(v, 6) for m, v in result["valid"].items()},
             "seconds": round(result["seconds"], 1),
             "pipeline_timings": summary["timings"],
+            "pipeline_workers": summary.get("workers", 1),
+            "pipeline_seconds_this_call": summary["seconds_this_call"],
             **extra,
             "machine": machine(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
@@ -221,6 +225,7 @@ def same_search(row: dict[str, Any], arguments: argparse.Namespace) -> bool:
         and row.get("penalty_control", "fixed") == arguments.penalty_control
         and bool(row.get("policy_rollouts")) == arguments.policy_rollouts
         and bool(row.get("fit_shares")) == arguments.fit_shares
+        and row.get("even_tolerance", 0.0) == arguments.even_tolerance
         and row.get("learning_rate", DEFAULT_LEARNING_RATE) == arguments.learning_rate
         and row.get("device", "cpu") == arguments.device
         and row.get("distillation") == budget_distillation(arguments)
@@ -292,10 +297,16 @@ def run(arguments: argparse.Namespace) -> None:
         load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
     )
     out = run_dir(arguments)
+    if out != run_dir(arguments, even=False):  # every stage before the share fit is the same
+        copy_shared_stages(
+            run_dir(arguments, even=False), out, ("full", "supernet", "search", "teacher")
+        )
     if out != search_dir(arguments):
         copy_shared_stages(search_dir(arguments), out, ("full", "supernet", "search"))
     started = time.perf_counter()
-    summary = run_pipeline(spec, split, out, progress=not arguments.no_progress)
+    summary = run_pipeline(
+        spec, split, out, progress=not arguments.no_progress, workers=arguments.workers
+    )
     rows = [
         r
         for r in load_rows(rows_path(arguments))
@@ -592,6 +603,17 @@ def paper_cost(arguments: argparse.Namespace) -> None:
     write_report(arguments.dataset)
 
 
+def wall_note(row: dict[str, Any]) -> str:
+    """With workers, stages overlap: the wall time of the call that finished the pipeline."""
+    workers = row.get("pipeline_workers", 1)
+    if workers == 1:
+        return ""
+    return (
+        f" summed over stages; with {workers} workers, stages side by side, the call that "
+        f"finished it took {row['pipeline_seconds_this_call'] / 60:.1f} min of wall time"
+    )
+
+
 def variant_label(row: dict[str, Any]) -> str:
     """The search settings that tell one CIESS row from another, in a few words."""
     parts = [row["evaluator"], f"item q {row.get('item_quality', 'users')}"]
@@ -603,6 +625,8 @@ def variant_label(row: dict[str, Any]) -> str:
         parts.append("rollouts")
     if row.get("fit_shares"):
         parts.append("share fit")
+    if row.get("even_tolerance"):
+        parts.append(f"evenest within {row['even_tolerance']:.1%}")
     if row.get("distillation"):
         parts.append(distillation_label(row["distillation"]))
     return ", ".join(parts)
@@ -657,7 +681,14 @@ def shape_table(
             (c for c in reversed(controls) if c["method"].startswith("es-fit") and same(c, r)),
             None,
         )
-        ciess = next((c for c in reversed(searched) if c.get("fit_shares") and same(c, r)), None)
+        ciess = next(
+            (
+                c
+                for c in reversed(searched)
+                if c.get("fit_shares") and not c.get("even_tolerance") and same(c, r)
+            ),
+            None,
+        )
         n20 = r["metrics"]["ndcg@20"]
 
         def versus(other: dict[str, Any] | None, n20: float = n20) -> str:
@@ -769,7 +800,9 @@ def write_report(dataset: str) -> None:
                     f"{backbone}, latest run ({variant_label(latest)}, "
                     f"{latest.get('device', 'cpu')}): pipeline wall time per stage (seconds): "
                     + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
-                    + f"; total {sum(timings.values()) / 60:.1f} min.",
+                    + f"; total {sum(timings.values()) / 60:.1f} min"
+                    + wall_note(latest)
+                    + ".",
                     "",
                 ]
     if ablations:
@@ -924,6 +957,13 @@ def main() -> None:
             help="refit the users' share of each budget before retraining",
         )
         command.add_argument(
+            "--even-tolerance",
+            type=float,
+            default=0.0,
+            help="with --fit-shares: near ties within this relative tolerance go to the evenest "
+            "variant (0: pure score order)",
+        )
+        command.add_argument(
             "--max-batches", type=int, default=4000, help="cap on every training's batches"
         )
         command.add_argument(
@@ -969,6 +1009,12 @@ def main() -> None:
             default=DistillationConfig().teacher.value,
             choices=[source.value for source in TeacherSource],
             help="search: the full model of the search split; phase: one full model per phase",
+        )
+        command.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="processes for the pipeline's independent stages (same results)",
         )
         command.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name == "ablation":

@@ -72,6 +72,14 @@ def add_search_parser(subparsers: Any) -> None:
         help="also retrain per-side equal sizes at each budget (share-fitted with --fit-shares) "
         "and keep whichever candidate the protocol's pick prefers; the result says which kind",
     )
+    parser.add_argument(
+        "--even-tolerance",
+        type=float,
+        default=0.0,
+        help="with --fit-shares: variants scoring within this relative tolerance of the best "
+        "(e.g. 0.002) count as tied, and the one whose sizes spread least within each side is "
+        "retrained first (0: pure score order)",
+    )
     parser.add_argument("--noise", default="gaussian", choices=["gaussian", "ou", "uniform"])
     parser.add_argument("--no-random-walk", action="store_true", help="ablation: no random walk")
     parser.add_argument(
@@ -122,6 +130,14 @@ def add_search_parser(subparsers: Any) -> None:
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes for independent stages (the test phase's teacher beside the search, the "
+        "budgets' retrainings beside each other); each takes its share of the threads. Same "
+        "results; 2 suits a 2-core machine",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -205,6 +221,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
             else None
         ),
         equal_candidate=arguments.equal_candidate,
+        even_tolerance=arguments.even_tolerance,
     )
     out = Path(arguments.out or f"runs/search-{Path(arguments.dataset).stem}-{arguments.backbone}")
     out.mkdir(parents=True, exist_ok=True)
@@ -217,6 +234,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         stored.setdefault("share_grid", [])
         stored.setdefault("distillation", None)
         stored.setdefault("equal_candidate", False)
+        stored.setdefault("even_tolerance", 0.0)
     if stored is not None and stored != described:
         raise ConfigError(
             f"{out} holds a search with other settings ({spec_path}); "
@@ -226,7 +244,12 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     data = open_dataset(arguments.dataset, arguments.data_dir)
     split = split_per_user(data, seed=42)
     summary = run_pipeline(
-        spec, split, out, progress=not arguments.no_progress, dataset_fingerprint=data.fingerprint()
+        spec,
+        split,
+        out,
+        progress=not arguments.no_progress,
+        dataset_fingerprint=data.fingerprint(),
+        workers=arguments.workers,
     )
     try:
         plot_search_run(out, split.train, budgets, out)

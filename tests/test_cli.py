@@ -156,8 +156,8 @@ def test_search_runs_end_to_end_and_resumes(
     older = json.loads(spec_path.read_text())
     for name in ("item_quality", "penalty_control", "penalty_step", "policy_rollouts"):
         del older["search"][name]
-    del older["share_grid"]
-    del older["distillation"]
+    for name in ("share_grid", "distillation", "equal_candidate", "even_tolerance"):
+        del older[name]
     spec_path.write_text(json.dumps(older))
     assert main(arguments) == 0
     distilled = tmp_path / "distilled"

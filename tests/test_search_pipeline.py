@@ -6,10 +6,12 @@ import dataclasses
 import itertools
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
@@ -20,8 +22,10 @@ from ciess_core.search.pipeline import (
     EvaluatorKind,
     PipelineSpec,
     load_full_model,
+    near_tie_order,
     prepare_teachers,
     run_pipeline,
+    within_side_spread,
 )
 from ciess_core.sizes import parameter_budget, sparsity
 from ciess_core.training import TrainConfig, evaluate_model
@@ -272,6 +276,47 @@ def test_share_fitting_scores_refitted_variants_and_retrains_the_best(
         dataclasses.replace(spec, evaluator=EvaluatorKind.RETRAIN)
 
 
+def test_within_side_spread_is_zero_for_per_side_equal_sizes_whatever_the_split() -> None:
+    assert within_side_spread(np.array([9, 9, 9, 1, 1]), num_users=3) == 0.0
+    # users 1 and 3 around 2, items 4 and 8 around 6: deviations 1, 1, 2, 2.
+    assert within_side_spread(np.array([1, 3, 4, 8]), num_users=2) == pytest.approx(
+        np.sqrt((1 + 1 + 4 + 4) / 4)
+    )
+
+
+def test_near_ties_go_to_the_evenest_variant_and_the_rest_stay_in_score_order() -> None:
+    scores = [0.300, 0.2995, 0.290, 0.2999, 0.250]
+    spreads = [9.0, 2.0, 0.0, 5.0, 1.0]
+    assert near_tie_order(scores, spreads, 0.0) == [0, 3, 1, 2, 4]
+    # 0.2% of 0.300 is 0.0006: variants 0, 3 and 1 tie; 2 and 4 do not, whatever their spread.
+    assert near_tie_order(scores, spreads, 0.002) == [1, 3, 0, 2, 4]
+    assert near_tie_order(scores, spreads, 0.5) == [2, 4, 1, 3, 0]
+    assert near_tie_order([], [], 0.1) == []
+
+
+def test_the_even_tolerance_retrains_the_evenest_near_tie_and_records_every_spread(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    spec = dataclasses.replace(
+        tiny_spec(), share_grid=(0.3, 0.5, 0.7), retrain_top=1, even_tolerance=0.99
+    )
+    run_pipeline(spec, clustered_split, tmp_path, progress=False)
+    num_users = clustered_split.num_users
+    for budget in ("0.5", "0.8"):
+        fit = json.loads((tmp_path / f"budget-{budget}" / "fit.json").read_text())
+        best = max(row["valid_ndcg@20"] for row in fit)
+        near = [row for row in fit if row["valid_ndcg@20"] >= 0.01 * best]
+        spreads = [row["within_side_spread"] for row in near]
+        # A 99 % tolerance ties every variant above 1 % of the best: they lead, evenest first.
+        assert fit[: len(near)] == near and spreads == sorted(spreads)
+        chosen = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
+        assert within_side_spread(chosen, num_users) == pytest.approx(spreads[0])
+    with pytest.raises(ConfigError, match="needs share_grid"):
+        dataclasses.replace(spec, share_grid=())
+    with pytest.raises(ConfigError, match="even_tolerance"):
+        dataclasses.replace(spec, even_tolerance=1.0)
+
+
 @pytest.mark.parametrize("shares", [(), (0.3, 0.5, 0.7)], ids=["no-fit", "share-fit"])
 def test_the_equal_candidate_is_retrained_beside_the_searched_one_and_the_pick_sees_both(
     clustered_split: DatasetSplit, tmp_path: Path, shares: tuple[float, ...]
@@ -352,3 +397,36 @@ def test_a_test_phase_teacher_is_trained_once_on_train_and_validation(
 def _untimed_trace(out: Path) -> list[dict]:
     rows = [json.loads(line) for line in (out / "search" / "trace.jsonl").read_text().splitlines()]
     return [{key: value for key, value in row.items() if "seconds" not in key} for row in rows]
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """This process on one thread, as each of two workers on two cores: the same floats."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("protocol", list(Protocol), ids=lambda protocol: protocol.value)
+def test_two_workers_give_the_same_models_as_one(
+    clustered_split: DatasetSplit, tmp_path: Path, protocol: Protocol, one_thread: None
+) -> None:
+    config = DistillationConfig(top_k=10, teacher=TeacherSource.PHASE)
+    spec = dataclasses.replace(tiny_spec(), distillation=config, protocol=protocol)
+    one = run_pipeline(spec, clustered_split, tmp_path / "one", progress=False)
+    two = run_pipeline(spec, clustered_split, tmp_path / "two", progress=False, workers=2)
+    assert two["workers"] == 2
+    assert set(two["timings"]) == set(one["timings"])  # the teacher's and every budget's
+    for budget in ("0.5", "0.8"):
+        assert two["budgets"][budget]["test"] == one["budgets"][budget]["test"]
+        assert np.array_equal(
+            np.load(tmp_path / "two" / f"budget-{budget}" / "sizes.npy"),
+            np.load(tmp_path / "one" / f"budget-{budget}" / "sizes.npy"),
+        )
+    assert torch.equal(
+        torch.load(tmp_path / "two" / "teacher" / "model.pt")["embedding.weight"],
+        torch.load(tmp_path / "one" / "teacher" / "model.pt")["embedding.weight"],
+    )
+    with pytest.raises(ConfigError, match="workers"):
+        run_pipeline(spec, clustered_split, tmp_path / "none", progress=False, workers=0)

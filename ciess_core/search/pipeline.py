@@ -41,6 +41,7 @@ from ciess_core.search.evaluators import (
     quality_signal,
 )
 from ciess_core.search.loop import SearchInputs, run_search
+from ciess_core.search.parallel import StageRunner
 from ciess_core.search.pool import AssignmentPool, rescale_to_total, split_budget
 from ciess_core.sizes import SizeScheme, parameter_budget, sparsity
 from ciess_core.training import TrainConfig, train_bpr
@@ -88,6 +89,13 @@ class PipelineSpec:
             protocol's pick choose among them all. The pick then never keeps a searched
             assignment that retrains worse than equal sizes fitted the same way; the result
             records which kind it kept. Off: the paper's, only searched assignments.
+        even_tolerance: with the share fit, the relative tolerance within which the evaluator's
+            scores count as a tie (0: off, pure score order). The variants that score within
+            it of the best go first, the least spread first (:func:`within_side_spread`), then
+            the rest by score. The supernet is trained under random sizes for every entity, so
+            it rates uneven sizes higher than a model trained from scratch at those sizes does
+            (``docs/benchmarks/ciess-ml-1m.md``, session 13); below its resolution, the evener
+            assignment is the safer one to retrain.
     """
 
     dataset: str
@@ -103,8 +111,13 @@ class PipelineSpec:
     share_grid: tuple[float, ...] = ()
     distillation: DistillationConfig | None = None
     equal_candidate: bool = False
+    even_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.even_tolerance < 1.0:
+            raise ConfigError(f"even_tolerance must lie in [0, 1), got {self.even_tolerance}")
+        if self.even_tolerance and not self.share_grid:
+            raise ConfigError("even_tolerance orders the share fit's variants and needs share_grid")
         for share in self.share_grid:
             if not 0.0 < share < 1.0:
                 raise ConfigError(f"share_grid values must lie in (0, 1), got {share}")
@@ -339,6 +352,29 @@ def retrain_budget(
     return result
 
 
+def within_side_spread(sizes: np.ndarray, num_users: int) -> float:
+    """Root mean square distance of every size from its own side's mean (users', items').
+
+    Zero when each side is equal within itself (ES with the share fit), whatever the split.
+    """
+    deviations = np.concatenate(
+        [sizes[:num_users] - sizes[:num_users].mean(), sizes[num_users:] - sizes[num_users:].mean()]
+    )
+    return float(np.sqrt(np.mean(deviations**2)))
+
+
+def near_tie_order(scores: list[float], spreads: list[float], tolerance: float) -> list[int]:
+    """Indices of variants: those within ``tolerance`` (relative) of the best score first, least
+    spread first, then the others by score (best first). Ties keep the given order."""
+    order = sorted(range(len(scores)), key=lambda index: -scores[index])
+    if not order or tolerance <= 0.0:
+        return order
+    floor = scores[order[0]] - tolerance * abs(scores[order[0]])
+    near = [index for index in order if scores[index] >= floor]
+    rest = [index for index in order if scores[index] < floor]
+    return sorted(near, key=lambda index: spreads[index]) + rest
+
+
 def fit_shares(
     spec: PipelineSpec,
     evaluator: QualityEvaluator,
@@ -348,13 +384,14 @@ def fit_shares(
     directory: Path,
     record_name: str = "fit.json",
 ) -> list[np.ndarray]:
-    """Refit each candidate at every share of ``spec.share_grid``; the best first.
+    """Refit each candidate at every share of ``spec.share_grid``; the best first (with
+    ``spec.even_tolerance``, near ties by least spread: :func:`near_tie_order`).
 
-    Writes ``directory/<record_name>``: every variant's share (null: as the pool gave it), users'
-    and items' mean sizes, sparsity and validation score.
+    Writes ``directory/<record_name>`` in that order: every variant's share (null: as the pool
+    gave it), users' and items' mean sizes, within-side spread, sparsity and validation score.
     """
     metric = spec.training.selection_metric
-    scored: list[tuple[float, int, np.ndarray, dict[str, Any]]] = []
+    scored: list[tuple[float, np.ndarray, dict[str, Any]]] = []
     for index, sizes in enumerate(candidates):
         variants: list[tuple[float | None, np.ndarray]] = [(None, sizes)]
         variants += [
@@ -368,15 +405,21 @@ def fit_shares(
                 "user_share": share,
                 "users_mean_size": float(fitted[:num_users].mean()),
                 "items_mean_size": float(fitted[num_users:].mean()),
+                "within_side_spread": within_side_spread(fitted, num_users),
                 "sparsity": sparsity(fitted, spec.search.max_size),
                 f"valid_{metric}": score,
             }
-            scored.append((score, len(scored), fitted, record))
-    scored.sort(key=lambda entry: (-entry[0], entry[1]))  # best first, ties: earlier
+            scored.append((score, fitted, record))
+    order = near_tie_order(
+        [entry[0] for entry in scored],
+        [entry[2]["within_side_spread"] for entry in scored],
+        spec.even_tolerance,
+    )
+    scored = [scored[index] for index in order]
     directory.mkdir(parents=True, exist_ok=True)
-    _write_json(directory / record_name, [entry[3] for entry in scored])
-    logger.info("budget %g: best refit %s (%s %.4f)", budget, scored[0][3], metric, scored[0][0])
-    return [entry[2] for entry in scored]
+    _write_json(directory / record_name, [entry[2] for entry in scored])
+    logger.info("budget %g: first refit %s (%s %.4f)", budget, scored[0][2], metric, scored[0][0])
+    return [entry[1] for entry in scored]
 
 
 def equal_split_candidate(
@@ -405,119 +448,207 @@ def equal_split_candidate(
     return fit_shares(spec, evaluator, num_users, budget, [flat], directory, "equal-fit.json")[0]
 
 
+def _teacher_stage(spec: PipelineSpec, split: DatasetSplit, out: Path, progress: bool) -> float:
+    """The test phase's teacher (:func:`_test_phase_teacher`), trained or found; its seconds."""
+    return _test_phase_teacher(spec, split, out, progress)[1]
+
+
+def _retrain_stage(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    out: Path,
+    budget: float,
+    candidates: list[np.ndarray],
+    kinds: list[str],
+    progress: bool,
+    dataset_fingerprint: str | None,
+) -> dict[str, Any]:
+    """One budget's retraining (:func:`retrain_budget`), loading the teachers from ``out``
+    unless an earlier call finished it."""
+    directory = out / f"budget-{budget:g}"
+    finished = (directory / "result.json").exists()
+    teachers = {} if finished else prepare_teachers(spec, split, out, progress)[0]
+    return retrain_budget(
+        spec,
+        split,
+        budget,
+        candidates,
+        directory,
+        progress,
+        dataset_fingerprint,
+        teachers,
+        kinds,
+    )
+
+
 def run_pipeline(
     spec: PipelineSpec,
     split: DatasetSplit,
     out: Path,
     progress: bool = True,
     dataset_fingerprint: str | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Run (or resume) every stage; returns and writes ``summary.json``.
 
     With ``dataset_fingerprint`` (the data's :meth:`InteractionData.fingerprint`), each budget's
     chosen model is kept as a run directory ``out/budget-<c>/run`` for ``ciess export``.
+
+    ``workers`` > 1 runs independent stages side by side in that many processes
+    (:class:`~ciess_core.search.parallel.StageRunner`): the test phase's teacher beside the full
+    model and the search (beside the search only under the clean protocol, whose teacher needs
+    the full model's stopping batch), and the budgets' retrainings beside each other. Results
+    are the same as with one worker; ``summary["timings"]`` still holds each stage's own
+    seconds, so with workers their sum exceeds the wall time (``summary["seconds_this_call"]``).
     """
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    full = _full_model_quality(spec, split, out / "full", progress)
-    timings["full_model"] = full["seconds"]
-    num_users = split.num_users
-    user_quality = np.load(out / "full" / "user_quality.npy")
-    item_quality = np.load(out / "full" / "item_quality.npy")
+    pending = {  # the budgets whose retraining has not finished in an earlier call
+        budget: not (out / f"budget-{budget:g}" / "result.json").exists()
+        for budget in spec.search.budgets
+    }
+    needs_teacher = (
+        spec.distillation is not None
+        and spec.distillation.teacher is TeacherSource.PHASE
+        and any(pending.values())
+    )
+    with StageRunner(workers) as runner:
+        quiet = progress and not runner.parallel  # no progress bars from worker processes
+        teacher = None
+        if needs_teacher and spec.protocol is Protocol.REFERENCE:
+            teacher = runner.submit(_teacher_stage, spec, split, out, quiet)
+        with runner.sharing_cores():
+            full = _full_model_quality(spec, split, out / "full", progress)
+            if needs_teacher and teacher is None:  # the clean teacher needs the full model
+                teacher = runner.submit(_teacher_stage, spec, split, out, quiet)
+            pool, evaluator = _search_stage(spec, split, out, progress, timings)
+        timings = {"full_model": full["seconds"], **timings}
+        candidates, kinds = {}, {}
+        for budget in spec.search.budgets:
+            candidates[budget], kinds[budget], evaluator = _budget_candidates(
+                spec, split, out, pool, evaluator, budget, pending[budget], timings
+            )
+        if teacher is not None:
+            timings["teacher"] = teacher.result()
+        retrained = {
+            budget: runner.submit(
+                _retrain_stage,
+                spec,
+                split,
+                out,
+                budget,
+                candidates[budget],
+                kinds[budget],
+                quiet,
+                dataset_fingerprint,
+            )
+            for budget in spec.search.budgets
+        }
+        budgets = {}
+        for budget, future in retrained.items():
+            budgets[f"{budget:g}"] = future.result()
+            timings[f"retrain_{budget:g}"] = budgets[f"{budget:g}"]["seconds"]
+            sizes = np.load(out / f"budget-{budget:g}" / "sizes.npy")
+            if sparsity(sizes, spec.search.max_size) < budget - 1e-12:
+                raise ConfigError(f"budget {budget} exceeded by the chosen assignment")
+    summary = {
+        "dataset": spec.dataset,
+        "backbone": spec.backbone.kind.value,
+        "evaluator": spec.evaluator.value,
+        "protocol": spec.protocol.value,
+        "num_users": split.num_users,
+        "num_items": split.num_items,
+        "full_valid_metrics": full["valid_metrics"],
+        "budgets": budgets,
+        "timings": timings,
+        "workers": workers,
+        "seconds_this_call": round(time.perf_counter() - started, 2),
+    }
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def _search_stage(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    out: Path,
+    progress: bool,
+    timings: dict[str, float],
+) -> tuple[AssignmentPool, QualityEvaluator | None]:
+    """Stages 2–3: the evaluator's preparation and the search, or the pool an earlier call left.
+
+    Returns the pool and the evaluator when this call built one (None: not needed yet)."""
+    search_dir = out / "search"
+    search_dir.mkdir(exist_ok=True)
+    pool_dir = search_dir / "pool"
+    if (search_dir / "done.json").exists():
+        timings.update(json.loads((search_dir / "done.json").read_text())["timings"])
+        return AssignmentPool.load(pool_dir), None
     train, _ = split.phase(Phase.SEARCH)
     inputs = SearchInputs(
         popularity={
             "users": np.diff(train.indptr).astype(np.float64),
             "items": np.bincount(train.indices, minlength=split.num_items).astype(np.float64),
         },
-        full_quality={"users": user_quality, "items": item_quality},
+        full_quality={
+            "users": np.load(out / "full" / "user_quality.npy"),
+            "items": np.load(out / "full" / "item_quality.npy"),
+        },
     )
-    search_dir = out / "search"
-    search_dir.mkdir(exist_ok=True)
-    pool_dir = search_dir / "pool"
-    evaluator: QualityEvaluator | None = None  # built only when a stage needs it
-    if (search_dir / "done.json").exists():
-        pool = AssignmentPool.load(pool_dir)
-        timings.update(json.loads((search_dir / "done.json").read_text())["timings"])
-    else:
-        evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
-        stage_started = time.perf_counter()
-        evaluator.prepare()
-        timings["evaluator_prepare"] = round(time.perf_counter() - stage_started, 2)
-        stage_started = time.perf_counter()
-        outcome = run_search(
-            spec.search,
-            inputs,
-            evaluator,
-            checkpoint_dir=search_dir / "checkpoint",
-            trace_path=search_dir / "trace.jsonl",
-            progress=progress,
-        )
-        timings["search"] = round(time.perf_counter() - stage_started, 2)
-        pool = outcome.pool
-        pool.save(pool_dir)
-        _write_json(search_dir / "done.json", {"timings": dict(timings)})
-    pending = {  # the budgets whose retraining has not finished in an earlier call
-        budget: not (out / f"budget-{budget:g}" / "result.json").exists()
-        for budget in spec.search.budgets
-    }
-    teachers, teacher_seconds = (
-        prepare_teachers(spec, split, out, progress) if any(pending.values()) else ({}, 0.0)
+    evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
+    stage_started = time.perf_counter()
+    evaluator.prepare()
+    timings["evaluator_prepare"] = round(time.perf_counter() - stage_started, 2)
+    stage_started = time.perf_counter()
+    outcome = run_search(
+        spec.search,
+        inputs,
+        evaluator,
+        checkpoint_dir=search_dir / "checkpoint",
+        trace_path=search_dir / "trace.jsonl",
+        progress=progress,
     )
-    if teacher_seconds:
-        timings["teacher"] = teacher_seconds
-    budgets = {}
-    for budget in spec.search.budgets:
-        budget_dir = out / f"budget-{budget:g}"
-        candidates = pool.selection(budget)
-        if not candidates:
-            raise ConfigError(f"the search found no assignment for budget {budget}")
-        if spec.share_grid and pending[budget]:
-            if evaluator is None:  # the search was done by an earlier call
-                evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
-                evaluator.prepare()
-            stage_started = time.perf_counter()
-            candidates = fit_shares(spec, evaluator, num_users, budget, candidates, budget_dir)
-            timings[f"fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)
-        candidates = candidates[: spec.retrain_top]
-        kinds = ["search"] * len(candidates)
-        if spec.equal_candidate and pending[budget]:
-            stage_started = time.perf_counter()
-            candidates.append(
-                equal_split_candidate(
-                    spec, evaluator, num_users, len(candidates[0]), budget, budget_dir
-                )
+    timings["search"] = round(time.perf_counter() - stage_started, 2)
+    outcome.pool.save(pool_dir)
+    _write_json(search_dir / "done.json", {"timings": dict(timings)})
+    return outcome.pool, evaluator
+
+
+def _budget_candidates(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    out: Path,
+    pool: AssignmentPool,
+    evaluator: QualityEvaluator | None,
+    budget: float,
+    pending: bool,
+    timings: dict[str, float],
+) -> tuple[list[np.ndarray], list[str], QualityEvaluator | None]:
+    """One budget's assignments to retrain and their kinds: the pool's (share-fitted with
+    ``spec.share_grid``), the best ``spec.retrain_top``, plus the equal candidate if asked.
+
+    Returns the evaluator too, built here when a fit needs it and no earlier stage built it."""
+    budget_dir = out / f"budget-{budget:g}"
+    candidates = pool.selection(budget)
+    if not candidates:
+        raise ConfigError(f"the search found no assignment for budget {budget}")
+    if spec.share_grid and pending:
+        if evaluator is None:  # the search was done by an earlier call
+            evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
+            evaluator.prepare()
+        stage_started = time.perf_counter()
+        candidates = fit_shares(spec, evaluator, split.num_users, budget, candidates, budget_dir)
+        timings[f"fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)
+    candidates = candidates[: spec.retrain_top]
+    kinds = ["search"] * len(candidates)
+    if spec.equal_candidate and pending:
+        stage_started = time.perf_counter()
+        candidates.append(
+            equal_split_candidate(
+                spec, evaluator, split.num_users, len(candidates[0]), budget, budget_dir
             )
-            kinds.append("equal")
-            timings[f"equal_fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)
-        stage_started = time.perf_counter()
-        budgets[f"{budget:g}"] = retrain_budget(
-            spec,
-            split,
-            budget,
-            candidates,
-            budget_dir,
-            progress,
-            dataset_fingerprint,
-            teachers,
-            kinds,
         )
-        timings[f"retrain_{budget:g}"] = budgets[f"{budget:g}"]["seconds"]
-        sizes = np.load(out / f"budget-{budget:g}" / "sizes.npy")
-        if sparsity(sizes, spec.search.max_size) < budget - 1e-12:
-            raise ConfigError(f"budget {budget} exceeded by the chosen assignment")
-    summary = {
-        "dataset": spec.dataset,
-        "backbone": spec.backbone.kind.value,
-        "evaluator": spec.evaluator.value,
-        "protocol": spec.protocol.value,
-        "num_users": num_users,
-        "num_items": split.num_items,
-        "full_valid_metrics": full["valid_metrics"],
-        "budgets": budgets,
-        "timings": timings,
-        "seconds_this_call": round(time.perf_counter() - started, 2),
-    }
-    _write_json(out / "summary.json", summary)
-    return summary
+        kinds.append("equal")
+        timings[f"equal_fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)
+    return candidates, kinds, evaluator
