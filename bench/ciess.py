@@ -149,6 +149,8 @@ def run_dir(arguments: argparse.Namespace, even: bool = True) -> Path:
             name += f"-teacher-{arguments.distill_teacher}"
     if even and arguments.even_tolerance:  # only the order of the share fit's variants differs
         name += f"-even{arguments.even_tolerance:g}"
+    if arguments.from_scratch:
+        name += "-from-scratch"
     return WORK / name
 
 
@@ -168,6 +170,17 @@ def search_dir(arguments: argparse.Namespace) -> Path:
     if arguments.learning_rate != DEFAULT_LEARNING_RATE:
         name += f"-lr{arguments.learning_rate:g}"
     return WORK / name
+
+
+def copy_earlier_stages(arguments: argparse.Namespace, out: Path) -> None:
+    """Start a `run` folder from the stages it shares with earlier runs: everything before the
+    share fit with the run that has no near-tie order, and the search's with the search folder."""
+    if out != run_dir(arguments, even=False):
+        copy_shared_stages(
+            run_dir(arguments, even=False), out, ("full", "supernet", "search", "teacher")
+        )
+    if out != search_dir(arguments):
+        copy_shared_stages(search_dir(arguments), out, ("full", "supernet", "search"))
 
 
 def copy_shared_stages(source: Path, out: Path, stages: tuple[str, ...]) -> None:
@@ -297,12 +310,8 @@ def run(arguments: argparse.Namespace) -> None:
         load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
     )
     out = run_dir(arguments)
-    if out != run_dir(arguments, even=False):  # every stage before the share fit is the same
-        copy_shared_stages(
-            run_dir(arguments, even=False), out, ("full", "supernet", "search", "teacher")
-        )
-    if out != search_dir(arguments):
-        copy_shared_stages(search_dir(arguments), out, ("full", "supernet", "search"))
+    if not arguments.from_scratch:  # else every stage runs here, timed as one call
+        copy_earlier_stages(arguments, out)
     started = time.perf_counter()
     summary = run_pipeline(
         spec, split, out, progress=not arguments.no_progress, workers=arguments.workers
@@ -1009,6 +1018,12 @@ def main() -> None:
             default=DistillationConfig().teacher.value,
             choices=[source.value for source in TeacherSource],
             help="search: the full model of the search split; phase: one full model per phase",
+        )
+        command.add_argument(
+            "--from-scratch",
+            action="store_true",
+            help="run: a folder of its own (suffix -from-scratch) that copies no stage from "
+            "earlier runs, so that one call times the whole pipeline",
         )
         command.add_argument(
             "--workers",
