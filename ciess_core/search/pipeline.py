@@ -513,16 +513,15 @@ def run_pipeline(
         and spec.distillation.teacher is TeacherSource.PHASE
         and any(pending.values())
     )
-    with StageRunner(workers) as runner:
+    with StageRunner(workers) as runner, runner.sharing_cores():
         quiet = progress and not runner.parallel  # no progress bars from worker processes
         teacher = None
         if needs_teacher and spec.protocol is Protocol.REFERENCE:
             teacher = runner.submit(_teacher_stage, spec, split, out, quiet)
-        with runner.sharing_cores():
-            full = _full_model_quality(spec, split, out / "full", progress)
-            if needs_teacher and teacher is None:  # the clean teacher needs the full model
-                teacher = runner.submit(_teacher_stage, spec, split, out, quiet)
-            pool, evaluator = _search_stage(spec, split, out, progress, timings)
+        full = _full_model_quality(spec, split, out / "full", progress)
+        if needs_teacher and teacher is None:  # the clean teacher needs the full model
+            teacher = runner.submit(_teacher_stage, spec, split, out, quiet)
+        pool, evaluator = _search_stage(spec, split, out, progress, timings)
         timings = {"full_model": full["seconds"], **timings}
         candidates, kinds = {}, {}
         for budget in spec.search.budgets:
