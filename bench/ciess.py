@@ -149,6 +149,8 @@ def run_dir(arguments: argparse.Namespace, even: bool = True) -> Path:
             name += f"-teacher-{arguments.distill_teacher}"
     if even and arguments.even_tolerance:  # only the order of the share fit's variants differs
         name += f"-even{arguments.even_tolerance:g}"
+    if arguments.seed != 42:  # every stage is seeded
+        name += f"-seed{arguments.seed}"
     if arguments.from_scratch:
         name += "-from-scratch"
     return WORK / name
@@ -212,13 +214,14 @@ def budget_rows(
             "policy_rollouts": arguments.policy_rollouts,
             "fit_shares": arguments.fit_shares,
             "even_tolerance": arguments.even_tolerance,
+            "seed": arguments.seed,
             "distillation": budget_distillation(arguments),
             "metrics": {m: round(result["test"][m], 6) for m in PAPER_METRICS},
             "valid_metrics": {m: round(v, 6) for m, v in result["valid"].items()},
             "seconds": round(result["seconds"], 1),
             "pipeline_timings": summary["timings"],
             "pipeline_workers": summary.get("workers", 1),
-            "pipeline_seconds_this_call": summary["seconds_this_call"],
+            "pipeline_seconds_this_call": summary.get("seconds_this_call"),
             **extra,
             "machine": machine(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
@@ -239,6 +242,7 @@ def same_search(row: dict[str, Any], arguments: argparse.Namespace) -> bool:
         and bool(row.get("policy_rollouts")) == arguments.policy_rollouts
         and bool(row.get("fit_shares")) == arguments.fit_shares
         and row.get("even_tolerance", 0.0) == arguments.even_tolerance
+        and row.get("seed", 42) == arguments.seed
         and row.get("learning_rate", DEFAULT_LEARNING_RATE) == arguments.learning_rate
         and row.get("device", "cpu") == arguments.device
         and row.get("distillation") == budget_distillation(arguments)
@@ -638,6 +642,8 @@ def variant_label(row: dict[str, Any]) -> str:
         parts.append(f"evenest within {row['even_tolerance']:.1%}")
     if row.get("distillation"):
         parts.append(distillation_label(row["distillation"]))
+    if row.get("seed", 42) != 42:
+        parts.append(f"seed {row['seed']}")
     return ", ".join(parts)
 
 
@@ -666,7 +672,8 @@ def shape_table(
 
     def same(row: dict[str, Any], shape: dict[str, Any]) -> bool:
         keys = ("backbone", "protocol", "target_sparsity", "distillation")
-        return all(row.get(key) == shape.get(key) for key in keys)
+        same_device = row.get("device", "cpu") == shape.get("device", "cpu")
+        return same_device and all(row.get(key) == shape.get(key) for key in keys)
 
     lines = [
         "## Size shapes: which spreads within a side survive retraining",
