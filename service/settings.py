@@ -64,6 +64,10 @@ class Settings:
             when ``search_fit_shares`` is on) and keeps whichever the validation pick prefers
             (``ciess search --equal-candidate``): a searched assignment that retrains worse than
             equal sizes is never served. Costs one more retraining per job.
+        search_even_tolerance: with ``search_fit_shares``, share-fit variants scoring within
+            this relative tolerance of the best count as tied, and the evenest is retrained
+            (``ciess search --even-tolerance``; 0: off). The supernet over-rates uneven sizes
+            by about 0.2–0.3 % (docs/benchmarks/ciess-ml-1m.notes.md, sessions 13 and 15).
         job_distill: a job's final model also learns from a full-size model of the same data
             (the search's own full model, or one trained for the job on the search split):
             :mod:`ciess_core.training.distillation`, ``ciess search --distill``. In
@@ -93,6 +97,7 @@ class Settings:
     search_supernet_batches: int = 3000
     search_fit_shares: bool = False
     search_equal_candidate: bool = False
+    search_even_tolerance: float = 0.0
     job_distill: bool = False
 
     def __post_init__(self) -> None:
@@ -104,6 +109,9 @@ class Settings:
                 raise ConfigError(f"setting {name} must be >= 1, got {getattr(self, name)}")
         if self.scorer_threads < 0 or self.job_eval_every < 0:
             raise ConfigError("settings scorer_threads and job_eval_every must be >= 0")
+        if not 0.0 <= self.search_even_tolerance < 1.0:
+            tolerance = self.search_even_tolerance
+            raise ConfigError(f"setting search_even_tolerance must lie in [0, 1), got {tolerance}")
         if self.job_method not in ("equal", "search"):
             raise ConfigError(
                 f"setting job_method must be 'equal' or 'search', got {self.job_method!r}"

@@ -135,6 +135,8 @@ def _search_sizes(
         described["fit_shares"] = True
     if settings.search_equal_candidate:
         described["equal_candidate"] = True
+    if settings.search_fit_shares and settings.search_even_tolerance:
+        described["even_tolerance"] = settings.search_even_tolerance
     key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     directory = settings.state_dir / "searches" / key
     sizes_path = directory / f"budget-{target:g}" / "sizes.npy"
@@ -159,6 +161,7 @@ def _search_sizes(
         retrain_top=1,
         share_grid=DEFAULT_SHARE_GRID if settings.search_fit_shares else (),
         equal_candidate=settings.search_equal_candidate,
+        even_tolerance=settings.search_even_tolerance if settings.search_fit_shares else 0.0,
     )
     report("sizing: CIESS search", 0.06, force=True)
     run_pipeline(spec, split, directory, progress=False)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ciess_core.artifact.reader import load_artifact
-from ciess_core.errors import DataError
+from ciess_core.errors import ConfigError, DataError
 from ciess_core.sizes import sparsity
 from service.jobs import runner
 from service.jobs.runner import equal_sizes_within, run_budget_job
@@ -102,6 +102,20 @@ def test_search_job_with_share_fitting_scores_the_shares_under_its_own_key(
     fit = json.loads((search / "budget-0.7" / "fit.json").read_text())
     assert len(fit) == 15  # the pool's one assignment as it is, then 14 shares
     assert {row["user_share"] for row in fit} >= {None, 0.3, 0.95}
+
+
+def test_a_search_job_with_an_even_tolerance_retrains_the_evenest_near_tie(
+    settings: Settings,
+) -> None:
+    tiny = _tiny_search(settings, search_fit_shares=True, search_even_tolerance=0.99)
+    _, search = _one_search_job(tiny)
+    assert json.loads((search / "job-spec.json").read_text())["even_tolerance"] == 0.99
+    fit = json.loads((search / "budget-0.7" / "fit.json").read_text())
+    best = max(row["valid_ndcg@20"] for row in fit)
+    near = [row for row in fit if row["valid_ndcg@20"] >= 0.01 * best]
+    assert fit[0]["within_side_spread"] == min(row["within_side_spread"] for row in near)
+    with pytest.raises(ConfigError, match="search_even_tolerance"):
+        dataclasses.replace(settings, search_even_tolerance=1.5)
 
 
 def test_a_search_job_with_the_equal_candidate_serves_the_kind_its_pick_kept(
