@@ -808,8 +808,10 @@ def write_report(dataset: str) -> None:
                     + f" | {entry.get('device', 'cpu')} | {entry['seconds'] / 60:.1f} min |"
                 )
         lines.append("")
-        for backbone in sorted({r["backbone"] for r in ours}):
-            latest = [r for r in ours if r["backbone"] == backbone][-1]
+        for backbone, device in sorted({(r["backbone"], r.get("device", "cpu")) for r in ours}):
+            latest = [
+                r for r in ours if r["backbone"] == backbone and r.get("device", "cpu") == device
+            ][-1]
             timings = latest.get("pipeline_timings", {})
             if timings:
                 lines += [
