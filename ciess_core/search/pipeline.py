@@ -514,13 +514,13 @@ def run_pipeline(
         and any(pending.values())
     )
     with StageRunner(workers) as runner, runner.sharing_cores():
-        quiet = progress and not runner.parallel  # no progress bars from worker processes
+        stage_progress = progress and not runner.parallel  # no bars from worker processes
         teacher = None
         if needs_teacher and spec.protocol is Protocol.REFERENCE:
-            teacher = runner.submit(_teacher_stage, spec, split, out, quiet)
+            teacher = runner.submit(_teacher_stage, spec, split, out, stage_progress)
         full = _full_model_quality(spec, split, out / "full", progress)
         if needs_teacher and teacher is None:  # the clean teacher needs the full model
-            teacher = runner.submit(_teacher_stage, spec, split, out, quiet)
+            teacher = runner.submit(_teacher_stage, spec, split, out, stage_progress)
         pool, evaluator = _search_stage(spec, split, out, progress, timings)
         timings = {"full_model": full["seconds"], **timings}
         candidates, kinds = {}, {}
@@ -539,7 +539,7 @@ def run_pipeline(
                 budget,
                 candidates[budget],
                 kinds[budget],
-                quiet,
+                stage_progress,
                 dataset_fingerprint,
             )
             for budget in spec.search.budgets
