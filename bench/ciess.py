@@ -780,10 +780,16 @@ def write_report(dataset: str) -> None:
                 if (r["backbone"], r["protocol"], r["target_sparsity"])
                 == (backbone, protocol, target)
             ]
-            es = next((b for b in reversed(same) if b["method"] == "es"), None)  # the latest
+            plain = [b for b in same if b["method"] == "es"]
             for entry in [*sorted(same, key=lambda b: b["method"]), *variants]:
                 m = entry["metrics"]
                 is_ciess = entry["method"] == "ciess"
+                device = entry.get("device", "cpu")
+                # The latest plain ES on the entry's device (rows of one device share a cap).
+                es = next(
+                    (b for b in reversed(plain) if b.get("device", "cpu") == device),
+                    plain[-1] if plain else None,
+                )
                 versus = (
                     f"{m['ndcg@20'] / es['metrics']['ndcg@20'] - 1:+.1%}"
                     if (is_ciess or entry["method"].startswith("es-")) and es is not None
