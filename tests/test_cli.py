@@ -161,7 +161,11 @@ def test_search_runs_end_to_end_and_resumes(
     spec_path.write_text(json.dumps(older))
     assert main(arguments) == 0
     distilled = tmp_path / "distilled"
-    assert main([*arguments[:6], str(distilled), *arguments[7:], "--distill"]) == 0
+    # With two workers the retraining runs in a spawned process; its run folder is the same kind.
+    assert (
+        main([*arguments[:6], str(distilled), *arguments[7:], "--distill", "--workers", "2"]) == 0
+    )
+    assert json.loads((distilled / "summary.json").read_text())["workers"] == 2
     config = json.loads((distilled / "budget-0.9" / "run" / "config.json").read_text())
     assert config["distillation"]["weight"] == 1.0
     assert json.loads((run / "config.json").read_text())["distillation"] is None
