@@ -44,8 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
+from backbones import DEFAULT_SEED, load_rows, machine, merge_rows, save_json
 from backbones import RESULTS as BACKBONE_RESULTS
-from backbones import load_rows, machine, merge_rows, save_json
 from cli_help import DefaultsHelp
 from paper import PAPER_ABLATION_ML1M, PAPER_METRICS, bet_row, paper_row
 
@@ -149,7 +149,7 @@ def run_dir(arguments: argparse.Namespace, even: bool = True) -> Path:
             name += f"-teacher-{arguments.distill_teacher}"
     if even and arguments.even_tolerance:  # only the order of the share fit's variants differs
         name += f"-even{arguments.even_tolerance:g}"
-    if arguments.seed != 42:  # every stage is seeded
+    if arguments.seed != DEFAULT_SEED:  # every stage is seeded
         name += f"-seed{arguments.seed}"
     if arguments.from_scratch:
         name += "-from-scratch"
@@ -242,7 +242,7 @@ def same_search(row: dict[str, Any], arguments: argparse.Namespace) -> bool:
         and bool(row.get("policy_rollouts")) == arguments.policy_rollouts
         and bool(row.get("fit_shares")) == arguments.fit_shares
         and row.get("even_tolerance", 0.0) == arguments.even_tolerance
-        and row.get("seed", 42) == arguments.seed
+        and row.get("seed", DEFAULT_SEED) == arguments.seed
         and row.get("learning_rate", DEFAULT_LEARNING_RATE) == arguments.learning_rate
         and row.get("device", "cpu") == arguments.device
         and row.get("distillation") == budget_distillation(arguments)
@@ -642,7 +642,7 @@ def variant_label(row: dict[str, Any]) -> str:
         parts.append(f"evenest within {row['even_tolerance']:.1%}")
     if row.get("distillation"):
         parts.append(distillation_label(row["distillation"]))
-    if row.get("seed", 42) != 42:
+    if row.get("seed", DEFAULT_SEED) != DEFAULT_SEED:
         parts.append(f"seed {row['seed']}")
     return ", ".join(parts)
 
@@ -996,7 +996,7 @@ def main() -> None:
             default=1500,
             help="batches per candidate of the paper's evaluator",
         )
-        command.add_argument("--seed", type=int, default=42, help="seed of every stage")
+        command.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of every stage")
         command.add_argument(
             "--learning-rate", type=float, default=DEFAULT_LEARNING_RATE, help="Adam's"
         )

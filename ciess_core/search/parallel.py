@@ -68,7 +68,8 @@ class StageRunner:
 
     @contextmanager
     def sharing_cores(self) -> Iterator[None]:
-        """While workers run beside this process, it keeps only its share of the threads."""
+        """With workers, this process keeps only its share of the threads, as each worker has,
+        so that a stage computes the same floats wherever it runs."""
         before = torch.get_num_threads()
         if self.parallel:
             torch.set_num_threads(self.threads)

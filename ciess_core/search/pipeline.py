@@ -94,7 +94,7 @@ class PipelineSpec:
             it of the best go first, the least spread first (:func:`within_side_spread`), then
             the rest by score. The supernet is trained under random sizes for every entity, so
             it rates uneven sizes higher than a model trained from scratch at those sizes does
-            (``docs/benchmarks/ciess-ml-1m.md``, session 13); below its resolution, the evener
+            (``docs/benchmarks/ciess-ml-1m.notes.md``, session 13); below its resolution, the evener
             assignment is the safer one to retrain.
     """
 
@@ -201,17 +201,17 @@ def load_full_model(
     return model
 
 
-def _test_phase_teacher(
+def _train_test_phase_teacher(
     spec: PipelineSpec, split: DatasetSplit, out: Path, progress: bool
-) -> tuple[Backbone, float]:
-    """The full model on the test phase's training matrix (train ∪ validation), trained as the
+) -> float:
+    """Train the full model on the test phase's training matrix (train ∪ validation) as the
     protocol trains every final model: reference, checkpoint picked on test; clean, for as many
-    batches as stage 1's model needed on validation. Kept in ``out/teacher`` (loaded from there
-    when an earlier call trained it); returns it and the seconds its training took."""
+    batches as stage 1's model needed on validation. Kept in ``out/teacher``; an earlier call's
+    is left as it is. Returns the seconds its training took."""
     directory = out / "teacher"
     summary_path = directory / "summary.json"
     if (cached := _cached(summary_path)) is not None:
-        return load_full_model(spec, split, directory, Phase.TEST), float(cached["seconds"])
+        return float(cached["seconds"])
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     train, test = split.phase(Phase.TEST)
@@ -229,7 +229,7 @@ def _test_phase_teacher(
     staging.replace(directory / "model.pt")
     seconds = round(time.perf_counter() - started, 2)
     _write_json(summary_path, {"seconds": seconds})
-    return model, seconds
+    return seconds
 
 
 def prepare_teachers(
@@ -245,7 +245,8 @@ def prepare_teachers(
     search_teacher = load_full_model(spec, split, out / "full")
     if spec.distillation.teacher is TeacherSource.SEARCH:
         return {Phase.SEARCH: search_teacher, Phase.TEST: search_teacher}, 0.0
-    test_teacher, seconds = _test_phase_teacher(spec, split, out, progress)
+    seconds = _train_test_phase_teacher(spec, split, out, progress)
+    test_teacher = load_full_model(spec, split, out / "teacher", Phase.TEST)
     return {Phase.SEARCH: search_teacher, Phase.TEST: test_teacher}, seconds
 
 
@@ -448,11 +449,6 @@ def equal_split_candidate(
     return fit_shares(spec, evaluator, num_users, budget, [flat], directory, "equal-fit.json")[0]
 
 
-def _teacher_stage(spec: PipelineSpec, split: DatasetSplit, out: Path, progress: bool) -> float:
-    """The test phase's teacher (:func:`_test_phase_teacher`), trained or found; its seconds."""
-    return _test_phase_teacher(spec, split, out, progress)[1]
-
-
 def _retrain_stage(
     spec: PipelineSpec,
     split: DatasetSplit,
@@ -460,14 +456,14 @@ def _retrain_stage(
     budget: float,
     candidates: list[np.ndarray],
     kinds: list[str],
+    pending: bool,
     progress: bool,
     dataset_fingerprint: str | None,
 ) -> dict[str, Any]:
-    """One budget's retraining (:func:`retrain_budget`), loading the teachers from ``out``
-    unless an earlier call finished it."""
+    """One budget's retraining (:func:`retrain_budget`), loading the teachers from ``out`` when
+    it is ``pending`` (not finished by an earlier call)."""
     directory = out / f"budget-{budget:g}"
-    finished = (directory / "result.json").exists()
-    teachers = {} if finished else prepare_teachers(spec, split, out, progress)[0]
+    teachers = prepare_teachers(spec, split, out, progress)[0] if pending else {}
     return retrain_budget(
         spec,
         split,
@@ -517,10 +513,10 @@ def run_pipeline(
         stage_progress = progress and not runner.parallel  # no bars from worker processes
         teacher = None
         if needs_teacher and spec.protocol is Protocol.REFERENCE:
-            teacher = runner.submit(_teacher_stage, spec, split, out, stage_progress)
+            teacher = runner.submit(_train_test_phase_teacher, spec, split, out, stage_progress)
         full = _full_model_quality(spec, split, out / "full", progress)
         if needs_teacher and teacher is None:  # the clean teacher needs the full model
-            teacher = runner.submit(_teacher_stage, spec, split, out, stage_progress)
+            teacher = runner.submit(_train_test_phase_teacher, spec, split, out, stage_progress)
         pool, evaluator = _search_stage(spec, split, out, progress, timings)
         timings = {"full_model": full["seconds"], **timings}
         candidates, kinds = {}, {}
@@ -539,6 +535,7 @@ def run_pipeline(
                 budget,
                 candidates[budget],
                 kinds[budget],
+                pending[budget],
                 stage_progress,
                 dataset_fingerprint,
             )
