@@ -56,6 +56,7 @@ from ciess_core.search import ExplorationNoise, ItemQuality, PenaltyControl, Sea
 from ciess_core.search.evaluators import RetrainEvaluator
 from ciess_core.search.pipeline import (
     DEFAULT_SHARE_GRID,
+    DEFAULT_SPREAD_GRID,
     EvaluatorKind,
     PipelineSpec,
     build_evaluator,
@@ -63,6 +64,7 @@ from ciess_core.search.pipeline import (
     prepare_teachers,
     retrain_budget,
     run_pipeline,
+    selection_views,
 )
 from ciess_core.search.pool import rescale_to_total
 from ciess_core.sizes import equal_sizes, parameter_budget
@@ -122,6 +124,8 @@ def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
         share_grid=DEFAULT_SHARE_GRID if arguments.fit_shares else (),
         distillation=distillation_from(arguments),
         even_tolerance=arguments.even_tolerance,
+        spread_grid=DEFAULT_SPREAD_GRID if arguments.fit_spread else (),
+        selection_share=arguments.selection_share,
     )
 
 
@@ -138,8 +142,9 @@ def distillation_from(arguments: argparse.Namespace) -> DistillationConfig | Non
 
 def run_dir(arguments: argparse.Namespace, even: bool = True) -> Path:
     """The `run` folder of these arguments: the search's folder, plus a suffix for a
-    distilled retraining and one for a near-tie order (both start from a copy of the search's
-    stages). ``even=False``: the folder without the near-tie suffix."""
+    distilled retraining and one for each fit option (near-tie order, spread fit, held-out
+    selection), all starting from a copy of the search's stages. ``even=False``: the folder
+    without the fit options' suffixes."""
     name = search_dir(arguments).name
     if arguments.distill:  # the search is the same; only the retraining differs
         name += f"-distill-w{arguments.distill_weight:g}-t{arguments.distill_temperature:g}"
@@ -149,6 +154,10 @@ def run_dir(arguments: argparse.Namespace, even: bool = True) -> Path:
             name += f"-teacher-{arguments.distill_teacher}"
     if even and arguments.even_tolerance:  # only the order of the share fit's variants differs
         name += f"-even{arguments.even_tolerance:g}"
+    if even and arguments.fit_spread:  # more variants in the share fit
+        name += "-spread"
+    if even and arguments.selection_share:  # the search sees part of validation: its own
+        name += f"-sel{arguments.selection_share:g}"
     if arguments.seed != DEFAULT_SEED:  # every stage is seeded
         name += f"-seed{arguments.seed}"
     if arguments.from_scratch:
@@ -176,13 +185,15 @@ def search_dir(arguments: argparse.Namespace) -> Path:
 
 def copy_earlier_stages(arguments: argparse.Namespace, out: Path) -> None:
     """Start a `run` folder from the stages it shares with earlier runs: everything before the
-    share fit with the run that has no near-tie order, and the search's with the search folder."""
+    share fit with the run that has no fit options, and the search's with the search folder.
+    With ``--selection-share`` the search is not shared (it sees only part of validation)."""
+    searched = () if arguments.selection_share else ("search",)
     if out != run_dir(arguments, even=False):
         copy_shared_stages(
-            run_dir(arguments, even=False), out, ("full", "supernet", "search", "teacher")
+            run_dir(arguments, even=False), out, ("full", "supernet", *searched, "teacher")
         )
     if out != search_dir(arguments):
-        copy_shared_stages(search_dir(arguments), out, ("full", "supernet", "search"))
+        copy_shared_stages(search_dir(arguments), out, ("full", "supernet", *searched))
 
 
 def copy_shared_stages(source: Path, out: Path, stages: tuple[str, ...]) -> None:
@@ -214,6 +225,8 @@ def budget_rows(
             "policy_rollouts": arguments.policy_rollouts,
             "fit_shares": arguments.fit_shares,
             "even_tolerance": arguments.even_tolerance,
+            "fit_spread": arguments.fit_spread,
+            "selection_share": arguments.selection_share,
             "seed": arguments.seed,
             "distillation": budget_distillation(arguments),
             "metrics": {m: round(result["test"][m], 6) for m in PAPER_METRICS},
@@ -242,6 +255,8 @@ def same_search(row: dict[str, Any], arguments: argparse.Namespace) -> bool:
         and bool(row.get("policy_rollouts")) == arguments.policy_rollouts
         and bool(row.get("fit_shares")) == arguments.fit_shares
         and row.get("even_tolerance", 0.0) == arguments.even_tolerance
+        and bool(row.get("fit_spread")) == arguments.fit_spread
+        and row.get("selection_share", 0.0) == arguments.selection_share
         and row.get("seed", DEFAULT_SEED) == arguments.seed
         and row.get("learning_rate", DEFAULT_LEARNING_RATE) == arguments.learning_rate
         and row.get("device", "cpu") == arguments.device
@@ -374,7 +389,10 @@ def es_control(arguments: argparse.Namespace, fit: bool) -> None:
     out = WORK / f"{method}-{run_dir(arguments).name}"
     evaluator = None
     if fit:
-        evaluator = build_evaluator(spec, split, cache_dir=shared / "supernet")
+        # the fits' view: with --selection-share, the validation part the search never saw
+        evaluator = build_evaluator(
+            spec, selection_views(spec, split)[1], cache_dir=shared / "supernet"
+        )
         evaluator.prepare()
     teachers, _ = prepare_teachers(spec, split, shared, progress=False)
     summary: dict[str, Any] = {"budgets": {}, "timings": {}}
@@ -640,6 +658,10 @@ def variant_label(row: dict[str, Any]) -> str:
         parts.append("share fit")
     if row.get("even_tolerance"):
         parts.append(f"evenest within {row['even_tolerance']:.1%}")
+    if row.get("fit_spread"):
+        parts.append("spread fit")
+    if row.get("selection_share"):
+        parts.append(f"fits on {row['selection_share']:.0%} of validation held out")
     if row.get("distillation"):
         parts.append(distillation_label(row["distillation"]))
     if row.get("seed", DEFAULT_SEED) != DEFAULT_SEED:
@@ -986,6 +1008,17 @@ def main() -> None:
             default=0.0,
             help="with --fit-shares: near ties within this relative tolerance go to the evenest "
             "variant (0: pure score order)",
+        )
+        command.add_argument(
+            "--fit-spread",
+            action="store_true",
+            help="with --fit-shares: also try each side's spread shrunk by 0 / 0.5 / 1",
+        )
+        command.add_argument(
+            "--selection-share",
+            type=float,
+            default=0.0,
+            help="with --fit-shares: validation held out from the search for the fits (0: off)",
         )
         command.add_argument(
             "--max-batches", type=int, default=4000, help="cap on every training's batches"

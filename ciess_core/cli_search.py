@@ -80,6 +80,20 @@ def add_search_parser(subparsers: Any) -> None:
         "(e.g. 0.002) count as tied, and the one whose sizes spread least within each side is "
         "retrained first (0: pure score order)",
     )
+    parser.add_argument(
+        "--fit-spread",
+        action="store_true",
+        help="with --fit-shares: also try each side's spread of sizes shrunk towards its mean "
+        "(factors 0, 0.5, 1 per side) on the best share-fitted variants",
+    )
+    parser.add_argument(
+        "--selection-share",
+        type=float,
+        default=0.0,
+        help="with --fit-shares: the fraction of every user's validation interactions held out "
+        "from the search, on which the fits score their variants (e.g. 0.5; 0: off, one "
+        "validation set for the search and the fits)",
+    )
     parser.add_argument("--noise", default="gaussian", choices=["gaussian", "ou", "uniform"])
     parser.add_argument("--no-random-walk", action="store_true", help="ablation: no random walk")
     parser.add_argument(
@@ -153,6 +167,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     )
     from ciess_core.search.pipeline import (
         DEFAULT_SHARE_GRID,
+        DEFAULT_SPREAD_GRID,
         EvaluatorKind,
         PipelineSpec,
         run_pipeline,
@@ -222,6 +237,8 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         ),
         equal_candidate=arguments.equal_candidate,
         even_tolerance=arguments.even_tolerance,
+        spread_grid=DEFAULT_SPREAD_GRID if arguments.fit_spread else (),
+        selection_share=arguments.selection_share,
     )
     out = Path(arguments.out or f"runs/search-{Path(arguments.dataset).stem}-{arguments.backbone}")
     out.mkdir(parents=True, exist_ok=True)
@@ -235,6 +252,8 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         stored.setdefault("distillation", None)
         stored.setdefault("equal_candidate", False)
         stored.setdefault("even_tolerance", 0.0)
+        stored.setdefault("spread_grid", [])
+        stored.setdefault("selection_share", 0.0)
     if stored is not None and stored != described:
         raise ConfigError(
             f"{out} holds a search with other settings ({spec_path}); "

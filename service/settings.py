@@ -68,6 +68,12 @@ class Settings:
             this relative tolerance of the best count as tied, and the evenest is retrained
             (``ciess search --even-tolerance``; 0: off). The supernet over-rates uneven sizes
             by about 0.2–0.3 % (docs/benchmarks/ciess-ml-1m.notes.md, sessions 13 and 15).
+        search_fit_spread: with ``search_fit_shares``, the fit also tries each side's spread of
+            sizes shrunk towards its mean (``ciess search --fit-spread``).
+        search_selection_share: with ``search_fit_shares``, the fraction of every user's
+            validation interactions held out from the search, on which the fits score
+            (``ciess search --selection-share``; 0: off). The search fits its sizes to the
+            validation it is rewarded on, noise included (notes, session 16).
         job_distill: a job's final model also learns from a full-size model of the same data
             (the search's own full model, or one trained for the job on the search split):
             :mod:`ciess_core.training.distillation`, ``ciess search --distill``. In
@@ -98,6 +104,8 @@ class Settings:
     search_fit_shares: bool = False
     search_equal_candidate: bool = False
     search_even_tolerance: float = 0.0
+    search_fit_spread: bool = False
+    search_selection_share: float = 0.0
     job_distill: bool = False
 
     def __post_init__(self) -> None:
@@ -112,6 +120,9 @@ class Settings:
         if not 0.0 <= self.search_even_tolerance < 1.0:
             tolerance = self.search_even_tolerance
             raise ConfigError(f"setting search_even_tolerance must lie in [0, 1), got {tolerance}")
+        if not 0.0 <= self.search_selection_share < 1.0:
+            share = self.search_selection_share
+            raise ConfigError(f"setting search_selection_share must lie in [0, 1), got {share}")
         if self.job_method not in ("equal", "search"):
             raise ConfigError(
                 f"setting job_method must be 'equal' or 'search', got {self.job_method!r}"

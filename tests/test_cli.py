@@ -156,7 +156,14 @@ def test_search_runs_end_to_end_and_resumes(
     older = json.loads(spec_path.read_text())
     for name in ("item_quality", "penalty_control", "penalty_step", "policy_rollouts"):
         del older["search"][name]
-    for name in ("share_grid", "distillation", "equal_candidate", "even_tolerance"):
+    for name in (
+        "share_grid",
+        "distillation",
+        "equal_candidate",
+        "even_tolerance",
+        "spread_grid",
+        "selection_share",
+    ):
         del older[name]
     spec_path.write_text(json.dumps(older))
     assert main(arguments) == 0

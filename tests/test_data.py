@@ -22,6 +22,7 @@ from ciess_core.data import (
     Phase,
     check_split,
     guess_format,
+    hold_out_per_user,
     load_csv,
     load_dataset,
     load_interactions,
@@ -328,6 +329,22 @@ def test_split_per_user_proportions() -> None:
     for user, n in enumerate(counts):
         got = tuple(int(m[user].nnz) for m in (split.train, split.valid, split.test))
         assert got == expected[n], (user, n, got)
+
+
+def test_hold_out_per_user_partitions_each_users_interactions_by_the_share() -> None:
+    valid = split_per_user(make_data([8, 12, 5, 9, 1, 2, 3], num_items=12), 3).train
+    kept, held = hold_out_per_user(valid, 0.5, seed=5)
+    assert kept.multiply(held).nnz == 0 and (kept + held != valid).nnz == 0
+    for matrix in (kept, held):
+        assert matrix.dtype == np.float32 and matrix.has_canonical_format
+    counts = np.diff(valid.indptr)
+    assert held.getnnz(axis=1).tolist() == np.round(counts * 0.5).astype(int).tolist()
+    again, other = hold_out_per_user(valid, 0.5, seed=5), hold_out_per_user(valid, 0.5, seed=6)
+    assert (again[1] != held).nnz == 0 and (other[1] != held).nnz > 0
+    with pytest.raises(ConfigError, match="share"):
+        hold_out_per_user(valid, 1.0, seed=5)
+    with pytest.raises(ConfigError, match="seed"):
+        hold_out_per_user(valid, 0.5, seed=-1)
 
 
 def test_split_custom_ratios() -> None:

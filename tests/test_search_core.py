@@ -44,6 +44,7 @@ from ciess_core.search import (
     rescale_to_total,
     reward,
     reward_scale,
+    shrink_spread,
     soft_update,
     split_budget,
     start_sizes,
@@ -572,6 +573,22 @@ def test_rescale_to_total_hits_the_total_and_keeps_the_order(seed: int) -> None:
     assert rescale_to_total(np.array([2, 4, 8]), 28, max_size=32).tolist() == [4, 8, 16]
     with pytest.raises(ConfigError, match="cannot sum"):
         rescale_to_total(np.array([2, 4]), 65, max_size=32)
+
+
+def test_shrink_spread_keeps_the_sum_and_narrows_the_spread_by_the_factor() -> None:
+    sizes = np.array([1, 2, 4, 9, 24], dtype=np.int64)  # mean 8, sum 40
+    assert shrink_spread(sizes, 1.0, max_size=32).tolist() == sizes.tolist()
+    equal = shrink_spread(sizes, 0.0, max_size=32)
+    assert equal.tolist() == [8, 8, 8, 8, 8]
+    half = shrink_spread(sizes, 0.5, max_size=32)
+    # 8 + 0.5 (d − 8), rounded half to even: 4, 5, 6, 8, 16: sum 39, one more to the largest
+    # fractional part (the rescale keeps the order): the sum stays 40.
+    assert half.sum() == 40 and half.tolist() == sorted(half.tolist())
+    assert np.std(equal) < np.std(half) < np.std(sizes)
+    assert shrink_spread(np.array([3, 5]), 0.0, max_size=32).tolist() == [4, 4]
+    assert shrink_spread(np.array([3, 4]), 0.0, max_size=32).sum() == 7  # within one of equal
+    with pytest.raises(ConfigError, match="spread factor"):
+        shrink_spread(sizes, 1.5, max_size=32)
 
 
 def test_split_budget_gives_the_users_their_share_and_meets_the_budget() -> None:

@@ -21,10 +21,12 @@ from ciess_core.search import PENALTY_BOUNDS, ItemQuality, PenaltyControl, Searc
 from ciess_core.search.pipeline import (
     EvaluatorKind,
     PipelineSpec,
+    build_evaluator,
     load_full_model,
     near_tie_order,
     prepare_teachers,
     run_pipeline,
+    selection_views,
     within_side_spread,
 )
 from ciess_core.sizes import parameter_budget, sparsity
@@ -315,6 +317,55 @@ def test_the_even_tolerance_retrains_the_evenest_near_tie_and_records_every_spre
         dataclasses.replace(spec, share_grid=())
     with pytest.raises(ConfigError, match="even_tolerance"):
         dataclasses.replace(spec, even_tolerance=1.0)
+
+
+def test_held_out_selection_fits_spread_variants_on_validation_the_search_never_saw(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    spec = dataclasses.replace(
+        tiny_spec(),
+        share_grid=(0.3, 0.5, 0.7),
+        retrain_top=1,
+        spread_grid=(0.0, 0.5, 1.0),
+        selection_share=0.5,
+    )
+    search_view, fit_view = selection_views(spec, clustered_split)
+    # Two disjoint halves of validation; training and test untouched.
+    assert search_view.valid.multiply(fit_view.valid).nnz == 0
+    assert (search_view.valid + fit_view.valid != clustered_split.valid).nnz == 0
+    assert search_view.train is clustered_split.train and fit_view.test is clustered_split.test
+    summary = run_pipeline(spec, clustered_split, tmp_path, progress=False)
+    # The search's denominators: the full model scored on the search's half only.
+    quality = np.load(tmp_path / "full" / "quality-share0.5-seed2.npz")
+    full_on_all = np.load(tmp_path / "full" / "user_quality.npy")
+    assert quality["users"].shape == full_on_all.shape
+    assert not np.allclose(quality["users"], full_on_all)
+    num_users = clustered_split.num_users
+    for budget in ("0.5", "0.8"):
+        fit = json.loads((tmp_path / f"budget-{budget}" / "fit.json").read_text())
+        scores = [row["valid_ndcg@20"] for row in fit]
+        assert scores == sorted(scores, reverse=True)
+        shrunk = [row for row in fit if "users_spread_factor" in row]
+        assert shrunk, "no spread variant scored"
+        # Every users' factor 0 variant has equal users (within one), at an unchanged sparsity.
+        for row in shrunk:
+            if row["users_spread_factor"] == 0.0 and row["items_spread_factor"] == 0.0:
+                assert row["within_side_spread"] < 1.0
+        chosen = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
+        assert sparsity(chosen, MAX_SIZE) >= float(budget) - 1e-12
+        assert within_side_spread(chosen, num_users) == pytest.approx(fit[0]["within_side_spread"])
+        assert summary["budgets"][budget]["chosen"] == 0
+    # The fit scored on the half the search never saw: a fresh evaluator there agrees.
+    evaluator = build_evaluator(spec, fit_view, cache_dir=tmp_path / "supernet")
+    chosen = np.load(tmp_path / "budget-0.8" / "sizes.npy")
+    fit = json.loads((tmp_path / "budget-0.8" / "fit.json").read_text())
+    assert evaluator.evaluate(chosen).metrics["ndcg@20"] == pytest.approx(fit[0]["valid_ndcg@20"])
+    with pytest.raises(ConfigError, match="needs share_grid"):
+        dataclasses.replace(spec, share_grid=(), even_tolerance=0.0)
+    with pytest.raises(ConfigError, match="selection_share"):
+        dataclasses.replace(spec, selection_share=1.0)
+    with pytest.raises(ConfigError, match="spread_grid"):
+        dataclasses.replace(spec, spread_grid=(1.5,))
 
 
 @pytest.mark.parametrize("shares", [(), (0.3, 0.5, 0.7)], ids=["no-fit", "share-fit"])

@@ -300,6 +300,40 @@ def split_per_user(
     )
 
 
+def hold_out_per_user(
+    matrix: sp.csr_matrix, share: float, seed: int
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Split every user's interactions in ``matrix`` into (kept, held out).
+
+    Each user's items get one random key from ``np.random.default_rng(seed)``; ranked by key, the
+    first round(share · n) are held out (numpy rounds half to even, so a user with one item keeps
+    it). Deterministic for a given seed; the two parts are disjoint and their union is ``matrix``.
+
+    Args:
+        matrix: (num_users, num_items) binary CSR, canonical (sorted indices, no duplicates).
+        share: the fraction held out, in (0, 1).
+        seed: non-negative integer seed.
+    """
+    if not 0.0 < share < 1.0:
+        raise ConfigError(f"the held-out share must lie in (0, 1), got {share}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"hold-out seed must be a non-negative integer, got {seed!r}")
+    indptr = matrix.indptr.astype(np.int64)
+    counts = np.diff(indptr)
+    users = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), counts)
+    items = matrix.indices.astype(np.int64)
+    random_keys = np.random.default_rng(int(seed)).integers(0, 2**32, users.size, dtype=np.int64)
+    order = np.argsort((users << 32) | random_keys, kind="stable")
+    rank = np.empty(users.size, dtype=np.int64)
+    rank[order] = np.arange(users.size, dtype=np.int64) - indptr[users]
+    held = rank < np.round(counts * share).astype(np.int64)[users]
+    shape = (int(matrix.shape[0]), int(matrix.shape[1]))
+    return (
+        _sorted_pairs_to_csr(users[~held], items[~held], shape),
+        _sorted_pairs_to_csr(users[held], items[held], shape),
+    )
+
+
 def check_split(split: DatasetSplit) -> None:
     """Full (O(nnz)) validation: every part binary and the three parts pairwise disjoint."""
     parts = {"train": split.train, "valid": split.valid, "test": split.test}

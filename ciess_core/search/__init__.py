@@ -32,6 +32,7 @@ from ciess_core.search.pool import (
     PoolEntry,
     project_to_budget,
     rescale_to_total,
+    shrink_spread,
     split_budget,
 )
 from ciess_core.search.replay import ReplayBuffer, TransitionBatch
@@ -86,6 +87,7 @@ __all__ = [
     "rescale_to_total",
     "reward",
     "reward_scale",
+    "shrink_spread",
     "soft_update",
     "split_budget",
     "start_sizes",

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ciess_core.data import DatasetSplit, Phase
+from ciess_core.data import DatasetSplit, Phase, hold_out_per_user
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
 from ciess_core.runs import Protocol, RunOutcome, RunSpec, Teachers, execute_run, write_run
@@ -42,7 +42,7 @@ from ciess_core.search.evaluators import (
 )
 from ciess_core.search.loop import SearchInputs, run_search
 from ciess_core.search.parallel import StageRunner
-from ciess_core.search.pool import AssignmentPool, rescale_to_total, split_budget
+from ciess_core.search.pool import AssignmentPool, rescale_to_total, shrink_spread, split_budget
 from ciess_core.sizes import SizeScheme, parameter_budget, sparsity
 from ciess_core.training import TrainConfig, train_bpr
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
@@ -53,6 +53,10 @@ logger = logging.getLogger(__name__)
 #: Users' shares of the budget tried by ``--fit-shares``: wide enough to hold every side split
 #: the ML-1M and Yelp2018 searches produce (users are 62 % and 45 % of their entities).
 DEFAULT_SHARE_GRID = tuple(round(0.3 + 0.05 * step, 2) for step in range(14))
+
+#: Spread factors tried on each side by ``--fit-spread`` (:func:`shrink_spread`): equal sizes,
+#: half the search's spread, and the search's own.
+DEFAULT_SPREAD_GRID = (0.0, 0.5, 1.0)
 
 
 class EvaluatorKind(enum.Enum):
@@ -96,6 +100,18 @@ class PipelineSpec:
             it rates uneven sizes higher than a model trained from scratch at those sizes does
             (``docs/benchmarks/ciess-ml-1m.notes.md``, session 13); below its resolution, the evener
             assignment is the safer one to retrain.
+        spread_grid: with the share fit, factors by which each side's spread around its mean is
+            shrunk (:func:`~ciess_core.search.pool.shrink_spread`; 1 keeps the search's sizes,
+            0 makes the side equal). Every pair (users' factor, items' factor) is tried on the
+            ``retrain_top`` best share-fitted variants and scored like them (empty: off).
+        selection_share: the fraction of every user's validation interactions that the search
+            never sees (0: off, the paper's: one validation set for everything). The search's
+            rewards and the full model's quality ratios use the rest; the share and spread fits
+            score every variant on this held-out part only. The search fits its per-entity
+            sizes to the validation interactions it is rewarded on, noise included, so its
+            picks score higher there than on unseen data (session 16 of the notes); scores on
+            interactions it never saw tell the spread that generalises from the spread that
+            fits noise.
     """
 
     dataset: str
@@ -112,8 +128,21 @@ class PipelineSpec:
     distillation: DistillationConfig | None = None
     equal_candidate: bool = False
     even_tolerance: float = 0.0
+    spread_grid: tuple[float, ...] = ()
+    selection_share: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.spread_grid and not self.share_grid:
+            raise ConfigError("spread_grid adds variants to the share fit and needs share_grid")
+        for factor in self.spread_grid:
+            if not 0.0 <= factor <= 1.0:
+                raise ConfigError(f"spread_grid values must lie in [0, 1], got {factor}")
+        if not 0.0 <= self.selection_share < 1.0:
+            raise ConfigError(f"selection_share must lie in [0, 1), got {self.selection_share}")
+        if self.selection_share and not self.share_grid:
+            raise ConfigError(
+                "selection_share holds validation out for the share fit and needs share_grid"
+            )
         if not 0.0 <= self.even_tolerance < 1.0:
             raise ConfigError(f"even_tolerance must lie in [0, 1), got {self.even_tolerance}")
         if self.even_tolerance and not self.share_grid:
@@ -248,6 +277,40 @@ def prepare_teachers(
     seconds = _train_test_phase_teacher(spec, split, out, progress)
     test_teacher = load_full_model(spec, split, out / "teacher", Phase.TEST)
     return {Phase.SEARCH: search_teacher, Phase.TEST: test_teacher}, seconds
+
+
+def selection_views(spec: PipelineSpec, split: DatasetSplit) -> tuple[DatasetSplit, DatasetSplit]:
+    """(the search's view, the fits' view) of ``split``: the same split, or with
+    ``spec.selection_share`` each holding its own part of every user's validation interactions
+    (:func:`~ciess_core.data.hold_out_per_user`, seeded by the search's seed). Training and test
+    matrices are untouched, so the test phase still trains on train ∪ all of validation."""
+    if not spec.selection_share:
+        return split, split
+    kept, held = hold_out_per_user(split.valid, spec.selection_share, spec.search.seed)
+    return dataclasses.replace(split, valid=kept), dataclasses.replace(split, valid=held)
+
+
+def _search_quality(spec: PipelineSpec, search_split: DatasetSplit, out: Path) -> dict[str, Any]:
+    """The full model's per-user and per-item quality on the search's validation interactions,
+    the denominators of the search's quality ratios: stage 1's arrays, or with
+    ``spec.selection_share`` the full model scored again on the search's part (kept in
+    ``full/``, one file per share and seed)."""
+    directory = out / "full"
+    if not spec.selection_share:
+        return {
+            "users": np.load(directory / "user_quality.npy"),
+            "items": np.load(directory / "item_quality.npy"),
+        }
+    path = directory / f"quality-share{spec.selection_share:g}-seed{spec.search.seed}.npz"
+    if not path.exists():
+        train, valid = search_split.phase(Phase.SEARCH)
+        model = load_full_model(spec, search_split, directory)
+        signal = quality_signal(model, train, valid, time.perf_counter(), spec.search.item_quality)
+        staging = path.with_suffix(".tmp.npz")
+        np.savez(staging, users=signal.user_eval, items=signal.item_eval)
+        staging.replace(path)
+    with np.load(path) as arrays:
+        return {"users": arrays["users"], "items": arrays["items"]}
 
 
 def build_evaluator(
@@ -385,32 +448,55 @@ def fit_shares(
     directory: Path,
     record_name: str = "fit.json",
 ) -> list[np.ndarray]:
-    """Refit each candidate at every share of ``spec.share_grid``; the best first (with
-    ``spec.even_tolerance``, near ties by least spread: :func:`near_tie_order`).
+    """Refit each candidate at every share of ``spec.share_grid`` and, with ``spec.spread_grid``,
+    shrink the best variants' spreads; the best first (with ``spec.even_tolerance``, near ties by
+    least spread: :func:`near_tie_order`).
 
     Writes ``directory/<record_name>`` in that order: every variant's share (null: as the pool
-    gave it), users' and items' mean sizes, within-side spread, sparsity and validation score.
+    gave it), spread factors, users' and items' mean sizes, within-side spread, sparsity and
+    validation score.
     """
     metric = spec.training.selection_metric
     scored: list[tuple[float, np.ndarray, dict[str, Any]]] = []
+
+    def score(fitted: np.ndarray, **described: Any) -> None:
+        value = evaluator.evaluate(fitted).metrics[metric]
+        record = {
+            **described,
+            "users_mean_size": float(fitted[:num_users].mean()),
+            "items_mean_size": float(fitted[num_users:].mean()),
+            "within_side_spread": within_side_spread(fitted, num_users),
+            "sparsity": sparsity(fitted, spec.search.max_size),
+            f"valid_{metric}": value,
+        }
+        scored.append((value, fitted, record))
+
     for index, sizes in enumerate(candidates):
-        variants: list[tuple[float | None, np.ndarray]] = [(None, sizes)]
-        variants += [
-            (share, split_budget(sizes, num_users, budget, share, spec.search.max_size))
-            for share in spec.share_grid
-        ]
-        for share, fitted in variants:
-            score = evaluator.evaluate(fitted).metrics[metric]
-            record = {
-                "candidate": index,
-                "user_share": share,
-                "users_mean_size": float(fitted[:num_users].mean()),
-                "items_mean_size": float(fitted[num_users:].mean()),
-                "within_side_spread": within_side_spread(fitted, num_users),
-                "sparsity": sparsity(fitted, spec.search.max_size),
-                f"valid_{metric}": score,
-            }
-            scored.append((score, fitted, record))
+        score(sizes, candidate=index, user_share=None)
+        for share in spec.share_grid:
+            fitted = split_budget(sizes, num_users, budget, share, spec.search.max_size)
+            score(fitted, candidate=index, user_share=share)
+    if spec.spread_grid:
+        seen = {entry[1].tobytes() for entry in scored}
+        for _, base, described in sorted(scored, key=lambda entry: -entry[0])[: spec.retrain_top]:
+            for users_factor in spec.spread_grid:
+                for items_factor in spec.spread_grid:
+                    fitted = np.concatenate(
+                        [
+                            shrink_spread(base[:num_users], users_factor, spec.search.max_size),
+                            shrink_spread(base[num_users:], items_factor, spec.search.max_size),
+                        ]
+                    )
+                    if fitted.tobytes() in seen:  # factor 1, or a side already equal
+                        continue
+                    seen.add(fitted.tobytes())
+                    score(
+                        fitted,
+                        candidate=described["candidate"],
+                        user_share=described["user_share"],
+                        users_spread_factor=users_factor,
+                        items_spread_factor=items_factor,
+                    )
     order = near_tie_order(
         [entry[0] for entry in scored],
         [entry[2]["within_side_spread"] for entry in scored],
@@ -517,12 +603,15 @@ def run_pipeline(
         full = _full_model_quality(spec, split, out / "full", progress)
         if needs_teacher and teacher is None:  # the clean teacher needs the full model
             teacher = runner.submit(_train_test_phase_teacher, spec, split, out, stage_progress)
-        pool, evaluator = _search_stage(spec, split, out, progress, timings)
+        search_split, fit_split = selection_views(spec, split)
+        pool, evaluator = _search_stage(spec, search_split, out, progress, timings)
         timings = {"full_model": full["seconds"], **timings}
+        if spec.selection_share:  # the fits score on the held-out part: an evaluator of its own
+            evaluator = None
         candidates, kinds = {}, {}
         for budget in spec.search.budgets:
             candidates[budget], kinds[budget], evaluator = _budget_candidates(
-                spec, split, out, pool, evaluator, budget, pending[budget], timings
+                spec, fit_split, out, pool, evaluator, budget, pending[budget], timings
             )
         if teacher is not None:
             timings["teacher"] = teacher.result()
@@ -573,6 +662,7 @@ def _search_stage(
     timings: dict[str, float],
 ) -> tuple[AssignmentPool, QualityEvaluator | None]:
     """Stages 2–3: the evaluator's preparation and the search, or the pool an earlier call left.
+    ``split``: the search's view (:func:`selection_views`).
 
     Returns the pool and the evaluator when this call built one (None: not needed yet)."""
     search_dir = out / "search"
@@ -587,10 +677,7 @@ def _search_stage(
             "users": np.diff(train.indptr).astype(np.float64),
             "items": np.bincount(train.indices, minlength=split.num_items).astype(np.float64),
         },
-        full_quality={
-            "users": np.load(out / "full" / "user_quality.npy"),
-            "items": np.load(out / "full" / "item_quality.npy"),
-        },
+        full_quality=_search_quality(spec, split, out),
     )
     evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
     stage_started = time.perf_counter()
@@ -623,6 +710,7 @@ def _budget_candidates(
 ) -> tuple[list[np.ndarray], list[str], QualityEvaluator | None]:
     """One budget's assignments to retrain and their kinds: the pool's (share-fitted with
     ``spec.share_grid``), the best ``spec.retrain_top``, plus the equal candidate if asked.
+    ``split``: the fits' view (:func:`selection_views`); ``evaluator`` must score on it.
 
     Returns the evaluator too, built here when a fit needs it and no earlier stage built it."""
     budget_dir = out / f"budget-{budget:g}"

@@ -30,6 +30,7 @@ __all__ = [
     "PoolEntry",
     "project_to_budget",
     "rescale_to_total",
+    "shrink_spread",
     "split_budget",
 ]
 
@@ -132,6 +133,26 @@ def rescale_to_total(sizes: np.ndarray, total: int, max_size: int) -> np.ndarray
         receivers = np.argsort(-fractions, kind="stable")[:remainder]
         kept[receivers] += 1
     return kept
+
+
+def shrink_spread(sizes: np.ndarray, factor: float, max_size: int) -> np.ndarray:
+    """Move every size towards the assignment's mean by ``factor``, keeping Σ d.
+
+    Each size d becomes round(m + factor · (d − m)), clipped to [1, max_size], and the result is
+    rescaled to the original sum (:func:`rescale_to_total`). ``factor`` 1 keeps the assignment,
+    0 makes every size equal (within one); in between, the spread around the mean shrinks.
+
+    Args:
+        sizes: ``(N,)`` integer sizes in [1, max_size] (one side: users or items).
+        factor: in [0, 1].
+        max_size: d_max.
+    """
+    if not 0.0 <= factor <= 1.0:
+        raise ConfigError(f"a spread factor must lie in [0, 1], got {factor}")
+    sizes = _checked_sizes(sizes, max_size)
+    mean = float(sizes.mean())
+    moved = np.clip(np.rint(mean + factor * (sizes - mean)), 1, max_size).astype(np.int64)
+    return rescale_to_total(moved, int(sizes.sum()), max_size)
 
 
 def split_budget(

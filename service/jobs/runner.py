@@ -120,7 +120,12 @@ def _search_sizes(
     ("ciess", or "equal" when its equal candidate retrained better), reusing a finished search
     that covers it."""
     from ciess_core.search.config import SearchConfig
-    from ciess_core.search.pipeline import DEFAULT_SHARE_GRID, PipelineSpec, run_pipeline
+    from ciess_core.search.pipeline import (
+        DEFAULT_SHARE_GRID,
+        DEFAULT_SPREAD_GRID,
+        PipelineSpec,
+        run_pipeline,
+    )
 
     described = {
         "fingerprint": fingerprint,
@@ -137,6 +142,10 @@ def _search_sizes(
         described["equal_candidate"] = True
     if settings.search_fit_shares and settings.search_even_tolerance:
         described["even_tolerance"] = settings.search_even_tolerance
+    if settings.search_fit_shares and settings.search_fit_spread:
+        described["fit_spread"] = True
+    if settings.search_fit_shares and settings.search_selection_share:
+        described["selection_share"] = settings.search_selection_share
     key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     directory = settings.state_dir / "searches" / key
     sizes_path = directory / f"budget-{target:g}" / "sizes.npy"
@@ -162,6 +171,10 @@ def _search_sizes(
         share_grid=DEFAULT_SHARE_GRID if settings.search_fit_shares else (),
         equal_candidate=settings.search_equal_candidate,
         even_tolerance=settings.search_even_tolerance if settings.search_fit_shares else 0.0,
+        spread_grid=(
+            DEFAULT_SPREAD_GRID if settings.search_fit_shares and settings.search_fit_spread else ()
+        ),
+        selection_share=settings.search_selection_share if settings.search_fit_shares else 0.0,
     )
     report("sizing: CIESS search", 0.06, force=True)
     run_pipeline(spec, split, directory, progress=False)

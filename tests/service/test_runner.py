@@ -118,6 +118,23 @@ def test_a_search_job_with_an_even_tolerance_retrains_the_evenest_near_tie(
         dataclasses.replace(settings, search_even_tolerance=1.5)
 
 
+def test_a_search_job_fits_spreads_on_validation_its_search_never_saw(
+    settings: Settings,
+) -> None:
+    tiny = _tiny_search(
+        settings, search_fit_shares=True, search_fit_spread=True, search_selection_share=0.5
+    )
+    out, search = _one_search_job(tiny)
+    assert load_artifact(out).manifest.achieved_sparsity >= 0.7
+    described = json.loads((search / "job-spec.json").read_text())
+    assert described["fit_spread"] is True and described["selection_share"] == 0.5
+    assert list((search / "full").glob("quality-share0.5-seed*.npz"))
+    fit = json.loads((search / "budget-0.7" / "fit.json").read_text())
+    assert any("users_spread_factor" in row for row in fit)
+    with pytest.raises(ConfigError, match="search_selection_share"):
+        dataclasses.replace(settings, search_selection_share=1.0)
+
+
 def test_a_search_job_with_the_equal_candidate_serves_the_kind_its_pick_kept(
     settings: Settings,
 ) -> None:
