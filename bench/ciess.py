@@ -8,6 +8,7 @@ Usage:
     python bench/ciess.py shapes --budgets 0.9 --user-share 0.75 --shapes floor:items:0.3:pop
     python bench/ciess.py merge --dataset yelp2018 rows.json   # rows written with --results
     python bench/ciess.py plots --dataset yelp2018 --item-quality own --fit-shares
+    python bench/ciess.py spread-check --item-quality own --fit-shares --distill --even-tolerance 0.002
     python bench/ciess.py report
 
 `run` executes (or resumes) `ciess_core.search.pipeline.run_pipeline` under
@@ -26,7 +27,9 @@ same share fit applied to the ES assignment (equal sizes within each side, the u
 the budget chosen on validation by the `run` folder's supernet), then retrained; rows `es-fit`.
 `shapes` retrains hand-shaped assignments under a `run` folder's settings (its teachers when
 distilling), to tell which within-side spreads of sizes survive retraining (rows `shape`, see
-:func:`shaped_sizes`).
+:func:`shaped_sizes`). `spread-check` scores a run's picks, with each side's spread shrunk,
+with the run's supernet on the validation the search saw, on the part it never saw
+(`--selection-share`) and on test (`bench/spread_check.py`).
 """
 
 from __future__ import annotations
@@ -419,6 +422,9 @@ def es_control(arguments: argparse.Namespace, fit: bool) -> None:
             and r["backbone"] == arguments.backbone
             and r["protocol"] == arguments.protocol
             and r.get("distillation") == budget_distillation(arguments)
+            and r.get("device", "cpu") == arguments.device
+            and r.get("selection_share", 0.0) == arguments.selection_share
+            and r.get("seed", DEFAULT_SEED) == arguments.seed
         )
     ]
     rows += budget_rows(arguments, method, summary)
@@ -575,6 +581,22 @@ def shapes(arguments: argparse.Namespace) -> None:
     write_report(arguments.dataset)
 
 
+def spread_check(arguments: argparse.Namespace) -> None:
+    """Print (and keep beside the run folder) :func:`spread_check.spread_table` for a run."""
+    from spread_check import spread_table
+
+    spec = spec_from(arguments)
+    split = split_per_user(
+        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
+    )
+    folder = run_dir(arguments)
+    method = "es-fit" + ("-distill" if spec.distillation else "")
+    control = WORK / f"{method}-{run_dir(arguments, even=arguments.selection_share > 0).name}"
+    lines = spread_table(spec, selection_views(spec, split), split, folder, control)
+    (WORK / f"spread-check-{folder.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 PLOTS = ROOT / "docs" / "benchmarks" / "plots"
 
 
@@ -670,11 +692,13 @@ def variant_label(row: dict[str, Any]) -> str:
 
 
 def control_label(row: dict[str, Any]) -> str:
-    """A baseline's or ES control's method, with its distillation settings if any."""
-    config = row.get("distillation")
-    if not config:
-        return str(row["method"])
-    return f"{row['method']} [{distillation_label(config)}]"
+    """A baseline's or ES control's method, with its distillation and fit settings if any."""
+    parts = []
+    if row.get("selection_share"):
+        parts.append(f"fit on {row['selection_share']:.0%} of validation held out")
+    if row.get("distillation"):
+        parts.append(distillation_label(row["distillation"]))
+    return f"{row['method']} [{', '.join(parts)}]" if parts else str(row["method"])
 
 
 def distillation_label(config: dict[str, Any]) -> str:
@@ -924,6 +948,7 @@ RUN_COMMANDS = {
     "es-control": "ES retrained exactly as a run's CIESS assignments (share fit, distillation)",
     "shapes": "retrain hand-shaped size assignments under a run's settings",
     "plots": "search-trace and size-by-popularity plots of a run's folder",
+    "spread-check": "a run's picks with each side's spread shrunk, scored on seen and unseen data",
 }
 
 
@@ -1125,6 +1150,8 @@ def main() -> None:
         shapes(arguments)
     elif arguments.command == "plots":
         plots(arguments)
+    elif arguments.command == "spread-check":
+        spread_check(arguments)
     else:
         paper_cost(arguments)
 
