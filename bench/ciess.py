@@ -57,13 +57,11 @@ from ciess_core.models import BackboneConfig, BackboneKind
 from ciess_core.runs import Protocol, jsonable
 from ciess_core.search import ExplorationNoise, ItemQuality, PenaltyControl, SearchConfig
 from ciess_core.search.evaluators import RetrainEvaluator
+from ciess_core.search.fit import DEFAULT_SHARE_GRID, DEFAULT_SPREAD_GRID, equal_split_candidate
 from ciess_core.search.pipeline import (
-    DEFAULT_SHARE_GRID,
-    DEFAULT_SPREAD_GRID,
     EvaluatorKind,
     PipelineSpec,
     build_evaluator,
-    equal_split_candidate,
     prepare_teachers,
     retrain_budget,
     run_pipeline,

@@ -20,7 +20,8 @@ import numpy as np
 
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.search.evaluators import QualitySignal, SupernetEvaluator, quality_signal
-from ciess_core.search.pipeline import DEFAULT_SPREAD_GRID, PipelineSpec, build_evaluator
+from ciess_core.search.fit import DEFAULT_SPREAD_GRID
+from ciess_core.search.pipeline import PipelineSpec, build_evaluator
 from ciess_core.search.pool import shrink_spread
 
 

@@ -165,9 +165,8 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         PenaltyControl,
         SearchConfig,
     )
+    from ciess_core.search.fit import DEFAULT_SHARE_GRID, DEFAULT_SPREAD_GRID
     from ciess_core.search.pipeline import (
-        DEFAULT_SHARE_GRID,
-        DEFAULT_SPREAD_GRID,
         EvaluatorKind,
         PipelineSpec,
         run_pipeline,

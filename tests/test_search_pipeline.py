@@ -18,16 +18,15 @@ from ciess_core.errors import ConfigError
 from ciess_core.models import BackboneConfig
 from ciess_core.runs import Protocol
 from ciess_core.search import PENALTY_BOUNDS, ItemQuality, PenaltyControl, SearchConfig
+from ciess_core.search.fit import near_tie_order, within_side_spread
 from ciess_core.search.pipeline import (
     EvaluatorKind,
     PipelineSpec,
     build_evaluator,
     load_full_model,
-    near_tie_order,
     prepare_teachers,
     run_pipeline,
     selection_views,
-    within_side_spread,
 )
 from ciess_core.sizes import parameter_budget, sparsity
 from ciess_core.training import TrainConfig, evaluate_model

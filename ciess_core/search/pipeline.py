@@ -7,7 +7,8 @@ Stages, each writing its results under the output directory and skipped when alr
    its weights (``model.pt``) are the teacher when retraining distils.
 2. the evaluator's one-off preparation (the supernet, for the default evaluator).
 3. ``search/``: the episode loop with checkpoints, ``trace.jsonl`` and the assignment pool.
-4. ``budget-<c>/``: optionally the share fit (``fit.json``, see ``PipelineSpec.share_grid``),
+4. ``budget-<c>/``: optionally the share fit (:mod:`ciess_core.search.fit`, ``fit.json``, see
+   ``PipelineSpec.share_grid``),
    then selective retraining of the best assignments for each budget (with
    ``PipelineSpec.equal_candidate``, per-side equal sizes too), the pick on validation and the
    final test under the chosen protocol.
@@ -40,23 +41,19 @@ from ciess_core.search.evaluators import (
     SupernetEvaluator,
     quality_signal,
 )
+from ciess_core.search.files import read_cached, write_json
+from ciess_core.search.fit import (
+    equal_split_candidate,
+    fit_shares,
+)
 from ciess_core.search.loop import SearchInputs, run_search
 from ciess_core.search.parallel import StageRunner
-from ciess_core.search.pool import AssignmentPool, rescale_to_total, shrink_spread, split_budget
-from ciess_core.sizes import SizeScheme, parameter_budget, sparsity
+from ciess_core.search.pool import AssignmentPool
+from ciess_core.sizes import SizeScheme, sparsity
 from ciess_core.training import TrainConfig, train_bpr
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
 
 logger = logging.getLogger(__name__)
-
-
-#: Users' shares of the budget tried by ``--fit-shares``: wide enough to hold every side split
-#: the ML-1M and Yelp2018 searches produce (users are 62 % and 45 % of their entities).
-DEFAULT_SHARE_GRID = tuple(round(0.3 + 0.05 * step, 2) for step in range(14))
-
-#: Spread factors tried on each side by ``--fit-spread`` (:func:`shrink_spread`): equal sizes,
-#: half the search's spread, and the search's own.
-DEFAULT_SPREAD_GRID = (0.0, 0.5, 1.0)
 
 
 class EvaluatorKind(enum.Enum):
@@ -89,17 +86,19 @@ class PipelineSpec:
         distillation: when set, selective retraining also distils from the full model of stage 1
             (:mod:`ciess_core.training.distillation`); None: plain BPR, the paper's.
         equal_candidate: also retrain per-side equal sizes at each budget
-            (:func:`equal_split_candidate`) beside the search's assignments, and let the
-            protocol's pick choose among them all. The pick then never keeps a searched
-            assignment that retrains worse than equal sizes fitted the same way; the result
-            records which kind it kept. Off: the paper's, only searched assignments.
+            (:func:`~ciess_core.search.fit.equal_split_candidate`) beside the search's
+            assignments, and let the protocol's pick choose among them all. The pick then never
+            keeps a searched assignment that retrains worse than equal sizes fitted the same
+            way; the result records which kind it kept. Off: the paper's, only searched
+            assignments.
         even_tolerance: with the share fit, the relative tolerance within which the evaluator's
             scores count as a tie (0: off, pure score order). The variants that score within
-            it of the best go first, the least spread first (:func:`within_side_spread`), then
-            the rest by score. The supernet is trained under random sizes for every entity, so
-            it rates uneven sizes higher than a model trained from scratch at those sizes does
-            (``docs/benchmarks/ciess-ml-1m.notes.md``, session 13); below its resolution, the evener
-            assignment is the safer one to retrain.
+            it of the best go first, the least spread first
+            (:func:`~ciess_core.search.fit.within_side_spread`), then the rest by score. The
+            supernet is trained under random sizes for every entity, so it rates uneven sizes
+            higher than a model trained from scratch at those sizes does
+            (``docs/benchmarks/ciess-ml-1m.notes.md``, session 13); below its resolution, the
+            evener assignment is the safer one to retrain.
         spread_grid: with the share fit, factors by which each side's spread around its mean is
             shrunk (:func:`~ciess_core.search.pool.shrink_spread`; 1 keeps the search's sizes,
             0 makes the side equal). Every pair (users' factor, items' factor) is tried on the
@@ -173,26 +172,12 @@ def _full_size_model(spec: PipelineSpec, train: sp.csr_matrix) -> Backbone:
     return build_backbone(spec.backbone, train, generator)
 
 
-def _cached(path: Path) -> dict[str, Any] | None:
-    """The result a finished stage left in ``path``, if it did."""
-    if not path.exists():
-        return None
-    cached: dict[str, Any] = json.loads(path.read_text())
-    return cached
-
-
-def _write_json(path: Path, value: Any) -> None:
-    staging = path.with_suffix(path.suffix + ".tmp")
-    staging.write_text(json.dumps(value, indent=1) + "\n")
-    staging.replace(path)
-
-
 def _full_model_quality(
     spec: PipelineSpec, split: DatasetSplit, directory: Path, progress: bool
 ) -> dict[str, Any]:
     """Stage 1: train the full model on the search split; cache its validation quality."""
     summary_path = directory / "summary.json"
-    if (cached := _cached(summary_path)) is not None:
+    if (cached := read_cached(summary_path)) is not None:
         return cached
     directory.mkdir(parents=True, exist_ok=True)
     train, valid = split.phase(Phase.SEARCH)
@@ -209,7 +194,7 @@ def _full_model_quality(
         "batches_run": result.batches_run,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    _write_json(summary_path, summary)
+    write_json(summary_path, summary)
     return summary
 
 
@@ -239,7 +224,7 @@ def _train_test_phase_teacher(
     is left as it is. Returns the seconds its training took."""
     directory = out / "teacher"
     summary_path = directory / "summary.json"
-    if (cached := _cached(summary_path)) is not None:
+    if (cached := read_cached(summary_path)) is not None:
         return float(cached["seconds"])
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -257,7 +242,7 @@ def _train_test_phase_teacher(
     torch.save(model.state_dict(), staging)
     staging.replace(directory / "model.pt")
     seconds = round(time.perf_counter() - started, 2)
-    _write_json(summary_path, {"seconds": seconds})
+    write_json(summary_path, {"seconds": seconds})
     return seconds
 
 
@@ -358,7 +343,7 @@ def retrain_budget(
     if len(kinds) != len(candidates):
         raise ConfigError(f"{len(kinds)} kinds for {len(candidates)} candidates")
     result_path = directory / "result.json"
-    if (cached := _cached(result_path)) is not None:
+    if (cached := read_cached(result_path)) is not None:
         return cached
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -412,127 +397,8 @@ def retrain_budget(
         "candidates": runs,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    _write_json(result_path, result)
+    write_json(result_path, result)
     return result
-
-
-def within_side_spread(sizes: np.ndarray, num_users: int) -> float:
-    """Root mean square distance of every size from its own side's mean (users', items').
-
-    Zero when each side is equal within itself (ES with the share fit), whatever the split.
-    """
-    deviations = np.concatenate(
-        [sizes[:num_users] - sizes[:num_users].mean(), sizes[num_users:] - sizes[num_users:].mean()]
-    )
-    return float(np.sqrt(np.mean(deviations**2)))
-
-
-def near_tie_order(scores: list[float], spreads: list[float], tolerance: float) -> list[int]:
-    """Indices of variants: those within ``tolerance`` (relative) of the best score first, least
-    spread first, then the others by score (best first). Ties keep the given order."""
-    order = sorted(range(len(scores)), key=lambda index: -scores[index])
-    if not order or tolerance <= 0.0:
-        return order
-    floor = scores[order[0]] - tolerance * abs(scores[order[0]])
-    near = [index for index in order if scores[index] >= floor]
-    rest = [index for index in order if scores[index] < floor]
-    return sorted(near, key=lambda index: spreads[index]) + rest
-
-
-def fit_shares(
-    spec: PipelineSpec,
-    evaluator: QualityEvaluator,
-    num_users: int,
-    budget: float,
-    candidates: list[np.ndarray],
-    directory: Path,
-    record_name: str = "fit.json",
-) -> list[np.ndarray]:
-    """Refit each candidate at every share of ``spec.share_grid`` and, with ``spec.spread_grid``,
-    shrink the best variants' spreads; the best first (with ``spec.even_tolerance``, near ties by
-    least spread: :func:`near_tie_order`).
-
-    Writes ``directory/<record_name>`` in that order: every variant's share (null: as the pool
-    gave it), spread factors, users' and items' mean sizes, within-side spread, sparsity and
-    validation score.
-    """
-    metric = spec.training.selection_metric
-    scored: list[tuple[float, np.ndarray, dict[str, Any]]] = []
-
-    def score(fitted: np.ndarray, **described: Any) -> None:
-        value = evaluator.evaluate(fitted).metrics[metric]
-        record = {
-            **described,
-            "users_mean_size": float(fitted[:num_users].mean()),
-            "items_mean_size": float(fitted[num_users:].mean()),
-            "within_side_spread": within_side_spread(fitted, num_users),
-            "sparsity": sparsity(fitted, spec.search.max_size),
-            f"valid_{metric}": value,
-        }
-        scored.append((value, fitted, record))
-
-    for index, sizes in enumerate(candidates):
-        score(sizes, candidate=index, user_share=None)
-        for share in spec.share_grid:
-            fitted = split_budget(sizes, num_users, budget, share, spec.search.max_size)
-            score(fitted, candidate=index, user_share=share)
-    if spec.spread_grid:
-        seen = {entry[1].tobytes() for entry in scored}
-        for _, base, described in sorted(scored, key=lambda entry: -entry[0])[: spec.retrain_top]:
-            for users_factor in spec.spread_grid:
-                for items_factor in spec.spread_grid:
-                    fitted = np.concatenate(
-                        [
-                            shrink_spread(base[:num_users], users_factor, spec.search.max_size),
-                            shrink_spread(base[num_users:], items_factor, spec.search.max_size),
-                        ]
-                    )
-                    if fitted.tobytes() in seen:  # factor 1, or a side already equal
-                        continue
-                    seen.add(fitted.tobytes())
-                    score(
-                        fitted,
-                        candidate=described["candidate"],
-                        user_share=described["user_share"],
-                        users_spread_factor=users_factor,
-                        items_spread_factor=items_factor,
-                    )
-    order = near_tie_order(
-        [entry[0] for entry in scored],
-        [entry[2]["within_side_spread"] for entry in scored],
-        spec.even_tolerance,
-    )
-    scored = [scored[index] for index in order]
-    directory.mkdir(parents=True, exist_ok=True)
-    _write_json(directory / record_name, [entry[2] for entry in scored])
-    logger.info("budget %g: first refit %s (%s %.4f)", budget, scored[0][2], metric, scored[0][0])
-    return [entry[1] for entry in scored]
-
-
-def equal_split_candidate(
-    spec: PipelineSpec,
-    evaluator: QualityEvaluator | None,
-    num_users: int,
-    num_entities: int,
-    budget: float,
-    directory: Path,
-) -> np.ndarray:
-    """Per-side equal sizes that spend the whole budget: the control a searched assignment has to
-    beat, fitted as the search's assignments are.
-
-    Without a share grid, every entity gets an equal share of ``parameter_budget`` (sizes differ
-    by at most one). With ``spec.share_grid``, that assignment is refitted at every users' share
-    by :func:`fit_shares` (``directory/equal-fit.json``), so that each side stays equal within
-    itself and the evaluator picks the split between the sides.
-    """
-    max_size = spec.search.max_size
-    total = parameter_budget(num_entities, max_size, budget)
-    flat = rescale_to_total(np.ones(num_entities, dtype=np.int64), total, max_size)
-    if not spec.share_grid:
-        return flat
-    if evaluator is None:
-        raise ConfigError("the share fit of the equal candidate needs the evaluator")
-    return fit_shares(spec, evaluator, num_users, budget, [flat], directory, "equal-fit.json")[0]
 
 
 def _retrain_stage(
@@ -650,7 +516,7 @@ def run_pipeline(
         "workers": workers,
         "seconds_this_call": round(time.perf_counter() - started, 2),
     }
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     return summary
 
 
@@ -694,7 +560,7 @@ def _search_stage(
     )
     timings["search"] = round(time.perf_counter() - stage_started, 2)
     outcome.pool.save(pool_dir)
-    _write_json(search_dir / "done.json", {"timings": dict(timings)})
+    write_json(search_dir / "done.json", {"timings": dict(timings)})
     return outcome.pool, evaluator
 
 

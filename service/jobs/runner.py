@@ -120,12 +120,8 @@ def _search_sizes(
     ("ciess", or "equal" when its equal candidate retrained better), reusing a finished search
     that covers it."""
     from ciess_core.search.config import SearchConfig
-    from ciess_core.search.pipeline import (
-        DEFAULT_SHARE_GRID,
-        DEFAULT_SPREAD_GRID,
-        PipelineSpec,
-        run_pipeline,
-    )
+    from ciess_core.search.fit import DEFAULT_SHARE_GRID, DEFAULT_SPREAD_GRID
+    from ciess_core.search.pipeline import PipelineSpec, run_pipeline
 
     described = {
         "fingerprint": fingerprint,

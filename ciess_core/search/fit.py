@@ -1,0 +1,150 @@
+"""The fits between the search and the retraining: every pool assignment refitted at each users'
+share of the budget (and, optionally, with each side's spread shrunk), scored by the evaluator,
+best first; and the per-side equal assignment fitted the same way, the control to beat.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ciess_core.errors import ConfigError
+from ciess_core.search.evaluators import QualityEvaluator
+from ciess_core.search.files import write_json
+from ciess_core.search.pool import rescale_to_total, shrink_spread, split_budget
+from ciess_core.sizes import parameter_budget, sparsity
+
+if TYPE_CHECKING:
+    from ciess_core.search.pipeline import PipelineSpec
+
+logger = logging.getLogger(__name__)
+
+#: Users' shares of the budget tried by ``--fit-shares``: wide enough to hold every side split
+#: the ML-1M and Yelp2018 searches produce (users are 62 % and 45 % of their entities).
+DEFAULT_SHARE_GRID = tuple(round(0.3 + 0.05 * step, 2) for step in range(14))
+
+#: Spread factors tried on each side by ``--fit-spread`` (:func:`shrink_spread`): equal sizes,
+#: half the search's spread, and the search's own.
+DEFAULT_SPREAD_GRID = (0.0, 0.5, 1.0)
+
+
+def within_side_spread(sizes: np.ndarray, num_users: int) -> float:
+    """Root mean square distance of every size from its own side's mean (users', items').
+
+    Zero when each side is equal within itself (ES with the share fit), whatever the split.
+    """
+    deviations = np.concatenate(
+        [sizes[:num_users] - sizes[:num_users].mean(), sizes[num_users:] - sizes[num_users:].mean()]
+    )
+    return float(np.sqrt(np.mean(deviations**2)))
+
+
+def near_tie_order(scores: list[float], spreads: list[float], tolerance: float) -> list[int]:
+    """Indices of variants: those within ``tolerance`` (relative) of the best score first, least
+    spread first, then the others by score (best first). Ties keep the given order."""
+    order = sorted(range(len(scores)), key=lambda index: -scores[index])
+    if not order or tolerance <= 0.0:
+        return order
+    floor = scores[order[0]] - tolerance * abs(scores[order[0]])
+    near = [index for index in order if scores[index] >= floor]
+    rest = [index for index in order if scores[index] < floor]
+    return sorted(near, key=lambda index: spreads[index]) + rest
+
+
+def fit_shares(
+    spec: PipelineSpec,
+    evaluator: QualityEvaluator,
+    num_users: int,
+    budget: float,
+    candidates: list[np.ndarray],
+    directory: Path,
+    record_name: str = "fit.json",
+) -> list[np.ndarray]:
+    """Refit each candidate at every share of ``spec.share_grid`` and, with ``spec.spread_grid``,
+    shrink the best variants' spreads; the best first (with ``spec.even_tolerance``, near ties by
+    least spread: :func:`near_tie_order`).
+
+    Writes ``directory/<record_name>`` in that order: every variant's share (null: as the pool
+    gave it), spread factors, users' and items' mean sizes, within-side spread, sparsity and
+    validation score.
+    """
+    metric = spec.training.selection_metric
+    scored: list[tuple[float, np.ndarray, dict[str, Any]]] = []
+
+    def score(fitted: np.ndarray, **described: Any) -> None:
+        value = evaluator.evaluate(fitted).metrics[metric]
+        record = {
+            **described,
+            "users_mean_size": float(fitted[:num_users].mean()),
+            "items_mean_size": float(fitted[num_users:].mean()),
+            "within_side_spread": within_side_spread(fitted, num_users),
+            "sparsity": sparsity(fitted, spec.search.max_size),
+            f"valid_{metric}": value,
+        }
+        scored.append((value, fitted, record))
+
+    for index, sizes in enumerate(candidates):
+        score(sizes, candidate=index, user_share=None)
+        for share in spec.share_grid:
+            fitted = split_budget(sizes, num_users, budget, share, spec.search.max_size)
+            score(fitted, candidate=index, user_share=share)
+    if spec.spread_grid:
+        seen = {entry[1].tobytes() for entry in scored}
+        for _, base, described in sorted(scored, key=lambda entry: -entry[0])[: spec.retrain_top]:
+            for users_factor in spec.spread_grid:
+                for items_factor in spec.spread_grid:
+                    fitted = np.concatenate(
+                        [
+                            shrink_spread(base[:num_users], users_factor, spec.search.max_size),
+                            shrink_spread(base[num_users:], items_factor, spec.search.max_size),
+                        ]
+                    )
+                    if fitted.tobytes() in seen:  # factor 1, or a side already equal
+                        continue
+                    seen.add(fitted.tobytes())
+                    score(
+                        fitted,
+                        candidate=described["candidate"],
+                        user_share=described["user_share"],
+                        users_spread_factor=users_factor,
+                        items_spread_factor=items_factor,
+                    )
+    order = near_tie_order(
+        [entry[0] for entry in scored],
+        [entry[2]["within_side_spread"] for entry in scored],
+        spec.even_tolerance,
+    )
+    scored = [scored[index] for index in order]
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / record_name, [entry[2] for entry in scored])
+    logger.info("budget %g: first refit %s (%s %.4f)", budget, scored[0][2], metric, scored[0][0])
+    return [entry[1] for entry in scored]
+
+
+def equal_split_candidate(
+    spec: PipelineSpec,
+    evaluator: QualityEvaluator | None,
+    num_users: int,
+    num_entities: int,
+    budget: float,
+    directory: Path,
+) -> np.ndarray:
+    """Per-side equal sizes that spend the whole budget: the control a searched assignment has to
+    beat, fitted as the search's assignments are.
+
+    Without a share grid, every entity gets an equal share of ``parameter_budget`` (sizes differ
+    by at most one). With ``spec.share_grid``, that assignment is refitted at every users' share
+    by :func:`fit_shares` (``directory/equal-fit.json``), so that each side stays equal within
+    itself and the evaluator picks the split between the sides.
+    """
+    max_size = spec.search.max_size
+    total = parameter_budget(num_entities, max_size, budget)
+    flat = rescale_to_total(np.ones(num_entities, dtype=np.int64), total, max_size)
+    if not spec.share_grid:
+        return flat
+    if evaluator is None:
+        raise ConfigError("the share fit of the equal candidate needs the evaluator")
+    return fit_shares(spec, evaluator, num_users, budget, [flat], directory, "equal-fit.json")[0]
