@@ -22,19 +22,7 @@ from ciess_core.data import DatasetSplit, Phase
 from ciess_core.search.evaluators import QualitySignal, SupernetEvaluator, quality_signal
 from ciess_core.search.fit import DEFAULT_SPREAD_GRID
 from ciess_core.search.pipeline import PipelineSpec, build_evaluator
-from ciess_core.search.pool import shrink_spread
-
-
-def shrunk(
-    sizes: np.ndarray, num_users: int, users: float, items: float, max_size: int
-) -> np.ndarray:
-    """``sizes`` with the users' spread shrunk by ``users`` and the items' by ``items``."""
-    return np.concatenate(
-        [
-            shrink_spread(sizes[:num_users], users, max_size),
-            shrink_spread(sizes[num_users:], items, max_size),
-        ]
-    )
+from ciess_core.search.pool import shrink_sides
 
 
 def spread_table(
@@ -82,7 +70,7 @@ def spread_table(
         chosen = np.load(path)
         for users in DEFAULT_SPREAD_GRID[::-1]:
             for items in DEFAULT_SPREAD_GRID[::-1]:
-                sizes = shrunk(chosen, num_users, users, items, max_size)
+                sizes = shrink_sides(chosen, num_users, users, items, max_size)
                 cells = " | ".join(f"{value:.4f}" for value in scores(sizes))
                 lines.append(f"| {budget:.2f} | chosen | {users:g} | {items:g} | {cells} |")
         control_path = None if control is None else control / f"budget-{budget:g}" / "sizes.npy"

@@ -241,6 +241,32 @@ def validate_split_ratios(ratios: tuple[float, float, float]) -> tuple[float, fl
     return float(values[0]), float(values[1]), float(values[2])
 
 
+def _check_seed(seed: object, what: str) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"{what} seed must be a non-negative integer, got {seed!r}")
+
+
+def _ranks_within_users(
+    matrix: sp.csr_matrix, seed: int
+) -> tuple[IdArray, IdArray, IdArray, IdArray]:
+    """Every stored pair's random rank among its user's pairs, drawn from ``seed``.
+
+    Returns (per-user counts, each pair's user, its item, its rank in [0, count)).
+    """
+    indptr = matrix.indptr.astype(np.int64)
+    counts = np.diff(indptr)
+    users = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), counts)
+    items = matrix.indices.astype(np.int64)
+    # One random 32-bit key per pair, below the user id in a single int64 sort key: sorting orders
+    # pairs by user, then randomly within the user (ties keep item order, still deterministic).
+    random_keys = np.random.default_rng(int(seed)).integers(0, 2**32, users.size, dtype=np.int64)
+    order = np.argsort((users << 32) | random_keys, kind="stable")
+    # Users are already sorted, so position p of `order` belongs to user users[p].
+    rank = np.empty(users.size, dtype=np.int64)
+    rank[order] = np.arange(users.size, dtype=np.int64) - indptr[users]
+    return counts, users, items, rank
+
+
 def split_per_user(
     data: InteractionData,
     seed: int = 42,
@@ -263,24 +289,10 @@ def split_per_user(
         is `data.to_csr()`.
     """
     train_ratio, valid_ratio, _ = validate_split_ratios(ratios)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"split seed must be a non-negative integer, got {seed!r}")
-
+    _check_seed(seed, "split")
     matrix = data.to_csr()
     shape = (data.num_users, data.num_items)
-    indptr = matrix.indptr.astype(np.int64)
-    counts = np.diff(indptr)
-    users = np.repeat(np.arange(data.num_users, dtype=np.int64), counts)
-    items = matrix.indices.astype(np.int64)
-
-    # One random 32-bit key per pair, below the user id in a single int64 sort key: sorting orders
-    # pairs by user, then randomly within the user (ties keep item order, still deterministic).
-    random_keys = np.random.default_rng(int(seed)).integers(0, 2**32, users.size, dtype=np.int64)
-    order = np.argsort((users << 32) | random_keys, kind="stable")
-    # Users are already sorted, so position p of `order` belongs to user users[p].
-    rank = np.empty(users.size, dtype=np.int64)
-    rank[order] = np.arange(users.size, dtype=np.int64) - indptr[users]
-
+    counts, users, items, rank = _ranks_within_users(matrix, seed)
     train_cut = np.round(counts * train_ratio).astype(np.int64)
     valid_cut = np.round(counts * (train_ratio + valid_ratio)).astype(np.int64)
     in_train = rank < train_cut[users]
@@ -316,16 +328,8 @@ def hold_out_per_user(
     """
     if not 0.0 < share < 1.0:
         raise ConfigError(f"the held-out share must lie in (0, 1), got {share}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"hold-out seed must be a non-negative integer, got {seed!r}")
-    indptr = matrix.indptr.astype(np.int64)
-    counts = np.diff(indptr)
-    users = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), counts)
-    items = matrix.indices.astype(np.int64)
-    random_keys = np.random.default_rng(int(seed)).integers(0, 2**32, users.size, dtype=np.int64)
-    order = np.argsort((users << 32) | random_keys, kind="stable")
-    rank = np.empty(users.size, dtype=np.int64)
-    rank[order] = np.arange(users.size, dtype=np.int64) - indptr[users]
+    _check_seed(seed, "hold-out")
+    counts, users, items, rank = _ranks_within_users(matrix, seed)
     held = rank < np.round(counts * share).astype(np.int64)[users]
     shape = (int(matrix.shape[0]), int(matrix.shape[1]))
     return (

@@ -32,6 +32,7 @@ from ciess_core.search.pool import (
     PoolEntry,
     project_to_budget,
     rescale_to_total,
+    shrink_sides,
     shrink_spread,
     split_budget,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "rescale_to_total",
     "reward",
     "reward_scale",
+    "shrink_sides",
     "shrink_spread",
     "soft_update",
     "split_budget",

@@ -14,7 +14,7 @@ import numpy as np
 from ciess_core.errors import ConfigError
 from ciess_core.search.evaluators import QualityEvaluator
 from ciess_core.search.files import write_json
-from ciess_core.search.pool import rescale_to_total, shrink_spread, split_budget
+from ciess_core.search.pool import rescale_to_total, shrink_sides, split_budget
 from ciess_core.sizes import parameter_budget, sparsity
 
 if TYPE_CHECKING:
@@ -26,8 +26,9 @@ logger = logging.getLogger(__name__)
 #: the ML-1M and Yelp2018 searches produce (users are 62 % and 45 % of their entities).
 DEFAULT_SHARE_GRID = tuple(round(0.3 + 0.05 * step, 2) for step in range(14))
 
-#: Spread factors tried on each side by ``--fit-spread`` (:func:`shrink_spread`): equal sizes,
-#: half the search's spread, and the search's own.
+#: Spread factors tried on each side by ``--fit-spread``
+#: (:func:`~ciess_core.search.pool.shrink_spread`): equal sizes, half the search's spread, and the
+#: search's own.
 DEFAULT_SPREAD_GRID = (0.0, 0.5, 1.0)
 
 
@@ -96,11 +97,8 @@ def fit_shares(
         for _, base, described in sorted(scored, key=lambda entry: -entry[0])[: spec.retrain_top]:
             for users_factor in spec.spread_grid:
                 for items_factor in spec.spread_grid:
-                    fitted = np.concatenate(
-                        [
-                            shrink_spread(base[:num_users], users_factor, spec.search.max_size),
-                            shrink_spread(base[num_users:], items_factor, spec.search.max_size),
-                        ]
+                    fitted = shrink_sides(
+                        base, num_users, users_factor, items_factor, spec.search.max_size
                     )
                     if fitted.tobytes() in seen:  # factor 1, or a side already equal
                         continue

@@ -30,6 +30,7 @@ __all__ = [
     "PoolEntry",
     "project_to_budget",
     "rescale_to_total",
+    "shrink_sides",
     "shrink_spread",
     "split_budget",
 ]
@@ -153,6 +154,19 @@ def shrink_spread(sizes: np.ndarray, factor: float, max_size: int) -> np.ndarray
     mean = float(sizes.mean())
     moved = np.clip(np.rint(mean + factor * (sizes - mean)), 1, max_size).astype(np.int64)
     return rescale_to_total(moved, int(sizes.sum()), max_size)
+
+
+def shrink_sides(
+    sizes: np.ndarray, num_users: int, users_factor: float, items_factor: float, max_size: int
+) -> np.ndarray:
+    """``sizes`` (users then items) with each side's spread shrunk by its own factor
+    (:func:`shrink_spread`); each side keeps its sum, so the budget is unchanged."""
+    return np.concatenate(
+        [
+            shrink_spread(sizes[:num_users], users_factor, max_size),
+            shrink_spread(sizes[num_users:], items_factor, max_size),
+        ]
+    )
 
 
 def split_budget(
