@@ -83,7 +83,7 @@ PAPER_COST = ROOT / "docs" / "benchmarks" / "ciess-paper-cost.json"
 
 
 def results_path(dataset: str) -> Path:
-    return ROOT / "docs" / "benchmarks" / f"ciess-{dataset}.json"
+    return ROOT / "docs" / "benchmarks" / f"ciess-{dataset}-experiments.json"
 
 
 def rows_path(arguments: argparse.Namespace) -> Path:
@@ -932,10 +932,10 @@ def write_report(dataset: str) -> None:
             f"![{path.parent.name}: {path.stem}](plots/{path.parent.name}/{path.name})"
             for path in pictures
         ] + [""]
-    notes = ROOT / "docs" / "benchmarks" / f"ciess-{dataset}.notes.md"
+    notes = ROOT / "docs" / "benchmarks" / f"ciess-{dataset}-experiments.notes.md"
     if notes.exists():  # hand-written findings, kept apart so that regenerating keeps them
         lines += ["## Findings", "", notes.read_text().strip(), ""]
-    (ROOT / "docs" / "benchmarks" / f"ciess-{dataset}.md").write_text("\n".join(lines) + "\n")
+    (ROOT / "docs" / "benchmarks" / f"ciess-{dataset}-experiments.md").write_text("\n".join(lines) + "\n")
 
 
 RUN_COMMANDS = {

@@ -4,26 +4,37 @@ Configuration comes, in rising precedence, from the built-in defaults, a ``--con
 JSON, keys named like the long flags with dashes or underscores) and the flags themselves. The data
 directory can also come from ``CIESS_DATA_DIR``. User mistakes end in one ``error:`` line and exit
 status 2, never a traceback.
+
+Commands beyond the core's (``serve`` and ``worker``, from ``service/``) come from the entry points
+of the group ``ciess.commands``: each loads a ``register(subparsers)`` that adds its parser and sets
+its handler with ``set_defaults(handler=...)``. The core so never imports the service, and a command
+whose module cannot be imported (its extra is not installed) is left out.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
 from ciess_core.cli_search import add_search_parser, run_search_command
-from ciess_core.cli_service import add_service_parsers, run_serve_command, run_worker_command
 from ciess_core.errors import CiessError, ConfigError
 
 logger = logging.getLogger("ciess")
+
+COMMANDS_GROUP = "ciess.commands"
+
+Handler = Callable[[argparse.Namespace], int]
 
 _TRAIN_DEFAULTS: dict[str, Any] = {
     "dataset": "ml-1m",
@@ -127,7 +138,7 @@ def _train(arguments: argparse.Namespace) -> int:
     # Imported here so that `ciess --help` stays fast and torch-free commands stay torch-free.
     from ciess_core.data import open_dataset, split_per_user
     from ciess_core.models import BackboneConfig, BackboneKind
-    from ciess_core.runs import Protocol, RunSpec, execute_run, run_sizes, write_run
+    from ciess_core.runs import Protocol, RunSpec, execute_and_deploy, run_sizes, write_run
     from ciess_core.sizes import SizeScheme
     from ciess_core.training import TrainConfig
 
@@ -178,7 +189,7 @@ def _train(arguments: argparse.Namespace) -> int:
     out = Path(out)
     if out.exists():
         raise ConfigError(f"run directory {out} already exists; choose another --out")
-    model, outcome, history = execute_run(spec, split, sizes, progress=progress)
+    model, outcome, history = execute_and_deploy(spec, split, sizes, progress=progress)
     write_run(out, spec, split, data.fingerprint(), model, outcome, history)
     metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.test_metrics.items()))
     print(f"run: {out}")
@@ -253,6 +264,30 @@ def _inspect(arguments: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class _Plugins:
+    """The installed ``ciess.commands`` entry points: ``(name, register)`` pairs in name order, and
+    a ``"name (reason)"`` line for each one left out."""
+
+    registers: tuple[tuple[str, Callable[[Any], None]], ...]
+    skipped: tuple[str, ...]
+
+
+@functools.cache
+def _command_plugins() -> _Plugins:
+    registers: dict[str, Callable[[Any], None]] = {}
+    skipped: list[str] = []
+    for entry_point in sorted(entry_points(group=COMMANDS_GROUP), key=lambda point: point.name):
+        if entry_point.name in registers:  # argparse refuses a second parser of one name
+            logger.warning("command %s twice; ignoring %s", entry_point.name, entry_point.value)
+            continue
+        try:
+            registers[entry_point.name] = entry_point.load()
+        except ImportError as error:  # the extra that provides it is not installed
+            skipped.append(f"{entry_point.name} ({entry_point.value}: {error})")
+    return _Plugins(tuple(registers.items()), tuple(skipped))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ciess",
@@ -264,38 +299,53 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_parser(subparsers)
     _add_inspect_parser(subparsers)
     add_search_parser(subparsers)
-    add_service_parsers(subparsers)
+    for _, register in _command_plugins().registers:
+        register(subparsers)
     return parser
 
 
-_COMMANDS = {
+_COMMANDS: dict[str, Handler] = {
     "train": _train,
     "export": _export,
     "inspect": _inspect,
     "search": run_search_command,
-    "serve": run_serve_command,
-    "worker": run_worker_command,
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    arguments = parser.parse_args(argv)
+def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if arguments.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if arguments.command is None:
-        parser.print_help()
-        return 2
+
+
+def run_command(handler: Handler, arguments: argparse.Namespace) -> int:
+    """Run one command the way every ``ciess`` program does: logging at INFO (DEBUG with
+    ``arguments.verbose``), and a user mistake (:class:`CiessError`) as one ``error:`` line and
+    exit status 2 instead of a traceback."""
+    _configure_logging(getattr(arguments, "verbose", False))
     try:
-        return _COMMANDS[arguments.command](arguments)
+        return handler(arguments)
     except CiessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    _configure_logging(arguments.verbose)
+    # Logged here, once logging is set up, rather than where the plugin failed to load.
+    for skipped in _command_plugins().skipped:
+        logger.debug("command plugin left out: %s", skipped)
+    if arguments.command is None:
+        parser.print_help()
+        return 2
+    handler = _COMMANDS.get(arguments.command) or arguments.handler
+    return run_command(handler, arguments)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,10 @@ from ciess_core.training.distillation import DistillationConfig, Distiller
 
 logger = logging.getLogger(__name__)
 
-RUN_FORMAT_VERSION = 1
+RUN_FORMAT_VERSION = 2
+"""2: ``model.pt`` is the deployment model, trained on every interaction (``trained_on``)."""
+
+TRAINED_ON_ALL = "all interactions (train, validation and test)"
 
 
 class Protocol(enum.Enum):
@@ -77,6 +80,8 @@ class RunOutcome:
     achieved_sparsity: float
     seconds: float
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    selected_batches: int = 0
+    """The batch count the protocol selected; the deployment model trains for as many."""
 
 
 def _device(spec: RunSpec) -> torch.device:
@@ -176,13 +181,15 @@ def execute_run(
         stages["reference"] = _stage_summary(result)
         test_metrics = result.best_metrics
         valid_metrics: dict[str, float] = {}
+        selected_batches = max(result.best_batch, 1)
     else:
         selection = select_on_validation(spec, split, sizes, progress=progress, teachers=teachers)
         history += [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
         stages["select"] = _stage_summary(selection)
         valid_metrics = selection.best_metrics
+        selected_batches = max(selection.best_batch, 1)
         final_config = dataclasses.replace(
-            spec.training, max_batches=max(selection.best_batch, 1), eval_every=0
+            spec.training, max_batches=selected_batches, eval_every=0
         )
         model = _fresh_model(spec, test_train, sizes, device)
         final = train_bpr(
@@ -198,7 +205,58 @@ def execute_run(
         achieved_sparsity=sparsity(sizes, spec.backbone.max_size),
         seconds=time.perf_counter() - started,
         stages=stages,
+        selected_batches=selected_batches,
     )
+    return model, outcome, history
+
+
+def train_deployment(
+    spec: RunSpec,
+    split: DatasetSplit,
+    sizes: np.ndarray,
+    batches: int,
+    progress: bool = True,
+    teachers: Teachers | None = None,
+) -> tuple[Backbone, dict[str, Any]]:
+    """The model to serve: a fresh one with ``sizes`` trained on every interaction (train,
+    validation and test) for the ``batches`` the protocol selected, nothing held out.
+
+    The protocol's test numbers measure this recipe; the served model has also seen the
+    interactions they were measured on, so that it never recommends what a user already has.
+    Returns the model and its stage summary.
+    """
+    if batches < 1:
+        raise ConfigError(f"the deployment model needs at least 1 batch, got {batches}")
+    everything, _ = split.phase(Phase.DEPLOY)
+    model = _fresh_model(spec, everything, sizes, _device(spec))
+    config = dataclasses.replace(spec.training, max_batches=batches, eval_every=0)
+    result = train_bpr(
+        model,
+        everything,
+        config,
+        progress=progress,
+        distiller=_distiller(spec, teachers, Phase.DEPLOY, everything),
+    )
+    return model, _stage_summary(result)
+
+
+def execute_and_deploy(
+    spec: RunSpec,
+    split: DatasetSplit,
+    sizes: np.ndarray,
+    progress: bool = True,
+    teachers: Teachers | None = None,
+) -> tuple[Backbone, RunOutcome, list[dict[str, Any]]]:
+    """:func:`execute_run`, then :func:`train_deployment` for the batches it selected.
+
+    Returns the deployment model, the protocol's outcome (its ``stages`` gain ``deploy``) and the
+    evaluation history.
+    """
+    _, outcome, history = execute_run(spec, split, sizes, progress=progress, teachers=teachers)
+    model, deploy = train_deployment(
+        spec, split, sizes, outcome.selected_batches, progress=progress, teachers=teachers
+    )
+    outcome = dataclasses.replace(outcome, stages={**outcome.stages, "deploy": deploy})
     return model, outcome, history
 
 
@@ -246,7 +304,11 @@ def write_run(
     outcome: RunOutcome,
     history: list[dict[str, Any]],
 ) -> Path:
-    """Write a run directory atomically: files go to a temporary sibling renamed at the end."""
+    """Write a run directory atomically: files go to a temporary sibling renamed at the end.
+
+    ``model`` is the deployment model (:func:`train_deployment`, trained on every interaction);
+    ``outcome`` holds the protocol's numbers, which measure its recipe.
+    """
     directory = Path(directory)
     if directory.exists():
         raise ConfigError(f"run directory {directory} already exists; choose another --out")
@@ -260,6 +322,7 @@ def write_run(
             "dataset_fingerprint": dataset_fingerprint,
             "num_users": split.num_users,
             "num_items": split.num_items,
+            "trained_on": TRAINED_ON_ALL,
             **spec_to_dict(spec),
         }
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -269,6 +332,7 @@ def write_run(
             "valid": outcome.valid_metrics,
             "achieved_sparsity": outcome.achieved_sparsity,
             "seconds": round(outcome.seconds, 3),
+            "selected_batches": outcome.selected_batches,
             "stages": outcome.stages,
         }
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -8,4 +8,5 @@ bash scripts/setup.sh
 echo "== ruff"; ruff check ciess_core service tests bench
 echo "== ruff format"; ruff format --check ciess_core service tests bench
 echo "== mypy"; mypy
+echo "== import-linter"; lint-imports
 echo "== pytest"; pytest "$@"

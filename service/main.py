@@ -20,6 +20,7 @@ from service.batching import TurnBatcher
 from service.errors import install_error_handlers
 from service.fast_path import TopKFastPath
 from service.jobs.store import JobStore
+from service.limits import BodySizeLimit
 from service.metrics import Metrics, MetricsMiddleware
 from service.model_holder import ModelHolder
 from service.routers import admin, health, models, recommend
@@ -90,8 +91,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.store = None
     batcher = TurnBatcher() if settings.fast_path and settings.batch_requests else None
     app.state.metrics = Metrics(holder, lambda: app.state.store, batcher)
-    if settings.fast_path:  # added first: it runs inside the metrics middleware
+    # Each middleware added runs outside the ones before it: metrics, then the body limit (ahead
+    # of everything that could read a body, and counted in the metrics), then the fast path.
+    if settings.fast_path:
         app.add_middleware(TopKFastPath, holder=holder, batcher=batcher)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     for router in (health.router, recommend.router, models.router, admin.router):

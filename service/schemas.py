@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_K = 1000
-MAX_BATCH_USERS = 1000
+# Hard ceilings, checked by the schema before any id is validated; the settings max_batch_users
+# and max_id_length (service.settings) set the limits in force, at most these.
+MAX_BATCH_USERS = 10_000
+MAX_ID_LENGTH = 1024
 MAX_FILTER_ITEMS = 100_000
+# SQLite's (and JSON-safe) integer range: a larger budget number is a 422, not an overflow later.
+MAX_BUDGET_NUMBER = 2**63 - 1
+
+ExternalId = Annotated[str, Field(max_length=MAX_ID_LENGTH)]
 
 
 class ScoredItem(BaseModel):
@@ -38,10 +45,15 @@ class RecommendationResponse(Recommendation):
 
 
 class BatchRequest(BaseModel):
-    user_ids: list[str] = Field(min_length=1, max_length=MAX_BATCH_USERS)
+    user_ids: list[ExternalId] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_USERS,
+        description="external user ids: at most the max_batch_users setting (1,000 by "
+        "default), each at most max_id_length characters (256 by default)",
+    )
     k: int = Field(default=20, ge=1, le=MAX_K)
     exclude_seen: bool = True
-    item_ids: list[str] | None = Field(
+    item_ids: list[ExternalId] | None = Field(
         default=None,
         max_length=MAX_FILTER_ITEMS,
         description="rank only these items (external ids); all items when absent",
@@ -85,11 +97,30 @@ class ModelInfo(BaseModel):
 
 
 class BudgetRequest(BaseModel):
-    """Exactly one of the three budget forms."""
+    """A memory budget for the served model: exactly one of ``target_sparsity``,
+    ``max_parameters`` or ``max_bytes`` (the others absent or null; none or several is a 422).
+    Every user and item keeps at least one dimension, which bounds each form (422 beyond)."""
 
-    target_sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
-    max_parameters: int | None = Field(default=None, ge=1)
-    max_bytes: int | None = Field(default=None, ge=1)
+    target_sparsity: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="fraction of the dense tables pruned; one of the three forms",
+    )
+    max_parameters: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_BUDGET_NUMBER,
+        description="stored embedding values, all tables together; one of the three forms",
+    )
+    max_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_BUDGET_NUMBER,
+        description="bytes of the stored tables with their offsets and sizes; one of the "
+        "three forms",
+    )
     method: Literal["equal", "search"] | None = Field(
         default=None,
         description="sizes by ES ('equal') or the CIESS search ('search'); default: the "
@@ -123,6 +154,50 @@ class JobView(BaseModel):
     started_at: float | None
     finished_at: float | None
     heartbeat_at: float | None
+
+
+class BudgetJob(JobView):
+    existing: bool = Field(
+        description="true: the queued or running job of an identical budget (same budget, "
+        "method and base model), answered with 200 instead of a new job (202)"
+    )
+
+
+class BudgetUnchanged(BaseModel):
+    """The answer to a budget the served model already meets: no job (200)."""
+
+    message: str
+    model_version: str = Field(description="the served model, which keeps serving")
+    target_sparsity: float = Field(description="the budget, as resolved for the served model")
+    max_parameters: int
+
+    model_config = ConfigDict(protected_namespaces=())
+
+
+class ErrorMessage(BaseModel):
+    """The body of every error but the request-validation 422 (which lists its errors)."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    """One reason a request failed validation (FastAPI's shape, bounded: service.errors)."""
+
+    type: str
+    loc: list[str | int] = Field(description="where: 'body', 'query' or 'path', then the field")
+    msg: str
+    input: Any = Field(
+        default=None,
+        description="the value refused: at most 64 characters of it, a summary of a list or an "
+        "object, 'NaN' or 'Infinity' for a non-finite number",
+    )
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrors(BaseModel):
+    """A request that failed validation (422): its first ten issues, then a count of the rest."""
+
+    detail: list[ValidationIssue]
 
 
 class JobList(BaseModel):

@@ -17,6 +17,7 @@ from typing import Any
 import tomllib
 
 from ciess_core.errors import ConfigError
+from service.schemas import MAX_BATCH_USERS, MAX_ID_LENGTH
 
 ENV_PREFIX = "CIESS_"
 CONFIG_ENV = "CIESS_CONFIG"
@@ -49,36 +50,24 @@ class Settings:
             (:mod:`service.fast_path`; same answers, a fraction of the CPU).
         batch_requests: rank the fast path's requests of one event-loop turn as one batch
             (:mod:`service.batching`; same rankings, less CPU per request under load).
-        job_max_batches: BPR batches of a job's training (upper bound; early stopping applies).
-        job_batch_size: users per BPR batch in a job.
-        job_eval_every: batches between validation evaluations in a job (0: never).
-        job_method: how jobs choose sizes unless the request says: "equal" (ES sizes) or
-            "search" (the CIESS pipeline, with the small settings below).
-        search_episodes: episodes of a job's search.
-        search_iterations: iterations per episode of a job's search.
-        search_supernet_batches: supernet training batches of a job's search.
-        search_fit_shares: refit the search's assignment to the budget with the users' share
-            of it chosen on validation before retraining (``ciess search --fit-shares``; in
-            docs/benchmarks/ciess-ml-1m.md it lifts the search's result at every budget).
-        search_equal_candidate: a search job also retrains per-side equal sizes (share-fitted
-            when ``search_fit_shares`` is on) and keeps whichever the validation pick prefers
-            (``ciess search --equal-candidate``): a searched assignment that retrains worse than
-            equal sizes is never served. Costs one more retraining per job.
-        search_even_tolerance: with ``search_fit_shares``, share-fit variants scoring within
-            this relative tolerance of the best count as tied, and the evenest is retrained
-            (``ciess search --even-tolerance``; 0: off). The supernet over-rates uneven sizes
-            by about 0.2–0.3 % (docs/benchmarks/ciess-ml-1m.notes.md, sessions 13 and 15).
-        search_fit_spread: with ``search_fit_shares``, the fit also tries each side's spread of
-            sizes shrunk towards its mean (``ciess search --fit-spread``).
-        search_selection_share: with ``search_fit_shares``, the fraction of every user's
-            validation interactions held out from the search, on which the fits score
-            (``ciess search --selection-share``; 0: off). The search fits its sizes to the
-            validation it is rewarded on, noise included (notes, session 16).
-        job_distill: a job's final model also learns from a full-size model of the same data
-            (the search's own full model, or one trained for the job on the search split):
-            :mod:`ciess_core.training.distillation`, ``ciess search --distill``. In
-            docs/benchmarks/ciess-ml-1m.md it lifts ES by 6–12 % N@20 at 80–95 % sparsity; it
-            costs one full-size training per equal-sizes job.
+        job_method: how budget jobs choose sizes unless the request says: "search" (the
+            product pipeline: CIESS and per-side equal sizes, retrained, chosen on validation,
+            as ``ciess search``) or "equal" (equal sizes under the same recipe; minutes).
+        recipe_file: a recipe file (the layout of ``ciess_core/recipes.toml``) overriding the
+            shipped recipe for budget jobs, as ``ciess search --config`` does; None: shipped.
+        max_body_bytes: a request body larger than this is refused with 413 before anything
+            (authentication, JSON parsing) reads it (:mod:`service.limits`).
+        max_batch_users: user ids one batch request may name (422 beyond; at most
+            ``service.schemas.MAX_BATCH_USERS``, which the schema checks first).
+        max_id_length: characters of an external user or item id (422 beyond; at most
+            ``service.schemas.MAX_ID_LENGTH``).
+        max_queued_jobs: queued jobs allowed at once; a new budget beyond is refused with 429.
+        keep_alive_timeout_seconds: an idle keep-alive connection is closed after this
+            (uvicorn's ``timeout_keep_alive``).
+        header_timeout_seconds: a connection that has not sent a request's headers this long
+            after it opened (or after the request's first byte) is closed
+            (:func:`service.limits.with_header_timeout`): slow or silent clients cannot hold
+            connections, and file descriptors, for ever.
     """
 
     state_dir: Path = Path("state")
@@ -94,35 +83,41 @@ class Settings:
     scorer_threads: int = 1
     fast_path: bool = True
     batch_requests: bool = True
-    job_max_batches: int = 3000
-    job_batch_size: int = 10_000
-    job_eval_every: int = 200
-    job_method: str = "equal"
-    search_episodes: int = 30
-    search_iterations: int = 10
-    search_supernet_batches: int = 3000
-    search_fit_shares: bool = False
-    search_equal_candidate: bool = False
-    search_even_tolerance: float = 0.0
-    search_fit_spread: bool = False
-    search_selection_share: float = 0.0
-    job_distill: bool = False
+    job_method: str = "search"
+    recipe_file: Path | None = None
+    max_body_bytes: int = 1_048_576
+    max_batch_users: int = 1000
+    max_id_length: int = 256
+    max_queued_jobs: int = 8
+    keep_alive_timeout_seconds: int = 5
+    header_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("worker_poll_seconds", "model_poll_seconds", "stale_after_seconds"):
+        for name in (
+            "worker_poll_seconds",
+            "model_poll_seconds",
+            "stale_after_seconds",
+            "header_timeout_seconds",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"setting {name} must be > 0, got {getattr(self, name)}")
-        for name in ("job_max_batches", "job_batch_size", "search_episodes", "search_iterations"):
+        for name in (
+            "max_body_bytes",
+            "max_queued_jobs",
+            "keep_alive_timeout_seconds",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"setting {name} must be >= 1, got {getattr(self, name)}")
-        if self.scorer_threads < 0 or self.job_eval_every < 0:
-            raise ConfigError("settings scorer_threads and job_eval_every must be >= 0")
-        if not 0.0 <= self.search_even_tolerance < 1.0:
-            tolerance = self.search_even_tolerance
-            raise ConfigError(f"setting search_even_tolerance must lie in [0, 1), got {tolerance}")
-        if not 0.0 <= self.search_selection_share < 1.0:
-            share = self.search_selection_share
-            raise ConfigError(f"setting search_selection_share must lie in [0, 1), got {share}")
+        for name, ceiling in (
+            ("max_batch_users", MAX_BATCH_USERS),
+            ("max_id_length", MAX_ID_LENGTH),
+        ):
+            if not 1 <= getattr(self, name) <= ceiling:
+                raise ConfigError(
+                    f"setting {name} must lie in [1, {ceiling}], got {getattr(self, name)}"
+                )
+        if self.scorer_threads < 0:
+            raise ConfigError(f"setting scorer_threads must be >= 0, got {self.scorer_threads}")
         if self.job_method not in ("equal", "search"):
             raise ConfigError(
                 f"setting job_method must be 'equal' or 'search', got {self.job_method!r}"

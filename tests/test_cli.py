@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+from collections.abc import Iterator
+from importlib.metadata import EntryPoint
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from ciess_core import cli
 from ciess_core.cli import main
+from ciess_core.errors import ConfigError
 from tests.conftest import clustered_interactions
 
 
@@ -111,6 +118,47 @@ def test_bad_config_file_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "learning_rat" in capsys.readouterr().err
 
 
+def _register_hello(subparsers: Any) -> None:
+    """A ``ciess.commands`` plugin whose command fails the way a user mistake does."""
+
+    def hello(arguments: argparse.Namespace) -> int:
+        raise ConfigError(f"hello {arguments.name} is not configured")
+
+    parser = subparsers.add_parser("hello", help="say hello")
+    parser.add_argument("name")
+    parser.set_defaults(handler=hello)
+
+
+@pytest.fixture
+def plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``hello`` (above) and ``broken`` (its module does not exist) as the installed plugins."""
+    installed = [
+        EntryPoint("hello", "tests.test_cli:_register_hello", cli.COMMANDS_GROUP),
+        EntryPoint("broken", "ciess_no_such_module:register", cli.COMMANDS_GROUP),
+    ]
+    monkeypatch.setattr(cli, "entry_points", lambda group: installed)
+    cli._command_plugins.cache_clear()
+    yield
+    cli._command_plugins.cache_clear()
+
+
+def test_plugin_commands_run_like_the_core_ones(
+    plugins: None, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ciess")
+    assert main(["-v", "hello", "world"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: hello world is not configured")
+    assert "Traceback" not in error
+    # A plugin that cannot be imported (its extra is missing) is left out, with a debug line.
+    assert "command plugin left out: broken (ciess_no_such_module:register" in caplog.text
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert "hello" in usage and "broken" not in usage
+
+
 def test_search_runs_end_to_end_and_resumes(
     pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -178,3 +226,17 @@ def test_search_runs_end_to_end_and_resumes(
     assert json.loads((run / "config.json").read_text())["distillation"] is None
     assert main([*arguments[:-1], "--episodes", "3", "--no-progress"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_train_on_a_lightgcn_folder(tmp_path: Path) -> None:
+    data = clustered_interactions(num_users=60, num_items=60)
+    folder = tmp_path / "lightgcn"
+    folder.mkdir()
+    csr = data.to_csr()
+    for name, half in (("train.txt", slice(0, 7)), ("test.txt", slice(7, None))):
+        lines = [" ".join(map(str, [u, *csr[u].indices[half]])) for u in range(data.num_users)]
+        (folder / name).write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    arguments = ["train", "--dataset", str(folder), "--max-batches", "5", "--eval-every", "5"]
+    assert main([*arguments, "--batch-size", "64", "--out", str(out), "--no-progress"]) == 0
+    assert len(np.load(out / "sizes.npy")) == 60 + 60

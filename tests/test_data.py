@@ -5,6 +5,7 @@ Every test writes its own small files under tmp_path; nothing reads the shared d
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from ciess_core.data import (
     load_lightgcn,
     load_movielens_ratings,
     load_pairs,
+    open_dataset,
     resolve_data_dir,
     split_per_user,
 )
@@ -476,3 +478,67 @@ def test_load_dataset_from_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.chdir(tmp_path / "own")
     assert load_dataset("own/clicks.csv", tmp_path).num_interactions == 2
     assert load_dataset("clicks.csv", tmp_path / "elsewhere").num_interactions == 2
+
+
+# ----------------------------------------------------------------------------- LightGCN folders
+
+
+def test_open_dataset_merges_a_lightgcn_folder_like_yelp2018(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train = "0 10 11\n1 11 12\n"
+    test = "1 10 11\n2 12\n0 13\n"  # users 0 and 1 again; (1, 11) is also in train.txt
+    folder = tmp_path / "mine"
+    write(folder / "train.txt", train)
+    write(folder / "test.txt", test)
+    write(folder / "user_list.txt", "org_id remap_id\nalice 0\n")  # not interactions: ignored
+    monkeypatch.chdir(tmp_path)  # no ./data: the path is loaded without a data directory
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    data = open_dataset(str(folder), None)
+    assert data.external_user_ids.tolist() == ["0", "1", "2"]
+    assert data.external_item_ids.tolist() == ["10", "11", "12", "13"]
+    assert data.num_interactions == 7
+    assert pair_set(data) == {
+        ("0", "10"), ("0", "11"), ("1", "11"), ("1", "12"), ("1", "10"), ("2", "12"), ("0", "13"),
+    }  # fmt: skip
+    assert "train.txt" in data.source and "test.txt" in data.source
+    # The same ids and pairs as the registered yelp2018 loader gives for the same files.
+    write(tmp_path / "data" / "yelp2018" / "train.txt", train)
+    write(tmp_path / "data" / "yelp2018" / "test.txt", test)
+    yelp = open_dataset("yelp2018", tmp_path / "data")
+    for other in (yelp, open_dataset("mine", None), open_dataset("mine/", tmp_path / "data")):
+        np.testing.assert_array_equal(other.user_ids, data.user_ids)
+        np.testing.assert_array_equal(other.item_ids, data.item_ids)
+        assert other.external_user_ids.tolist() == data.external_user_ids.tolist()
+        assert other.external_item_ids.tolist() == data.external_item_ids.tolist()
+
+
+def test_lightgcn_folder_with_train_only_then_valid(tmp_path: Path) -> None:
+    write(tmp_path / "train.txt", "3 1 2\n4 2\n3 2\n")
+    data = load_dataset(str(tmp_path), tmp_path)
+    assert (data.num_users, data.num_items, data.num_interactions) == (2, 2, 3)
+    assert data.source == str(tmp_path / "train.txt")
+    # valid.txt is merged between train.txt and test.txt: its new item comes before test's.
+    write(tmp_path / "test.txt", "5 9\n")
+    write(tmp_path / "valid.txt", "5 8 1\n")
+    data = load_dataset(str(tmp_path), tmp_path)
+    assert data.external_user_ids.tolist() == ["3", "4", "5"]
+    assert data.external_item_ids.tolist() == ["1", "2", "8", "9"]
+    assert data.num_interactions == 6
+
+
+def test_lightgcn_folder_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(
+        DataError, match=rf"{re.escape(str(empty))}: no train\.txt .*valid\.txt and test\.txt"
+    ):
+        open_dataset(str(empty), tmp_path)
+    write(empty / "test.txt", "0 1\n")
+    with pytest.raises(DataError, match=r"empty: no train\.txt .*\(found: test\.txt\)"):
+        open_dataset(str(empty), tmp_path)
+    bad = tmp_path / "bad"
+    write(bad / "train.txt", "0 1\n")
+    write(bad / "test.txt", "0 2\n\n1 two\n")
+    with pytest.raises(DataError, match=r"bad[/\\]test\.txt line 3: item id 'two' is not an"):
+        open_dataset(str(bad), tmp_path)

@@ -67,6 +67,7 @@ class ExportMetadata:
         size_scheme: how the sizes were chosen ("full", "equal", "random", "ciess").
         metrics: the run's metrics ({"protocol", "valid", "test"}).
         source: free text, e.g. the run directory.
+        trained_on: which interactions the exported model was trained on.
     """
 
     dataset: str = ""
@@ -76,6 +77,7 @@ class ExportMetadata:
     size_scheme: str | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
+    trained_on: str = ""
 
 
 @dataclass(frozen=True)
@@ -341,6 +343,7 @@ def _manifest(
             "name": metadata.dataset,
             "fingerprint": metadata.dataset_fingerprint,
             "split_seed": metadata.split_seed,
+            "trained_on": metadata.trained_on,
             "size_scheme": metadata.size_scheme,
             "source": metadata.source,
         },
@@ -390,11 +393,13 @@ class LoadedRun:
 def load_run(run_dir: Path | str, data_dir: Path) -> LoadedRun:
     """Rebuild the model of a run directory written by :func:`ciess_core.runs.write_run`.
 
-    The backbone is rebuilt on the training matrix of the test phase (train ∪ valid) of the run's
-    dataset and split seed, after checking that the dataset found under ``data_dir`` has the
-    fingerprint the run recorded.
+    The run's model is its deployment model, trained on every interaction; the backbone is
+    rebuilt on all interactions of the run's dataset, after checking that the dataset found
+    under ``data_dir`` has the fingerprint the run recorded. Those interactions are also each
+    user's seen items in the artifact.
     """
     from ciess_core.data import Phase, load_dataset, split_per_user
+    from ciess_core.runs import RUN_FORMAT_VERSION
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -404,6 +409,11 @@ def load_run(run_dir: Path | str, data_dir: Path) -> LoadedRun:
             raise DataError(f"{run}: not a complete run directory, {name} is missing")
     config = _read_json(run / "config.json")
     metrics = _read_json(run / "metrics.json")
+    if config.get("format_version") != RUN_FORMAT_VERSION:
+        raise DataError(
+            f"{run / 'config.json'}: run format {config.get('format_version')!r}, this version "
+            f"reads {RUN_FORMAT_VERSION} (a model trained on all interactions); train it again"
+        )
     backbone = backbone_config_from_dict(config.get("backbone", {}))
     data = load_dataset(str(config.get("dataset")), data_dir)
     fingerprint, recorded = data.fingerprint(), str(config.get("dataset_fingerprint"))
@@ -414,7 +424,7 @@ def load_run(run_dir: Path | str, data_dir: Path) -> LoadedRun:
             "was trained on other data"
         )
     split = split_per_user(data, seed=int(config.get("split_seed", 42)))
-    train, _ = split.phase(Phase.TEST)
+    train, _ = split.phase(Phase.DEPLOY)
     model = build_backbone(backbone, train, torch.Generator().manual_seed(0))
     try:
         state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
@@ -455,6 +465,7 @@ def export_run(
         size_scheme=config.get("size_scheme"),
         metrics={k: run.metrics.get(k) for k in ("protocol", "valid", "test")},
         source=str(run_dir),
+        trained_on=str(config.get("trained_on", "")),
     )
     return export_model(
         run.model,

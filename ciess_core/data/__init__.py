@@ -17,6 +17,7 @@ from ciess_core.data.loaders import (
     load_csv,
     load_interactions,
     load_lightgcn,
+    load_lightgcn_folder,
     load_movielens_ratings,
     load_pairs,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "load_dataset",
     "load_interactions",
     "load_lightgcn",
+    "load_lightgcn_folder",
     "load_movielens_ratings",
     "load_pairs",
     "open_dataset",

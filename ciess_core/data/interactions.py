@@ -29,11 +29,12 @@ class Phase(enum.Enum):
     """Which held-out part a run evaluates on.
 
     SEARCH trains on `train` and evaluates on `valid`; TEST trains on `train + valid` and evaluates
-    on `test`.
+    on `test`; DEPLOY trains the served model on every interaction and has nothing held out.
     """
 
     SEARCH = "search"
     TEST = "test"
+    DEPLOY = "deploy"
 
 
 def _readonly(array: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
@@ -216,17 +217,26 @@ class DatasetSplit:
     def phase(self, phase: Phase) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(training matrix, held-out matrix) for a phase.
 
-        SEARCH -> (train, valid); TEST -> (train + valid, test). Both are (num_users, num_items)
-        float32 binary CSR with sorted indices.
+        SEARCH -> (train, valid); TEST -> (train + valid, test); DEPLOY -> (train + valid + test,
+        an empty matrix). All are (num_users, num_items) float32 binary CSR with sorted indices.
         """
         if phase is Phase.SEARCH:
             return self.train, self.valid
         if phase is Phase.TEST:
-            merged = sp.csr_matrix(self.train + self.valid, dtype=np.float32)
-            merged.sum_duplicates()
-            merged.data[:] = 1.0
-            return merged, self.test
+            return _union(self.train, self.valid), self.test
+        if phase is Phase.DEPLOY:
+            empty = sp.csr_matrix(self.train.shape, dtype=np.float32)
+            return _union(self.train, self.valid, self.test), empty
         raise ConfigError(f"unknown phase {phase!r}; expected one of {[p.value for p in Phase]}")
+
+
+def _union(*matrices: sp.csr_matrix) -> sp.csr_matrix:
+    """The binary union of disjoint interaction matrices, canonical CSR."""
+    merged = sp.csr_matrix(sum(matrices[1:], matrices[0]), dtype=np.float32)
+    merged.sum_duplicates()
+    merged.sort_indices()
+    merged.data[:] = 1.0
+    return merged
 
 
 def validate_split_ratios(ratios: tuple[float, float, float]) -> tuple[float, float, float]:

@@ -1,9 +1,11 @@
 """Parsers for interaction files: whitespace pairs, MovieLens `ratings.dat`, LightGCN, CSV.
 
-Every loader returns an `InteractionData` whose internal ids follow the order in which users and
-items first appear in the file(s), with duplicate pairs dropped. The whitespace and `::` formats
-are parsed with numpy over the raw bytes (ML-1M's million lines load in well under a second);
-only the rows of a malformed file are looked at one by one, to name the offending line.
+LightGCN data also comes as a folder (`train.txt`, optional `valid.txt` and `test.txt`) whose
+files are merged into one dataset. Every loader returns an `InteractionData` whose internal ids
+follow the order in which users and items first appear in the file(s), with duplicate pairs
+dropped. The whitespace and `::` formats are parsed with numpy over the raw bytes (ML-1M's
+million lines load in well under a second); only the rows of a malformed file are looked at one
+by one, to name the offending line.
 
 Malformed input raises `DataError` naming the file, the 1-based line number and the problem.
 """
@@ -39,7 +41,7 @@ class InteractionFormat(enum.Enum):
 
     PAIRS = "pairs"  # `user item` per line, whitespace-separated
     MOVIELENS = "movielens"  # `UserID::MovieID::Rating::Timestamp` per line
-    LIGHTGCN = "lightgcn"  # `user item item ...` per line, non-negative integer ids
+    LIGHTGCN = "lightgcn"  # `user item item ...` per line, non-negative integer ids; or a folder
     CSV = "csv"  # header row, then comma-separated rows
 
 
@@ -172,7 +174,12 @@ def _parse_pairs(path: Path) -> tuple[npt.NDArray[np.bytes_], npt.NDArray[np.byt
         raise DataError(
             f"{path} line {line + 1}: expected 2 whitespace-separated fields (user item), "
             f"got {per_line[line]}"
-            + (" (for LightGCN files use the LIGHTGCN format)" if per_line[line] > 2 else "")
+            + (
+                " (for LightGCN files use the LIGHTGCN format, or pass the folder holding "
+                "train.txt)"
+                if per_line[line] > 2
+                else ""
+            )
         )
     array = np.asarray(tokens, dtype=np.bytes_)
     return array[0::2], array[1::2]
@@ -266,18 +273,52 @@ def _parse_lightgcn(path: Path) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.i
     return values[owner[is_item]], values[is_item]
 
 
-def load_lightgcn(train_path: PathLike, test_path: PathLike | None = None) -> InteractionData:
+def load_lightgcn(path: PathLike, *more_paths: PathLike) -> InteractionData:
     """Reads LightGCN-format files (`user item item ...` per line) and merges them.
 
     Ids must be non-negative integers; external ids are their decimal strings ("007" -> "7").
     A line with only a user id is allowed and adds nothing (that user is not counted unless it
-    has items elsewhere). Ids are numbered in order of first appearance, train file first.
+    has items elsewhere). Ids are numbered in order of first appearance, files in the order
+    given (train file first); a pair found in several files is kept once.
     """
-    paths = [Path(train_path)] + ([] if test_path is None else [Path(test_path)])
-    parsed = [_parse_lightgcn(path) for path in paths]
+    paths = [Path(path), *map(Path, more_paths)]
+    parsed = [_parse_lightgcn(file) for file in paths]
     users = np.concatenate([user for user, _ in parsed])
     items = np.concatenate([item for _, item in parsed])
-    return _build(users, items, " + ".join(str(path) for path in paths))
+    return _build(users, items, " + ".join(str(file) for file in paths))
+
+
+# The interaction files of a LightGCN-format folder, in merge order. Other files there
+# (`user_list.txt`, `item_list.txt`, notes) are not interactions and are left alone.
+LIGHTGCN_FOLDER_FILES = ("train.txt", "valid.txt", "test.txt")
+
+
+def lightgcn_folder_files(folder: PathLike) -> list[Path]:
+    """The files of `LIGHTGCN_FOLDER_FILES` present in `folder`, in that order.
+
+    Raises:
+        DataError: `folder` holds no `train.txt`; the message names the folder, the files looked
+            for and those found.
+    """
+    folder = Path(folder)
+    found = [folder / name for name in LIGHTGCN_FOLDER_FILES if (folder / name).is_file()]
+    if not found or found[0].name != LIGHTGCN_FOLDER_FILES[0]:
+        present = ", ".join(path.name for path in found) or "none of them"
+        raise DataError(
+            f"{folder}: no {LIGHTGCN_FOLDER_FILES[0]} found; a LightGCN-format folder holds "
+            f"{LIGHTGCN_FOLDER_FILES[0]} and optionally {' and '.join(LIGHTGCN_FOLDER_FILES[1:])} "
+            f"(found: {present})"
+        )
+    return found
+
+
+def load_lightgcn_folder(folder: PathLike) -> InteractionData:
+    """Merges a LightGCN-format folder's `train.txt`, `valid.txt` and `test.txt` (those present).
+
+    The files go through `load_lightgcn` in that order, as a registered LightGCN dataset's do;
+    the split made later re-divides the merged pairs.
+    """
+    return load_lightgcn(*lightgcn_folder_files(folder))
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -335,8 +376,14 @@ def load_csv(
 
 
 def guess_format(path: PathLike) -> InteractionFormat:
-    """CSV for `.csv`, MOVIELENS for `ratings.dat` or a first line containing `::`, else PAIRS."""
+    """The likely format of `path`.
+
+    LIGHTGCN for a folder, CSV for `.csv`, MOVIELENS for `ratings.dat` or a first line containing
+    `::`, else PAIRS.
+    """
     path = Path(path)
+    if path.is_dir():
+        return InteractionFormat.LIGHTGCN
     if path.suffix.lower() == ".csv":
         return InteractionFormat.CSV
     if path.name.lower() == "ratings.dat":
@@ -352,12 +399,15 @@ def guess_format(path: PathLike) -> InteractionFormat:
 
 
 def load_interactions(path: PathLike, format: InteractionFormat | None = None) -> InteractionData:
-    """Loads one interaction file in the given format, or the format `guess_format` picks."""
+    """Loads an interaction file, or a LightGCN-format folder, in `format` or as guessed.
+
+    Without `format`, `guess_format` picks it: a folder is read by `load_lightgcn_folder`.
+    """
     chosen = guess_format(path) if format is None else format
     if chosen is InteractionFormat.PAIRS:
         return load_pairs(path)
     if chosen is InteractionFormat.MOVIELENS:
         return load_movielens_ratings(path)
     if chosen is InteractionFormat.LIGHTGCN:
-        return load_lightgcn(path)
+        return load_lightgcn_folder(path) if Path(path).is_dir() else load_lightgcn(path)
     return load_csv(path)

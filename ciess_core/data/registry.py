@@ -1,8 +1,8 @@
 """Named datasets and the data directory they live in.
 
 `resolve_data_dir` picks the directory (explicit value, then the `CIESS_DATA_DIR` environment
-variable, then `./data`); `load_dataset` loads a named dataset from it, or any interaction file
-given by path, so that users can bring their own data.
+variable, then `./data`); `load_dataset` loads a named dataset from it, or any interaction file or
+LightGCN-format folder given by path, so that users can bring their own data.
 """
 
 from __future__ import annotations
@@ -122,23 +122,27 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
 
 
 def _looks_like_path(name: str) -> bool:
+    """Whether `name` means a file or folder: an existing one, or a separator or suffix in it."""
+    if name and Path(name).expanduser().exists():
+        return True
     separators = [os.sep] + ([os.altsep] if os.altsep else [])
     return any(sep in name for sep in separators) or Path(name).suffix != ""
 
 
 def load_dataset(name: str, data_dir: Path) -> InteractionData:
-    """Loads a registered dataset from `data_dir / name`, or an interaction file given by path.
+    """Loads a registered dataset from `data_dir / name`, or an interaction file or folder by path.
 
     Args:
-        name: a key of DATASETS (case-insensitive), or a path to a file (anything with a
-            directory separator or a file suffix, or an existing file); a relative path that does
-            not exist is also looked up under `data_dir`. Files go through `load_interactions`,
-            which guesses their format.
+        name: a key of DATASETS (case-insensitive), or a path to a file or a LightGCN-format
+            folder (anything with a directory separator or a file suffix, or an existing file or
+            folder); a relative path that does not exist is also looked up under `data_dir`.
+            Paths go through `load_interactions`, which guesses a file's format and merges a
+            folder's `train.txt`, `valid.txt` and `test.txt` as the yelp2018 loader does.
         data_dir: the directory from `resolve_data_dir`.
 
     Raises:
-        ConfigError: `name` is neither a known dataset nor a file.
-        DataError: a file is missing or malformed.
+        ConfigError: `name` is neither a known dataset nor a path.
+        DataError: a file is missing or malformed, or a folder holds no `train.txt`.
     """
     spec = DATASETS.get(name.lower())
     if spec is not None:
@@ -148,7 +152,7 @@ def load_dataset(name: str, data_dir: Path) -> InteractionData:
         logger.info("loading dataset %s from %s", spec.name, folder)
         return spec.loader(folder)
     candidate = Path(name).expanduser()
-    if candidate.is_file() or _looks_like_path(name):
+    if _looks_like_path(name):
         if not candidate.exists() and not candidate.is_absolute():
             under_data_dir = Path(data_dir) / candidate
             if under_data_dir.exists():
@@ -156,23 +160,23 @@ def load_dataset(name: str, data_dir: Path) -> InteractionData:
         return load_interactions(candidate)
     raise ConfigError(
         f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))} "
-        "(or give a path to an interaction file)"
+        "(or give a path to an interaction file or a LightGCN-format folder)"
     )
 
 
 def open_dataset(name: str, data_dir: str | os.PathLike[str] | None) -> InteractionData:
-    """:func:`load_dataset` for a command line: an existing file needs no data directory.
+    """:func:`load_dataset` for a command line: an existing file or folder needs no data directory.
 
     Args:
-        name: a registered dataset or a path to an interaction file.
+        name: a registered dataset, or a path to an interaction file or a LightGCN-format folder.
         data_dir: the ``--data-dir`` value, if any (else ``$CIESS_DATA_DIR``, else ``./data``).
     """
     path = Path(name).expanduser()
-    if name.lower() not in DATASETS and (path.is_file() or _looks_like_path(name)):
+    if name.lower() not in DATASETS and _looks_like_path(name):
         try:
             folder = resolve_data_dir(data_dir)
         except ConfigError:
-            # A file name with no data directory to look under: report the file itself.
+            # A path with no data directory to look under: load or report the path itself.
             return load_interactions(path)
         return load_dataset(name, folder)
     return load_dataset(name, resolve_data_dir(data_dir))

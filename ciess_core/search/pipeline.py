@@ -20,8 +20,9 @@ import dataclasses
 import enum
 import json
 import logging
-import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,15 @@ import torch
 from ciess_core.data import DatasetSplit, Phase, hold_out_per_user
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
-from ciess_core.runs import Protocol, RunOutcome, RunSpec, Teachers, execute_run, write_run
+from ciess_core.runs import (
+    Protocol,
+    RunOutcome,
+    RunSpec,
+    Teachers,
+    execute_run,
+    train_deployment,
+    write_run,
+)
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.evaluators import (
     QualityEvaluator,
@@ -43,6 +52,8 @@ from ciess_core.search.evaluators import (
 )
 from ciess_core.search.files import read_cached, write_json
 from ciess_core.search.fit import (
+    DEFAULT_SHARE_GRID,
+    DEFAULT_SPREAD_GRID,
     equal_split_candidate,
     fit_shares,
 )
@@ -63,7 +74,10 @@ class EvaluatorKind(enum.Enum):
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """Everything that defines a CIESS pipeline run.
+    """Everything that defines a CIESS pipeline run; the defaults are the best recipe measured
+    (docs/benchmarks/ciess-ml-1m.md): the supernet evaluator, the share and spread fits scored
+    on held-out validation, one searched candidate retrained beside per-side equal sizes, both
+    distilled from a full model of their phase, under the clean protocol.
 
     Attributes:
         dataset: dataset name or path (recorded, the split is passed in).
@@ -118,17 +132,17 @@ class PipelineSpec:
     training: TrainConfig
     search: SearchConfig
     evaluator: EvaluatorKind = EvaluatorKind.SUPERNET
-    supernet_batches: int = 3000
+    supernet_batches: int = 2000
     finetune_batches: int = 0
     retrain_batches: int = 1500
-    retrain_top: int = 3
+    retrain_top: int = 1
     protocol: Protocol = Protocol.CLEAN
-    share_grid: tuple[float, ...] = ()
-    distillation: DistillationConfig | None = None
-    equal_candidate: bool = False
+    share_grid: tuple[float, ...] = DEFAULT_SHARE_GRID
+    distillation: DistillationConfig | None = DistillationConfig()  # noqa: RUF009 (frozen)
+    equal_candidate: bool = True
     even_tolerance: float = 0.0
-    spread_grid: tuple[float, ...] = ()
-    selection_share: float = 0.0
+    spread_grid: tuple[float, ...] = DEFAULT_SPREAD_GRID
+    selection_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.spread_grid and not self.share_grid:
@@ -215,23 +229,28 @@ def load_full_model(
     return model
 
 
-def _train_test_phase_teacher(
-    spec: PipelineSpec, split: DatasetSplit, out: Path, progress: bool
+_TEACHER_DIRECTORIES = {Phase.TEST: "teacher", Phase.DEPLOY: "teacher-deploy"}
+
+
+def _train_phase_teacher(
+    spec: PipelineSpec, split: DatasetSplit, out: Path, progress: bool, phase: Phase
 ) -> float:
-    """Train the full model on the test phase's training matrix (train ∪ validation) as the
-    protocol trains every final model: reference, checkpoint picked on test; clean, for as many
-    batches as stage 1's model needed on validation. Kept in ``out/teacher``; an earlier call's
-    is left as it is. Returns the seconds its training took."""
-    directory = out / "teacher"
+    """Train the full model on ``phase``'s training matrix (train ∪ validation for the test
+    phase, every interaction for deployment) as the protocol trains every final model: for as
+    many batches as stage 1's model needed on validation, or under the reference protocol and
+    in the test phase, with the checkpoint picked on test. Kept in ``out/teacher`` or
+    ``out/teacher-deploy``; an earlier call's is left as it is. Returns the seconds its
+    training took."""
+    directory = out / _TEACHER_DIRECTORIES[phase]
     summary_path = directory / "summary.json"
     if (cached := read_cached(summary_path)) is not None:
         return float(cached["seconds"])
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    train, test = split.phase(Phase.TEST)
+    train, held_out = split.phase(phase)
     model = _full_size_model(spec, train)
-    if spec.protocol is Protocol.REFERENCE:
-        train_bpr(model, train, spec.training, held_out=test, progress=progress)
+    if spec.protocol is Protocol.REFERENCE and phase is Phase.TEST:
+        train_bpr(model, train, spec.training, held_out=held_out, progress=progress)
     else:
         full = json.loads((out / "full" / "summary.json").read_text())
         config = dataclasses.replace(
@@ -247,21 +266,30 @@ def _train_test_phase_teacher(
 
 
 def prepare_teachers(
-    spec: PipelineSpec, split: DatasetSplit, out: Path, progress: bool = True
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    out: Path,
+    progress: bool = True,
+    phases: tuple[Phase, ...] = (Phase.SEARCH, Phase.TEST, Phase.DEPLOY),
 ) -> tuple[dict[Phase, Backbone], float]:
-    """The teacher of each phase for distilled retraining, and the seconds spent training any.
+    """The teacher of each of ``phases`` for distilled retraining, and the seconds spent
+    training any.
 
     Stage 1's full model teaches every phase, or with ``TeacherSource.PHASE`` the test phase
-    has its own (trained here once, kept in ``out/teacher``).
+    and the deployment model have their own (trained here once, kept in ``out``).
     """
     if spec.distillation is None:
         return {}, 0.0
     search_teacher = load_full_model(spec, split, out / "full")
-    if spec.distillation.teacher is TeacherSource.SEARCH:
-        return {Phase.SEARCH: search_teacher, Phase.TEST: search_teacher}, 0.0
-    seconds = _train_test_phase_teacher(spec, split, out, progress)
-    test_teacher = load_full_model(spec, split, out / "teacher", Phase.TEST)
-    return {Phase.SEARCH: search_teacher, Phase.TEST: test_teacher}, seconds
+    teachers: dict[Phase, Backbone] = {}
+    seconds = 0.0
+    for phase in phases:
+        if phase is Phase.SEARCH or spec.distillation.teacher is TeacherSource.SEARCH:
+            teachers[phase] = search_teacher
+            continue
+        seconds += _train_phase_teacher(spec, split, out, progress, phase)
+        teachers[phase] = load_full_model(spec, split, out / _TEACHER_DIRECTORIES[phase], phase)
+    return teachers, seconds
 
 
 def selection_views(spec: PipelineSpec, split: DatasetSplit) -> tuple[DatasetSplit, DatasetSplit]:
@@ -321,6 +349,19 @@ def build_evaluator(
     )
 
 
+def _run_spec(spec: PipelineSpec, budget: float, kind: str = "search") -> RunSpec:
+    """A budget's retraining as a run; ``kind`` "equal" labels per-side equal sizes."""
+    return RunSpec(
+        dataset=spec.dataset,
+        backbone=spec.backbone,
+        training=spec.training,
+        target_sparsity=budget,
+        protocol=spec.protocol,
+        size_scheme=SizeScheme.EQUAL if kind == "equal" else SizeScheme.CIESS,
+        distillation=spec.distillation,
+    )
+
+
 def retrain_budget(
     spec: PipelineSpec,
     split: DatasetSplit,
@@ -328,16 +369,16 @@ def retrain_budget(
     candidates: list[np.ndarray],
     directory: Path,
     progress: bool,
-    dataset_fingerprint: str | None = None,
     teachers: Teachers | None = None,
     kinds: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Stage 4 for one budget: retrain each candidate, pick one, test it.
+    """Stage 4 for one budget: retrain each candidate under the protocol, pick one, test it.
 
-    With ``dataset_fingerprint``, the chosen candidate's model is also written as a run directory,
-    ``directory/run`` (what ``ciess export`` takes). ``teachers``: see :func:`prepare_teachers`,
-    needed when ``spec.distillation`` is set. ``kinds``: one label per candidate ("search",
-    "equal"; default all "search"), recorded per candidate and for the chosen one.
+    Writes ``result.json`` (every candidate's metrics, the chosen one's), ``sizes.npy`` (the
+    chosen sizes) and each candidate's sizes and evaluation history. ``teachers``: see
+    :func:`prepare_teachers`, needed when ``spec.distillation`` is set. ``kinds``: one label per
+    candidate ("search", "equal"; default all "search"), recorded per candidate and for the
+    chosen one.
     """
     kinds = kinds if kinds is not None else ["search"] * len(candidates)
     if len(kinds) != len(candidates):
@@ -350,26 +391,14 @@ def retrain_budget(
     runs: list[dict[str, Any]] = []
     # Clean: pick on validation. Reference: the authors' path has only test numbers to pick by.
     key = "valid" if spec.protocol is Protocol.CLEAN else "test"
-    run_spec = RunSpec(
-        dataset=spec.dataset,
-        backbone=spec.backbone,
-        training=spec.training,
-        target_sparsity=budget,
-        protocol=spec.protocol,
-        size_scheme=SizeScheme.CIESS,
-        distillation=spec.distillation,
-    )
-    best_run: tuple[float, Backbone, RunOutcome, list[dict[str, Any]]] | None = None
+    run_spec = _run_spec(spec, budget)
     for index, sizes in enumerate(candidates):
-        model, outcome, history = execute_run(
+        _, outcome, history = execute_run(
             run_spec, split, sizes, progress=progress, teachers=teachers
         )
-        quality = (outcome.valid_metrics if key == "valid" else outcome.test_metrics)[
-            spec.training.selection_metric
-        ]
-        if dataset_fingerprint is not None and (best_run is None or quality > best_run[0]):
-            best_run = (quality, model, outcome, history)
         np.save(directory / f"candidate_{index}.npy", sizes)
+        with (directory / f"candidate_{index}.history.jsonl").open("w") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in history)
         runs.append(
             {
                 "candidate": index,
@@ -377,14 +406,12 @@ def retrain_budget(
                 "achieved_sparsity": outcome.achieved_sparsity,
                 "valid": outcome.valid_metrics,
                 "test": outcome.test_metrics,
+                "selected_batches": outcome.selected_batches,
+                "stages": outcome.stages,
                 "seconds": round(outcome.seconds, 2),
             }
         )
     best = max(runs, key=lambda run: run[key][spec.training.selection_metric])
-    if best_run is not None and dataset_fingerprint is not None:
-        _, model, outcome, history = best_run
-        shutil.rmtree(directory / "run", ignore_errors=True)  # a half-finished earlier call's
-        write_run(directory / "run", run_spec, split, dataset_fingerprint, model, outcome, history)
     np.save(directory / "sizes.npy", candidates[best["candidate"]])
     result = {
         "budget": budget,
@@ -401,6 +428,44 @@ def retrain_budget(
     return result
 
 
+def deploy_budget(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    budget: float,
+    directory: Path,
+    dataset_fingerprint: str,
+    progress: bool,
+    teachers: Teachers | None = None,
+) -> float:
+    """Stage 5 for one budget: train the chosen candidate on every interaction, for the batches
+    its protocol selected, and write it as the run directory ``directory/run`` (what
+    ``ciess export`` takes; its metrics are the protocol's). Returns the seconds it took; an
+    earlier call's run directory is left as it is."""
+    run_dir = directory / "run"
+    if run_dir.is_dir():
+        return 0.0
+    started = time.perf_counter()
+    result = json.loads((directory / "result.json").read_text())
+    chosen = next(run for run in result["candidates"] if run["candidate"] == result["chosen"])
+    sizes = np.load(directory / "sizes.npy")
+    run_spec = _run_spec(spec, budget, result["chosen_kind"])
+    model, deploy = train_deployment(
+        run_spec, split, sizes, int(chosen["selected_batches"]), progress, teachers
+    )
+    history_path = directory / f"candidate_{result['chosen']}.history.jsonl"
+    history = [json.loads(line) for line in history_path.read_text().splitlines() if line]
+    outcome = RunOutcome(
+        test_metrics=chosen["test"],
+        valid_metrics=chosen["valid"],
+        achieved_sparsity=chosen["achieved_sparsity"],
+        seconds=float(chosen["seconds"]) + deploy["seconds"],
+        stages={**chosen["stages"], "deploy": deploy},
+        selected_batches=int(chosen["selected_batches"]),
+    )
+    write_run(run_dir, run_spec, split, dataset_fingerprint, model, outcome, history)
+    return round(time.perf_counter() - started, 2)
+
+
 def _retrain_stage(
     spec: PipelineSpec,
     split: DatasetSplit,
@@ -412,21 +477,30 @@ def _retrain_stage(
     progress: bool,
     dataset_fingerprint: str | None,
 ) -> dict[str, Any]:
-    """One budget's retraining (:func:`retrain_budget`), loading the teachers from ``out`` when
-    it is ``pending`` (not finished by an earlier call)."""
+    """One budget's retraining (:func:`retrain_budget`, when it is ``pending``: not finished by
+    an earlier call) and, with ``dataset_fingerprint``, its deployment model
+    (:func:`deploy_budget`). Returns the result with ``deploy_seconds``."""
     directory = out / f"budget-{budget:g}"
-    teachers = prepare_teachers(spec, split, out, progress)[0] if pending else {}
-    return retrain_budget(
-        spec,
-        split,
-        budget,
-        candidates,
-        directory,
-        progress,
-        dataset_fingerprint,
-        teachers,
-        kinds,
+    deploying = dataset_fingerprint is not None and not (directory / "run").is_dir()
+    phases = (Phase.SEARCH, Phase.TEST) if pending else ()
+    teachers = (
+        prepare_teachers(
+            spec, split, out, progress, phases + ((Phase.DEPLOY,) if deploying else ())
+        )[0]
+        if pending or deploying
+        else {}
     )
+    result = retrain_budget(spec, split, budget, candidates, directory, progress, teachers, kinds)
+    deploy_seconds = 0.0
+    if dataset_fingerprint is not None:
+        deploy_seconds = deploy_budget(
+            spec, split, budget, directory, dataset_fingerprint, progress, teachers
+        )
+    return {**result, "deploy_seconds": deploy_seconds}
+
+
+StageReport = Callable[[str, float], None]
+"""Called with a stage's name and the pipeline's progress in [0, 1] when a stage starts."""
 
 
 def run_pipeline(
@@ -436,19 +510,23 @@ def run_pipeline(
     progress: bool = True,
     dataset_fingerprint: str | None = None,
     workers: int = 1,
+    on_stage: StageReport | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every stage; returns and writes ``summary.json``.
 
     With ``dataset_fingerprint`` (the data's :meth:`InteractionData.fingerprint`), each budget's
-    chosen model is kept as a run directory ``out/budget-<c>/run`` for ``ciess export``.
+    chosen candidate is trained once more on every interaction and kept as a run directory
+    ``out/budget-<c>/run`` for ``ciess export`` (:func:`deploy_budget`).
 
     ``workers`` > 1 runs independent stages side by side in that many processes
-    (:class:`~ciess_core.search.parallel.StageRunner`): the test phase's teacher beside the full
-    model and the search (beside the search only under the clean protocol, whose teacher needs
+    (:class:`~ciess_core.search.parallel.StageRunner`): the phases' teachers beside the search
+    (under the reference protocol the test phase's beside the full model too; the others need
     the full model's stopping batch), and the budgets' retrainings beside each other. Results
     are the same as with one worker; ``summary["timings"]`` still holds each stage's own
     seconds, so with workers their sum exceeds the wall time (``summary["seconds_this_call"]``).
+    ``on_stage`` hears of every stage as it starts (a budget job's progress).
     """
+    report: StageReport = on_stage or (lambda stage, fraction: None)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -456,31 +534,42 @@ def run_pipeline(
         budget: not (out / f"budget-{budget:g}" / "result.json").exists()
         for budget in spec.search.budgets
     }
-    needs_teacher = (
-        spec.distillation is not None
-        and spec.distillation.teacher is TeacherSource.PHASE
-        and any(pending.values())
+    deploying = dataset_fingerprint is not None and any(
+        not (out / f"budget-{budget:g}" / "run").is_dir() for budget in spec.search.budgets
     )
+    teacher_phases: list[Phase] = []
+    if spec.distillation is not None and spec.distillation.teacher is TeacherSource.PHASE:
+        teacher_phases += [Phase.TEST] if any(pending.values()) else []
+        teacher_phases += [Phase.DEPLOY] if deploying else []
     with StageRunner(workers) as runner, runner.sharing_cores():
         stage_progress = progress and not runner.parallel  # no bars from worker processes
-        teacher = None
-        if needs_teacher and spec.protocol is Protocol.REFERENCE:
-            teacher = runner.submit(_train_test_phase_teacher, spec, split, out, stage_progress)
+        teachers: dict[Phase, Future[float]] = {}
+        if Phase.TEST in teacher_phases and spec.protocol is Protocol.REFERENCE:
+            teachers[Phase.TEST] = runner.submit(
+                _train_phase_teacher, spec, split, out, stage_progress, Phase.TEST
+            )
+        report("full model", 0.0)
         full = _full_model_quality(spec, split, out / "full", progress)
-        if needs_teacher and teacher is None:  # the clean teacher needs the full model
-            teacher = runner.submit(_train_test_phase_teacher, spec, split, out, stage_progress)
+        for phase in teacher_phases:  # the clean teachers need the full model's batch count
+            if phase not in teachers:
+                teachers[phase] = runner.submit(
+                    _train_phase_teacher, spec, split, out, stage_progress, phase
+                )
         search_split, fit_split = selection_views(spec, split)
+        report("search", 0.15)
         pool, evaluator = _search_stage(spec, search_split, out, progress, timings)
         timings = {"full_model": full["seconds"], **timings}
         if spec.selection_share:  # the fits score on the held-out part: an evaluator of its own
             evaluator = None
+        report("fits", 0.4)
         candidates, kinds = {}, {}
         for budget in spec.search.budgets:
             candidates[budget], kinds[budget], evaluator = _budget_candidates(
                 spec, fit_split, out, pool, evaluator, budget, pending[budget], timings
             )
-        if teacher is not None:
-            timings["teacher"] = teacher.result()
+        for phase, teacher in teachers.items():
+            timings[_TEACHER_DIRECTORIES[phase]] = teacher.result()
+        report("retraining", 0.5)
         retrained = {
             budget: runner.submit(
                 _retrain_stage,
@@ -497,9 +586,14 @@ def run_pipeline(
             for budget in spec.search.budgets
         }
         budgets = {}
-        for budget, future in retrained.items():
-            budgets[f"{budget:g}"] = future.result()
-            timings[f"retrain_{budget:g}"] = budgets[f"{budget:g}"]["seconds"]
+        for done, (budget, future) in enumerate(retrained.items(), start=1):
+            result = future.result()
+            deploy_seconds = result.pop("deploy_seconds")
+            budgets[f"{budget:g}"] = result
+            report(f"retrained budget {budget:g}", 0.5 + 0.5 * done / len(retrained))
+            timings[f"retrain_{budget:g}"] = result["seconds"]
+            if deploy_seconds:
+                timings[f"deploy_{budget:g}"] = deploy_seconds
             sizes = np.load(out / f"budget-{budget:g}" / "sizes.npy")
             if sparsity(sizes, spec.search.max_size) < budget - 1e-12:
                 raise ConfigError(f"budget {budget} exceeded by the chosen assignment")

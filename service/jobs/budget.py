@@ -16,6 +16,11 @@ import numpy as np
 from ciess_core.artifact.manifest import Manifest
 from ciess_core.artifact.ragged import size_dtype
 from service.errors import BudgetError
+from service.schemas import MAX_BUDGET_NUMBER
+
+# How a served model's sizes were chosen (its manifest's size_scheme) as the job method that
+# chooses them so: full width is equal sizes at d_max.
+_METHOD_OF_SCHEME = {"equal": "equal", "full": "equal", "ciess": "search"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,9 @@ def resolve_budget(
             "give exactly one of target_sparsity, max_parameters or max_bytes, "
             f"got {sorted(given) or 'none'}"
         )
+    for name in ("max_parameters", "max_bytes"):
+        if name in given and given[name] > MAX_BUDGET_NUMBER:
+            raise BudgetError(f"{name} must be at most {MAX_BUDGET_NUMBER} (2**63 - 1)")
     tables, entities, width = len(manifest.tables), manifest.num_entities, manifest.max_size
     dense = tables * entities * width
     minimum = tables * entities  # one dimension per entity
@@ -108,3 +116,15 @@ def resolve_budget(
     while math.floor((1.0 - sparsity) * dense + 1e-9) > parameters:
         sparsity = math.nextafter(sparsity, 1.0)
     return Budget(sparsity, parameters, {k: float(v) for k, v in given.items()})
+
+
+def served_budget(manifest: Manifest) -> Budget:
+    """The budget the model ``manifest`` describes was made for (its asked sparsity; a model
+    made without one, by its achieved sparsity), resolved as :func:`resolve_budget` would."""
+    asked = manifest.target_sparsity
+    return resolve_budget(manifest, manifest.achieved_sparsity if asked is None else asked)
+
+
+def sizing_method(manifest: Manifest) -> str | None:
+    """The job method ("equal", "search") that sized the model, when its manifest says."""
+    return _METHOD_OF_SCHEME.get(str(manifest.dataset.get("size_scheme")))

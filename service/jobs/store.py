@@ -3,7 +3,8 @@
 Every operation opens its own short connection, so the store is safe to use from any thread or
 process. State changes are single ``UPDATE … WHERE state = …`` statements, which makes them atomic:
 two workers cannot claim the same job, and a job cancelled while it finishes ends in exactly one
-final state.
+final state. :meth:`JobStore.enqueue` checks and inserts in one ``BEGIN IMMEDIATE`` transaction:
+requests racing with the same key create one job, and the queue never passes its limit.
 
 Lifecycle: ``queued`` → ``running`` (stage and progress 0..1, heartbeats) → ``succeeded`` |
 ``failed`` | ``cancelled``; a queued job can be cancelled directly, a running one is flagged
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import ConflictError, NotFoundError
+from service.errors import ConflictError, NotFoundError, QueueFullError
 
 
 class JobState(enum.Enum):
@@ -57,10 +58,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    heartbeat_at REAL
+    heartbeat_at REAL,
+    dedupe_key TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
 """
+# Columns added since the first schema: (name, type), added to an older file when it is opened.
+_ADDED_COLUMNS = (("dedupe_key", "TEXT"),)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class Job:
     started_at: float | None
     finished_at: float | None
     heartbeat_at: float | None
+    dedupe_key: str | None = None
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -125,6 +130,14 @@ class JobStore:
             if str(mode).lower() != "wal":
                 connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(_SCHEMA)
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in columns:
+                    try:
+                        connection.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+                    except sqlite3.OperationalError as error:
+                        if "duplicate column" not in str(error):  # another process was first
+                            raise
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -162,15 +175,65 @@ class JobStore:
 
     # -- the API's side -----------------------------------------------------------------------
     def submit(self, kind: str, params: Mapping[str, Any]) -> Job:
+        """Queue a new job (no key, no limit: see :meth:`enqueue`)."""
+        job, _ = self.enqueue(kind, params)
+        return job
+
+    def enqueue(
+        self,
+        kind: str,
+        params: Mapping[str, Any],
+        key: str | None = None,
+        max_queued: int | None = None,
+        retry_after: int = 60,
+    ) -> tuple[Job, bool]:
+        """Queue a job unless one of the same ``kind`` and ``key`` is queued or running.
+
+        Returns:
+            (the job, True if it was there already).
+
+        Raises:
+            QueueFullError: ``max_queued`` jobs (of any kind) are queued already (429, with
+                ``retry_after`` seconds).
+        """
         now = time.time()
         with self._connect() as connection:
-            cursor = connection.execute(
-                "INSERT INTO jobs (kind, params, state, stage, created_at, updated_at) "
-                "VALUES (?, ?, ?, 'queued', ?, ?)",
-                (kind, json.dumps(dict(params)), JobState.QUEUED.value, now, now),
-            )
-            job_id = int(cursor.lastrowid or 0)
-        return self.get(job_id)
+            # One write transaction from the first read: a second request with the same key
+            # waits here, then finds the job this one inserted.
+            connection.execute("BEGIN IMMEDIATE")
+            if key is not None:
+                row = connection.execute(
+                    "SELECT * FROM jobs WHERE kind = ? AND dedupe_key = ? AND state IN (?, ?) "
+                    "ORDER BY id LIMIT 1",
+                    (kind, key, JobState.QUEUED.value, JobState.RUNNING.value),
+                ).fetchone()
+                if row is not None:
+                    return _job(row), True
+            if max_queued is not None:
+                (queued,) = connection.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,)
+                ).fetchone()
+                if queued >= max_queued:
+                    raise QueueFullError(
+                        f"{queued} jobs are queued already, the most the max_queued_jobs "
+                        "setting allows; try again when one has started",
+                        retry_after,
+                    )
+            row = connection.execute(
+                "INSERT INTO jobs (kind, params, state, stage, created_at, updated_at, "
+                "dedupe_key) VALUES (?, ?, ?, 'queued', ?, ?, ?) RETURNING *",
+                (kind, json.dumps(dict(params)), JobState.QUEUED.value, now, now, key),
+            ).fetchone()
+        return _job(row), False
+
+    def active(self, kind: str) -> list[Job]:
+        """Queued and running jobs of ``kind``, oldest first."""
+        with self._connect() as connection:
+            rows = connection.execute(
+                "SELECT * FROM jobs WHERE kind = ? AND state IN (?, ?) ORDER BY id",
+                (kind, JobState.QUEUED.value, JobState.RUNNING.value),
+            ).fetchall()
+        return [_job(row) for row in rows]
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a queued job now; flag a running one for its worker to stop."""

@@ -1,6 +1,11 @@
 """Admin: new budgets (as jobs), the job list, job status, cancellation and model reload.
 
 Every endpoint needs ``Authorization: Bearer <admin token>``: 401 without it, 403 when wrong.
+
+A budget is idempotent: the same budget, method and base model as a queued or running job
+answers that job (200, ``existing``), the budget the served model was made for answers that
+nothing changes (200, no job), and a new job waits in a queue of at most ``max_queued_jobs``
+(429 beyond).
 """
 
 from __future__ import annotations
@@ -12,10 +17,18 @@ from fastapi import APIRouter, Depends, Path, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from service.deps import HolderDep, MetricsDep, ModelDep, SettingsDep, StoreDep, require_admin
-from service.errors import NotReadyError
-from service.jobs.budget import resolve_budget
+from service.errors import NotReadyError, error_responses
+from service.jobs.budget import Budget, resolve_budget, served_budget, sizing_method
 from service.jobs.store import Job, JobState
-from service.schemas import BudgetRequest, JobList, JobView, ReloadResponse
+from service.model_holder import ServedModel
+from service.schemas import (
+    BudgetJob,
+    BudgetRequest,
+    BudgetUnchanged,
+    JobList,
+    JobView,
+    ReloadResponse,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -23,13 +36,12 @@ router = APIRouter(
     prefix="/v1/admin",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses={
-        401: {"description": "no bearer token"},
-        403: {"description": "wrong bearer token"},
-    },
+    responses=error_responses((401, 403)),
 )
 
 BUDGET_JOB = "budget"
+# A full queue frees up as jobs start; a budget job takes minutes.
+QUEUE_FULL_RETRY_AFTER_SECONDS = 60
 # SQLite integers are signed 64-bit: a larger id is a 422, not an OverflowError in the store.
 MAX_JOB_ID = 2**63 - 1
 JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID, description="job id")]
@@ -54,40 +66,98 @@ def job_view(job: Job) -> JobView:
     )
 
 
+def _served_already(model: ServedModel, budget: Budget, method: str | None) -> bool:
+    """Whether the served model was made for ``budget`` (and sized by ``method``, if given)."""
+    manifest = model.scorer.manifest
+    if served_budget(manifest).max_parameters != budget.max_parameters:
+        return False
+    return method is None or sizing_method(manifest) == method
+
+
+_BUDGET_RESPONSES = {
+    status.HTTP_200_OK: {
+        "description": "nothing new to do: an identical budget's queued or running job "
+        "(``existing`` true, ``Location`` set), or, without ``id``, the served model's own "
+        "budget (no job)",
+        "model": BudgetJob | BudgetUnchanged,
+        "content": {"application/json": {"examples": {
+            "unchanged": {"value": {
+                "message": "the served model 20250101T120000Z-job3 was made for this budget; "
+                "no job queued", "model_version": "20250101T120000Z-job3",
+                "target_sparsity": 0.9, "max_parameters": 3_200_000}},
+        }}},
+    },
+    status.HTTP_202_ACCEPTED: {
+        "description": "a new job, queued (poll ``Location``)",
+        "model": BudgetJob,
+    },
+    **error_responses(
+        (400, 413, 422, 429, 503),
+        {
+            422: "a budget that cannot be met, with the reason; none or several of the three "
+            "forms; a value out of range (NaN and infinities included)",
+            503: "no model loaded yet (a budget is relative to the served model)",
+        },
+    ),
+}  # fmt: skip
+
+
 @router.post(
     "/budget",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=JobView,
+    response_model=None,  # by status, below
     summary="Set a new memory budget: queues a re-search job",
-    responses={422: {"description": "a budget that cannot be met, with the reason"}},
+    responses=_BUDGET_RESPONSES,  # type: ignore[arg-type]
 )
 def set_budget(
     body: BudgetRequest, model: ModelDep, store: StoreDep, settings: SettingsDep, response: Response
-) -> JobView:
+) -> BudgetJob | BudgetUnchanged:
     """The budget is converted to a target sparsity for the served model (its entity counts,
     d_max and tables); the job retrains and exports a model within it, which then replaces the
-    served one. Poll ``Location`` for progress."""
-    budget = resolve_budget(
-        model.scorer.manifest, body.target_sparsity, body.max_parameters, body.max_bytes
-    )
-    job = store.submit(
+    served one. Poll ``Location`` for progress.
+
+    Asking again is safe: the same budget and method, on the same served model, as a queued or
+    running job answers that job (200, ``existing``: true); the budget the served model was made
+    for answers 200 without a job (``method`` then counts only when given), unless a budget job
+    is queued or running; more than ``max_queued_jobs`` queued jobs answer 429."""
+    manifest = model.scorer.manifest
+    budget = resolve_budget(manifest, body.target_sparsity, body.max_parameters, body.max_bytes)
+    method = body.method or settings.job_method
+    if _served_already(model, budget, body.method) and not store.active(BUDGET_JOB):
+        response.status_code = status.HTTP_200_OK
+        return BudgetUnchanged(
+            message=f"the served model {model.version} was made for this budget; no job queued",
+            model_version=model.version,
+            target_sparsity=budget.target_sparsity,
+            max_parameters=budget.max_parameters,
+        )
+    job, existing = store.enqueue(
         BUDGET_JOB,
         {
             "target_sparsity": budget.target_sparsity,
             "max_parameters": budget.max_parameters,
             "requested": budget.requested,
-            "method": body.method or settings.job_method,
+            "method": method,
             "base_artifact": str(model.directory),
             "base_version": model.version,
         },
+        key=f"{budget.max_parameters}:{method}:{model.version}",
+        max_queued=settings.max_queued_jobs,
+        retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS,
     )
-    logger.info("job %d queued: budget %s (sparsity %.4f)", job.id, budget.requested,
-                budget.target_sparsity)  # fmt: skip
+    if existing:
+        response.status_code = status.HTTP_200_OK
+        logger.info("budget %s: job %d has it already", budget.requested, job.id)
+    else:
+        logger.info("job %d queued: budget %s (sparsity %.4f)", job.id, budget.requested,
+                    budget.target_sparsity)  # fmt: skip
     response.headers["Location"] = f"/v1/admin/jobs/{job.id}"
-    return job_view(job)
+    return BudgetJob(**job_view(job).model_dump(), existing=existing)
 
 
-@router.get("/jobs", response_model=JobList, summary="Jobs, newest first")
+@router.get(
+    "/jobs", response_model=JobList, summary="Jobs, newest first", responses=error_responses((422,))
+)
 def list_jobs(
     store: StoreDep,
     state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
@@ -100,7 +170,7 @@ def list_jobs(
     "/jobs/{job_id}",
     response_model=JobView,
     summary="A job's state, stage and progress",
-    responses={404: {"description": "no such job"}},
+    responses=error_responses((404, 422), {404: "no such job"}),
 )
 def get_job(job_id: JobId, store: StoreDep) -> JobView:
     return job_view(store.get(job_id))
@@ -110,7 +180,7 @@ def get_job(job_id: JobId, store: StoreDep) -> JobView:
     "/jobs/{job_id}/cancel",
     response_model=JobView,
     summary="Cancel a job (a running one stops within a poll interval)",
-    responses={404: {"description": "no such job"}, 409: {"description": "already finished"}},
+    responses=error_responses((404, 409, 413, 422), {404: "no such job", 409: "already finished"}),
 )
 def cancel_job(job_id: JobId, store: StoreDep) -> JobView:
     return job_view(store.cancel(job_id))
@@ -120,7 +190,9 @@ def cancel_job(job_id: JobId, store: StoreDep) -> JobView:
     "/reload",
     response_model=ReloadResponse,
     summary="Reload the current artifact (current.json, else the configured artifact)",
-    responses={503: {"description": "the artifact could not be loaded; the old one serves"}},
+    responses=error_responses(
+        (413, 503), {503: "the artifact could not be loaded; the old one serves"}
+    ),
 )
 async def reload_model(
     holder: HolderDep, settings: SettingsDep, metrics: MetricsDep

@@ -20,10 +20,10 @@ import torch
 import uvicorn
 
 from ciess_core.artifact.export import ExportMetadata, ExportOptions, export_model
-from ciess_core.cli_service import uvicorn_http_protocol
 from ciess_core.data import Phase, load_pairs, split_per_user
 from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
 from ciess_core.training import TrainConfig, train_bpr
+from service.cli import uvicorn_http_protocol
 from service.main import create_app
 from service.settings import Settings
 from tests.conftest import clustered_interactions
@@ -39,16 +39,21 @@ class BaseArtifact:
     artifact: Path
 
 
+def write_dataset(path: Path) -> None:
+    """The clustered test interactions as a ``user item`` file."""
+    source = clustered_interactions()
+    pairs = zip(source.user_ids.tolist(), source.item_ids.tolist(), strict=True)
+    lines = [f"{source.external_user_ids[u]} {source.external_item_ids[i]}" for u, i in pairs]
+    path.write_text("\n".join(lines) + "\n")
+
+
 @pytest.fixture(scope="session")
 def base_model(tmp_path_factory: pytest.TempPathFactory) -> BaseArtifact:
     """A trained LightGCN (d_max 16) on a clustered dataset file, exported as an artifact."""
     root = tmp_path_factory.mktemp("service-base")
     data_dir = root / "data"
     data_dir.mkdir()
-    source = clustered_interactions()
-    pairs = zip(source.user_ids.tolist(), source.item_ids.tolist(), strict=True)
-    lines = [f"{source.external_user_ids[u]} {source.external_item_ids[i]}" for u, i in pairs]
-    (data_dir / DATASET_FILE).write_text("\n".join(lines) + "\n")
+    write_dataset(data_dir / DATASET_FILE)
     data = load_pairs(data_dir / DATASET_FILE)
     split = split_per_user(data, seed=42)
     train, _ = split.phase(Phase.TEST)
@@ -75,9 +80,21 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> BaseArtifact:
     return BaseArtifact(data_dir=data_dir, artifact=artifact)
 
 
+TINY_RECIPE = """
+episodes = 1
+iterations = 2
+supernet_batches = 5
+max_batches = 20
+batch_size = 256
+eval_every = 10
+"""
+
+
 @pytest.fixture
 def settings(base_model: BaseArtifact, tmp_path: Path) -> Settings:
-    """Settings with a fresh state folder, short jobs and fast polling."""
+    """Settings with a fresh state folder, short jobs (a tiny recipe) and fast polling."""
+    recipe = tmp_path / "tiny-recipe.toml"
+    recipe.write_text(TINY_RECIPE)
     return Settings(
         state_dir=tmp_path / "state",
         artifact_dir=base_model.artifact,
@@ -85,9 +102,7 @@ def settings(base_model: BaseArtifact, tmp_path: Path) -> Settings:
         admin_token=TOKEN,
         worker_poll_seconds=0.2,
         model_poll_seconds=0.2,
-        job_max_batches=20,
-        job_batch_size=256,
-        job_eval_every=10,
+        recipe_file=recipe,
     )
 
 

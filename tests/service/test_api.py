@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -15,7 +17,7 @@ from service.jobs.store import JobState, JobStore
 from service.main import create_app
 from service.schemas import MAX_BATCH_USERS, MAX_K
 from service.settings import Settings
-from tests.service.conftest import TOKEN, BaseArtifact, admin_headers
+from tests.service.conftest import TOKEN, BaseArtifact, admin_headers, live_server
 
 
 @pytest.fixture
@@ -171,7 +173,7 @@ def test_budget_creates_a_job(client: TestClient, settings: Settings) -> None:
     )
     assert response.status_code == 202, response.text
     job = response.json()
-    assert job["state"] == "queued" and job["kind"] == "budget"
+    assert job["state"] == "queued" and job["kind"] == "budget" and job["existing"] is False
     assert job["params"]["target_sparsity"] == 0.75
     assert job["params"]["max_parameters"] == 200 * 4
     assert response.headers["Location"] == f"/v1/admin/jobs/{job['id']}"
@@ -216,6 +218,80 @@ def test_budget_that_cannot_be_met_is_422(
     assert phrase in response.json()["detail"]
 
 
+def test_an_identical_budget_answers_its_job(client: TestClient) -> None:
+    first = client.post("/v1/admin/budget", json={"target_sparsity": 0.75}, headers=admin_headers())
+    assert first.status_code == 202
+    # The same budget in another form (200 · 16 · 0.25 parameters), with the default method.
+    for body in ({"target_sparsity": 0.75}, {"max_parameters": 800, "method": "equal"}):
+        again = client.post("/v1/admin/budget", json=body, headers=admin_headers())
+        assert again.status_code == 200, again.text
+        assert again.json()["id"] == first.json()["id"] and again.json()["existing"] is True
+        assert again.headers["Location"] == first.headers["Location"]
+    other_method = client.post(
+        "/v1/admin/budget",
+        json={"target_sparsity": 0.75, "method": "search"},
+        headers=admin_headers(),
+    )
+    assert other_method.status_code == 202
+    assert len(client.get("/v1/admin/jobs", headers=admin_headers()).json()["jobs"]) == 2
+
+
+def test_the_served_budget_is_a_no_op(client: TestClient) -> None:
+    # The base model is full size: sparsity 0, or any budget above its 3,200 parameters.
+    for body in ({"target_sparsity": 0.0}, {"max_parameters": 10**9}, {"max_bytes": 2**63 - 1}):
+        response = client.post("/v1/admin/budget", json=body, headers=admin_headers())
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert "id" not in answer and "no job" in answer["message"]
+        assert answer["model_version"] == "v1-base" and answer["max_parameters"] == 3200
+    assert client.get("/v1/admin/jobs", headers=admin_headers()).json()["jobs"] == []
+    # A different method is asked for on purpose: a job.
+    searched = client.post(
+        "/v1/admin/budget",
+        json={"target_sparsity": 0.0, "method": "search"},
+        headers=admin_headers(),
+    )
+    assert searched.status_code == 202
+    # While a budget job is queued, the served budget is a change again (back to it).
+    back = client.post("/v1/admin/budget", json={"target_sparsity": 0.0}, headers=admin_headers())
+    assert back.status_code == 202
+
+
+def test_a_full_queue_is_429_with_retry_after(settings: Settings) -> None:
+    with TestClient(create_app(dataclasses.replace(settings, max_queued_jobs=2))) as client:
+        for sparsity in (0.5, 0.6):
+            response = client.post(
+                "/v1/admin/budget", json={"target_sparsity": sparsity}, headers=admin_headers()
+            )
+            assert response.status_code == 202
+        full = client.post(
+            "/v1/admin/budget", json={"target_sparsity": 0.7}, headers=admin_headers()
+        )
+        assert full.status_code == 429
+        assert full.headers["Retry-After"] == "60"
+        assert "max_queued_jobs" in full.json()["detail"]
+        same = client.post(
+            "/v1/admin/budget", json={"target_sparsity": 0.6}, headers=admin_headers()
+        )
+        assert same.status_code == 200 and same.json()["existing"] is True
+
+
+def test_concurrent_identical_budgets_make_one_job(settings: Settings) -> None:
+    with live_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+
+        def post(_: int) -> httpx.Response:
+            return client.post(
+                "/v1/admin/budget", json={"target_sparsity": 0.5}, headers=admin_headers()
+            )
+
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            responses = list(pool.map(post, range(100)))
+        statuses = sorted(response.status_code for response in responses)
+        assert statuses == [200] * 99 + [202]
+        assert len({response.json()["id"] for response in responses}) == 1
+    assert JobStore(settings.job_db_path).counts()[JobState.QUEUED] == 1
+
+
 def test_reload_keeps_serving(client: TestClient) -> None:
     response = client.post("/v1/admin/reload", headers=admin_headers(TOKEN))
     assert response.status_code == 200
@@ -240,3 +316,17 @@ def test_openapi_documents_versioned_endpoints_with_examples(client: TestClient)
     components = schema["components"]["schemas"]
     assert components["BudgetRequest"]["examples"]
     assert components["RecommendationResponse"]["examples"]
+    assert "exactly one of ``target_sparsity``" in components["BudgetRequest"]["description"]
+    documented = {
+        ("post", "/v1/admin/budget"): {"200", "202", "400", "401", "403", "413", "422", "429"},
+        ("post", "/v1/recommendations"): {"200", "400", "404", "413", "422", "503"},
+        ("get", "/v1/users/{user_id}/recommendations"): {"200", "404", "422", "503"},
+        ("post", "/v1/admin/jobs/{job_id}/cancel"): {"200", "404", "409", "413", "422"},
+        ("post", "/v1/admin/reload"): {"200", "413", "503"},
+    }
+    for (method, path), statuses in documented.items():
+        assert statuses <= set(paths[path][method]["responses"]), (method, path)
+    budget_answers = paths["/v1/admin/budget"]["post"]["responses"]
+    assert "Retry-After" in budget_answers["429"]["headers"]
+    assert "existing" in components["BudgetJob"]["properties"]
+    assert "message" in components["BudgetUnchanged"]["properties"]

@@ -9,7 +9,7 @@ import pytest
 
 from ciess_core.artifact.reader import read_manifest
 from service.errors import BudgetError
-from service.jobs.budget import resolve_budget, table_bytes
+from service.jobs.budget import resolve_budget, served_budget, sizing_method, table_bytes
 from tests.service.conftest import BaseArtifact
 
 
@@ -46,6 +46,9 @@ def test_parameters_and_bytes_round_down_to_a_feasible_sparsity(manifest) -> Non
         ({"max_bytes": 10}, "below the smallest model"),
         ({}, "exactly one"),
         ({"target_sparsity": 0.5, "max_parameters": 1000}, "exactly one"),
+        ({"target_sparsity": float("inf")}, "must lie in"),
+        ({"max_parameters": 10**400}, "max_parameters must be at most"),
+        ({"max_bytes": 10**400}, "max_bytes must be at most"),
     ],
 )
 def test_impossible_budgets_say_why(manifest, arguments, phrase) -> None:  # type: ignore[no-untyped-def]
@@ -56,3 +59,15 @@ def test_impossible_budgets_say_why(manifest, arguments, phrase) -> None:  # typ
 def test_the_minimum_budget_is_one_dimension_each(manifest) -> None:  # type: ignore[no-untyped-def]
     budget = resolve_budget(manifest, max_parameters=200)
     assert budget.target_sparsity == pytest.approx(1 - 1 / 16)
+
+
+def test_the_largest_budget_number_is_the_dense_model(manifest) -> None:  # type: ignore[no-untyped-def]
+    budget = resolve_budget(manifest, max_bytes=2**63 - 1)
+    assert budget.target_sparsity == 0.0 and budget.max_parameters == 3200
+    assert budget.requested == {"max_bytes": float(2**63 - 1)}
+
+
+def test_the_served_budget_of_a_full_size_model_is_every_parameter(manifest) -> None:  # type: ignore[no-untyped-def]
+    assert manifest.target_sparsity is None
+    assert served_budget(manifest).max_parameters == 200 * 16
+    assert sizing_method(manifest) == "equal"  # full width: equal sizes at d_max

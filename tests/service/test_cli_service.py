@@ -1,4 +1,5 @@
-"""``ciess serve`` and ``ciess worker`` parse their flags into the shared settings."""
+"""``ciess serve`` and ``ciess worker`` (service/cli.py, plugged into ``ciess``) parse their flags
+into the shared settings."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ciess_core.cli_service import _export_settings, add_service_parsers
+from ciess_core.cli import build_parser
+from service.cli import _export_settings, add_service_parsers, serve_main, worker_main
 from service.jobs.store import JobState, JobStore
 from service.settings import Settings, load_settings
 from tests.service.conftest import (
@@ -44,13 +46,29 @@ def test_flags_become_the_settings_of_api_and_worker(tmp_path: Path) -> None:
     assert load_settings(_export_settings(worker)).data_dir == Path("/d")
 
 
+def test_ciess_finds_serve_and_worker_through_its_entry_points() -> None:
+    # The same flags through `ciess` (the ciess.commands entry points) as through the parsers.
+    argv = ["serve", "--state-dir", "/s", "--port", "9", "--http", "h11", "--no-worker"]
+    assert vars(build_parser().parse_args(argv)) == {**vars(_parse(*argv)), "verbose": False}
+    assert build_parser().parse_args(["worker", "--dataset", "ml-1m"]).dataset == "ml-1m"
+
+
+def test_ciess_serve_and_ciess_worker_programs_end_user_mistakes_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in [name for name in os.environ if name.startswith("CIESS_")]:
+        monkeypatch.delenv(variable)
+    assert serve_main(["--state-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: no admin token")
+    assert worker_main(["--config", str(tmp_path / "missing.toml")]) == 2
+    assert "missing.toml" in capsys.readouterr().err
+
+
+# `ciess serve` as the console script runs it: through the core's main and the entry point.
 _SERVE = """
-import argparse, logging, sys
-from ciess_core.cli_service import add_service_parsers, run_serve_command
-logging.basicConfig(level=logging.INFO)
-parser = argparse.ArgumentParser()
-add_service_parsers(parser.add_subparsers(dest="command"))
-sys.exit(run_serve_command(parser.parse_args(sys.argv[1:])))
+import sys
+from ciess_core.cli import main
+sys.exit(main(sys.argv[1:]))
 """
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from ciess_core.cli_service import uvicorn_http_protocol
+from service.cli import uvicorn_http_protocol
 from service.http_protocol import CoalescingHttpToolsProtocol, CoalescingTransport
 from service.settings import Settings
 from tests.service.conftest import live_server

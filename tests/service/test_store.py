@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from service.errors import ConflictError, NotFoundError
-from service.jobs.store import JobState, JobStore, worker_name
+from service.errors import ConflictError, NotFoundError, QueueFullError
+from service.jobs.store import _SCHEMA, JobState, JobStore, worker_name
 from service.jobs.worker import pid_alive
 
 
@@ -141,3 +141,72 @@ def test_processes_starting_together_all_open_a_new_store(tmp_path: Path) -> Non
             process.join(timeout=60)
             assert process.exitcode == 0
         assert failures.empty(), failures.get()
+
+
+def test_a_key_answers_its_queued_or_running_job(store: JobStore) -> None:
+    first, existing = store.enqueue("budget", {"n": 1}, key="k")
+    assert not existing and first.dedupe_key == "k"
+    again, existing = store.enqueue("budget", {"n": 2}, key="k")
+    assert existing and again == first
+    other, existing = store.enqueue("budget", {}, key="other")
+    assert not existing and other.id != first.id
+    assert store.enqueue("reindex", {}, key="k")[1] is False  # keys are per kind
+    assert store.claim("w", 1).id == first.id  # type: ignore[union-attr]
+    assert store.enqueue("budget", {}, key="k")[0].id == first.id  # running still counts
+    store.finish(first.id, JobState.SUCCEEDED, "done")
+    fresh, existing = store.enqueue("budget", {}, key="k")
+    assert not existing and fresh.id not in (first.id, other.id)
+    assert store.submit("budget", {}).dedupe_key is None
+
+
+def test_the_queue_has_a_limit(store: JobStore) -> None:
+    for n in range(3):
+        store.enqueue("budget", {}, key=str(n), max_queued=3)
+    with pytest.raises(QueueFullError, match="3 jobs are queued") as caught:
+        store.enqueue("budget", {}, key="3", max_queued=3, retry_after=7)
+    assert caught.value.retry_after == 7
+    assert store.enqueue("budget", {}, key="1", max_queued=3)[1]  # the same one still answers
+    store.claim("w", 1)
+    assert not store.enqueue("budget", {}, key="3", max_queued=3)[1]
+    assert store.counts()[JobState.QUEUED] == 3
+
+
+def test_concurrent_identical_submissions_make_one_job(store: JobStore) -> None:
+    """The check and the insert are one transaction: 100 racing threads, one job."""
+    threads_count = 100
+    barrier = threading.Barrier(threads_count)
+    results: list[tuple[int, bool]] = []
+    lock = threading.Lock()
+
+    def submit() -> None:
+        own = JobStore(store.path)
+        barrier.wait()
+        job, existing = own.enqueue("budget", {"target_sparsity": 0.5}, key="b", max_queued=8)
+        with lock:
+            results.append((job.id, existing))
+
+    threads = [threading.Thread(target=submit) for _ in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == threads_count
+    assert len({job_id for job_id, _ in results}) == 1
+    assert sum(not existing for _, existing in results) == 1
+    assert store.counts()[JobState.QUEUED] == 1
+
+
+def test_a_file_of_the_first_schema_gains_the_key_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    first_schema = _SCHEMA.replace(",\n    dedupe_key TEXT", "")
+    assert "dedupe_key" not in first_schema
+    with sqlite3.connect(path) as connection:
+        connection.executescript(first_schema)
+        connection.execute(
+            "INSERT INTO jobs (kind, params, state, created_at, updated_at) "
+            "VALUES ('budget', '{}', 'queued', 0, 0)"
+        )
+    store = JobStore(path)
+    assert store.get(1).dedupe_key is None
+    assert store.enqueue("budget", {}, key="k")[0].dedupe_key == "k"
+    assert JobStore(path).enqueue("budget", {}, key="k")[1]  # opened again: no second ALTER

@@ -1,5 +1,10 @@
 """``ciess serve`` and ``ciess worker``: the API (with a worker beside it) and a worker alone.
 
+The core's ``ciess`` command finds these two through the ``ciess.commands`` entry points
+(:func:`register_serve`, :func:`register_worker`), so that ``ciess_core`` never imports the
+service; ``ciess-serve`` and ``ciess-worker`` (:func:`serve_main`, :func:`worker_main`) are the same
+commands as programs of their own.
+
 Both read the service settings (``service.settings``): a TOML file named by ``--config`` or
 ``CIESS_CONFIG``, then ``CIESS_*`` variables; the flags below set those variables, so the API, its
 uvicorn workers and the job worker all see the same settings.
@@ -13,8 +18,11 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
+
+from ciess_core.cli import run_command
 
 logger = logging.getLogger("ciess")
 
@@ -27,6 +35,21 @@ _SHARED_FLAGS = {
     "dataset": "CIESS_DATASET",
 }
 
+HTTP_PROTOCOLS = ("coalescing", "httptools", "h11")
+
+_SERVE_HELP = "serve top-k over HTTP (FastAPI + onnxruntime) with a job worker beside it"
+_SERVE_DESCRIPTION = (
+    "Start the API (uvicorn) and, unless --no-worker, one job worker process. The admin token "
+    "comes from CIESS_ADMIN_TOKEN (or the config file); --dev starts without one, with open "
+    "admin endpoints, for local use only."
+)
+_WORKER_HELP = "run budget jobs from the job store (search, retrain, export, promote)"
+_WORKER_DESCRIPTION = (
+    "Claim queued jobs from the SQLite job store and run them, one at a time, each in its own "
+    "process; stops on SIGTERM. Jobs left running by a crashed worker are marked failed at "
+    "start-up."
+)
+
 
 def _add_shared(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML settings file (else $CIESS_CONFIG)")
@@ -38,44 +61,45 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="dataset of the jobs (default: the artifact's)")
 
 
-def add_service_parsers(subparsers: Any) -> None:
-    """Register ``serve`` and ``worker``."""
-    serve = subparsers.add_parser(
-        "serve",
-        help="serve top-k over HTTP (FastAPI + onnxruntime) with a job worker beside it",
-        description="Start the API (uvicorn) and, unless --no-worker, one job worker process. "
-        "The admin token comes from CIESS_ADMIN_TOKEN (or the config file); --dev starts "
-        "without one, with open admin endpoints, for local use only.",
-    )
-    _add_shared(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    serve.add_argument("--no-worker", action="store_true", help="do not start a job worker")
-    serve.add_argument("--dev", action="store_true", help="development mode (no admin token)")
-    serve.add_argument(
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_shared(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--no-worker", action="store_true", help="do not start a job worker")
+    parser.add_argument("--dev", action="store_true", help="development mode (no admin token)")
+    parser.add_argument(
         "--no-access-log",
         action="store_true",
         help="no uvicorn line per request (latency and counts stay in /metrics)",
     )
-    serve.add_argument(
+    parser.add_argument(
         "--http",
         choices=HTTP_PROTOCOLS,
         default="coalescing",
         help="HTTP implementation: coalescing (default; uvicorn's httptools protocol sending "
         "each response in one write), httptools or h11 (uvicorn's own, unchanged)",
     )
-    worker = subparsers.add_parser(
-        "worker",
-        help="run budget jobs from the job store (search, retrain, export, promote)",
-        description="Claim queued jobs from the SQLite job store and run them, one at a time, "
-        "each in its own process; stops on SIGTERM. Jobs left running by a crashed worker are "
-        "marked failed at start-up.",
-    )
+
+
+def register_serve(subparsers: Any) -> None:
+    """Add ``serve`` to ``ciess`` (the ``ciess.commands`` entry point ``serve``)."""
+    serve = subparsers.add_parser("serve", help=_SERVE_HELP, description=_SERVE_DESCRIPTION)
+    _add_serve_arguments(serve)
+    serve.set_defaults(handler=run_serve_command)
+
+
+def register_worker(subparsers: Any) -> None:
+    """Add ``worker`` to ``ciess`` (the ``ciess.commands`` entry point ``worker``)."""
+    worker = subparsers.add_parser("worker", help=_WORKER_HELP, description=_WORKER_DESCRIPTION)
     _add_shared(worker)
+    worker.set_defaults(handler=run_worker_command)
 
 
-HTTP_PROTOCOLS = ("coalescing", "httptools", "h11")
+def add_service_parsers(subparsers: Any) -> None:
+    """Register ``serve`` and ``worker``."""
+    register_serve(subparsers)
+    register_worker(subparsers)
 
 
 def uvicorn_http_protocol(name: str = "coalescing") -> Any:
@@ -152,3 +176,28 @@ def run_serve_command(arguments: argparse.Namespace) -> int:
                 worker.kill()
                 worker.wait()
     return 0
+
+
+def _standalone(
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    handler: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None,
+) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    add_arguments(parser)
+    return run_command(handler, parser.parse_args(argv))
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """``ciess-serve``: ``ciess serve`` as a program of its own."""
+    return _standalone(
+        "ciess-serve", _SERVE_DESCRIPTION, _add_serve_arguments, run_serve_command, argv
+    )
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    """``ciess-worker``: ``ciess worker`` as a program of its own."""
+    return _standalone("ciess-worker", _WORKER_DESCRIPTION, _add_shared, run_worker_command, argv)

@@ -1,0 +1,120 @@
+"""The product pipeline's public API: what ``ciess search``, budget jobs and benchmarks call.
+
+    spec = pipeline_spec("ml-1m", "lightgcn", budgets=(0.9,))   # the shipped recipe
+    summary = run_product_pipeline(spec, out=Path("runs/x"), data_dir=None)
+
+Stages (all inside :func:`ciess_core.search.pipeline.run_pipeline`): the full model, the
+supernet and the CIESS search, the share and spread fits on held-out validation, the retraining of
+the searched candidate and of per-side equal sizes (distilled), the pick on validation and one
+test (the clean protocol), then the deployment model on every interaction, kept as a run
+directory per budget for :func:`ciess_core.artifact.export.export_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ciess_core.data import open_dataset, split_per_user
+from ciess_core.errors import ConfigError
+from ciess_core.models import BackboneConfig, BackboneKind
+from ciess_core.recipes import resolve_recipe
+from ciess_core.runs import Protocol, jsonable
+from ciess_core.search.config import SearchConfig
+from ciess_core.search.pipeline import PipelineSpec, StageReport, run_pipeline
+from ciess_core.training import TrainConfig
+
+__all__ = ["PipelineSpec", "Protocol", "pipeline_spec", "run_product_pipeline"]
+
+logger = logging.getLogger(__name__)
+
+SPLIT_SEED = 42
+
+
+def pipeline_spec(
+    dataset: str,
+    backbone: str,
+    budgets: tuple[float, ...] = (0.8, 0.9, 0.95),
+    config_file: Path | str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+    protocol: Protocol = Protocol.CLEAN,
+) -> PipelineSpec:
+    """The pipeline for ``dataset`` and ``backbone`` with the recipe of
+    :func:`~ciess_core.recipes.resolve_recipe` (shipped file, ``config_file``, ``overrides``).
+
+    ``protocol``: the clean protocol is the product's; the reference protocol exists only to
+    compare with published tables (``bench/``).
+    """
+    try:
+        kind = BackboneKind(backbone)
+    except ValueError:
+        raise ConfigError(
+            f"unknown backbone {backbone!r}; expected one of {[k.value for k in BackboneKind]}"
+        ) from None
+    recipe = resolve_recipe(dataset, kind.value, config_file, overrides)
+    training = TrainConfig(
+        batch_size=recipe["batch_size"],
+        max_batches=recipe["max_batches"],
+        learning_rate=recipe["learning_rate"],
+        eval_every=recipe["eval_every"],
+        patience=recipe["patience"],
+        seed=recipe["seed"],
+        device=device,
+    )
+    return PipelineSpec(
+        dataset=dataset,
+        backbone=BackboneConfig.default_for(kind, weight_decay=recipe["weight_decay"]),
+        training=training,
+        search=SearchConfig(
+            num_episodes=recipe["episodes"],
+            iterations_per_episode=recipe["iterations"],
+            reward_penalty=recipe["reward_penalty"],
+            budgets=tuple(budgets),
+            seed=recipe["seed"],
+            device=device,
+        ),
+        supernet_batches=recipe["supernet_batches"],
+        protocol=protocol,
+    )
+
+
+def run_product_pipeline(
+    spec: PipelineSpec,
+    out: Path,
+    data_dir: Path | str | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    on_stage: StageReport | None = None,
+) -> dict[str, Any]:
+    """Load ``spec.dataset``, split it 50/25/25 and run (or resume) the pipeline in ``out``.
+
+    ``out/spec.json`` records the spec; a folder holding another spec is refused, so a rerun of
+    the same command resumes and a changed one never mixes stages of two recipes.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    described = jsonable(spec)
+    spec_path = out / "spec.json"
+    if spec_path.exists():
+        stored = json.loads(spec_path.read_text())
+        if stored != described:
+            raise ConfigError(
+                f"{out} holds a pipeline with other settings ({spec_path}); choose another "
+                "output folder to start a new one"
+            )
+    else:
+        spec_path.write_text(json.dumps(described, indent=1) + "\n")
+    data = open_dataset(spec.dataset, None if data_dir is None else str(data_dir))
+    split = split_per_user(data, seed=SPLIT_SEED)
+    return run_pipeline(
+        spec,
+        split,
+        out,
+        progress=progress,
+        dataset_fingerprint=data.fingerprint(),
+        workers=workers,
+        on_stage=on_stage,
+    )
