@@ -127,6 +127,7 @@ def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
         even_tolerance=arguments.even_tolerance,
         spread_grid=DEFAULT_SPREAD_GRID if arguments.fit_spread else (),
         selection_share=arguments.selection_share,
+        equal_candidate=False,
     )
 
 
@@ -935,7 +936,9 @@ def write_report(dataset: str) -> None:
     notes = ROOT / "docs" / "benchmarks" / f"ciess-{dataset}-experiments.notes.md"
     if notes.exists():  # hand-written findings, kept apart so that regenerating keeps them
         lines += ["## Findings", "", notes.read_text().strip(), ""]
-    (ROOT / "docs" / "benchmarks" / f"ciess-{dataset}-experiments.md").write_text("\n".join(lines) + "\n")
+    (ROOT / "docs" / "benchmarks" / f"ciess-{dataset}-experiments.md").write_text(
+        "\n".join(lines) + "\n"
+    )
 
 
 RUN_COMMANDS = {

@@ -128,13 +128,14 @@ class Server:
         Path(self.log.name).unlink(missing_ok=True)
 
 
-# ``server`` names: the service as shipped; without the turn batcher; without it and on uvicorn's
-# stock httptools protocol (two writes per response): each step shows one change's share. Then the
-# PyTorch baseline. Values: (``ciess serve --http``, environment).
-CIESS_SERVERS = {
-    "ciess": ("coalescing", {}),
-    "ciess-unbatched": ("coalescing", {"CIESS_BATCH_REQUESTS": "0"}),
-    "ciess-stock-http": ("httptools", {"CIESS_BATCH_REQUESTS": "0"}),
+# ``server`` names: the service as shipped (``ciess serve``); without the turn batcher; without it
+# and on uvicorn's stock httptools protocol (two writes per response): each step shows one change's
+# share. Then the PyTorch baseline. Values: the launcher's options, None for ``ciess serve`` itself;
+# the variants run bench/serve_variant.py (the same app and uvicorn options, switches off).
+CIESS_SERVERS: dict[str, list[str] | None] = {
+    "ciess": None,
+    "ciess-unbatched": ["--http", "coalescing", "--no-batching"],
+    "ciess-stock-http": ["--http", "httptools", "--no-batching"],
 }
 SERVERS = (*CIESS_SERVERS, "torch")
 
@@ -145,14 +146,18 @@ def start_server(
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     if kind in CIESS_SERVERS:
-        command = [
-            sys.executable, "-m", "ciess_core.cli", "serve", "--no-worker", "--no-access-log",
-            "--port", str(port), "--workers", str(workers), "--http", CIESS_SERVERS[kind][0],
-            "--artifact-dir", str(artifact), "--state-dir", str(state),
+        variant = CIESS_SERVERS[kind]
+        launcher = ["ciess_core.cli", "serve", "--no-worker"] if variant is None else [
+            "bench.serve_variant", *variant,
         ]  # fmt: skip
-        env.update(CIESS_SERVERS[kind][1])
-        env["CIESS_ADMIN_TOKEN"] = token
-        env["CIESS_SCORER_THREADS"] = "1"
+        command = [
+            sys.executable, "-m", *launcher, "--no-access-log",
+            "--port", str(port), "--workers", str(workers),
+        ]  # fmt: skip
+        env.update(
+            CIESS_ARTIFACT_DIR=str(artifact), CIESS_STATE_DIR=str(state), CIESS_ADMIN_TOKEN=token,
+            CIESS_SCORER_THREADS="1", PYTHONPATH=str(ROOT),
+        )  # fmt: skip
     else:
         command = [
             sys.executable, "-m", "uvicorn", "bench.torch_server:app_from_environment",
@@ -600,7 +605,7 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         "`bench/loadgen.py`, which schedules requests at a fixed rate. `ciess`: `ciess serve` with",
         "onnxruntime, no torch, as shipped: the requests of one event-loop turn ranked as one batch",
         "(`service/batching.py`) and each response sent in one write (`service/http_protocol.py`).",
-        "`ciess-unbatched`: the same without the batching (`CIESS_BATCH_REQUESTS=0`).",
+        "`ciess-unbatched`: the same without the batching (`bench/serve_variant.py --no-batching`).",
         "`ciess-stock-http`: without the batching and on uvicorn's stock httptools protocol",
         "(`--http httptools`: two writes per response); the three show each change's share.",
         "`torch`: `bench/torch_server.py`, the same run's",

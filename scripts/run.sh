@@ -5,7 +5,8 @@
 #
 # Environment: CIESS_DATA_DIR (default ../shared/data beside this checkout), CIESS_STATE_DIR
 # (default state/quickstart), CIESS_BUDGET (target sparsity, default 0.9), CIESS_PORT (8000),
-# CIESS_ADMIN_TOKEN (default: a random token kept in $CIESS_STATE_DIR/admin-token).
+# CIESS_ADMIN_TOKEN (default: a random token kept in $CIESS_STATE_DIR/admin-token; at least 32
+# characters), CIESS_RECIPE_FILE (default scripts/quickstart-recipe.toml).
 # The full-length search is `ciess search` with its defaults (README, section "Search").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,28 +20,27 @@ port="${CIESS_PORT:-8000}"
 search="$state/search-ml-1m-lightgcn-$budget"
 artifact="$state/artifacts/quickstart-ml-1m-lightgcn-$budget"
 started=$(date +%s)
-# The quick search's settings, also those of the budget jobs the admin endpoint starts (re-searches
-# with CIESS, not equal sizes); any of them can be set in the environment.
+# The quick search's recipe (scripts/quickstart-recipe.toml), also that of the budget jobs the admin
+# endpoint starts (the product pipeline, "search", not equal sizes); set CIESS_RECIPE_FILE to use
+# another recipe file, or to "" for the shipped full-length recipe.
+export CIESS_RECIPE_FILE="${CIESS_RECIPE_FILE-$PWD/scripts/quickstart-recipe.toml}"
 export CIESS_JOB_METHOD="${CIESS_JOB_METHOD:-search}"
-export CIESS_SEARCH_EPISODES="${CIESS_SEARCH_EPISODES:-4}"
-export CIESS_SEARCH_ITERATIONS="${CIESS_SEARCH_ITERATIONS:-5}"
-export CIESS_SEARCH_SUPERNET_BATCHES="${CIESS_SEARCH_SUPERNET_BATCHES:-600}"
-export CIESS_JOB_MAX_BATCHES="${CIESS_JOB_MAX_BATCHES:-600}"
-export CIESS_JOB_EVAL_EVERY="${CIESS_JOB_EVAL_EVERY:-100}"
+recipe=()
+if [ -n "$CIESS_RECIPE_FILE" ]; then
+    recipe=(--config "$CIESS_RECIPE_FILE")
+fi
 
 if [ ! -f "$artifact/manifest.json" ]; then
     echo "== building the first artifact: CIESS search on ml-1m at sparsity $budget =="
-    ciess search --dataset ml-1m --backbone lightgcn --budgets "$budget" \
-        --episodes "$CIESS_SEARCH_EPISODES" --iterations "$CIESS_SEARCH_ITERATIONS" \
-        --supernet-batches "$CIESS_SEARCH_SUPERNET_BATCHES" --max-batches "$CIESS_JOB_MAX_BATCHES" \
-        --eval-every 100 --retrain-top 1 --out "$search"
+    ciess search --dataset ml-1m --backbone lightgcn --budgets "$budget" ${recipe[@]+"${recipe[@]}"} \
+        --out "$search"
     ciess export "$search/budget-$budget/run" --out "$artifact"
     echo "== artifact ready after $(($(date +%s) - started)) s =="
 fi
 
 mkdir -p "$state"
 if [ -z "${CIESS_ADMIN_TOKEN:-}" ]; then
-    [ -s "$state/admin-token" ] || python -c "import secrets; print(secrets.token_hex(16))" >"$state/admin-token"
+    [ -s "$state/admin-token" ] || python -c "import secrets; print(secrets.token_hex(32))" >"$state/admin-token"
     chmod 600 "$state/admin-token"
     CIESS_ADMIN_TOKEN=$(cat "$state/admin-token")
     export CIESS_ADMIN_TOKEN

@@ -20,9 +20,12 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ciess_core.cli import run_command
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 logger = logging.getLogger("ciess")
 
@@ -32,7 +35,6 @@ _SHARED_FLAGS = {
     "state_dir": "CIESS_STATE_DIR",
     "artifact_dir": "CIESS_ARTIFACT_DIR",
     "data_dir": "CIESS_DATA_DIR",
-    "dataset": "CIESS_DATASET",
 }
 
 HTTP_PROTOCOLS = ("coalescing", "httptools", "h11")
@@ -57,8 +59,9 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--artifact-dir", help="artifact to serve before any job ran (CIESS_ARTIFACT_DIR)"
     )
-    parser.add_argument("--data-dir", help="datasets the jobs retrain on (CIESS_DATA_DIR)")
-    parser.add_argument("--dataset", help="dataset of the jobs (default: the artifact's)")
+    parser.add_argument(
+        "--data-dir", help="datasets the jobs retrain on (the artifact's dataset; CIESS_DATA_DIR)"
+    )
 
 
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +118,18 @@ def uvicorn_http_protocol(name: str = "coalescing") -> Any:
     return CoalescingHttpToolsProtocol
 
 
+def uvicorn_connection_options(settings: Settings, http: str = "coalescing") -> dict[str, Any]:
+    """uvicorn's ``http`` and ``timeout_keep_alive`` for ``settings``: the protocol of ``--http``
+    with the ``header_timeout_seconds`` deadline (:func:`service.limits.with_header_timeout`, a
+    picklable factory, so ``--workers N`` keeps working), and ``keep_alive_timeout_seconds``."""
+    from service.limits import with_header_timeout
+
+    return {
+        "http": with_header_timeout(uvicorn_http_protocol(http), settings.header_timeout_seconds),
+        "timeout_keep_alive": settings.keep_alive_timeout_seconds,
+    }
+
+
 def _export_settings(arguments: argparse.Namespace) -> dict[str, str]:
     """The environment that carries the flags to the app factory and to the worker."""
     environment = dict(os.environ)
@@ -165,7 +180,7 @@ def run_serve_command(arguments: argparse.Namespace) -> int:
             port=arguments.port,
             workers=arguments.workers,
             access_log=not arguments.no_access_log,
-            http=uvicorn_http_protocol(arguments.http),
+            **uvicorn_connection_options(settings, arguments.http),
         )
     finally:
         if worker is not None:

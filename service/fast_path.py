@@ -9,7 +9,8 @@ them, with the very same body and headers as the FastAPI route (:mod:`service.ro
 which stays in place, documented in the OpenAPI schema, and handles everything else: item
 filters, values the fast path does not recognise, unknown users (404), out-of-range ``k`` (422),
 no model (503). Requests that arrive in the same event-loop turn are ranked as one batch
-(:mod:`service.batching`) unless the ``batch_requests`` setting is off.
+(:mod:`service.batching`) unless :func:`service.main.create_app` is told otherwise
+(``batch_requests=False``, for benchmarks).
 tests/service/test_fast_path.py checks that both give the same answers.
 """
 

@@ -38,7 +38,7 @@ async def _watch_pointer(app: FastAPI) -> None:
     store: JobStore = app.state.store
     last_sweep = 0.0
     while True:
-        await asyncio.sleep(settings.model_poll_seconds)
+        await asyncio.sleep(settings.poll_seconds)
         if time.monotonic() - last_sweep > settings.stale_after_seconds / 4:
             # With no worker left to notice, a crashed job would stay "running" forever.
             last_sweep = time.monotonic()
@@ -73,8 +73,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await watcher
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The service's app; raises ConfigError without an admin token (unless dev mode)."""
+def create_app(
+    settings: Settings, *, fast_path: bool = True, batch_requests: bool = True
+) -> FastAPI:
+    """The service's app; raises ConfigError without a long enough admin token (unless dev mode).
+
+    Args:
+        settings: the service settings.
+        fast_path: answer plain single-user top-k requests ahead of FastAPI's routing
+            (:mod:`service.fast_path`; same answers, a fraction of the CPU). Off only to measure
+            or test the FastAPI route alone.
+        batch_requests: rank the fast path's requests of one event-loop turn as one batch
+            (:mod:`service.batching`; same rankings, less CPU per request under load). Off only
+            to measure it.
+    """
     settings.require_admin_token()
     if settings.dev_mode and not settings.admin_token:
         logger.warning("development mode: admin endpoints are open (no CIESS_ADMIN_TOKEN)")
@@ -89,11 +101,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.holder = holder
     app.state.store = None
-    batcher = TurnBatcher() if settings.fast_path and settings.batch_requests else None
+    batcher = TurnBatcher() if fast_path and batch_requests else None
     app.state.metrics = Metrics(holder, lambda: app.state.store, batcher)
     # Each middleware added runs outside the ones before it: metrics, then the body limit (ahead
     # of everything that could read a body, and counted in the metrics), then the fast path.
-    if settings.fast_path:
+    if fast_path:
         app.add_middleware(TopKFastPath, holder=holder, batcher=batcher)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

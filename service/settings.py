@@ -1,131 +1,124 @@
-"""Service settings: one frozen dataclass, built once from a TOML file and the environment.
+"""Service settings: one frozen pydantic-settings model, built once from a TOML file and the
+environment.
 
 Precedence, lowest first: the defaults below, the TOML file named by ``CIESS_CONFIG`` (keys are the
-field names), then ``CIESS_<FIELD>`` environment variables (``CIESS_ADMIN_TOKEN``,
-``CIESS_STATE_DIR``…). ``CIESS_DATA_DIR`` is the same variable the command line uses.
+field names), ``CIESS_<FIELD>`` environment variables (``CIESS_ADMIN_TOKEN``, ``CIESS_STATE_DIR``…),
+then explicit overrides (the command line's flags). ``CIESS_DATA_DIR`` is the same variable the
+command line uses. Other ``CIESS_*`` variables (``CIESS_CONFIG``, ``CIESS_ADMIN_TOKEN_FILE``…) are
+not settings and are left alone; an unknown key in the file is an error.
+
+``Settings(...)`` itself is the defaults and its keywords alone (tests build it so); only
+:func:`load_settings` reads the file and the environment.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
 import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from ciess_core.errors import ConfigError
 from service.schemas import MAX_BATCH_USERS, MAX_ID_LENGTH
 
 ENV_PREFIX = "CIESS_"
 CONFIG_ENV = "CIESS_CONFIG"
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+MIN_ADMIN_TOKEN_LENGTH = 32
+_STALE_POLLS = 60  # heartbeats a running job may miss before it is failed
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the API and the worker need.
+class Settings(BaseSettings):
+    """Everything the API and the worker need (``CIESS_<FIELD>`` or ``field`` in the file)."""
 
-    Attributes:
-        state_dir: the service's own folder: job store, artifacts written by jobs
-            (``artifacts/<version>``), searches and the ``current.json`` pointer to the served
-            artifact.
-        artifact_dir: the artifact served when ``state_dir`` has no ``current.json`` yet (the
-            first deployment); None to start without a model (not ready until one is promoted).
-        data_dir: folder of the datasets that budget jobs retrain on (default: $CIESS_DATA_DIR).
-        dataset: dataset name or file the jobs load; None: the one the served artifact records.
-        admin_token: bearer token of the admin endpoints; required unless ``dev_mode``.
-        dev_mode: allow starting without an admin token (admin endpoints then open); never in
-            production.
-        job_db: SQLite file of the job store (default ``state_dir/jobs.sqlite3``).
-        worker_poll_seconds: how often an idle worker looks for a queued job and a busy one
-            checks for cancellation and writes its heartbeat.
-        model_poll_seconds: how often the API checks ``current.json`` for a newly promoted model.
-        stale_after_seconds: a running job whose heartbeat is older than this is failed.
-        scorer_threads: onnxruntime intra-op threads per scorer (1 suits many small requests).
-        fast_path: answer plain single-user top-k requests ahead of FastAPI's routing
-            (:mod:`service.fast_path`; same answers, a fraction of the CPU).
-        batch_requests: rank the fast path's requests of one event-loop turn as one batch
-            (:mod:`service.batching`; same rankings, less CPU per request under load).
-        job_method: how budget jobs choose sizes unless the request says: "search" (the
-            product pipeline: CIESS and per-side equal sizes, retrained, chosen on validation,
-            as ``ciess search``) or "equal" (equal sizes under the same recipe; minutes).
-        recipe_file: a recipe file (the layout of ``ciess_core/recipes.toml``) overriding the
-            shipped recipe for budget jobs, as ``ciess search --config`` does; None: shipped.
-        max_body_bytes: a request body larger than this is refused with 413 before anything
-            (authentication, JSON parsing) reads it (:mod:`service.limits`).
-        max_batch_users: user ids one batch request may name (422 beyond; at most
-            ``service.schemas.MAX_BATCH_USERS``, which the schema checks first).
-        max_id_length: characters of an external user or item id (422 beyond; at most
-            ``service.schemas.MAX_ID_LENGTH``).
-        max_queued_jobs: queued jobs allowed at once; a new budget beyond is refused with 429.
-        keep_alive_timeout_seconds: an idle keep-alive connection is closed after this
-            (uvicorn's ``timeout_keep_alive``).
-        header_timeout_seconds: a connection that has not sent a request's headers this long
-            after it opened (or after the request's first byte) is closed
-            (:func:`service.limits.with_header_timeout`): slow or silent clients cannot hold
-            connections, and file descriptors, for ever.
-    """
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", use_attribute_docstrings=True
+    )
 
     state_dir: Path = Path("state")
+    """The service's own folder: job store (``jobs.sqlite3``), artifacts written by jobs
+    (``artifacts/<version>``), searches and the ``current.json`` pointer to the served artifact."""
     artifact_dir: Path | None = None
+    """The artifact served while ``state_dir`` has no ``current.json`` yet (the first deployment);
+    None to start without a model (not ready until one is promoted)."""
     data_dir: Path | None = None
-    dataset: str | None = None
-    admin_token: str = field(default="", repr=False)
+    """Folder of the datasets that budget jobs retrain on (the dataset is the one the served
+    artifact's manifest names)."""
+    admin_token: str = Field(default="", repr=False)
+    """Bearer token of the admin endpoints: at least 32 characters, required unless
+    ``dev_mode``."""
     dev_mode: bool = False
-    job_db: Path | None = None
-    worker_poll_seconds: float = 1.0
-    model_poll_seconds: float = 1.0
-    stale_after_seconds: float = 60.0
-    scorer_threads: int = 1
-    fast_path: bool = True
-    batch_requests: bool = True
-    job_method: str = "search"
+    """Allow starting without an admin token, or with a short one (admin endpoints then open, or
+    weakly guarded); never in production."""
+    poll_seconds: Annotated[float, Field(gt=0)] = 1.0
+    """How often the API checks ``current.json`` for a newly promoted model, an idle worker looks
+    for a queued job, and a busy one writes its job's heartbeat and checks for cancellation."""
+    scorer_threads: Annotated[int, Field(ge=0)] = 1
+    """onnxruntime intra-op threads per scorer (1 suits many small requests; 0: onnxruntime's
+    choice)."""
+    job_method: Literal["search", "equal"] = "search"
+    """How budget jobs choose sizes unless the request says: "search" (the product pipeline, as
+    ``ciess search``) or "equal" (equal sizes under the same recipe; minutes)."""
     recipe_file: Path | None = None
-    max_body_bytes: int = 1_048_576
-    max_batch_users: int = 1000
-    max_id_length: int = 256
-    max_queued_jobs: int = 8
-    keep_alive_timeout_seconds: int = 5
-    header_timeout_seconds: float = 10.0
+    """A recipe file (the layout of ``ciess_core/recipes.toml``) overriding the shipped recipe for
+    budget jobs, as ``ciess search --config`` does; None: the shipped recipe."""
+    max_body_bytes: Annotated[int, Field(ge=1)] = 1_048_576
+    """A request body larger than this is refused with 413 before anything (authentication, JSON
+    parsing) reads it (:mod:`service.limits`)."""
+    max_batch_users: Annotated[int, Field(ge=1, le=MAX_BATCH_USERS)] = 1000
+    """User ids one batch request may name (422 beyond; at most
+    ``service.schemas.MAX_BATCH_USERS``, which the schema checks first)."""
+    max_id_length: Annotated[int, Field(ge=1, le=MAX_ID_LENGTH)] = 256
+    """Characters of an external user or item id (422 beyond; at most
+    ``service.schemas.MAX_ID_LENGTH``)."""
+    max_queued_jobs: Annotated[int, Field(ge=1)] = 8
+    """Queued jobs allowed at once; a new budget beyond is refused with 429."""
+    keep_alive_timeout_seconds: Annotated[int, Field(ge=1)] = 5
+    """An idle keep-alive connection is closed after this (uvicorn's ``timeout_keep_alive``)."""
+    header_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    """A connection that has not sent a request's headers this long after it opened (or after
+    the request's first byte) is closed (:func:`service.limits.with_header_timeout`): slow or
+    silent clients cannot hold connections, and file descriptors, for ever."""
 
-    def __post_init__(self) -> None:
-        for name in (
-            "worker_poll_seconds",
-            "model_poll_seconds",
-            "stale_after_seconds",
-            "header_timeout_seconds",
-        ):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"setting {name} must be > 0, got {getattr(self, name)}")
-        for name in (
-            "max_body_bytes",
-            "max_queued_jobs",
-            "keep_alive_timeout_seconds",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"setting {name} must be >= 1, got {getattr(self, name)}")
-        for name, ceiling in (
-            ("max_batch_users", MAX_BATCH_USERS),
-            ("max_id_length", MAX_ID_LENGTH),
-        ):
-            if not 1 <= getattr(self, name) <= ceiling:
-                raise ConfigError(
-                    f"setting {name} must lie in [1, {ceiling}], got {getattr(self, name)}"
-                )
-        if self.scorer_threads < 0:
-            raise ConfigError(f"setting scorer_threads must be >= 0, got {self.scorer_threads}")
-        if self.job_method not in ("equal", "search"):
-            raise ConfigError(
-                f"setting job_method must be 'equal' or 'search', got {self.job_method!r}"
-            )
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The keywords alone: a test's Settings(...) must not depend on the caller's environment.
+        # load_settings layers the file and the environment under them.
+        return (init_settings,)
+
+    @field_validator("artifact_dir", "data_dir", "recipe_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("state_dir", "artifact_dir", "data_dir", "recipe_file")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes``, validated like the original (``model_copy`` would not)."""
+        return type(self)(**{**self.model_dump(), **changes})
 
     @property
     def job_db_path(self) -> Path:
-        return self.job_db if self.job_db is not None else self.state_dir / "jobs.sqlite3"
+        return self.state_dir / "jobs.sqlite3"
 
     @property
     def artifacts_dir(self) -> Path:
@@ -135,57 +128,78 @@ class Settings:
     def current_pointer(self) -> Path:
         return self.state_dir / "current.json"
 
+    @property
+    def stale_after_seconds(self) -> float:
+        """A running job whose heartbeat (written every ``poll_seconds``) is older than this is
+        failed: 60 polls, and never less than a minute (60 s at the default poll)."""
+        return max(60.0, _STALE_POLLS * self.poll_seconds)
+
     def require_admin_token(self) -> None:
-        """Refuse to serve without an admin token, unless ``dev_mode`` says so explicitly."""
-        if not self.admin_token and not self.dev_mode:
+        """Refuse to serve without an admin token of at least 32 characters, unless ``dev_mode``
+        says so explicitly."""
+        if self.dev_mode:
+            return
+        if not self.admin_token:
             raise ConfigError(
                 "no admin token: set CIESS_ADMIN_TOKEN (or admin_token in the CIESS_CONFIG file); "
                 "for local development only, CIESS_DEV_MODE=1 starts with open admin endpoints"
             )
+        length = len(self.admin_token.strip())
+        if length < MIN_ADMIN_TOKEN_LENGTH:
+            what = "only whitespace" if length == 0 else f"{length} characters"
+            raise ConfigError(
+                f"setting admin_token: the admin token is {what}; at least "
+                f"{MIN_ADMIN_TOKEN_LENGTH} are required outside development mode (for example "
+                "`openssl rand -hex 32`)"
+            )
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (``os.environ`` by default)."""
 
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
 
-def _convert(name: str, value: Any) -> Any:
-    """``value`` (a TOML value or an environment string) as the type of field ``name``."""
-    kind = str(_FIELDS[name].type)
-    try:
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text not in _TRUE | _FALSE:
-                raise ValueError(f"not a boolean: {value!r}")
-            return text in _TRUE
-        if kind == "int":
-            return int(value)
-        if kind == "float":
-            return float(value)
-        if "Path" in kind:
-            return None if value in (None, "") else Path(str(value)).expanduser()
-        if kind == "str | None":
-            return None if value in (None, "") else str(value)
-        return str(value)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"setting {name}: {error}") from None
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # The source looks names up lower-cased; only CIESS_* variables are candidates.
+        return {
+            name.lower(): value
+            for name, value in self._environ.items()
+            if name.startswith(ENV_PREFIX)
+        }
 
 
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file {path} (from ${CONFIG_ENV}) does not exist")
+        raise ConfigError(f"config file {path} (from ${CONFIG_ENV} or --config) does not exist")
     try:
-        values = tomllib.loads(path.read_text())
+        values: dict[str, Any] = TomlConfigSettingsSource(Settings, toml_file=path)()
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path}: {error}") from None
-    normalised = {key.replace("-", "_"): value for key, value in values.items()}
-    unknown = sorted(set(normalised) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(
-            f"config file {path}: unknown setting(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(_FIELDS))}"
-        )
-    return normalised
+    return values
+
+
+def _shown(name: str, value: Any) -> str:
+    if name == "admin_token":
+        return "(hidden)"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _explain(error: ValidationError, values: Mapping[str, Any], origins: Mapping[str, str]) -> str:
+    """One line naming each bad setting, its value and where it came from."""
+    known = ", ".join(Settings.model_fields)
+    problems = []
+    for item in error.errors():
+        name = str(item["loc"][0]) if item["loc"] else "?"
+        origin = origins.get(name, "the defaults")
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{origin}: unknown setting {name}; known: {known}")
+        else:
+            shown = _shown(name, values.get(name, item.get("input")))
+            problems.append(f"setting {name} = {shown} (from {origin}): {item['msg']}")
+    return "; ".join(problems)
 
 
 def load_settings(
@@ -196,19 +210,29 @@ def load_settings(
     Args:
         environ: the environment to read (default ``os.environ``).
         config_file: the TOML file (default: ``$CIESS_CONFIG`` if set).
-        overrides: field values that win over everything (the command line's flags).
+        overrides: field values that win over everything (the command line's flags); None is
+            "not given".
+
+    Raises:
+        ConfigError: a missing or unreadable file, an unknown key in it, or a value that is not
+            valid, naming the setting, the value and where it came from.
     """
     environment = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
     path = config_file or (Path(environment[CONFIG_ENV]) if environment.get(CONFIG_ENV) else None)
+    layers: list[tuple[str, Mapping[str, Any]]] = []  # lowest first; a later layer wins
     if path is not None:
-        values.update(_read_file(Path(path)))
-    for name in _FIELDS:
-        variable = ENV_PREFIX + name.upper()
-        if variable in environment:
-            values[name] = environment[variable]
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(values) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}")
-    return Settings(**{name: _convert(name, value) for name, value in values.items()})
+        layers.append((f"config file {path}", _read_file(Path(path))))
+    layers.append(("the environment", _Environment(Settings, environment)()))
+    layers.append(("the arguments", {k: v for k, v in overrides.items() if v is not None}))
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for origin, layer in layers:
+        values.update(layer)
+        for name in layer:
+            origins[name] = (
+                f"{ENV_PREFIX}{name.upper()}" if origin == "the environment" else origin
+            )
+    try:
+        return Settings(**values)
+    except ValidationError as error:
+        raise ConfigError(_explain(error, values, origins)) from None

@@ -94,7 +94,8 @@ def test_train_settings_from_a_config_file(pairs_file: Path, tmp_path: Path) -> 
         (["train", "--sizes", "equal", "--sparsity", "1.5"], "target sparsity"),
         (["train", "--config", "missing.toml"], "missing.toml"),
         (["search", "--budgets", "0.8,abc"], "--budgets"),
-        (["search", "--distill", "--distill-weight", "0"], "distillation weight"),
+        (["search", "--learning-rate", "-1"], "learning_rate"),
+        (["search", "--config", "missing.toml"], "missing.toml"),
     ],
 )
 def test_user_mistakes_end_in_one_error_line(
@@ -159,10 +160,29 @@ def test_plugin_commands_run_like_the_core_ones(
     assert "hello" in usage and "broken" not in usage
 
 
+TINY_RECIPE = """
+episodes = 2
+iterations = 2
+supernet_batches = 10
+max_batches = 10
+eval_every = 5
+"""
+
+
+def test_search_help_lists_at_most_fifteen_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    usage = capsys.readouterr().out
+    options = {word.rstrip(",") for word in usage.split() if word.startswith("--")}
+    assert len(options | {"-h"}) <= 15
+
+
 def test_search_runs_end_to_end_and_resumes(
     pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "search"
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
     arguments = [
         "search",
         "--dataset",
@@ -171,18 +191,8 @@ def test_search_runs_end_to_end_and_resumes(
         "0.9",
         "--out",
         str(out),
-        "--episodes",
-        "2",
-        "--iterations",
-        "2",
-        "--supernet-batches",
-        "10",
-        "--max-batches",
-        "10",
-        "--eval-every",
-        "5",
-        "--retrain-top",
-        "1",
+        "--config",
+        str(recipe),
         "--no-progress",
     ]
     assert main(arguments) == 0
@@ -190,42 +200,28 @@ def test_search_runs_end_to_end_and_resumes(
     sizes = np.load(out / "budget-0.9" / "sizes.npy")
     assert 1 - sizes.sum() / (len(sizes) * 128) >= 0.9
     assert (out / "search-trace.png").stat().st_size > 0 and (out / "sizes-0.9.png").exists()
-    # The chosen model is a run directory that exports to an artifact with the searched sizes.
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["training"]["max_batches"] == 10 and spec["protocol"] == "clean"
+    assert spec["distillation"]["teacher"] == "phase" and spec["equal_candidate"] is True
+    # The chosen model, trained on all interactions, is a run directory that exports.
     run = out / "budget-0.9" / "run"
     np.testing.assert_array_equal(np.load(run / "sizes.npy"), sizes)
-    assert json.loads((run / "config.json").read_text())["size_scheme"] == "ciess"
+    config = json.loads((run / "config.json").read_text())
+    assert config["size_scheme"] in {"ciess", "equal"} and config["trained_on"].startswith("all")
+    assert "deploy" in json.loads((run / "metrics.json").read_text())["stages"]
     artifact = tmp_path / "artifact"
     assert main(["export", str(run), "--out", str(artifact), "--data-dir", str(tmp_path)]) == 0
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["achieved_sparsity"] >= 0.9
     assert main(arguments) == 0  # resumes: every stage is already done
-    # A search written before the newer options resumes too: they were off (their defaults).
-    spec_path = out / "spec.json"
-    older = json.loads(spec_path.read_text())
-    for name in ("item_quality", "penalty_control", "penalty_step", "policy_rollouts"):
-        del older["search"][name]
-    for name in (
-        "share_grid",
-        "distillation",
-        "equal_candidate",
-        "even_tolerance",
-        "spread_grid",
-        "selection_share",
-    ):
-        del older[name]
-    spec_path.write_text(json.dumps(older))
-    assert main(arguments) == 0
-    distilled = tmp_path / "distilled"
-    # With two workers the retraining runs in a spawned process; its run folder is the same kind.
-    assert (
-        main([*arguments[:6], str(distilled), *arguments[7:], "--distill", "--workers", "2"]) == 0
-    )
-    assert json.loads((distilled / "summary.json").read_text())["workers"] == 2
-    config = json.loads((distilled / "budget-0.9" / "run" / "config.json").read_text())
-    assert config["distillation"]["weight"] == 1.0
-    assert json.loads((run / "config.json").read_text())["distillation"] is None
-    assert main([*arguments[:-1], "--episodes", "3", "--no-progress"]) == 2
+    # A flag that changes the recipe is refused on a folder of another recipe.
+    assert main([*arguments[:-1], "--max-batches", "3", "--no-progress"]) == 2
     assert "other settings" in capsys.readouterr().err
+    # With two workers the retraining runs in spawned processes; the run folder is the same.
+    parallel = tmp_path / "parallel"
+    assert main([*arguments[:6], str(parallel), *arguments[7:], "--workers", "2"]) == 0
+    assert json.loads((parallel / "summary.json").read_text())["workers"] == 2
+    np.testing.assert_array_equal(np.load(parallel / "budget-0.9" / "run" / "sizes.npy"), sizes)
 
 
 def test_train_on_a_lightgcn_folder(tmp_path: Path) -> None:

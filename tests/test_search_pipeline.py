@@ -36,6 +36,8 @@ MAX_SIZE = 16
 
 
 def tiny_spec(evaluator: EvaluatorKind = EvaluatorKind.SUPERNET) -> PipelineSpec:
+    """The paper's pipeline at a tiny scale: no fits, plain BPR, searched candidates only (each
+    test turns on what it checks; ``test_the_default_pipeline_…`` runs the product's)."""
     return PipelineSpec(
         dataset="generated",
         backbone=BackboneConfig(max_size=MAX_SIZE),
@@ -65,6 +67,11 @@ def tiny_spec(evaluator: EvaluatorKind = EvaluatorKind.SUPERNET) -> PipelineSpec
         retrain_batches=20,
         retrain_top=2,
         protocol=Protocol.CLEAN,
+        share_grid=(),
+        spread_grid=(),
+        selection_share=0.0,
+        distillation=None,
+        equal_candidate=False,
     )
 
 
@@ -480,3 +487,35 @@ def test_two_workers_give_the_same_models_as_one(
     )
     with pytest.raises(ConfigError, match="workers"):
         run_pipeline(spec, clustered_split, tmp_path / "none", progress=False, workers=0)
+
+
+def test_the_default_pipeline_deploys_the_chosen_candidate_trained_on_every_interaction(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    """The product's defaults: fits on held-out validation, the searched and the per-side equal
+    candidate both distilled, the pick on validation, then the deployment model."""
+    product = PipelineSpec(
+        dataset="generated",
+        backbone=tiny_spec().backbone,
+        training=tiny_spec().training,
+        search=tiny_spec().search,
+    )
+    spec = dataclasses.replace(product, supernet_batches=60)
+    assert spec.equal_candidate and spec.distillation is not None and spec.selection_share == 0.5
+    summary = run_pipeline(spec, clustered_split, tmp_path, progress=False, dataset_fingerprint="f")
+    for budget in ("0.5", "0.8"):
+        result = summary["budgets"][budget]
+        assert [c["kind"] for c in result["candidates"]] == ["search", "equal"]
+        chosen = result["candidates"][result["chosen"]]
+        run = tmp_path / f"budget-{budget}" / "run"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["test"] == result["test"] == chosen["test"]
+        assert metrics["stages"]["deploy"]["batches_run"] == chosen["selected_batches"]
+        config = json.loads((run / "config.json").read_text())
+        assert config["trained_on"].startswith("all") and config["format_version"] == 2
+        assert summary["timings"][f"deploy_{budget}"] > 0
+    assert {"teacher", "teacher-deploy"} <= set(summary["timings"])
+    # Each phase's teacher is a full model of that phase's data.
+    teachers, _ = prepare_teachers(spec, clustered_split, tmp_path)
+    assert set(teachers) == {Phase.SEARCH, Phase.TEST, Phase.DEPLOY}
+    assert teachers[Phase.DEPLOY].num_users == clustered_split.num_users

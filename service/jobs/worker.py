@@ -56,7 +56,7 @@ def _watch_parent(settings: Settings, store: JobStore, job_id: int, parent: int)
     """Exit the job process when its worker is gone or the job is no longer running (failed by
     another worker's stale sweep): an orphaned job must not keep computing or write results."""
     while True:
-        time.sleep(settings.worker_poll_seconds)
+        time.sleep(settings.poll_seconds)
         if os.getppid() != parent:
             logger.error("job %d: its worker died; stopping", job_id)
             os._exit(3)
@@ -117,7 +117,7 @@ def execute(settings: Settings, store: JobStore, job: Job, stop: threading.Event
     process.start()
     logger.info("job %d (%s) started in process %s", job.id, job.kind, process.pid)
     while True:
-        process.join(settings.worker_poll_seconds)
+        process.join(settings.poll_seconds)
         if not process.is_alive():
             break
         if store.heartbeat(job.id):
@@ -166,7 +166,7 @@ def execute(settings: Settings, store: JobStore, job: Job, stop: threading.Event
 
 
 def _stop_with_parent(parent_pid: int, stop: threading.Event, settings: Settings) -> None:
-    while not stop.wait(settings.worker_poll_seconds):
+    while not stop.wait(settings.poll_seconds):
         if os.getppid() != parent_pid:
             logger.warning("worker: its parent %d is gone; stopping", parent_pid)
             stop.set()
@@ -210,7 +210,7 @@ def run_worker(
             if once:
                 break
             store.fail_stale(settings.stale_after_seconds, alive=pid_alive)
-            stop.wait(settings.worker_poll_seconds)
+            stop.wait(settings.poll_seconds)
             continue
         ran += 1
         try:

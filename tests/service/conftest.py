@@ -23,13 +23,13 @@ from ciess_core.artifact.export import ExportMetadata, ExportOptions, export_mod
 from ciess_core.data import Phase, load_pairs, split_per_user
 from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
 from ciess_core.training import TrainConfig, train_bpr
-from service.cli import uvicorn_http_protocol
+from service.cli import uvicorn_connection_options
 from service.main import create_app
 from service.settings import Settings
 from tests.conftest import clustered_interactions
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-TOKEN = "test-admin-token"
+TOKEN = "test-admin-token-of-32-characters-at-least"
 DATASET_FILE = "clustered.txt"
 
 
@@ -100,8 +100,7 @@ def settings(base_model: BaseArtifact, tmp_path: Path) -> Settings:
         artifact_dir=base_model.artifact,
         data_dir=base_model.data_dir,
         admin_token=TOKEN,
-        worker_poll_seconds=0.2,
-        model_poll_seconds=0.2,
+        poll_seconds=0.2,
         recipe_file=recipe,
     )
 
@@ -118,14 +117,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(settings: Settings) -> Iterator[str]:
-    """uvicorn on loopback (a free port) in a thread; yields the base URL, stops it after."""
+def live_server(settings: Settings, **app_options: bool) -> Iterator[str]:
+    """uvicorn on loopback (a free port) in a thread, with ``ciess serve``'s connection options;
+    yields the base URL, stops it after. ``app_options`` go to :func:`create_app`."""
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, **app_options),
         host="127.0.0.1",
         port=free_port(),
         log_level="warning",
-        http=uvicorn_http_protocol(),  # what ``ciess serve`` runs
+        **uvicorn_connection_options(settings),  # what ``ciess serve`` runs
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -150,10 +150,9 @@ def worker_environment(settings: Settings) -> dict[str, str]:
             "CIESS_ARTIFACT_DIR": str(settings.artifact_dir),
             "CIESS_DATA_DIR": str(settings.data_dir),
             "CIESS_ADMIN_TOKEN": settings.admin_token,
-            "CIESS_WORKER_POLL_SECONDS": str(settings.worker_poll_seconds),
-            "CIESS_JOB_MAX_BATCHES": str(settings.job_max_batches),
-            "CIESS_JOB_BATCH_SIZE": str(settings.job_batch_size),
-            "CIESS_JOB_EVAL_EVERY": str(settings.job_eval_every),
+            "CIESS_POLL_SECONDS": str(settings.poll_seconds),
+            "CIESS_JOB_METHOD": settings.job_method,
+            "CIESS_RECIPE_FILE": str(settings.recipe_file or ""),
             "OMP_NUM_THREADS": "1",
             "PYTHONPATH": str(REPOSITORY),
         }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -131,7 +130,7 @@ def test_health_and_readiness(client: TestClient, settings: Settings) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["model_version"] == "v1-base"
-    empty = dataclasses.replace(settings, artifact_dir=None)
+    empty = settings.replace(artifact_dir=None)
     with TestClient(create_app(empty)) as not_ready:
         assert not_ready.get("/readyz").status_code == 503
         assert not_ready.get("/v1/users/u1/recommendations").status_code == 503
@@ -161,8 +160,10 @@ def test_admin_needs_the_right_token(client: TestClient) -> None:
 
 def test_no_admin_token_refuses_to_start(settings: Settings) -> None:
     with pytest.raises(ConfigError, match="CIESS_ADMIN_TOKEN"):
-        create_app(dataclasses.replace(settings, admin_token=""))
-    open_app = create_app(dataclasses.replace(settings, admin_token="", dev_mode=True))
+        create_app(settings.replace(admin_token=""))
+    with pytest.raises(ConfigError, match="at least 32"):
+        create_app(settings.replace(admin_token="x" * 31))
+    open_app = create_app(settings.replace(admin_token="", dev_mode=True))
     with TestClient(open_app) as dev_client:
         assert dev_client.get("/v1/admin/jobs").status_code == 200
 
@@ -258,7 +259,7 @@ def test_the_served_budget_is_a_no_op(client: TestClient) -> None:
 
 
 def test_a_full_queue_is_429_with_retry_after(settings: Settings) -> None:
-    with TestClient(create_app(dataclasses.replace(settings, max_queued_jobs=2))) as client:
+    with TestClient(create_app(settings.replace(max_queued_jobs=2))) as client:
         for sparsity in (0.5, 0.6):
             response = client.post(
                 "/v1/admin/budget", json={"target_sparsity": sparsity}, headers=admin_headers()

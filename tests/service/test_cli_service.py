@@ -4,17 +4,27 @@ into the shared settings."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import pickle
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from ciess_core.cli import build_parser
-from service.cli import _export_settings, add_service_parsers, serve_main, worker_main
+from service.cli import (
+    _export_settings,
+    add_service_parsers,
+    run_serve_command,
+    serve_main,
+    worker_main,
+)
 from service.jobs.store import JobState, JobStore
 from service.settings import Settings, load_settings
 from tests.service.conftest import (
@@ -50,7 +60,29 @@ def test_ciess_finds_serve_and_worker_through_its_entry_points() -> None:
     # The same flags through `ciess` (the ciess.commands entry points) as through the parsers.
     argv = ["serve", "--state-dir", "/s", "--port", "9", "--http", "h11", "--no-worker"]
     assert vars(build_parser().parse_args(argv)) == {**vars(_parse(*argv)), "verbose": False}
-    assert build_parser().parse_args(["worker", "--dataset", "ml-1m"]).dataset == "ml-1m"
+    assert build_parser().parse_args(["worker", "--data-dir", "/d"]).data_dir == "/d"
+
+
+def test_serve_passes_the_connection_timeouts_to_uvicorn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in [name for name in os.environ if name.startswith("CIESS_")]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("CIESS_KEEP_ALIVE_TIMEOUT_SECONDS", "7")
+    monkeypatch.setenv("CIESS_HEADER_TIMEOUT_SECONDS", "3")
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # serve exports the flags into it
+    monkeypatch.setattr(signal, "signal", lambda *arguments: None)
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(options, app=app))
+    arguments = _parse(
+        "serve", "--no-worker", "--dev", "--state-dir", str(tmp_path), "--workers", "2"
+    )
+    assert run_serve_command(arguments) == 0
+    assert seen["app"] == "service.main:app_from_environment" and seen["workers"] == 2
+    assert seen["timeout_keep_alive"] == 7
+    protocol = seen["http"]
+    assert isinstance(protocol, functools.partial) and 3.0 in protocol.args
+    assert pickle.loads(pickle.dumps(protocol)).args == protocol.args  # for --workers N
 
 
 def test_ciess_serve_and_ciess_worker_programs_end_user_mistakes_in_one_line(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -37,8 +36,10 @@ USERS = ["u0", "u5", "nobody", "u%2F1"]
 
 @pytest.fixture
 def clients(settings: Settings) -> Iterator[tuple[TestClient, TestClient]]:
-    slow = dataclasses.replace(settings, fast_path=False)
-    with TestClient(create_app(settings)) as fast, TestClient(create_app(slow)) as plain:
+    with (
+        TestClient(create_app(settings)) as fast,
+        TestClient(create_app(settings, fast_path=False)) as plain,
+    ):
         yield fast, plain
 
 
@@ -77,7 +78,7 @@ def test_fast_path_requests_are_counted_in_the_metrics(
 
 
 def test_fast_path_waits_for_a_model(settings: Settings) -> None:
-    with TestClient(create_app(dataclasses.replace(settings, artifact_dir=None))) as client:
+    with TestClient(create_app(settings.replace(artifact_dir=None))) as client:
         assert client.get("/v1/users/u0/recommendations").status_code == 503
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 import socket
 import threading
@@ -130,7 +129,7 @@ def test_a_long_unknown_id_gets_a_bounded_answer(client: TestClient, settings: S
         f"{settings.max_id_length} allowed (the max_id_length setting)"
     )
     # Ids as long as the ceiling allows, all unknown: the 404 is cut, not as long as they are.
-    lenient = dataclasses.replace(settings, max_id_length=MAX_ID_LENGTH)
+    lenient = settings.replace(max_id_length=MAX_ID_LENGTH)
     with TestClient(create_app(lenient)) as wide:
         ids = [str(n) * MAX_ID_LENGTH for n in range(5)]
         response = wide.post("/v1/recommendations", json={"user_ids": ids})
@@ -140,7 +139,7 @@ def test_a_long_unknown_id_gets_a_bounded_answer(client: TestClient, settings: S
 
 
 def test_the_batch_size_setting(settings: Settings) -> None:
-    small = dataclasses.replace(settings, max_batch_users=3)
+    small = settings.replace(max_batch_users=3)
     with TestClient(create_app(small)) as client:
         assert client.post("/v1/recommendations", json={"user_ids": ["u1"] * 3}).status_code == 200
         response = client.post("/v1/recommendations", json={"user_ids": ["u1"] * 4})
@@ -159,7 +158,7 @@ def test_check_ids() -> None:
 
 
 def test_an_oversized_body_is_413_before_authentication(settings: Settings) -> None:
-    small = dataclasses.replace(settings, max_body_bytes=1000)
+    small = settings.replace(max_body_bytes=1000)
     with TestClient(create_app(small)) as client:
         padding = "u1" * 600
         for path in ("/v1/admin/budget", "/v1/recommendations", "/v1/admin/reload", "/nowhere"):

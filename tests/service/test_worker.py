@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 
 from service.jobs.store import JobState, JobStore
 from service.jobs.worker import run_worker
 from service.model_holder import read_pointer
 from service.settings import Settings
+from tests.service.conftest import DATASET_FILE
 
 
-def test_a_failing_job_records_why_and_promotes_nothing(settings: Settings) -> None:
-    broken = dataclasses.replace(settings, dataset="missing.txt")
+def test_a_failing_job_records_why_and_promotes_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "no-datasets").mkdir()
+    broken = settings.replace(data_dir=tmp_path / "no-datasets")
     store = JobStore(broken.job_db_path)
     job = store.submit("budget", {"target_sparsity": 0.5, "method": "equal"})
     assert run_worker(broken, once=True) == 1
     failed = store.get(job.id)
     assert failed.state is JobState.FAILED
-    assert "missing.txt" in failed.message
+    assert DATASET_FILE in failed.message
     assert not broken.current_pointer.exists()
     assert read_pointer(broken) == settings.artifact_dir
 
