@@ -1,9 +1,9 @@
 """The ``ciess`` command line.
 
-Configuration comes, in rising precedence, from the built-in defaults, a ``--config`` file (TOML or
-JSON, keys named like the long flags with dashes or underscores) and the flags themselves. The data
-directory can also come from ``CIESS_DATA_DIR``. User mistakes end in one ``error:`` line and exit
-status 2, never a traceback.
+Training settings come, in rising precedence, from the shipped recipe for the dataset and backbone
+(``ciess_core/recipes.toml``), a ``--config`` recipe file of the same layout and the flags; the
+data directory can also come from ``CIESS_DATA_DIR``. User mistakes end in one ``error:`` line and
+exit status 2, never a traceback.
 
 Commands beyond the core's (``serve`` and ``worker``, from ``service/``) come from the entry points
 of the group ``ciess.commands``: each loads a ``register(subparsers)`` that adds its parser and sets
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -24,8 +23,6 @@ from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from ciess_core.cli_search import add_search_parser, run_search_command
 from ciess_core.errors import CiessError, ConfigError
@@ -36,160 +33,87 @@ COMMANDS_GROUP = "ciess.commands"
 
 Handler = Callable[[argparse.Namespace], int]
 
-_TRAIN_DEFAULTS: dict[str, Any] = {
-    "dataset": "ml-1m",
-    "data_dir": None,
-    "backbone": "lightgcn",
-    "sizes": "full",
-    "sparsity": None,
-    "protocol": "clean",
-    "out": None,
-    "runs_dir": "runs",
-    "seed": 42,
-    "split_seed": 42,
-    "device": "cpu",
-    "batch_size": 10_000,
-    "max_batches": 3_000,
-    "learning_rate": 0.03,
-    "eval_every": 200,
-    "patience": 3,
-    "weight_decay": None,
-}
-
-
-def _load_config_file(path: str) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file {file} does not exist")
-    text = file.read_text()
-    try:
-        values = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"config file {file}: {error}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {file}: expected a table of settings at the top level")
-    normalised = {key.replace("-", "_"): value for key, value in values.items()}
-    unknown = sorted(set(normalised) - set(_TRAIN_DEFAULTS))
-    if unknown:
-        raise ConfigError(
-            f"config file {file}: unknown setting(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(_TRAIN_DEFAULTS))}"
-        )
-    return normalised
-
 
 def _add_train_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train one backbone at a size assignment and write a run directory",
         description="Train a backbone (BPR) at full size, equal sizes (ES) or mixed random sizes "
-        "(MR) at a target sparsity; writes config.json, metrics.json, history.jsonl, sizes.npy "
-        "and model.pt to a run directory.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        argument_default=argparse.SUPPRESS,
+        "(MR) at a target sparsity under the clean protocol (select the batch count on "
+        "validation, test once), then train the model to serve on every interaction; writes "
+        "config.json, metrics.json, history.jsonl, sizes.npy and model.pt to a run directory. "
+        "Training settings come from the shipped recipe for the dataset and backbone, then "
+        "--config, then the flags.",
     )
-    parser.add_argument("--config", help="TOML or JSON file with any of these settings")
-    parser.add_argument(
-        "--dataset",
-        help="ml-1m, yelp2018 or a path to an interactions file "
-        f"(default {_TRAIN_DEFAULTS['dataset']})",
-    )
-    parser.add_argument(
-        "--data-dir", help="folder holding the datasets (default: $CIESS_DATA_DIR, then ./data)"
-    )
-    parser.add_argument("--backbone", choices=["lightgcn", "ngcf", "ncf"], help="default lightgcn")
+    parser.add_argument("--dataset", default="ml-1m", help="ml-1m, yelp2018, a file or a folder")
+    parser.add_argument("--data-dir", help="datasets folder (default $CIESS_DATA_DIR, ./data)")
+    parser.add_argument("--backbone", default="lightgcn", choices=["lightgcn", "ngcf", "ncf"])
     parser.add_argument(
         "--sizes",
+        default="full",
         choices=["full", "equal", "random"],
-        help="full width, equal sizes (ES) or mixed random (MR); default full",
+        help="full width, equal sizes (ES) or mixed random sizes (MR)",
     )
     parser.add_argument(
-        "--sparsity",
-        type=float,
-        help="target sparsity c for equal/random, e.g. 0.9 keeps 10%% of the table",
-    )
-    parser.add_argument(
-        "--protocol",
-        choices=["clean", "reference"],
-        help="clean: select on validation; reference: the authors' test-set "
-        "selection, only for comparison with published numbers (default clean)",
+        "--sparsity", type=float, help="target sparsity for equal/random, e.g. 0.9 keeps 10%%"
     )
     parser.add_argument("--out", help="run directory to create (default runs/<name>-<time>)")
-    parser.add_argument("--runs-dir", help="parent of generated run directories (default runs)")
-    parser.add_argument("--seed", type=int, help="training seed (default 42)")
-    parser.add_argument("--split-seed", type=int, help="50/25/25 split seed (default 42)")
-    parser.add_argument("--device", help="cpu or cuda (default cpu)")
-    parser.add_argument("--batch-size", type=int, help="users per BPR batch (default 10000)")
-    parser.add_argument("--max-batches", type=int, help="training batches at most (default 3000)")
-    parser.add_argument("--learning-rate", type=float, help="Adam's initial rate (default 0.03)")
-    parser.add_argument("--eval-every", type=int, help="batches between evaluations (default 200)")
     parser.add_argument(
-        "--patience", type=int, help="evaluations without gain before stopping (default 3)"
+        "--config", help="recipe file (TOML or JSON) overriding the shipped recipe's settings"
     )
-    parser.add_argument(
-        "--weight-decay",
-        type=float,
-        help="L2 on the batch embeddings (default: the backbone's, 1e-3; 1e-4 for NCF)",
-    )
+    parser.add_argument("--learning-rate", type=float, help="Adam's initial learning rate")
+    parser.add_argument("--weight-decay", type=float, help="L2 on the batch embeddings")
+    parser.add_argument("--max-batches", type=int, help="cap on the training's batches")
+    parser.add_argument("--seed", type=int, help="training seed")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _train(arguments: argparse.Namespace) -> int:
     # Imported here so that `ciess --help` stays fast and torch-free commands stay torch-free.
     from ciess_core.data import open_dataset, split_per_user
-    from ciess_core.models import BackboneConfig, BackboneKind
-    from ciess_core.runs import Protocol, RunSpec, execute_and_deploy, run_sizes, write_run
+    from ciess_core.pipeline import SPLIT_SEED, pipeline_spec
+    from ciess_core.runs import RunSpec, execute_and_deploy, run_sizes, write_run
     from ciess_core.sizes import SizeScheme
-    from ciess_core.training import TrainConfig
 
-    given = vars(arguments)
-    settings = dict(_TRAIN_DEFAULTS)
-    if "config" in given:
-        settings.update(_load_config_file(given["config"]))
-    settings.update({k: v for k, v in given.items() if k in _TRAIN_DEFAULTS})
-    progress = not given.get("no_progress", False)
-
-    scheme = SizeScheme(settings["sizes"])
-    if scheme is not SizeScheme.FULL and settings["sparsity"] is None:
+    scheme = SizeScheme(arguments.sizes)
+    if scheme is not SizeScheme.FULL and arguments.sparsity is None:
         raise ConfigError(f"--sizes {scheme.value} needs --sparsity (for example 0.9)")
-    overrides: dict[str, Any] = {}
-    if settings["weight_decay"] is not None:
-        overrides["weight_decay"] = settings["weight_decay"]
-    backbone = BackboneConfig.default_for(BackboneKind(settings["backbone"]), **overrides)
-    training = TrainConfig(
-        batch_size=settings["batch_size"],
-        max_batches=settings["max_batches"],
-        learning_rate=settings["learning_rate"],
-        eval_every=settings["eval_every"],
-        patience=settings["patience"],
-        seed=settings["seed"],
-        device=settings["device"],
+    recipe = pipeline_spec(
+        arguments.dataset,
+        arguments.backbone,
+        config_file=arguments.config,
+        overrides={
+            "learning_rate": arguments.learning_rate,
+            "weight_decay": arguments.weight_decay,
+            "max_batches": arguments.max_batches,
+            "seed": arguments.seed,
+        },
+        device=arguments.device,
     )
     spec = RunSpec(
-        dataset=settings["dataset"],
-        backbone=backbone,
-        training=training,
+        dataset=arguments.dataset,
+        backbone=recipe.backbone,
+        training=recipe.training,
         size_scheme=scheme,
-        target_sparsity=settings["sparsity"],
-        protocol=Protocol(settings["protocol"]),
-        split_seed=settings["split_seed"],
+        target_sparsity=arguments.sparsity,
+        split_seed=SPLIT_SEED,
     )
-    data = open_dataset(spec.dataset, settings["data_dir"])
+    data = open_dataset(spec.dataset, arguments.data_dir)
     split = split_per_user(data, seed=spec.split_seed)
     sizes = run_sizes(spec, split.num_users + split.num_items)
-    out = settings["out"]
+    out = arguments.out
     if out is None:
         label = Path(spec.dataset).stem if "/" in spec.dataset else spec.dataset
-        suffix = "" if scheme is SizeScheme.FULL else f"-{settings['sparsity']}"
+        suffix = "" if scheme is SizeScheme.FULL else f"-{arguments.sparsity}"
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = (
-            Path(settings["runs_dir"])
-            / f"{label}-{backbone.kind.value}-{scheme.value}{suffix}-{stamp}"
-        )
+        out = Path("runs") / f"{label}-{spec.backbone.kind.value}-{scheme.value}{suffix}-{stamp}"
     out = Path(out)
     if out.exists():
         raise ConfigError(f"run directory {out} already exists; choose another --out")
-    model, outcome, history = execute_and_deploy(spec, split, sizes, progress=progress)
+    model, outcome, history = execute_and_deploy(
+        spec, split, sizes, progress=not arguments.no_progress
+    )
     write_run(out, spec, split, data.fingerprint(), model, outcome, history)
     metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.test_metrics.items()))
     print(f"run: {out}")

@@ -4,20 +4,23 @@
 #      service image's `pip list` (which must not contain torch);
 #   2. `compose up` on an empty volume: init trains and exports a small first model, then the API
 #      and the worker start; wait until /readyz answers 200 (time from `up` to ready);
-#   3. top-k for a user; a budget update with the admin token (401 without it); wait for the job;
-#      check that the served model changed to the job's artifact at the new sparsity, while a
-#      client kept asking for top-k the whole time without one failure;
+#   3. top-k for a user; a budget update with the admin token (401 without it): the default job,
+#      the product pipeline ("search"), under a tiny recipe file (docker/compose.recipe.yml); wait
+#      for the job; check that the served model changed to the job's artifact at the new sparsity,
+#      while a client kept asking for top-k the whole time without one failure; then an equal-size
+#      job at another budget, promoted in turn;
 #   4. `down` and `up` again on the same volume: the job history and the current artifact are kept;
 #   5. tear everything down (containers, network, volume; the images stay, as build cache).
 #
 # Honours CONTAINER_ENGINE (default docker), COMPOSE (default "docker compose") and BASE_IMAGE
 # (default python:3.11-slim); on this project's machines: `source ../shared/tools/container-engine.sh`
 # first. Other knobs: CIESS_DATA_DIR (host folder of the datasets, default ../shared/data),
-# SMOKE_PORT (default 18000), TORCH_INDEX_URL / TORCH_FIND_LINKS (where the trainer build finds the
-# CPU torch; default: a CPU wheel in pip's find-links folder on this host, linked into
-# docker/wheels/, else PyTorch's CPU index), SMOKE_REMOVE_IMAGES=1 (remove the images at the end),
-# SMOKE_PRUNE=0 (keep dangling images: by default they are pruned after the builds),
-# SMOKE_MIN_FREE_GB (default 10: the free space the builds need in the engine's storage).
+# SMOKE_PORT (default 18000), SMOKE_INIT_BATCHES and SMOKE_JOB_BATCHES (training batches of the
+# first model and of each training of a job, default 50), TORCH_INDEX_URL / TORCH_FIND_LINKS (where
+# the trainer build finds the CPU torch; default: a CPU wheel in pip's find-links folder on this
+# host, linked into docker/wheels/, else PyTorch's CPU index), SMOKE_REMOVE_IMAGES=1 (remove the
+# images at the end), SMOKE_PRUNE=0 (keep dangling images: by default they are pruned after the
+# builds), SMOKE_MIN_FREE_GB (default 10: the free space the builds need in the engine's storage).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,9 +45,15 @@ elapsed() { python3 -c "print(f'{$(now) - $1:.1f}')"; }
 export CIESS_IMAGE_TAG=$TAG CIESS_PORT=$PORT CIESS_DATA_DIR=$DATA_DIR CIESS_ADMIN_TOKEN=$TOKEN
 export BASE_IMAGE
 export CIESS_INIT_DATASET=ml-1m
-export CIESS_INIT_TRAIN_ARGS="--sizes equal --sparsity 0.9 --max-batches ${SMOKE_INIT_BATCHES:-50} --eval-every 0"
-export CIESS_JOB_MAX_BATCHES=${SMOKE_JOB_BATCHES:-50} CIESS_JOB_EVAL_EVERY=0
-COMPOSE_FILES=(-f docker-compose.yml)
+export CIESS_INIT_TRAIN_ARGS="--sizes equal --sparsity 0.9 --max-batches ${SMOKE_INIT_BATCHES:-50}"
+# The jobs' recipe (the layout of ciess_core/recipes.toml), mounted read-only into the worker by
+# docker/compose.recipe.yml: the whole pipeline (full model, search, fits, retraining, deployment
+# model) in minutes of CPU.
+printf '%s\n' "episodes = 1" "iterations = 2" "supernet_batches = 30" \
+    "max_batches = ${SMOKE_JOB_BATCHES:-50}" "eval_every = 25" >"$WORK/recipe.toml"
+chmod 0444 "$WORK/recipe.toml" # read by the container's non-root user
+export CIESS_RECIPE_HOST_FILE=$WORK/recipe.toml
+COMPOSE_FILES=(-f docker-compose.yml -f docker/compose.recipe.yml)
 compose() { "${COMPOSE_CMD[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"; }
 plain() { sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /'; } # indented, without colours
 
@@ -279,41 +288,54 @@ with open(f"{work}/load.json", "w") as out:
 EOF
 echo $! >"$WORK/load.pid"
 
-# --- a budget update ---------------------------------------------------------------------------
-budget='{"target_sparsity": 0.95, "method": "equal"}'
+# --- budget updates ------------------------------------------------------------------------------
+run_job() { # BODY: post the budget and wait for its job to end; sets job, reply and state
+    reply=$(SMOKE_AUTH=$TOKEN http POST /v1/admin/budget "$1")
+    [ "${reply%% *}" = 202 ] || fail "POST /v1/admin/budget $1: $reply"
+    job=$(field "${reply#* }" "['id']")
+    log "budget job $job queued: $1"
+    local t_job deadline
+    t_job=$(now)
+    deadline=$(($(date +%s) + 900))
+    state=queued
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        reply=$(SMOKE_AUTH=$TOKEN http GET "/v1/admin/jobs/$job")
+        state=$(field "${reply#* }" "['state']")
+        case "$state" in succeeded | failed | cancelled) break ;; esac
+        sleep 2
+    done
+    log "job $job ($(field "${reply#* }" "['params'].get('method')")): $state after" \
+        "$(elapsed "$t_job") s ($(field "${reply#* }" "['message']"))"
+    [ "$state" = succeeded ] || fail "job $job ended $state"
+}
+wait_served() { # VERSION BUDGET: the API swaps the promoted artifact in within its poll interval
+    local deadline=$(($(date +%s) + 60))
+    version_after=""
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        reply=$(http GET /v1/model)
+        version_after=$(field "${reply#* }" "['version']")
+        [ "$version_after" = "$1" ] && break
+        sleep 1
+    done
+    [ "$version_after" = "$1" ] || fail "the API serves $version_after, not the promoted $1"
+    sparsity_after=$(field "${reply#* }" "['sparsity']")
+    python3 -c "import sys; sys.exit(not float(sys.argv[1]) >= float(sys.argv[2]) - 1e-9)" \
+        "$sparsity_after" "$2" || fail "the new model's sparsity $sparsity_after misses the budget $2"
+    log "serving $version_after (sparsity $sparsity_after, sizes" \
+        "$(field "${reply#* }" "['dataset'].get('size_scheme')"))"
+}
+
+# The default job (no method: the service's job_method, the product pipeline), under load.
+budget='{"target_sparsity": 0.95}'
 reply=$(http POST /v1/admin/budget "$budget")
 [ "${reply%% *}" = 401 ] || fail "a budget update without the token was not refused with 401: $reply"
-reply=$(SMOKE_AUTH=$TOKEN http POST /v1/admin/budget "$budget")
-[ "${reply%% *}" = 202 ] || fail "POST /v1/admin/budget: $reply"
-job=$(field "${reply#* }" "['id']")
-log "budget job $job queued: $budget"
-t_job=$(now)
-deadline=$(($(date +%s) + 900))
-state=queued
-while [ "$(date +%s)" -lt "$deadline" ]; do
-    reply=$(SMOKE_AUTH=$TOKEN http GET "/v1/admin/jobs/$job")
-    state=$(field "${reply#* }" "['state']")
-    case "$state" in succeeded | failed | cancelled) break ;; esac
-    sleep 2
-done
-log "job $job: $state after $(elapsed "$t_job") s ($(field "${reply#* }" "['message']"))"
-[ "$state" = succeeded ] || fail "job $job ended $state"
+run_job "$budget"
+[ "$(field "${reply#* }" "['params'].get('method')")" = search ] \
+    || fail "the default budget job did not run the pipeline (method search): $reply"
 promoted=$(field "${reply#* }" "['artifact_version']")
-
-# the API swaps the promoted artifact in within its poll interval
-deadline=$(($(date +%s) + 60))
-version_after=""
-while [ "$(date +%s)" -lt "$deadline" ]; do
-    reply=$(http GET /v1/model)
-    version_after=$(field "${reply#* }" "['version']")
-    [ "$version_after" = "$promoted" ] && break
-    sleep 1
-done
-[ "$version_after" = "$promoted" ] || fail "the API serves $version_after, not the promoted $promoted"
-sparsity_after=$(field "${reply#* }" "['sparsity']")
-python3 -c "import sys; sys.exit(not float(sys.argv[1]) >= 0.95 - 1e-9)" "$sparsity_after" \
-    || fail "the new model's sparsity $sparsity_after misses the budget 0.95"
-log "serving $version_after (sparsity $sparsity_after), was $version_before ($sparsity_before)"
+search_job=$job
+wait_served "$promoted" 0.95
+log "was $version_before (sparsity $sparsity_before)"
 sleep 3 # a few requests on the new model
 touch "$WORK/load.stop"
 wait "$(cat "$WORK/load.pid")"
@@ -328,6 +350,11 @@ assert ok == load["requests"] and ok > 0, load
 assert load["versions"].get(before) and load["versions"].get(after), load["versions"]
 EOF
 log "every top-k request succeeded, on the old model and then on the new one"
+
+# Equal sizes at another budget, under the same recipe (one training and the deployment model).
+run_job '{"target_sparsity": 0.9, "method": "equal"}'
+promoted=$(field "${reply#* }" "['artifact_version']")
+wait_served "$promoted" 0.9
 
 # --- the volume survives down and up -------------------------------------------------------------
 log "compose down (the volume stays) and up again, the admin token now from a secret file"
@@ -347,14 +374,15 @@ reply=$(http GET /v1/model)
 [ "$(field "${reply#* }" "['version']")" = "$promoted" ] \
     || fail "after down/up the API serves $(field "${reply#* }" "['version']"), not $promoted"
 reply=$(SMOKE_AUTH=$TOKEN http GET /v1/admin/jobs)
-python3 - "${reply#* }" "$job" <<'EOF' || fail "after down/up the job history lost job $job: $reply"
+python3 - "${reply#* }" "$search_job" "$job" <<'EOF' || fail "after down/up the job history lost a job: $reply"
 import json, sys
 jobs = {job["id"]: job["state"] for job in json.loads(sys.argv[1])["jobs"]}
-assert jobs.get(int(sys.argv[2])) == "succeeded", jobs
+assert all(jobs.get(int(job)) == "succeeded" for job in sys.argv[2:]), jobs
 EOF
 reply=$(http GET "/v1/users/$user_id/recommendations?k=10")
 [ "${reply%% *}" = 200 ] || fail "top-k after down/up: $reply"
-log "after down/up: still serving $promoted, job $job still listed as succeeded (token from the secret)"
+log "after down/up: still serving $promoted, jobs $search_job and $job still listed as" \
+    "succeeded (token from the secret)"
 check_health
 log "summary: up->ready $first_ready s on an empty volume (init included), $second_ready s on a" \
-    "kept one; job $job promoted $promoted"
+    "kept one; jobs $search_job (search) and $job (equal) promoted, $promoted last"

@@ -8,17 +8,19 @@ command line uses. Other ``CIESS_*`` variables (``CIESS_CONFIG``, ``CIESS_ADMIN_
 not settings and are left alone; an unknown key in the file is an error.
 
 ``Settings(...)`` itself is the defaults and its keywords alone (tests build it so); only
-:func:`load_settings` reads the file and the environment.
+:func:`load_settings` reads the file and the environment. A value that is not valid is a
+:class:`~ciess_core.errors.ConfigError` naming the setting, the value and where it came from, never
+a pydantic traceback.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import tomllib
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -89,6 +91,18 @@ class Settings(BaseSettings):
     the request's first byte) is closed (:func:`service.limits.with_header_timeout`): slow or
     silent clients cannot hold connections, and file descriptors, for ever."""
 
+    def __init__(self, *, _origins: Mapping[str, str] | None = None, **values: Any) -> None:
+        """The defaults and ``values``; ``_origins`` (setting -> where its value came from) is
+        for :func:`load_settings`'s messages.
+
+        Raises:
+            ConfigError: an unknown setting, or a value that is not valid.
+        """
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise ConfigError(_explain(error, values, _origins or {})) from None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -113,7 +127,11 @@ class Settings(BaseSettings):
         return None if value is None else value.expanduser()
 
     def replace(self, **changes: Any) -> Settings:
-        """A copy with ``changes``, validated like the original (``model_copy`` would not)."""
+        """A copy with ``changes``, validated like the original (``model_copy`` would not).
+
+        Raises:
+            ConfigError: a change that is not valid.
+        """
         return type(self)(**{**self.model_dump(), **changes})
 
     @property
@@ -193,7 +211,7 @@ def _explain(error: ValidationError, values: Mapping[str, Any], origins: Mapping
     problems = []
     for item in error.errors():
         name = str(item["loc"][0]) if item["loc"] else "?"
-        origin = origins.get(name, "the defaults")
+        origin = origins.get(name, "the arguments")
         if item["type"] == "extra_forbidden":
             problems.append(f"{origin}: unknown setting {name}; known: {known}")
         else:
@@ -229,10 +247,5 @@ def load_settings(
     for origin, layer in layers:
         values.update(layer)
         for name in layer:
-            origins[name] = (
-                f"{ENV_PREFIX}{name.upper()}" if origin == "the environment" else origin
-            )
-    try:
-        return Settings(**values)
-    except ValidationError as error:
-        raise ConfigError(_explain(error, values, origins)) from None
+            origins[name] = f"{ENV_PREFIX}{name.upper()}" if origin == "the environment" else origin
+    return Settings(_origins=origins, **values)

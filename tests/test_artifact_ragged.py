@@ -151,6 +151,10 @@ def _table(**changes: np.ndarray) -> RaggedTable:
             r"sizes must lie in \[1, 4\], got range \[1, 5\]",
         ),
         ({"values": np.array([0, 1, np.nan, 3, 4, 5], np.float32)}, r"values\[2\] is nan"),
+        (
+            {"values": np.array([0, 1, 2, 3e30, -3e30, 5], np.float32)},
+            r"values\[3\] = 3e\+30 exceeds the magnitude bound 10000 \(2 values do\)",
+        ),
     ],
 )
 def test_validation_names_the_broken_invariant(

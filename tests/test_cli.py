@@ -31,6 +31,13 @@ def pairs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def tiny_train_recipe(folder: Path) -> Path:
+    """A recipe file for a few quick batches."""
+    path = folder / "tiny-train.toml"
+    path.write_text("max_batches = 20\neval_every = 10\nbatch_size = 128\n")
+    return path
+
+
 def test_train_writes_a_complete_run_directory(
     pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -44,12 +51,8 @@ def test_train_writes_a_complete_run_directory(
             "equal",
             "--sparsity",
             "0.9",
-            "--max-batches",
-            "20",
-            "--eval-every",
-            "10",
-            "--batch-size",
-            "128",
+            "--config",
+            str(tiny_train_recipe(tmp_path)),
             "--out",
             str(out),
             "--no-progress",
@@ -73,17 +76,22 @@ def test_train_writes_a_complete_run_directory(
     assert "test (clean)" in capsys.readouterr().out
 
 
-def test_train_settings_from_a_config_file(pairs_file: Path, tmp_path: Path) -> None:
-    settings = tmp_path / "run.toml"
-    settings.write_text(
-        f'dataset = "{pairs_file}"\nsizes = "random"\nsparsity = 0.8\nmax-batches = 5\n'
-        'eval-every = 5\nbackbone = "ncf"\nbatch-size = 64\n'
+def test_train_settings_from_a_recipe_file_then_flags(pairs_file: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        "max-batches = 5\neval-every = 5\nbatch-size = 64\n"
+        "[backbones.ncf]\nlearning_rate = 0.005\nweight_decay = 1e-5\n"
     )
     out = tmp_path / "run"
-    assert main(["train", "--config", str(settings), "--out", str(out), "--no-progress"]) == 0
+    arguments = ["train", "--dataset", str(pairs_file), "--backbone", "ncf", "--sizes", "random"]
+    arguments += ["--sparsity", "0.8", "--config", str(recipe), "--weight-decay", "2e-5"]
+    assert main([*arguments, "--out", str(out), "--no-progress"]) == 0
     sizes = np.load(out / "sizes.npy")
     assert 1 - sizes.sum() / (len(sizes) * 128) >= 0.8
-    assert json.loads((out / "config.json").read_text())["backbone"]["kind"] == "ncf"
+    config = json.loads((out / "config.json").read_text())
+    assert config["backbone"]["kind"] == "ncf"
+    assert config["training"]["batch_size"] == 64 and config["training"]["learning_rate"] == 0.005
+    assert config["backbone"]["weight_decay"] == 2e-5  # the flag wins over the file
 
 
 @pytest.mark.parametrize(
@@ -233,6 +241,6 @@ def test_train_on_a_lightgcn_folder(tmp_path: Path) -> None:
         lines = [" ".join(map(str, [u, *csr[u].indices[half]])) for u in range(data.num_users)]
         (folder / name).write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
-    arguments = ["train", "--dataset", str(folder), "--max-batches", "5", "--eval-every", "5"]
-    assert main([*arguments, "--batch-size", "64", "--out", str(out), "--no-progress"]) == 0
+    arguments = ["train", "--dataset", str(folder), "--config", str(tiny_train_recipe(tmp_path))]
+    assert main([*arguments, "--out", str(out), "--no-progress"]) == 0
     assert len(np.load(out / "sizes.npy")) == 60 + 60

@@ -184,11 +184,17 @@ def unpack(
     return dense
 
 
+MAX_ABS_VALUE = 1e4
+"""Largest embedding value an artifact may store. Trained embeddings stay within a few units;
+products of values near float32's range (e.g. 3e30) overflow to inf in the scores."""
+
+
 def validate_ragged(table: RaggedTable) -> None:
     """Check every invariant of ``table``; raise :class:`ArtifactError` naming the broken one.
 
     Invariants: offsets[0] = 0; offsets non-decreasing; offsets[-1] = len(values);
-    diff(offsets) = sizes; sizes in [1, max_size]; values finite.
+    diff(offsets) = sizes; sizes in [1, max_size]; values finite and at most
+    :data:`MAX_ABS_VALUE` in magnitude.
     """
     where, offsets, sizes = table.name, table.offsets, table.sizes
     if offsets[0] != 0:
@@ -218,3 +224,11 @@ def validate_ragged(table: RaggedTable) -> None:
     if not np.all(np.isfinite(table.values)):
         position = int(np.argmax(~np.isfinite(table.values)))
         raise ArtifactError(f"{where}: values[{position}] is {table.values[position]}")
+    magnitudes = np.abs(table.values)
+    if magnitudes.size and magnitudes.max() > MAX_ABS_VALUE:
+        position = int(np.argmax(magnitudes))
+        raise ArtifactError(
+            f"{where}: values[{position}] = {table.values[position]:.6g} exceeds the magnitude "
+            f"bound {MAX_ABS_VALUE:g} ({int((magnitudes > MAX_ABS_VALUE).sum())} values do); "
+            "scores computed from it would overflow"
+        )

@@ -222,15 +222,16 @@ def test_budget_that_cannot_be_met_is_422(
 def test_an_identical_budget_answers_its_job(client: TestClient) -> None:
     first = client.post("/v1/admin/budget", json={"target_sparsity": 0.75}, headers=admin_headers())
     assert first.status_code == 202
-    # The same budget in another form (200 · 16 · 0.25 parameters), with the default method.
-    for body in ({"target_sparsity": 0.75}, {"max_parameters": 800, "method": "equal"}):
+    # The same budget in another form (200 · 16 · 0.25 parameters), with the default method
+    # (the job_method setting: "search", the product pipeline).
+    for body in ({"target_sparsity": 0.75}, {"max_parameters": 800, "method": "search"}):
         again = client.post("/v1/admin/budget", json=body, headers=admin_headers())
         assert again.status_code == 200, again.text
         assert again.json()["id"] == first.json()["id"] and again.json()["existing"] is True
         assert again.headers["Location"] == first.headers["Location"]
     other_method = client.post(
         "/v1/admin/budget",
-        json={"target_sparsity": 0.75, "method": "search"},
+        json={"target_sparsity": 0.75, "method": "equal"},
         headers=admin_headers(),
     )
     assert other_method.status_code == 202
@@ -253,8 +254,12 @@ def test_the_served_budget_is_a_no_op(client: TestClient) -> None:
         headers=admin_headers(),
     )
     assert searched.status_code == 202
-    # While a budget job is queued, the served budget is a change again (back to it).
-    back = client.post("/v1/admin/budget", json={"target_sparsity": 0.0}, headers=admin_headers())
+    # While a budget job is queued, the served budget (and method) is a change again (back to it).
+    back = client.post(
+        "/v1/admin/budget",
+        json={"target_sparsity": 0.0, "method": "equal"},
+        headers=admin_headers(),
+    )
     assert back.status_code == 202
 
 

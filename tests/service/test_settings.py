@@ -18,7 +18,11 @@ def test_precedence_is_defaults_file_environment_arguments(tmp_path: Path) -> No
     config.write_text(
         'state_dir = "/srv/state"\nscorer_threads = 2\nmax_queued_jobs = 3\npoll_seconds = 0.5\n'
     )
-    environ = {"CIESS_CONFIG": str(config), "CIESS_SCORER_THREADS": "4", "CIESS_MAX_QUEUED_JOBS": "5"}
+    environ = {
+        "CIESS_CONFIG": str(config),
+        "CIESS_SCORER_THREADS": "4",
+        "CIESS_MAX_QUEUED_JOBS": "5",
+    }
     settings = load_settings(environ, max_queued_jobs=6)
     assert settings.max_body_bytes == Settings().max_body_bytes  # default
     assert settings.state_dir == Path("/srv/state")  # file
@@ -86,7 +90,7 @@ def test_a_bad_file_value_names_the_file(tmp_path: Path) -> None:
 def test_unknown_file_keys_are_rejected_with_the_known_ones(tmp_path: Path) -> None:
     config = tmp_path / "ciess.toml"
     config.write_text("admin_tokn = 'typo'\n")
-    with pytest.raises(ConfigError, match="unknown setting admin_tokn; known: state_dir, .*"):
+    with pytest.raises(ConfigError, match=r"unknown setting admin_tokn; known: state_dir, .*"):
         load_settings({}, config_file=config)
 
 
@@ -94,8 +98,10 @@ def test_replace_validates() -> None:
     settings = Settings(poll_seconds=0.5)
     assert settings.replace(scorer_threads=3).scorer_threads == 3
     assert settings.replace(scorer_threads=3).poll_seconds == 0.5
-    with pytest.raises(ValueError, match="poll_seconds"):
+    with pytest.raises(ConfigError, match="setting poll_seconds = 0 \\(from the arguments\\)"):
         settings.replace(poll_seconds=0)
+    with pytest.raises(ConfigError, match="unknown setting worker_poll_seconds"):
+        Settings(worker_poll_seconds=1)
 
 
 def test_stale_jobs_are_60_polls_and_at_least_a_minute() -> None:

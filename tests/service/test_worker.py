@@ -11,9 +11,7 @@ from service.settings import Settings
 from tests.service.conftest import DATASET_FILE
 
 
-def test_a_failing_job_records_why_and_promotes_nothing(
-    settings: Settings, tmp_path: Path
-) -> None:
+def test_a_failing_job_records_why_and_promotes_nothing(settings: Settings, tmp_path: Path) -> None:
     (tmp_path / "no-datasets").mkdir()
     broken = settings.replace(data_dir=tmp_path / "no-datasets")
     store = JobStore(broken.job_db_path)
