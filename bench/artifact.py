@@ -16,7 +16,7 @@ Sections (``--sections``, default all):
   and NCF (two tables).
 - load: seconds from directory to a ready scorer (validation, hashing, propagation, sessions).
 - speed: users/s at batch 1 and 256 for top-20 with the bucketed layout, one zero-padded dense
-  matrix at d_max, and PyTorch eager, for ES/MR at 0.9 and full size.
+  matrix at d_max (`experiments/layouts.py`), and PyTorch eager, for ES/MR at 0.9 and full size.
 
 Results go to ``OUT/artifact.json`` (one entry per dataset, re-running a dataset replaces it) and
 ``OUT/artifact.md`` is rewritten from the JSON.
@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_help import DefaultsHelp
+from experiments.layouts import PaddedScorer
 from machine_info import cpu_description
 
 from ciess_core.artifact.export import ExportOptions, export_model, export_run
@@ -332,9 +333,7 @@ def run_speed(args: argparse.Namespace, split: DatasetSplit, work: Path) -> list
             artifact = load_artifact(out)
             layouts = {
                 "bucketed": ArtifactScorer(artifact, ScorerOptions(threads=args.threads)),
-                "padded dense": ArtifactScorer(
-                    artifact, ScorerOptions(padded=True, threads=args.threads)
-                ),
+                "padded dense": PaddedScorer(artifact, ScorerOptions(threads=args.threads)),
             }
             with torch.no_grad():
                 representation = model.represent()

@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_help import DefaultsHelp
+from experiments.protocols import PROTOCOLS, protocol_named
 from machine_info import cpu_description
 from paper import PAPER_METRICS, paper_row
 
@@ -44,6 +45,7 @@ from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
 from ciess_core.runs import (
     Protocol,
     RunOutcome,
+    RunProtocol,
     RunSpec,
     execute_run,
     run_sizes,
@@ -156,7 +158,7 @@ def run_one(
     method: str,
     target: float | None,
     weight_decay: float,
-    protocol: Protocol,
+    protocol: RunProtocol,
     selection_only: bool = False,
     learning_rate: float = DEFAULT_LEARNING_RATE,
 ) -> dict[str, Any]:
@@ -228,7 +230,7 @@ def run_quality(arguments: argparse.Namespace) -> None:
     results = Path(arguments.results) if arguments.results else RESULTS
     rows = load_rows(results)
     done = {row_key(row) for row in rows}
-    protocol = Protocol(arguments.protocol)
+    protocol = protocol_named(arguments.protocol)
     decays = parse_weight_decays(arguments.weight_decay)
     rates = parse_weight_decays(arguments.learning_rate)
     for backbone, method, target in plan_runs(
@@ -754,8 +756,9 @@ def main() -> None:
     quality.add_argument(
         "--protocol",
         default="reference",
-        choices=["reference", "clean"],
-        help="reference: the paper's (test picks the stop); clean: validation does",
+        choices=sorted(PROTOCOLS),
+        help="reference: the paper's (test picks the stop; experiments/protocols.py); clean: "
+        "validation does",
     )
     quality.add_argument("--backbones", default="lightgcn,ngcf,ncf", help=backbones)
     quality.add_argument("--methods", default="full,es,mr", help=methods)

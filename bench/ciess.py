@@ -8,10 +8,12 @@ Usage:
     python bench/ciess.py shapes --budgets 0.9 --user-share 0.75 --shapes floor:items:0.3:pop
     python bench/ciess.py merge --dataset yelp2018 rows.json   # rows written with --results
     python bench/ciess.py plots --dataset yelp2018 --item-quality own --fit-shares
-    python bench/ciess.py spread-check --item-quality own --fit-shares --distill --even-tolerance 0.002
+    python bench/ciess.py spread-check --item-quality own --fit-shares --distill --fit-spread
     python bench/ciess.py report
 
-`run` executes (or resumes) `ciess_core.search.pipeline.run_pipeline` under
+Research settings the product does not have come from `bench/experiments` (the paper's evaluator,
+the reference protocol, per-budget λ, the exploration ablation), plugged into the core's
+extension points. `run` executes (or resumes) `ciess_core.search.pipeline.run_pipeline` under
 `bench/_work/ciess-<dataset>-<backbone>-<protocol>/` and appends one row per budget to
 `docs/benchmarks/ciess-<dataset>.json`, keyed like the backbones report. The ES, MR and full rows
 come from `docs/benchmarks/backbones.json` (same code, split, seed, protocol and weight decay; run
@@ -50,16 +52,20 @@ import numpy as np
 from backbones import DEFAULT_SEED, load_rows, machine, merge_rows, save_json
 from backbones import RESULTS as BACKBONE_RESULTS
 from cli_help import DefaultsHelp
+from experiments.evaluators import RetrainEvaluator, RetrainEvaluatorFactory
+from experiments.exploration import VARIANTS as ABLATION_VARIANTS
+from experiments.penalty import per_budget_search
+from experiments.protocols import protocol_named
 from paper import PAPER_ABLATION_ML1M, PAPER_METRICS, bet_row, paper_row
 
 from ciess_core.data import DATASETS, Phase, load_dataset, resolve_data_dir, split_per_user
 from ciess_core.models import BackboneConfig, BackboneKind
-from ciess_core.runs import Protocol, jsonable
-from ciess_core.search import ExplorationNoise, ItemQuality, PenaltyControl, SearchConfig
-from ciess_core.search.evaluators import RetrainEvaluator
+from ciess_core.runs import jsonable
+from ciess_core.search import Exploration, GaussianWalk, ItemQuality, SearchConfig
 from ciess_core.search.fit import DEFAULT_SHARE_GRID, DEFAULT_SPREAD_GRID, equal_split_candidate
+from ciess_core.search.loop import SearchHooks
 from ciess_core.search.pipeline import (
-    EvaluatorKind,
+    EvaluatorFactory,
     PipelineSpec,
     build_evaluator,
     prepare_teachers,
@@ -94,6 +100,17 @@ def rows_path(arguments: argparse.Namespace) -> Path:
 def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
     kind = BackboneKind(arguments.backbone)
     penalty = arguments.reward_penalty or DATASETS[arguments.dataset].reward_penalty
+    search = SearchConfig(
+        num_episodes=arguments.episodes,
+        iterations_per_episode=arguments.iterations,
+        reward_penalty=penalty,
+        budgets=tuple(arguments.budgets),
+        seed=arguments.seed,
+        item_quality=ItemQuality(arguments.item_quality),
+        device=arguments.device,
+    )
+    if arguments.penalty_control == "per-budget":  # M episodes rounded up to whole phases
+        search, _ = per_budget_search(search, arguments.penalty_step)
     return PipelineSpec(
         dataset=arguments.dataset,
         backbone=BackboneConfig.default_for(kind, weight_decay=arguments.weight_decay),
@@ -105,30 +122,35 @@ def spec_from(arguments: argparse.Namespace) -> PipelineSpec:
             seed=arguments.seed,
             device=arguments.device,
         ),
-        search=SearchConfig(
-            num_episodes=arguments.episodes,
-            iterations_per_episode=arguments.iterations,
-            reward_penalty=penalty,
-            budgets=tuple(arguments.budgets),
-            seed=arguments.seed,
-            item_quality=ItemQuality(arguments.item_quality),
-            penalty_control=PenaltyControl(arguments.penalty_control),
-            penalty_step=arguments.penalty_step,
-            policy_rollouts=arguments.policy_rollouts,
-            device=arguments.device,
-        ),
-        evaluator=EvaluatorKind(arguments.evaluator),
+        search=search,
         supernet_batches=arguments.supernet_batches,
         finetune_batches=arguments.finetune_batches,
         retrain_top=arguments.retrain_top,
-        protocol=Protocol(arguments.protocol),
+        protocol=protocol_named(arguments.protocol),
         share_grid=DEFAULT_SHARE_GRID if arguments.fit_shares else (),
         distillation=distillation_from(arguments),
-        even_tolerance=arguments.even_tolerance,
         spread_grid=DEFAULT_SPREAD_GRID if arguments.fit_spread else (),
         selection_share=arguments.selection_share,
         equal_candidate=False,
     )
+
+
+def evaluator_factory(arguments: argparse.Namespace) -> EvaluatorFactory:
+    """The search's evaluator: the core's supernet, or the paper's (from scratch per candidate)."""
+    if arguments.evaluator == "retrain":
+        return RetrainEvaluatorFactory(arguments.paper_batches)
+    return build_evaluator
+
+
+def search_hooks(
+    arguments: argparse.Namespace, spec: PipelineSpec, exploration: Exploration | None = None
+) -> SearchHooks:
+    """The search's exploration (the paper's unless given) and, with `--penalty-control
+    per-budget`, the λ schedule of `experiments.penalty`."""
+    penalty = None
+    if arguments.penalty_control == "per-budget":
+        _, penalty = per_budget_search(spec.search, arguments.penalty_step)
+    return SearchHooks(exploration=exploration or GaussianWalk(), penalty=penalty)
 
 
 def distillation_from(arguments: argparse.Namespace) -> DistillationConfig | None:
@@ -144,9 +166,9 @@ def distillation_from(arguments: argparse.Namespace) -> DistillationConfig | Non
 
 def run_dir(arguments: argparse.Namespace, even: bool = True) -> Path:
     """The `run` folder of these arguments: the search's folder, plus a suffix for a
-    distilled retraining and one for each fit option (near-tie order, spread fit, held-out
-    selection), all starting from a copy of the search's stages. ``even=False``: the folder
-    without the fit options' suffixes."""
+    distilled retraining and one for each fit option (spread fit, held-out selection), all
+    starting from a copy of the search's stages. ``even=False``: the folder without the fit
+    options' suffixes."""
     name = search_dir(arguments).name
     if arguments.distill:  # the search is the same; only the retraining differs
         name += f"-distill-w{arguments.distill_weight:g}-t{arguments.distill_temperature:g}"
@@ -154,8 +176,6 @@ def run_dir(arguments: argparse.Namespace, even: bool = True) -> Path:
             name += f"-u{arguments.distill_users}"
         if arguments.distill_teacher != DistillationConfig().teacher.value:
             name += f"-teacher-{arguments.distill_teacher}"
-    if even and arguments.even_tolerance:  # only the order of the share fit's variants differs
-        name += f"-even{arguments.even_tolerance:g}"
     if even and arguments.fit_spread:  # more variants in the share fit
         name += "-spread"
     if even and arguments.selection_share:  # the search sees part of validation: its own
@@ -176,8 +196,6 @@ def search_dir(arguments: argparse.Namespace) -> Path:
         name += f"-items-{arguments.item_quality}"
     if arguments.penalty_control != "fixed":  # so does the paper's fixed λ
         name += f"-penalty-{arguments.penalty_control}"
-    if arguments.policy_rollouts:
-        name += "-rollouts"
     if arguments.fit_shares:
         name += "-fit"
     if arguments.learning_rate != DEFAULT_LEARNING_RATE:
@@ -224,9 +242,7 @@ def budget_rows(
             "evaluator": arguments.evaluator,
             "item_quality": arguments.item_quality,
             "penalty_control": arguments.penalty_control,
-            "policy_rollouts": arguments.policy_rollouts,
             "fit_shares": arguments.fit_shares,
-            "even_tolerance": arguments.even_tolerance,
             "fit_spread": arguments.fit_spread,
             "selection_share": arguments.selection_share,
             "seed": arguments.seed,
@@ -248,15 +264,16 @@ def budget_rows(
 
 def same_search(row: dict[str, Any], arguments: argparse.Namespace) -> bool:
     """Whether ``row`` came from a search with these arguments' backbone, protocol and options
-    (rows older than an option count as having had it off)."""
+    (rows older than an option count as having had it off; rows of the deleted options, policy
+    rollouts and near-tie order, match none)."""
     return (
         row["backbone"] == arguments.backbone
         and row["protocol"] == arguments.protocol
         and row.get("item_quality", "users") == arguments.item_quality
         and row.get("penalty_control", "fixed") == arguments.penalty_control
-        and bool(row.get("policy_rollouts")) == arguments.policy_rollouts
+        and not row.get("policy_rollouts")
         and bool(row.get("fit_shares")) == arguments.fit_shares
-        and row.get("even_tolerance", 0.0) == arguments.even_tolerance
+        and not row.get("even_tolerance")
         and bool(row.get("fit_spread")) == arguments.fit_spread
         and row.get("selection_share", 0.0) == arguments.selection_share
         and row.get("seed", DEFAULT_SEED) == arguments.seed
@@ -271,31 +288,30 @@ def budget_distillation(arguments: argparse.Namespace) -> dict[str, Any] | None:
     return None if config is None else jsonable(config)
 
 
-ABLATION_VARIANTS = {
-    "walk-gaussian": (True, ExplorationNoise.GAUSSIAN),
-    "no-walk": (False, ExplorationNoise.GAUSSIAN),
-    "walk-ou": (True, ExplorationNoise.ORNSTEIN_UHLENBECK),
-    "walk-uniform": (True, ExplorationNoise.UNIFORM),
-}
-
-
 def ablation(arguments: argparse.Namespace) -> None:
-    """One search per exploration variant at ``arguments.budgets`` (spec §8)."""
-    base = spec_from(arguments)
+    """One search per exploration variant at ``arguments.budgets`` (spec §8), each with its
+    exploration from `experiments.exploration`."""
+    spec = spec_from(arguments)
     split = split_per_user(
         load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
     )
     shared = run_dir(arguments)
-    for variant in arguments.variants.split(","):
-        walk, noise = ABLATION_VARIANTS[variant]
-        spec = dataclasses.replace(
-            base,
-            search=dataclasses.replace(base.search, random_walk=walk, exploration_noise=noise),
-        )
+    variants = arguments.variants.split(",")
+    unknown = sorted(set(variants) - set(ABLATION_VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {', '.join(ABLATION_VARIANTS)}")
+    for variant in variants:
         out = WORK / f"ablation-{shared.name}-{variant}"
         copy_shared_stages(shared, out, ("full", "supernet"))  # as the main run's
         logger.info("ablation %s in %s", variant, out)
-        summary = run_pipeline(spec, split, out, progress=not arguments.no_progress)
+        summary = run_pipeline(
+            spec,
+            split,
+            out,
+            progress=not arguments.no_progress,
+            evaluator_factory=evaluator_factory(arguments),
+            hooks=search_hooks(arguments, spec, ABLATION_VARIANTS[variant]),
+        )
         rows = [
             r
             for r in load_rows(rows_path(arguments))
@@ -306,7 +322,6 @@ def ablation(arguments: argparse.Namespace) -> None:
             )
         ]
         trace = [json.loads(line) for line in (out / "search" / "trace.jsonl").open()]
-        trace = [t for t in trace if t.get("kind", "explore") == "explore"]
         last_episode = [t for t in trace if t["episode"] == trace[-1]["episode"]]
         last_reward = np.mean(
             [(t["users_mean_reward"] + t["items_mean_reward"]) / 2 for t in last_episode]
@@ -335,7 +350,13 @@ def run(arguments: argparse.Namespace) -> None:
         copy_earlier_stages(arguments, out)
     started = time.perf_counter()
     summary = run_pipeline(
-        spec, split, out, progress=not arguments.no_progress, workers=arguments.workers
+        spec,
+        split,
+        out,
+        progress=not arguments.no_progress,
+        workers=arguments.workers,
+        evaluator_factory=evaluator_factory(arguments),
+        hooks=search_hooks(arguments, spec),
     )
     rows = [
         r
@@ -981,7 +1002,8 @@ def main() -> None:
             "--evaluator",
             default="supernet",
             choices=["supernet", "retrain"],
-            help="the search's quality evaluator: ours (supernet) or the paper's (retrain)",
+            help="the search's quality evaluator: ours (supernet) or the paper's (retrain, "
+            "--paper-batches per candidate; experiments/evaluators.py)",
         )
         command.add_argument(
             "--budgets", type=float, nargs="+", default=[0.8, 0.9, 0.95], help="target sparsities"
@@ -1013,27 +1035,16 @@ def main() -> None:
             "--penalty-control",
             default="fixed",
             choices=["fixed", "per-budget"],
-            help="one λ for every budget, or one search phase per budget with λ steered",
+            help="one λ for every budget, or one search phase per budget with λ steered "
+            "(experiments/penalty.py)",
         )
         command.add_argument(
             "--penalty-step", type=float, default=0.1, help="λ step η with --penalty-control"
         )
         command.add_argument(
-            "--policy-rollouts",
-            action="store_true",
-            help="also score the actors' own sizes after every episode",
-        )
-        command.add_argument(
             "--fit-shares",
             action="store_true",
             help="refit the users' share of each budget before retraining",
-        )
-        command.add_argument(
-            "--even-tolerance",
-            type=float,
-            default=0.0,
-            help="with --fit-shares: near ties within this relative tolerance go to the evenest "
-            "variant (0: pure score order)",
         )
         command.add_argument(
             "--fit-spread",
@@ -1053,7 +1064,7 @@ def main() -> None:
             "--paper-batches",
             type=int,
             default=1500,
-            help="batches per candidate of the paper's evaluator",
+            help="batches per candidate of the paper's evaluator (paper-cost, --evaluator retrain)",
         )
         command.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of every stage")
         command.add_argument(

@@ -9,11 +9,12 @@ Usage:
 
 `run` executes (or resumes) exactly what `ciess search --dataset D --backbone B` runs (the shipped
 recipe, every default; `--protocol reference` is the only change it allows, for the comparison
-with the paper's tables) in `bench/_work/default-<dataset>-<backbone>-<protocol>-<device>/`, then
-trains plain ES (equal sizes for every entity, plain BPR, the same recipe and protocol) at each
-budget. Rows go to `docs/benchmarks/ciess-<dataset>.json` (or `--results`): `method` `ciess` (the
-searched candidate), `es-per-side` (the pipeline's per-side equal candidate, retrained the same
-way) and `es`, with `config` "default", the `protocol`, and a `run_id` shared by one run's rows.
+with the paper's tables: `bench/experiments/protocols.py`) in
+`bench/_work/default-<dataset>-<backbone>-<protocol>-<device>/`, then trains plain ES (equal sizes
+for every entity, plain BPR, the same recipe and protocol) at each budget. Rows go to
+`docs/benchmarks/ciess-<dataset>.json` (or `--results`): `method` `ciess` (the searched candidate),
+`es-per-side` (the pipeline's per-side equal candidate, retrained the same way) and `es`, with
+`config` "default", the `protocol`, and a `run_id` shared by one run's rows.
 `report` rewrites `docs/benchmarks/ciess-<dataset>.md` from that JSON twin.
 """
 
@@ -31,11 +32,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backbones import load_rows, machine, save_json
 from cli_help import DefaultsHelp
+from experiments.protocols import PROTOCOLS, protocol_named
 from paper import PAPER_METRICS, paper_row
 
 from ciess_core.data import open_dataset, split_per_user
 from ciess_core.pipeline import SPLIT_SEED, pipeline_spec, run_product_pipeline
-from ciess_core.runs import Protocol, RunSpec, execute_run, run_sizes
+from ciess_core.runs import RunSpec, execute_run, run_sizes
 from ciess_core.sizes import SizeScheme
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +112,20 @@ def pipeline_rows(
     )
     pipeline_seconds = round(time.perf_counter() - started, 1)
     rows = candidate_rows(summary["budgets"], list(spec.search.budgets), common)
+    teacher = work / "teacher" / "summary.json"
+    if teacher.exists() and "test" in (full := json.loads(teacher.read_text())):
+        rows.append(
+            {
+                **common,
+                "method": "full",
+                "budget": 0.0,
+                "achieved_sparsity": 0.0,
+                "test": full["test"],
+                "valid": {},
+                "served": False,
+                "seconds": full["seconds"],
+            }
+        )
     for row in rows:
         if row["method"] == "ciess":
             row.update(
@@ -122,7 +138,7 @@ def pipeline_rows(
 
 
 def run(arguments: argparse.Namespace) -> None:
-    protocol = Protocol(arguments.protocol)
+    protocol = protocol_named(arguments.protocol)
     overrides = {} if arguments.seed is None else {"seed": arguments.seed}
     spec = pipeline_spec(
         arguments.dataset,
@@ -258,11 +274,11 @@ def run_section(rows: list[dict[str, Any]]) -> list[str]:
         "| budget | method | served | sparsity | R@5 | R@20 | N@5 | N@20 | valid N@20 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    order = {"ciess": 0, "es-per-side": 1, "es": 2}
+    order = {"full": -1, "ciess": 0, "es-per-side": 1, "es": 2}
     for row in sorted(rows, key=lambda r: (r["budget"], order.get(r["method"], 9))):
         test, valid = row["test"], row.get("valid") or {}
         lines.append(
-            f"| {row['budget']:g} | {row['method']} | {'yes' if row.get('served') else ''} | "
+            f"| {'–' if row['method'] == 'full' else format(row['budget'], 'g')} | {row['method']} | {'yes' if row.get('served') else ''} | "
             f"{row['achieved_sparsity']:.4f} | "
             + " | ".join(fmt(test.get(metric)) for metric in PAPER_METRICS)
             + f" | {fmt(valid.get('ndcg@20'))} |"
@@ -347,7 +363,12 @@ def main() -> None:
     runner.add_argument("--data-dir", help="datasets folder (default $CIESS_DATA_DIR)")
     runner.add_argument("--backbone", default="lightgcn", choices=["lightgcn", "ngcf", "ncf"])
     runner.add_argument("--budgets", type=float, nargs="+", default=[0.8, 0.9, 0.95])
-    runner.add_argument("--protocol", default="clean", choices=["clean", "reference"])
+    runner.add_argument(
+        "--protocol",
+        default="clean",
+        choices=sorted(PROTOCOLS),
+        help="clean: the product's; reference: the paper's tables' (experiments/protocols.py)",
+    )
     runner.add_argument("--device", default="cpu", help="cpu or cuda")
     runner.add_argument("--workers", type=int, default=2, help="the pipeline's processes")
     runner.add_argument("--seed", type=int, help="overrides the recipe's seed")

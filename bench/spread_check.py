@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ciess_core.data import DatasetSplit, Phase
-from ciess_core.search.evaluators import QualitySignal, SupernetEvaluator, quality_signal
+from ciess_core.search.evaluators import QualitySignal, quality_signal
 from ciess_core.search.fit import DEFAULT_SPREAD_GRID
 from ciess_core.search.pipeline import PipelineSpec, build_evaluator
 from ciess_core.search.pool import shrink_sides
@@ -38,9 +38,7 @@ def spread_table(
     held-out share). ``control``: a folder with the ES control's ``budget-<c>/sizes.npy``.
     """
     search_view, fit_view = views
-    evaluator = build_evaluator(spec, search_view, cache_dir=folder / "supernet")
-    if not isinstance(evaluator, SupernetEvaluator):
-        raise SystemExit("spread-check scores with the run's supernet (--evaluator supernet)")
+    evaluator = build_evaluator(spec, search_view, cache_dir=folder / "supernet")  # the run's
     evaluator.prepare()
     model = evaluator.model
     held_out = fit_view.valid if spec.selection_share else None

@@ -22,12 +22,12 @@ from ciess_core.data import open_dataset, split_per_user
 from ciess_core.errors import ConfigError
 from ciess_core.models import BackboneConfig, BackboneKind
 from ciess_core.recipes import resolve_recipe
-from ciess_core.runs import Protocol, jsonable
+from ciess_core.runs import Protocol, RunProtocol, jsonable
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.pipeline import PipelineSpec, StageReport, run_pipeline
 from ciess_core.training import TrainConfig
 
-__all__ = ["PipelineSpec", "Protocol", "pipeline_spec", "run_product_pipeline"]
+__all__ = ["PipelineSpec", "Protocol", "RunProtocol", "pipeline_spec", "run_product_pipeline"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +41,13 @@ def pipeline_spec(
     config_file: Path | str | None = None,
     overrides: Mapping[str, Any] | None = None,
     device: str = "cpu",
-    protocol: Protocol = Protocol.CLEAN,
+    protocol: RunProtocol = Protocol.CLEAN,
 ) -> PipelineSpec:
     """The pipeline for ``dataset`` and ``backbone`` with the recipe of
     :func:`~ciess_core.recipes.resolve_recipe` (shipped file, ``config_file``, ``overrides``).
 
-    ``protocol``: the clean protocol is the product's; the reference protocol exists only to
-    compare with published tables (``bench/``).
+    ``protocol``: the clean protocol is the product's; another one (the authors' reference
+    protocol in ``bench/experiments/protocols.py``) serves comparisons with published tables.
     """
     try:
         kind = BackboneKind(backbone)

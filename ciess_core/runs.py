@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,17 +41,56 @@ RUN_FORMAT_VERSION = 2
 TRAINED_ON_ALL = "all interactions (train, validation and test)"
 
 
-class Protocol(enum.Enum):
-    """How final test numbers are produced (CIESS.md §3).
+class RunProtocol(typing.Protocol):
+    """How a run's model is trained and its test numbers produced (CIESS.md §3): the extension
+    point of :func:`execute_run` and the pipeline. The core's is :attr:`Protocol.CLEAN`;
+    ``bench/experiments/protocols.py`` adds the authors' reference protocol, which picks on the
+    test set, for comparisons with published tables."""
 
-    CLEAN: early stopping on validation with a model trained on train; a fresh model is then
-    trained on train ∪ validation for the selected number of batches and tested once.
-    REFERENCE: the authors' released path: train on train ∪ validation and keep the checkpoint
-    that is best on the *test* set. Optimistic; only for comparison with published numbers.
-    """
+    @property
+    def value(self) -> str:
+        """The protocol's name, as run folders and JSON record it."""
+        ...
+
+    @property
+    def selects_on(self) -> str:
+        """The metrics ("valid" or "test") of a run's outcome that rank runs against each other."""
+        ...
+
+    def execute(
+        self,
+        spec: RunSpec,
+        split: DatasetSplit,
+        sizes: np.ndarray,
+        progress: bool,
+        teachers: Teachers | None,
+        selected_batches: int | None,
+    ) -> RunResult:
+        """Train and test one model with fixed ``sizes``, as :func:`execute_run` describes."""
+        ...
+
+
+class Protocol(enum.Enum):
+    """The core's protocol. CLEAN: early stopping on validation with a model trained on train; a
+    fresh model is then trained on train ∪ validation for the selected number of batches and
+    tested once."""
 
     CLEAN = "clean"
-    REFERENCE = "reference"
+
+    @property
+    def selects_on(self) -> str:
+        return "valid"
+
+    def execute(
+        self,
+        spec: RunSpec,
+        split: DatasetSplit,
+        sizes: np.ndarray,
+        progress: bool,
+        teachers: Teachers | None,
+        selected_batches: int | None,
+    ) -> RunResult:
+        return _clean_run(spec, split, sizes, progress, teachers, selected_batches)
 
 
 @dataclass(frozen=True)
@@ -66,7 +106,7 @@ class RunSpec:
     training: TrainConfig
     size_scheme: SizeScheme = SizeScheme.FULL
     target_sparsity: float | None = None
-    protocol: Protocol = Protocol.CLEAN
+    protocol: RunProtocol = Protocol.CLEAN
     split_seed: int = 42
     distillation: DistillationConfig | None = None
 
@@ -84,6 +124,10 @@ class RunOutcome:
     """The batch count the protocol selected; the deployment model trains for as many."""
 
 
+RunResult = tuple[Backbone, RunOutcome, list[dict[str, Any]]]
+"""What a protocol's run gives: the tested model, the outcome, the evaluation history."""
+
+
 def _device(spec: RunSpec) -> torch.device:
     device = torch.device(spec.training.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -91,16 +135,17 @@ def _device(spec: RunSpec) -> torch.device:
     return device
 
 
-def _fresh_model(
-    spec: RunSpec, train: sp.csr_matrix, sizes: np.ndarray, device: torch.device
-) -> Backbone:
+def fresh_model(spec: RunSpec, train: sp.csr_matrix, sizes: np.ndarray) -> Backbone:
+    """A new model of ``spec`` on ``train`` with ``sizes``, seeded by the training seed."""
+    device = _device(spec)
     generator = torch.Generator(device=device).manual_seed(spec.training.seed)
     model = build_backbone(spec.backbone, train, generator)
     model.set_embedding_sizes(torch.from_numpy(sizes).to(device))
     return model
 
 
-def _stage_summary(result: TrainResult) -> dict[str, Any]:
+def stage_summary(result: TrainResult) -> dict[str, Any]:
+    """A training stage as ``metrics.json`` records it."""
     return {
         "batches_run": result.batches_run,
         "best_batch": result.best_batch,
@@ -115,9 +160,10 @@ Teachers = Mapping[Phase, Backbone]
 """The full model that teaches each training phase when a run distils."""
 
 
-def _distiller(
+def phase_distiller(
     spec: RunSpec, teachers: Teachers | None, phase: Phase, train: sp.csr_matrix
 ) -> Distiller | None:
+    """The distiller of ``phase``'s training when ``spec`` distils (None when it does not)."""
     if spec.distillation is None:
         return None
     teacher = None if teachers is None else teachers.get(phase)
@@ -137,14 +183,14 @@ def select_on_validation(
 ) -> TrainResult:
     """The clean protocol's first stage: train on train, early-stop and select on validation."""
     search_train, valid = split.phase(Phase.SEARCH)
-    model = _fresh_model(spec, search_train, sizes, _device(spec))
+    model = fresh_model(spec, search_train, sizes)
     return train_bpr(
         model,
         search_train,
         spec.training,
         held_out=valid,
         progress=progress,
-        distiller=_distiller(spec, teachers, Phase.SEARCH, search_train),
+        distiller=phase_distiller(spec, teachers, Phase.SEARCH, search_train),
     )
 
 
@@ -154,51 +200,47 @@ def execute_run(
     sizes: np.ndarray,
     progress: bool = True,
     teachers: Teachers | None = None,
-) -> tuple[Backbone, RunOutcome, list[dict[str, Any]]]:
+    selected_batches: int | None = None,
+) -> RunResult:
     """Train and test one model with fixed ``sizes`` under ``spec.protocol``.
 
     ``teachers``: the trained models that ``spec.distillation`` distils from in each phase (they
-    must score the same users and items). Returns the final model, the outcome and the
-    evaluation history (one dict per evaluation).
+    must score the same users and items). ``selected_batches``: a batch count already selected
+    on validation for this recipe and these sizes (the pipeline's full model, for a full-size
+    teacher): the clean protocol trains the tested model for as many batches instead of
+    selecting again. Returns the final model, the outcome and the evaluation history (one dict
+    per evaluation).
     """
-    device = _device(spec)
+    return spec.protocol.execute(spec, split, sizes, progress, teachers, selected_batches)
+
+
+def _clean_run(
+    spec: RunSpec,
+    split: DatasetSplit,
+    sizes: np.ndarray,
+    progress: bool,
+    teachers: Teachers | None,
+    selected_batches: int | None,
+) -> RunResult:
     started = time.perf_counter()
     history: list[dict[str, Any]] = []
     stages: dict[str, dict[str, Any]] = {}
+    valid_metrics: dict[str, float] = {}
     test_train, test = split.phase(Phase.TEST)
-    test_distiller = _distiller(spec, teachers, Phase.TEST, test_train)
-    if spec.protocol is Protocol.REFERENCE:
-        model = _fresh_model(spec, test_train, sizes, device)
-        result = train_bpr(
-            model,
-            test_train,
-            spec.training,
-            held_out=test,
-            progress=progress,
-            distiller=test_distiller,
-        )
-        history += [{"stage": "test", **dataclasses.asdict(r)} for r in result.history]
-        stages["reference"] = _stage_summary(result)
-        test_metrics = result.best_metrics
-        valid_metrics: dict[str, float] = {}
-        selected_batches = max(result.best_batch, 1)
-    else:
+    test_distiller = phase_distiller(spec, teachers, Phase.TEST, test_train)  # fails early
+    if selected_batches is None:
         selection = select_on_validation(spec, split, sizes, progress=progress, teachers=teachers)
         history += [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
-        stages["select"] = _stage_summary(selection)
+        stages["select"] = stage_summary(selection)
         valid_metrics = selection.best_metrics
         selected_batches = max(selection.best_batch, 1)
-        final_config = dataclasses.replace(
-            spec.training, max_batches=selected_batches, eval_every=0
-        )
-        model = _fresh_model(spec, test_train, sizes, device)
-        final = train_bpr(
-            model, test_train, final_config, progress=progress, distiller=test_distiller
-        )
-        stages["final"] = _stage_summary(final)
-        test_metrics = evaluate_model(
-            model, test_train, test, spec.training.eval_users_per_chunk
-        ).mean()
+    final_config = dataclasses.replace(spec.training, max_batches=selected_batches, eval_every=0)
+    model = fresh_model(spec, test_train, sizes)
+    final = train_bpr(model, test_train, final_config, progress=progress, distiller=test_distiller)
+    stages["final"] = stage_summary(final)
+    test_metrics = evaluate_model(
+        model, test_train, test, spec.training.eval_users_per_chunk
+    ).mean()
     outcome = RunOutcome(
         test_metrics=test_metrics,
         valid_metrics=valid_metrics,
@@ -228,16 +270,16 @@ def train_deployment(
     if batches < 1:
         raise ConfigError(f"the deployment model needs at least 1 batch, got {batches}")
     everything, _ = split.phase(Phase.DEPLOY)
-    model = _fresh_model(spec, everything, sizes, _device(spec))
+    model = fresh_model(spec, everything, sizes)
     config = dataclasses.replace(spec.training, max_batches=batches, eval_every=0)
     result = train_bpr(
         model,
         everything,
         config,
         progress=progress,
-        distiller=_distiller(spec, teachers, Phase.DEPLOY, everything),
+        distiller=phase_distiller(spec, teachers, Phase.DEPLOY, everything),
     )
-    return model, _stage_summary(result)
+    return model, stage_summary(result)
 
 
 def execute_and_deploy(

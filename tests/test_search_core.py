@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -16,26 +14,20 @@ from torch import nn
 
 from ciess_core.errors import ArtifactError, ConfigError
 from ciess_core.search import (
-    PENALTY_BOUNDS,
     Actor,
     AssignmentPool,
     Critic,
-    ExplorationNoise,
     GaussianNoise,
-    OrnsteinUhlenbeckNoise,
-    PenaltyControl,
+    GaussianWalk,
     ReplayBuffer,
     SearchConfig,
     TransitionBatch,
-    UniformNoise,
-    adjust_penalty,
     build_agent,
     critic_loss,
     critic_pick,
     denormalise_action,
     entity_states,
     explore,
-    make_noise,
     minmax_scale,
     normalise_action,
     project_to_budget,
@@ -43,7 +35,6 @@ from ciess_core.search import (
     random_walk,
     rescale_to_total,
     reward,
-    reward_scale,
     shrink_spread,
     soft_update,
     split_budget,
@@ -64,7 +55,7 @@ def cpu_generator(seed: int) -> torch.Generator:
 def test_default_config_is_the_papers() -> None:
     config = SearchConfig()
     assert (config.num_episodes, config.iterations_per_episode, config.max_size) == (30, 10, 128)
-    assert config.exploration_noise is ExplorationNoise.GAUSSIAN
+    assert (config.exploration_scale, config.walk_steps, config.walk_radius) == (6.0, 5, 5)
     assert config.replay_capacity(50) == 5_000
 
 
@@ -90,37 +81,6 @@ def test_config_rejects_bad_values_naming_field_and_value(field: str, value: obj
 def test_config_rejects_impossible_budget() -> None:
     with pytest.raises(ConfigError, match=r"budgets.*0\.999"):
         SearchConfig(budgets=(0.8, 0.999))
-
-
-def test_penalty_step_is_multiplicative_dual_ascent_within_bounds() -> None:
-    # Too dense (sparsity below the budget) raises λ, too sparse lowers it, on target keeps it.
-    assert adjust_penalty(0.4, 0.9, 0.8, step=4.0) == pytest.approx(0.4 * math.exp(0.4))
-    assert adjust_penalty(0.4, 0.9, 0.95, step=4.0) == pytest.approx(0.4 * math.exp(-0.2))
-    assert adjust_penalty(0.4, 0.9, 0.9, step=4.0) == pytest.approx(0.4, rel=1e-12)
-    assert adjust_penalty(0.4, 0.9, 0.0, step=1e6) == pytest.approx(PENALTY_BOUNDS[1], rel=1e-12)
-    assert adjust_penalty(0.4, 0.0, 0.9, step=1e6) == pytest.approx(PENALTY_BOUNDS[0], rel=1e-12)
-    assert adjust_penalty(0.4, 0.9, 0.5, step=0.0) == pytest.approx(0.4, rel=1e-12)
-    with pytest.raises(ConfigError, match="penalty"):
-        adjust_penalty(0.0, 0.9, 0.5, step=1.0)
-
-
-def test_rewards_are_scaled_by_one_over_one_plus_penalty_only_per_budget() -> None:
-    assert reward_scale(PenaltyControl.FIXED, 50.0) == 1.0
-    assert reward_scale(PenaltyControl.PER_BUDGET, 3.0) == 0.25
-
-
-def test_per_budget_phases_run_loosest_budget_first() -> None:
-    fixed = SearchConfig(num_episodes=7, budgets=(0.95, 0.8, 0.9))
-    assert fixed.penalty_control is PenaltyControl.FIXED  # the paper's
-    assert (fixed.total_episodes, fixed.phase_budget(3)) == (7, None)
-    steered = dataclasses.replace(fixed, penalty_control=PenaltyControl.PER_BUDGET)
-    # 7 episodes over 3 budgets: 3 per phase, 9 in all.
-    assert (steered.episodes_per_phase, steered.total_episodes) == (3, 9)
-    assert [steered.phase_budget(e) for e in range(9)] == [0.8] * 3 + [0.9] * 3 + [0.95] * 3
-    with pytest.raises(ConfigError, match="episode"):
-        steered.phase_budget(9)
-    with pytest.raises(ConfigError, match="reward_penalty"):
-        dataclasses.replace(steered, reward_penalty=0.0)
 
 
 # --- networks -----------------------------------------------------------------------------------
@@ -371,7 +331,7 @@ def test_critic_pick_takes_argmax_q1_in_chunks() -> None:
     assert np.array_equal(picked, candidates[np.arange(50), best])
 
 
-def test_explore_with_and_without_random_walk() -> None:
+def test_explore_walks_from_the_noisy_start_and_the_critic_picks() -> None:
     rng = np.random.default_rng(4)
     states = np.zeros((1_000, 3), dtype=np.float32)
     mu, noise = np.full(1_000, 40.0), rng.normal(0, 6, 1_000)
@@ -380,8 +340,7 @@ def test_explore_with_and_without_random_walk() -> None:
         return size
 
     cpu = torch.device("cpu")
-    plain = explore(mu, noise, states, prefers_large, SearchConfig(random_walk=False), rng, cpu)
-    assert np.array_equal(plain, start_sizes(mu, noise, 128))
+    plain = start_sizes(mu, noise, 128)
     walked = explore(
         mu, noise, states, prefers_large, SearchConfig(), np.random.default_rng(9), cpu
     )
@@ -391,25 +350,25 @@ def test_explore_with_and_without_random_walk() -> None:
     assert (walked >= plain).all() and walked.min() >= 1 and walked.max() <= 128
 
 
-def test_noise_processes() -> None:
-    rng = np.random.default_rng(5)
-    gaussian = make_noise(ExplorationNoise.GAUSSIAN, 100_000, 6.0, 0.15)
+def test_the_papers_exploration_is_gaussian_noise_then_the_walk() -> None:
+    config = SearchConfig()
+    gaussian = GaussianWalk().noise(100_000, config)
     assert isinstance(gaussian, GaussianNoise)
-    assert gaussian.sample(rng).std() == pytest.approx(6.0, rel=0.02)
-    uniform = make_noise(ExplorationNoise.UNIFORM, 10_000, 6.0, 0.15)
-    assert isinstance(uniform, UniformNoise)
-    draw = uniform.sample(rng)
-    assert (
-        draw.min() >= -6.0
-        and draw.max() <= 6.0
-        and draw.std() == pytest.approx(6 / 3**0.5, rel=0.05)
+    draws = gaussian.sample(np.random.default_rng(5))
+    assert draws.std() == pytest.approx(config.exploration_scale, rel=0.02)
+    assert abs(draws.mean()) < 0.1
+    states = np.zeros((500, 3), dtype=np.float32)
+    mu, noise = np.full(500, 40.0), draws[:500]
+
+    def prefers_small(state: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        return -size
+
+    cpu = torch.device("cpu")
+    sizes = GaussianWalk().sizes(
+        mu, noise, states, prefers_small, config, np.random.default_rng(2), cpu
     )
-    ou = make_noise(ExplorationNoise.ORNSTEIN_UHLENBECK, 10_000, 6.0, 0.15)
-    assert isinstance(ou, OrnsteinUhlenbeckNoise)
-    first, second = ou.sample(rng), ou.sample(rng)
-    assert np.corrcoef(first, second)[0, 1] == pytest.approx(0.85 / np.sqrt(0.85**2 + 1), abs=0.03)
-    ou.reset()
-    assert np.array_equal(ou.state, np.zeros(10_000))
+    expected = explore(mu, noise, states, prefers_small, config, np.random.default_rng(2), cpu)
+    assert np.array_equal(sizes, expected)
 
 
 # --- state and reward ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The two quality evaluators of the search, on a tiny generated dataset."""
+"""The search's quality evaluator, the supernet, on a tiny generated dataset (the paper's
+evaluator, an experiment, is tested in ``tests/test_bench_experiments.py``)."""
 
 from __future__ import annotations
 
@@ -13,30 +14,13 @@ import pytest
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import BackboneConfig
-from ciess_core.search.evaluators import RetrainEvaluator, SupernetEvaluator
+from ciess_core.search.evaluators import SupernetEvaluator
 from ciess_core.training import TrainConfig
 
 BACKBONE = BackboneConfig(max_size=16)
 TRAINING = TrainConfig(
     batch_size=256, max_batches=120, learning_rate=0.02, min_learning_rate=1e-3, seed=3
 )
-
-
-def test_retrain_evaluator_gives_per_user_and_per_item_quality(
-    clustered_split: DatasetSplit,
-) -> None:
-    train, valid = clustered_split.phase(Phase.SEARCH)
-    evaluator = RetrainEvaluator(train, valid, BACKBONE, TRAINING)
-    evaluator.prepare()
-    signal = evaluator.evaluate(np.full(train.shape[0] + train.shape[1], 8))
-    assert signal.user_eval.shape == (train.shape[0],)
-    assert signal.item_eval.shape == (train.shape[1],)
-    assert np.all((signal.user_eval >= 0) & (signal.user_eval <= 1))
-    assert signal.metrics["recall@20"] > 0.5  # clustered data is easy to learn
-    # Per item: the mean quality of its training users.
-    item = 0
-    users = train[:, item].nonzero()[0]
-    assert signal.item_eval[item] == pytest.approx(signal.user_eval[users].mean())
 
 
 def test_supernet_scores_every_prefix_and_prefers_larger_sizes(

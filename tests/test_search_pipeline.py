@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import shutil
 from collections.abc import Iterator
@@ -16,11 +15,10 @@ import torch
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import BackboneConfig
-from ciess_core.runs import Protocol
-from ciess_core.search import PENALTY_BOUNDS, ItemQuality, PenaltyControl, SearchConfig
-from ciess_core.search.fit import near_tie_order, within_side_spread
+from ciess_core.runs import Protocol, RunProtocol
+from ciess_core.search import ItemQuality, SearchConfig
+from ciess_core.search.fit import within_side_spread
 from ciess_core.search.pipeline import (
-    EvaluatorKind,
     PipelineSpec,
     build_evaluator,
     load_full_model,
@@ -35,9 +33,10 @@ from ciess_core.training.distillation import DistillationConfig, TeacherSource
 MAX_SIZE = 16
 
 
-def tiny_spec(evaluator: EvaluatorKind = EvaluatorKind.SUPERNET) -> PipelineSpec:
+def tiny_spec() -> PipelineSpec:
     """The paper's pipeline at a tiny scale: no fits, plain BPR, searched candidates only (each
-    test turns on what it checks; ``test_the_default_pipeline_…`` runs the product's)."""
+    test turns on what it checks; ``test_the_default_pipeline_…`` runs the product's).
+    ``tests/test_bench_experiments.py`` runs the experiments on it."""
     return PipelineSpec(
         dataset="generated",
         backbone=BackboneConfig(max_size=MAX_SIZE),
@@ -62,9 +61,7 @@ def tiny_spec(evaluator: EvaluatorKind = EvaluatorKind.SUPERNET) -> PipelineSpec
             reward_penalty=0.4,
             seed=2,
         ),
-        evaluator=evaluator,
         supernet_batches=60,
-        retrain_batches=20,
         retrain_top=2,
         protocol=Protocol.CLEAN,
         share_grid=(),
@@ -75,11 +72,10 @@ def tiny_spec(evaluator: EvaluatorKind = EvaluatorKind.SUPERNET) -> PipelineSpec
     )
 
 
-@pytest.mark.parametrize("evaluator", list(EvaluatorKind), ids=lambda kind: kind.value)
 def test_search_end_to_end_meets_every_budget(
-    clustered_split: DatasetSplit, tmp_path: Path, evaluator: EvaluatorKind
+    clustered_split: DatasetSplit, tmp_path: Path
 ) -> None:
-    summary = run_pipeline(tiny_spec(evaluator), clustered_split, tmp_path, progress=False)
+    summary = run_pipeline(tiny_spec(), clustered_split, tmp_path, progress=False)
     trace = [
         json.loads(line) for line in (tmp_path / "search" / "trace.jsonl").read_text().splitlines()
     ]
@@ -191,75 +187,6 @@ def test_search_with_the_items_own_quality(clustered_split: DatasetSplit, tmp_pa
         assert summary["budgets"][budget]["test"]["recall@20"] > 0
 
 
-def test_per_budget_search_steers_the_penalty_towards_each_budget(
-    clustered_split: DatasetSplit, tmp_path: Path
-) -> None:
-    spec = tiny_spec()
-    search = dataclasses.replace(
-        spec.search, penalty_control=PenaltyControl.PER_BUDGET, penalty_step=4.0
-    )
-    spec = dataclasses.replace(spec, search=search)
-    summary = run_pipeline(spec, clustered_split, tmp_path, progress=False)
-    trace = [
-        json.loads(line) for line in (tmp_path / "search" / "trace.jsonl").read_text().splitlines()
-    ]
-    # 3 episodes over 2 budgets: 2 episodes per phase, the looser budget first.
-    assert len(trace) == 4 * 4
-    assert [row["target_sparsity"] for row in trace] == [0.5] * 8 + [0.8] * 8
-    assert trace[0]["penalty"] == search.reward_penalty
-    for before, after in itertools.pairwise(trace):
-        gap = before["target_sparsity"] - before["sparsity"]
-        # λ moved by exactly one dual step after every iteration, up when too dense.
-        expected = np.clip(before["penalty"] * np.exp(search.penalty_step * gap), *PENALTY_BOUNDS)
-        assert after["penalty"] == pytest.approx(expected)
-    for row in trace:  # rewards divided by 1 + λ stay within [−1, 1] however large λ gets
-        assert -1.0 <= row["users_mean_reward"] <= 1.0 and -1.0 <= row["items_mean_reward"] <= 1.0
-    assert max(row["penalty"] for row in trace) > 10  # the tiny search cannot reach 0.8 quickly
-    for budget in ("0.5", "0.8"):
-        sizes = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
-        assert sparsity(sizes, MAX_SIZE) >= float(budget)
-        assert summary["budgets"][budget]["test"]["recall@20"] > 0
-
-
-def test_policy_rollouts_add_one_scored_policy_row_per_episode_and_change_nothing_else(
-    clustered_split: DatasetSplit,
-) -> None:
-    from ciess_core.search.loop import SearchInputs, run_search
-    from ciess_core.search.pipeline import build_evaluator
-
-    spec = tiny_spec()
-    train, _ = clustered_split.phase(Phase.SEARCH)
-    inputs = SearchInputs(
-        popularity={
-            "users": np.diff(train.indptr).astype(float),
-            "items": np.bincount(train.indices, minlength=train.shape[1]).astype(float),
-        },
-        full_quality={"users": np.full(train.shape[0], 0.5), "items": np.full(train.shape[1], 0.5)},
-    )
-    evaluator = build_evaluator(spec, clustered_split)
-    plain = run_search(spec.search, inputs, evaluator, progress=False)
-    with_rollouts = run_search(
-        dataclasses.replace(spec.search, policy_rollouts=True), inputs, evaluator, progress=False
-    )
-    explored = [row for row in with_rollouts.trace if row["kind"] == "explore"]
-    policy = [row for row in with_rollouts.trace if row["kind"] == "policy"]
-    fields = ("episode", "iteration", "users_mean_size", "items_mean_size", "mean_quality")
-    # The explored iterations, and so the learning, are exactly those of the plain search.
-    assert [[r[f] for f in fields] for r in explored] == [
-        [r[f] for f in fields] for r in plain.trace
-    ]
-    assert [row["episode"] for row in policy] == [1, 2, 3]
-    iterations = spec.search.iterations_per_episode
-    for row in policy:
-        assert row["iteration"] == iterations + 1
-        assert 1 <= row["users_mean_size"] <= MAX_SIZE and 0 <= row["sparsity"] < 1
-        assert 0 < row["metrics"]["recall@20"] <= 1
-    # Each episode's rollout sits right after its explored iterations.
-    assert [row["kind"] for row in with_rollouts.trace[: iterations + 1]] == ["explore"] * (
-        iterations
-    ) + ["policy"]
-
-
 def test_share_fitting_scores_refitted_variants_and_retrains_the_best(
     clustered_split: DatasetSplit, tmp_path: Path
 ) -> None:
@@ -280,8 +207,6 @@ def test_share_fitting_scores_refitted_variants_and_retrains_the_best(
         assert summary["budgets"][budget]["test"]["recall@20"] > 0
     with pytest.raises(ConfigError, match="share_grid"):
         dataclasses.replace(spec, share_grid=(1.0,))
-    with pytest.raises(ConfigError, match="supernet"):
-        dataclasses.replace(spec, evaluator=EvaluatorKind.RETRAIN)
 
 
 def test_within_side_spread_is_zero_for_per_side_equal_sizes_whatever_the_split() -> None:
@@ -290,39 +215,6 @@ def test_within_side_spread_is_zero_for_per_side_equal_sizes_whatever_the_split(
     assert within_side_spread(np.array([1, 3, 4, 8]), num_users=2) == pytest.approx(
         np.sqrt((1 + 1 + 4 + 4) / 4)
     )
-
-
-def test_near_ties_go_to_the_evenest_variant_and_the_rest_stay_in_score_order() -> None:
-    scores = [0.300, 0.2995, 0.290, 0.2999, 0.250]
-    spreads = [9.0, 2.0, 0.0, 5.0, 1.0]
-    assert near_tie_order(scores, spreads, 0.0) == [0, 3, 1, 2, 4]
-    # 0.2% of 0.300 is 0.0006: variants 0, 3 and 1 tie; 2 and 4 do not, whatever their spread.
-    assert near_tie_order(scores, spreads, 0.002) == [1, 3, 0, 2, 4]
-    assert near_tie_order(scores, spreads, 0.5) == [2, 4, 1, 3, 0]
-    assert near_tie_order([], [], 0.1) == []
-
-
-def test_the_even_tolerance_retrains_the_evenest_near_tie_and_records_every_spread(
-    clustered_split: DatasetSplit, tmp_path: Path
-) -> None:
-    spec = dataclasses.replace(
-        tiny_spec(), share_grid=(0.3, 0.5, 0.7), retrain_top=1, even_tolerance=0.99
-    )
-    run_pipeline(spec, clustered_split, tmp_path, progress=False)
-    num_users = clustered_split.num_users
-    for budget in ("0.5", "0.8"):
-        fit = json.loads((tmp_path / f"budget-{budget}" / "fit.json").read_text())
-        best = max(row["valid_ndcg@20"] for row in fit)
-        near = [row for row in fit if row["valid_ndcg@20"] >= 0.01 * best]
-        spreads = [row["within_side_spread"] for row in near]
-        # A 99 % tolerance ties every variant above 1 % of the best: they lead, evenest first.
-        assert fit[: len(near)] == near and spreads == sorted(spreads)
-        chosen = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
-        assert within_side_spread(chosen, num_users) == pytest.approx(spreads[0])
-    with pytest.raises(ConfigError, match="needs share_grid"):
-        dataclasses.replace(spec, share_grid=())
-    with pytest.raises(ConfigError, match="even_tolerance"):
-        dataclasses.replace(spec, even_tolerance=1.0)
 
 
 def test_held_out_selection_fits_spread_variants_on_validation_the_search_never_saw(
@@ -367,7 +259,7 @@ def test_held_out_selection_fits_spread_variants_on_validation_the_search_never_
     fit = json.loads((tmp_path / "budget-0.8" / "fit.json").read_text())
     assert evaluator.evaluate(chosen).metrics["ndcg@20"] == pytest.approx(fit[0]["valid_ndcg@20"])
     with pytest.raises(ConfigError, match="needs share_grid"):
-        dataclasses.replace(spec, share_grid=(), even_tolerance=0.0)
+        dataclasses.replace(spec, share_grid=())
     with pytest.raises(ConfigError, match="selection_share"):
         dataclasses.replace(spec, selection_share=1.0)
     with pytest.raises(ConfigError, match="spread_grid"):
@@ -428,10 +320,11 @@ def test_distilled_retraining_follows_the_kept_full_model(
         run_pipeline(spec, clustered_split, tmp_path / "kd", progress=False)
 
 
-@pytest.mark.parametrize("protocol", list(Protocol), ids=lambda protocol: protocol.value)
-def test_a_test_phase_teacher_is_trained_once_on_train_and_validation(
-    clustered_split: DatasetSplit, tmp_path: Path, protocol: Protocol
+def check_the_test_phase_teacher_is_trained_once(
+    clustered_split: DatasetSplit, tmp_path: Path, protocol: RunProtocol
 ) -> None:
+    """Under ``protocol``, a phase teacher on train and validation, trained once (also run with
+    the reference protocol by ``tests/test_bench_experiments.py``)."""
     config = DistillationConfig(top_k=10, teacher=TeacherSource.PHASE)
     spec = dataclasses.replace(tiny_spec(), distillation=config, protocol=protocol)
     summary = run_pipeline(spec, clustered_split, tmp_path, progress=False)
@@ -451,6 +344,12 @@ def test_a_test_phase_teacher_is_trained_once_on_train_and_validation(
     assert not (tmp_path / "teacher").exists()
 
 
+def test_a_test_phase_teacher_is_trained_once_on_train_and_validation(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    check_the_test_phase_teacher_is_trained_once(clustered_split, tmp_path, Protocol.CLEAN)
+
+
 def _untimed_trace(out: Path) -> list[dict]:
     rows = [json.loads(line) for line in (out / "search" / "trace.jsonl").read_text().splitlines()]
     return [{key: value for key, value in row.items() if "seconds" not in key} for row in rows]
@@ -465,10 +364,11 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("protocol", list(Protocol), ids=lambda protocol: protocol.value)
-def test_two_workers_give_the_same_models_as_one(
-    clustered_split: DatasetSplit, tmp_path: Path, protocol: Protocol, one_thread: None
+def check_two_workers_give_the_same_models_as_one(
+    clustered_split: DatasetSplit, tmp_path: Path, protocol: RunProtocol
 ) -> None:
+    """Under ``protocol``, stages in two worker processes give the one-process models (also run
+    with the reference protocol by ``tests/test_bench_experiments.py``)."""
     config = DistillationConfig(top_k=10, teacher=TeacherSource.PHASE)
     spec = dataclasses.replace(tiny_spec(), distillation=config, protocol=protocol)
     one = run_pipeline(spec, clustered_split, tmp_path / "one", progress=False)
@@ -487,6 +387,12 @@ def test_two_workers_give_the_same_models_as_one(
     )
     with pytest.raises(ConfigError, match="workers"):
         run_pipeline(spec, clustered_split, tmp_path / "none", progress=False, workers=0)
+
+
+def test_two_workers_give_the_same_models_as_one(
+    clustered_split: DatasetSplit, tmp_path: Path, one_thread: None
+) -> None:
+    check_two_workers_give_the_same_models_as_one(clustered_split, tmp_path, Protocol.CLEAN)
 
 
 def test_the_default_pipeline_deploys_the_chosen_candidate_trained_on_every_interaction(

@@ -1,4 +1,5 @@
-"""BPR sampling, loss, schedule, early stopping and checkpoint restore."""
+"""BPR sampling, loss, schedule, early stopping and checkpoint restore; a run under the clean
+protocol."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError, DataError
 from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
+from ciess_core.runs import Protocol, RunSpec, execute_run
 from ciess_core.training import BprSampler, TrainConfig, bpr_loss, evaluate_model, train_bpr
 
 
@@ -96,3 +98,33 @@ def test_training_matrix_must_match_the_model(tiny_train: sp.csr_matrix) -> None
     model = build_backbone(BackboneConfig(max_size=4), tiny_train, torch.Generator().manual_seed(0))
     with pytest.raises(ConfigError, match="does not match"):
         train_bpr(model, tiny_train[:5], TrainConfig(max_batches=1), progress=False)
+
+
+def test_the_clean_protocol_selects_on_validation_then_trains_the_tested_model_once(
+    clustered_split: DatasetSplit,
+) -> None:
+    """A run under the clean protocol; given the batch count its selection found, the run trains
+    exactly the same tested model without selecting again (the pipeline's full-size teacher)."""
+    spec = RunSpec(
+        dataset="generated",
+        backbone=BackboneConfig(max_size=16),
+        training=TrainConfig(
+            batch_size=128, max_batches=60, eval_every=20, learning_rate=0.02, seed=3
+        ),
+    )
+    assert spec.protocol is Protocol.CLEAN and Protocol.CLEAN.selects_on == "valid"
+    sizes = np.full(clustered_split.num_users + clustered_split.num_items, 8)
+    model, outcome, history = execute_run(spec, clustered_split, sizes, progress=False)
+    assert set(outcome.stages) == {"select", "final"} and outcome.valid_metrics
+    assert outcome.selected_batches == max(outcome.stages["select"]["best_batch"], 1)
+    assert outcome.stages["final"]["batches_run"] == outcome.selected_batches
+    assert {row["stage"] for row in history} == {"select"}
+    test_train, test = clustered_split.phase(Phase.TEST)
+    assert evaluate_model(model, test_train, test).mean() == outcome.test_metrics
+    again, known, _ = execute_run(
+        spec, clustered_split, sizes, progress=False, selected_batches=outcome.selected_batches
+    )
+    assert set(known.stages) == {"final"} and known.valid_metrics == {}
+    assert known.test_metrics == outcome.test_metrics
+    for name, weights in model.state_dict().items():
+        assert torch.equal(weights, again.state_dict()[name]), name

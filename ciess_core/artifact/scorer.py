@@ -47,14 +47,11 @@ class ScorerOptions:
         max_buckets: most width buckets for the item matrix (1 = one matrix at the widest row).
         min_bucket_saving: a bucket must save this fraction of the one-bucket work.
         threads: onnxruntime intra-op threads (0: onnxruntime's default, all cores).
-        padded: ignore the widths and keep one zero-padded matrix at the full width (the
-            baseline layout the benchmark compares against).
     """
 
     max_buckets: int = 4
     min_bucket_saving: float = 0.02
     threads: int = 0
-    padded: bool = False
 
     def __post_init__(self) -> None:
         if self.max_buckets < 1:
@@ -84,6 +81,9 @@ def _run(session: ort.InferenceSession, feeds: Mapping[str, FloatArray]) -> list
 class DotIndex:
     """User vectors and width-bucketed item vectors scored by the ``dot`` graph.
 
+    Every row counts as wide as :meth:`row_widths` says: its effective width (a subclass may
+    say otherwise, e.g. a benchmark's zero-padded baseline).
+
     Attributes:
         users: (U, w_u) float32 user vectors.
         layout: the item permutation and bucket bounds.
@@ -99,12 +99,8 @@ class DotIndex:
         layout: BucketLayout | None = None,
     ) -> None:
         self.session = session
-        if options.padded:
-            user_widths = np.full(users.shape[0], users.shape[1], dtype=np.int64)
-            item_widths = np.full(items.shape[0], items.shape[1], dtype=np.int64)
-        else:
-            user_widths, item_widths = effective_widths(users), effective_widths(items)
-            users = np.ascontiguousarray(users[:, : int(user_widths.max())])
+        user_widths, item_widths = self.row_widths(users), self.row_widths(items)
+        users = np.ascontiguousarray(users[:, : int(user_widths.max())])
         self.users = users
         self.user_widths = user_widths
         if layout is None:
@@ -114,6 +110,11 @@ class DotIndex:
             np.ascontiguousarray(items[layout.order[start:end], :width].T)
             for start, end, width in layout.bounds
         ]
+
+    @staticmethod
+    def row_widths(matrix: FloatArray) -> IdArray:
+        """(n,) int64 width of every row of ``matrix`` (n, w): its effective width."""
+        return effective_widths(matrix)
 
     @property
     def nbytes(self) -> int:
@@ -161,8 +162,11 @@ class ArtifactScorer:
     """Scores every item for a user, from an artifact alone.
 
     Item ids are internal (0..num_items-1) everywhere; :meth:`user_index` and :meth:`item_labels`
-    map to and from the external ids.
+    map to and from the external ids. ``index_type`` lays out the dot products (a subclass may
+    swap in another :class:`DotIndex` for a benchmark's baseline).
     """
+
+    index_type: type[DotIndex] = DotIndex
 
     def __init__(self, artifact: Artifact, options: ScorerOptions | None = None) -> None:
         self.options = options or ScorerOptions()
@@ -187,7 +191,7 @@ class ArtifactScorer:
                 users, items = _lightgcn_vectors(artifact)
             else:
                 users, items = _ngcf_vectors(artifact, threads)
-            self.index = DotIndex(users, items, dot, self.options)
+            self.index = self.index_type(users, items, dot, self.options)
         # Each user's seen items as positions in bucket order, aligned with ``seen.indptr``.
         self._seen_positions = self.index.layout.position[self.seen.indices].astype(np.int32)
         logger.info(
@@ -213,7 +217,7 @@ class ArtifactScorer:
         item_session = _session(artifact.graph_paths["ncf_item"], threads)
         (item_part,) = _run(item_session, {"mlp": unpack(mlp, width, items)})
         dot = _session(artifact.graph_paths["dot"], threads)
-        index = DotIndex(user_gmf, unpack(gmf, width, items), dot, self.options)
+        index = self.index_type(user_gmf, unpack(gmf, width, items), dot, self.options)
         # The tower sees items in the same (bucket) order as the GMF half.
         self.ncf_parts = (user_part, np.ascontiguousarray(item_part[index.layout.order]))
         self.ncf_tower = _session(artifact.graph_paths["ncf_tower"], threads)
@@ -243,6 +247,23 @@ class ArtifactScorer:
     def bucket_widths(self) -> list[tuple[int, int]]:
         """(items, width) per bucket."""
         return [(end - start, width) for start, end, width in self.index.layout.bounds]
+
+    # -- item geometry --------------------------------------------------------------------------
+    def item_vectors(self) -> FloatArray:
+        """(num_items, w) float32 item side of the dot products, in internal item order.
+
+        LightGCN: the propagated vectors (mean of layers 0..K); NGCF: the concatenated layers;
+        NCF: the GMF item table (the tower half of its score has no item vector). Rebuilt from
+        the width buckets (zeros past each row's width) into a new array: the caller keeps it.
+        """
+        layout = self.index.layout
+        width = max(block.shape[0] for block in self.index.item_blocks)
+        vectors = np.zeros((self.num_items, width), dtype=np.float32)
+        for (start, end, bucket_width), block in zip(
+            layout.bounds, self.index.item_blocks, strict=True
+        ):
+            vectors[layout.order[start:end], :bucket_width] = block.T
+        return vectors
 
     # -- scoring --------------------------------------------------------------------------------
     def _check_users(self, user_ids: npt.ArrayLike) -> IdArray:

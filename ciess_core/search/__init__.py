@@ -4,16 +4,15 @@ Everything here is pure or holds only its own state; the environment that trains
 recommenders, and the episode loop, build on these pieces.
 """
 
-from ciess_core.search.config import ExplorationNoise, ItemQuality, SearchConfig
+from ciess_core.search.config import ItemQuality, SearchConfig
 from ciess_core.search.exploration import (
+    Exploration,
     GaussianNoise,
+    GaussianWalk,
     NoiseProcess,
-    OrnsteinUhlenbeckNoise,
     QFunction,
-    UniformNoise,
     critic_pick,
     explore,
-    make_noise,
     neighbour_offsets,
     random_walk,
     start_sizes,
@@ -25,7 +24,6 @@ from ciess_core.search.networks import (
     denormalise_action,
     normalise_action,
 )
-from ciess_core.search.penalty import PENALTY_BOUNDS, PenaltyControl, adjust_penalty, reward_scale
 from ciess_core.search.pool import (
     POOL_SCHEMA_VERSION,
     AssignmentPool,
@@ -50,34 +48,29 @@ from ciess_core.search.td3 import (
 )
 
 __all__ = [
-    "PENALTY_BOUNDS",
     "POOL_SCHEMA_VERSION",
     "STATE_DIM",
     "Actor",
     "AssignmentPool",
     "Critic",
-    "ExplorationNoise",
+    "Exploration",
     "GaussianNoise",
+    "GaussianWalk",
     "ItemQuality",
     "NoiseProcess",
-    "OrnsteinUhlenbeckNoise",
-    "PenaltyControl",
     "PoolEntry",
     "QFunction",
     "ReplayBuffer",
     "SearchConfig",
     "TD3Agent",
     "TransitionBatch",
-    "UniformNoise",
     "actor_loss",
-    "adjust_penalty",
     "build_agent",
     "critic_loss",
     "critic_pick",
     "denormalise_action",
     "entity_states",
     "explore",
-    "make_noise",
     "minmax_scale",
     "neighbour_offsets",
     "normalise_action",
@@ -87,7 +80,6 @@ __all__ = [
     "random_walk",
     "rescale_to_total",
     "reward",
-    "reward_scale",
     "shrink_sides",
     "shrink_spread",
     "soft_update",

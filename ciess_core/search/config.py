@@ -7,18 +7,9 @@ import math
 from dataclasses import dataclass
 
 from ciess_core.errors import ConfigError
-from ciess_core.search.penalty import PenaltyControl
 from ciess_core.sizes import check_target_sparsity
 
-__all__ = ["ExplorationNoise", "ItemQuality", "PenaltyControl", "SearchConfig"]
-
-
-class ExplorationNoise(enum.Enum):
-    """Per-entity noise added to the actor's size before the random walk (spec §5, §8 ablation)."""
-
-    GAUSSIAN = "gaussian"
-    ORNSTEIN_UHLENBECK = "ou"
-    UNIFORM = "uniform"
+__all__ = ["ItemQuality", "SearchConfig"]
 
 
 class ItemQuality(enum.Enum):
@@ -46,12 +37,7 @@ class SearchConfig:
     Attributes:
         num_episodes: episodes M; every episode restarts from full sizes.
         iterations_per_episode: iterations T per episode (one size assignment each).
-        reward_penalty: λ in r = q − λ·(d/d_max)²; 0.4 on ML-1M, 0.2 on Yelp2018. Under
-            ``PenaltyControl.PER_BUDGET`` this is λ's starting value.
-        penalty_control: ``fixed`` (the paper's: one λ, one search for every budget) or
-            ``per-budget`` (one phase of episodes per budget with λ steered towards it; see
-            :mod:`ciess_core.search.penalty`).
-        penalty_step: η of the per-budget dual-ascent step λ ← λ·exp(η·(c − sparsity)).
+        reward_penalty: λ in r = q − λ·(d/d_max)²; 0.4 on ML-1M, 0.2 on Yelp2018.
         max_size: d_max, the full embedding size; actions are integer sizes in [1, max_size].
         hidden_size: width of the two hidden layers of the actor and of each Q head.
         actor_learning_rate: Adam learning rate of the actor.
@@ -65,17 +51,9 @@ class SearchConfig:
         grad_norm_clip: maximum global gradient norm of each critic and actor step.
         replay_capacity_factor: a side's replay buffer holds this many × its number of entities.
         batch_size: transitions per TD3 minibatch.
-        exploration_noise: kind of exploration noise added to the actor's sizes.
-        exploration_scale: magnitude of the exploration noise, in size units: the Gaussian
-            standard deviation, the OU process's σ, or the half-width of the uniform noise.
-        ou_theta: mean-reversion rate θ of the Ornstein–Uhlenbeck noise (ignored otherwise).
-        random_walk: explore by a random walk over sizes scored by the critic; if False the noisy
-            actor output, rounded and clipped, is the size.
+        exploration_scale: standard deviation of the Gaussian exploration noise, in size units.
         walk_steps: number of random-walk steps (candidates = start + this many visited sizes).
         walk_radius: size d links to every d' with 0 < |d − d'| ≤ walk_radius.
-        policy_rollouts: after every episode, also score the actors' own sizes (no noise, no
-            random walk) and offer them to the pool; exploration is for learning, and the
-            explored assignments carry its per-entity noise. Off in the paper.
         pool_size: l, the number of assignments kept per budget for selective retraining.
         item_quality: what an item's quality measures (see :class:`ItemQuality`).
         budgets: target sparsities c for which the pool keeps the best assignments.
@@ -86,8 +64,6 @@ class SearchConfig:
     num_episodes: int = 30
     iterations_per_episode: int = 10
     reward_penalty: float = 0.4
-    penalty_control: PenaltyControl = PenaltyControl.FIXED
-    penalty_step: float = 0.1
     max_size: int = 128
     hidden_size: int = 256
     actor_learning_rate: float = 1e-3
@@ -100,13 +76,9 @@ class SearchConfig:
     grad_norm_clip: float = 0.01
     replay_capacity_factor: int = 100
     batch_size: int = 4096
-    exploration_noise: ExplorationNoise = ExplorationNoise.GAUSSIAN
     exploration_scale: float = 6.0
-    ou_theta: float = 0.15
-    random_walk: bool = True
     walk_steps: int = 5
     walk_radius: int = 5
-    policy_rollouts: bool = False
     pool_size: int = 3
     item_quality: ItemQuality = ItemQuality.OWN
     budgets: tuple[float, ...] = (0.8, 0.9, 0.95)
@@ -140,7 +112,6 @@ class SearchConfig:
             "target_noise_std": self.target_noise_std,
             "target_noise_clip": self.target_noise_clip,
             "exploration_scale": self.exploration_scale,
-            "penalty_step": self.penalty_step,
         }
         for name, number in strictly_positive.items():
             if not (math.isfinite(number) and number > 0):
@@ -152,20 +123,6 @@ class SearchConfig:
             raise ConfigError(f"gamma must lie in [0, 1], got {self.gamma}")
         if not 0 < self.tau <= 1:
             raise ConfigError(f"tau must lie in (0, 1], got {self.tau}")
-        if not 0 < self.ou_theta <= 1:
-            raise ConfigError(f"ou_theta must lie in (0, 1], got {self.ou_theta}")
-        if not isinstance(self.exploration_noise, ExplorationNoise):
-            raise ConfigError(
-                f"exploration_noise must be one of {[kind.value for kind in ExplorationNoise]}, "
-                f"got {self.exploration_noise!r}"
-            )
-        if not isinstance(self.penalty_control, PenaltyControl):
-            raise ConfigError(
-                f"penalty_control must be one of {[kind.value for kind in PenaltyControl]}, "
-                f"got {self.penalty_control!r}"
-            )
-        if self.penalty_control is PenaltyControl.PER_BUDGET and not self.reward_penalty > 0:
-            raise ConfigError("a per-budget penalty needs a starting reward_penalty > 0, got 0")
         if not isinstance(self.item_quality, ItemQuality):
             raise ConfigError(
                 f"item_quality must be one of {[kind.value for kind in ItemQuality]}, "
@@ -182,28 +139,6 @@ class SearchConfig:
             raise ConfigError(f"budgets must be distinct, got {self.budgets}")
         if not self.device.startswith(("cpu", "cuda")):
             raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got '{self.device}'")
-
-    @property
-    def episodes_per_phase(self) -> int:
-        """Episodes per budget phase: all of them when λ is fixed, else M split over budgets."""
-        if self.penalty_control is PenaltyControl.FIXED:
-            return self.num_episodes
-        return math.ceil(self.num_episodes / len(self.budgets))
-
-    @property
-    def total_episodes(self) -> int:
-        """Episodes the whole search runs (M, rounded up to whole phases)."""
-        if self.penalty_control is PenaltyControl.FIXED:
-            return self.num_episodes
-        return self.episodes_per_phase * len(self.budgets)
-
-    def phase_budget(self, episode: int) -> float | None:
-        """The budget λ is steered towards in 0-based ``episode``; None when λ is fixed."""
-        if self.penalty_control is PenaltyControl.FIXED:
-            return None
-        if not 0 <= episode < self.total_episodes:
-            raise ConfigError(f"episode must lie in [0, {self.total_episodes}), got {episode}")
-        return sorted(self.budgets)[episode // self.episodes_per_phase]
 
     def replay_capacity(self, num_entities: int) -> int:
         """Replay capacity of a side with ``num_entities`` users or items."""

@@ -1,12 +1,11 @@
 """Quality evaluators: how good is a size assignment, per user and per item, on validation?
 
-Two implementations behind one interface (:class:`QualityEvaluator`):
-
-- :class:`RetrainEvaluator` is the paper's: every candidate assignment gets a fresh model trained
-  for a fixed number of batches under its masks. Faithful and expensive (M·T trainings).
-- :class:`SupernetEvaluator` is ours: one model is trained once with a new random size for every
-  entity at every batch, so that every prefix of every embedding is useful on its own; a candidate
-  is scored by masking this model (optionally after a few fine-tuning batches under its masks).
+The search scores assignments through one interface (:class:`QualityEvaluator`). The core's
+implementation is :class:`SupernetEvaluator`: one model is trained once with a new random size
+for every entity at every batch, so that every prefix of every embedding is useful on its own; a
+candidate is scored by masking this model (optionally after a few fine-tuning batches under its
+masks). The paper's evaluator, a model trained from scratch per candidate, is an experiment in
+``bench/experiments``.
 """
 
 from __future__ import annotations
@@ -96,40 +95,6 @@ def _sizes_tensor(sizes: np.ndarray, model: Backbone) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(sizes, dtype=np.int64)).to(
         model.tables()[0].weight.device
     )
-
-
-class RetrainEvaluator:
-    """The paper's evaluator: a fresh model trained for ``training.max_batches`` per candidate."""
-
-    name = "retrain"
-
-    def __init__(
-        self,
-        train: sp.csr_matrix,
-        valid: sp.csr_matrix,
-        backbone: BackboneConfig,
-        training: TrainConfig,
-        item_quality: ItemQuality = ItemQuality.USERS,
-    ) -> None:
-        self.train, self.valid = train, valid
-        self.backbone = backbone
-        self.training = dataclasses.replace(training, eval_every=0)
-        self.item_quality = item_quality
-        self.calls = 0
-
-    def prepare(self) -> None:
-        """Nothing to prepare: every evaluation starts from scratch."""
-
-    def evaluate(self, sizes: np.ndarray) -> QualitySignal:
-        started = time.perf_counter()
-        generator = torch.Generator(device=self.training.device)
-        generator.manual_seed(self.training.seed + self.calls)
-        model = build_backbone(self.backbone, self.train, generator)
-        model.set_embedding_sizes(_sizes_tensor(sizes, model))
-        config = dataclasses.replace(self.training, seed=self.training.seed + self.calls)
-        train_bpr(model, self.train, config, progress=False)
-        self.calls += 1
-        return quality_signal(model, self.train, self.valid, started, self.item_quality)
 
 
 class SupernetEvaluator:

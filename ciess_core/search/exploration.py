@@ -1,9 +1,12 @@
-"""Exploration over sizes: noise processes, the vectorised random walk and the critic's pick (§5).
+"""Exploration over sizes: Gaussian noise, the vectorised random walk and the critic's pick (§5).
 
 One iteration's sizes for a side are ``explore(μ(s), ε, s, Q1, …)``: the noisy actor output
-d̂ = μ(s) + ε is rounded and clipped to a start size; with the random walk on, a walk over sizes
-from that start proposes ``walk_steps`` more candidates and Q1 picks the best of the
-``walk_steps + 1``. Every array holds one entry per entity and nothing loops over entities.
+d̂ = μ(s) + ε is rounded and clipped to a start size, a walk over sizes from that start proposes
+``walk_steps`` more candidates and Q1 picks the best of the ``walk_steps + 1``. Every array holds
+one entry per entity and nothing loops over entities.
+
+The search takes its exploration as an :class:`Exploration` (the paper's: :class:`GaussianWalk`);
+the ablation's other noises and its search without the walk live in ``bench/experiments``.
 """
 
 from __future__ import annotations
@@ -15,17 +18,16 @@ import numpy as np
 import torch
 
 from ciess_core.errors import ConfigError
-from ciess_core.search.config import ExplorationNoise, SearchConfig
+from ciess_core.search.config import SearchConfig
 
 __all__ = [
+    "Exploration",
     "GaussianNoise",
+    "GaussianWalk",
     "NoiseProcess",
-    "OrnsteinUhlenbeckNoise",
     "QFunction",
-    "UniformNoise",
     "critic_pick",
     "explore",
-    "make_noise",
     "neighbour_offsets",
     "random_walk",
     "start_sizes",
@@ -59,58 +61,6 @@ class GaussianNoise:
 
     def reset(self) -> None:
         """Stateless: nothing to forget."""
-
-
-class UniformNoise:
-    """ε_n ~ U(−half_width, half_width), independent per entity and per draw."""
-
-    def __init__(self, num_entities: int, half_width: float) -> None:
-        self.num_entities = num_entities
-        self.half_width = half_width
-
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        return rng.uniform(-self.half_width, self.half_width, size=self.num_entities)
-
-    def reset(self) -> None:
-        """Stateless: nothing to forget."""
-
-
-class OrnsteinUhlenbeckNoise:
-    """Ornstein–Uhlenbeck noise per entity: x ← x − θ·x + σ·N(0, 1), starting from 0.
-
-    Successive draws of one entity are correlated across the iterations of an episode; ``reset``
-    returns every entity to 0. The stationary standard deviation is σ / √(θ(2 − θ)).
-    """
-
-    def __init__(self, num_entities: int, sigma: float, theta: float) -> None:
-        self.num_entities = num_entities
-        self.sigma = sigma
-        self.theta = theta
-        self.state = np.zeros(num_entities, dtype=np.float64)
-
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        self.state = (
-            self.state
-            - self.theta * self.state
-            + self.sigma * rng.standard_normal(self.num_entities)
-        )
-        return self.state.copy()
-
-    def reset(self) -> None:
-        self.state = np.zeros(self.num_entities, dtype=np.float64)
-
-
-def make_noise(
-    kind: ExplorationNoise, num_entities: int, scale: float, ou_theta: float
-) -> NoiseProcess:
-    """The noise process of ``kind``; ``scale`` is the Gaussian std, OU σ or uniform half-width."""
-    if kind is ExplorationNoise.GAUSSIAN:
-        return GaussianNoise(num_entities, scale)
-    if kind is ExplorationNoise.ORNSTEIN_UHLENBECK:
-        return OrnsteinUhlenbeckNoise(num_entities, scale, ou_theta)
-    if kind is ExplorationNoise.UNIFORM:
-        return UniformNoise(num_entities, scale)
-    raise ConfigError(f"unknown exploration noise {kind!r}")
 
 
 def start_sizes(policy_sizes: np.ndarray, noise: np.ndarray, max_size: int) -> np.ndarray:
@@ -222,19 +172,60 @@ def explore(
     rng: np.random.Generator,
     device: torch.device,
 ) -> np.ndarray:
-    """One side's sizes for an iteration, ``(N,)`` int64 in [1, d_max].
+    """One side's sizes for an iteration, ``(N,)`` int64 in [1, d_max]: the random walk from the
+    noisy actor output, scored by the critic.
 
     Args:
         policy_sizes: ``(N,)`` actor outputs μ(s).
         noise: ``(N,)`` exploration noise ε (e.g. from a :class:`NoiseProcess`).
         states: ``(N, 3)`` current states.
-        critic_q1: the side's critic head Q1, used only when ``config.random_walk``.
-        config: supplies ``random_walk``, ``walk_steps``, ``walk_radius`` and ``max_size``.
+        critic_q1: the side's critic head Q1.
+        config: supplies ``walk_steps``, ``walk_radius`` and ``max_size``.
         rng: draws the random walk.
         device: where ``critic_q1`` runs.
     """
     start = start_sizes(policy_sizes, noise, config.max_size)
-    if not config.random_walk:
-        return start
     candidates = random_walk(start, config.walk_steps, config.walk_radius, config.max_size, rng)
     return critic_pick(critic_q1, states, candidates, device)
+
+
+class Exploration(Protocol):
+    """How an iteration's sizes come from the actor's: the search's extension point for
+    exploration (:func:`~ciess_core.search.loop.run_search`)."""
+
+    def noise(self, num_entities: int, config: SearchConfig) -> NoiseProcess:
+        """A fresh noise process for a side of ``num_entities`` users or items."""
+        ...
+
+    def sizes(
+        self,
+        policy_sizes: np.ndarray,
+        noise: np.ndarray,
+        states: np.ndarray,
+        critic_q1: QFunction,
+        config: SearchConfig,
+        rng: np.random.Generator,
+        device: torch.device,
+    ) -> np.ndarray:
+        """One side's ``(N,)`` int64 sizes in [1, d_max] (arguments as :func:`explore`'s)."""
+        ...
+
+
+class GaussianWalk:
+    """The paper's exploration (spec §5): ε_n ~ N(0, ``exploration_scale``²) per entity, then the
+    random walk scored by the critic (:func:`explore`)."""
+
+    def noise(self, num_entities: int, config: SearchConfig) -> NoiseProcess:
+        return GaussianNoise(num_entities, config.exploration_scale)
+
+    def sizes(
+        self,
+        policy_sizes: np.ndarray,
+        noise: np.ndarray,
+        states: np.ndarray,
+        critic_q1: QFunction,
+        config: SearchConfig,
+        rng: np.random.Generator,
+        device: torch.device,
+    ) -> np.ndarray:
+        return explore(policy_sizes, noise, states, critic_q1, config, rng, device)

@@ -43,18 +43,6 @@ def within_side_spread(sizes: np.ndarray, num_users: int) -> float:
     return float(np.sqrt(np.mean(deviations**2)))
 
 
-def near_tie_order(scores: list[float], spreads: list[float], tolerance: float) -> list[int]:
-    """Indices of variants: those within ``tolerance`` (relative) of the best score first, least
-    spread first, then the others by score (best first). Ties keep the given order."""
-    order = sorted(range(len(scores)), key=lambda index: -scores[index])
-    if not order or tolerance <= 0.0:
-        return order
-    floor = scores[order[0]] - tolerance * abs(scores[order[0]])
-    near = [index for index in order if scores[index] >= floor]
-    rest = [index for index in order if scores[index] < floor]
-    return sorted(near, key=lambda index: spreads[index]) + rest
-
-
 def fit_shares(
     spec: PipelineSpec,
     evaluator: QualityEvaluator,
@@ -65,8 +53,7 @@ def fit_shares(
     record_name: str = "fit.json",
 ) -> list[np.ndarray]:
     """Refit each candidate at every share of ``spec.share_grid`` and, with ``spec.spread_grid``,
-    shrink the best variants' spreads; the best first (with ``spec.even_tolerance``, near ties by
-    least spread: :func:`near_tie_order`).
+    shrink the best variants' spreads; the best first (ties keep the order they were scored in).
 
     Writes ``directory/<record_name>`` in that order: every variant's share (null: as the pool
     gave it), spread factors, users' and items' mean sizes, within-side spread, sparsity and
@@ -110,12 +97,7 @@ def fit_shares(
                         users_spread_factor=users_factor,
                         items_spread_factor=items_factor,
                     )
-    order = near_tie_order(
-        [entry[0] for entry in scored],
-        [entry[2]["within_side_spread"] for entry in scored],
-        spec.even_tolerance,
-    )
-    scored = [scored[index] for index in order]
+    scored.sort(key=lambda entry: -entry[0])
     directory.mkdir(parents=True, exist_ok=True)
     write_json(directory / record_name, [entry[2] for entry in scored])
     logger.info("budget %g: first refit %s (%s %.4f)", budget, scored[0][2], metric, scored[0][0])

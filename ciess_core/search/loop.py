@@ -4,6 +4,9 @@ Each iteration: the users' and items' actors propose sizes, exploration (noise, 
 critic's pick) perturbs them, the evaluator scores the whole assignment on validation, rewards and
 next states follow, transitions go to each side's replay buffer and each side's TD3 agent makes
 one update. Every assignment is offered to the pool of the best per budget.
+
+:class:`SearchHooks` are the loop's extension points for experiments (``bench/experiments``): the
+exploration and the reward's size penalty, both the paper's by default.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,8 +28,7 @@ from tqdm.auto import tqdm
 from ciess_core.errors import ConfigError
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.evaluators import QualityEvaluator
-from ciess_core.search.exploration import NoiseProcess, explore, make_noise
-from ciess_core.search.penalty import adjust_penalty, reward_scale
+from ciess_core.search.exploration import Exploration, GaussianWalk, NoiseProcess
 from ciess_core.search.pool import AssignmentPool
 from ciess_core.search.replay import ReplayBuffer
 from ciess_core.search.state import entity_states, quality_ratio, reward
@@ -69,6 +71,33 @@ class SearchInputs:
         return len(self.popularity["items"])
 
 
+class Penalty(NamedTuple):
+    """The size penalty of one iteration's rewards: r = scale·(q − weight·(d/d_max)²)."""
+
+    weight: float
+    scale: float = 1.0
+
+
+PenaltySchedule = Callable[[int, Sequence[Mapping[str, Any]]], Penalty]
+"""Maps (0-based episode, the trace rows so far) to the next iteration's :class:`Penalty`."""
+
+
+@dataclass(frozen=True)
+class SearchHooks:
+    """The search's extension points; the defaults are the paper's (spec §4–5).
+
+    Attributes:
+        exploration: how an iteration's sizes come from the actors' (Gaussian noise, then the
+            random walk scored by the critic).
+        penalty: the reward's size penalty for each iteration (None: λ =
+            ``SearchConfig.reward_penalty`` throughout). It sees the trace so far, restored with
+            the trace file when a search resumes, so that a schedule needs no state of its own.
+    """
+
+    exploration: Exploration = field(default_factory=GaussianWalk)
+    penalty: PenaltySchedule | None = None
+
+
 @dataclass
 class _SideState:
     agent: TD3Agent
@@ -98,7 +127,9 @@ def _initial_states(inputs: SearchInputs, max_size: int) -> dict[str, np.ndarray
     }
 
 
-def _build_sides(config: SearchConfig, inputs: SearchInputs) -> dict[str, _SideState]:
+def _build_sides(
+    config: SearchConfig, inputs: SearchInputs, exploration: Exploration
+) -> dict[str, _SideState]:
     device = torch.device(config.device)
     sides = {}
     for offset, side in enumerate(SIDES):
@@ -107,9 +138,7 @@ def _build_sides(config: SearchConfig, inputs: SearchInputs) -> dict[str, _SideS
         sides[side] = _SideState(
             agent=build_agent(config, generator, device),
             buffer=ReplayBuffer(config.replay_capacity(count)),
-            noise=make_noise(
-                config.exploration_noise, count, config.exploration_scale, config.ou_theta
-            ),
+            noise=exploration.noise(count, config),
         )
     return sides
 
@@ -121,7 +150,6 @@ def _save_checkpoint(
     pool: AssignmentPool,
     rng: np.random.Generator,
     trace: list[dict[str, Any]],
-    penalty: float,
 ) -> None:
     """Write the whole search state after ``episode`` episodes, replacing the old checkpoint."""
     staging = directory.with_name(directory.name + ".tmp")
@@ -149,7 +177,6 @@ def _save_checkpoint(
         "episodes_done": episode,
         "rng": rng.bit_generator.state,
         "trace_length": len(trace),
-        "penalty": penalty,
     }
     (staging / "checkpoint.json").write_text(json.dumps(meta, indent=1))
     backup = directory.with_name(directory.name + ".old")
@@ -161,8 +188,8 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    directory: Path, sides: dict[str, _SideState], rng: np.random.Generator, penalty: float
-) -> tuple[int, AssignmentPool, int, float]:
+    directory: Path, sides: dict[str, _SideState], rng: np.random.Generator
+) -> tuple[int, AssignmentPool, int]:
     meta = json.loads((directory / "checkpoint.json").read_text())
     if meta.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(
@@ -183,50 +210,7 @@ def _load_checkpoint(
             state.buffer.load_state_dict(dict(arrays))
     rng.bit_generator.state = meta["rng"]
     pool = AssignmentPool.load(directory / "pool")
-    # Checkpoints from before the per-budget penalty hold no λ: it was the fixed one.
-    return int(meta["episodes_done"]), pool, meta["trace_length"], meta.get("penalty", penalty)
-
-
-def _policy_rollout(
-    config: SearchConfig,
-    inputs: SearchInputs,
-    evaluator: QualityEvaluator,
-    sides: dict[str, _SideState],
-    states: dict[str, np.ndarray],
-    pool: AssignmentPool,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Score the actors' own sizes from the episode's last states, without exploration.
-
-    The assignment goes to the pool like any other; nothing goes to the replay buffers and no
-    network is updated, so the search itself is the same with or without rollouts.
-    """
-    started = time.perf_counter()
-    sizes = {
-        side: np.clip(
-            np.rint(policy_sizes(state.agent.actor, states[side], device)), 1, config.max_size
-        ).astype(np.int64)
-        for side, state in sides.items()
-    }
-    assignment = np.concatenate([sizes["users"], sizes["items"]])
-    signal = evaluator.evaluate(assignment)
-    evals = {"users": signal.user_eval, "items": signal.item_eval}
-    row: dict[str, Any] = {"iteration": config.iterations_per_episode + 1, "kind": "policy"}
-    qualities = []
-    for side in SIDES:
-        quality = quality_ratio(evals[side], inputs.full_quality[side])
-        qualities.append(quality)
-        row[f"{side}_mean_size"] = float(sizes[side].mean())
-        row[f"{side}_mean_quality"] = float(quality.mean())
-    mean_quality = float(np.concatenate(qualities).mean())
-    row.update(
-        mean_quality=mean_quality,
-        sparsity=sparsity(assignment, config.max_size),
-        pooled_for=pool.offer(assignment, mean_quality),
-        metrics=signal.metrics,
-        seconds=round(time.perf_counter() - started, 3),
-    )
-    return row
+    return int(meta["episodes_done"]), pool, meta["trace_length"]
 
 
 def run_search(
@@ -234,6 +218,7 @@ def run_search(
     inputs: SearchInputs,
     evaluator: QualityEvaluator,
     *,
+    hooks: SearchHooks | None = None,
     checkpoint_dir: Path | None = None,
     trace_path: Path | None = None,
     progress: bool = True,
@@ -241,20 +226,20 @@ def run_search(
 ) -> SearchOutcome:
     """Run the CIESS search; resume from ``checkpoint_dir`` if it holds a checkpoint.
 
-    Every iteration appends one JSON line to ``trace_path`` (episode, iteration, kind, reward,
-    mean sizes, sparsity, λ, validation metrics, seconds); with ``config.policy_rollouts`` every
-    episode ends with one more line of kind ``policy`` (see :func:`_policy_rollout`). Checkpoints
-    are written after every episode.
+    Every iteration appends one JSON line to ``trace_path`` (episode, iteration, reward, mean
+    sizes, sparsity, λ, validation metrics, seconds). Checkpoints are written after every episode.
+    ``hooks``: the exploration and the size penalty (None: the paper's).
     """
+    hooks = hooks or SearchHooks()
+    if hooks.penalty is not None and checkpoint_dir is not None and trace_path is None:
+        raise ConfigError("a penalty schedule resumes from the trace: give trace_path too")
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
-    sides = _build_sides(config, inputs)
+    sides = _build_sides(config, inputs, hooks.exploration)
     pool = AssignmentPool(config.budgets, config.pool_size, config.max_size)
-    first_episode, trace, penalty = 0, [], config.reward_penalty
+    first_episode, trace = 0, []
     if checkpoint_dir is not None and (checkpoint_dir / "checkpoint.json").exists():
-        first_episode, pool, trace_length, penalty = _load_checkpoint(
-            checkpoint_dir, sides, rng, penalty
-        )
+        first_episode, pool, trace_length = _load_checkpoint(checkpoint_dir, sides, rng)
         if trace_path is not None and trace_path.exists():
             lines = trace_path.read_text().splitlines()[:trace_length]
             trace = [json.loads(line) for line in lines]
@@ -274,7 +259,7 @@ def run_search(
 
     evaluator.prepare()
     device = torch.device(config.device)
-    total = config.total_episodes * config.iterations_per_episode
+    total = config.num_episodes * config.iterations_per_episode
     bar = tqdm(
         total=total,
         initial=first_episode * config.iterations_per_episode,
@@ -282,8 +267,7 @@ def run_search(
         unit="it",
         disable=not progress,
     )
-    for episode in range(first_episode, config.total_episodes):
-        target = config.phase_budget(episode)
+    for episode in range(first_episode, config.num_episodes):
         states = _initial_states(inputs, config.max_size)
         for state in sides.values():
             state.noise.reset()
@@ -292,7 +276,7 @@ def run_search(
             sizes = {}
             for side, state in sides.items():
                 proposed = policy_sizes(state.agent.actor, states[side], device)
-                sizes[side] = explore(
+                sizes[side] = hooks.exploration.sizes(
                     proposed,
                     state.noise.sample(rng),
                     states[side],
@@ -304,16 +288,17 @@ def run_search(
             assignment = np.concatenate([sizes["users"], sizes["items"]])
             signal = evaluator.evaluate(assignment)
             evals = {"users": signal.user_eval, "items": signal.item_eval}
-            row: dict[str, Any] = {
-                "episode": episode + 1,
-                "iteration": iteration + 1,
-                "kind": "explore",
-            }
+            penalty = (
+                Penalty(config.reward_penalty)
+                if hooks.penalty is None
+                else hooks.penalty(episode, trace)
+            )
+            row: dict[str, Any] = {"episode": episode + 1, "iteration": iteration + 1}
             qualities = []
             for side, state in sides.items():
                 quality = quality_ratio(evals[side], inputs.full_quality[side])
-                rewards = reward(quality, sizes[side], config.max_size, penalty) * reward_scale(
-                    config.penalty_control, penalty
+                rewards = (
+                    reward(quality, sizes[side], config.max_size, penalty.weight) * penalty.scale
                 )
                 next_states = entity_states(inputs.popularity[side], sizes[side], quality)
                 state.buffer.add(states[side], sizes[side], rewards, next_states)
@@ -333,22 +318,15 @@ def run_search(
             row.update(
                 mean_quality=mean_quality,
                 sparsity=achieved,
-                penalty=penalty,
-                target_sparsity=target,
+                penalty=penalty.weight,
                 pooled_for=entered,
                 metrics=signal.metrics,
                 seconds=round(time.perf_counter() - iteration_started, 3),
             )
             record(row)
-            if target is not None:
-                penalty = adjust_penalty(penalty, target, achieved, config.penalty_step)
             bar.update(1)
             bar.set_postfix(sparsity=f"{achieved:.3f}", quality=f"{mean_quality:.3f}")
-        if config.policy_rollouts:
-            row = _policy_rollout(config, inputs, evaluator, sides, states, pool, device)
-            row.update(episode=episode + 1, penalty=penalty, target_sparsity=target)
-            record(row)
         if checkpoint_dir is not None:
-            _save_checkpoint(checkpoint_dir, episode + 1, sides, pool, rng, trace, penalty)
+            _save_checkpoint(checkpoint_dir, episode + 1, sides, pool, rng, trace)
     bar.close()
     return SearchOutcome(pool=pool, trace=trace, seconds=time.perf_counter() - started)

@@ -17,12 +17,10 @@ Stages, each writing its results under the output directory and skipped when alr
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from ciess_core.models import Backbone, BackboneConfig, build_backbone
 from ciess_core.runs import (
     Protocol,
     RunOutcome,
+    RunProtocol,
     RunSpec,
     Teachers,
     execute_run,
@@ -44,12 +43,7 @@ from ciess_core.runs import (
     write_run,
 )
 from ciess_core.search.config import SearchConfig
-from ciess_core.search.evaluators import (
-    QualityEvaluator,
-    RetrainEvaluator,
-    SupernetEvaluator,
-    quality_signal,
-)
+from ciess_core.search.evaluators import QualityEvaluator, SupernetEvaluator, quality_signal
 from ciess_core.search.files import read_cached, write_json
 from ciess_core.search.fit import (
     DEFAULT_SHARE_GRID,
@@ -57,7 +51,7 @@ from ciess_core.search.fit import (
     equal_split_candidate,
     fit_shares,
 )
-from ciess_core.search.loop import SearchInputs, run_search
+from ciess_core.search.loop import SearchHooks, SearchInputs, run_search
 from ciess_core.search.parallel import StageRunner
 from ciess_core.search.pool import AssignmentPool
 from ciess_core.sizes import SizeScheme, sparsity
@@ -65,11 +59,6 @@ from ciess_core.training import TrainConfig, train_bpr
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
 
 logger = logging.getLogger(__name__)
-
-
-class EvaluatorKind(enum.Enum):
-    SUPERNET = "supernet"
-    RETRAIN = "retrain"
 
 
 @dataclass(frozen=True)
@@ -84,12 +73,10 @@ class PipelineSpec:
         backbone: the backbone's hyper-parameters.
         training: schedule of the full model and of the retraining runs.
         search: the search's hyper-parameters, budgets included.
-        evaluator: which quality evaluator scores candidate assignments.
         supernet_batches: training batches of the supernet (supernet evaluator).
         finetune_batches: batches under a candidate's masks before it is scored (supernet).
-        retrain_batches: batches of each from-scratch training (the paper's evaluator).
         retrain_top: how many of each budget's best assignments are retrained (≤ pool size).
-        protocol: how the retrained models are tested (clean or reference).
+        protocol: how the retrained models are tested (the core's: clean).
         share_grid: users' shares of the budget to try for every pool assignment before
             retraining (empty: off, the paper's). Each assignment is refitted to the budget at
             each share (:func:`~ciess_core.search.pool.split_budget`), every variant (the
@@ -105,14 +92,6 @@ class PipelineSpec:
             keeps a searched assignment that retrains worse than equal sizes fitted the same
             way; the result records which kind it kept. Off: the paper's, only searched
             assignments.
-        even_tolerance: with the share fit, the relative tolerance within which the evaluator's
-            scores count as a tie (0: off, pure score order). The variants that score within
-            it of the best go first, the least spread first
-            (:func:`~ciess_core.search.fit.within_side_spread`), then the rest by score. The
-            supernet is trained under random sizes for every entity, so it rates uneven sizes
-            higher than a model trained from scratch at those sizes does
-            (``docs/benchmarks/ciess-ml-1m.notes.md``, session 13); below its resolution, the
-            evener assignment is the safer one to retrain.
         spread_grid: with the share fit, factors by which each side's spread around its mean is
             shrunk (:func:`~ciess_core.search.pool.shrink_spread`; 1 keeps the search's sizes,
             0 makes the side equal). Every pair (users' factor, items' factor) is tried on the
@@ -131,16 +110,13 @@ class PipelineSpec:
     backbone: BackboneConfig
     training: TrainConfig
     search: SearchConfig
-    evaluator: EvaluatorKind = EvaluatorKind.SUPERNET
     supernet_batches: int = 2000
     finetune_batches: int = 0
-    retrain_batches: int = 1500
     retrain_top: int = 1
-    protocol: Protocol = Protocol.CLEAN
+    protocol: RunProtocol = Protocol.CLEAN
     share_grid: tuple[float, ...] = DEFAULT_SHARE_GRID
     distillation: DistillationConfig | None = DistillationConfig()  # noqa: RUF009 (frozen)
     equal_candidate: bool = True
-    even_tolerance: float = 0.0
     spread_grid: tuple[float, ...] = DEFAULT_SPREAD_GRID
     selection_share: float = 0.5
 
@@ -156,18 +132,9 @@ class PipelineSpec:
             raise ConfigError(
                 "selection_share holds validation out for the share fit and needs share_grid"
             )
-        if not 0.0 <= self.even_tolerance < 1.0:
-            raise ConfigError(f"even_tolerance must lie in [0, 1), got {self.even_tolerance}")
-        if self.even_tolerance and not self.share_grid:
-            raise ConfigError("even_tolerance orders the share fit's variants and needs share_grid")
         for share in self.share_grid:
             if not 0.0 < share < 1.0:
                 raise ConfigError(f"share_grid values must lie in (0, 1), got {share}")
-        if self.share_grid and self.evaluator is not EvaluatorKind.SUPERNET:
-            raise ConfigError(
-                "share_grid scores every refitted variant and needs the supernet evaluator, "
-                f"got evaluator '{self.evaluator.value}'"
-            )
         if not 1 <= self.retrain_top <= self.search.pool_size:
             raise ConfigError(
                 f"retrain_top must lie in [1, pool size {self.search.pool_size}], "
@@ -236,32 +203,35 @@ def _train_phase_teacher(
     spec: PipelineSpec, split: DatasetSplit, out: Path, progress: bool, phase: Phase
 ) -> float:
     """Train the full model on ``phase``'s training matrix (train ∪ validation for the test
-    phase, every interaction for deployment) as the protocol trains every final model: for as
-    many batches as stage 1's model needed on validation, or under the reference protocol and
-    in the test phase, with the checkpoint picked on test. Kept in ``out/teacher`` or
-    ``out/teacher-deploy``; an earlier call's is left as it is. Returns the seconds its
-    training took."""
+    phase, every interaction for deployment), without distillation, as the protocol trains a
+    final model: the test phase's is ``spec.protocol``'s tested model at full size, with stage
+    1's model as its selection on validation; the deployment teacher trains for stage 1's batch
+    count. Kept in ``out/teacher`` or ``out/teacher-deploy`` (the test phase's summary also
+    holds the full model's test metrics under the protocol); an earlier call's is left as it is.
+    Returns the seconds its training took."""
     directory = out / _TEACHER_DIRECTORIES[phase]
     summary_path = directory / "summary.json"
     if (cached := read_cached(summary_path)) is not None:
         return float(cached["seconds"])
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    train, held_out = split.phase(phase)
-    model = _full_size_model(spec, train)
-    if spec.protocol is Protocol.REFERENCE and phase is Phase.TEST:
-        train_bpr(model, train, spec.training, held_out=held_out, progress=progress)
+    full = json.loads((out / "full" / "summary.json").read_text())
+    batches = max(int(full["best_batch"]), 1)
+    run_spec = RunSpec(
+        dataset=spec.dataset, backbone=spec.backbone, training=spec.training, protocol=spec.protocol
+    )
+    sizes = np.full(split.num_users + split.num_items, spec.backbone.max_size, dtype=np.int64)
+    summary: dict[str, Any] = {}
+    if phase is Phase.TEST:
+        model, outcome, _ = execute_run(run_spec, split, sizes, progress, selected_batches=batches)
+        summary["test"] = outcome.test_metrics
     else:
-        full = json.loads((out / "full" / "summary.json").read_text())
-        config = dataclasses.replace(
-            spec.training, max_batches=max(int(full["best_batch"]), 1), eval_every=0
-        )
-        train_bpr(model, train, config, progress=progress)
+        model, _ = train_deployment(run_spec, split, sizes, batches, progress)
     staging = directory / "model.pt.tmp"
     torch.save(model.state_dict(), staging)
     staging.replace(directory / "model.pt")
     seconds = round(time.perf_counter() - started, 2)
-    write_json(summary_path, {"seconds": seconds})
+    write_json(summary_path, {"seconds": seconds, **summary})
     return seconds
 
 
@@ -328,15 +298,10 @@ def _search_quality(spec: PipelineSpec, search_split: DatasetSplit, out: Path) -
 
 def build_evaluator(
     spec: PipelineSpec, split: DatasetSplit, cache_dir: Path | None = None
-) -> QualityEvaluator:
-    """The evaluator ``spec`` asks for, on the search split; the supernet's weights are kept in
+) -> SupernetEvaluator:
+    """The supernet evaluator of ``spec`` on the search split; its weights are kept in
     ``cache_dir`` when given."""
     train, valid = split.phase(Phase.SEARCH)
-    if spec.evaluator is EvaluatorKind.RETRAIN:
-        training = dataclasses.replace(spec.training, max_batches=spec.retrain_batches)
-        return RetrainEvaluator(
-            train, valid, spec.backbone, training, item_quality=spec.search.item_quality
-        )
     supernet_training = dataclasses.replace(spec.training, max_batches=spec.supernet_batches)
     return SupernetEvaluator(
         train,
@@ -347,6 +312,11 @@ def build_evaluator(
         item_quality=spec.search.item_quality,
         cache_path=None if cache_dir is None else cache_dir / "supernet.pt",
     )
+
+
+EvaluatorFactory = Callable[[PipelineSpec, DatasetSplit, Path | None], QualityEvaluator]
+"""Builds the search's evaluator from (spec, the split it scores on, a cache folder):
+:func:`build_evaluator` by default, another one for an experiment (``bench/experiments``)."""
 
 
 def _run_spec(spec: PipelineSpec, budget: float, kind: str = "search") -> RunSpec:
@@ -389,8 +359,7 @@ def retrain_budget(
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
-    # Clean: pick on validation. Reference: the authors' path has only test numbers to pick by.
-    key = "valid" if spec.protocol is Protocol.CLEAN else "test"
+    key = spec.protocol.selects_on  # the clean protocol's: validation
     run_spec = _run_spec(spec, budget)
     for index, sizes in enumerate(candidates):
         _, outcome, history = execute_run(
@@ -511,6 +480,8 @@ def run_pipeline(
     dataset_fingerprint: str | None = None,
     workers: int = 1,
     on_stage: StageReport | None = None,
+    evaluator_factory: EvaluatorFactory = build_evaluator,
+    hooks: SearchHooks | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every stage; returns and writes ``summary.json``.
 
@@ -519,12 +490,13 @@ def run_pipeline(
     ``out/budget-<c>/run`` for ``ciess export`` (:func:`deploy_budget`).
 
     ``workers`` > 1 runs independent stages side by side in that many processes
-    (:class:`~ciess_core.search.parallel.StageRunner`): the phases' teachers beside the search
-    (under the reference protocol the test phase's beside the full model too; the others need
-    the full model's stopping batch), and the budgets' retrainings beside each other. Results
-    are the same as with one worker; ``summary["timings"]`` still holds each stage's own
-    seconds, so with workers their sum exceeds the wall time (``summary["seconds_this_call"]``).
+    (:class:`~ciess_core.search.parallel.StageRunner`): the phases' teachers beside the search,
+    and the budgets' retrainings beside each other. Results are the same as with one worker;
+    ``summary["timings"]`` still holds each stage's own seconds, so with workers their sum
+    exceeds the wall time (``summary["seconds_this_call"]``).
     ``on_stage`` hears of every stage as it starts (a budget job's progress).
+    ``evaluator_factory`` and ``hooks``: the search's evaluator and its exploration and penalty,
+    the product's by default (experiments: ``bench/experiments``).
     """
     report: StageReport = on_stage or (lambda stage, fraction: None)
     out.mkdir(parents=True, exist_ok=True)
@@ -543,21 +515,17 @@ def run_pipeline(
         teacher_phases += [Phase.DEPLOY] if deploying else []
     with StageRunner(workers) as runner, runner.sharing_cores():
         stage_progress = progress and not runner.parallel  # no bars from worker processes
-        teachers: dict[Phase, Future[float]] = {}
-        if Phase.TEST in teacher_phases and spec.protocol is Protocol.REFERENCE:
-            teachers[Phase.TEST] = runner.submit(
-                _train_phase_teacher, spec, split, out, stage_progress, Phase.TEST
-            )
         report("full model", 0.0)
         full = _full_model_quality(spec, split, out / "full", progress)
-        for phase in teacher_phases:  # the clean teachers need the full model's batch count
-            if phase not in teachers:
-                teachers[phase] = runner.submit(
-                    _train_phase_teacher, spec, split, out, stage_progress, phase
-                )
+        teachers = {  # they need the full model's batch count
+            phase: runner.submit(_train_phase_teacher, spec, split, out, stage_progress, phase)
+            for phase in teacher_phases
+        }
         search_split, fit_split = selection_views(spec, split)
         report("search", 0.15)
-        pool, evaluator = _search_stage(spec, search_split, out, progress, timings)
+        pool, evaluator = _search_stage(
+            spec, search_split, out, progress, timings, evaluator_factory, hooks
+        )
         timings = {"full_model": full["seconds"], **timings}
         if spec.selection_share:  # the fits score on the held-out part: an evaluator of its own
             evaluator = None
@@ -565,7 +533,15 @@ def run_pipeline(
         candidates, kinds = {}, {}
         for budget in spec.search.budgets:
             candidates[budget], kinds[budget], evaluator = _budget_candidates(
-                spec, fit_split, out, pool, evaluator, budget, pending[budget], timings
+                spec,
+                fit_split,
+                out,
+                pool,
+                evaluator,
+                budget,
+                pending[budget],
+                timings,
+                evaluator_factory,
             )
         for phase, teacher in teachers.items():
             timings[_TEACHER_DIRECTORIES[phase]] = teacher.result()
@@ -600,7 +576,6 @@ def run_pipeline(
     summary = {
         "dataset": spec.dataset,
         "backbone": spec.backbone.kind.value,
-        "evaluator": spec.evaluator.value,
         "protocol": spec.protocol.value,
         "num_users": split.num_users,
         "num_items": split.num_items,
@@ -620,6 +595,8 @@ def _search_stage(
     out: Path,
     progress: bool,
     timings: dict[str, float],
+    evaluator_factory: EvaluatorFactory,
+    hooks: SearchHooks | None,
 ) -> tuple[AssignmentPool, QualityEvaluator | None]:
     """Stages 2–3: the evaluator's preparation and the search, or the pool an earlier call left.
     ``split``: the search's view (:func:`selection_views`).
@@ -639,7 +616,7 @@ def _search_stage(
         },
         full_quality=_search_quality(spec, split, out),
     )
-    evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
+    evaluator = evaluator_factory(spec, split, out / "supernet")
     stage_started = time.perf_counter()
     evaluator.prepare()
     timings["evaluator_prepare"] = round(time.perf_counter() - stage_started, 2)
@@ -648,6 +625,7 @@ def _search_stage(
         spec.search,
         inputs,
         evaluator,
+        hooks=hooks,
         checkpoint_dir=search_dir / "checkpoint",
         trace_path=search_dir / "trace.jsonl",
         progress=progress,
@@ -667,6 +645,7 @@ def _budget_candidates(
     budget: float,
     pending: bool,
     timings: dict[str, float],
+    evaluator_factory: EvaluatorFactory,
 ) -> tuple[list[np.ndarray], list[str], QualityEvaluator | None]:
     """One budget's assignments to retrain and their kinds: the pool's (share-fitted with
     ``spec.share_grid``), the best ``spec.retrain_top``, plus the equal candidate if asked.
@@ -679,7 +658,7 @@ def _budget_candidates(
         raise ConfigError(f"the search found no assignment for budget {budget}")
     if spec.share_grid and pending:
         if evaluator is None:  # the search was done by an earlier call
-            evaluator = build_evaluator(spec, split, cache_dir=out / "supernet")
+            evaluator = evaluator_factory(spec, split, out / "supernet")
             evaluator.prepare()
         stage_started = time.perf_counter()
         candidates = fit_shares(spec, evaluator, split.num_users, budget, candidates, budget_dir)
