@@ -4,7 +4,7 @@ Usage:
     python bench/artifact.py --dataset ml-1m --data-dir ../shared/data
     python bench/artifact.py --dataset yelp2018 --data-dir ../shared/data --sections load,speed
     python bench/artifact.py --dataset ml-1m --runs runs/a runs/b          # parity of trained runs
-    python bench/artifact.py --dataset ml-1m --ciess-sizes 0.9=sizes.npy   # CIESS rows of "size"
+    python bench/artifact.py --dataset ml-1m --ciess-sizes 0.9=sizes.npz   # CIESS rows of "size"
     python bench/artifact.py --tiny --out /tmp/artifact-bench              # seconds, generated data
 
 Sections (``--sections``, default all):
@@ -44,7 +44,7 @@ from cli_help import DefaultsHelp
 from experiments.layouts import PaddedScorer
 from machine_info import cpu_description
 
-from ciess_core.artifact.export import ExportOptions, export_model, export_run
+from ciess_core.artifact.export import ExportOptions, export_model, export_run, load_run
 from ciess_core.artifact.reader import load_artifact
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
 from ciess_core.data import (
@@ -56,7 +56,7 @@ from ciess_core.data import (
     split_per_user,
 )
 from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
-from ciess_core.sizes import SizeScheme, assign_sizes
+from ciess_core.sizes import SizeAssignment, SizeScheme, assign_sizes
 from ciess_core.training import TrainConfig, train_bpr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,12 +90,16 @@ def tiny_data() -> InteractionData:
 
 
 def fresh_model(
-    kind: BackboneKind, train: sp.csr_matrix, sizes: np.ndarray, train_batches: int, seed: int = 0
+    kind: BackboneKind,
+    train: sp.csr_matrix,
+    sizes: SizeAssignment,
+    train_batches: int,
+    seed: int = 0,
 ) -> Backbone:
     model = build_backbone(
         BackboneConfig.default_for(kind), train, torch.Generator().manual_seed(seed)
     )
-    model.set_embedding_sizes(torch.from_numpy(sizes))
+    model.set_size_assignment(sizes)
     if train_batches:
         config = TrainConfig(
             batch_size=min(10_000, train.shape[0]),
@@ -174,16 +178,14 @@ def run_parity(args: argparse.Namespace, split: DatasetSplit, work: Path) -> lis
     rows = []
     if args.runs:
         for run in args.runs:
-            out = export_run(run, work / f"run-{Path(run).name}", resolve_data_dir(args.data_dir))
-            artifact = load_artifact(out)
-            train, _ = split.phase(Phase.TEST)
-            model = _model_of_run(Path(run), train)
+            data_dir = resolve_data_dir(args.data_dir)
+            out = export_run(run, work / f"run-{Path(run).name}", data_dir)
+            model = load_run(run, data_dir).model.eval()
             rows.append(parity_row(model, out, f"run {Path(run).name}", args.threads))
-            del artifact
         return rows
     train, _ = split.phase(Phase.TEST)
-    count = split.num_users + split.num_items
-    sizes = assign_sizes(SizeScheme.RANDOM, count, 128, 0.9, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    sizes = assign_sizes(SizeScheme.RANDOM, split.num_users, split.num_items, 128, 0.9, rng)
     for kind in BackboneKind:
         model = fresh_model(kind, train, sizes, args.train_batches)
         out = export_to(model, split, work, f"parity-{kind.value}", verify_users=0)
@@ -193,25 +195,19 @@ def run_parity(args: argparse.Namespace, split: DatasetSplit, work: Path) -> lis
     return rows
 
 
-def _model_of_run(run: Path, train: sp.csr_matrix) -> Backbone:
-    from ciess_core.artifact.export import backbone_config_from_dict
-
-    config = json.loads((run / "config.json").read_text())
-    model = build_backbone(backbone_config_from_dict(config["backbone"]), train, torch.Generator())
-    model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
-    return model.eval()
-
-
-def size_sizes(args: argparse.Namespace, count: int) -> dict[str, dict[float, np.ndarray]]:
+def size_sizes(
+    args: argparse.Namespace, split: DatasetSplit
+) -> dict[str, dict[float, SizeAssignment]]:
     rng = np.random.default_rng(0)
+    shape = (split.num_users, split.num_items, 128)
     methods = {
-        "ES": {c: assign_sizes(SizeScheme.EQUAL, count, 128, c, rng) for c in TARGETS},
-        "MR": {c: assign_sizes(SizeScheme.RANDOM, count, 128, c, rng) for c in TARGETS},
+        "ES": {c: assign_sizes(SizeScheme.EQUAL, *shape, c, rng) for c in TARGETS},
+        "MR": {c: assign_sizes(SizeScheme.RANDOM, *shape, c, rng) for c in TARGETS},
     }
-    ciess: dict[float, np.ndarray] = {}
+    ciess: dict[float, SizeAssignment] = {}
     for item in args.ciess_sizes or []:
         target, path = item.split("=", 1)
-        ciess[float(target)] = np.load(path, allow_pickle=False)
+        ciess[float(target)] = SizeAssignment.load(Path(path))
     if ciess:
         methods["CIESS"] = ciess
     return methods
@@ -219,9 +215,8 @@ def size_sizes(args: argparse.Namespace, count: int) -> dict[str, dict[float, np
 
 def run_size(args: argparse.Namespace, split: DatasetSplit, work: Path) -> list[dict[str, Any]]:
     train, _ = split.phase(Phase.TEST)
-    count = split.num_users + split.num_items
     rows = []
-    for method, by_target in size_sizes(args, count).items():
+    for method, by_target in size_sizes(args, split).items():
         for target, sizes in sorted(by_target.items()):
             for kind in (BackboneKind.LIGHTGCN, BackboneKind.NCF):
                 model = fresh_model(kind, train, sizes, 0)
@@ -270,9 +265,8 @@ def _timed(function: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 def run_load(args: argparse.Namespace, split: DatasetSplit, work: Path) -> list[dict[str, Any]]:
     train, _ = split.phase(Phase.TEST)
-    count = split.num_users + split.num_items
     rows = []
-    for label, sizes in _speed_sizes(count).items():
+    for label, sizes in _speed_sizes(split).items():
         for kind in BackboneKind:
             model = fresh_model(kind, train, sizes, 0)
             out = export_to(model, split, work, f"load-{label}-{kind.value}", verify_users=0)
@@ -296,12 +290,13 @@ def run_load(args: argparse.Namespace, split: DatasetSplit, work: Path) -> list[
     return rows
 
 
-def _speed_sizes(count: int) -> dict[str, np.ndarray]:
+def _speed_sizes(split: DatasetSplit) -> dict[str, SizeAssignment]:
     rng = np.random.default_rng(0)
+    shape = (split.num_users, split.num_items, 128)
     return {
-        "full": np.full(count, 128),
-        "ES 0.9": assign_sizes(SizeScheme.EQUAL, count, 128, 0.9, rng),
-        "MR 0.9": assign_sizes(SizeScheme.RANDOM, count, 128, 0.9, rng),
+        "full": SizeAssignment.full(*shape),
+        "ES 0.9": assign_sizes(SizeScheme.EQUAL, *shape, 0.9, rng),
+        "MR 0.9": assign_sizes(SizeScheme.RANDOM, *shape, 0.9, rng),
     }
 
 
@@ -323,10 +318,9 @@ def _throughput(
 
 def run_speed(args: argparse.Namespace, split: DatasetSplit, work: Path) -> list[dict[str, Any]]:
     train, _ = split.phase(Phase.TEST)
-    count = split.num_users + split.num_items
     users = np.random.default_rng(1).permutation(split.num_users)
     rows = []
-    for label, sizes in _speed_sizes(count).items():
+    for label, sizes in _speed_sizes(split).items():
         for kind in BackboneKind:
             model = fresh_model(kind, train, sizes, 0)
             out = export_to(model, split, work, f"speed-{label}-{kind.value}", verify_users=0)
@@ -474,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ciess-sizes",
         nargs="*",
-        help="TARGET=SIZES.npy: a CIESS size assignment at that target, added to the size section",
+        help="TARGET=SIZES.npz: a CIESS size assignment at that target, added to the size section",
     )
     parser.add_argument(
         "--train-batches",

@@ -40,7 +40,7 @@ from experiments.protocols import PROTOCOLS, protocol_named
 from machine_info import cpu_description
 from paper import PAPER_METRICS, paper_row
 
-from ciess_core.data import Phase, load_dataset, resolve_data_dir, split_per_user
+from ciess_core.data import DatasetSplit, Phase, load_dataset, resolve_data_dir, split_per_user
 from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
 from ciess_core.runs import (
     Protocol,
@@ -51,7 +51,7 @@ from ciess_core.runs import (
     run_sizes,
     select_on_validation,
 )
-from ciess_core.sizes import SizeScheme, sparsity
+from ciess_core.sizes import SizeScheme
 from ciess_core.training import TrainConfig, evaluate_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +81,13 @@ def device_suffix(device: str) -> str:
 
 def speed_path(device: str) -> Path:
     return SPEED.with_name(f"backbones-speed{device_suffix(device)}.json")
+
+
+def split_of(arguments: argparse.Namespace) -> DatasetSplit:
+    """The 50/25/25 split (seed 42) of ``--dataset`` under ``--data-dir``."""
+    return split_per_user(
+        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
+    )
 
 
 def save_json(path: Path, value: Any) -> None:
@@ -179,14 +186,14 @@ def run_one(
         target_sparsity=target,
         protocol=protocol,
     )
-    sizes = run_sizes(spec, split.num_users + split.num_items)
+    sizes = run_sizes(spec, split.num_users, split.num_items)
     if selection_only:
         started = time.perf_counter()
         selection = select_on_validation(spec, split, sizes, progress=not arguments.no_progress)
         outcome = RunOutcome(
             test_metrics={},
             valid_metrics=selection.best_metrics,
-            achieved_sparsity=sparsity(sizes, spec.backbone.max_size),
+            achieved_sparsity=sizes.sparsity,
             seconds=time.perf_counter() - started,
             stages={
                 "select": {"batches_run": selection.batches_run, "best_batch": selection.best_batch}
@@ -224,9 +231,7 @@ def run_one(
 
 
 def run_quality(arguments: argparse.Namespace) -> None:
-    split = split_per_user(
-        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
-    )
+    split = split_of(arguments)
     results = Path(arguments.results) if arguments.results else RESULTS
     rows = load_rows(results)
     done = {row_key(row) for row in rows}
@@ -285,9 +290,7 @@ def run_merge(arguments: argparse.Namespace) -> None:
 
 def run_tune(arguments: argparse.Namespace) -> None:
     """Weight-decay sweep on validation only (the selection stage of the clean protocol)."""
-    split = split_per_user(
-        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
-    )
+    split = split_of(arguments)
     tuning = Path(arguments.results) if arguments.results else TUNING
     rows = load_rows(tuning)
     done = {row_key(row) for row in rows}

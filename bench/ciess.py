@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
-from backbones import DEFAULT_SEED, load_rows, machine, merge_rows, save_json
+from backbones import DEFAULT_SEED, load_rows, machine, merge_rows, save_json, split_of
 from backbones import RESULTS as BACKBONE_RESULTS
 from cli_help import DefaultsHelp
 from experiments.evaluators import RetrainEvaluator, RetrainEvaluatorFactory
@@ -58,10 +58,11 @@ from experiments.penalty import per_budget_search
 from experiments.protocols import protocol_named
 from paper import PAPER_ABLATION_ML1M, PAPER_METRICS, bet_row, paper_row
 
-from ciess_core.data import DATASETS, Phase, load_dataset, resolve_data_dir, split_per_user
+from ciess_core.data import DATASETS, Phase
+from ciess_core.json_form import jsonable
 from ciess_core.models import BackboneConfig, BackboneKind
-from ciess_core.runs import jsonable
 from ciess_core.search import Exploration, GaussianWalk, ItemQuality, SearchConfig
+from ciess_core.search.files import BudgetFolder
 from ciess_core.search.fit import DEFAULT_SHARE_GRID, DEFAULT_SPREAD_GRID, equal_split_candidate
 from ciess_core.search.loop import SearchHooks
 from ciess_core.search.pipeline import (
@@ -74,7 +75,7 @@ from ciess_core.search.pipeline import (
     selection_views,
 )
 from ciess_core.search.pool import rescale_to_total
-from ciess_core.sizes import equal_sizes, parameter_budget
+from ciess_core.sizes import SizeAssignment, equal_sizes, parameter_budget
 from ciess_core.training import TrainConfig
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
 
@@ -292,9 +293,7 @@ def ablation(arguments: argparse.Namespace) -> None:
     """One search per exploration variant at ``arguments.budgets`` (spec §8), each with its
     exploration from `experiments.exploration`."""
     spec = spec_from(arguments)
-    split = split_per_user(
-        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
-    )
+    split = split_of(arguments)
     shared = run_dir(arguments)
     variants = arguments.variants.split(",")
     unknown = sorted(set(variants) - set(ABLATION_VARIANTS))
@@ -342,9 +341,7 @@ def ablation(arguments: argparse.Namespace) -> None:
 
 def run(arguments: argparse.Namespace) -> None:
     spec = spec_from(arguments)
-    split = split_per_user(
-        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
-    )
+    split = split_of(arguments)
     out = run_dir(arguments)
     if not arguments.from_scratch:  # else every stage runs here, timed as one call
         copy_earlier_stages(arguments, out)
@@ -400,9 +397,7 @@ def es_control(arguments: argparse.Namespace, fit: bool) -> None:
     method = "es" + ("-fit" if fit else "") + ("-distill" if spec.distillation else "")
     if method == "es":
         raise SystemExit("es-control needs --fit-shares or --distill (plain ES: backbones.py)")
-    split = split_per_user(
-        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
-    )
+    split = split_of(arguments)
     # The run's full model and supernet: in the search's folder, or in the run's own when a
     # distilled run did the search itself.
     shared = next(
@@ -420,17 +415,17 @@ def es_control(arguments: argparse.Namespace, fit: bool) -> None:
     teachers, _ = prepare_teachers(spec, split, shared, progress=False)
     summary: dict[str, Any] = {"budgets": {}, "timings": {}}
     for budget in spec.search.budgets:
-        directory = out / f"budget-{budget:g}"
+        folder = BudgetFolder.of(out, budget)
         started = time.perf_counter()
-        num_entities = split.num_users + split.num_items
+        shape = (split.num_users, split.num_items)
         candidates = [
-            equal_split_candidate(spec, evaluator, split.num_users, num_entities, budget, directory)
+            equal_split_candidate(spec, evaluator, *shape, budget, folder)
             if fit
-            else equal_sizes(num_entities, spec.search.max_size, budget)
+            else equal_sizes(*shape, spec.search.max_size, budget)
         ]
         summary["timings"][f"fit_{budget:g}"] = round(time.perf_counter() - started, 2)
         result = retrain_budget(
-            spec, split, budget, candidates[:1], directory, progress=False, teachers=teachers
+            spec, split, budget, candidates, folder.path, progress=False, teachers=teachers
         )
         summary["budgets"][f"{budget:g}"] = result
         summary["timings"][f"retrain_{budget:g}"] = result["seconds"]
@@ -486,8 +481,8 @@ def shaped_sizes(
     budget: float,
     user_share: float,
     max_size: int,
-    searched: np.ndarray | None,
-) -> np.ndarray:
+    searched: SizeAssignment | None,
+) -> SizeAssignment:
     """One hand-shaped assignment at ``budget`` with the users' share ``user_share`` of it.
 
     Shapes (a side not named stays equal within itself):
@@ -501,6 +496,7 @@ def shaped_sizes(
       (:func:`rescale_to_total`), the other side equal.
     """
     num_users, num_items = train.shape
+    own = {} if searched is None else {"users": searched.user_sizes, "items": searched.item_sizes}
     popularity = {
         "users": np.maximum(np.diff(train.indptr), 1).astype(np.float64),
         "items": np.maximum(np.bincount(train.indices, minlength=num_items), 1).astype(np.float64),
@@ -511,15 +507,15 @@ def shaped_sizes(
         if searched is None:
             raise SystemExit("shape shrink needs the run folder's CIESS sizes for this budget")
         parts = []
-        for side in (searched[:num_users], searched[num_users:]):
-            mean = side.mean()
+        for side_sizes in own.values():
+            mean = side_sizes.mean()
             parts.append(
-                np.clip(np.round(mean + float(parameters[0]) * (side - mean)), 1, max_size)
+                np.clip(np.round(mean + float(parameters[0]) * (side_sizes - mean)), 1, max_size)
             )
         sizes = np.concatenate(parts).astype(np.int64)
         while sizes.sum() > total:
             sizes[np.argmax(sizes)] -= 1
-        return sizes
+        return SizeAssignment.from_concatenated(sizes, num_users, max_size)
     items_total = max(total - int(total * user_share), num_items)
     totals = {"users": total - items_total, "items": items_total}
     sides = {
@@ -532,40 +528,35 @@ def shaped_sizes(
     elif kind == "search":
         if searched is None:
             raise SystemExit("shape search needs the run folder's CIESS sizes for this budget")
-        own = searched[:num_users] if side == "users" else searched[num_users:]
-        sides[side] = rescale_to_total(own, totals[side], max_size)
+        sides[side] = rescale_to_total(own[side], totals[side], max_size)
     elif kind == "floor":
         key = popularity[side]
         if parameters[2] == "search":
             if searched is None:
                 raise SystemExit("key search needs the run folder's CIESS sizes for this budget")
-            own = searched[:num_users] if side == "users" else searched[num_users:]
-            key = own + 1e-6 * key
+            key = own[side] + 1e-6 * key
         sides[side] = floored(totals[side], float(parameters[1]), key)
     else:
         raise SystemExit(f"unknown shape {shape!r}: pop, floor, search or shrink")
-    return np.concatenate([sides["users"], sides["items"]])
+    return SizeAssignment(sides["users"], sides["items"], max_size)
 
 
 def shapes(arguments: argparse.Namespace) -> None:
     """Retrain each of ``--shapes`` at each budget under the run folder's settings; rows
     ``shape`` (with ``shape``, ``user_share`` and each side's mean and spread)."""
     spec = spec_from(arguments)
-    split = split_per_user(
-        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
-    )
+    split = split_of(arguments)
     folder = run_dir(arguments)
     teachers, _ = prepare_teachers(spec, split, folder, progress=False)
     evaluator = build_evaluator(spec, split, cache_dir=folder / "supernet")
     evaluator.prepare()  # the run's supernet, loaded: its score of each shape goes in the row
     metric = spec.training.selection_metric
     train, _ = split.phase(Phase.SEARCH)
-    num_users = split.num_users
     new_rows = []
     for shape in arguments.shapes.split(","):
         for budget in spec.search.budgets:
-            searched_path = folder / f"budget-{budget:g}" / "sizes.npy"
-            searched = np.load(searched_path) if searched_path.is_file() else None
+            searched_folder = BudgetFolder.of(folder, budget)
+            searched = searched_folder.chosen() if searched_folder.finished() else None
             sizes = shaped_sizes(
                 shape, train, budget, arguments.user_share, spec.search.max_size, searched
             )
@@ -579,10 +570,10 @@ def shapes(arguments: argparse.Namespace) -> None:
                 {"budgets": {f"{budget:g}": result}, "timings": {}},
                 shape=shape,
                 user_share=arguments.user_share if not shape.startswith("shrink") else None,
-                users_size_mean=round(float(sizes[:num_users].mean()), 3),
-                users_size_std=round(float(sizes[:num_users].std()), 3),
-                items_size_mean=round(float(sizes[num_users:].mean()), 3),
-                items_size_std=round(float(sizes[num_users:].std()), 3),
+                users_size_mean=round(float(sizes.user_sizes.mean()), 3),
+                users_size_std=round(float(sizes.user_sizes.std()), 3),
+                items_size_mean=round(float(sizes.item_sizes.mean()), 3),
+                items_size_std=round(float(sizes.item_sizes.std()), 3),
                 supernet_valid=round(evaluator.evaluate(sizes).metrics[metric], 6),
             )[0]
             logger.info("shape %s at %g: test N@20 %.4f", shape, budget, row["metrics"]["ndcg@20"])
@@ -606,9 +597,7 @@ def spread_check(arguments: argparse.Namespace) -> None:
     from spread_check import spread_table
 
     spec = spec_from(arguments)
-    split = split_per_user(
-        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
-    )
+    split = split_of(arguments)
     folder = run_dir(arguments)
     method = "es-fit" + ("-distill" if spec.distillation else "")
     control = WORK / f"{method}-{run_dir(arguments, even=arguments.selection_share > 0).name}"
@@ -626,9 +615,7 @@ def plots(arguments: argparse.Namespace) -> None:
     from ciess_core.search.plots import plot_search_run
 
     out = run_dir(arguments)
-    split = split_per_user(
-        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
-    )
+    split = split_of(arguments)
     title = f"{arguments.dataset} {arguments.backbone}: "
     plot_search_run(out, split.train, arguments.budgets, PLOTS / out.name, title)
     write_report(arguments.dataset)
@@ -637,9 +624,7 @@ def plots(arguments: argparse.Namespace) -> None:
 def paper_cost(arguments: argparse.Namespace) -> None:
     """Time the paper's evaluator for one iteration; extrapolate to M·T iterations."""
     spec = spec_from(arguments)
-    split = split_per_user(
-        load_dataset(arguments.dataset, resolve_data_dir(arguments.data_dir)), seed=42
-    )
+    split = split_of(arguments)
     train, valid = split.phase(Phase.SEARCH)
     training = TrainConfig(
         learning_rate=arguments.learning_rate,
@@ -649,7 +634,7 @@ def paper_cost(arguments: argparse.Namespace) -> None:
         device=arguments.device,
     )
     evaluator = RetrainEvaluator(train, valid, spec.backbone, training)
-    sizes = equal_sizes(split.num_users + split.num_items, 128, 0.8)
+    sizes = equal_sizes(split.num_users, split.num_items, 128, 0.8)
     signal = evaluator.evaluate(sizes)
     iterations = spec.search.num_episodes * spec.search.iterations_per_episode
     device = arguments.device.split(":")[0]

@@ -38,6 +38,7 @@ from paper import PAPER_METRICS, paper_row
 from ciess_core.data import open_dataset, split_per_user
 from ciess_core.pipeline import SPLIT_SEED, pipeline_spec, run_product_pipeline
 from ciess_core.runs import RunSpec, execute_run, run_sizes
+from ciess_core.search.files import BudgetFolder
 from ciess_core.sizes import SizeScheme
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +86,7 @@ def plain_es(
         target_sparsity=budget,
         protocol=spec.protocol,
     )
-    sizes = run_sizes(run_spec, split.num_users + split.num_items)
+    sizes = run_sizes(run_spec, split.num_users, split.num_items)
     _, outcome, _ = execute_run(run_spec, split, sizes, progress=not arguments.no_progress)
     result = {
         "achieved_sparsity": outcome.achieved_sparsity,
@@ -224,9 +225,8 @@ def collect(arguments: argparse.Namespace) -> None:
     budgets = sorted({row["budget"] for row in like})
     results = {}
     for budget in budgets:
-        path = work / f"budget-{budget:g}" / "result.json"
-        if path.exists():
-            results[f"{budget:g}"] = json.loads(path.read_text())
+        if (result := BudgetFolder.of(work, budget).result()) is not None:
+            results[f"{budget:g}"] = result
     rows = candidate_rows(results, budgets, common)
     for row in rows:
         row["note"] = arguments.note
@@ -351,6 +351,9 @@ def write_report(dataset: str) -> None:
         key=lambda r: (r[0]["backbone"], key.get(r[0]["protocol"], 2), r[0]["device"]),
     ):
         lines += run_section(run_rows)
+    notes = REPORTS / f"ciess-{dataset}.notes.md"
+    if notes.exists():
+        lines += ["## Notes", "", notes.read_text().strip(), ""]
     (REPORTS / f"ciess-{dataset}.md").write_text("\n".join(lines))
 
 

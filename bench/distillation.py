@@ -49,7 +49,6 @@ def main() -> None:
     train, _ = split.phase(Phase.TEST)
     backbone = BackboneConfig.default_for(BackboneKind.LIGHTGCN, weight_decay=1e-3)
     teacher = build_backbone(backbone, train, torch.Generator().manual_seed(0))
-    entities = split.num_users + split.num_items
     rows = []
     for width in (26, 128):
         for users in (None, 0, DistillationConfig().users_per_batch):
@@ -59,8 +58,9 @@ def main() -> None:
                 else Distiller(teacher, train, DistillationConfig(users_per_batch=users))
             )
             model = build_backbone(backbone, train, torch.Generator().manual_seed(42))
-            sizes = equal_sizes(entities, 128, 1 - width / 128)
-            model.set_embedding_sizes(torch.from_numpy(sizes))
+            model.set_size_assignment(
+                equal_sizes(split.num_users, split.num_items, 128, 1 - width / 128)
+            )
             config = TrainConfig(max_batches=arguments.batches, eval_every=0)
             result = train_bpr(model, train, config, progress=False, distiller=distiller)
             rows.append(

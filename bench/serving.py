@@ -129,13 +129,15 @@ class Server:
 
 
 # ``server`` names: the service as shipped (``ciess serve``); without the turn batcher; without it
-# and on uvicorn's stock httptools protocol (two writes per response): each step shows one change's
-# share. Then the PyTorch baseline. Values: the launcher's options, None for ``ciess serve`` itself;
+# and on uvicorn's stock httptools protocol (two writes per response); without it and without the
+# ASGI fast path (FastAPI's routing for every request): against ``ciess-unbatched``, each of the
+# last two shows one change's share on its own. Then the PyTorch baseline. Values: the launcher's options, None for ``ciess serve`` itself;
 # the variants run bench/serve_variant.py (the same app and uvicorn options, switches off).
 CIESS_SERVERS: dict[str, list[str] | None] = {
     "ciess": None,
     "ciess-unbatched": ["--http", "coalescing", "--no-batching"],
     "ciess-stock-http": ["--http", "httptools", "--no-batching"],
+    "ciess-no-fast-path": ["--http", "coalescing", "--no-batching", "--no-fast-path"],
 }
 SERVERS = (*CIESS_SERVERS, "torch")
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.search.evaluators import QualitySignal, quality_signal
+from ciess_core.search.files import BudgetFolder
 from ciess_core.search.fit import DEFAULT_SPREAD_GRID
 from ciess_core.search.pipeline import PipelineSpec, build_evaluator
 from ciess_core.search.pool import shrink_sides
+from ciess_core.sizes import SizeAssignment
 
 
 def spread_table(
@@ -35,7 +35,7 @@ def spread_table(
     """The markdown table for every budget of ``spec`` whose chosen sizes ``folder`` holds.
 
     ``views``: (the search's, the fits') views of ``split`` (the same split twice without a
-    held-out share). ``control``: a folder with the ES control's ``budget-<c>/sizes.npy``.
+    held-out share). ``control``: a folder with the ES control's budget folders.
     """
     search_view, fit_view = views
     evaluator = build_evaluator(spec, search_view, cache_dir=folder / "supernet")  # the run's
@@ -45,7 +45,7 @@ def spread_table(
     test_train, test = split.phase(Phase.TEST)
     metric = "ndcg@20"
 
-    def scores(sizes: np.ndarray) -> list[float]:
+    def scores(sizes: SizeAssignment) -> list[float]:
         signal: QualitySignal = evaluator.evaluate(sizes)  # sets the model's sizes
         assert model is not None
         found = [signal.metrics[metric]]
@@ -59,20 +59,18 @@ def spread_table(
         "| c | sizes | users' spread × | items' spread × | " + " | ".join(columns) + " | test |",
         "|---|---|---|---|" + "---|" * (len(columns) + 1),
     ]
-    num_users = split.num_users
-    max_size = spec.search.max_size
     for budget in spec.search.budgets:
-        path = folder / f"budget-{budget:g}" / "sizes.npy"
-        if not path.is_file():
+        budget_folder = BudgetFolder.of(folder, budget)
+        if not budget_folder.finished():
             continue
-        chosen = np.load(path)
+        chosen = budget_folder.chosen()
         for users in DEFAULT_SPREAD_GRID[::-1]:
             for items in DEFAULT_SPREAD_GRID[::-1]:
-                sizes = shrink_sides(chosen, num_users, users, items, max_size)
+                sizes = shrink_sides(chosen, users, items)
                 cells = " | ".join(f"{value:.4f}" for value in scores(sizes))
                 lines.append(f"| {budget:.2f} | chosen | {users:g} | {items:g} | {cells} |")
-        control_path = None if control is None else control / f"budget-{budget:g}" / "sizes.npy"
-        if control_path is not None and control_path.is_file():
-            cells = " | ".join(f"{value:.4f}" for value in scores(np.load(control_path)))
+        control_folder = None if control is None else BudgetFolder.of(control, budget)
+        if control_folder is not None and control_folder.finished():
+            cells = " | ".join(f"{value:.4f}" for value in scores(control_folder.chosen()))
             lines.append(f"| {budget:.2f} | ES control | – | – | {cells} |")
     return lines

@@ -41,7 +41,7 @@ def _add_train_parser(subparsers: Any) -> None:
         description="Train a backbone (BPR) at full size, equal sizes (ES) or mixed random sizes "
         "(MR) at a target sparsity under the clean protocol (select the batch count on "
         "validation, test once), then train the model to serve on every interaction; writes "
-        "config.json, metrics.json, history.jsonl, sizes.npy and model.pt to a run directory. "
+        "config.json, metrics.json, history.jsonl, sizes.npz and model.pt to a run directory. "
         "Training settings come from the shipped recipe for the dataset and backbone, then "
         "--config, then the flags.",
     )
@@ -73,7 +73,8 @@ def _train(arguments: argparse.Namespace) -> int:
     # Imported here so that `ciess --help` stays fast and torch-free commands stay torch-free.
     from ciess_core.data import open_dataset, split_per_user
     from ciess_core.pipeline import SPLIT_SEED, pipeline_spec
-    from ciess_core.runs import RunSpec, execute_and_deploy, run_sizes, write_run
+    from ciess_core.run_folder import write_run
+    from ciess_core.runs import RunSpec, execute_and_deploy, run_sizes
     from ciess_core.sizes import SizeScheme
 
     scheme = SizeScheme(arguments.sizes)
@@ -101,7 +102,7 @@ def _train(arguments: argparse.Namespace) -> int:
     )
     data = open_dataset(spec.dataset, arguments.data_dir)
     split = split_per_user(data, seed=spec.split_seed)
-    sizes = run_sizes(spec, split.num_users + split.num_items)
+    sizes = run_sizes(spec, split.num_users, split.num_items)
     out = arguments.out
     if out is None:
         label = Path(spec.dataset).stem if "/" in spec.dataset else spec.dataset
@@ -114,7 +115,7 @@ def _train(arguments: argparse.Namespace) -> int:
     model, outcome, history = execute_and_deploy(
         spec, split, sizes, progress=not arguments.no_progress
     )
-    write_run(out, spec, split, data.fingerprint(), model, outcome, history)
+    write_run(out, spec, data.fingerprint(), model, outcome, history)
     metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.test_metrics.items()))
     print(f"run: {out}")
     print(f"sparsity: {outcome.achieved_sparsity:.4f}  seconds: {outcome.seconds:.1f}")
@@ -126,7 +127,7 @@ def _add_export_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export a run directory as a versioned artifact",
-        description="Rebuild the model of a run directory (config.json, model.pt, sizes.npy) on "
+        description="Rebuild the model of a run directory (config.json, model.pt, sizes.npz) on "
         "its dataset and write an artifact: manifest.json, ragged embedding stores, id maps, "
         "seen items and ONNX scoring graphs. The artifact is checked against the model before "
         "it is renamed into place.",

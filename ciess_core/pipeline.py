@@ -20,9 +20,10 @@ from typing import Any
 
 from ciess_core.data import open_dataset, split_per_user
 from ciess_core.errors import ConfigError
+from ciess_core.json_form import jsonable
 from ciess_core.models import BackboneConfig, BackboneKind
 from ciess_core.recipes import resolve_recipe
-from ciess_core.runs import Protocol, RunProtocol, jsonable
+from ciess_core.runs import Protocol, RunProtocol
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.pipeline import PipelineSpec, StageReport, run_pipeline
 from ciess_core.training import TrainConfig

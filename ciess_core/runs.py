@@ -1,42 +1,32 @@
-"""Training runs: load a dataset, assign sizes, train under a protocol, write a run directory.
+"""Training runs: assign sizes, train and test under a protocol, train the deployment model.
 
-This is orchestration: it sequences the pure pieces (data, sizes, models, training, evaluation) and
-is the only module here that touches run files.
+This is orchestration: it sequences the pure pieces (data, sizes, models, training, evaluation);
+:mod:`ciess_core.run_folder` writes and reads the folder a run leaves.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ciess_core import __version__
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
-from ciess_core.sizes import SizeScheme, assign_sizes, sparsity
+from ciess_core.sizes import SizeAssignment, SizeScheme, assign_sizes
 from ciess_core.training import TrainConfig, TrainResult, evaluate_model, train_bpr
 from ciess_core.training.distillation import DistillationConfig, Distiller
 
 logger = logging.getLogger(__name__)
-
-RUN_FORMAT_VERSION = 2
-"""2: ``model.pt`` is the deployment model, trained on every interaction (``trained_on``)."""
 
 TRAINED_ON_ALL = "all interactions (train, validation and test)"
 
@@ -61,7 +51,7 @@ class RunProtocol(typing.Protocol):
         self,
         spec: RunSpec,
         split: DatasetSplit,
-        sizes: np.ndarray,
+        sizes: SizeAssignment,
         progress: bool,
         teachers: Teachers | None,
         selected_batches: int | None,
@@ -85,12 +75,43 @@ class Protocol(enum.Enum):
         self,
         spec: RunSpec,
         split: DatasetSplit,
-        sizes: np.ndarray,
+        sizes: SizeAssignment,
         progress: bool,
         teachers: Teachers | None,
         selected_batches: int | None,
     ) -> RunResult:
-        return _clean_run(spec, split, sizes, progress, teachers, selected_batches)
+        started = time.perf_counter()
+        history: list[dict[str, Any]] = []
+        stages: dict[str, dict[str, Any]] = {}
+        valid_metrics: dict[str, float] = {}
+        test_train, test = split.phase(Phase.TEST)
+        test_distiller = phase_distiller(spec, teachers, Phase.TEST, test_train)  # fails early
+        if selected_batches is None:
+            selection = select_on_validation(spec, split, sizes, progress, teachers)
+            history += [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
+            stages["select"] = stage_summary(selection)
+            valid_metrics = selection.best_metrics
+            selected_batches = max(selection.best_batch, 1)
+        final_config = dataclasses.replace(
+            spec.training, max_batches=selected_batches, eval_every=0
+        )
+        model = fresh_model(spec, test_train, sizes)
+        final = train_bpr(
+            model, test_train, final_config, progress=progress, distiller=test_distiller
+        )
+        stages["final"] = stage_summary(final)
+        test_metrics = evaluate_model(
+            model, test_train, test, spec.training.eval_users_per_chunk
+        ).mean()
+        outcome = RunOutcome(
+            test_metrics=test_metrics,
+            valid_metrics=valid_metrics,
+            achieved_sparsity=sizes.sparsity,
+            seconds=time.perf_counter() - started,
+            stages=stages,
+            selected_batches=selected_batches,
+        )
+        return model, outcome, history
 
 
 @dataclass(frozen=True)
@@ -135,12 +156,12 @@ def _device(spec: RunSpec) -> torch.device:
     return device
 
 
-def fresh_model(spec: RunSpec, train: sp.csr_matrix, sizes: np.ndarray) -> Backbone:
+def fresh_model(spec: RunSpec, train: sp.csr_matrix, sizes: SizeAssignment) -> Backbone:
     """A new model of ``spec`` on ``train`` with ``sizes``, seeded by the training seed."""
     device = _device(spec)
     generator = torch.Generator(device=device).manual_seed(spec.training.seed)
     model = build_backbone(spec.backbone, train, generator)
-    model.set_embedding_sizes(torch.from_numpy(sizes).to(device))
+    model.set_size_assignment(sizes)
     return model
 
 
@@ -177,7 +198,7 @@ def phase_distiller(
 def select_on_validation(
     spec: RunSpec,
     split: DatasetSplit,
-    sizes: np.ndarray,
+    sizes: SizeAssignment,
     progress: bool = True,
     teachers: Teachers | None = None,
 ) -> TrainResult:
@@ -197,7 +218,7 @@ def select_on_validation(
 def execute_run(
     spec: RunSpec,
     split: DatasetSplit,
-    sizes: np.ndarray,
+    sizes: SizeAssignment,
     progress: bool = True,
     teachers: Teachers | None = None,
     selected_batches: int | None = None,
@@ -214,48 +235,10 @@ def execute_run(
     return spec.protocol.execute(spec, split, sizes, progress, teachers, selected_batches)
 
 
-def _clean_run(
-    spec: RunSpec,
-    split: DatasetSplit,
-    sizes: np.ndarray,
-    progress: bool,
-    teachers: Teachers | None,
-    selected_batches: int | None,
-) -> RunResult:
-    started = time.perf_counter()
-    history: list[dict[str, Any]] = []
-    stages: dict[str, dict[str, Any]] = {}
-    valid_metrics: dict[str, float] = {}
-    test_train, test = split.phase(Phase.TEST)
-    test_distiller = phase_distiller(spec, teachers, Phase.TEST, test_train)  # fails early
-    if selected_batches is None:
-        selection = select_on_validation(spec, split, sizes, progress=progress, teachers=teachers)
-        history += [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
-        stages["select"] = stage_summary(selection)
-        valid_metrics = selection.best_metrics
-        selected_batches = max(selection.best_batch, 1)
-    final_config = dataclasses.replace(spec.training, max_batches=selected_batches, eval_every=0)
-    model = fresh_model(spec, test_train, sizes)
-    final = train_bpr(model, test_train, final_config, progress=progress, distiller=test_distiller)
-    stages["final"] = stage_summary(final)
-    test_metrics = evaluate_model(
-        model, test_train, test, spec.training.eval_users_per_chunk
-    ).mean()
-    outcome = RunOutcome(
-        test_metrics=test_metrics,
-        valid_metrics=valid_metrics,
-        achieved_sparsity=sparsity(sizes, spec.backbone.max_size),
-        seconds=time.perf_counter() - started,
-        stages=stages,
-        selected_batches=selected_batches,
-    )
-    return model, outcome, history
-
-
 def train_deployment(
     spec: RunSpec,
     split: DatasetSplit,
-    sizes: np.ndarray,
+    sizes: SizeAssignment,
     batches: int,
     progress: bool = True,
     teachers: Teachers | None = None,
@@ -285,7 +268,7 @@ def train_deployment(
 def execute_and_deploy(
     spec: RunSpec,
     split: DatasetSplit,
-    sizes: np.ndarray,
+    sizes: SizeAssignment,
     progress: bool = True,
     teachers: Teachers | None = None,
 ) -> tuple[Backbone, RunOutcome, list[dict[str, Any]]]:
@@ -302,90 +285,9 @@ def execute_and_deploy(
     return model, outcome, history
 
 
-def run_sizes(spec: RunSpec, num_entities: int) -> np.ndarray:
+def run_sizes(spec: RunSpec, num_users: int, num_items: int) -> SizeAssignment:
     """The size assignment that ``spec`` asks for (MR draws from the training seed)."""
     rng = np.random.default_rng(spec.training.seed)
     return assign_sizes(
-        spec.size_scheme, num_entities, spec.backbone.max_size, spec.target_sparsity, rng
+        spec.size_scheme, num_users, num_items, spec.backbone.max_size, spec.target_sparsity, rng
     )
-
-
-def jsonable(value: Any) -> Any:
-    """Enums to their values, dataclasses to dicts, tuples to lists: config in JSON form."""
-    if isinstance(value, enum.Enum):
-        return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: jsonable(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
-    """A JSON-ready view of ``spec`` (enums by value)."""
-    return {
-        "dataset": spec.dataset,
-        "backbone": jsonable(dataclasses.asdict(spec.backbone)),
-        "training": jsonable(dataclasses.asdict(spec.training)),
-        "size_scheme": spec.size_scheme.value,
-        "target_sparsity": spec.target_sparsity,
-        "protocol": spec.protocol.value,
-        "split_seed": spec.split_seed,
-        "distillation": jsonable(spec.distillation),
-    }
-
-
-def write_run(
-    directory: Path,
-    spec: RunSpec,
-    split: DatasetSplit,
-    dataset_fingerprint: str,
-    model: Backbone,
-    outcome: RunOutcome,
-    history: list[dict[str, Any]],
-) -> Path:
-    """Write a run directory atomically: files go to a temporary sibling renamed at the end.
-
-    ``model`` is the deployment model (:func:`train_deployment`, trained on every interaction);
-    ``outcome`` holds the protocol's numbers, which measure its recipe.
-    """
-    directory = Path(directory)
-    if directory.exists():
-        raise ConfigError(f"run directory {directory} already exists; choose another --out")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        config = {
-            "format_version": RUN_FORMAT_VERSION,
-            "ciess_version": __version__,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "dataset_fingerprint": dataset_fingerprint,
-            "num_users": split.num_users,
-            "num_items": split.num_items,
-            "trained_on": TRAINED_ON_ALL,
-            **spec_to_dict(spec),
-        }
-        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        metrics = {
-            "protocol": spec.protocol.value,
-            "test": outcome.test_metrics,
-            "valid": outcome.valid_metrics,
-            "achieved_sparsity": outcome.achieved_sparsity,
-            "seconds": round(outcome.seconds, 3),
-            "selected_batches": outcome.selected_batches,
-            "stages": outcome.stages,
-        }
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        with (staging / "history.jsonl").open("w") as handle:
-            for row in history:
-                handle.write(json.dumps(row) + "\n")
-        np.save(staging / "sizes.npy", model.embedding_sizes().cpu().numpy())
-        torch.save(model.state_dict(), staging / "model.pt")
-        os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    logger.info("wrote run %s", directory)
-    return directory

@@ -7,10 +7,13 @@ that. This middleware answers the plain form of
 that request, a known user with ``k`` and ``exclude_seen`` given as FastAPI itself would accept
 them, with the very same body and headers as the FastAPI route (:mod:`service.routers.recommend`),
 which stays in place, documented in the OpenAPI schema, and handles everything else: item
-filters, values the fast path does not recognise, unknown users (404), out-of-range ``k`` (422),
-no model (503). Requests that arrive in the same event-loop turn are ranked as one batch
-(:mod:`service.batching`) unless :func:`service.main.create_app` is told otherwise
-(``batch_requests=False``, for benchmarks).
+filters, pages (``offset``), the popularity fallback, any other query parameter (a 422 there:
+never ignored), values the fast path does not recognise, unknown users (404, or the fallback),
+out-of-range ``k`` (422), no model (503). The plain request pays for none of these: its query is
+parsed as before, and the first name that is not ``k`` or ``exclude_seen`` hands it on.
+Requests that arrive in the same event-loop turn are ranked as one batch (:mod:`service.batching`)
+unless :func:`service.main.create_app` is told otherwise (``batch_requests=False``, for
+benchmarks).
 tests/service/test_fast_path.py checks that both give the same answers.
 """
 

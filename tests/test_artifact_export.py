@@ -22,8 +22,9 @@ from ciess_core.cli import main
 from ciess_core.data import DatasetSplit, InteractionData, Phase, split_per_user
 from ciess_core.errors import ArtifactError, ConfigError, DataError
 from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
-from ciess_core.runs import Protocol, RunOutcome, RunSpec, write_run
-from ciess_core.sizes import SizeScheme, assign_sizes
+from ciess_core.run_folder import RUN_FORMAT_VERSION, read_run, write_run
+from ciess_core.runs import Protocol, RunOutcome, RunSpec
+from ciess_core.sizes import SizeAssignment, SizeScheme, assign_sizes
 from ciess_core.training import TrainConfig
 
 MAX_SIZE = 32
@@ -137,7 +138,8 @@ def test_embedding_bytes_track_the_budget(
         sizes = np.clip(rng.pareto(1.5, count) * (1 - target) * MAX_SIZE / 2, 1, MAX_SIZE)
         sizes = np.floor(sizes * (1 - target) * MAX_SIZE * count / sizes.sum()).clip(1, MAX_SIZE)
     else:
-        sizes = assign_sizes(SizeScheme(scheme), count, MAX_SIZE, target, rng)
+        shape = (clustered_split.num_users, clustered_split.num_items, MAX_SIZE)
+        sizes = assign_sizes(SizeScheme(scheme), *shape, target, rng).sizes
     sizes = sizes.astype(np.int64)
     out = export(BackboneKind.LIGHTGCN, clustered_split, tmp_path / "a", sizes, verify_users=0)
     manifest = load_artifact(out).manifest
@@ -149,6 +151,9 @@ def test_embedding_bytes_track_the_budget(
     assert achieved >= target - 1 / MAX_SIZE  # ES rounds its one size
     dense = manifest.memory.dense
     assert manifest.memory.stored_values == pytest.approx((1 - achieved) * dense)
+    assignment = SizeAssignment.from_concatenated(sizes, clustered_split.num_users, MAX_SIZE)
+    assert manifest.memory.stored_values == assignment.bytes("float32", tables=1)
+    assert manifest.achieved_sparsity == assignment.sparsity
     # The .npy header is the only overhead on top of the raw values.
     assert values_file <= (1 - achieved) * dense * 1.01 + 128
     assert offsets_file <= (count + 1) * 8 + count * 2 + 256
@@ -158,9 +163,10 @@ def test_float16_halves_the_values(clustered_split: DatasetSplit, tmp_path: Path
     out = export(BackboneKind.LIGHTGCN, clustered_split, tmp_path / "half", value_dtype="float16")
     artifact = load_artifact(out)
     assert artifact.tables["embedding"].values.dtype == np.float16
-    assert artifact.manifest.memory.stored_values == 2 * int(
-        artifact.tables["embedding"].sizes.sum()
+    sizes = SizeAssignment.from_concatenated(
+        artifact.tables["embedding"].sizes, clustered_split.num_users, MAX_SIZE
     )
+    assert artifact.manifest.memory.stored_values == sizes.bytes("float16")
     assert artifact.manifest.verification["max_abs_score_difference"] < 1e-2
 
 
@@ -350,7 +356,7 @@ def run_dir(clustered_data: InteractionData, tmp_path_factory: pytest.TempPathFa
         split_seed=3,
     )
     outcome = RunOutcome({"recall@20": 0.25}, {"recall@20": 0.3}, model.sparsity(), 1.0)
-    return write_run(root / "run", spec, split, data.fingerprint(), model, outcome, [])
+    return write_run(root / "run", spec, data.fingerprint(), model, outcome, [])
 
 
 def test_export_run_rebuilds_the_model_and_checks_it(run_dir: Path, tmp_path: Path) -> None:
@@ -362,9 +368,7 @@ def test_export_run_rebuilds_the_model_and_checks_it(run_dir: Path, tmp_path: Pa
     assert manifest.dataset["split_seed"] == 3 and manifest.dataset["size_scheme"] == "random"
     check = manifest.verification
     assert check["max_abs_score_difference"] <= 1e-5 * (1 + check["max_abs_score"])
-    np.testing.assert_array_equal(
-        artifact.tables["embedding"].sizes, np.load(run_dir / "sizes.npy")
-    )
+    np.testing.assert_array_equal(artifact.tables["embedding"].sizes, read_run(run_dir).sizes.sizes)
 
 
 def test_export_run_rejects_other_data(run_dir: Path, tmp_path: Path) -> None:
@@ -378,6 +382,37 @@ def test_export_run_rejects_other_data(run_dir: Path, tmp_path: Path) -> None:
     (broken / "model.pt").unlink()
     with pytest.raises(DataError, match=r"model\.pt is missing"):
         export_run(broken, tmp_path / "artifact", run_dir.parent)
+
+
+def test_read_run_refuses_older_formats_and_sizes_that_do_not_fit(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    stored = read_run(run_dir)
+    assert stored.config["format_version"] == RUN_FORMAT_VERSION == 3
+    assert (stored.sizes.num_users, stored.sizes.num_items) == (
+        stored.config["num_users"],
+        stored.config["num_items"],
+    )
+    older = tmp_path / "older"
+    shutil.copytree(run_dir, older)
+    config = json.loads((older / "config.json").read_text())
+    (older / "config.json").write_text(json.dumps({**config, "format_version": 2}))
+    with pytest.raises(DataError, match=r"run format 2, this version reads 3 .*sizes\.npz"):
+        read_run(older)
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    sizes = stored.sizes
+    moved = SizeAssignment.from_concatenated(sizes.sizes, sizes.num_users + 1, sizes.max_size)
+    moved.save(other / "sizes.npz")
+    with pytest.raises(DataError, match=r"holds \d+ users .* config\.json records"):
+        read_run(other)
+    SizeAssignment.equal(sizes.num_users, sizes.num_items, 1, sizes.max_size).save(
+        other / "sizes.npz"
+    )
+    with pytest.raises(DataError, match="its sizes disagree with the sizes in its weights"):
+        export_run(other, tmp_path / "artifact", run_dir.parent)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_run(tmp_path / "nowhere")
 
 
 def test_cli_export_and_inspect(

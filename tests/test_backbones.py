@@ -10,6 +10,7 @@ import torch
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
+from ciess_core.sizes import SizeAssignment
 from ciess_core.training import TrainConfig, evaluate_model, train_bpr
 
 KINDS = list(BackboneKind)
@@ -81,6 +82,21 @@ def test_sizes_and_sparsity_accounting(kind: BackboneKind, tiny_train: sp.csr_ma
     assert torch.equal(model.embedding_sizes(), sizes)
     assert model.sparsity() == pytest.approx(1 - 4 / 16)
     assert model.embedding_parameter_count() == len(model.tables()) * 21 * 4
+
+
+def test_a_size_assignment_goes_in_and_comes_back(
+    kind: BackboneKind, tiny_train: sp.csr_matrix
+) -> None:
+    model = make_model(kind, tiny_train)  # 12 users, 9 items
+    assignment = SizeAssignment(np.arange(1, 13), np.full(9, 16), 16)
+    model.set_size_assignment(assignment)
+    assert model.size_assignment() == assignment
+    assert model.embedding_parameter_count() == len(model.tables()) * assignment.parameters
+    assert model.sparsity() == pytest.approx(assignment.sparsity)
+    with pytest.raises(ConfigError, match="13 users, 8 items and max size 16 does not fit"):
+        model.set_size_assignment(SizeAssignment.equal(13, 8, 4, 16))
+    with pytest.raises(ConfigError, match="max size 32 does not fit"):
+        model.set_size_assignment(SizeAssignment.equal(12, 9, 4, 32))
 
 
 def test_invalid_sizes_are_rejected(kind: BackboneKind, tiny_train: sp.csr_matrix) -> None:

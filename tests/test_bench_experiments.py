@@ -34,16 +34,17 @@ from ciess_core.artifact.reader import load_artifact
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
+from ciess_core.json_form import jsonable
 from ciess_core.models import BackboneConfig, BackboneKind
-from ciess_core.runs import Protocol, RunSpec, execute_run, jsonable, run_sizes, spec_to_dict
+from ciess_core.runs import Protocol, RunSpec, execute_run, run_sizes
 from ciess_core.search import SearchConfig, random_walk, start_sizes
+from ciess_core.search.files import BudgetFolder
 from ciess_core.search.loop import SearchHooks, SearchInputs, run_search
 from ciess_core.search.pipeline import build_evaluator, run_pipeline
-from ciess_core.sizes import SizeScheme, sparsity
+from ciess_core.sizes import SizeAssignment, SizeScheme
 from ciess_core.training import TrainConfig
 from tests.test_artifact_scorer import build, export
 from tests.test_search_pipeline import (
-    MAX_SIZE,
     check_the_test_phase_teacher_is_trained_once,
     check_two_workers_give_the_same_models_as_one,
     tiny_spec,
@@ -188,8 +189,7 @@ def test_per_budget_search_steers_the_penalty_towards_each_budget(
         assert -1.0 <= row["users_mean_reward"] <= 1.0 and -1.0 <= row["items_mean_reward"] <= 1.0
     assert max(row["penalty"] for row in trace) > 10  # the tiny search cannot reach 0.8 quickly
     for budget in ("0.5", "0.8"):
-        sizes = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
-        assert sparsity(sizes, MAX_SIZE) >= float(budget)
+        assert BudgetFolder(tmp_path / f"budget-{budget}").chosen().sparsity >= float(budget)
         assert summary["budgets"][budget]["test"]["recall@20"] > 0
 
 
@@ -256,7 +256,7 @@ def test_retrain_evaluator_gives_per_user_and_per_item_quality(
     )
     evaluator = RetrainEvaluator(train, valid, BACKBONE, training)
     evaluator.prepare()
-    signal = evaluator.evaluate(np.full(train.shape[0] + train.shape[1], 8))
+    signal = evaluator.evaluate(SizeAssignment.equal(*train.shape, 8, 16))
     assert signal.user_eval.shape == (train.shape[0],)
     assert signal.item_eval.shape == (train.shape[1],)
     assert np.all((signal.user_eval >= 0) & (signal.user_eval <= 1))
@@ -267,10 +267,10 @@ def test_retrain_evaluator_gives_per_user_and_per_item_quality(
     assert signal.item_eval[item] == pytest.approx(signal.user_eval[users].mean())
     # Each candidate gets a model of its own, seeded apart: the same sizes score differently.
     assert evaluator.calls == 1
-    again = evaluator.evaluate(np.full(train.shape[0] + train.shape[1], 8))
+    again = evaluator.evaluate(SizeAssignment.equal(*train.shape, 8, 16))
     assert evaluator.calls == 2 and not np.array_equal(again.user_eval, signal.user_eval)
-    with pytest.raises(ConfigError, match="vector of"):
-        evaluator.evaluate(np.full(3, 4))
+    with pytest.raises(ConfigError, match="does not fit a model"):
+        evaluator.evaluate(SizeAssignment.equal(1, 2, 4, 16))
 
 
 def test_a_pipeline_searches_with_the_papers_evaluator(
@@ -284,8 +284,7 @@ def test_a_pipeline_searches_with_the_papers_evaluator(
     assert len(trace) == 12
     assert not (tmp_path / "supernet").exists()  # no supernet was trained
     for budget in ("0.5", "0.8"):
-        sizes = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
-        assert sparsity(sizes, MAX_SIZE) >= float(budget)
+        assert BudgetFolder(tmp_path / f"budget-{budget}").chosen().sparsity >= float(budget)
         assert 0.0 < summary["budgets"][budget]["test"]["recall@20"] <= 1.0
     with pytest.raises(ConfigError, match="supernet"):
         factory(dataclasses.replace(tiny_spec(), share_grid=(0.5,)), clustered_split, None)
@@ -306,7 +305,7 @@ def test_the_reference_protocol_keeps_the_checkpoint_best_on_test(
         protocol=protocol_named("reference"),
     )
     assert spec.protocol is ReferenceProtocol.REFERENCE and spec.protocol.selects_on == "test"
-    sizes = run_sizes(spec, clustered_split.num_users + clustered_split.num_items)
+    sizes = run_sizes(spec, clustered_split.num_users, clustered_split.num_items)
     _, outcome, history = execute_run(spec, clustered_split, sizes, progress=False)
     assert set(outcome.stages) == {"reference"} and outcome.valid_metrics == {}
     assert {row["stage"] for row in history} == {"test"}
@@ -314,7 +313,7 @@ def test_the_reference_protocol_keeps_the_checkpoint_best_on_test(
     assert outcome.test_metrics == best["metrics"]
     assert outcome.selected_batches == best["batch"]
     # Written as the value string, in run folders and JSON alike.
-    assert spec_to_dict(spec)["protocol"] == jsonable(spec.protocol) == "reference"
+    assert jsonable(spec)["protocol"] == jsonable(spec.protocol) == "reference"
     assert protocol_named("clean") is Protocol.CLEAN
     with pytest.raises(ConfigError, match="unknown protocol"):
         protocol_named("paper")

@@ -10,12 +10,14 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from ciess_core import cli
 from ciess_core.cli import main
 from ciess_core.errors import ConfigError
+from ciess_core.run_folder import read_run
+from ciess_core.search.files import BudgetFolder
+from ciess_core.sizes import SizeAssignment
 from tests.conftest import clustered_interactions
 
 
@@ -63,15 +65,15 @@ def test_train_writes_a_complete_run_directory(
         "config.json",
         "metrics.json",
         "history.jsonl",
-        "sizes.npy",
+        "sizes.npz",
         "model.pt",
     }
-    metrics = json.loads((out / "metrics.json").read_text())
+    run = read_run(out)
+    metrics, config = run.metrics, run.config
     assert metrics["protocol"] == "clean"
     assert metrics["achieved_sparsity"] == pytest.approx(1 - 13 / 128)
     assert set(metrics["test"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)}
-    assert np.all(np.load(out / "sizes.npy") == 13)
-    config = json.loads((out / "config.json").read_text())
+    assert run.sizes == SizeAssignment.equal(60, 60, 13, 128)
     assert config["size_scheme"] == "equal" and config["backbone"]["kind"] == "lightgcn"
     assert "test (clean)" in capsys.readouterr().out
 
@@ -86,9 +88,9 @@ def test_train_settings_from_a_recipe_file_then_flags(pairs_file: Path, tmp_path
     arguments = ["train", "--dataset", str(pairs_file), "--backbone", "ncf", "--sizes", "random"]
     arguments += ["--sparsity", "0.8", "--config", str(recipe), "--weight-decay", "2e-5"]
     assert main([*arguments, "--out", str(out), "--no-progress"]) == 0
-    sizes = np.load(out / "sizes.npy")
-    assert 1 - sizes.sum() / (len(sizes) * 128) >= 0.8
-    config = json.loads((out / "config.json").read_text())
+    run = read_run(out)
+    assert run.sizes.sparsity >= 0.8
+    config = run.config
     assert config["backbone"]["kind"] == "ncf"
     assert config["training"]["batch_size"] == 64 and config["training"]["learning_rate"] == 0.005
     assert config["backbone"]["weight_decay"] == 2e-5  # the flag wins over the file
@@ -205,18 +207,19 @@ def test_search_runs_end_to_end_and_resumes(
     ]
     assert main(arguments) == 0
     assert "budget 0.9: sparsity" in capsys.readouterr().out
-    sizes = np.load(out / "budget-0.9" / "sizes.npy")
-    assert 1 - sizes.sum() / (len(sizes) * 128) >= 0.9
+    sizes = BudgetFolder.of(out, 0.9).chosen()
+    assert sizes.sparsity >= 0.9
     assert (out / "search-trace.png").stat().st_size > 0 and (out / "sizes-0.9.png").exists()
     spec = json.loads((out / "spec.json").read_text())
     assert spec["training"]["max_batches"] == 10 and spec["protocol"] == "clean"
     assert spec["distillation"]["teacher"] == "phase" and spec["equal_candidate"] is True
     # The chosen model, trained on all interactions, is a run directory that exports.
-    run = out / "budget-0.9" / "run"
-    np.testing.assert_array_equal(np.load(run / "sizes.npy"), sizes)
-    config = json.loads((run / "config.json").read_text())
+    run = BudgetFolder.of(out, 0.9).run
+    stored = read_run(run)
+    assert stored.sizes == sizes
+    config = stored.config
     assert config["size_scheme"] in {"ciess", "equal"} and config["trained_on"].startswith("all")
-    assert "deploy" in json.loads((run / "metrics.json").read_text())["stages"]
+    assert "deploy" in stored.metrics["stages"]
     artifact = tmp_path / "artifact"
     assert main(["export", str(run), "--out", str(artifact), "--data-dir", str(tmp_path)]) == 0
     manifest = json.loads((artifact / "manifest.json").read_text())
@@ -229,7 +232,7 @@ def test_search_runs_end_to_end_and_resumes(
     parallel = tmp_path / "parallel"
     assert main([*arguments[:6], str(parallel), *arguments[7:], "--workers", "2"]) == 0
     assert json.loads((parallel / "summary.json").read_text())["workers"] == 2
-    np.testing.assert_array_equal(np.load(parallel / "budget-0.9" / "run" / "sizes.npy"), sizes)
+    assert read_run(BudgetFolder.of(parallel, 0.9).run).sizes == sizes
 
 
 def test_train_on_a_lightgcn_folder(tmp_path: Path) -> None:
@@ -243,4 +246,4 @@ def test_train_on_a_lightgcn_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
     arguments = ["train", "--dataset", str(folder), "--config", str(tiny_train_recipe(tmp_path))]
     assert main([*arguments, "--out", str(out), "--no-progress"]) == 0
-    assert len(np.load(out / "sizes.npy")) == 60 + 60
+    assert read_run(out).sizes.num_entities == 60 + 60

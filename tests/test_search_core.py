@@ -35,6 +35,7 @@ from ciess_core.search import (
     random_walk,
     rescale_to_total,
     reward,
+    shrink_sides,
     shrink_spread,
     soft_update,
     split_budget,
@@ -42,7 +43,7 @@ from ciess_core.search import (
     td3_target,
     update,
 )
-from ciess_core.sizes import parameter_budget
+from ciess_core.sizes import SizeAssignment, parameter_budget
 
 
 def cpu_generator(seed: int) -> torch.Generator:
@@ -431,89 +432,110 @@ def test_replay_rejects_bad_shapes_and_empty_sampling() -> None:
 
 # --- pool ---------------------------------------------------------------------------------------
 
-# 4 entities, d_max 8: the full table holds 32; budget 0.5 allows Σd ≤ 16, budget 0.75 Σd ≤ 8.
+# 2 users and 2 items, d_max 8: the full table holds 32; budget 0.5 allows Σd ≤ 16, 0.75 Σd ≤ 8.
 BUDGETS = (0.5, 0.75)
+
+
+def sizes_of(*values: int, num_users: int = 2, max_size: int = 8) -> SizeAssignment:
+    """Users then items, as the hand examples write them."""
+    return SizeAssignment.from_concatenated(np.array(values), num_users, max_size)
 
 
 def test_pool_keeps_top_l_within_budget_ranked_by_quality() -> None:
     pool = AssignmentPool(BUDGETS, pool_size=2, max_size=8)
-    assert pool.offer(np.array([8, 8, 8, 8]), 1.0) == []  # over every budget
-    assert pool.offer(np.array([4, 4, 4, 4]), 0.6) == [0.5]
-    assert pool.offer(np.array([2, 2, 2, 2]), 0.5) == [0.5, 0.75]
-    assert pool.offer(np.array([5, 5, 3, 3]), 0.7) == [0.5]  # pushes [2,2,2,2] out of 0.5
-    assert pool.offer(np.array([1, 1, 1, 1]), 0.1) == [0.75]
-    assert pool.offer(np.array([1, 1, 1, 2]), 0.05) == []  # not in the top 2 anywhere
-    assert [e.sizes.tolist() for e in pool.top(0.5)] == [[5, 5, 3, 3], [4, 4, 4, 4]]
+    assert pool.offer(sizes_of(8, 8, 8, 8), 1.0) == []  # over every budget
+    assert pool.offer(sizes_of(4, 4, 4, 4), 0.6) == [0.5]
+    assert pool.offer(sizes_of(2, 2, 2, 2), 0.5) == [0.5, 0.75]
+    assert pool.offer(sizes_of(5, 5, 3, 3), 0.7) == [0.5]  # pushes [2,2,2,2] out of 0.5
+    assert pool.offer(sizes_of(1, 1, 1, 1), 0.1) == [0.75]
+    assert pool.offer(sizes_of(1, 1, 1, 2), 0.05) == []  # not in the top 2 anywhere
+    assert [e.assignment for e in pool.top(0.5)] == [sizes_of(5, 5, 3, 3), sizes_of(4, 4, 4, 4)]
     assert [e.quality for e in pool.top(0.75)] == [0.5, 0.1]
     for budget in BUDGETS:
         limit = parameter_budget(4, 8, budget)
-        assert all(entry.total_size <= limit for entry in pool.top(budget))
+        assert all(entry.assignment.parameters <= limit for entry in pool.top(budget))
+
+
+def test_pool_takes_one_shape_of_assignment() -> None:
+    pool = AssignmentPool(BUDGETS, pool_size=2, max_size=8)
+    pool.offer(sizes_of(2, 2, 2, 2), 0.5)
+    with pytest.raises(ConfigError, match=r"1 users, 3 items and max size 8 does not fit"):
+        pool.offer(sizes_of(2, 2, 2, 2, num_users=1), 0.5)
+    with pytest.raises(ConfigError, match=r"max size 9 does not fit .* max size 8"):
+        pool.offer(sizes_of(2, 2, 2, 2, max_size=9), 0.5)
 
 
 def test_pool_dedupes_identical_assignments() -> None:
     pool = AssignmentPool(BUDGETS, pool_size=3, max_size=8)
-    pool.offer(np.array([2, 2, 2, 2]), 0.5)
-    pool.offer(np.array([2, 2, 2, 2]), 0.4)
-    pool.offer(np.array([1, 2, 2, 2]), 0.45)
+    pool.offer(sizes_of(2, 2, 2, 2), 0.5)
+    pool.offer(sizes_of(2, 2, 2, 2), 0.4)
+    pool.offer(sizes_of(1, 2, 2, 2), 0.45)
     assert [e.quality for e in pool.top(0.75)] == [0.5, 0.45]
-    pool.offer(np.array([1, 2, 2, 2]), 0.9)  # seen again, better: moves up, still once
-    assert [e.sizes.tolist() for e in pool.top(0.75)] == [[1, 2, 2, 2], [2, 2, 2, 2]]
+    pool.offer(sizes_of(1, 2, 2, 2), 0.9)  # seen again, better: moves up, still once
+    assert [e.assignment for e in pool.top(0.75)] == [sizes_of(1, 2, 2, 2), sizes_of(2, 2, 2, 2)]
 
 
 def test_pool_save_load_round_trip(tmp_path: Path) -> None:
     pool = AssignmentPool(BUDGETS, pool_size=2, max_size=8)
     rng = np.random.default_rng(6)
     for _ in range(20):
-        pool.offer(rng.integers(1, 9, 4), float(rng.uniform()))
+        pool.offer(sizes_of(*rng.integers(1, 9, 4)), float(rng.uniform()))
     pool.save(tmp_path)
     loaded = AssignmentPool.load(tmp_path)
-    assert loaded.budgets == pool.budgets and loaded.num_entities == 4
+    assert loaded.budgets == pool.budgets and loaded.shape == (2, 2)
     for budget in BUDGETS:
-        assert [(e.key, e.quality, e.sizes.tolist()) for e in loaded.top(budget)] == [
-            (e.key, e.quality, e.sizes.tolist()) for e in pool.top(budget)
+        assert [(e.key, e.quality, e.assignment) for e in loaded.top(budget)] == [
+            (e.key, e.quality, e.assignment) for e in pool.top(budget)
         ]
     assert [e.key for e in loaded.sparsest()] == [e.key for e in pool.sparsest()]
     # Saving a changed pool again removes files no entry refers to.
-    loaded.offer(np.array([1, 1, 1, 1]), 2.0)
-    loaded.offer(np.array([1, 1, 1, 2]), 2.0)
+    loaded.offer(sizes_of(1, 1, 1, 1), 2.0)
+    loaded.offer(sizes_of(1, 1, 1, 2), 2.0)
     loaded.save(tmp_path)
     referenced = {e.key for b in BUDGETS for e in loaded.top(b)} | {
         e.key for e in loaded.sparsest()
     }
-    assert {p.stem.removeprefix("assignment_") for p in tmp_path.glob("*.npy")} == referenced
+    assert {p.stem.removeprefix("assignment_") for p in tmp_path.glob("*.npz")} == referenced
 
 
-def test_pool_load_rejects_unknown_schema(tmp_path: Path) -> None:
-    AssignmentPool(BUDGETS, 2, 8).save(tmp_path)
+def test_pool_load_rejects_unknown_schema_and_foreign_files(tmp_path: Path) -> None:
+    pool = AssignmentPool(BUDGETS, 2, 8)
+    pool.offer(sizes_of(2, 2, 2, 2), 0.5)
+    pool.save(tmp_path)
+    (entry,) = pool.top(0.5)
+    SizeAssignment.equal(1, 3, 2, 8).save(tmp_path / f"assignment_{entry.key}.npz")
+    with pytest.raises(ArtifactError, match="does not fit the pool"):
+        AssignmentPool.load(tmp_path)
     index = json.loads((tmp_path / "pool.json").read_text())
-    index["schema_version"] = 99
+    index["schema_version"] = 1
     (tmp_path / "pool.json").write_text(json.dumps(index))
-    with pytest.raises(ArtifactError, match="schema version 99"):
+    with pytest.raises(ArtifactError, match="schema version 1, this code reads 2"):
         AssignmentPool.load(tmp_path)
     with pytest.raises(ArtifactError, match="missing"):
         AssignmentPool.load(tmp_path / "nowhere")
 
 
 def test_project_to_budget() -> None:
-    sizes = np.array([128, 100, 64, 10, 1, 1])
-    projected = project_to_budget(sizes, 0.9, 128)
-    assert projected.sum() == parameter_budget(6, 128, 0.9)
-    assert (projected >= 1).all() and (projected <= sizes).all()
-    assert (np.diff(projected) <= 0).all()  # order kept
-    within = np.array([10, 2, 1, 1, 1, 1])
-    assert np.array_equal(project_to_budget(within, 0.9, 128), within)
+    sizes = sizes_of(128, 100, 64, 10, 1, 1, num_users=3, max_size=128)
+    projected = project_to_budget(sizes, 0.9)
+    assert projected.parameters == parameter_budget(6, 128, 0.9)
+    assert projected.num_users == 3
+    assert (projected.sizes >= 1).all() and (projected.sizes <= sizes.sizes).all()
+    assert (np.diff(projected.sizes) <= 0).all()  # order kept
+    within = sizes_of(10, 2, 1, 1, 1, 1, num_users=3, max_size=128)
+    assert project_to_budget(within, 0.9) == within
 
 
 def test_pool_selection_falls_back_to_projected_sparsest() -> None:
     pool = AssignmentPool(BUDGETS, pool_size=2, max_size=8)
-    pool.offer(np.array([8, 8, 8, 8]), 1.0)
-    pool.offer(np.array([6, 4, 2, 2]), 0.8)
+    pool.offer(sizes_of(8, 8, 8, 8), 1.0)
+    pool.offer(sizes_of(6, 4, 2, 2), 0.8)
     assert len(pool.selection(0.5)) == 1  # [6, 4, 2, 2] qualifies for 0.5 (Σ 14 ≤ 16)
     # Excess [5, 3, 1, 1] scaled by 4/10 = [2, 1.2, 0.4, 0.4]: floors [2, 1, 0, 0], and the one
     # remaining dimension goes to the first largest fraction.
     fallback = pool.selection(0.75)
-    assert [sizes.tolist() for sizes in fallback] == [[3, 2, 2, 1], [2, 2, 2, 2]]
-    assert all(sizes.sum() <= 8 for sizes in fallback)
+    assert fallback == [sizes_of(3, 2, 2, 1), sizes_of(2, 2, 2, 2)]
+    assert all(sizes.parameters <= 8 for sizes in fallback)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -551,15 +573,22 @@ def test_shrink_spread_keeps_the_sum_and_narrows_the_spread_by_the_factor() -> N
 
 
 def test_split_budget_gives_the_users_their_share_and_meets_the_budget() -> None:
-    sizes = np.array([4, 8, 12, 2, 2, 6, 6, 6], dtype=np.int64)  # 3 users, 5 items
+    sizes = sizes_of(4, 8, 12, 2, 2, 6, 6, 6, num_users=3, max_size=16)  # 3 users, 5 items
     budget = parameter_budget(8, 16, 0.75)  # 32 parameters
-    fitted = split_budget(sizes, num_users=3, target_sparsity=0.75, user_share=0.75, max_size=16)
-    assert fitted.sum() == budget and fitted[:3].sum() == 24 and fitted[3:].sum() == 8
-    assert fitted[:3].tolist() == [4, 8, 12]  # already the users' share: unchanged
+    fitted = split_budget(sizes, target_sparsity=0.75, user_share=0.75)
+    assert fitted.parameters == budget
+    assert fitted.user_sizes.sum() == 24 and fitted.item_sizes.sum() == 8
+    assert fitted.user_sizes.tolist() == [4, 8, 12]  # already the users' share: unchanged
     # A share the users cannot hold (3 × 16 < 0.99 × 32 is fine, 1 each for items is the floor).
-    crowded = split_budget(sizes, num_users=3, target_sparsity=0.75, user_share=0.99, max_size=16)
-    assert crowded[3:].tolist() == [1] * 5 and crowded.sum() == budget
+    crowded = split_budget(sizes, target_sparsity=0.75, user_share=0.99)
+    assert crowded.item_sizes.tolist() == [1] * 5 and crowded.parameters == budget
     with pytest.raises(ConfigError, match="user_share"):
-        split_budget(sizes, num_users=3, target_sparsity=0.75, user_share=1.0, max_size=16)
-    with pytest.raises(ConfigError, match="num_users"):
-        split_budget(sizes, num_users=0, target_sparsity=0.75, user_share=0.5, max_size=16)
+        split_budget(sizes, target_sparsity=0.75, user_share=1.0)
+
+
+def test_shrink_sides_shrinks_each_side_within_itself() -> None:
+    sizes = sizes_of(1, 3, 8, 2, 6, num_users=2, max_size=8)
+    equal = shrink_sides(sizes, 0.0, 0.0)
+    assert equal.user_sizes.tolist() == [2, 2] and equal.item_sizes.tolist() == [6, 5, 5]
+    assert shrink_sides(sizes, 1.0, 1.0) == sizes
+    assert shrink_sides(sizes, 0.0, 1.0).item_sizes.tolist() == [8, 2, 6]

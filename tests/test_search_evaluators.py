@@ -15,6 +15,7 @@ from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import BackboneConfig
 from ciess_core.search.evaluators import SupernetEvaluator
+from ciess_core.sizes import SizeAssignment
 from ciess_core.training import TrainConfig
 
 BACKBONE = BackboneConfig(max_size=16)
@@ -29,10 +30,10 @@ def test_supernet_scores_every_prefix_and_prefers_larger_sizes(
     train, valid = clustered_split.phase(Phase.SEARCH)
     evaluator = SupernetEvaluator(train, valid, BACKBONE, TRAINING)
     evaluator.prepare()
-    entities = train.shape[0] + train.shape[1]
-    full = evaluator.evaluate(np.full(entities, 16)).metrics["ndcg@20"]
-    tiny = evaluator.evaluate(np.full(entities, 1)).metrics["ndcg@20"]
-    again = evaluator.evaluate(np.full(entities, 16)).metrics["ndcg@20"]
+    shape = train.shape
+    full = evaluator.evaluate(SizeAssignment.full(*shape, 16)).metrics["ndcg@20"]
+    tiny = evaluator.evaluate(SizeAssignment.equal(*shape, 1, 16)).metrics["ndcg@20"]
+    again = evaluator.evaluate(SizeAssignment.full(*shape, 16)).metrics["ndcg@20"]
     assert full > tiny
     assert again == pytest.approx(full)  # scoring one assignment does not disturb the next
     assert full > 0.3
@@ -41,7 +42,7 @@ def test_supernet_scores_every_prefix_and_prefers_larger_sizes(
 def test_supernet_with_finetuning_restarts_from_the_supernet(clustered_split: DatasetSplit) -> None:
     train, valid = clustered_split.phase(Phase.SEARCH)
     evaluator = SupernetEvaluator(train, valid, BACKBONE, TRAINING, finetune_batches=5)
-    sizes = np.full(train.shape[0] + train.shape[1], 4)
+    sizes = SizeAssignment.equal(*train.shape, 4, 16)
     first = evaluator.evaluate(sizes)
     assert evaluator.model is not None
     weights_after_first = evaluator._weights["embedding.weight"].clone()
@@ -50,11 +51,14 @@ def test_supernet_with_finetuning_restarts_from_the_supernet(clustered_split: Da
     assert (evaluator._weights["embedding.weight"] == weights_after_first).all()
 
 
-def test_wrong_assignment_length_is_rejected(clustered_split: DatasetSplit) -> None:
+def test_an_assignment_of_other_users_and_items_is_rejected(clustered_split: DatasetSplit) -> None:
     train, valid = clustered_split.phase(Phase.SEARCH)
     evaluator = SupernetEvaluator(train, valid, BACKBONE, TRAINING)
-    with pytest.raises(ConfigError, match="users then items"):
-        evaluator.evaluate(np.full(3, 4))
+    num_users, num_items = train.shape
+    with pytest.raises(ConfigError, match="does not fit a model"):
+        evaluator.evaluate(SizeAssignment.equal(1, 2, 4, 16))
+    with pytest.raises(ConfigError, match="does not fit a model"):  # the same count, split apart
+        evaluator.evaluate(SizeAssignment.equal(num_users + 1, num_items - 1, 4, 16))
 
 
 def test_supernet_cache_is_reused_only_for_the_same_training(
@@ -66,7 +70,7 @@ def test_supernet_cache_is_reused_only_for_the_same_training(
     first = SupernetEvaluator(train, valid, BACKBONE, short, cache_path=cache)
     first.prepare()
     assert cache.is_file() and cache.with_suffix(".json").is_file()
-    sizes = np.full(train.shape[0] + train.shape[1], 6)
+    sizes = SizeAssignment.equal(*train.shape, 6, 16)
     expected = first.evaluate(sizes).metrics
     with caplog.at_level(logging.INFO, logger="ciess_core.search.evaluators"):
         second = SupernetEvaluator(train, valid, BACKBONE, short, cache_path=cache)

@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from ciess_core.data import DatasetSplit, Phase
-from ciess_core.errors import ConfigError
+from ciess_core.errors import ConfigError, DataError
 from ciess_core.models import BackboneConfig
+from ciess_core.run_folder import RUN_FORMAT_VERSION, read_run
 from ciess_core.runs import Protocol, RunProtocol
 from ciess_core.search import ItemQuality, SearchConfig
+from ciess_core.search.files import BudgetFolder
 from ciess_core.search.fit import within_side_spread
 from ciess_core.search.pipeline import (
     PipelineSpec,
@@ -26,7 +28,7 @@ from ciess_core.search.pipeline import (
     run_pipeline,
     selection_views,
 )
-from ciess_core.sizes import parameter_budget, sparsity
+from ciess_core.sizes import SizeAssignment, parameter_budget
 from ciess_core.training import TrainConfig, evaluate_model
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
 
@@ -82,12 +84,15 @@ def test_search_end_to_end_meets_every_budget(
     assert len(trace) == 12
     assert {row["episode"] for row in trace} == {1, 2, 3}
     for budget in ("0.5", "0.8"):
-        sizes = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
-        assert sizes.shape == (clustered_split.num_users + clustered_split.num_items,)
-        assert sizes.min() >= 1 and sizes.max() <= MAX_SIZE
-        assert sparsity(sizes, MAX_SIZE) >= float(budget)  # budgets are never exceeded
+        sizes = BudgetFolder(tmp_path / f"budget-{budget}").chosen()
+        assert (sizes.num_users, sizes.num_items) == (
+            clustered_split.num_users,
+            clustered_split.num_items,
+        )
+        assert sizes.max_size == MAX_SIZE
+        assert sizes.sparsity >= float(budget)  # budgets are never exceeded
         result = summary["budgets"][budget]
-        assert result["achieved_sparsity"] == pytest.approx(sparsity(sizes, MAX_SIZE))
+        assert result["achieved_sparsity"] == pytest.approx(sizes.sparsity)
         assert 0.0 < result["test"]["recall@20"] <= 1.0
         assert len(result["candidates"]) <= 2
     assert set(summary["timings"]) >= {"full_model", "search", "retrain_0.5", "retrain_0.8"}
@@ -182,8 +187,7 @@ def test_search_with_the_items_own_quality(clustered_split: DatasetSplit, tmp_pa
     assert np.all(own[no_pairs] == 0.0) and np.all((own >= 0) & (own <= 1))
     assert own[~no_pairs].max() > 0
     for budget in ("0.5", "0.8"):
-        sizes = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
-        assert sparsity(sizes, MAX_SIZE) >= float(budget)
+        assert BudgetFolder(tmp_path / f"budget-{budget}").chosen().sparsity >= float(budget)
         assert summary["budgets"][budget]["test"]["recall@20"] > 0
 
 
@@ -192,7 +196,6 @@ def test_share_fitting_scores_refitted_variants_and_retrains_the_best(
 ) -> None:
     spec = dataclasses.replace(tiny_spec(), share_grid=(0.3, 0.5, 0.7), retrain_top=1)
     summary = run_pipeline(spec, clustered_split, tmp_path, progress=False)
-    num_users = clustered_split.num_users
     for budget in ("0.5", "0.8"):
         fit = json.loads((tmp_path / f"budget-{budget}" / "fit.json").read_text())
         pool_variants = [row for row in fit if row["user_share"] is None]
@@ -200,21 +203,20 @@ def test_share_fitting_scores_refitted_variants_and_retrains_the_best(
         scores = [row["valid_ndcg@20"] for row in fit]
         assert scores == sorted(scores, reverse=True)  # best first
         best = fit[0]
-        chosen = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
-        assert sparsity(chosen, MAX_SIZE) >= float(budget)
-        assert chosen[:num_users].mean() == pytest.approx(best["users_mean_size"])
-        assert chosen[num_users:].mean() == pytest.approx(best["items_mean_size"])
+        chosen = BudgetFolder(tmp_path / f"budget-{budget}").chosen()
+        assert chosen.sparsity >= float(budget)
+        assert chosen.user_sizes.mean() == pytest.approx(best["users_mean_size"])
+        assert chosen.item_sizes.mean() == pytest.approx(best["items_mean_size"])
         assert summary["budgets"][budget]["test"]["recall@20"] > 0
     with pytest.raises(ConfigError, match="share_grid"):
         dataclasses.replace(spec, share_grid=(1.0,))
 
 
 def test_within_side_spread_is_zero_for_per_side_equal_sizes_whatever_the_split() -> None:
-    assert within_side_spread(np.array([9, 9, 9, 1, 1]), num_users=3) == 0.0
+    assert within_side_spread(SizeAssignment(np.array([9, 9, 9]), np.array([1, 1]), 9)) == 0.0
     # users 1 and 3 around 2, items 4 and 8 around 6: deviations 1, 1, 2, 2.
-    assert within_side_spread(np.array([1, 3, 4, 8]), num_users=2) == pytest.approx(
-        np.sqrt((1 + 1 + 4 + 4) / 4)
-    )
+    spread = within_side_spread(SizeAssignment(np.array([1, 3]), np.array([4, 8]), 8))
+    assert spread == pytest.approx(np.sqrt((1 + 1 + 4 + 4) / 4))
 
 
 def test_held_out_selection_fits_spread_variants_on_validation_the_search_never_saw(
@@ -238,7 +240,6 @@ def test_held_out_selection_fits_spread_variants_on_validation_the_search_never_
     full_on_all = np.load(tmp_path / "full" / "user_quality.npy")
     assert quality["users"].shape == full_on_all.shape
     assert not np.allclose(quality["users"], full_on_all)
-    num_users = clustered_split.num_users
     for budget in ("0.5", "0.8"):
         fit = json.loads((tmp_path / f"budget-{budget}" / "fit.json").read_text())
         scores = [row["valid_ndcg@20"] for row in fit]
@@ -249,13 +250,13 @@ def test_held_out_selection_fits_spread_variants_on_validation_the_search_never_
         for row in shrunk:
             if row["users_spread_factor"] == 0.0 and row["items_spread_factor"] == 0.0:
                 assert row["within_side_spread"] < 1.0
-        chosen = np.load(tmp_path / f"budget-{budget}" / "sizes.npy")
-        assert sparsity(chosen, MAX_SIZE) >= float(budget) - 1e-12
-        assert within_side_spread(chosen, num_users) == pytest.approx(fit[0]["within_side_spread"])
+        chosen = BudgetFolder(tmp_path / f"budget-{budget}").chosen()
+        assert chosen.sparsity >= float(budget) - 1e-12
+        assert within_side_spread(chosen) == pytest.approx(fit[0]["within_side_spread"])
         assert summary["budgets"][budget]["chosen"] == 0
     # The fit scored on the half the search never saw: a fresh evaluator there agrees.
     evaluator = build_evaluator(spec, fit_view, cache_dir=tmp_path / "supernet")
-    chosen = np.load(tmp_path / "budget-0.8" / "sizes.npy")
+    chosen = BudgetFolder(tmp_path / "budget-0.8").chosen()
     fit = json.loads((tmp_path / "budget-0.8" / "fit.json").read_text())
     assert evaluator.evaluate(chosen).metrics["ndcg@20"] == pytest.approx(fit[0]["valid_ndcg@20"])
     with pytest.raises(ConfigError, match="needs share_grid"):
@@ -272,29 +273,26 @@ def test_the_equal_candidate_is_retrained_beside_the_searched_one_and_the_pick_s
 ) -> None:
     spec = dataclasses.replace(tiny_spec(), share_grid=shares, retrain_top=1, equal_candidate=True)
     summary = run_pipeline(spec, clustered_split, tmp_path, progress=False)
-    num_users = clustered_split.num_users
     metric = spec.training.selection_metric
     for budget in ("0.5", "0.8"):
-        folder = tmp_path / f"budget-{budget}"
+        folder = BudgetFolder(tmp_path / f"budget-{budget}")
         result = summary["budgets"][budget]
         assert [candidate["kind"] for candidate in result["candidates"]] == ["search", "equal"]
         best = max(result["candidates"], key=lambda candidate: candidate["valid"][metric])
         assert (result["chosen"], result["chosen_kind"]) == (best["candidate"], best["kind"])
-        assert np.array_equal(
-            np.load(folder / "sizes.npy"), np.load(folder / f"candidate_{best['candidate']}.npy")
-        )
-        equal = np.load(folder / "candidate_1.npy")
+        assert folder.chosen() == folder.candidate(best["candidate"])
+        equal = folder.candidate(1)
         # The whole budget, never more, and each side equal within itself.
-        assert equal.sum() == parameter_budget(len(equal), MAX_SIZE, float(budget))
-        for side in (equal[:num_users], equal[num_users:]):
+        assert equal.parameters == parameter_budget(equal.num_entities, MAX_SIZE, float(budget))
+        for side in (equal.user_sizes, equal.item_sizes):
             assert side.max() - side.min() <= 1
         if shares:
-            fit = json.loads((folder / "equal-fit.json").read_text())
+            fit = json.loads((folder.path / "equal-fit.json").read_text())
             assert len(fit) == 1 + len(shares)
-            assert equal[:num_users].mean() == pytest.approx(fit[0]["users_mean_size"])
+            assert equal.user_sizes.mean() == pytest.approx(fit[0]["users_mean_size"])
         else:
-            assert equal.max() - equal.min() <= 1
-            assert not (folder / "equal-fit.json").exists()
+            assert equal.sizes.max() - equal.sizes.min() <= 1
+            assert not (folder.path / "equal-fit.json").exists()
 
 
 def test_distilled_retraining_follows_the_kept_full_model(
@@ -377,9 +375,9 @@ def check_two_workers_give_the_same_models_as_one(
     assert set(two["timings"]) == set(one["timings"])  # the teacher's and every budget's
     for budget in ("0.5", "0.8"):
         assert two["budgets"][budget]["test"] == one["budgets"][budget]["test"]
-        assert np.array_equal(
-            np.load(tmp_path / "two" / f"budget-{budget}" / "sizes.npy"),
-            np.load(tmp_path / "one" / f"budget-{budget}" / "sizes.npy"),
+        assert (
+            BudgetFolder.of(tmp_path / "two", float(budget)).chosen()
+            == BudgetFolder.of(tmp_path / "one", float(budget)).chosen()
         )
     assert torch.equal(
         torch.load(tmp_path / "two" / "teacher" / "model.pt")["embedding.weight"],
@@ -413,15 +411,25 @@ def test_the_default_pipeline_deploys_the_chosen_candidate_trained_on_every_inte
         result = summary["budgets"][budget]
         assert [c["kind"] for c in result["candidates"]] == ["search", "equal"]
         chosen = result["candidates"][result["chosen"]]
-        run = tmp_path / f"budget-{budget}" / "run"
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert metrics["test"] == result["test"] == chosen["test"]
-        assert metrics["stages"]["deploy"]["batches_run"] == chosen["selected_batches"]
-        config = json.loads((run / "config.json").read_text())
-        assert config["trained_on"].startswith("all") and config["format_version"] == 2
+        folder = BudgetFolder(tmp_path / f"budget-{budget}")
+        run = read_run(folder.run)
+        assert run.metrics["test"] == result["test"] == chosen["test"]
+        assert run.metrics["stages"]["deploy"]["batches_run"] == chosen["selected_batches"]
+        assert run.config["trained_on"].startswith("all")
+        assert run.config["format_version"] == RUN_FORMAT_VERSION
+        assert run.sizes == folder.chosen() == folder.candidate(result["chosen"])
         assert summary["timings"][f"deploy_{budget}"] > 0
     assert {"teacher", "teacher-deploy"} <= set(summary["timings"])
     # Each phase's teacher is a full model of that phase's data.
     teachers, _ = prepare_teachers(spec, clustered_split, tmp_path)
     assert set(teachers) == {Phase.SEARCH, Phase.TEST, Phase.DEPLOY}
     assert teachers[Phase.DEPLOY].num_users == clustered_split.num_users
+
+
+def test_a_budget_folder_of_bare_size_vectors_is_refused(tmp_path: Path) -> None:
+    folder = BudgetFolder.of(tmp_path, 0.9)
+    folder.write_result({"chosen": 0}, SizeAssignment.equal(3, 2, 4, 16))
+    assert folder.finished() and folder.chosen() == SizeAssignment.equal(3, 2, 4, 16)
+    (folder.path / "sizes.npz").rename(folder.path / "sizes.npy")
+    with pytest.raises(DataError, match=r"bare sizes\.npy \(an older ciess\); remove the folder"):
+        folder.chosen()

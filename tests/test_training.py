@@ -12,6 +12,7 @@ from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError, DataError
 from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
 from ciess_core.runs import Protocol, RunSpec, execute_run
+from ciess_core.sizes import SizeAssignment
 from ciess_core.training import BprSampler, TrainConfig, bpr_loss, evaluate_model, train_bpr
 
 
@@ -113,7 +114,7 @@ def test_the_clean_protocol_selects_on_validation_then_trains_the_tested_model_o
         ),
     )
     assert spec.protocol is Protocol.CLEAN and Protocol.CLEAN.selects_on == "valid"
-    sizes = np.full(clustered_split.num_users + clustered_split.num_items, 8)
+    sizes = SizeAssignment.equal(clustered_split.num_users, clustered_split.num_items, 8, 16)
     model, outcome, history = execute_run(spec, clustered_split, sizes, progress=False)
     assert set(outcome.stages) == {"select", "final"} and outcome.valid_metrics
     assert outcome.selected_batches == max(outcome.stages["select"]["best_batch"], 1)

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import scipy.sparse as sp
 import torch
 
@@ -23,6 +22,7 @@ from ciess_core.models import BackboneConfig, build_backbone
 from ciess_core.search.config import ItemQuality
 from ciess_core.search.evaluators import QualitySignal, quality_signal
 from ciess_core.search.pipeline import PipelineSpec
+from ciess_core.sizes import SizeAssignment
 from ciess_core.training import TrainConfig, train_bpr
 
 __all__ = ["RetrainEvaluator", "RetrainEvaluatorFactory"]
@@ -51,15 +51,12 @@ class RetrainEvaluator:
     def prepare(self) -> None:
         """Nothing to prepare: every evaluation starts from scratch."""
 
-    def evaluate(self, sizes: np.ndarray) -> QualitySignal:
+    def evaluate(self, sizes: SizeAssignment) -> QualitySignal:
         started = time.perf_counter()
         generator = torch.Generator(device=self.training.device)
         generator.manual_seed(self.training.seed + self.calls)
         model = build_backbone(self.backbone, self.train, generator)
-        device = model.tables()[0].weight.device
-        model.set_embedding_sizes(
-            torch.from_numpy(np.ascontiguousarray(sizes, dtype=np.int64)).to(device)
-        )
+        model.set_size_assignment(sizes)
         config = dataclasses.replace(self.training, seed=self.training.seed + self.calls)
         train_bpr(model, self.train, config, progress=False)
         self.calls += 1

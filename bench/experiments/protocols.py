@@ -12,8 +12,6 @@ import dataclasses
 import enum
 import time
 
-import numpy as np
-
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.runs import (
@@ -27,7 +25,7 @@ from ciess_core.runs import (
     phase_distiller,
     stage_summary,
 )
-from ciess_core.sizes import sparsity
+from ciess_core.sizes import SizeAssignment
 from ciess_core.training import train_bpr
 
 __all__ = ["PROTOCOLS", "ReferenceProtocol", "protocol_named"]
@@ -46,7 +44,7 @@ class ReferenceProtocol(enum.Enum):
         self,
         spec: RunSpec,
         split: DatasetSplit,
-        sizes: np.ndarray,
+        sizes: SizeAssignment,
         progress: bool,
         teachers: Teachers | None,
         selected_batches: int | None,
@@ -62,7 +60,7 @@ class ReferenceProtocol(enum.Enum):
         outcome = RunOutcome(
             test_metrics=result.best_metrics,
             valid_metrics={},
-            achieved_sparsity=sparsity(sizes, spec.backbone.max_size),
+            achieved_sparsity=sizes.sparsity,
             seconds=time.perf_counter() - started,
             stages={"reference": stage_summary(result)},
             selected_batches=max(result.best_batch, 1),

@@ -9,8 +9,6 @@ failure removes the temporary directory, so a half-written export leaves nothing
 from __future__ import annotations
 
 import dataclasses
-import enum
-import json
 import logging
 import os
 import shutil
@@ -48,11 +46,10 @@ from ciess_core.artifact.ragged import VALUE_DTYPES, pack
 from ciess_core.artifact.reader import load_artifact
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
 from ciess_core.errors import ArtifactError, ConfigError, DataError
+from ciess_core.json_form import jsonable
 from ciess_core.models import NCF, NGCF, Backbone, BackboneConfig, BackboneKind, build_backbone
 
 logger = logging.getLogger(__name__)
-
-RUN_FILES = ("config.json", "metrics.json", "sizes.npy", "model.pt")
 
 
 @dataclass(frozen=True)
@@ -111,16 +108,6 @@ def _numpy(tensor: torch.Tensor) -> npt.NDArray[np.float32]:
     return cast(npt.NDArray[np.float32], tensor.detach().to("cpu", torch.float32).numpy())
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _write_graphs(model: Backbone, staging: Path) -> None:
     """Write the backbone's scoring graphs (the manifest hashes them with the other files)."""
     kind, config = model.config.kind, model.config
@@ -157,13 +144,10 @@ def _write_graphs(model: Backbone, staging: Path) -> None:
         graphs.save_graph(model_proto, staging / files[role])
 
 
-def _write_tables(
-    model: Backbone, staging: Path, value_dtype: str
-) -> tuple[MemoryReport, np.ndarray]:
-    """Pack and write every masked table; returns the stored-bytes report and the sizes."""
+def _write_tables(model: Backbone, staging: Path, value_dtype: str) -> MemoryReport:
+    """Pack and write every masked table; returns the stored-bytes report."""
     names = TABLES_BY_KIND[model.config.kind.value]
     stored_values = stored_offsets = 0
-    sizes = model.embedding_sizes().cpu().numpy()
     for name, table in zip(names, model.tables(), strict=True):
         ragged = pack(
             _numpy(table.dense()),
@@ -179,7 +163,7 @@ def _write_tables(
         stored_values += ragged.values.nbytes
         stored_offsets += ragged.offsets.nbytes + ragged.sizes.nbytes
     dense = len(names) * model.num_entities * model.max_size * np.dtype(np.float32).itemsize
-    return MemoryReport(stored_values, stored_offsets, dense), sizes
+    return MemoryReport(stored_values, stored_offsets, dense)
 
 
 def _write_interactions(train: sp.csr_matrix, staging: Path) -> None:
@@ -278,12 +262,12 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with torch.no_grad():
-            memory, sizes = _write_tables(model, staging, options.value_dtype)
+            memory = _write_tables(model, staging, options.value_dtype)
             write_ids(staging, USER_IDS_FILE, user_ids)
             write_ids(staging, ITEM_IDS_FILE, item_ids)
             _write_interactions(train, staging)
             _write_graphs(model, staging)
-        manifest = _manifest(model, metadata, options, memory, sizes, staging)
+        manifest = _manifest(model, metadata, options, memory, staging)
         (staging / MANIFEST_NAME).write_text(manifest_to_json(manifest))
         scorer = ArtifactScorer(load_artifact(staging), ScorerOptions(threads=options.threads))
         verification = _verify(model, scorer, options, exact=options.value_dtype == "float32")
@@ -320,7 +304,6 @@ def _manifest(
     metadata: ExportMetadata,
     options: ExportOptions,
     memory: MemoryReport,
-    sizes: np.ndarray,
     staging: Path,
 ) -> Manifest:
     kind = model.config.kind.value
@@ -330,7 +313,7 @@ def _manifest(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         ciess_version=__version__,
         backbone=kind,
-        backbone_config=_jsonable(dataclasses.asdict(model.config)),
+        backbone_config=jsonable(model.config),
         max_size=model.max_size,
         num_users=model.num_users,
         num_items=model.num_items,
@@ -338,7 +321,7 @@ def _manifest(
         tables=TABLES_BY_KIND[kind],
         graphs=graph_files(kind, model.config.num_layers),
         target_sparsity=metadata.target_sparsity,
-        achieved_sparsity=1.0 - float(sizes.sum()) / (sizes.size * model.max_size),
+        achieved_sparsity=model.size_assignment().sparsity,
         dataset={
             "name": metadata.dataset,
             "fingerprint": metadata.dataset_fingerprint,
@@ -347,21 +330,11 @@ def _manifest(
             "size_scheme": metadata.size_scheme,
             "source": metadata.source,
         },
-        metrics=_jsonable(metadata.metrics),
+        metrics=jsonable(metadata.metrics),
         memory=memory,
         verification={},
         files=tuple(file_entry(staging, relative) for relative in files),
     )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return data
 
 
 def backbone_config_from_dict(values: Mapping[str, Any]) -> BackboneConfig:
@@ -391,7 +364,7 @@ class LoadedRun:
 
 
 def load_run(run_dir: Path | str, data_dir: Path) -> LoadedRun:
-    """Rebuild the model of a run directory written by :func:`ciess_core.runs.write_run`.
+    """Rebuild the model of a run directory (:func:`ciess_core.run_folder.read_run`).
 
     The run's model is its deployment model, trained on every interaction; the backbone is
     rebuilt on all interactions of the run's dataset, after checking that the dataset found
@@ -399,50 +372,37 @@ def load_run(run_dir: Path | str, data_dir: Path) -> LoadedRun:
     user's seen items in the artifact.
     """
     from ciess_core.data import Phase, load_dataset, split_per_user
-    from ciess_core.runs import RUN_FORMAT_VERSION
+    from ciess_core.run_folder import read_run
 
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise ConfigError(f"run directory {run} does not exist")
-    for name in RUN_FILES:
-        if not (run / name).is_file():
-            raise DataError(f"{run}: not a complete run directory, {name} is missing")
-    config = _read_json(run / "config.json")
-    metrics = _read_json(run / "metrics.json")
-    if config.get("format_version") != RUN_FORMAT_VERSION:
-        raise DataError(
-            f"{run / 'config.json'}: run format {config.get('format_version')!r}, this version "
-            f"reads {RUN_FORMAT_VERSION} (a model trained on all interactions); train it again"
-        )
+    run = read_run(run_dir)
+    config = run.config
     backbone = backbone_config_from_dict(config.get("backbone", {}))
     data = load_dataset(str(config.get("dataset")), data_dir)
     fingerprint, recorded = data.fingerprint(), str(config.get("dataset_fingerprint"))
     if fingerprint != recorded:
         raise DataError(
             f"dataset {config.get('dataset')!r} under {data_dir} has fingerprint "
-            f"{fingerprint[:16]}…, but {run / 'config.json'} records {recorded[:16]}…: the run "
+            f"{fingerprint[:16]}…, but the run {run.directory} records {recorded[:16]}…: it "
             "was trained on other data"
         )
     split = split_per_user(data, seed=int(config.get("split_seed", 42)))
     train, _ = split.phase(Phase.DEPLOY)
     model = build_backbone(backbone, train, torch.Generator().manual_seed(0))
     try:
-        state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except (RuntimeError, OSError, ValueError) as error:
+        model.load_state_dict(run.weights)
+    except (RuntimeError, ValueError) as error:
         raise DataError(
-            f"{run / 'model.pt'}: cannot load into a {backbone.kind.value} ({error})"
+            f"{run.directory}: its weights cannot load into a {backbone.kind.value} ({error})"
         ) from None
-    sizes = np.load(run / "sizes.npy", allow_pickle=False)
-    if not np.array_equal(sizes, model.embedding_sizes().numpy()):
-        raise DataError(f"{run / 'sizes.npy'} disagrees with the sizes stored in model.pt")
+    if model.size_assignment() != run.sizes:
+        raise DataError(f"{run.directory}: its sizes disagree with the sizes in its weights")
     return LoadedRun(
         model=model,
         train=train,
         external_user_ids=split.external_user_ids,
         external_item_ids=split.external_item_ids,
         config=config,
-        metrics=metrics,
+        metrics=run.metrics,
         fingerprint=fingerprint,
     )
 
@@ -453,7 +413,7 @@ def export_run(
     data_dir: Path,
     options: ExportOptions | None = None,
 ) -> Path:
-    """Export the model of a run directory written by :func:`ciess_core.runs.write_run`
+    """Export the model of a run directory written by :func:`ciess_core.run_folder.write_run`
     (rebuilt as :func:`load_run` does)."""
     run = load_run(run_dir, data_dir)
     config = run.config

@@ -8,15 +8,14 @@ rejects an unknown schema version or a missing or ill-typed field with :class:`A
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from ciess_core.errors import ArtifactError
+from ciess_core.json_form import jsonable
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -151,21 +150,8 @@ class Manifest:
 
 
 def manifest_to_json(manifest: Manifest) -> str:
-    """Pretty JSON text of ``manifest`` (keys in field order)."""
-    return json.dumps(_plain(manifest), indent=2, allow_nan=False) + "\n"
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: dataclasses and mappings to dicts, tuples to lists, NaN/inf to None."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    """Pretty JSON text of ``manifest`` (keys in field order, NaN and infinities as null)."""
+    return json.dumps(jsonable(manifest), indent=2, allow_nan=False) + "\n"
 
 
 def _field(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ciess_core.artifact.reader import Artifact
+from ciess_core.sizes import SizeAssignment
 
 _BAR_WIDTH = 40
 
@@ -33,6 +34,13 @@ def popularity(artifact: Artifact) -> tuple[npt.NDArray[np.int64], npt.NDArray[n
     return users, items
 
 
+def artifact_sizes(artifact: Artifact) -> SizeAssignment:
+    """The users' and items' sizes of the artifact's tables (every table has the same)."""
+    manifest = artifact.manifest
+    table = artifact.tables[manifest.tables[0]]
+    return SizeAssignment.from_concatenated(table.sizes, manifest.num_users, manifest.max_size)
+
+
 def _megabytes(count: int) -> str:
     """Bytes in a readable unit (powers of 1000)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -51,8 +59,7 @@ def _metrics_line(name: str, values: Any) -> str | None:
 def summarize(artifact: Artifact) -> str:
     """A readable, multi-line summary: model, budget, size histograms, bytes and metrics."""
     manifest = artifact.manifest
-    sizes = artifact.tables[manifest.tables[0]].sizes.astype(np.int64)
-    user_sizes, item_sizes = sizes[: manifest.num_users], sizes[manifest.num_users :]
+    sizes = artifact_sizes(artifact)
     dataset, memory = manifest.dataset, manifest.memory
     target = "not recorded" if manifest.target_sparsity is None else manifest.target_sparsity
     lines = [
@@ -69,7 +76,7 @@ def summarize(artifact: Artifact) -> str:
         f"budget: target sparsity {target}, achieved {manifest.achieved_sparsity:.4f}  "
         f"(sizes: {dataset.get('size_scheme') or '?'})",
     ]
-    for side, side_sizes in (("users", user_sizes), ("items", item_sizes)):
+    for side, side_sizes in (("users", sizes.user_sizes), ("items", sizes.item_sizes)):
         lines.append(
             f"sizes of {side}: min {side_sizes.min()}, mean {side_sizes.mean():.1f}, "
             f"median {np.median(side_sizes):.0f}, max {side_sizes.max()}"
@@ -121,12 +128,12 @@ def plot_sizes(artifact: Artifact, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     manifest = artifact.manifest
-    sizes = artifact.tables[manifest.tables[0]].sizes.astype(np.int64)
+    sizes = artifact_sizes(artifact)
     user_popularity, item_popularity = popularity(artifact)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     panels = (
-        ("users", user_popularity, sizes[: manifest.num_users]),
-        ("items", item_popularity, sizes[manifest.num_users :]),
+        ("users", user_popularity, sizes.user_sizes),
+        ("items", item_popularity, sizes.item_sizes),
     )
     for axis, (side, counts, side_sizes) in zip(axes, panels, strict=True):
         axis.scatter(counts + 1, side_sizes, s=4, alpha=0.35, linewidths=0)

@@ -12,12 +12,12 @@ import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from ciess_core.errors import ConfigError
 from ciess_core.models.masking import MaskedEmbedding
+from ciess_core.sizes import SizeAssignment
 
 
 class BackboneKind(enum.Enum):
@@ -140,6 +140,24 @@ class Backbone(nn.Module, ABC):
         """(num_users + num_items,) int64 sizes currently in force."""
         return self.tables()[0].sizes.clone()
 
+    def set_size_assignment(self, assignment: SizeAssignment, clear_truncated: bool = True) -> None:
+        """Give every user and item its size in ``assignment``, which must be of this model's
+        users, items and ``max_size``."""
+        shape = (assignment.num_users, assignment.num_items, assignment.max_size)
+        if shape != (self.num_users, self.num_items, self.max_size):
+            raise ConfigError(
+                f"a size assignment of {shape[0]} users, {shape[1]} items and max size "
+                f"{shape[2]} does not fit a model of {self.num_users}, {self.num_items} and "
+                f"{self.max_size}"
+            )
+        sizes = torch.from_numpy(assignment.sizes.copy()).to(self.tables()[0].weight.device)
+        self.set_embedding_sizes(sizes, clear_truncated=clear_truncated)
+
+    def size_assignment(self) -> SizeAssignment:
+        """The sizes currently in force."""
+        sizes = self.embedding_sizes().to("cpu", torch.int64).numpy()
+        return SizeAssignment.from_concatenated(sizes, self.num_users, self.max_size)
+
     def embedding_parameter_count(self) -> int:
         """Embedding parameters kept by the current sizes, over all tables."""
         return sum(table.parameter_count() for table in self.tables())
@@ -185,8 +203,3 @@ def normal_initializer(std: float):  # type: ignore[no-untyped-def]
 def xavier_initializer(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Xavier-uniform initialisation from the given generator."""
     return nn.init.xavier_uniform_(weight, generator=generator)
-
-
-def as_numpy_sizes(sizes: torch.Tensor) -> np.ndarray:
-    """Sizes as an int64 numpy vector (for files and reports)."""
-    return sizes.detach().to("cpu", torch.int64).numpy()

@@ -25,9 +25,10 @@ import scipy.sparse as sp
 import torch
 
 from ciess_core.errors import ConfigError
+from ciess_core.json_form import jsonable
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
-from ciess_core.runs import jsonable
 from ciess_core.search.config import ItemQuality
+from ciess_core.sizes import SizeAssignment
 from ciess_core.training import TrainConfig, evaluate_model, train_bpr
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class QualityEvaluator(Protocol):
 
     def prepare(self) -> None: ...
 
-    def evaluate(self, sizes: np.ndarray) -> QualitySignal: ...
+    def evaluate(self, sizes: SizeAssignment) -> QualitySignal: ...
 
 
 def quality_signal(
@@ -83,17 +84,6 @@ def quality_signal(
         item_eval=item_eval,
         metrics=result.mean(),
         seconds=time.perf_counter() - started,
-    )
-
-
-def _sizes_tensor(sizes: np.ndarray, model: Backbone) -> torch.Tensor:
-    if sizes.shape != (model.num_entities,):
-        raise ConfigError(
-            f"a size assignment needs {model.num_entities} entries (users then items), "
-            f"got shape {sizes.shape}"
-        )
-    return torch.from_numpy(np.ascontiguousarray(sizes, dtype=np.int64)).to(
-        model.tables()[0].weight.device
     )
 
 
@@ -208,18 +198,17 @@ class SupernetEvaluator:
         os.replace(staging, self.cache_path)  # weights first: the key alone never validates
         self.cache_path.with_suffix(".json").write_text(json.dumps(key, indent=1) + "\n")
 
-    def evaluate(self, sizes: np.ndarray) -> QualitySignal:
+    def evaluate(self, sizes: SizeAssignment) -> QualitySignal:
         self.prepare()
         model = self.model
         if model is None:  # prepare() always sets it; this keeps the type checker informed
             raise RuntimeError("supernet missing after prepare()")
         started = time.perf_counter()
         model.load_state_dict(self._weights)
-        sizes_tensor = _sizes_tensor(sizes, model)
         if self.finetune_batches == 0:
-            model.set_embedding_sizes(sizes_tensor, clear_truncated=False)
+            model.set_size_assignment(sizes, clear_truncated=False)
         else:
-            model.set_embedding_sizes(sizes_tensor, clear_truncated=True)
+            model.set_size_assignment(sizes, clear_truncated=True)
             config = dataclasses.replace(
                 self.finetune_training, seed=self.training.seed + self.calls
             )

@@ -6,16 +6,15 @@ best first; and the per-side equal assignment fitted the same way, the control t
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ciess_core.errors import ConfigError
 from ciess_core.search.evaluators import QualityEvaluator
-from ciess_core.search.files import write_json
-from ciess_core.search.pool import rescale_to_total, shrink_sides, split_budget
-from ciess_core.sizes import parameter_budget, sparsity
+from ciess_core.search.files import BudgetFolder
+from ciess_core.search.pool import shrink_sides, split_budget
+from ciess_core.sizes import SizeAssignment, equal_sizes_within, parameter_budget
 
 if TYPE_CHECKING:
     from ciess_core.search.pipeline import PipelineSpec
@@ -32,64 +31,59 @@ DEFAULT_SHARE_GRID = tuple(round(0.3 + 0.05 * step, 2) for step in range(14))
 DEFAULT_SPREAD_GRID = (0.0, 0.5, 1.0)
 
 
-def within_side_spread(sizes: np.ndarray, num_users: int) -> float:
+def within_side_spread(sizes: SizeAssignment) -> float:
     """Root mean square distance of every size from its own side's mean (users', items').
 
     Zero when each side is equal within itself (ES with the share fit), whatever the split.
     """
-    deviations = np.concatenate(
-        [sizes[:num_users] - sizes[:num_users].mean(), sizes[num_users:] - sizes[num_users:].mean()]
-    )
+    users, items = sizes.user_sizes, sizes.item_sizes
+    deviations = np.concatenate([users - users.mean(), items - items.mean()])
     return float(np.sqrt(np.mean(deviations**2)))
 
 
 def fit_shares(
     spec: PipelineSpec,
     evaluator: QualityEvaluator,
-    num_users: int,
     budget: float,
-    candidates: list[np.ndarray],
-    directory: Path,
-    record_name: str = "fit.json",
-) -> list[np.ndarray]:
+    candidates: list[SizeAssignment],
+    folder: BudgetFolder,
+    record: str = "fit",
+) -> list[SizeAssignment]:
     """Refit each candidate at every share of ``spec.share_grid`` and, with ``spec.spread_grid``,
     shrink the best variants' spreads; the best first (ties keep the order they were scored in).
 
-    Writes ``directory/<record_name>`` in that order: every variant's share (null: as the pool
-    gave it), spread factors, users' and items' mean sizes, within-side spread, sparsity and
-    validation score.
+    Writes the fit's ``record`` (``fit.json``) in ``folder``, in that order: every variant's
+    share (null: as the pool gave it), spread factors, users' and items' mean sizes,
+    within-side spread, sparsity and validation score.
     """
     metric = spec.training.selection_metric
-    scored: list[tuple[float, np.ndarray, dict[str, Any]]] = []
+    scored: list[tuple[float, SizeAssignment, dict[str, Any]]] = []
 
-    def score(fitted: np.ndarray, **described: Any) -> None:
+    def score(fitted: SizeAssignment, **described: Any) -> None:
         value = evaluator.evaluate(fitted).metrics[metric]
-        record = {
+        row = {
             **described,
-            "users_mean_size": float(fitted[:num_users].mean()),
-            "items_mean_size": float(fitted[num_users:].mean()),
-            "within_side_spread": within_side_spread(fitted, num_users),
-            "sparsity": sparsity(fitted, spec.search.max_size),
+            "users_mean_size": float(fitted.user_sizes.mean()),
+            "items_mean_size": float(fitted.item_sizes.mean()),
+            "within_side_spread": within_side_spread(fitted),
+            "sparsity": fitted.sparsity,
             f"valid_{metric}": value,
         }
-        scored.append((value, fitted, record))
+        scored.append((value, fitted, row))
 
     for index, sizes in enumerate(candidates):
         score(sizes, candidate=index, user_share=None)
         for share in spec.share_grid:
-            fitted = split_budget(sizes, num_users, budget, share, spec.search.max_size)
-            score(fitted, candidate=index, user_share=share)
+            score(split_budget(sizes, budget, share), candidate=index, user_share=share)
     if spec.spread_grid:
-        seen = {entry[1].tobytes() for entry in scored}
+        seen = {entry[1] for entry in scored}
         for _, base, described in sorted(scored, key=lambda entry: -entry[0])[: spec.retrain_top]:
             for users_factor in spec.spread_grid:
                 for items_factor in spec.spread_grid:
-                    fitted = shrink_sides(
-                        base, num_users, users_factor, items_factor, spec.search.max_size
-                    )
-                    if fitted.tobytes() in seen:  # factor 1, or a side already equal
+                    fitted = shrink_sides(base, users_factor, items_factor)
+                    if fitted in seen:  # factor 1, or a side already equal
                         continue
-                    seen.add(fitted.tobytes())
+                    seen.add(fitted)
                     score(
                         fitted,
                         candidate=described["candidate"],
@@ -98,8 +92,7 @@ def fit_shares(
                         items_spread_factor=items_factor,
                     )
     scored.sort(key=lambda entry: -entry[0])
-    directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / record_name, [entry[2] for entry in scored])
+    folder.write_fit(record, [entry[2] for entry in scored])
     logger.info("budget %g: first refit %s (%s %.4f)", budget, scored[0][2], metric, scored[0][0])
     return [entry[1] for entry in scored]
 
@@ -108,23 +101,23 @@ def equal_split_candidate(
     spec: PipelineSpec,
     evaluator: QualityEvaluator | None,
     num_users: int,
-    num_entities: int,
+    num_items: int,
     budget: float,
-    directory: Path,
-) -> np.ndarray:
+    folder: BudgetFolder,
+) -> SizeAssignment:
     """Per-side equal sizes that spend the whole budget: the control a searched assignment has to
     beat, fitted as the search's assignments are.
 
     Without a share grid, every entity gets an equal share of ``parameter_budget`` (sizes differ
-    by at most one). With ``spec.share_grid``, that assignment is refitted at every users' share
-    by :func:`fit_shares` (``directory/equal-fit.json``), so that each side stays equal within
-    itself and the evaluator picks the split between the sides.
+    by at most one, :func:`~ciess_core.sizes.equal_sizes_within`). With ``spec.share_grid``, that
+    assignment is refitted at every users' share by :func:`fit_shares` (``equal-fit.json``), so
+    that each side stays equal within itself and the evaluator picks the split between the sides.
     """
     max_size = spec.search.max_size
-    total = parameter_budget(num_entities, max_size, budget)
-    flat = rescale_to_total(np.ones(num_entities, dtype=np.int64), total, max_size)
+    total = parameter_budget(num_users + num_items, max_size, budget)
+    flat = equal_sizes_within(num_users, num_items, max_size, total, spend_all=True)
     if not spec.share_grid:
         return flat
     if evaluator is None:
         raise ConfigError("the share fit of the equal candidate needs the evaluator")
-    return fit_shares(spec, evaluator, num_users, budget, [flat], directory, "equal-fit.json")[0]
+    return fit_shares(spec, evaluator, budget, [flat], folder, "equal-fit")[0]

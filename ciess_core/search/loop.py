@@ -33,7 +33,7 @@ from ciess_core.search.pool import AssignmentPool
 from ciess_core.search.replay import ReplayBuffer
 from ciess_core.search.state import entity_states, quality_ratio, reward
 from ciess_core.search.td3 import TD3Agent, build_agent, policy_sizes, update
-from ciess_core.sizes import sparsity
+from ciess_core.sizes import SizeAssignment
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def run_search(
                     rng,
                     device,
                 )
-            assignment = np.concatenate([sizes["users"], sizes["items"]])
+            assignment = SizeAssignment(sizes["users"], sizes["items"], config.max_size)
             signal = evaluator.evaluate(assignment)
             evals = {"users": signal.user_eval, "items": signal.item_eval}
             penalty = (
@@ -314,7 +314,7 @@ def run_search(
                 row[f"{side}_critic_loss"] = losses["critic_loss"]
             mean_quality = float(np.concatenate(qualities).mean())
             entered = pool.offer(assignment, mean_quality)
-            achieved = sparsity(assignment, config.max_size)
+            achieved = assignment.sparsity
             row.update(
                 mean_quality=mean_quality,
                 sparsity=achieved,

@@ -7,11 +7,12 @@ Stages, each writing its results under the output directory and skipped when alr
    its weights (``model.pt``) are the teacher when retraining distils.
 2. the evaluator's one-off preparation (the supernet, for the default evaluator).
 3. ``search/``: the episode loop with checkpoints, ``trace.jsonl`` and the assignment pool.
-4. ``budget-<c>/``: optionally the share fit (:mod:`ciess_core.search.fit`, ``fit.json``, see
-   ``PipelineSpec.share_grid``),
+4. ``budget-<c>/`` (:class:`~ciess_core.search.files.BudgetFolder`): optionally the share fit
+   (:mod:`ciess_core.search.fit`, ``fit.json``, see ``PipelineSpec.share_grid``),
    then selective retraining of the best assignments for each budget (with
    ``PipelineSpec.equal_candidate``, per-side equal sizes too), the pick on validation and the
    final test under the chosen protocol.
+5. ``budget-<c>/run``: with a dataset fingerprint, the chosen candidate's deployment model.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 from ciess_core.data import DatasetSplit, Phase, hold_out_per_user
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
+from ciess_core.run_folder import write_run
 from ciess_core.runs import (
     Protocol,
     RunOutcome,
@@ -40,11 +42,10 @@ from ciess_core.runs import (
     Teachers,
     execute_run,
     train_deployment,
-    write_run,
 )
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.evaluators import QualityEvaluator, SupernetEvaluator, quality_signal
-from ciess_core.search.files import read_cached, write_json
+from ciess_core.search.files import BudgetFolder, read_cached, write_json
 from ciess_core.search.fit import (
     DEFAULT_SHARE_GRID,
     DEFAULT_SPREAD_GRID,
@@ -54,7 +55,7 @@ from ciess_core.search.fit import (
 from ciess_core.search.loop import SearchHooks, SearchInputs, run_search
 from ciess_core.search.parallel import StageRunner
 from ciess_core.search.pool import AssignmentPool
-from ciess_core.sizes import SizeScheme, sparsity
+from ciess_core.sizes import SizeAssignment, SizeScheme
 from ciess_core.training import TrainConfig, train_bpr
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
 
@@ -220,7 +221,7 @@ def _train_phase_teacher(
     run_spec = RunSpec(
         dataset=spec.dataset, backbone=spec.backbone, training=spec.training, protocol=spec.protocol
     )
-    sizes = np.full(split.num_users + split.num_items, spec.backbone.max_size, dtype=np.int64)
+    sizes = SizeAssignment.full(split.num_users, split.num_items, spec.backbone.max_size)
     summary: dict[str, Any] = {}
     if phase is Phase.TEST:
         model, outcome, _ = execute_run(run_spec, split, sizes, progress, selected_batches=batches)
@@ -336,7 +337,7 @@ def retrain_budget(
     spec: PipelineSpec,
     split: DatasetSplit,
     budget: float,
-    candidates: list[np.ndarray],
+    candidates: list[SizeAssignment],
     directory: Path,
     progress: bool,
     teachers: Teachers | None = None,
@@ -344,19 +345,18 @@ def retrain_budget(
 ) -> dict[str, Any]:
     """Stage 4 for one budget: retrain each candidate under the protocol, pick one, test it.
 
-    Writes ``result.json`` (every candidate's metrics, the chosen one's), ``sizes.npy`` (the
-    chosen sizes) and each candidate's sizes and evaluation history. ``teachers``: see
-    :func:`prepare_teachers`, needed when ``spec.distillation`` is set. ``kinds``: one label per
-    candidate ("search", "equal"; default all "search"), recorded per candidate and for the
-    chosen one.
+    Writes, through :class:`BudgetFolder` in ``directory``, every candidate's sizes and
+    evaluation history, then the pick: ``result.json`` (every candidate's metrics, the chosen
+    one's) and the chosen sizes. ``teachers``: see :func:`prepare_teachers`, needed when
+    ``spec.distillation`` is set. ``kinds``: one label per candidate ("search", "equal"; default
+    all "search"), recorded per candidate and for the chosen one.
     """
     kinds = kinds if kinds is not None else ["search"] * len(candidates)
     if len(kinds) != len(candidates):
         raise ConfigError(f"{len(kinds)} kinds for {len(candidates)} candidates")
-    result_path = directory / "result.json"
-    if (cached := read_cached(result_path)) is not None:
+    folder = BudgetFolder(directory)
+    if (cached := folder.result()) is not None:
         return cached
-    directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
     key = spec.protocol.selects_on  # the clean protocol's: validation
@@ -365,9 +365,7 @@ def retrain_budget(
         _, outcome, history = execute_run(
             run_spec, split, sizes, progress=progress, teachers=teachers
         )
-        np.save(directory / f"candidate_{index}.npy", sizes)
-        with (directory / f"candidate_{index}.history.jsonl").open("w") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in history)
+        folder.write_candidate(index, sizes, history)
         runs.append(
             {
                 "candidate": index,
@@ -381,7 +379,6 @@ def retrain_budget(
             }
         )
     best = max(runs, key=lambda run: run[key][spec.training.selection_metric])
-    np.save(directory / "sizes.npy", candidates[best["candidate"]])
     result = {
         "budget": budget,
         "protocol": spec.protocol.value,
@@ -393,7 +390,7 @@ def retrain_budget(
         "candidates": runs,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    write_json(result_path, result)
+    folder.write_result(result, candidates[best["candidate"]])
     return result
 
 
@@ -410,19 +407,18 @@ def deploy_budget(
     its protocol selected, and write it as the run directory ``directory/run`` (what
     ``ciess export`` takes; its metrics are the protocol's). Returns the seconds it took; an
     earlier call's run directory is left as it is."""
-    run_dir = directory / "run"
-    if run_dir.is_dir():
+    folder = BudgetFolder(directory)
+    if folder.deployed():
         return 0.0
     started = time.perf_counter()
-    result = json.loads((directory / "result.json").read_text())
+    result = folder.result()
+    if result is None:
+        raise ConfigError(f"{directory} has no retraining result to deploy")
     chosen = next(run for run in result["candidates"] if run["candidate"] == result["chosen"])
-    sizes = np.load(directory / "sizes.npy")
     run_spec = _run_spec(spec, budget, result["chosen_kind"])
     model, deploy = train_deployment(
-        run_spec, split, sizes, int(chosen["selected_batches"]), progress, teachers
+        run_spec, split, folder.chosen(), int(chosen["selected_batches"]), progress, teachers
     )
-    history_path = directory / f"candidate_{result['chosen']}.history.jsonl"
-    history = [json.loads(line) for line in history_path.read_text().splitlines() if line]
     outcome = RunOutcome(
         test_metrics=chosen["test"],
         valid_metrics=chosen["valid"],
@@ -431,7 +427,8 @@ def deploy_budget(
         stages={**chosen["stages"], "deploy": deploy},
         selected_batches=int(chosen["selected_batches"]),
     )
-    write_run(run_dir, run_spec, split, dataset_fingerprint, model, outcome, history)
+    history = folder.candidate_history(result["chosen"])
+    write_run(folder.run, run_spec, dataset_fingerprint, model, outcome, history)
     return round(time.perf_counter() - started, 2)
 
 
@@ -440,7 +437,7 @@ def _retrain_stage(
     split: DatasetSplit,
     out: Path,
     budget: float,
-    candidates: list[np.ndarray],
+    candidates: list[SizeAssignment],
     kinds: list[str],
     pending: bool,
     progress: bool,
@@ -449,8 +446,8 @@ def _retrain_stage(
     """One budget's retraining (:func:`retrain_budget`, when it is ``pending``: not finished by
     an earlier call) and, with ``dataset_fingerprint``, its deployment model
     (:func:`deploy_budget`). Returns the result with ``deploy_seconds``."""
-    directory = out / f"budget-{budget:g}"
-    deploying = dataset_fingerprint is not None and not (directory / "run").is_dir()
+    folder = BudgetFolder.of(out, budget)
+    deploying = dataset_fingerprint is not None and not folder.deployed()
     phases = (Phase.SEARCH, Phase.TEST) if pending else ()
     teachers = (
         prepare_teachers(
@@ -459,11 +456,11 @@ def _retrain_stage(
         if pending or deploying
         else {}
     )
-    result = retrain_budget(spec, split, budget, candidates, directory, progress, teachers, kinds)
+    result = retrain_budget(spec, split, budget, candidates, folder.path, progress, teachers, kinds)
     deploy_seconds = 0.0
     if dataset_fingerprint is not None:
         deploy_seconds = deploy_budget(
-            spec, split, budget, directory, dataset_fingerprint, progress, teachers
+            spec, split, budget, folder.path, dataset_fingerprint, progress, teachers
         )
     return {**result, "deploy_seconds": deploy_seconds}
 
@@ -502,12 +499,11 @@ def run_pipeline(
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    pending = {  # the budgets whose retraining has not finished in an earlier call
-        budget: not (out / f"budget-{budget:g}" / "result.json").exists()
-        for budget in spec.search.budgets
-    }
-    deploying = dataset_fingerprint is not None and any(
-        not (out / f"budget-{budget:g}" / "run").is_dir() for budget in spec.search.budgets
+    folders = {budget: BudgetFolder.of(out, budget) for budget in spec.search.budgets}
+    # the budgets whose retraining has not finished in an earlier call
+    pending = {budget: not folder.finished() for budget, folder in folders.items()}
+    deploying = dataset_fingerprint is not None and not all(
+        folder.deployed() for folder in folders.values()
     )
     teacher_phases: list[Phase] = []
     if spec.distillation is not None and spec.distillation.teacher is TeacherSource.PHASE:
@@ -570,8 +566,7 @@ def run_pipeline(
             timings[f"retrain_{budget:g}"] = result["seconds"]
             if deploy_seconds:
                 timings[f"deploy_{budget:g}"] = deploy_seconds
-            sizes = np.load(out / f"budget-{budget:g}" / "sizes.npy")
-            if sparsity(sizes, spec.search.max_size) < budget - 1e-12:
+            if folders[budget].chosen().sparsity < budget - 1e-12:
                 raise ConfigError(f"budget {budget} exceeded by the chosen assignment")
     summary = {
         "dataset": spec.dataset,
@@ -646,13 +641,13 @@ def _budget_candidates(
     pending: bool,
     timings: dict[str, float],
     evaluator_factory: EvaluatorFactory,
-) -> tuple[list[np.ndarray], list[str], QualityEvaluator | None]:
+) -> tuple[list[SizeAssignment], list[str], QualityEvaluator | None]:
     """One budget's assignments to retrain and their kinds: the pool's (share-fitted with
     ``spec.share_grid``), the best ``spec.retrain_top``, plus the equal candidate if asked.
     ``split``: the fits' view (:func:`selection_views`); ``evaluator`` must score on it.
 
     Returns the evaluator too, built here when a fit needs it and no earlier stage built it."""
-    budget_dir = out / f"budget-{budget:g}"
+    folder = BudgetFolder.of(out, budget)
     candidates = pool.selection(budget)
     if not candidates:
         raise ConfigError(f"the search found no assignment for budget {budget}")
@@ -661,16 +656,14 @@ def _budget_candidates(
             evaluator = evaluator_factory(spec, split, out / "supernet")
             evaluator.prepare()
         stage_started = time.perf_counter()
-        candidates = fit_shares(spec, evaluator, split.num_users, budget, candidates, budget_dir)
+        candidates = fit_shares(spec, evaluator, budget, candidates, folder)
         timings[f"fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)
     candidates = candidates[: spec.retrain_top]
     kinds = ["search"] * len(candidates)
     if spec.equal_candidate and pending:
         stage_started = time.perf_counter()
         candidates.append(
-            equal_split_candidate(
-                spec, evaluator, split.num_users, len(candidates[0]), budget, budget_dir
-            )
+            equal_split_candidate(spec, evaluator, split.num_users, split.num_items, budget, folder)
         )
         kinds.append("equal")
         timings[f"equal_fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)

@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from ciess_core.search.files import BudgetFolder
+from ciess_core.sizes import SizeAssignment
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,7 +48,7 @@ def plot_trace(trace_path: Path, out: Path) -> Path:
 
 
 def plot_sizes_by_popularity(
-    sizes: np.ndarray,
+    sizes: SizeAssignment,
     user_popularity: np.ndarray,
     item_popularity: np.ndarray,
     title: str,
@@ -57,11 +60,10 @@ def plot_sizes_by_popularity(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    num_users = len(user_popularity)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for axis, label, popularity, side_sizes in (
-        (axes[0], "users", user_popularity, sizes[:num_users]),
-        (axes[1], "items", item_popularity, sizes[num_users:]),
+        (axes[0], "users", user_popularity, sizes.user_sizes),
+        (axes[1], "items", item_popularity, sizes.item_sizes),
     ):
         axis.scatter(np.maximum(popularity, 1), side_sizes, s=3, alpha=0.4)
         axis.set_xscale("log")
@@ -92,7 +94,7 @@ def plot_search_run(
     for budget in budgets:
         written.append(
             plot_sizes_by_popularity(
-                np.load(run / f"budget-{budget:g}" / "sizes.npy"),
+                BudgetFolder.of(run, budget).chosen(),
                 np.diff(train.indptr),
                 np.bincount(train.indices, minlength=train.shape[1]),
                 f"{title_prefix}CIESS sizes at sparsity {budget:g}",

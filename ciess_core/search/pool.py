@@ -1,9 +1,9 @@
 """The pool of best size assignments per budget, for selective retraining (spec §6).
 
-For every budget c the pool keeps the top-l assignments (sizes of all users then items) seen during
-the search whose sparsity is at least c, ranked by mean quality; an assignment over the budget is
-never kept for it. "Sparsity at least c" means Σ d ≤ ``parameter_budget(N, d_max, c)``, the same
-test the baselines use.
+For every budget c the pool keeps the top-l assignments (:class:`~ciess_core.sizes.SizeAssignment`)
+seen during the search whose sparsity is at least c, ranked by mean quality; an assignment over the
+budget is never kept for it. "Sparsity at least c" means Σ d ≤ ``parameter_budget(N, d_max, c)``,
+the same test the baselines use.
 
 If the search never meets a budget (it only ever explores denser assignments), the pool offers a
 fallback: it also keeps the l sparsest assignments seen (ties by quality), and
@@ -12,7 +12,6 @@ fallback: it also keeps the l sparsest assignments seen (ties by quality), and
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ciess_core.errors import ArtifactError, ConfigError
-from ciess_core.sizes import check_target_sparsity, parameter_budget
+from ciess_core.errors import ArtifactError, ConfigError, DataError
+from ciess_core.sizes import SizeAssignment, check_target_sparsity, parameter_budget
 
 __all__ = [
     "POOL_SCHEMA_VERSION",
@@ -35,7 +34,9 @@ __all__ = [
     "split_budget",
 ]
 
-POOL_SCHEMA_VERSION = 1
+POOL_SCHEMA_VERSION = 2
+"""2: one ``assignment_<key>.npz`` per assignment (:meth:`SizeAssignment.save`); 1 kept bare
+``.npy`` vectors."""
 _INDEX_FILE = "pool.json"
 
 
@@ -44,29 +45,23 @@ class PoolEntry:
     """One remembered assignment.
 
     Attributes:
-        sizes: ``(N,)`` int64 sizes of all users then items (read-only).
+        assignment: the users' and items' sizes.
         quality: mean quality of the assignment (the caller's choice of mean, e.g. over all q_n).
-        key: content hash of ``sizes``; equal keys mean identical assignments.
         order: offer counter when first seen; breaks quality ties in favour of the earlier one.
     """
 
-    sizes: np.ndarray
+    assignment: SizeAssignment
     quality: float
-    key: str
     order: int
 
     @property
-    def total_size(self) -> int:
-        """Σ d, the kept parameters per embedding table."""
-        return int(self.sizes.sum())
+    def key(self) -> str:
+        """The assignment's content hash; equal keys mean identical assignments."""
+        return self.assignment.key
 
 
-def _key(sizes: np.ndarray) -> str:
-    return hashlib.sha256(sizes.astype("<i8").tobytes()).hexdigest()[:24]
-
-
-def project_to_budget(sizes: np.ndarray, target_sparsity: float, max_size: int) -> np.ndarray:
-    """Shrink ``sizes`` proportionally until their sparsity is at least ``target_sparsity``.
+def project_to_budget(assignment: SizeAssignment, target_sparsity: float) -> SizeAssignment:
+    """Shrink every size proportionally until the sparsity is at least ``target_sparsity``.
 
     Each size keeps its mandatory 1 and its excess d − 1 is scaled by the same factor so that Σ d
     equals the budget ``parameter_budget(N, max_size, c)``; the fractional parts are handed out by
@@ -74,18 +69,12 @@ def project_to_budget(sizes: np.ndarray, target_sparsity: float, max_size: int) 
     order of sizes (a larger size never ends up smaller). Sizes already within the budget come back
     unchanged.
 
-    Args:
-        sizes: ``(N,)`` integer sizes in [1, max_size].
-        target_sparsity: the budget c.
-        max_size: d_max.
-
-    Returns:
-        ``(N,)`` int64 sizes with sparsity ≥ c.
+    Users and items are shrunk together, by one factor; returns an assignment with sparsity ≥ c.
     """
-    sizes = _checked_sizes(sizes, max_size)
+    sizes, max_size = assignment.sizes, assignment.max_size
     budget = _budget_with_room(len(sizes), max_size, target_sparsity)
-    if int(sizes.sum()) <= budget:
-        return sizes.copy()
+    if assignment.parameters <= budget:
+        return assignment
     room = budget - len(sizes)
     excess = sizes - 1
     scaled = excess * (room / float(excess.sum()))
@@ -95,7 +84,8 @@ def project_to_budget(sizes: np.ndarray, target_sparsity: float, max_size: int) 
         # Stable sort: equal fractions go to the earlier entity.
         receivers = np.argsort(-(scaled - kept), kind="stable")[:remainder]
         kept[receivers] += 1
-    return np.minimum(1 + kept, sizes)
+    projected = np.minimum(1 + kept, sizes)
+    return SizeAssignment.from_concatenated(projected, assignment.num_users, max_size)
 
 
 def rescale_to_total(sizes: np.ndarray, total: int, max_size: int) -> np.ndarray:
@@ -157,21 +147,21 @@ def shrink_spread(sizes: np.ndarray, factor: float, max_size: int) -> np.ndarray
 
 
 def shrink_sides(
-    sizes: np.ndarray, num_users: int, users_factor: float, items_factor: float, max_size: int
-) -> np.ndarray:
-    """``sizes`` (users then items) with each side's spread shrunk by its own factor
-    (:func:`shrink_spread`); each side keeps its sum, so the budget is unchanged."""
-    return np.concatenate(
-        [
-            shrink_spread(sizes[:num_users], users_factor, max_size),
-            shrink_spread(sizes[num_users:], items_factor, max_size),
-        ]
+    assignment: SizeAssignment, users_factor: float, items_factor: float
+) -> SizeAssignment:
+    """``assignment`` with each side's spread shrunk by its own factor (:func:`shrink_spread`);
+    each side keeps its sum, so the budget is unchanged."""
+    max_size = assignment.max_size
+    return SizeAssignment(
+        shrink_spread(assignment.user_sizes, users_factor, max_size),
+        shrink_spread(assignment.item_sizes, items_factor, max_size),
+        max_size,
     )
 
 
 def split_budget(
-    sizes: np.ndarray, num_users: int, target_sparsity: float, user_share: float, max_size: int
-) -> np.ndarray:
+    assignment: SizeAssignment, target_sparsity: float, user_share: float
+) -> SizeAssignment:
     """Refit an assignment to a budget with a given share of it for the users.
 
     The budget ``parameter_budget(N, max_size, c)`` is split into round(share · budget) for the
@@ -180,19 +170,15 @@ def split_budget(
     unless both sides are at a bound.
 
     Args:
-        sizes: ``(N,)`` sizes of all users then items.
-        num_users: how many of them are users.
+        assignment: the sizes to refit.
         target_sparsity: the budget c.
         user_share: the users' fraction of the budget, in (0, 1).
-        max_size: d_max.
     """
-    sizes = _checked_sizes(sizes, max_size)
-    if not 0 < num_users < len(sizes):
-        raise ConfigError(f"num_users must lie in (0, {len(sizes)}), got {num_users}")
     if not 0.0 < user_share < 1.0:
         raise ConfigError(f"user_share must lie in (0, 1), got {user_share}")
-    num_items = len(sizes) - num_users
-    budget = _budget_with_room(len(sizes), max_size, target_sparsity)
+    num_users, num_items = assignment.num_users, assignment.num_items
+    max_size = assignment.max_size
+    budget = _budget_with_room(assignment.num_entities, max_size, target_sparsity)
     users_total = round(user_share * budget)
     # Each side keeps at least one dimension per entity and at most max_size per entity.
     users_total = min(
@@ -201,11 +187,10 @@ def split_budget(
         budget - num_items,
     )
     items_total = min(budget - users_total, num_items * max_size)
-    return np.concatenate(
-        [
-            rescale_to_total(sizes[:num_users], users_total, max_size),
-            rescale_to_total(sizes[num_users:], items_total, max_size),
-        ]
+    return SizeAssignment(
+        rescale_to_total(assignment.user_sizes, users_total, max_size),
+        rescale_to_total(assignment.item_sizes, items_total, max_size),
+        max_size,
     )
 
 
@@ -240,9 +225,7 @@ def _insert(entries: list[PoolEntry], entry: PoolEntry, limit: int, rank: tuple[
         if existing.key == entry.key:
             if entry.quality <= existing.quality:
                 return True
-            entries[position] = PoolEntry(
-                existing.sizes, entry.quality, existing.key, existing.order
-            )
+            entries[position] = PoolEntry(existing.assignment, entry.quality, existing.order)
             break
     else:
         entries.append(entry)
@@ -252,7 +235,7 @@ def _insert(entries: list[PoolEntry], entry: PoolEntry, limit: int, rank: tuple[
 
 
 def _rank_key(entry: PoolEntry, rank: tuple[str, ...]) -> tuple[float, ...]:
-    values = {"quality": -entry.quality, "sparsity": float(entry.total_size)}
+    values = {"quality": -entry.quality, "sparsity": float(entry.assignment.parameters)}
     return (*(values[name] for name in rank), float(entry.order))
 
 
@@ -275,33 +258,29 @@ class AssignmentPool:
         self.budgets = tuple(float(budget) for budget in budgets)
         self.pool_size = pool_size
         self.max_size = max_size
-        self.num_entities: int | None = None
+        self.shape: tuple[int, int] | None = None
+        """(num_users, num_items) of every assignment offered; None before the first."""
         self._top: dict[float, list[PoolEntry]] = {budget: [] for budget in self.budgets}
         self._sparsest: list[PoolEntry] = []
         self._offers = 0
 
-    def offer(self, sizes: np.ndarray, quality: float) -> list[float]:
+    def offer(self, assignment: SizeAssignment, quality: float) -> list[float]:
         """Consider an assignment; returns the budgets whose top-l list now holds it.
 
         Args:
-            sizes: ``(N,)`` integer sizes of all users then items; N must match earlier offers.
+            assignment: its users and items must be those of earlier offers, its max size the
+                pool's.
             quality: its mean quality (higher is better).
         """
-        checked = _checked_sizes(sizes, self.max_size)
-        if self.num_entities is None:
-            self.num_entities = len(checked)
-        elif len(checked) != self.num_entities:
-            raise ConfigError(
-                f"assignment has {len(checked)} entities, the pool holds {self.num_entities}"
-            )
+        self._check(assignment)
         if not np.isfinite(quality):
             raise ConfigError(f"quality must be finite, got {quality}")
-        checked.setflags(write=False)
-        entry = PoolEntry(checked, float(quality), _key(checked), self._offers)
+        entry = PoolEntry(assignment, float(quality), self._offers)
         self._offers += 1
         entered = []
         for budget in self.budgets:
-            within = entry.total_size <= parameter_budget(len(checked), self.max_size, budget)
+            allowed = parameter_budget(assignment.num_entities, self.max_size, budget)
+            within = assignment.parameters <= allowed
             if within and _insert(self._top[budget], entry, self.pool_size, _BY_QUALITY):
                 entered.append(budget)
         _insert(self._sparsest, entry, self.pool_size, _BY_SPARSITY)
@@ -315,17 +294,24 @@ class AssignmentPool:
         """The l sparsest assignments seen, sparsest first (ties: better quality first)."""
         return list(self._sparsest)
 
-    def selection(self, budget: float) -> list[np.ndarray]:
+    def selection(self, budget: float) -> list[SizeAssignment]:
         """Assignments to retrain for ``budget``: the top-l within it, or, when none is, the
         sparsest assignments projected onto the budget (duplicates after projection dropped)."""
         kept = self._top[self._budget(budget)]
         if kept:
-            return [entry.sizes.copy() for entry in kept]
-        projected: dict[str, np.ndarray] = {}
-        for entry in self._sparsest:
-            sizes = project_to_budget(entry.sizes, budget, self.max_size)
-            projected.setdefault(_key(sizes), sizes)
-        return list(projected.values())
+            return [entry.assignment for entry in kept]
+        projected = [project_to_budget(entry.assignment, budget) for entry in self._sparsest]
+        return list(dict.fromkeys(projected))
+
+    def _check(self, assignment: SizeAssignment) -> None:
+        shape = (assignment.num_users, assignment.num_items)
+        if assignment.max_size != self.max_size or self.shape not in (None, shape):
+            raise ConfigError(
+                f"an assignment of {shape[0]} users, {shape[1]} items and max size "
+                f"{assignment.max_size} does not fit the pool's (users, items) {self.shape} and "
+                f"max size {self.max_size}"
+            )
+        self.shape = shape
 
     def _budget(self, budget: float) -> float:
         for known in self.budgets:
@@ -334,7 +320,7 @@ class AssignmentPool:
         raise ConfigError(f"budget {budget} is not one of the pool's budgets {list(self.budgets)}")
 
     def save(self, directory: Path) -> None:
-        """Write ``pool.json`` and one ``assignment_<key>.npy`` per distinct kept assignment.
+        """Write ``pool.json`` and one ``assignment_<key>.npz`` per distinct kept assignment.
 
         Assignment files of this layout that are no longer referenced are removed.
         """
@@ -344,7 +330,7 @@ class AssignmentPool:
         for kept in self._top.values():
             entries.update({entry.key: entry for entry in kept})
         for key, entry in entries.items():
-            np.save(directory / f"assignment_{key}.npy", entry.sizes, allow_pickle=False)
+            entry.assignment.save(directory / f"assignment_{key}.npz")
 
         def describe(entry: PoolEntry) -> dict[str, Any]:
             return {"key": entry.key, "quality": entry.quality, "order": entry.order}
@@ -354,13 +340,13 @@ class AssignmentPool:
             "budgets": list(self.budgets),
             "pool_size": self.pool_size,
             "max_size": self.max_size,
-            "num_entities": self.num_entities,
+            "shape": None if self.shape is None else list(self.shape),
             "offers": self._offers,
             "top": [[describe(entry) for entry in self._top[budget]] for budget in self.budgets],
             "sparsest": [describe(entry) for entry in self._sparsest],
         }
         (directory / _INDEX_FILE).write_text(json.dumps(index, indent=2))
-        for stale in directory.glob("assignment_*.npy"):
+        for stale in directory.glob("assignment_*.npz"):
             if stale.stem.removeprefix("assignment_") not in entries:
                 stale.unlink()
 
@@ -381,11 +367,11 @@ class AssignmentPool:
         if version != POOL_SCHEMA_VERSION:
             raise ArtifactError(
                 f"{index_path} has schema version {version!r}, this code reads "
-                f"{POOL_SCHEMA_VERSION}"
+                f"{POOL_SCHEMA_VERSION} (an older ciess wrote it): search in a new folder"
             )
         try:
             pool = cls(index["budgets"], index["pool_size"], index["max_size"])
-            pool.num_entities = index["num_entities"]
+            pool.shape = None if index["shape"] is None else tuple(index["shape"])
             pool._offers = int(index["offers"])
             for budget, described in zip(pool.budgets, index["top"], strict=True):
                 pool._top[budget] = [pool._read_entry(directory, item) for item in described]
@@ -398,15 +384,15 @@ class AssignmentPool:
 
     def _read_entry(self, directory: Path, described: dict[str, Any]) -> PoolEntry:
         key = str(described["key"])
-        path = directory / f"assignment_{key}.npy"
+        path = directory / f"assignment_{key}.npz"
         try:
-            sizes = np.load(path, allow_pickle=False)
-        except (FileNotFoundError, ValueError) as error:
+            assignment = SizeAssignment.load(path)
+        except DataError as error:
             raise ArtifactError(f"cannot read assignment {path}: {error}") from None
-        if _key(sizes) != key or (
-            self.num_entities is not None and len(sizes) != self.num_entities
-        ):
-            raise ArtifactError(f"assignment {path} does not match its key or the pool's size")
-        sizes = sizes.astype(np.int64)
-        sizes.setflags(write=False)
-        return PoolEntry(sizes, float(described["quality"]), key, int(described["order"]))
+        try:
+            self._check(assignment)
+        except ConfigError as error:
+            raise ArtifactError(f"assignment {path}: {error}") from None
+        if assignment.key != key:
+            raise ArtifactError(f"assignment {path} does not match its key")
+        return PoolEntry(assignment, float(described["quality"]), int(described["order"]))

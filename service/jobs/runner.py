@@ -21,8 +21,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ciess_core.artifact.export import (
     ExportMetadata,
     ExportOptions,
@@ -35,10 +33,12 @@ from ciess_core.artifact.reader import read_manifest
 from ciess_core.data import DatasetSplit, InteractionData, Phase, load_dataset, split_per_user
 from ciess_core.data.registry import resolve_data_dir
 from ciess_core.errors import ConfigError, DataError
+from ciess_core.json_form import jsonable
 from ciess_core.pipeline import PipelineSpec, pipeline_spec
-from ciess_core.runs import TRAINED_ON_ALL, RunSpec, execute_and_deploy, jsonable
+from ciess_core.run_folder import RUN_FORMAT_VERSION
+from ciess_core.runs import TRAINED_ON_ALL, RunSpec, execute_and_deploy
 from ciess_core.search.pipeline import run_pipeline
-from ciess_core.sizes import SizeScheme, sparsity
+from ciess_core.sizes import SizeAssignment, SizeScheme, equal_sizes_within
 from service.jobs.store import Job, JobStore
 from service.model_holder import read_pointer
 from service.settings import Settings
@@ -56,6 +56,8 @@ class Reporter:
     job_id: int
     every: float = 0.5
     _last: float = 0.0
+    _stage: str = ""
+    _pipeline_progress: float = 0.0
 
     def __call__(self, stage: str, progress: float, force: bool = False) -> None:
         now = time.monotonic()
@@ -64,9 +66,18 @@ class Reporter:
             self.store.report(self.job_id, stage, progress)
 
     def pipeline_stage(self, stage: str, fraction: float) -> None:
-        """A pipeline stage, its progress mapped into the job's share of the bar."""
+        """The pipeline's progress (``run_pipeline``'s ``on_stage``: a stage's name and the
+        pipeline's fraction done in [0, 1]), mapped into the job's share of the bar.
+
+        Written at once when the stage changes; within a stage (the pipeline may report every
+        search iteration, every training epoch) at most every ``every`` seconds. Never moves
+        the bar backwards (a resumed pipeline may report a stage it had passed)."""
+        fraction = min(max(fraction, 0.0), 1.0)
         progress = _PIPELINE_START + (_PIPELINE_END - _PIPELINE_START) * fraction
-        self(stage, progress, force=True)
+        self._pipeline_progress = max(self._pipeline_progress, progress)
+        changed = stage != self._stage
+        self._stage = stage
+        self(stage, self._pipeline_progress, force=changed)
 
 
 def new_version(job_id: int) -> str:
@@ -98,16 +109,10 @@ def _load_data(settings: Settings, manifest: Manifest) -> InteractionData:
     return data
 
 
-def equal_sizes_within(num_entities: int, max_size: int, max_parameters: int) -> np.ndarray:
-    """ES sizes that never exceed the budget: floor(budget / entities), clipped to [1, d_max]."""
-    size = min(max_size, max(1, max_parameters // num_entities))
-    return np.full(num_entities, size, dtype=np.int64)
-
-
 def _pipeline_folder(settings: Settings, spec: PipelineSpec, fingerprint: str) -> Path:
-    """The folder of the pipeline for ``spec`` on the data of ``fingerprint``: a finished one
-    is reused, an interrupted one resumed."""
-    described = {"fingerprint": fingerprint, "spec": jsonable(spec)}
+    """The folder of the pipeline for ``spec`` on the data of ``fingerprint`` and this run
+    format: a finished one is reused, an interrupted one resumed."""
+    described = {"fingerprint": fingerprint, "spec": jsonable(spec), "format": RUN_FORMAT_VERSION}
     key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     return settings.state_dir / "searches" / key
 
@@ -149,7 +154,7 @@ def _equal_job(
     split: DatasetSplit,
     fingerprint: str,
     split_seed: int,
-    sizes: np.ndarray,
+    sizes: SizeAssignment,
     out: Path,
     report: Reporter,
     job_id: int,
@@ -236,8 +241,9 @@ def run_budget_job(settings: Settings, store: JobStore, job: Job) -> Path:
         num_entities = split.num_users + split.num_items
         max_parameters = int(params.get("max_parameters") or 0) // len(manifest.tables)
         per_table = max_parameters or int((1.0 - target) * num_entities * spec.backbone.max_size)
-        sizes = equal_sizes_within(num_entities, spec.backbone.max_size, per_table)
-        achieved = sparsity(sizes, spec.backbone.max_size)
+        shape = (split.num_users, split.num_items, spec.backbone.max_size)
+        sizes = equal_sizes_within(*shape, per_table)
+        achieved = sizes.sparsity
         if achieved < target - 1e-9:
             raise ConfigError(f"sizes of sparsity {achieved:.6f} miss the budget {target:.6f}")
         _equal_job(spec, split, data.fingerprint(), split_seed, sizes, out, report, job.id)

@@ -29,7 +29,15 @@ QUERIES = [
     "exclude_seen=maybe",  # 422
     "item_id=i1&item_id=i2&k=2",  # filters: FastAPI's route
     "item_id=nope",  # 422
-    "unknown=1",  # ignored by both
+    "unknown=1",  # 422 from both: never ignored
+    "k=3&ofset=2",  # a misspelt parameter: 422 from both
+    "offset=2",  # pagination: FastAPI's route
+    "offset=2&k=3&exclude_seen=false",
+    "offset=0",
+    "offset=-1",  # 422
+    "fallback=popular",  # a known user: the model answers; "nobody": popularity, flagged
+    "fallback=popular&k=3&offset=1",
+    "fallback=nope",  # 422
 ]
 USERS = ["u0", "u5", "nobody", "u%2F1"]
 
@@ -57,7 +65,7 @@ def test_fast_path_answers_like_the_fastapi_route(
             assert mine.headers.get("content-type") == theirs.headers.get("content-type"), url
             assert mine.headers.get("x-model-version") == theirs.headers.get("x-model-version")
             answered += mine.status_code == 200
-    assert answered >= 2 * 9  # the known users' plain queries did take the fast path
+    assert answered >= 2 * 9 + 2 * 5 + 2  # known users' plain queries, pages, fallbacks
 
 
 def test_fast_path_requests_are_counted_in_the_metrics(

@@ -14,8 +14,8 @@ from ciess_core.artifact.scorer import ArtifactScorer
 from ciess_core.data import DatasetSplit, load_pairs, split_per_user
 from ciess_core.errors import DataError
 from ciess_core.runs import TRAINED_ON_ALL
-from ciess_core.sizes import sparsity
-from service.jobs.runner import equal_sizes_within, run_budget_job
+from ciess_core.search.files import BudgetFolder
+from service.jobs.runner import run_budget_job
 from service.jobs.store import JobState, JobStore
 from service.settings import Settings
 from tests.service.conftest import DATASET_FILE, BaseArtifact
@@ -26,12 +26,6 @@ def _job(store: JobStore, **params: object):  # type: ignore[no-untyped-def]
     job = store.claim("test", 1)
     assert job is not None
     return job
-
-
-def test_equal_sizes_never_exceed_the_budget() -> None:
-    assert equal_sizes_within(10, 16, 35).tolist() == [3] * 10
-    assert equal_sizes_within(10, 16, 5).tolist() == [1] * 10
-    assert equal_sizes_within(10, 16, 10**6).tolist() == [16] * 10
 
 
 def test_equal_sizes_job_exports_an_artifact_within_the_budget(settings: Settings) -> None:
@@ -103,8 +97,8 @@ def test_a_search_job_serves_the_candidate_its_pick_kept(settings: Settings) -> 
     assert (
         manifest.metrics["test"] == result["test"]
     )  # the protocol's numbers, not the deployment's
-    kept = np.load(search / "budget-0.7" / "sizes.npy")
-    assert manifest.achieved_sparsity == pytest.approx(sparsity(kept, manifest.max_size))
+    kept = BudgetFolder.of(search, 0.7).chosen()
+    assert manifest.achieved_sparsity == pytest.approx(kept.sparsity)
 
 
 def _phase_of(matrix: object, split: DatasetSplit) -> str:
@@ -169,3 +163,42 @@ def test_a_served_model_never_recommends_what_a_user_already_has(
         assert had, "every generated user has interactions"
         assert not had & set(top_items[user][top_items[user] >= 0].tolist())
     assert scorer.seen.nnz == everything.nnz
+
+
+class _Reports:
+    """A stand-in store that keeps what a job reports."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, float]] = []
+
+    def report(self, job_id: int, stage: str, progress: float, message: str | None = None) -> None:
+        self.reports.append((stage, round(progress, 4)))
+
+
+def test_pipeline_progress_moves_within_a_stage_throttled_and_never_back() -> None:
+    from service.jobs.runner import Reporter
+
+    every_call = _Reports()
+    reporter = Reporter(every_call, job_id=1, every=0.0)  # type: ignore[arg-type]
+    for done in range(5):  # e.g. the search's iterations, reported as they finish
+        reporter.pipeline_stage("search", 0.15 + 0.25 * done / 4)
+    assert every_call.reports == [
+        ("search", 0.1775),
+        ("search", 0.2306),
+        ("search", 0.2838),
+        ("search", 0.3369),
+        ("search", 0.39),
+    ]
+    throttled = _Reports()
+    reporter = Reporter(throttled, job_id=1, every=3600.0)  # type: ignore[arg-type]
+    reporter.pipeline_stage("full model", 0.0)
+    reporter.pipeline_stage("full model", 0.1)  # within a stage: at most every `every` seconds
+    reporter.pipeline_stage("search", 0.15)  # a new stage: at once
+    reporter.pipeline_stage("full model", 0.05)  # a resumed pipeline: the bar never goes back
+    reporter.pipeline_stage("retraining", 2.0)  # clipped to the pipeline's share
+    assert throttled.reports == [
+        ("full model", 0.05),
+        ("search", 0.1775),
+        ("full model", 0.1775),
+        ("retraining", 0.9),
+    ]
