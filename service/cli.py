@@ -8,6 +8,12 @@ commands as programs of their own.
 Both read the service settings (``service.settings``): a TOML file named by ``--config`` or
 ``CIESS_CONFIG``, then ``CIESS_*`` variables; the flags below set those variables, so the API, its
 uvicorn workers and the job worker all see the same settings.
+
+``ciess serve`` supervises its job worker (:class:`WorkerSupervisor`): a worker that dies is
+restarted after 1 s, then after twice as long each time it dies again, up to 30 s, and its running
+job is failed at once. With ``--workers N`` (N > 1) the API processes keep their Prometheus
+metrics in one folder (prometheus-client's multiprocess mode, :func:`metrics_folder`), so that
+``/metrics`` answers for all of them from any of them.
 """
 
 from __future__ import annotations
@@ -15,10 +21,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -39,11 +49,17 @@ _SHARED_FLAGS = {
 
 HTTP_PROTOCOLS = ("coalescing", "httptools", "h11")
 
+FIRST_RESTART_DELAY_SECONDS = 1.0
+MAX_RESTART_DELAY_SECONDS = 30.0
+_SUPERVISE_EVERY_SECONDS = 0.2
+# prometheus-client's variable for its multiprocess mode (read when it is imported)
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
 _SERVE_HELP = "serve top-k over HTTP (FastAPI + onnxruntime) with a job worker beside it"
 _SERVE_DESCRIPTION = (
-    "Start the API (uvicorn) and, unless --no-worker, one job worker process. The admin token "
-    "comes from CIESS_ADMIN_TOKEN (or the config file); --dev starts without one, with open "
-    "admin endpoints, for local use only."
+    "Start the API (uvicorn) and, unless --no-worker, one job worker process, restarted when it "
+    "dies (after 1 s, doubling to 30 s). The admin token comes from CIESS_ADMIN_TOKEN (or the "
+    "config file); --dev starts without one, with open admin endpoints, for local use only."
 )
 _WORKER_HELP = "run budget jobs from the job store (search, retrain, export, promote)"
 _WORKER_DESCRIPTION = (
@@ -153,6 +169,125 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+class WorkerSupervisor:
+    """Runs the job worker ``command`` as a child process and restarts it when it dies.
+
+    The first restart comes :data:`FIRST_RESTART_DELAY_SECONDS` after the death, each further
+    one twice as late, up to :data:`MAX_RESTART_DELAY_SECONDS`; a worker that has run that long
+    counts as healthy again (the delay starts over). When the worker dies, the job it was running
+    is failed at once (its recorded pid is gone: :meth:`JobStore.fail_stale`); the job's own
+    process stops by itself (it watches its parent). The worker runs in a session of its own:
+    a Ctrl-C meant for ``ciess serve`` reaches it through :meth:`stop` only.
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        environment: Mapping[str, str],
+        settings: Settings,
+        cwd: Path | None = None,
+    ) -> None:
+        self._command = list(command)
+        self._environment = dict(environment)
+        self._settings = settings
+        self._cwd = cwd
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._started = 0.0
+        self._thread = threading.Thread(target=self._supervise, name="worker-supervisor")
+        self._thread.daemon = True
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return None if process is None else process.pid
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop supervising, then the worker (SIGTERM; SIGKILL after ``timeout`` seconds)."""
+        self._stop.set()
+        with self._lock:
+            process = self._process
+        if self._thread.is_alive():
+            self._thread.join()
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._process = subprocess.Popen(
+                self._command, env=self._environment, cwd=self._cwd, start_new_session=True
+            )
+            self._started = time.monotonic()
+        logger.info("job worker started (pid %d)", self._process.pid)
+
+    def _fail_orphaned_jobs(self) -> None:
+        from service.jobs.store import JobStore
+
+        try:
+            store = JobStore(self._settings.job_db_path)
+            failed = store.fail_stale(self._settings.stale_after_seconds)
+            store.forget_dead_workers()
+        except Exception:  # the store is the API's too: never stop supervising over it
+            logger.exception("could not fail the dead worker's jobs")
+            return
+        if failed:
+            logger.error("jobs %s failed: their worker died", failed)
+
+    def _supervise(self) -> None:
+        delay = FIRST_RESTART_DELAY_SECONDS
+        while not self._stop.wait(_SUPERVISE_EVERY_SECONDS):
+            process = self._process
+            if process is None:
+                continue
+            code = process.poll()
+            if code is None:
+                if time.monotonic() - self._started >= MAX_RESTART_DELAY_SECONDS:
+                    delay = FIRST_RESTART_DELAY_SECONDS
+                continue
+            self._fail_orphaned_jobs()
+            logger.error(
+                "job worker (pid %d) exited with code %d; restarting it in %g s",
+                process.pid,
+                code,
+                delay,
+            )
+            if self._stop.wait(delay):
+                return
+            delay = min(2 * delay, MAX_RESTART_DELAY_SECONDS)
+            self._spawn()
+            self.restarts += 1
+
+
+def metrics_folder(state_dir: Path) -> Path:
+    """A fresh folder for prometheus-client's multiprocess files: ``state_dir/metrics/<pid>``
+    of this ``ciess serve``; the folders of earlier starts whose process is gone are removed."""
+    from service.jobs.store import pid_alive
+
+    root = state_dir / "metrics"
+    if root.is_dir():
+        for folder in root.iterdir():
+            if not (folder.name.isdigit() and pid_alive(int(folder.name))):
+                shutil.rmtree(folder, ignore_errors=True)
+    own = root / str(os.getpid())
+    shutil.rmtree(own, ignore_errors=True)
+    own.mkdir(parents=True)
+    return own
+
+
 def run_serve_command(arguments: argparse.Namespace) -> int:
     import uvicorn
 
@@ -161,17 +296,22 @@ def run_serve_command(arguments: argparse.Namespace) -> int:
     environment = _export_settings(arguments)
     settings = load_settings(environment)
     settings.require_admin_token()  # fail before starting anything
+    multiprocess = None
+    if arguments.workers > 1:
+        multiprocess = metrics_folder(settings.state_dir)
+        environment[MULTIPROCESS_VARIABLE] = str(multiprocess)
     os.environ.update(environment)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it under the previous handler:
     # make that handler unwind through ``finally`` so that the worker is stopped too.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    worker: subprocess.Popen[bytes] | None = None
+    supervisor: WorkerSupervisor | None = None
     if not arguments.no_worker:
-        worker = subprocess.Popen(
+        supervisor = WorkerSupervisor(
             [sys.executable, "-m", "service.jobs.worker", "--parent-pid", str(os.getpid())],
-            env=environment,
+            environment,
+            settings,
         )
-        logger.info("job worker started (pid %d)", worker.pid)
+        supervisor.start()
     try:
         uvicorn.run(
             "service.main:app_from_environment",
@@ -183,13 +323,10 @@ def run_serve_command(arguments: argparse.Namespace) -> int:
             **uvicorn_connection_options(settings, arguments.http),
         )
     finally:
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        if supervisor is not None:
+            supervisor.stop()
+        if multiprocess is not None:
+            shutil.rmtree(multiprocess, ignore_errors=True)
     return 0
 
 

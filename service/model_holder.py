@@ -2,6 +2,16 @@
 
 A request takes one snapshot at its start and uses only that one, so a swap never changes the model
 under a running request; the old scorer is freed when its last request lets go of it.
+
+When the promoted artifact (``current.json``) does not load, at start-up or later, another one
+serves and :attr:`ModelHolder.fallback` says which version failed and why (``GET /v1/model``): at
+start-up the newest promoted artifact that loads, then the configured ``artifact_dir``
+(:meth:`ModelHolder.start`); later, the model that was serving. A start-up never fails for an
+artifact: with none that loads, the service starts not ready and says why.
+
+``reload.json`` in the state folder carries a reload generation: ``POST /v1/admin/reload`` bumps
+it, and every process of the service, which reads it with ``current.json`` every
+``poll_seconds``, reloads when it changed (:func:`request_reload`, :func:`reload_generation`).
 """
 
 from __future__ import annotations
@@ -11,6 +21,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +51,30 @@ class ServedModel:
     scorer: ArtifactScorer
     item_lookup: dict[str, int] = field(repr=False)
     loaded_at: float
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A promoted version that did not load, while another one serves.
+
+    Attributes:
+        version: the version ``current.json`` points at (``current.json`` itself when the
+            pointer cannot be read).
+        reason: why it did not load (the loader's message).
+        at: UNIX time of the failure.
+    """
+
+    version: str
+    reason: str
+    at: float
+
+
+_MAX_REASON_CHARS = 500
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 1] + "…"
 
 
 def load_served_model(directory: Path, threads: int) -> ServedModel:
@@ -72,6 +108,34 @@ def write_pointer(settings: Settings, directory: Path, job_id: int | None = None
     os.replace(staging, pointer)
 
 
+_RELOAD_FILE = "reload.json"
+
+
+def request_reload(settings: Settings) -> str:
+    """Bump the reload generation that every process watches; returns the new one."""
+    path = settings.state_dir / _RELOAD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generation = f"{time.time_ns()}-{os.getpid()}"
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging.write_text(json.dumps({"generation": generation, "at": time.time()}) + "\n")
+    os.replace(staging, path)
+    return generation
+
+
+def all_processes_within(settings: Settings, load_seconds: float) -> float:
+    """Seconds until every process serves what this one just loaded in ``load_seconds``: the
+    others check at their next poll, then load (counted twice: they may be busier)."""
+    return round(settings.poll_seconds + 2 * load_seconds, 3)
+
+
+def reload_generation(settings: Settings) -> str | None:
+    """The reload generation now (None before the first reload or if unreadable)."""
+    try:
+        return str(json.loads((settings.state_dir / _RELOAD_FILE).read_text())["generation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class ModelHolder:
     """Holds the current :class:`ServedModel`; readers never block, swaps are serialised."""
 
@@ -79,6 +143,7 @@ class ModelHolder:
         self._current: ServedModel | None = None
         self._swap_lock = threading.Lock()
         self.failed_versions: set[str] = set()
+        self.fallback: Fallback | None = None
 
     @property
     def current(self) -> ServedModel | None:
@@ -104,9 +169,18 @@ class ModelHolder:
         """Load and swap in the pointed-to artifact if it is not the one served (or ``force``).
 
         Loading happens beside the current model, which keeps serving; a failed load leaves it in
-        place and raises. Returns whether a swap happened.
+        place, is recorded in :attr:`fallback` and raises. Returns whether a swap happened.
         """
-        directory = read_pointer(settings)
+        try:
+            directory = read_pointer(settings)
+        except ArtifactError as error:
+            reason = _reason(error)
+            known = self.fallback
+            if not force and known is not None and known.reason == reason:
+                return False  # reported already: not again at every poll
+            failure = Fallback(settings.current_pointer.name, reason, time.time())
+            self.fallback = failure
+            raise
         if directory is None:
             return False
         with self._swap_lock:
@@ -118,11 +192,54 @@ class ModelHolder:
                 return False
             try:
                 model = load_served_model(directory, settings.scorer_threads)
-            except Exception:
+            except Exception as error:
                 self.failed_versions.add(version)
+                self.fallback = Fallback(version, _reason(error), time.time())
                 raise
             self._current = model
+            self.fallback = None
+            self.failed_versions.discard(version)
         logger.info(
             "serving model %s (was %s)", model.version, current.version if current else None
         )
         return True
+
+    def start(self, settings: Settings, fallbacks: Sequence[Path] = ()) -> None:
+        """The start-up load: the pointed-to artifact, else the first of ``fallbacks`` that
+        loads (the promoted artifacts newest first, then the configured one:
+        :func:`service.versions.fallback_candidates`), saying so in the log and in
+        :attr:`fallback`. Never raises for an artifact that does not load: with none that does,
+        the service starts without a model (not ready), and a promotion or a reload can still
+        bring one."""
+        with suppress(Exception):  # refresh records why in self.fallback
+            self.refresh(settings)
+        failure = self.fallback
+        if failure is None:
+            return  # serving what the pointer says, or nothing is configured
+        logger.error(
+            "the promoted artifact %s does not load: %s; trying the last good versions",
+            failure.version,
+            failure.reason,
+        )
+        pointed = {failure.version}
+        for candidate in fallbacks:
+            if Path(candidate).resolve().name in pointed:
+                continue
+            try:
+                model = load_served_model(candidate, settings.scorer_threads)
+            except Exception as error:
+                logger.warning("fallback %s does not load either: %s", candidate, _reason(error))
+                continue
+            self.swap(model)
+            self.fallback = failure
+            logger.warning(
+                "serving %s instead of the promoted %s (%s); promote or reload to change it",
+                model.version,
+                failure.version,
+                failure.reason,
+            )
+            return
+        logger.error(
+            "no artifact loads: not ready until a good one is promoted "
+            "(POST /v1/admin/models/{version}/promote) or the pointer is fixed"
+        )

@@ -520,7 +520,7 @@ def run_pipeline(
         search_split, fit_split = selection_views(spec, split)
         report("search", 0.15)
         pool, evaluator = _search_stage(
-            spec, search_split, out, progress, timings, evaluator_factory, hooks
+            spec, search_split, out, progress, timings, evaluator_factory, hooks, report
         )
         timings = {"full_model": full["seconds"], **timings}
         if spec.selection_share:  # the fits score on the held-out part: an evaluator of its own
@@ -592,9 +592,11 @@ def _search_stage(
     timings: dict[str, float],
     evaluator_factory: EvaluatorFactory,
     hooks: SearchHooks | None,
+    report: StageReport,
 ) -> tuple[AssignmentPool, QualityEvaluator | None]:
     """Stages 2–3: the evaluator's preparation and the search, or the pool an earlier call left.
-    ``split``: the search's view (:func:`selection_views`).
+    ``split``: the search's view (:func:`selection_views`). ``report`` hears of every search
+    iteration (progress 0.2 to 0.4 of the pipeline).
 
     Returns the pool and the evaluator when this call built one (None: not needed yet)."""
     search_dir = out / "search"
@@ -613,14 +615,22 @@ def _search_stage(
     )
     evaluator = evaluator_factory(spec, split, out / "supernet")
     stage_started = time.perf_counter()
+    report("supernet", 0.15)
     evaluator.prepare()
     timings["evaluator_prepare"] = round(time.perf_counter() - stage_started, 2)
     stage_started = time.perf_counter()
+    iterations = spec.search.num_episodes * spec.search.iterations_per_episode
+
+    def searched(row: dict[str, Any]) -> None:
+        done = (row["episode"] - 1) * spec.search.iterations_per_episode + row["iteration"]
+        report(f"search: episode {row['episode']}", 0.2 + 0.2 * min(done / iterations, 1.0))
+
     outcome = run_search(
         spec.search,
         inputs,
         evaluator,
         hooks=hooks,
+        on_iteration=searched,
         checkpoint_dir=search_dir / "checkpoint",
         trace_path=search_dir / "trace.jsonl",
         progress=progress,

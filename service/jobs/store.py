@@ -9,6 +9,10 @@ requests racing with the same key create one job, and the queue never passes its
 Lifecycle: ``queued`` → ``running`` (stage and progress 0..1, heartbeats) → ``succeeded`` |
 ``failed`` | ``cancelled``; a queued job can be cancelled directly, a running one is flagged
 (``cancel_requested``) and its worker stops it.
+
+Beside the jobs: the workers (``host:pid``, heartbeat), so that the API can tell whether jobs can
+run, and the promotions (every artifact ``current.json`` pointed at, newest last), which start-up
+falls back through when the pointed-to artifact does not load (:mod:`service.versions`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +66,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     dedupe_key TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS promotions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    version TEXT NOT NULL,
+    path TEXT NOT NULL,
+    job_id INTEGER,
+    at REAL NOT NULL
+);
 """
 # Columns added since the first schema: (name, type), added to an older file when it is opened.
 _ADDED_COLUMNS = (("dedupe_key", "TEXT"),)
@@ -99,9 +116,58 @@ def _job(row: sqlite3.Row) -> Job:
     return Job(**values)
 
 
+@dataclass(frozen=True)
+class WorkerRow:
+    """A job worker as it registered itself: ``name`` is ``host:pid`` (times are UNIX seconds)."""
+
+    name: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """One pointer change: ``current.json`` pointed at ``path`` from time ``at`` on."""
+
+    id: int
+    version: str
+    path: str
+    job_id: int | None
+    at: float
+
+
+def worker_fresh_seconds(poll_seconds: float) -> float:
+    """A worker writes its heartbeat every poll: one silent for 5 polls (at least 5 s) is not
+    counted as alive (a worker on another host, whose pid cannot be checked from here)."""
+    return max(5.0 * poll_seconds, 5.0)
+
+
 def worker_name() -> str:
     """``host:pid`` of this process (the host tells whether a pid can be checked here)."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return status.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _gone(name: str | None, pid: int | None, alive: Callable[[int], bool]) -> bool:
+    """Whether the process ``name`` (``host:pid``) is known to be gone: its pid can be checked
+    only on its own host."""
+    host = worker_name().split(":")[0]
+    return (name or "").split(":")[0] == host and pid is not None and not alive(pid)
 
 
 class JobStore:
@@ -331,22 +397,14 @@ class JobStore:
             )
             return cursor.rowcount == 1
 
-    def fail_stale(
-        self, stale_after: float, alive: Callable[[int], bool] | None = None
-    ) -> list[int]:
-        """Fail running jobs whose worker died: its pid is gone (same host) or its heartbeat is
-        older than ``stale_after`` seconds. ``alive(pid) -> bool`` checks a local pid."""
-        host = worker_name().split(":")[0]
+    def fail_stale(self, stale_after: float, alive: Callable[[int], bool] = pid_alive) -> list[int]:
+        """Fail running jobs whose worker died: its pid is gone (same host; at once, whatever
+        the heartbeat's age) or its heartbeat is older than ``stale_after`` seconds (a worker on
+        another host). ``alive(pid) -> bool`` checks a local pid."""
         now = time.time()
         failed = []
         for job in self.list_jobs(JobState.RUNNING, limit=10_000):
-            same_host = (job.worker or "").split(":")[0] == host
-            dead = (
-                same_host
-                and job.worker_pid is not None
-                and alive is not None
-                and not alive(job.worker_pid)
-            )
+            dead = _gone(job.worker, job.worker_pid, alive)
             silent = job.heartbeat_at is None or now - job.heartbeat_at > stale_after
             if dead or silent:
                 why = "process gone" if dead else f"no heartbeat for {stale_after:g} s"
@@ -357,3 +415,64 @@ class JobStore:
                 if self.finish(job.id, JobState.FAILED, message):
                     failed.append(job.id)
         return failed
+
+    # -- workers ------------------------------------------------------------------------------
+    def worker_heartbeat(self, name: str, pid: int) -> None:
+        """Register worker ``name`` (``host:pid``) or refresh its heartbeat."""
+        now = time.time()
+        with self._connect() as connection:
+            connection.execute(
+                "INSERT INTO workers (name, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                (name, pid, now, now),
+            )
+
+    def remove_worker(self, name: str) -> None:
+        with self._connect() as connection:
+            connection.execute("DELETE FROM workers WHERE name = ?", (name,))
+
+    def live_workers(
+        self, fresh_within: float, alive: Callable[[int], bool] = pid_alive
+    ) -> list[WorkerRow]:
+        """Workers whose heartbeat is at most ``fresh_within`` seconds old and whose process is
+        not known to be gone (a read: rows of dead workers stay until :meth:`forget_dead_workers`).
+        """
+        with self._connect() as connection:
+            rows = [WorkerRow(**dict(row)) for row in connection.execute("SELECT * FROM workers")]
+        now = time.time()
+        return [
+            row
+            for row in rows
+            if now - row.heartbeat_at <= fresh_within and not _gone(row.name, row.pid, alive)
+        ]
+
+    def forget_dead_workers(self, alive: Callable[[int], bool] = pid_alive) -> list[str]:
+        """Remove the rows of workers whose process is gone (this host's only); their names."""
+        with self._connect() as connection:
+            rows = connection.execute("SELECT name, pid FROM workers").fetchall()
+            dead = [name for name, pid in rows if _gone(name, pid, alive)]
+            connection.executemany("DELETE FROM workers WHERE name = ?", [(n,) for n in dead])
+        return dead
+
+    # -- promotions ---------------------------------------------------------------------------
+    def record_promotion(self, version: str, path: Path, job_id: int | None = None) -> None:
+        with self._connect() as connection:
+            connection.execute(
+                "INSERT INTO promotions (version, path, job_id, at) VALUES (?, ?, ?, ?)",
+                (version, str(path), job_id, time.time()),
+            )
+
+    def promotions(self, limit: int = 1000) -> list[Promotion]:
+        """Pointer changes, newest first."""
+        with self._connect() as connection:
+            rows = connection.execute(
+                "SELECT * FROM promotions ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [Promotion(**dict(row)) for row in rows]
+
+    def forget_promotions(self, paths: Iterable[Path]) -> None:
+        """Drop the history of artifacts that were removed."""
+        with self._connect() as connection:
+            connection.executemany(
+                "DELETE FROM promotions WHERE path = ?", [(str(path),) for path in paths]
+            )

@@ -9,6 +9,11 @@ cancelled or dies, the pointer is untouched and the old model keeps serving.
 
 At start-up, and on every idle poll, running jobs whose worker is gone (dead pid on this host, or
 no heartbeat for ``stale_after_seconds``) are marked failed: a crash never leaves a job "running".
+The worker registers itself in the store and writes its own heartbeat every poll (the API's
+``/readyz`` and ``ciess_job_workers`` tell from it whether jobs can run). After promoting a job's
+artifact it applies the retention rule (:func:`service.versions.apply_retention`).
+
+``ciess serve`` restarts a worker that died (:class:`service.cli.WorkerSupervisor`).
 
 Run it with ``ciess worker`` or ``python -m service.jobs.worker``.
 """
@@ -28,28 +33,13 @@ from pathlib import Path
 from types import FrameType
 
 from ciess_core.errors import CiessError
-from service.jobs.store import Job, JobState, JobStore, worker_name
-from service.model_holder import write_pointer
+from service.jobs.store import Job, JobState, JobStore, pid_alive, worker_name
 from service.settings import Settings, load_settings
+from service.versions import apply_retention, promote
 
 logger = logging.getLogger(__name__)
 
 _TERMINATE_GRACE_SECONDS = 5.0
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return status.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _watch_parent(settings: Settings, store: JobStore, job_id: int, parent: int) -> None:
@@ -159,9 +149,13 @@ def execute(settings: Settings, store: JobStore, job: Job, stop: threading.Event
         store.finish(job.id, JobState.CANCELLED, "cancelled by an admin after exporting")
         _discard_artifact(settings, current)
         return JobState.CANCELLED
-    write_pointer(settings, Path(current.artifact), job.id)
+    promote(settings, store, Path(current.artifact), job.id)
     store.finish(job.id, JobState.SUCCEEDED, f"promoted {current.version}", stage="done")
     logger.info("job %d succeeded: %s is the current model", job.id, current.version)
+    try:
+        apply_retention(settings, store)
+    except OSError:  # disk trouble must not fail a promoted job; the next one tries again
+        logger.exception("retention could not remove old versions")
     return JobState.SUCCEEDED
 
 
@@ -170,6 +164,17 @@ def _stop_with_parent(parent_pid: int, stop: threading.Event, settings: Settings
         if os.getppid() != parent_pid:
             logger.warning("worker: its parent %d is gone; stopping", parent_pid)
             stop.set()
+
+
+def _beat(store: JobStore, name: str, pid: int, stop: threading.Event, every: float) -> None:
+    """The worker's own heartbeat, busy or idle, until ``stop``."""
+    while True:
+        try:
+            store.worker_heartbeat(name, pid)
+        except Exception:  # a busy store: the next beat will do
+            logger.warning("worker heartbeat not written", exc_info=True)
+        if stop.wait(every):
+            return
 
 
 def _clean_staging(settings: Settings) -> None:
@@ -201,23 +206,39 @@ def run_worker(
     failed = store.fail_stale(settings.stale_after_seconds, alive=pid_alive)
     if failed:
         logger.warning("marked jobs %s failed: their worker died", failed)
+    store.forget_dead_workers()
     _clean_staging(settings)
+    beating = threading.Event()
+    beat = threading.Thread(
+        target=_beat,
+        args=(store, name, pid, beating, settings.poll_seconds),
+        name="worker-heartbeat",
+        daemon=True,
+    )
+    beat.start()
     logger.info("worker %s polling %s", name, settings.job_db_path)
     ran = 0
-    while not stop.is_set():
-        job = store.claim(name, pid)
-        if job is None:
-            if once:
-                break
-            store.fail_stale(settings.stale_after_seconds, alive=pid_alive)
-            stop.wait(settings.poll_seconds)
-            continue
-        ran += 1
-        try:
-            execute(settings, store, job, stop)
-        except Exception:
-            logger.exception("job %d could not be run", job.id)
-            store.finish(job.id, JobState.FAILED, "the worker could not run the job; see its log")
+    try:
+        while not stop.is_set():
+            job = store.claim(name, pid)
+            if job is None:
+                if once:
+                    break
+                store.fail_stale(settings.stale_after_seconds, alive=pid_alive)
+                stop.wait(settings.poll_seconds)
+                continue
+            ran += 1
+            try:
+                execute(settings, store, job, stop)
+            except Exception:
+                logger.exception("job %d could not be run", job.id)
+                store.finish(
+                    job.id, JobState.FAILED, "the worker could not run the job; see its log"
+                )
+    finally:
+        beating.set()
+        beat.join(timeout=store.timeout)
+        store.remove_worker(name)
     return ran
 
 

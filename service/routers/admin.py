@@ -11,16 +11,17 @@ nothing changes (200, no job), and a new job waits in a queue of at most ``max_q
 from __future__ import annotations
 
 import logging
+import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from service.deps import HolderDep, MetricsDep, ModelDep, SettingsDep, StoreDep, require_admin
 from service.errors import NotReadyError, error_responses
 from service.jobs.budget import Budget, resolve_budget, served_budget, sizing_method
 from service.jobs.store import Job, JobState
-from service.model_holder import ServedModel
+from service.model_holder import ServedModel, all_processes_within, request_reload
 from service.schemas import (
     BudgetJob,
     BudgetRequest,
@@ -189,18 +190,31 @@ def cancel_job(job_id: JobId, store: StoreDep) -> JobView:
 @router.post(
     "/reload",
     response_model=ReloadResponse,
-    summary="Reload the current artifact (current.json, else the configured artifact)",
+    summary="Reload the current artifact (current.json, else the configured artifact), in every "
+    "process",
     responses=error_responses(
         (413, 503), {503: "the artifact could not be loaded; the old one serves"}
     ),
 )
 async def reload_model(
-    holder: HolderDep, settings: SettingsDep, metrics: MetricsDep
+    request: Request, holder: HolderDep, settings: SettingsDep, metrics: MetricsDep
 ) -> ReloadResponse:
+    """This process reloads now; the others (``ciess serve --workers N``) at their next check of
+    the state folder (a reload generation they all watch, beside ``current.json``): within
+    ``all_processes_within_seconds`` of the answer."""
+    started = time.perf_counter()
     swapped = await run_in_threadpool(holder.refresh, settings, True)
+    load_seconds = time.perf_counter() - started
     if swapped:
         metrics.swaps.inc()
+    # This process is done: its own watcher must not reload again for this generation.
+    request.app.state.reload_generation = await run_in_threadpool(request_reload, settings)
     current = holder.current
     if current is None:
         raise NotReadyError("no artifact is configured: set CIESS_ARTIFACT_DIR")
-    return ReloadResponse(model_version=current.version, swapped=swapped)
+    return ReloadResponse(
+        model_version=current.version,
+        swapped=swapped,
+        load_seconds=round(load_seconds, 3),
+        all_processes_within_seconds=all_processes_within(settings, load_seconds),
+    )

@@ -1,10 +1,12 @@
-"""The served model: backbone, budget, sparsity, counts, bytes, metrics, creation time."""
+"""The served model: backbone, budget, sparsity, counts, bytes, metrics, creation time, and
+whether it serves because the promoted version did not load (``fallback_from``)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from service.deps import ModelDep
+from service.deps import HolderDep, ModelDep
+from service.routers.health import fallback_view
 from service.routers.recommend import VERSION_HEADER
 from service.schemas import ModelBytes, ModelInfo
 
@@ -17,7 +19,7 @@ router = APIRouter(prefix="/v1", tags=["model"])
     summary="The model that answers top-k requests now",
     responses={503: {"description": "no model loaded yet"}},
 )
-def model_info(model: ModelDep, response: Response) -> ModelInfo:
+def model_info(model: ModelDep, holder: HolderDep, response: Response) -> ModelInfo:
     manifest = model.scorer.manifest
     memory = manifest.memory
     response.headers[VERSION_HEADER] = model.version
@@ -41,4 +43,5 @@ def model_info(model: ModelDep, response: Response) -> ModelInfo:
         dataset=dict(manifest.dataset),
         created_at=manifest.created_at,
         loaded_at=model.loaded_at,
+        fallback_from=fallback_view(holder.fallback),
     )

@@ -117,14 +117,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(settings: Settings, **app_options: bool) -> Iterator[str]:
+def live_server(
+    settings: Settings, log_level: str = "warning", **app_options: bool
+) -> Iterator[str]:
     """uvicorn on loopback (a free port) in a thread, with ``ciess serve``'s connection options;
-    yields the base URL, stops it after. ``app_options`` go to :func:`create_app`."""
+    yields the base URL, stops it after. ``app_options`` go to :func:`create_app`; at
+    ``log_level`` "info", uvicorn writes its access log."""
     config = uvicorn.Config(
         create_app(settings, **app_options),
         host="127.0.0.1",
         port=free_port(),
-        log_level="warning",
+        log_level=log_level,
         **uvicorn_connection_options(settings),  # what ``ciess serve`` runs
     )
     server = uvicorn.Server(config)

@@ -25,7 +25,7 @@ from service.cli import (
     serve_main,
     worker_main,
 )
-from service.jobs.store import JobState, JobStore
+from service.jobs.store import JobState, JobStore, pid_alive
 from service.settings import Settings, load_settings
 from tests.service.conftest import (
     REPOSITORY,
@@ -130,8 +130,11 @@ def test_serve_starts_the_api_and_a_worker_and_stops_both(
         store = JobStore(settings.job_db_path)
         job = store.submit("budget", {"target_sparsity": 0.5, "method": "equal"})
         wait_for(lambda: store.get(job.id).state is JobState.SUCCEEDED, timeout=120)
+        workers = [row.pid for row in store.live_workers(fresh_within=60.0)]
+        assert len(workers) == 1  # the supervised worker, in a session of its own
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+        wait_for(lambda: not pid_alive(workers[0]), timeout=30, what="the worker to stop")
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -144,13 +145,16 @@ def test_a_job_killed_mid_run_fails_and_the_old_model_keeps_serving(
             # Kill the worker alone: its orphaned job process must notice and stop by itself.
             os.kill(worker.pid, signal.SIGKILL)
             worker.wait()
+            killed = time.monotonic()
+            # The API's sweep sees the recorded pid gone: failed at once, not after the
+            # heartbeat's 60 s.
+            wait_for(lambda: get_job(client, job_id)["state"] == "failed", timeout=5, every=0.05)
+            assert time.monotonic() - killed < 5
             wait_for(lambda: not group_alive(worker.pid), timeout=30, what="the orphan to stop")
-        assert get_job(client, job_id)["state"] == "running"  # nobody noticed yet
-        # A new worker marks it failed at start-up.
-        assert run_worker(long_jobs, once=True) == 0
+        assert run_worker(long_jobs, once=True) == 0  # a new worker finds nothing to do
         job = get_job(client, job_id)
         assert job["state"] == "failed"
-        assert "worker died" in str(job["message"])
+        assert "worker died (process gone)" in str(job["message"])
         response = client.get("/v1/users/u1/recommendations")
         assert response.status_code == 200
         assert response.json()["model_version"] == "v1-base"

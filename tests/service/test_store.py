@@ -210,3 +210,36 @@ def test_a_file_of_the_first_schema_gains_the_key_column(tmp_path: Path) -> None
     assert store.get(1).dedupe_key is None
     assert store.enqueue("budget", {}, key="k")[0].dedupe_key == "k"
     assert JobStore(path).enqueue("budget", {}, key="k")[1]  # opened again: no second ALTER
+
+
+def test_a_job_whose_worker_pid_is_gone_fails_at_once(store: JobStore) -> None:
+    here = worker_name().split(":")[0]
+    job = store.submit("budget", {}).id
+    store.claim(f"{here}:999999999", 999_999_999)  # a fresh heartbeat, but no such process
+    assert store.fail_stale(stale_after=3600.0) == [job]  # the pid check is the default
+    assert "process gone" in store.get(job).message
+
+
+def test_workers_register_beat_and_are_alive_while_their_process_is(store: JobStore) -> None:
+    here = worker_name().split(":")[0]
+    store.worker_heartbeat(worker_name(), os.getpid())
+    store.worker_heartbeat(f"{here}:999999999", 999_999_999)  # died without unregistering
+    store.worker_heartbeat("elsewhere:5", 5)  # another host: its heartbeat tells
+    live = {row.name for row in store.live_workers(fresh_within=60.0)}
+    assert live == {worker_name(), "elsewhere:5"}
+    with sqlite3.connect(store.path) as connection:
+        connection.execute("UPDATE workers SET heartbeat_at = ? WHERE name = 'elsewhere:5'",
+                           (time.time() - 120,))  # fmt: skip
+    assert {row.name for row in store.live_workers(fresh_within=60.0)} == {worker_name()}
+    assert store.forget_dead_workers() == [f"{here}:999999999"]
+    store.remove_worker(worker_name())
+    assert store.live_workers(fresh_within=60.0) == []
+
+
+def test_promotions_are_kept_newest_first(store: JobStore, tmp_path: Path) -> None:
+    store.record_promotion("a", tmp_path / "a", job_id=1)
+    store.record_promotion("b", tmp_path / "b")
+    store.record_promotion("a", tmp_path / "a", job_id=3)
+    assert [(p.version, p.job_id) for p in store.promotions()] == [("a", 3), ("b", None), ("a", 1)]
+    store.forget_promotions([tmp_path / "a"])
+    assert [p.version for p in store.promotions()] == ["b"]
