@@ -24,7 +24,6 @@ def plot_trace(trace_path: Path, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in trace_path.read_text().splitlines() if line.strip()]
-    rows = [row for row in rows if row.get("kind", "explore") == "explore"]  # no rollouts
     episodes = sorted({row["episode"] for row in rows})
     figure, (reward_axis, size_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
     for side, style in (("users", "-o"), ("items", "-s")):
