@@ -33,7 +33,7 @@ fi
 if [ ! -f "$artifact/manifest.json" ]; then
     echo "== building the first artifact: CIESS search on ml-1m at sparsity $budget =="
     ciess search --dataset ml-1m --backbone lightgcn --budgets "$budget" ${recipe[@]+"${recipe[@]}"} \
-        --out "$search"
+        --workers 2 --out "$search"
     ciess export "$search/budget-$budget/run" --out "$artifact"
     echo "== artifact ready after $(($(date +%s) - started)) s =="
 fi

@@ -101,7 +101,9 @@ def status_of(error: CiessError) -> int:
 
 def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     """``text`` if it has at most ``limit`` characters, else its head and tail around " … "
-    (the tail of a message often holds its counts)."""
+    (the tail of a message often holds its counts); lone surrogates, which JSON text may carry
+    but UTF-8 cannot encode, are shown as escapes."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(text) <= limit:
         return text
     tail = max(limit // 4, 1)

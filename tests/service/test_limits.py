@@ -307,3 +307,20 @@ def test_with_header_timeout_refuses_what_it_cannot_wrap() -> None:
         with_header_timeout(dict, 1.0)
     with pytest.raises(ConfigError, match="HTTP protocol 'nope'"):
         with_header_timeout("nope", 1.0)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "authorized"),
+    [
+        ("/v1/recommendations", b'{"user_ids": ["\\ud800"], "k": 5}', False),
+        ("/v1/admin/budget", b'{"target_sparsity": 0.5, "method": "\\udfff"}', True),
+    ],
+)
+def test_a_lone_surrogate_in_a_json_string_gets_a_422_not_a_500(
+    client: TestClient, path: str, body: bytes, authorized: bool
+) -> None:
+    headers = {"Content-Type": "application/json", **(admin_headers() if authorized else {})}
+    answer = client.post(path, content=body, headers=headers)
+    assert answer.status_code == 422
+    assert "\\ud800" in answer.text or "\\udfff" in answer.text  # shown escaped, encodable
+    assert bounded("a\ud800b") == "a\\ud800b"
