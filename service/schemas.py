@@ -80,15 +80,16 @@ class BatchRequest(BaseModel):
         description="external user ids: at most the max_batch_users setting (1,000 by "
         "default), each at most max_id_length characters (256 by default)",
     )
-    k: int = Field(default=20, ge=1, le=MAX_K)
+    k: int = Field(default=20, ge=1, le=MAX_K, strict=True)
     offset: int = Field(
         default=0,
         ge=0,
         le=MAX_OFFSET,
+        strict=True,
         description="skip this many of the best items (pagination): the answer is ranks "
         "offset+1 .. offset+k, shorter or empty past the last item",
     )
-    exclude_seen: bool = True
+    exclude_seen: bool = Field(default=True, strict=True)
     include_items: list[ExternalId] | None = Field(
         default=None,
         max_length=MAX_FILTER_ITEMS,
@@ -166,9 +167,9 @@ class ForItemsRequest(BaseModel):
         max_length=MAX_FILTER_ITEMS,
         description="the visitor's items (external ids; repeats count once), never returned",
     )
-    k: int = Field(default=20, ge=1, le=MAX_K)
+    k: int = Field(default=20, ge=1, le=MAX_K, strict=True)
     offset: int = Field(
-        default=0, ge=0, le=MAX_OFFSET, description="skip this many of the best items"
+        default=0, ge=0, le=MAX_OFFSET, strict=True, description="skip this many of the best items"
     )
 
     model_config = ConfigDict(
@@ -243,18 +244,21 @@ class BudgetRequest(BaseModel):
         ge=0.0,
         lt=1.0,
         allow_inf_nan=False,
+        strict=True,
         description="fraction of the dense tables pruned; one of the three forms",
     )
     max_parameters: int | None = Field(
         default=None,
         ge=1,
         le=MAX_BUDGET_NUMBER,
+        strict=True,
         description="stored embedding values, all tables together; one of the three forms",
     )
     max_bytes: int | None = Field(
         default=None,
         ge=1,
         le=MAX_BUDGET_NUMBER,
+        strict=True,
         description="bytes of the stored tables with their offsets and sizes; one of the "
         "three forms",
     )

@@ -324,3 +324,21 @@ def test_a_lone_surrogate_in_a_json_string_gets_a_422_not_a_500(
     assert answer.status_code == 422
     assert "\\ud800" in answer.text or "\\udfff" in answer.text  # shown escaped, encodable
     assert bounded("a\ud800b") == "a\\ud800b"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/recommendations", '{"user_ids": ["u1"], "k": true}'),
+        ("/v1/recommendations", '{"user_ids": ["u1"], "k": "5"}'),
+        ("/v1/recommendations", '{"user_ids": ["u1"], "exclude_seen": 1}'),
+        ("/v1/recommendations/for-items", '{"item_ids": ["i1"], "offset": false}'),
+        ("/v1/admin/budget", '{"target_sparsity": false}'),
+        ("/v1/admin/budget", '{"max_parameters": "1000"}'),
+    ],
+)
+def test_json_numbers_and_booleans_are_taken_only_as_their_own_types(
+    client: TestClient, path: str, body: str
+) -> None:
+    headers = {"Content-Type": "application/json", **admin_headers()}
+    assert client.post(path, content=body.encode(), headers=headers).status_code == 422
