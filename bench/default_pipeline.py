@@ -35,8 +35,7 @@ from cli_help import DefaultsHelp
 from experiments.protocols import PROTOCOLS, protocol_named
 from paper import PAPER_METRICS, paper_row
 
-from ciess_core.data import open_dataset, split_per_user
-from ciess_core.pipeline import SPLIT_SEED, pipeline_spec, run_product_pipeline
+from ciess_core.pipeline import load_split, pipeline_spec, run_product_pipeline
 from ciess_core.runs import RunSpec, execute_run, run_sizes
 from ciess_core.search.files import BudgetFolder
 from ciess_core.sizes import SizeScheme
@@ -99,7 +98,12 @@ def plain_es(
 
 
 def pipeline_rows(
-    arguments: argparse.Namespace, spec: Any, work: Path, common: dict[str, Any]
+    arguments: argparse.Namespace,
+    spec: Any,
+    split: Any,
+    fingerprint: str,
+    work: Path,
+    common: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Run (or resume) the pipeline in ``work``; one row per retrained candidate and budget."""
     resumed = (work / "full").exists()
@@ -107,7 +111,8 @@ def pipeline_rows(
     summary = run_product_pipeline(
         spec,
         work,
-        data_dir=arguments.data_dir,
+        split,
+        fingerprint,
         workers=arguments.workers,
         progress=not arguments.no_progress,
     )
@@ -152,7 +157,7 @@ def run(arguments: argparse.Namespace) -> None:
     )
     work = work_dir(arguments)
     run_id = run_id_for(work)
-    split = split_per_user(open_dataset(spec.dataset, arguments.data_dir), seed=SPLIT_SEED)
+    split, fingerprint = load_split(spec.dataset, arguments.data_dir)
     common = {
         "dataset": arguments.dataset,
         "backbone": arguments.backbone,
@@ -167,7 +172,7 @@ def run(arguments: argparse.Namespace) -> None:
     }
     rows: list[dict[str, Any]] = []
     if arguments.part in ("both", "pipeline"):
-        rows += pipeline_rows(arguments, spec, work, common)
+        rows += pipeline_rows(arguments, spec, split, fingerprint, work, common)
     if arguments.part in ("both", "es"):
         for budget in spec.search.budgets:
             es = plain_es(arguments, spec, split, work, budget)

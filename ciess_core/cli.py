@@ -24,7 +24,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from ciess_core.cli_search import add_search_parser, run_search_command
+from ciess_core.cli_search import (
+    add_recipe_arguments,
+    add_search_parser,
+    recipe_spec,
+    run_search_command,
+)
 from ciess_core.errors import CiessError, ConfigError
 
 logger = logging.getLogger("ciess")
@@ -58,21 +63,13 @@ def _add_train_parser(subparsers: Any) -> None:
         "--sparsity", type=float, help="target sparsity for equal/random, e.g. 0.9 keeps 10%%"
     )
     parser.add_argument("--out", help="run directory to create (default runs/<name>-<time>)")
-    parser.add_argument(
-        "--config", help="recipe file (TOML or JSON) overriding the shipped recipe's settings"
-    )
-    parser.add_argument("--learning-rate", type=float, help="Adam's initial learning rate")
-    parser.add_argument("--weight-decay", type=float, help="L2 on the batch embeddings")
-    parser.add_argument("--max-batches", type=int, help="cap on the training's batches")
-    parser.add_argument("--seed", type=int, help="training seed")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    add_recipe_arguments(parser, batches="cap on the training's batches", seed="training seed")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _train(arguments: argparse.Namespace) -> int:
     # Imported here so that `ciess --help` stays fast and torch-free commands stay torch-free.
-    from ciess_core.data import open_dataset, split_per_user
-    from ciess_core.pipeline import SPLIT_SEED, pipeline_spec
+    from ciess_core.pipeline import SPLIT_SEED, load_split
     from ciess_core.run_folder import write_run
     from ciess_core.runs import RunSpec, execute_and_deploy, run_sizes
     from ciess_core.sizes import SizeScheme
@@ -80,18 +77,7 @@ def _train(arguments: argparse.Namespace) -> int:
     scheme = SizeScheme(arguments.sizes)
     if scheme is not SizeScheme.FULL and arguments.sparsity is None:
         raise ConfigError(f"--sizes {scheme.value} needs --sparsity (for example 0.9)")
-    recipe = pipeline_spec(
-        arguments.dataset,
-        arguments.backbone,
-        config_file=arguments.config,
-        overrides={
-            "learning_rate": arguments.learning_rate,
-            "weight_decay": arguments.weight_decay,
-            "max_batches": arguments.max_batches,
-            "seed": arguments.seed,
-        },
-        device=arguments.device,
-    )
+    recipe = recipe_spec(arguments)
     spec = RunSpec(
         dataset=arguments.dataset,
         backbone=recipe.backbone,
@@ -100,8 +86,7 @@ def _train(arguments: argparse.Namespace) -> int:
         target_sparsity=arguments.sparsity,
         split_seed=SPLIT_SEED,
     )
-    data = open_dataset(spec.dataset, arguments.data_dir)
-    split = split_per_user(data, seed=spec.split_seed)
+    split, fingerprint = load_split(spec.dataset, arguments.data_dir)
     sizes = run_sizes(spec, split.num_users, split.num_items)
     out = arguments.out
     if out is None:
@@ -115,7 +100,7 @@ def _train(arguments: argparse.Namespace) -> int:
     model, outcome, history = execute_and_deploy(
         spec, split, sizes, progress=not arguments.no_progress
     )
-    write_run(out, spec, data.fingerprint(), model, outcome, history)
+    write_run(out, spec, fingerprint, model, outcome, history)
     metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.test_metrics.items()))
     print(f"run: {out}")
     print(f"sparsity: {outcome.achieved_sparsity:.4f}  seconds: {outcome.seconds:.1f}")

@@ -33,14 +33,11 @@ def add_search_parser(subparsers: Any) -> None:
         help="target sparsities (shares of the parameters pruned), comma-separated",
     )
     parser.add_argument("--out", help="output folder (default runs/search-<dataset>-<backbone>)")
-    parser.add_argument(
-        "--config", help="recipe file (TOML or JSON) overriding the shipped recipe's settings"
+    add_recipe_arguments(
+        parser,
+        batches="cap on every training's batches",
+        seed="seed of the models, search and sampling",
     )
-    parser.add_argument("--learning-rate", type=float, help="Adam's initial learning rate")
-    parser.add_argument("--weight-decay", type=float, help="L2 on the batch embeddings")
-    parser.add_argument("--max-batches", type=int, help="cap on every training's batches")
-    parser.add_argument("--seed", type=int, help="seed of the models, search and sampling")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument(
         "--workers",
         type=int,
@@ -51,19 +48,28 @@ def add_search_parser(subparsers: Any) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def run_search_command(arguments: argparse.Namespace) -> int:
-    from ciess_core.pipeline import pipeline_spec, run_product_pipeline
+def add_recipe_arguments(parser: argparse.ArgumentParser, batches: str, seed: str) -> None:
+    """The flags that override a recipe (``--config`` and four keys) and ``--device``; what
+    :func:`recipe_spec` reads. ``batches`` and ``seed``: the help of those two flags."""
+    parser.add_argument(
+        "--config", help="recipe file (TOML or JSON) overriding the shipped recipe's settings"
+    )
+    parser.add_argument("--learning-rate", type=float, help="Adam's initial learning rate")
+    parser.add_argument("--weight-decay", type=float, help="L2 on the batch embeddings")
+    parser.add_argument("--max-batches", type=int, help=batches)
+    parser.add_argument("--seed", type=int, help=seed)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
 
-    try:
-        budgets = tuple(float(value) for value in arguments.budgets.split(","))
-    except ValueError:
-        raise ConfigError(
-            f"--budgets must be comma-separated numbers, got '{arguments.budgets}'"
-        ) from None
-    spec = pipeline_spec(
+
+def recipe_spec(arguments: argparse.Namespace, budgets: tuple[float, ...] | None = None) -> Any:
+    """The :class:`~ciess_core.pipeline.PipelineSpec` of the dataset, backbone and recipe flags
+    of ``arguments`` (:func:`add_recipe_arguments`), at ``budgets`` when given."""
+    from ciess_core.pipeline import pipeline_spec
+
+    given: dict[str, Any] = {} if budgets is None else {"budgets": budgets}
+    return pipeline_spec(
         arguments.dataset,
         arguments.backbone,
-        budgets,
         config_file=arguments.config,
         overrides={
             "learning_rate": arguments.learning_rate,
@@ -72,16 +78,31 @@ def run_search_command(arguments: argparse.Namespace) -> int:
             "seed": arguments.seed,
         },
         device=arguments.device,
+        **given,
     )
+
+
+def run_search_command(arguments: argparse.Namespace) -> int:
+    from ciess_core.pipeline import load_split, run_product_pipeline
+
+    try:
+        budgets = tuple(float(value) for value in arguments.budgets.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--budgets must be comma-separated numbers, got '{arguments.budgets}'"
+        ) from None
+    spec = recipe_spec(arguments, budgets)
     out = Path(arguments.out or f"runs/search-{Path(arguments.dataset).stem}-{arguments.backbone}")
+    split, fingerprint = load_split(spec.dataset, arguments.data_dir)
     summary = run_product_pipeline(
         spec,
         out,
-        data_dir=arguments.data_dir,
+        split,
+        fingerprint,
         workers=arguments.workers,
         progress=not arguments.no_progress,
     )
-    _plot(out, spec.dataset, arguments.data_dir, budgets)
+    _plot(out, split, budgets)
     print(f"search: {out}")
     for budget, result in summary["budgets"].items():
         test = result["test"]
@@ -94,13 +115,10 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _plot(out: Path, dataset: str, data_dir: str | None, budgets: tuple[float, ...]) -> None:
+def _plot(out: Path, split: Any, budgets: tuple[float, ...]) -> None:
     try:
-        from ciess_core.data import open_dataset, split_per_user
-        from ciess_core.pipeline import SPLIT_SEED
         from ciess_core.search.plots import plot_search_run
 
-        split = split_per_user(open_dataset(dataset, data_dir), seed=SPLIT_SEED)
         plot_search_run(out, split.train, budgets, out)
     except ImportError:
         logger.warning("matplotlib is not installed: no plots (pip install 'ciess[train]')")

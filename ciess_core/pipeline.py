@@ -1,7 +1,8 @@
 """The product pipeline's public API: what ``ciess search``, budget jobs and benchmarks call.
 
     spec = pipeline_spec("ml-1m", "lightgcn", budgets=(0.9,))   # the shipped recipe
-    summary = run_product_pipeline(spec, out=Path("runs/x"), data_dir=None)
+    split, fingerprint = load_split("ml-1m", data_dir=None)
+    summary = run_product_pipeline(spec, Path("runs/x"), split, fingerprint)
 
 Stages (all inside :func:`ciess_core.search.pipeline.run_pipeline`): the full model, the
 supernet and the CIESS search, the share and spread fits on held-out validation, the retraining of
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ciess_core.data import open_dataset, split_per_user
+from ciess_core.data import DatasetSplit, open_dataset, split_per_user
 from ciess_core.errors import ConfigError
 from ciess_core.json_form import jsonable
 from ciess_core.models import BackboneConfig, BackboneKind
@@ -28,7 +29,14 @@ from ciess_core.search.config import SearchConfig
 from ciess_core.search.pipeline import PipelineSpec, StageReport, run_pipeline
 from ciess_core.training import TrainConfig
 
-__all__ = ["PipelineSpec", "Protocol", "RunProtocol", "pipeline_spec", "run_product_pipeline"]
+__all__ = [
+    "PipelineSpec",
+    "Protocol",
+    "RunProtocol",
+    "load_split",
+    "pipeline_spec",
+    "run_product_pipeline",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +91,23 @@ def pipeline_spec(
     )
 
 
+def load_split(dataset: str, data_dir: Path | str | None = None) -> tuple[DatasetSplit, str]:
+    """``dataset`` (a registered name, file or folder) split 50/25/25 as every command splits it,
+    and the data's fingerprint."""
+    data = open_dataset(dataset, None if data_dir is None else str(data_dir))
+    return split_per_user(data, seed=SPLIT_SEED), data.fingerprint()
+
+
 def run_product_pipeline(
     spec: PipelineSpec,
     out: Path,
-    data_dir: Path | str | None = None,
+    split: DatasetSplit,
+    dataset_fingerprint: str,
     workers: int = 1,
     progress: bool = True,
     on_stage: StageReport | None = None,
 ) -> dict[str, Any]:
-    """Load ``spec.dataset``, split it 50/25/25 and run (or resume) the pipeline in ``out``.
+    """Run (or resume) the pipeline in ``out`` on ``split`` (:func:`load_split`).
 
     ``out/spec.json`` records the spec; a folder holding another spec is refused, so a rerun of
     the same command resumes and a changed one never mixes stages of two recipes.
@@ -108,14 +124,12 @@ def run_product_pipeline(
             )
     else:
         spec_path.write_text(json.dumps(described, indent=1) + "\n")
-    data = open_dataset(spec.dataset, None if data_dir is None else str(data_dir))
-    split = split_per_user(data, seed=SPLIT_SEED)
     return run_pipeline(
         spec,
         split,
         out,
         progress=progress,
-        dataset_fingerprint=data.fingerprint(),
+        dataset_fingerprint=dataset_fingerprint,
         workers=workers,
         on_stage=on_stage,
     )
