@@ -110,6 +110,11 @@ class SizeAssignment:
         return int(np.sum(self._sizes, dtype=np.int64))
 
     @property
+    def width(self) -> int:
+        """The largest size: the columns a model with these sizes computes."""
+        return int(self.sizes.max())
+
+    @property
     def sparsity(self) -> float:
         """Fraction of the dense ``(N, max_size)`` table pruned: 1 - Σ d / (N · max_size)."""
         return 1.0 - float(self.parameters) / (self.num_entities * self.max_size)

@@ -8,7 +8,8 @@
 #      the product pipeline ("search"), under a tiny recipe file (docker/compose.recipe.yml); wait
 #      for the job; check that the served model changed to the job's artifact at the new sparsity,
 #      while a client kept asking for top-k the whole time without one failure; then an equal-size
-#      job at another budget, promoted in turn;
+#      job at another budget, promoted in turn; then a rollback to the search job's model through
+#      the kept versions (GET /v1/admin/models, POST /v1/admin/models/{version}/promote);
 #   4. `down` and `up` again on the same volume: the job history and the current artifact are kept;
 #   5. tear everything down (containers, network, volume; the images stay, as build cache).
 #
@@ -334,6 +335,7 @@ run_job "$budget"
     || fail "the default budget job did not run the pipeline (method search): $reply"
 promoted=$(field "${reply#* }" "['artifact_version']")
 search_job=$job
+search_version=$promoted
 wait_served "$promoted" 0.95
 log "was $version_before (sparsity $sparsity_before)"
 sleep 3 # a few requests on the new model
@@ -354,9 +356,24 @@ log "every top-k request succeeded, on the old model and then on the new one"
 # Equal sizes at another budget, under the same recipe (one training and the deployment model).
 run_job '{"target_sparsity": 0.9, "method": "equal"}'
 promoted=$(field "${reply#* }" "['artifact_version']")
+equal_version=$promoted
 wait_served "$promoted" 0.9
 
-# --- the volume survives down and up -------------------------------------------------------------
+# --- rollback: the kept versions, and the search job's model served again -----------------------
+reply=$(SMOKE_AUTH=$TOKEN http GET /v1/admin/models)
+[ "${reply%% *}" = 200 ] || fail "GET /v1/admin/models: $reply"
+python3 - "${reply#* }" "$search_version" "$equal_version" <<'EOF' || fail "kept versions: $reply"
+import json, sys
+models = {model["version"]: model for model in json.loads(sys.argv[1])["models"]}
+assert sys.argv[2] in models and models[sys.argv[3]]["served"], sorted(models)
+EOF
+reply=$(SMOKE_AUTH=$TOKEN http POST "/v1/admin/models/$search_version/promote")
+[ "${reply%% *}" = 200 ] || fail "rollback to $search_version: $reply"
+wait_served "$search_version" 0.95
+promoted=$search_version
+log "rolled back from $equal_version to $search_version (the search job's model)"
+
+# --- the volume survives down and up (and keeps the rolled-back pointer) -----------------------
 log "compose down (the volume stays) and up again, the admin token now from a secret file"
 compose down >/dev/null 2>&1
 printf '%s\n' "$TOKEN" >"$WORK/admin-token"
@@ -385,4 +402,4 @@ log "after down/up: still serving $promoted, jobs $search_job and $job still lis
     "succeeded (token from the secret)"
 check_health
 log "summary: up->ready $first_ready s on an empty volume (init included), $second_ready s on a" \
-    "kept one; jobs $search_job (search) and $job (equal) promoted, $promoted last"
+    "kept one; jobs $search_job (search) and $job (equal) promoted, then rolled back to $promoted"

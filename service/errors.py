@@ -8,6 +8,7 @@
 | :class:`QueueFullError`                 | 429 (with ``Retry-After``) |
 | :class:`NotReadyError` (no model)       | 503    |
 | :class:`ArtifactError`                  | 503    |
+| ``sqlite3.OperationalError`` (job store) | 503 (with ``Retry-After``) |
 | :class:`AuthError` (missing / wrong)    | 401 / 403 |
 | any other :class:`CiessError`           | 500    |
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -174,6 +176,22 @@ async def _handle(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
+STORE_RETRY_SECONDS = 1
+
+
+async def _store_unavailable(request: Request, error: Exception) -> JSONResponse:
+    """The job store's SQLite file cannot be opened or stays locked (the process is out of
+    descriptors, the disk is gone): 503, the request may be retried."""
+    if not isinstance(error, sqlite3.OperationalError):  # registered for it only
+        raise error
+    logger.error("%s %s: job store unavailable: %s", request.method, request.url.path, error)
+    return JSONResponse(
+        {"detail": f"the job store is unavailable for now ({bounded(str(error), 200)})"},
+        status_code=503,
+        headers={"Retry-After": str(STORE_RETRY_SECONDS)},
+    )
+
+
 async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
     if not isinstance(error, RequestValidationError):  # registered for it only
         raise error
@@ -185,6 +203,7 @@ def install_error_handlers(app: FastAPI) -> None:
     that fail validation with a bounded 422."""
     app.add_exception_handler(CiessError, _handle)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(sqlite3.OperationalError, _store_unavailable)
 
 
 _STATUS_DOCS: dict[int, str] = {
@@ -199,7 +218,8 @@ _STATUS_DOCS: dict[int, str] = {
     "characters of the value) or a message (a limit exceeded, an impossible budget)",
     429: "too many jobs queued already (the max_queued_jobs setting); retry after the "
     "Retry-After header's seconds",
-    503: "no model loaded yet",
+    503: "no model loaded yet, or (admin routes) the job store cannot be reached for now; "
+    "retry after the Retry-After header's seconds when it is given",
 }
 
 

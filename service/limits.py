@@ -10,13 +10,17 @@
 - :func:`with_header_timeout`: uvicorn's HTTP protocol with a deadline for a request's headers
   (``header_timeout_seconds``). uvicorn closes idle keep-alive connections
   (``timeout_keep_alive``) but waits for ever for headers that never come, so slow or silent
-  clients could hold every file descriptor of the process.
+  clients could hold every file descriptor of the process. It also keeps spare descriptors:
+  near the process's limit, a new connection closes the one that has waited longest for its
+  headers (:func:`connection_budget`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import resource
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -131,28 +135,80 @@ def check_ids(
         )
 
 
+SPARE_DESCRIPTORS = 64
+"""At least this many file descriptors (and one in eight of the limit) are kept for what is not a
+client connection: the listening socket, the job store, the artifact's files, and the accept of
+one more client."""
+
+
+def connection_budget() -> int:
+    """How many client connections this process keeps open at most: its descriptor limit
+    (``ulimit -n``) less the spare (:data:`SPARE_DESCRIPTORS`, or an eighth of the limit)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return sys.maxsize
+    return max(1, soft - max(SPARE_DESCRIPTORS, soft // 8))
+
+
+class _Connections:
+    """This process's client connections: how many are open, and those waiting for a request's
+    headers, oldest first."""
+
+    open = 0
+    waiting: dict[_HeaderDeadline, None] = {}  # noqa: RUF012 (one book per process)
+
+
 class _HeaderDeadline:
     """A timer from a connection's start, or a request's first byte, to the request's headers;
-    when it fires, the connection is closed."""
+    when it fires, the connection is closed.
+
+    It also keeps the process under its descriptor limit: when a new connection would make more
+    than ``connection_budget`` open, the connection that has waited longest for its headers is
+    closed. Without this, slow clients hold every descriptor, ``accept()`` fails, and the event
+    loop (uvloop's) closes the connections it cannot accept, prompt clients' too.
+    """
 
     header_timeout: float = 10.0
+    connection_budget: int = sys.maxsize
     _header_timer: asyncio.TimerHandle | None = None
+    _counted = False
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
+
+    def _opened(self) -> None:
+        self._counted = True
+        _Connections.open += 1
+        waiting = _Connections.waiting
+        while _Connections.open > self.connection_budget and waiting:
+            oldest = next(iter(waiting))
+            oldest._close()
+
+    def _forget(self) -> None:
+        self._disarm_header_timer()
+        if self._counted:
+            self._counted = False
+            _Connections.open -= 1
+
+    def _close(self) -> None:
+        self._forget()
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def _arm_header_timer(self) -> None:
         if self._header_timer is None:
             self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+            _Connections.waiting[self] = None
 
     def _disarm_header_timer(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+            _Connections.waiting.pop(self, None)
 
     def _headers_late(self) -> None:
         self._header_timer = None
-        if not self.transport.is_closing():
-            self.transport.close()
+        _Connections.waiting.pop(self, None)
+        self._close()
 
 
 class _HttpToolsHeaderDeadline(_HeaderDeadline):
@@ -161,6 +217,7 @@ class _HttpToolsHeaderDeadline(_HeaderDeadline):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        self._opened()
         self._arm_header_timer()
 
     def on_message_begin(self) -> None:
@@ -172,7 +229,7 @@ class _HttpToolsHeaderDeadline(_HeaderDeadline):
         super().on_headers_complete()  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
+        self._forget()
         super().connection_lost(exc)  # type: ignore[misc]
 
 
@@ -183,6 +240,7 @@ class _H11HeaderDeadline(_HeaderDeadline):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        self._opened()
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -195,7 +253,7 @@ class _H11HeaderDeadline(_HeaderDeadline):
             self._disarm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
+        self._forget()
         super().connection_lost(exc)  # type: ignore[misc]
 
 
@@ -227,23 +285,30 @@ def _with_deadline(http: str | type) -> type:
     return type(f"HeaderDeadline{base.__name__}", (deadline, base), {})
 
 
-def _protocol_with_deadline(http: str | type, seconds: float, **arguments: Any) -> Any:
+def _protocol_with_deadline(
+    http: str | type, seconds: float, budget: int | None, **arguments: Any
+) -> Any:
     protocol = _with_deadline(http)(**arguments)
     protocol.header_timeout = seconds
+    protocol.connection_budget = connection_budget() if budget is None else budget
     return protocol
 
 
-def with_header_timeout(http: str | type, seconds: float) -> Any:
+def with_header_timeout(http: str | type, seconds: float, budget: int | None = None) -> Any:
     """uvicorn's protocol ``http`` (a class, or a name uvicorn knows) with a header deadline of
     ``seconds``: pass the result as uvicorn's ``http``.
 
     A connection that has not delivered a request's headers ``seconds`` after it opened, or
     after the request's first byte, is closed; idle keep-alive connections stay uvicorn's
-    (``timeout_keep_alive``). The result is a protocol factory, not a class, so that it pickles
+    (``timeout_keep_alive``). With more than ``budget`` connections open (default: each
+    process's :func:`connection_budget`), the one that has waited longest for its headers is
+    closed. The result is a protocol factory, not a class, so that it pickles
     (``uvicorn --workers N`` sends its config to each worker process): the class is made in
     each process on first use.
     """
     if seconds <= 0:
         raise ConfigError(f"a header timeout must be > 0 seconds, got {seconds}")
+    if budget is not None and budget < 1:
+        raise ConfigError(f"a connection budget must be at least 1, got {budget}")
     _with_deadline(http)  # refuse a name or class that cannot take the deadline now
-    return functools.partial(_protocol_with_deadline, http, float(seconds))
+    return functools.partial(_protocol_with_deadline, http, float(seconds), budget)

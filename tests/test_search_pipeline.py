@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from ciess_core import runs
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError, DataError
 from ciess_core.models import BackboneConfig
@@ -424,6 +425,43 @@ def test_the_default_pipeline_deploys_the_chosen_candidate_trained_on_every_inte
     teachers, _ = prepare_teachers(spec, clustered_split, tmp_path)
     assert set(teachers) == {Phase.SEARCH, Phase.TEST, Phase.DEPLOY}
     assert teachers[Phase.DEPLOY].num_users == clustered_split.num_users
+
+
+def test_only_the_pick_is_tested_and_a_resumed_budget_keeps_its_selections(
+    clustered_split: DatasetSplit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clean protocol: every candidate is selected on validation, only the pick is trained on
+    train ∪ validation and tested. A pipeline stopped after the selections trains only what is
+    left: the pick's test and its deployment model."""
+    spec = dataclasses.replace(tiny_spec(), equal_candidate=True, share_grid=(0.5,), retrain_top=1)
+    summary = run_pipeline(spec, clustered_split, tmp_path, progress=False, dataset_fingerprint="f")
+    for budget in ("0.5", "0.8"):
+        result = summary["budgets"][budget]
+        assert len(result["candidates"]) == 2
+        for record in result["candidates"]:
+            picked = record["candidate"] == result["chosen"]
+            assert ("test" in record) == picked and ("final" in record["stages"]) == picked
+            assert record["stages"]["select"]["best_batch"] >= 1
+    folder = BudgetFolder.of(tmp_path, 0.8)
+    chosen = summary["budgets"]["0.8"]["chosen"]
+    (folder.path / "result.json").unlink()
+    shutil.rmtree(folder.run)
+    trained: list[int] = []
+    original = runs.train_bpr
+
+    def counting(model, train, *arguments, **keywords):  # type: ignore[no-untyped-def]
+        trained.append(train.nnz)
+        return original(model, train, *arguments, **keywords)
+
+    monkeypatch.setattr(runs, "train_bpr", counting)
+    again = run_pipeline(spec, clustered_split, tmp_path, progress=False, dataset_fingerprint="f")
+    test_train, _ = clustered_split.phase(Phase.TEST)
+    everything, _ = clustered_split.phase(Phase.DEPLOY)
+    assert sorted(trained) == sorted([test_train.nnz, everything.nnz])
+    assert again["budgets"]["0.8"]["chosen"] == chosen
+    assert again["budgets"]["0.8"]["test"] == summary["budgets"]["0.8"]["test"]
+    assert read_run(folder.run).sizes == folder.candidate(chosen)
+    assert not (folder.path / "deploy").exists()
 
 
 def test_a_budget_folder_of_bare_size_vectors_is_refused(tmp_path: Path) -> None:

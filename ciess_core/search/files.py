@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ciess_core.errors import DataError
 from ciess_core.sizes import SizeAssignment
 
@@ -34,8 +36,10 @@ class BudgetFolder:
     fit.json, equal-fit.json      the fits' scored variants, best first
     candidate_<i>.npz             each retrained candidate's sizes (SizeAssignment files)
     candidate_<i>.history.jsonl   its evaluations
-    result.json                   every candidate's metrics, the pick and its test numbers
+    candidate_<i>.json            its record: validation metrics, selected batches, seconds
+    result.json                   every candidate's record, the pick and its test numbers
     sizes.npz                     the chosen candidate's sizes
+    deploy/                       the deployment model's weights, until run/ is written
     run/                          the chosen candidate's deployment run folder
     """
 
@@ -78,12 +82,49 @@ class BudgetFolder:
         write_json(self.path / f"{name}.json", records)
 
     def write_candidate(
-        self, index: int, sizes: SizeAssignment, history: list[dict[str, Any]]
+        self,
+        index: int,
+        sizes: SizeAssignment,
+        history: list[dict[str, Any]],
+        record: dict[str, Any],
     ) -> None:
+        """A retrained candidate: its sizes, its evaluations, then its record (last: it marks
+        the candidate's selection finished)."""
         self.path.mkdir(parents=True, exist_ok=True)
         sizes.save(self.path / f"candidate_{index}.npz")
         with (self.path / f"candidate_{index}.history.jsonl").open("w") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in history)
+        write_json(self.path / f"candidate_{index}.json", record)
+
+    def candidate_record(self, index: int) -> dict[str, Any] | None:
+        """A candidate's record once its selection has finished (None before)."""
+        return read_cached(self.path / f"candidate_{index}.json")
+
+    @property
+    def _deployment(self) -> Path:
+        return self.path / "deploy"
+
+    def write_deployment(self, state: dict[str, Any], summary: dict[str, Any]) -> None:
+        """The deployment model's weights and stage summary, kept until the run folder is
+        written (the summary last: it marks the training finished)."""
+        self._deployment.mkdir(parents=True, exist_ok=True)
+        staging = self._deployment / "model.pt.tmp"
+        torch.save(state, staging)
+        staging.replace(self.deployment_weights())
+        write_json(self._deployment / "summary.json", summary)
+
+    def deployment_summary(self) -> dict[str, Any] | None:
+        """The deployment training's summary once it has finished (None before)."""
+        return read_cached(self._deployment / "summary.json")
+
+    def deployment_weights(self) -> Path:
+        return self._deployment / "model.pt"
+
+    def drop_deployment(self) -> None:
+        """Remove the kept weights once the run folder holds them."""
+        for name in ("summary.json", "model.pt"):
+            (self._deployment / name).unlink(missing_ok=True)
+        self._deployment.rmdir()
 
     def candidate(self, index: int) -> SizeAssignment:
         return self._sizes(f"candidate_{index}")

@@ -27,22 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from ciess_core.data import DatasetSplit, Phase, hold_out_per_user
 from ciess_core.errors import ConfigError
-from ciess_core.models import Backbone, BackboneConfig, build_backbone
-from ciess_core.run_folder import write_run
-from ciess_core.runs import (
-    Protocol,
-    RunOutcome,
-    RunProtocol,
-    RunSpec,
-    Teachers,
-    execute_run,
-    train_deployment,
-)
+from ciess_core.models import BackboneConfig
+from ciess_core.runs import Protocol, RunProtocol
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.evaluators import QualityEvaluator, SupernetEvaluator, quality_signal
 from ciess_core.search.files import BudgetFolder, read_cached, write_json
@@ -55,9 +45,30 @@ from ciess_core.search.fit import (
 from ciess_core.search.loop import SearchHooks, SearchInputs, run_search
 from ciess_core.search.parallel import StageRunner
 from ciess_core.search.pool import AssignmentPool
-from ciess_core.sizes import SizeAssignment, SizeScheme
+from ciess_core.search.retraining import deploy_budget, retrain_budget, retrain_budgets
+from ciess_core.search.teachers import (
+    TEACHER_DIRECTORIES,
+    full_size_model,
+    load_full_model,
+    prepare_teachers,
+    train_phase_teacher,
+)
+from ciess_core.sizes import SizeAssignment
 from ciess_core.training import TrainConfig, train_bpr
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
+
+__all__ = [
+    "EvaluatorFactory",
+    "PipelineSpec",
+    "StageReport",
+    "build_evaluator",
+    "deploy_budget",
+    "load_full_model",
+    "prepare_teachers",
+    "retrain_budget",
+    "run_pipeline",
+    "selection_views",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +159,6 @@ class PipelineSpec:
             )
 
 
-def _full_size_model(spec: PipelineSpec, train: sp.csr_matrix) -> Backbone:
-    """A fresh full-size model on ``train``, seeded as every full model of the pipeline."""
-    generator = torch.Generator(device=spec.training.device).manual_seed(spec.training.seed)
-    return build_backbone(spec.backbone, train, generator)
-
-
 def _full_model_quality(
     spec: PipelineSpec, split: DatasetSplit, directory: Path, progress: bool
 ) -> dict[str, Any]:
@@ -164,7 +169,7 @@ def _full_model_quality(
     directory.mkdir(parents=True, exist_ok=True)
     train, valid = split.phase(Phase.SEARCH)
     started = time.perf_counter()
-    model = _full_size_model(spec, train)
+    model = full_size_model(spec, train)
     result = train_bpr(model, train, spec.training, held_out=valid, progress=progress)
     signal = quality_signal(model, train, valid, started, spec.search.item_quality)
     np.save(directory / "user_quality.npy", signal.user_eval)
@@ -178,89 +183,6 @@ def _full_model_quality(
     }
     write_json(summary_path, summary)
     return summary
-
-
-def load_full_model(
-    spec: PipelineSpec, split: DatasetSplit, directory: Path, phase: Phase = Phase.SEARCH
-) -> Backbone:
-    """The full model kept in ``directory/model.pt``, trained on ``phase``'s training matrix:
-    stage 1's (``full/``, the search phase) or the test phase's teacher (``teacher/``)."""
-    weights = directory / "model.pt"
-    if not weights.exists():
-        raise ConfigError(
-            f"{weights} is missing: this run's full model was trained before its weights were "
-            f"kept; remove {directory} to train it again"
-        )
-    train, _ = split.phase(phase)
-    model = _full_size_model(spec, train)
-    model.load_state_dict(torch.load(weights, map_location=spec.training.device))
-    return model
-
-
-_TEACHER_DIRECTORIES = {Phase.TEST: "teacher", Phase.DEPLOY: "teacher-deploy"}
-
-
-def _train_phase_teacher(
-    spec: PipelineSpec, split: DatasetSplit, out: Path, progress: bool, phase: Phase
-) -> float:
-    """Train the full model on ``phase``'s training matrix (train ∪ validation for the test
-    phase, every interaction for deployment), without distillation, as the protocol trains a
-    final model: the test phase's is ``spec.protocol``'s tested model at full size, with stage
-    1's model as its selection on validation; the deployment teacher trains for stage 1's batch
-    count. Kept in ``out/teacher`` or ``out/teacher-deploy`` (the test phase's summary also
-    holds the full model's test metrics under the protocol); an earlier call's is left as it is.
-    Returns the seconds its training took."""
-    directory = out / _TEACHER_DIRECTORIES[phase]
-    summary_path = directory / "summary.json"
-    if (cached := read_cached(summary_path)) is not None:
-        return float(cached["seconds"])
-    directory.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    full = json.loads((out / "full" / "summary.json").read_text())
-    batches = max(int(full["best_batch"]), 1)
-    run_spec = RunSpec(
-        dataset=spec.dataset, backbone=spec.backbone, training=spec.training, protocol=spec.protocol
-    )
-    sizes = SizeAssignment.full(split.num_users, split.num_items, spec.backbone.max_size)
-    summary: dict[str, Any] = {}
-    if phase is Phase.TEST:
-        model, outcome, _ = execute_run(run_spec, split, sizes, progress, selected_batches=batches)
-        summary["test"] = outcome.test_metrics
-    else:
-        model, _ = train_deployment(run_spec, split, sizes, batches, progress)
-    staging = directory / "model.pt.tmp"
-    torch.save(model.state_dict(), staging)
-    staging.replace(directory / "model.pt")
-    seconds = round(time.perf_counter() - started, 2)
-    write_json(summary_path, {"seconds": seconds, **summary})
-    return seconds
-
-
-def prepare_teachers(
-    spec: PipelineSpec,
-    split: DatasetSplit,
-    out: Path,
-    progress: bool = True,
-    phases: tuple[Phase, ...] = (Phase.SEARCH, Phase.TEST, Phase.DEPLOY),
-) -> tuple[dict[Phase, Backbone], float]:
-    """The teacher of each of ``phases`` for distilled retraining, and the seconds spent
-    training any.
-
-    Stage 1's full model teaches every phase, or with ``TeacherSource.PHASE`` the test phase
-    and the deployment model have their own (trained here once, kept in ``out``).
-    """
-    if spec.distillation is None:
-        return {}, 0.0
-    search_teacher = load_full_model(spec, split, out / "full")
-    teachers: dict[Phase, Backbone] = {}
-    seconds = 0.0
-    for phase in phases:
-        if phase is Phase.SEARCH or spec.distillation.teacher is TeacherSource.SEARCH:
-            teachers[phase] = search_teacher
-            continue
-        seconds += _train_phase_teacher(spec, split, out, progress, phase)
-        teachers[phase] = load_full_model(spec, split, out / _TEACHER_DIRECTORIES[phase], phase)
-    return teachers, seconds
 
 
 def selection_views(spec: PipelineSpec, split: DatasetSplit) -> tuple[DatasetSplit, DatasetSplit]:
@@ -320,151 +242,6 @@ EvaluatorFactory = Callable[[PipelineSpec, DatasetSplit, Path | None], QualityEv
 :func:`build_evaluator` by default, another one for an experiment (``bench/experiments``)."""
 
 
-def _run_spec(spec: PipelineSpec, budget: float, kind: str = "search") -> RunSpec:
-    """A budget's retraining as a run; ``kind`` "equal" labels per-side equal sizes."""
-    return RunSpec(
-        dataset=spec.dataset,
-        backbone=spec.backbone,
-        training=spec.training,
-        target_sparsity=budget,
-        protocol=spec.protocol,
-        size_scheme=SizeScheme.EQUAL if kind == "equal" else SizeScheme.CIESS,
-        distillation=spec.distillation,
-    )
-
-
-def retrain_budget(
-    spec: PipelineSpec,
-    split: DatasetSplit,
-    budget: float,
-    candidates: list[SizeAssignment],
-    directory: Path,
-    progress: bool,
-    teachers: Teachers | None = None,
-    kinds: list[str] | None = None,
-) -> dict[str, Any]:
-    """Stage 4 for one budget: retrain each candidate under the protocol, pick one, test it.
-
-    Writes, through :class:`BudgetFolder` in ``directory``, every candidate's sizes and
-    evaluation history, then the pick: ``result.json`` (every candidate's metrics, the chosen
-    one's) and the chosen sizes. ``teachers``: see :func:`prepare_teachers`, needed when
-    ``spec.distillation`` is set. ``kinds``: one label per candidate ("search", "equal"; default
-    all "search"), recorded per candidate and for the chosen one.
-    """
-    kinds = kinds if kinds is not None else ["search"] * len(candidates)
-    if len(kinds) != len(candidates):
-        raise ConfigError(f"{len(kinds)} kinds for {len(candidates)} candidates")
-    folder = BudgetFolder(directory)
-    if (cached := folder.result()) is not None:
-        return cached
-    started = time.perf_counter()
-    runs: list[dict[str, Any]] = []
-    key = spec.protocol.selects_on  # the clean protocol's: validation
-    run_spec = _run_spec(spec, budget)
-    for index, sizes in enumerate(candidates):
-        _, outcome, history = execute_run(
-            run_spec, split, sizes, progress=progress, teachers=teachers
-        )
-        folder.write_candidate(index, sizes, history)
-        runs.append(
-            {
-                "candidate": index,
-                "kind": kinds[index],
-                "achieved_sparsity": outcome.achieved_sparsity,
-                "valid": outcome.valid_metrics,
-                "test": outcome.test_metrics,
-                "selected_batches": outcome.selected_batches,
-                "stages": outcome.stages,
-                "seconds": round(outcome.seconds, 2),
-            }
-        )
-    best = max(runs, key=lambda run: run[key][spec.training.selection_metric])
-    result = {
-        "budget": budget,
-        "protocol": spec.protocol.value,
-        "chosen": best["candidate"],
-        "chosen_kind": best["kind"],
-        "achieved_sparsity": best["achieved_sparsity"],
-        "test": best["test"],
-        "valid": best["valid"],
-        "candidates": runs,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    folder.write_result(result, candidates[best["candidate"]])
-    return result
-
-
-def deploy_budget(
-    spec: PipelineSpec,
-    split: DatasetSplit,
-    budget: float,
-    directory: Path,
-    dataset_fingerprint: str,
-    progress: bool,
-    teachers: Teachers | None = None,
-) -> float:
-    """Stage 5 for one budget: train the chosen candidate on every interaction, for the batches
-    its protocol selected, and write it as the run directory ``directory/run`` (what
-    ``ciess export`` takes; its metrics are the protocol's). Returns the seconds it took; an
-    earlier call's run directory is left as it is."""
-    folder = BudgetFolder(directory)
-    if folder.deployed():
-        return 0.0
-    started = time.perf_counter()
-    result = folder.result()
-    if result is None:
-        raise ConfigError(f"{directory} has no retraining result to deploy")
-    chosen = next(run for run in result["candidates"] if run["candidate"] == result["chosen"])
-    run_spec = _run_spec(spec, budget, result["chosen_kind"])
-    model, deploy = train_deployment(
-        run_spec, split, folder.chosen(), int(chosen["selected_batches"]), progress, teachers
-    )
-    outcome = RunOutcome(
-        test_metrics=chosen["test"],
-        valid_metrics=chosen["valid"],
-        achieved_sparsity=chosen["achieved_sparsity"],
-        seconds=float(chosen["seconds"]) + deploy["seconds"],
-        stages={**chosen["stages"], "deploy": deploy},
-        selected_batches=int(chosen["selected_batches"]),
-    )
-    history = folder.candidate_history(result["chosen"])
-    write_run(folder.run, run_spec, dataset_fingerprint, model, outcome, history)
-    return round(time.perf_counter() - started, 2)
-
-
-def _retrain_stage(
-    spec: PipelineSpec,
-    split: DatasetSplit,
-    out: Path,
-    budget: float,
-    candidates: list[SizeAssignment],
-    kinds: list[str],
-    pending: bool,
-    progress: bool,
-    dataset_fingerprint: str | None,
-) -> dict[str, Any]:
-    """One budget's retraining (:func:`retrain_budget`, when it is ``pending``: not finished by
-    an earlier call) and, with ``dataset_fingerprint``, its deployment model
-    (:func:`deploy_budget`). Returns the result with ``deploy_seconds``."""
-    folder = BudgetFolder.of(out, budget)
-    deploying = dataset_fingerprint is not None and not folder.deployed()
-    phases = (Phase.SEARCH, Phase.TEST) if pending else ()
-    teachers = (
-        prepare_teachers(
-            spec, split, out, progress, phases + ((Phase.DEPLOY,) if deploying else ())
-        )[0]
-        if pending or deploying
-        else {}
-    )
-    result = retrain_budget(spec, split, budget, candidates, folder.path, progress, teachers, kinds)
-    deploy_seconds = 0.0
-    if dataset_fingerprint is not None:
-        deploy_seconds = deploy_budget(
-            spec, split, budget, folder.path, dataset_fingerprint, progress, teachers
-        )
-    return {**result, "deploy_seconds": deploy_seconds}
-
-
 StageReport = Callable[[str, float], None]
 """Called with a stage's name and the pipeline's progress in [0, 1] when a stage starts."""
 
@@ -484,11 +261,12 @@ def run_pipeline(
 
     With ``dataset_fingerprint`` (the data's :meth:`InteractionData.fingerprint`), each budget's
     chosen candidate is trained once more on every interaction and kept as a run directory
-    ``out/budget-<c>/run`` for ``ciess export`` (:func:`deploy_budget`).
+    ``out/budget-<c>/run`` for ``ciess export``.
 
     ``workers`` > 1 runs independent stages side by side in that many processes
     (:class:`~ciess_core.search.parallel.StageRunner`): the phases' teachers beside the search,
-    and the budgets' retrainings beside each other. Results are the same as with one worker;
+    and the retraining's units (:func:`~ciess_core.search.retraining.retrain_budgets`) beside
+    each other. Results are the same as with one worker;
     ``summary["timings"]`` still holds each stage's own seconds, so with workers their sum
     exceeds the wall time (``summary["seconds_this_call"]``).
     ``on_stage`` hears of every stage as it starts (a budget job's progress).
@@ -509,65 +287,61 @@ def run_pipeline(
     if spec.distillation is not None and spec.distillation.teacher is TeacherSource.PHASE:
         teacher_phases += [Phase.TEST] if any(pending.values()) else []
         teacher_phases += [Phase.DEPLOY] if deploying else []
-    with StageRunner(workers) as runner, runner.sharing_cores():
-        stage_progress = progress and not runner.parallel  # no bars from worker processes
-        report("full model", 0.0)
+    with StageRunner(workers) as runner:
+        report("full model", 0.0)  # alone, so with every thread whatever the workers
         full = _full_model_quality(spec, split, out / "full", progress)
-        teachers = {  # they need the full model's batch count
-            phase: runner.submit(_train_phase_teacher, spec, split, out, stage_progress, phase)
-            for phase in teacher_phases
-        }
-        search_split, fit_split = selection_views(spec, split)
-        report("search", 0.15)
-        pool, evaluator = _search_stage(
-            spec, search_split, out, progress, timings, evaluator_factory, hooks, report
-        )
-        timings = {"full_model": full["seconds"], **timings}
-        if spec.selection_share:  # the fits score on the held-out part: an evaluator of its own
-            evaluator = None
-        report("fits", 0.4)
-        candidates, kinds = {}, {}
-        for budget in spec.search.budgets:
-            candidates[budget], kinds[budget], evaluator = _budget_candidates(
-                spec,
-                fit_split,
-                out,
-                pool,
-                evaluator,
-                budget,
-                pending[budget],
-                timings,
-                evaluator_factory,
+        with runner.sharing_cores():
+            stage_progress = progress and not runner.parallel  # no bars from worker processes
+            teachers = {  # they need the full model's batch count
+                phase: runner.submit(train_phase_teacher, spec, split, out, stage_progress, phase)
+                for phase in teacher_phases
+            }
+            search_split, fit_split = selection_views(spec, split)
+            report("search", 0.15)
+            pool, evaluator = _search_stage(
+                spec, search_split, out, progress, timings, evaluator_factory, hooks, report
             )
-        for phase, teacher in teachers.items():
-            timings[_TEACHER_DIRECTORIES[phase]] = teacher.result()
-        report("retraining", 0.5)
-        retrained = {
-            budget: runner.submit(
-                _retrain_stage,
+            timings = {"full_model": full["seconds"], **timings}
+            if spec.selection_share:  # the fits score on the held-out part: their own evaluator
+                evaluator = None
+            report("fits", 0.4)
+            candidates = {}
+            for budget in spec.search.budgets:
+                sizes, kinds, evaluator = _budget_candidates(
+                    spec,
+                    fit_split,
+                    out,
+                    pool,
+                    evaluator,
+                    budget,
+                    pending[budget],
+                    timings,
+                    evaluator_factory,
+                )
+                candidates[budget] = (sizes, kinds)
+            report("retraining", 0.5)
+            retrained = retrain_budgets(
+                runner,
                 spec,
                 split,
                 out,
-                budget,
-                candidates[budget],
-                kinds[budget],
-                pending[budget],
+                candidates,
+                teachers,
                 stage_progress,
                 dataset_fingerprint,
+                report,
             )
-            for budget in spec.search.budgets
-        }
-        budgets = {}
-        for done, (budget, future) in enumerate(retrained.items(), start=1):
-            result = future.result()
-            deploy_seconds = result.pop("deploy_seconds")
-            budgets[f"{budget:g}"] = result
-            report(f"retrained budget {budget:g}", 0.5 + 0.5 * done / len(retrained))
-            timings[f"retrain_{budget:g}"] = result["seconds"]
-            if deploy_seconds:
-                timings[f"deploy_{budget:g}"] = deploy_seconds
-            if folders[budget].chosen().sparsity < budget - 1e-12:
-                raise ConfigError(f"budget {budget} exceeded by the chosen assignment")
+            for phase, teacher in teachers.items():
+                timings[TEACHER_DIRECTORIES[phase]] = teacher.result()
+    budgets = {}
+    for budget, result in retrained.items():
+        deploy_seconds = result.pop("deploy_seconds")
+        budgets[f"{budget:g}"] = result
+        timings[f"retrain_{budget:g}"] = result["seconds"]
+        if deploy_seconds:
+            timings[f"deploy_{budget:g}"] = deploy_seconds
+        if folders[budget].chosen().sparsity < budget - 1e-12:
+            raise ConfigError(f"budget {budget} exceeded by the chosen assignment")
     summary = {
         "dataset": spec.dataset,
         "backbone": spec.backbone.kind.value,

@@ -37,7 +37,7 @@ router = APIRouter(
     prefix="/v1/admin",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses=error_responses((401, 403)),
+    responses=error_responses((401, 403, 503)),
 )
 
 BUDGET_JOB = "budget"

@@ -38,7 +38,7 @@ router = APIRouter(
     prefix="/v1/admin",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses=error_responses((401, 403)),
+    responses=error_responses((401, 403, 503)),
 )
 
 # Versions are folder names: a version that is not one is a 422, never a path to look up.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -147,6 +148,21 @@ def test_metrics_report_latency_status_version_and_jobs(client: TestClient) -> N
     assert f'ciess_requests_total{{method="GET",{route},status="404"}} 1.0' in text
     assert 'ciess_model_info{version="v1-base"} 1.0' in text
     assert 'ciess_jobs{state="queued"} 0.0' in text
+
+
+def test_a_job_store_that_cannot_be_opened_is_a_503_to_retry(
+    client: TestClient, settings: Settings
+) -> None:
+    """As when the process is out of descriptors: SQLite cannot open the file."""
+    path = settings.job_db_path
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.mkdir()  # a folder where the database file was: "unable to open database file"
+    answer = client.get("/v1/admin/jobs", headers=admin_headers())
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "1"
+    assert "job store is unavailable" in answer.json()["detail"]
+    assert client.get("/v1/users/u1/recommendations").status_code == 200  # serving goes on
 
 
 def test_admin_needs_the_right_token(client: TestClient) -> None:

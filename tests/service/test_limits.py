@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import resource
 import socket
 import threading
 import time
@@ -17,7 +18,13 @@ from starlette.types import Receive, Scope, Send
 from ciess_core.errors import ConfigError
 from service.errors import bounded, echo, validation_errors
 from service.fast_path import TopKFastPath
-from service.limits import BodySizeLimit, check_ids, with_header_timeout
+from service.limits import (
+    SPARE_DESCRIPTORS,
+    BodySizeLimit,
+    check_ids,
+    connection_budget,
+    with_header_timeout,
+)
 from service.main import create_app
 from service.metrics import MetricsMiddleware
 from service.schemas import MAX_BATCH_USERS, MAX_ID_LENGTH
@@ -298,6 +305,41 @@ def test_slow_headers_are_cut_off(http: str) -> None:
                 connection.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert connection.recv(65536).startswith(b"HTTP/1.1 200")
                 time.sleep(0.5)  # idle between requests: uvicorn's keep-alive timeout, not ours
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_near_the_connection_budget_the_longest_waiting_slow_client_makes_room(http: str) -> None:
+    """With the budget full of clients that never end their headers, a prompt client still gets
+    its answer: the connection that has waited longest is closed, the others stay open."""
+    with _server(with_header_timeout(http, 30.0, budget=3)) as port:
+        slow = []
+        for _ in range(3):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+            connection.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            slow.append(connection)
+            time.sleep(0.05)  # arrival order: the first is the oldest
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as prompt:
+                prompt.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert prompt.recv(65536).startswith(b"HTTP/1.1 200")
+            assert slow[0].recv(65536) == b""  # closed by the server
+            for connection in slow[1:]:
+                connection.settimeout(0.3)
+                with pytest.raises(TimeoutError):  # still open, still waiting
+                    connection.recv(65536)
+        finally:
+            for connection in slow:
+                connection.close()
+
+
+def test_the_default_connection_budget_keeps_spare_descriptors() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        pytest.skip("no descriptor limit in this process")
+    assert connection_budget() == max(1, soft - max(SPARE_DESCRIPTORS, soft // 8))
+    assert connection_budget() < soft
+    with pytest.raises(ConfigError, match="at least 1"):
+        with_header_timeout("h11", 1.0, budget=0)
 
 
 def test_with_header_timeout_refuses_what_it_cannot_wrap() -> None:

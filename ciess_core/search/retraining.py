@@ -1,0 +1,470 @@
+"""Stages 4 and 5 for every budget: retrain each candidate and select it on validation, pick one,
+test only the pick, and train the pick once more on every interaction for deployment.
+
+Each of these is a unit of work of its own (one candidate's selection, one budget's test, one
+budget's deployment model), so that :func:`retrain_budgets` can run them side by side in a
+:class:`~ciess_core.search.parallel.StageRunner`, longest first, each as soon as what it needs is
+there. :func:`retrain_budget` and :func:`deploy_budget` run the same units one after another.
+
+Under the clean protocol only the chosen candidate is tested: the pick is made on validation, and
+a candidate that is not served needs no test number (a benchmark that reports one calls
+:func:`test_candidate` itself). A protocol that selects on the test set (the reference protocol
+of ``bench/experiments``) tests every candidate while it selects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ciess_core.data import DatasetSplit, Phase
+from ciess_core.errors import ConfigError
+from ciess_core.run_folder import write_run
+from ciess_core.runs import (
+    RunOutcome,
+    RunSpec,
+    Teachers,
+    execute_run,
+    fresh_model,
+    select_on_validation,
+    stage_summary,
+    train_deployment,
+)
+from ciess_core.search.files import BudgetFolder
+from ciess_core.search.parallel import StageRunner
+from ciess_core.search.teachers import prepare_teachers
+from ciess_core.sizes import SizeAssignment, SizeScheme
+
+if TYPE_CHECKING:
+    from ciess_core.search.pipeline import PipelineSpec, StageReport
+
+logger = logging.getLogger(__name__)
+
+
+def run_spec_of(spec: PipelineSpec, budget: float, kind: str = "search") -> RunSpec:
+    """A budget's retraining as a run; ``kind`` "equal" labels per-side equal sizes."""
+    return RunSpec(
+        dataset=spec.dataset,
+        backbone=spec.backbone,
+        training=spec.training,
+        target_sparsity=budget,
+        protocol=spec.protocol,
+        size_scheme=SizeScheme.EQUAL if kind == "equal" else SizeScheme.CIESS,
+        distillation=spec.distillation,
+    )
+
+
+def selects_on_validation(spec: PipelineSpec) -> bool:
+    """Whether the protocol picks on validation, so that selecting trains on train only."""
+    return spec.protocol.selects_on == "valid"
+
+
+def selection_phases(spec: PipelineSpec) -> tuple[Phase, ...]:
+    """The phases whose teachers a candidate's selection distils from."""
+    return (Phase.SEARCH,) if selects_on_validation(spec) else (Phase.SEARCH, Phase.TEST)
+
+
+def select_candidate(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    folder: BudgetFolder,
+    budget: float,
+    index: int,
+    sizes: SizeAssignment,
+    kind: str,
+    progress: bool,
+    teachers: Teachers | None,
+) -> dict[str, Any]:
+    """Retrain candidate ``index`` and select its batch count: on validation (trained on
+    train), or with a protocol that selects on test, its whole run. Writes its sizes, history
+    and record in ``folder``; returns the record (an earlier call's when there is one)."""
+    if (cached := folder.candidate_record(index)) is not None:
+        return cached
+    run_spec = run_spec_of(spec, budget, kind)
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "candidate": index,
+        "kind": kind,
+        "achieved_sparsity": sizes.sparsity,
+    }
+    if selects_on_validation(spec):
+        selection = select_on_validation(run_spec, split, sizes, progress, teachers)
+        history = [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
+        record.update(
+            valid=selection.best_metrics,
+            selected_batches=max(selection.best_batch, 1),
+            stages={"select": stage_summary(selection)},
+        )
+    else:
+        _, outcome, history = execute_run(run_spec, split, sizes, progress, teachers)
+        record.update(
+            valid=outcome.valid_metrics,
+            test=outcome.test_metrics,
+            selected_batches=outcome.selected_batches,
+            stages=outcome.stages,
+        )
+    record["seconds"] = round(time.perf_counter() - started, 2)
+    folder.write_candidate(index, sizes, history, record)
+    return record
+
+
+def pick(spec: PipelineSpec, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record that scores best on the protocol's selection metrics (the first of ties)."""
+    metric = spec.training.selection_metric
+    return max(records, key=lambda record: record[spec.protocol.selects_on][metric])
+
+
+def test_candidate(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    folder: BudgetFolder,
+    budget: float,
+    record: dict[str, Any],
+    progress: bool,
+    teachers: Teachers | None,
+) -> dict[str, Any]:
+    """The test phase of a candidate selected on validation: a fresh model trained on train ∪
+    validation for its selected batches, tested once. Returns its record with ``test``."""
+    if "test" in record:
+        return record
+    run_spec = run_spec_of(spec, budget, record["kind"])
+    sizes = folder.candidate(record["candidate"])
+    _, outcome, _ = execute_run(
+        run_spec, split, sizes, progress, teachers, selected_batches=record["selected_batches"]
+    )
+    return {
+        **record,
+        "test": outcome.test_metrics,
+        "stages": {**record["stages"], **outcome.stages},
+        "seconds": round(record["seconds"] + outcome.seconds, 2),
+    }
+
+
+def finish_budget(
+    spec: PipelineSpec,
+    folder: BudgetFolder,
+    budget: float,
+    records: list[dict[str, Any]],
+    chosen: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the budget's ``result.json`` (every candidate's record, the tested pick) and the
+    chosen sizes; returns the result."""
+    candidates = [chosen if r["candidate"] == chosen["candidate"] else r for r in records]
+    result = {
+        "budget": budget,
+        "protocol": spec.protocol.value,
+        "chosen": chosen["candidate"],
+        "chosen_kind": chosen["kind"],
+        "achieved_sparsity": chosen["achieved_sparsity"],
+        "test": chosen["test"],
+        "valid": chosen["valid"],
+        "candidates": candidates,
+        "seconds": round(sum(float(r["seconds"]) for r in candidates), 2),
+    }
+    folder.write_result(result, folder.candidate(chosen["candidate"]))
+    return result
+
+
+def retrain_budget(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    budget: float,
+    candidates: list[SizeAssignment],
+    directory: Path,
+    progress: bool,
+    teachers: Teachers | None = None,
+    kinds: list[str] | None = None,
+) -> dict[str, Any]:
+    """Stage 4 for one budget, one unit after another: select every candidate, pick one, test
+    it. ``teachers``: see :func:`~ciess_core.search.teachers.prepare_teachers`, needed when
+    ``spec.distillation`` is set. ``kinds``: one label per candidate ("search", "equal";
+    default all "search"). Returns ``result.json`` (an earlier call's when there is one)."""
+    kinds = kinds if kinds is not None else ["search"] * len(candidates)
+    if len(kinds) != len(candidates):
+        raise ConfigError(f"{len(kinds)} kinds for {len(candidates)} candidates")
+    folder = BudgetFolder(directory)
+    if (cached := folder.result()) is not None:
+        return cached
+    records = [
+        select_candidate(spec, split, folder, budget, index, sizes, kind, progress, teachers)
+        for index, (sizes, kind) in enumerate(zip(candidates, kinds, strict=True))
+    ]
+    chosen = test_candidate(spec, split, folder, budget, pick(spec, records), progress, teachers)
+    return finish_budget(spec, folder, budget, records, chosen)
+
+
+def train_deployed(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    folder: BudgetFolder,
+    budget: float,
+    record: dict[str, Any],
+    progress: bool,
+    teachers: Teachers | None,
+) -> dict[str, Any]:
+    """Train candidate ``record`` on every interaction for its selected batches and keep the
+    weights in ``folder``'s ``deploy/`` until the run folder is written; returns the stage
+    summary (an earlier call's when it trained the same candidate)."""
+    if (cached := folder.deployment_summary()) is not None and cached["candidate"] == record[
+        "candidate"
+    ]:
+        return cached
+    run_spec = run_spec_of(spec, budget, record["kind"])
+    sizes = folder.candidate(record["candidate"])
+    model, summary = train_deployment(
+        run_spec, split, sizes, int(record["selected_batches"]), progress, teachers
+    )
+    summary = {"candidate": record["candidate"], **summary}
+    folder.write_deployment(model.state_dict(), summary)
+    return summary
+
+
+def write_deployed_run(
+    spec: PipelineSpec, split: DatasetSplit, folder: BudgetFolder, budget: float, fingerprint: str
+) -> None:
+    """The run folder ``run/`` (what ``ciess export`` takes) from the deployment weights and the
+    budget's result: the protocol's numbers, the deployment stage, the chosen history."""
+    result, summary = folder.result(), folder.deployment_summary()
+    if result is None or summary is None or summary["candidate"] != result["chosen"]:
+        raise ConfigError(f"{folder.path} has no tested pick with its deployment model to write")
+    chosen = next(r for r in result["candidates"] if r["candidate"] == result["chosen"])
+    run_spec = run_spec_of(spec, budget, result["chosen_kind"])
+    everything, _ = split.phase(Phase.DEPLOY)
+    model = fresh_model(run_spec, everything, folder.chosen())
+    model.load_state_dict(torch.load(folder.deployment_weights(), map_location="cpu"))
+    stages = {key: value for key, value in summary.items() if key != "candidate"}
+    outcome = RunOutcome(
+        test_metrics=chosen["test"],
+        valid_metrics=chosen["valid"],
+        achieved_sparsity=chosen["achieved_sparsity"],
+        seconds=float(chosen["seconds"]) + float(summary["seconds"]),
+        stages={**chosen["stages"], "deploy": stages},
+        selected_batches=int(chosen["selected_batches"]),
+    )
+    history = folder.candidate_history(result["chosen"])
+    write_run(folder.run, run_spec, fingerprint, model, outcome, history)
+    folder.drop_deployment()
+
+
+def deploy_budget(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    budget: float,
+    directory: Path,
+    dataset_fingerprint: str,
+    progress: bool,
+    teachers: Teachers | None = None,
+) -> float:
+    """Stage 5 for one budget, after :func:`retrain_budget`: the chosen candidate's deployment
+    model, written as the run folder ``directory/run``. Returns the seconds its training took
+    (0 when an earlier call wrote the run folder)."""
+    folder = BudgetFolder(directory)
+    if folder.deployed():
+        return 0.0
+    result = folder.result()
+    if result is None:
+        raise ConfigError(f"{directory} has no retraining result to deploy")
+    chosen = next(r for r in result["candidates"] if r["candidate"] == result["chosen"])
+    summary = train_deployed(spec, split, folder, budget, chosen, progress, teachers)
+    write_deployed_run(spec, split, folder, budget, dataset_fingerprint)
+    return float(summary["seconds"])
+
+
+# -- the units as worker processes run them: their teachers are read from the pipeline folder --
+
+
+def _teachers(
+    spec: PipelineSpec, split: DatasetSplit, out: Path, phases: tuple[Phase, ...]
+) -> Teachers:
+    return prepare_teachers(spec, split, out, False, phases)[0]
+
+
+def _select_unit(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    out: Path,
+    budget: float,
+    index: int,
+    sizes: SizeAssignment,
+    kind: str,
+    progress: bool,
+) -> dict[str, Any]:
+    teachers = _teachers(spec, split, out, selection_phases(spec))
+    folder = BudgetFolder.of(out, budget)
+    return select_candidate(spec, split, folder, budget, index, sizes, kind, progress, teachers)
+
+
+def _test_unit(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    out: Path,
+    budget: float,
+    record: dict[str, Any],
+    progress: bool,
+) -> dict[str, Any]:
+    teachers = _teachers(spec, split, out, (Phase.TEST,))
+    folder = BudgetFolder.of(out, budget)
+    return test_candidate(spec, split, folder, budget, record, progress, teachers)
+
+
+def _deploy_unit(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    out: Path,
+    budget: float,
+    record: dict[str, Any],
+    progress: bool,
+) -> dict[str, Any]:
+    teachers = _teachers(spec, split, out, (Phase.DEPLOY,))
+    folder = BudgetFolder.of(out, budget)
+    return train_deployed(spec, split, folder, budget, record, progress, teachers)
+
+
+@dataclass(frozen=True)
+class _Unit:
+    stage: str  # "select", "test" or "deploy"
+    budget: float
+    needs: tuple[Phase, ...]  # the teachers it loads
+    width: int  # columns its model computes: the longest units start first
+    function: Callable[..., dict[str, Any]]
+    arguments: tuple[Any, ...]
+
+
+@dataclass
+class _Budget:
+    """What the scheduler knows of one budget."""
+
+    folder: BudgetFolder
+    count: int
+    records: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    deployed: dict[str, Any] | None = None
+
+
+def retrain_budgets(
+    runner: StageRunner,
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    out: Path,
+    candidates: dict[float, tuple[list[SizeAssignment], list[str]]],
+    teacher_futures: dict[Phase, Future[float]],
+    progress: bool,
+    dataset_fingerprint: str | None,
+    report: StageReport,
+) -> dict[float, dict[str, Any]]:
+    """Stages 4 and 5 for every budget in ``candidates`` (each budget's candidates and kinds;
+    ignored for a budget whose retraining an earlier call finished), as units of work in
+    ``runner``: every candidate's selection, then per budget the pick's test and, with
+    ``dataset_fingerprint``, its deployment model (written as ``budget-<c>/run``). A unit starts
+    once the teachers it needs (``teacher_futures``, the phases' teachers being trained) are
+    there; among the units that can start, those of the widest models go first.
+
+    Returns each budget's result, with ``deploy_seconds`` (0 when nothing was deployed here)."""
+    budgets = {
+        budget: _Budget(BudgetFolder.of(out, budget), len(pair[0]))
+        for budget, pair in candidates.items()
+    }
+    waiting: list[_Unit] = []
+    deploy_seconds = dict.fromkeys(budgets, 0.0)
+
+    def chosen_record(state: _Budget) -> dict[str, Any]:
+        result = state.result
+        assert result is not None
+        return next(r for r in result["candidates"] if r["candidate"] == result["chosen"])
+
+    def queue_deployment(budget: float, record: dict[str, Any]) -> None:
+        state = budgets[budget]
+        if dataset_fingerprint is None or state.folder.deployed():
+            return
+        cached = state.folder.deployment_summary()
+        if cached is not None and cached["candidate"] == record["candidate"]:
+            state.deployed = cached
+            return
+        width = state.folder.candidate(record["candidate"]).width
+        arguments = (spec, split, out, budget, record, progress)
+        waiting.append(_Unit("deploy", budget, (Phase.DEPLOY,), width, _deploy_unit, arguments))
+
+    def selected(budget: float) -> None:
+        state = budgets[budget]
+        records = [state.records[index] for index in range(state.count)]
+        chosen = pick(spec, records)
+        if "test" in chosen:  # a protocol that tests while it selects
+            tested(budget, chosen)
+        else:
+            width = state.folder.candidate(chosen["candidate"]).width
+            arguments = (spec, split, out, budget, chosen, progress)
+            waiting.append(_Unit("test", budget, (Phase.TEST,), width, _test_unit, arguments))
+        queue_deployment(budget, chosen)
+
+    def tested(budget: float, chosen: dict[str, Any]) -> None:
+        state = budgets[budget]
+        records = [state.records[index] for index in range(state.count)]
+        state.result = finish_budget(spec, state.folder, budget, records, chosen)
+        finished = sum(s.result is not None for s in budgets.values())
+        report(f"retrained budget {budget:g}", 0.5 + 0.5 * finished / len(budgets))
+
+    for budget, state in budgets.items():
+        if (result := state.folder.result()) is not None:
+            state.result = result
+            queue_deployment(budget, chosen_record(state))
+            continue
+        sizes_list, kinds = candidates[budget]
+        for index, (sizes, kind) in enumerate(zip(sizes_list, kinds, strict=True)):
+            if (record := state.folder.candidate_record(index)) is not None:
+                state.records[index] = record
+                continue
+            arguments = (spec, split, out, budget, index, sizes, kind, progress)
+            needs = selection_phases(spec)
+            waiting.append(_Unit("select", budget, needs, sizes.width, _select_unit, arguments))
+        if len(state.records) == state.count:
+            selected(budget)
+
+    running: dict[Future[dict[str, Any]], _Unit] = {}
+    while waiting or running:
+        for teacher in teacher_futures.values():
+            if teacher.done():
+                teacher.result()  # raises a failed teacher's error before a unit needs it
+        ready = [unit for unit in waiting if _teachers_ready(unit.needs, teacher_futures)]
+        for unit in sorted(ready, key=lambda unit: -unit.width):
+            waiting.remove(unit)
+            running[runner.submit(unit.function, *unit.arguments)] = unit
+        waitables: set[Future[Any]] = {f for f in teacher_futures.values() if not f.done()}
+        if not running and not waitables:
+            raise ConfigError("retraining units wait for a teacher that is not being trained")
+        waitables.update(running)
+        done, _ = wait(waitables, return_when=FIRST_COMPLETED)
+        for future in done:
+            if future not in running:
+                continue  # a teacher: checked at the top of the loop
+            unit, outcome = running.pop(future), future.result()
+            state = budgets[unit.budget]
+            if unit.stage == "select":
+                state.records[outcome["candidate"]] = outcome
+                if len(state.records) == state.count:
+                    selected(unit.budget)
+            elif unit.stage == "test":
+                tested(unit.budget, outcome)
+            else:
+                state.deployed = outcome
+                deploy_seconds[unit.budget] = float(outcome["seconds"])
+    if dataset_fingerprint is not None:
+        for budget, state in budgets.items():
+            if not state.folder.deployed():
+                write_deployed_run(spec, split, state.folder, budget, dataset_fingerprint)
+    results = {}
+    for budget, state in budgets.items():
+        assert state.result is not None
+        results[budget] = {**state.result, "deploy_seconds": deploy_seconds[budget]}
+    return results
+
+
+def _teachers_ready(needs: tuple[Phase, ...], futures: dict[Phase, Future[float]]) -> bool:
+    return all(phase not in futures or futures[phase].done() for phase in needs)
