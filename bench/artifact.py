@@ -11,7 +11,7 @@ Sections (``--sections``, default all):
 - parity: for LightGCN, NGCF and NCF (trained runs given with --runs, else fresh models trained
   for --train-batches BPR batches at MR sizes), every user's top-20 from the artifact scorer vs
   the PyTorch model (seen items excluded), and the largest score difference.
-- size: values bytes on disk vs (1 - c) x the dense float32 table x 1.01 + offsets, for ES, MR
+- size: values bytes on disk vs (1 - c) x the dense float32 table x 1.01 + sizes, for ES, MR
   (and CIESS, when --ciess-sizes gives its assignments) at 0.80/0.90/0.95, LightGCN (one table)
   and NCF (two tables).
 - load: seconds from directory to a ready scorer (validation, hashing, propagation, sessions).
@@ -226,11 +226,7 @@ def run_size(args: argparse.Namespace, split: DatasetSplit, work: Path) -> list[
                 manifest = load_artifact(out).manifest
                 tables = manifest.tables
                 values = sum(manifest.file(f"tables/{t}/values.npy").bytes for t in tables)
-                offsets = sum(
-                    manifest.file(f"tables/{t}/{name}.npy").bytes
-                    for t in tables
-                    for name in ("offsets", "sizes")
-                )
+                offsets = sum(manifest.file(f"tables/{t}/sizes.npy").bytes for t in tables)
                 dense = manifest.memory.dense
                 # The artifact's job is to store what the sizes keep: the bound uses the sparsity
                 # achieved (ES rounds its one size, so it can miss the target by < 1/d_max).
@@ -244,7 +240,7 @@ def run_size(args: argparse.Namespace, split: DatasetSplit, work: Path) -> list[
                         "tables": len(tables),
                         "dense_bytes": dense,
                         "values_file_bytes": values,
-                        "offsets_and_sizes_file_bytes": offsets,
+                        "sizes_file_bytes": offsets,
                         "bound_bytes": int(bound),
                         "within_bound": values + offsets <= bound,
                         "sizes_meet_target": manifest.achieved_sparsity >= target - 1e-9,
@@ -394,18 +390,18 @@ def write_report(results: dict[str, Any], path: Path) -> None:
                 "",
                 "### Bytes on disk vs the budget",
                 "",
-                "Bound: (1 − c) × dense × 1.01 + offsets and sizes files, with c the sparsity the sizes",
+                "Bound: (1 − c) × dense × 1.01 + the sizes files, with c the sparsity the sizes",
                 "achieve (files: .npy, header included; dense: float32 at d_max, all tables). ES rounds",
                 "its one size, so its sizes can miss the target c by less than 1/d_max (last column).",
                 "",
-                "| method | target c | achieved c | backbone | dense | values file | offsets+sizes | bound | within bound | sizes meet target |",
+                "| method | target c | achieved c | backbone | dense | values file | sizes file | bound | within bound | sizes meet target |",
                 "|---|---|---|---|---|---|---|---|---|---|",
             ]
             for r in entry["size"]:
                 lines.append(
                     f"| {r['method']} | {r['target_sparsity']} | {r['achieved_sparsity']:.4f} | "
                     f"{r['backbone']} | {r['dense_bytes']:,} | {r['values_file_bytes']:,} | "
-                    f"{r['offsets_and_sizes_file_bytes']:,} | {r['bound_bytes']:,} | "
+                    f"{r['sizes_file_bytes']:,} | {r['bound_bytes']:,} | "
                     f"{'yes' if r['within_bound'] else '**no**'} | "
                     f"{'yes' if r['sizes_meet_target'] else 'no'} |"
                 )

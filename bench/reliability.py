@@ -825,11 +825,11 @@ def row_restart_bad_pointer(ctx: Context) -> Row:
                 f"promote {name}",
             )
     _flip_bytes(kept["kept-flipped"] / "tables" / "embedding" / "values.npy")
-    _truncate(kept["kept-truncated"] / "tables" / "embedding" / "offsets.npy")
+    _truncate(kept["kept-truncated"] / "tables" / "embedding" / "sizes.npy")
     _absurd_values(kept["kept-absurd"])
     pointers = [
         ("values.npy bytes flipped", kept["kept-flipped"], "kept-flipped"),
-        ("offsets.npy truncated", kept["kept-truncated"], "kept-truncated"),
+        ("sizes.npy truncated", kept["kept-truncated"], "kept-truncated"),
         ("values 3e30, hashes recomputed", kept["kept-absurd"], "kept-absurd"),
         ("pointer to a missing folder", state / "artifacts" / "vanished", "vanished"),
         ("current.json not JSON", None, "current.json"),

@@ -31,6 +31,7 @@ from ciess_core.cli_search import (
     run_search_command,
 )
 from ciess_core.errors import CiessError, ConfigError
+from ciess_core.storage import VALUE_TYPES
 
 logger = logging.getLogger("ciess")
 
@@ -123,7 +124,11 @@ def _add_export_parser(subparsers: Any) -> None:
         "--data-dir", help="folder holding the datasets (default: $CIESS_DATA_DIR, then ./data)"
     )
     parser.add_argument(
-        "--float16", action="store_true", help="store embedding values as float16 (half the bytes)"
+        "--value-type",
+        choices=VALUE_TYPES,
+        default="float32",
+        help="how embedding values are stored: float32 (lossless), float16, int8 or int4 "
+        "(per-row float16 scales; a quarter or an eighth of float32's bytes)",
     )
     parser.add_argument(
         "--verify-users",
@@ -140,7 +145,7 @@ def _export(arguments: argparse.Namespace) -> int:
     from ciess_core.data import resolve_data_dir
 
     options = ExportOptions(
-        value_dtype="float16" if arguments.float16 else "float32",
+        value_dtype=arguments.value_type,
         verify_users=arguments.verify_users,
     )
     out = export_run(

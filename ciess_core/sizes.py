@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ciess_core.errors import ConfigError, DataError
+from ciess_core.storage import stored_bytes
 
 Sizes = npt.NDArray[np.int64]
 
@@ -119,18 +120,13 @@ class SizeAssignment:
         """Fraction of the dense ``(N, max_size)`` table pruned: 1 - Σ d / (N · max_size)."""
         return 1.0 - float(self.parameters) / (self.num_entities * self.max_size)
 
-    def bytes(self, value_dtype: str = "float32", tables: int = 1) -> int:
-        """Bytes of the embedding values kept by ``tables`` tables of these sizes, each value
-        stored as ``value_dtype`` (a float type; offsets and sizes not counted)."""
-        try:
-            dtype = np.dtype(value_dtype)
-        except TypeError:
-            raise ConfigError(f"unknown value dtype {value_dtype!r}") from None
-        if not np.issubdtype(dtype, np.floating):
-            raise ConfigError(f"values are stored as a float type, got {value_dtype!r}")
+    def bytes(self, value_type: str = "float32", tables: int = 1) -> int:
+        """Every stored byte of ``tables`` tables of these sizes, values stored as
+        ``value_type`` (:data:`ciess_core.storage.VALUE_TYPES`): values, per-row scales of the
+        integer types, sizes, and their files' headers, as the artifact writes them."""
         if tables < 1:
             raise ConfigError(f"tables must be >= 1, got {tables}")
-        return tables * self.parameters * dtype.itemsize
+        return stored_bytes(self.num_entities, self.parameters, value_type, self.max_size, tables)
 
     @property
     def key(self) -> str:

@@ -195,8 +195,13 @@ class ForItemsResponse(BaseModel):
 
 
 class ModelBytes(BaseModel):
-    embedding_values: int = Field(description="stored ragged values")
-    offsets_and_sizes: int
+    embedding_stores: int = Field(
+        description="every stored byte of the embedding tables (values, per-row scales of "
+        "int8/int4, sizes; the files' sizes): what a byte budget counts"
+    )
+    embedding_stores_detail: dict[str, int] = Field(
+        description="those bytes by part: values, scales, sizes"
+    )
     dense_equivalent: int = Field(description="the same tables dense at d_max in float32")
     files_on_disk: int
     resident: int = Field(description="what the scorer keeps in memory after loading")
@@ -379,7 +384,7 @@ class Readiness(BaseModel):
 
 
 class KeptModelBytes(BaseModel):
-    embedding_values: int = Field(description="stored ragged values")
+    embedding_stores: int = Field(description="every stored byte of the embedding tables")
     files_on_disk: int
 
 

@@ -86,7 +86,6 @@ def test_layout_and_manifest(artifacts: dict, clustered_split: DatasetSplit) -> 
         "interactions/indptr.npy",
         "interactions/indices.npy",
         "tables/embedding/sizes.npy",
-        "tables/embedding/offsets.npy",
         "tables/embedding/values.npy",
         "graphs/dot.onnx",
         "graphs/topk.onnx",
@@ -99,8 +98,12 @@ def test_layout_and_manifest(artifacts: dict, clustered_split: DatasetSplit) -> 
         assert sha256_file(file) == entry["sha256"] and file.stat().st_size == entry["bytes"]
     sizes = np.load(directory / "tables/embedding/sizes.npy")
     assert manifest["achieved_sparsity"] == pytest.approx(1 - sizes.sum() / (200 * MAX_SIZE))
+    assert sizes.dtype == np.uint8  # one byte per entity; offsets are derived on load
     memory = manifest["memory"]
-    assert memory["stored_values"] == 4 * sizes.sum()
+    table_files = {e["path"]: e["bytes"] for e in manifest["files"] if "tables/" in e["path"]}
+    assert memory["stored"] == sum(table_files.values()) == sum(memory["stored_detail"].values())
+    assert memory["stored_detail"]["values"] == table_files["tables/embedding/values.npy"]
+    assert memory["stored_detail"]["values"] == 128 + 4 * sizes.sum()  # .npy header + float32
     assert memory["dense"] == 4 * 200 * MAX_SIZE
     assert memory["resident"] == sum(memory["resident_detail"].values()) > 0
     assert manifest["verification"]["top_k_identical_fraction"] == 1.0
@@ -143,31 +146,48 @@ def test_embedding_bytes_track_the_budget(
     sizes = sizes.astype(np.int64)
     out = export(BackboneKind.LIGHTGCN, clustered_split, tmp_path / "a", sizes, verify_users=0)
     manifest = load_artifact(out).manifest
-    values_file = manifest.file("tables/embedding/values.npy").bytes
-    offsets_file = sum(
-        manifest.file(f"tables/embedding/{name}.npy").bytes for name in ("offsets", "sizes")
-    )
     achieved = manifest.achieved_sparsity
     assert achieved >= target - 1 / MAX_SIZE  # ES rounds its one size
-    dense = manifest.memory.dense
-    assert manifest.memory.stored_values == pytest.approx((1 - achieved) * dense)
     assignment = SizeAssignment.from_concatenated(sizes, clustered_split.num_users, MAX_SIZE)
-    assert manifest.memory.stored_values == assignment.bytes("float32", tables=1)
     assert manifest.achieved_sparsity == assignment.sparsity
-    # The .npy header is the only overhead on top of the raw values.
-    assert values_file <= (1 - achieved) * dense * 1.01 + 128
-    assert offsets_file <= (count + 1) * 8 + count * 2 + 256
+    # Every stored byte of the store, as the files hold them and as a budget counts them.
+    table_files = [entry for entry in manifest.files if entry.path.startswith("tables/")]
+    assert manifest.memory.stored == sum(entry.bytes for entry in table_files)
+    assert manifest.memory.stored == assignment.bytes("float32", tables=1)
+    # Beyond the values, only the sizes (a byte per entity) and two .npy headers.
+    dense = manifest.memory.dense
+    assert manifest.memory.stored == round((1 - achieved) * dense) + count + 2 * 128
 
 
-def test_float16_halves_the_values(clustered_split: DatasetSplit, tmp_path: Path) -> None:
-    out = export(BackboneKind.LIGHTGCN, clustered_split, tmp_path / "half", value_dtype="float16")
+@pytest.mark.parametrize("value_type", ["float16", "int8", "int4"])
+@pytest.mark.parametrize("kind", list(BackboneKind))
+def test_every_value_type_exports_with_the_parity_of_its_decoded_model(
+    kind: BackboneKind, value_type: str, clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    """The artifact's scores equal, within float32 tolerance, those of the exported model whose
+    tables hold the stored values decoded, and so does its top-20; the bytes are what the
+    layout says."""
+    out = export(kind, clustered_split, tmp_path / value_type, value_dtype=value_type)
     artifact = load_artifact(out)
-    assert artifact.tables["embedding"].values.dtype == np.float16
+    manifest = artifact.manifest
+    assert manifest.value_dtype == value_type
+    verification = manifest.verification
+    assert verification["top_k_identical_fraction"] == 1.0 and verification["top_k"] == 20
+    assert verification["max_abs_score_difference"] <= 1e-5 * (1 + verification["max_abs_score"])
     sizes = SizeAssignment.from_concatenated(
-        artifact.tables["embedding"].sizes, clustered_split.num_users, MAX_SIZE
+        artifact.tables[manifest.tables[0]].sizes, clustered_split.num_users, MAX_SIZE
     )
-    assert artifact.manifest.memory.stored_values == sizes.bytes("float16")
-    assert artifact.manifest.verification["max_abs_score_difference"] < 1e-2
+    assert manifest.memory.stored == sizes.bytes(value_type, tables=len(manifest.tables))
+    assert manifest.memory.stored == sum(
+        entry.bytes for entry in manifest.files if entry.path.startswith("tables/")
+    )
+    assert ("scales" in manifest.memory.stored_detail) == (value_type != "float16")
+    full = export(kind, clustered_split, tmp_path / "float32")
+    stored_full = load_artifact(full).manifest.memory.stored
+    assert (
+        manifest.memory.stored
+        < stored_full * {"float16": 0.6, "int8": 0.4, "int4": 0.3}[value_type]
+    )
 
 
 def test_half_written_export_leaves_nothing(
@@ -246,16 +266,21 @@ def _short_values(directory: Path) -> None:
     _rewrite(directory, "tables/embedding/values.npy", values[:-2])
 
 
-def _bad_offsets(directory: Path) -> None:
-    offsets = np.load(directory / "tables/embedding/offsets.npy")
-    offsets[5] = offsets[4] - 1
-    _rewrite(directory, "tables/embedding/offsets.npy", offsets)
-
-
-def _sizes_disagree(directory: Path) -> None:
+def _size_out_of_range(directory: Path) -> None:
     sizes = np.load(directory / "tables/embedding/sizes.npy")
-    sizes[3] = sizes[3] % MAX_SIZE + 1
+    sizes[3] = 0
     _rewrite(directory, "tables/embedding/sizes.npy", sizes)
+
+
+def _wide_sizes(directory: Path) -> None:
+    sizes = np.load(directory / "tables/embedding/sizes.npy")
+    _rewrite(directory, "tables/embedding/sizes.npy", sizes.astype(np.int16))
+
+
+def _stored_bytes_misstated(directory: Path) -> None:
+    _edit_manifest(
+        directory, lambda m: m["memory"].__setitem__("stored", m["memory"]["stored"] - 1)
+    )
 
 
 def _item_out_of_range(directory: Path) -> None:
@@ -280,12 +305,16 @@ CORRUPTIONS = {
         _truncate,
         r"tables/embedding/values.npy: file has \d+ bytes, the manifest records",
     ),
-    "values shorter than offsets": (
+    "values shorter than the sizes": (
         _short_values,
-        r"tables/embedding: offsets\[-1\] = \d+ but values holds",
+        r"values.npy: the sizes add up to \d+ values, which take \d+ values; the file holds",
     ),
-    "bad offsets": (_bad_offsets, r"tables/embedding: offsets must be non-decreasing"),
-    "sizes disagree with offsets": (_sizes_disagree, r"tables/embedding: row 3 spans"),
+    "size out of range": (
+        _size_out_of_range,
+        r"sizes.npy: sizes must lie in \[1, \d+\], row 3 has 0",
+    ),
+    "sizes not one byte each": (_wide_sizes, r"sizes.npy: expected a 1-D uint8 array"),
+    "stored bytes misstated": (_stored_bytes_misstated, r"manifest.json: memory.stored says"),
     "wrong hash": (_flip_byte, r"tables/embedding/values.npy: sha256 mismatch"),
     "unknown schema version": (
         _set("schema_version", 99),
@@ -320,8 +349,117 @@ def test_each_corruption_is_rejected_with_its_own_message(
         load_artifact(directory)
 
 
+@pytest.fixture(scope="module")
+def quantised(clustered_split: DatasetSplit, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("quantised")
+    return {
+        value_type: export(BackboneKind.LIGHTGCN, clustered_split, root / value_type,
+                           value_dtype=value_type, verify_users=0)
+        for value_type in ("int8", "int4")
+    }  # fmt: skip
+
+
+def _edit_array(relative: str, edit):  # type: ignore[no-untyped-def]
+    def corrupt(directory: Path) -> None:
+        _rewrite(directory, relative, edit(np.load(directory / relative)))
+
+    return corrupt
+
+
+def _set_entry(index: int, value: object):  # type: ignore[no-untyped-def]
+    def edit(array: np.ndarray) -> np.ndarray:
+        array = array.copy()
+        array[index] = value
+        return array
+
+    return edit
+
+
+VALUES, SCALES = "tables/embedding/values.npy", "tables/embedding/scales.npy"
+QUANTISED_CORRUPTIONS = {  # (value type, corruption, message)
+    "int8 code -128": (
+        "int8",
+        _edit_array(VALUES, _set_entry(7, -128)),
+        r"values.npy: int8 codes must lie in \[-127, 127\], value 7 is -128",
+    ),
+    "int4 code -8": (
+        "int4",
+        _edit_array(VALUES, _set_entry(0, 0x08)),  # low nibble 8: the code -8
+        r"values.npy: int4 codes must lie in \[-7, 7\], value 0 is -8",
+    ),
+    "packed int4 one byte short": (
+        "int4",
+        _edit_array(VALUES, lambda a: a[:-1]),
+        r"which take \d+ bytes of packed int4 codes; the file holds",
+    ),
+    "a scale missing": (
+        "int8",
+        _edit_array(SCALES, lambda a: a[:-1]),
+        r"scales.npy: expected one scale per row \(200\), got 199",
+    ),
+    "a negative scale": (
+        "int8",
+        _edit_array(SCALES, _set_entry(4, -1.0)),
+        r"scales.npy: scale of row 4 is -1.0",
+    ),
+    "a scale past the magnitude bound": (
+        "int4",
+        _edit_array(SCALES, _set_entry(9, 6e4)),
+        r"scales.npy: row 9's scale .* over the magnitude bound",
+    ),
+    "scales of float32": (
+        "int8",
+        _edit_array(SCALES, lambda a: a.astype(np.float32)),
+        r"scales.npy: expected a 1-D float16 array",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(QUANTISED_CORRUPTIONS))
+def test_each_corruption_of_a_quantised_store_is_rejected_with_its_own_message(
+    name: str, quantised: dict, tmp_path: Path
+) -> None:
+    value_type, corrupt, message = QUANTISED_CORRUPTIONS[name]
+    directory = _copy(quantised[value_type], tmp_path)
+    load_artifact(directory)  # sound before
+    corrupt(directory)
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(directory)
+
+
+def test_an_odd_int4_store_keeps_its_spare_nibble_zero(quantised: dict, tmp_path: Path) -> None:
+    directory = _copy(quantised["int4"], tmp_path)
+    sizes = np.load(directory / "tables/embedding/sizes.npy").astype(np.int64)
+    if sizes.sum() % 2 == 0:  # make the count odd: one value less in row 0, its last code gone
+        sizes[0] -= 1
+        codes = np.load(directory / VALUES)
+        from ciess_core.storage import pack_int4, unpack_int4
+
+        kept = np.delete(unpack_int4(codes, int(sizes.sum()) + 1), int(sizes[0]))
+        _rewrite(directory, "tables/embedding/sizes.npy", sizes.astype(np.uint8))
+        _rewrite(directory, VALUES, pack_int4(kept))
+        _edit_manifest(directory, _restate_stored_bytes(directory))
+        load_artifact(directory)
+    _edit_array(VALUES, lambda a: np.append(a[:-1], np.uint8(a[-1] | 0x30)))(directory)
+    _edit_manifest(directory, _restate_stored_bytes(directory))
+    with pytest.raises(ArtifactError, match="high nibble unused; it must be 0"):
+        load_artifact(directory)
+
+
+def _restate_stored_bytes(directory: Path):  # type: ignore[no-untyped-def]
+    def edit(manifest: dict) -> None:
+        files = {e["path"]: e["bytes"] for e in manifest["files"] if "tables/" in e["path"]}
+        manifest["memory"]["stored"] = sum(files.values())
+        manifest["memory"]["stored_detail"] = {
+            Path(path).stem: size for path, size in files.items()
+        }
+
+    return edit
+
+
 def test_corruption_messages_are_distinct() -> None:
     messages = [message for _, message in CORRUPTIONS.values()]
+    messages += [message for _, _, message in QUANTISED_CORRUPTIONS.values()]
     assert len(set(messages)) == len(messages)
 
 

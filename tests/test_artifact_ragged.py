@@ -194,7 +194,7 @@ def _manifest() -> Manifest:
         achieved_sparsity=0.9,
         dataset={"name": "x", "fingerprint": "ab", "split_seed": 1},
         metrics={"test": {"recall@20": 0.5}},
-        memory=MemoryReport(10, 20, 30, 40, {"users": 40}),
+        memory=MemoryReport(30, {"values": 20, "sizes": 10}, 300, 40, {"users": 40}),
         verification={"users": 3},
         files=(FileEntry("a.npy", "00" * 32, 128),),
     )
@@ -211,8 +211,8 @@ def test_manifest_json_round_trip() -> None:
     ("edit", "message"),
     [
         (
-            lambda text: text.replace('"schema_version": 1', '"schema_version": 2'),
-            "unknown schema_version 2",
+            lambda text: text.replace('"schema_version": 2', '"schema_version": 1'),
+            "unknown schema_version 1",
         ),
         (
             lambda text: text.replace('"num_users": 3', '"num_users": "3"'),

@@ -40,9 +40,12 @@ def test_hand_example_sparsity_parameters_and_bytes() -> None:
     assert (sizes.num_users, sizes.num_items, sizes.num_entities) == (2, 2, 4)
     assert sizes.parameters == 256
     assert sizes.sparsity == pytest.approx(1 - 256 / 512)
-    assert sizes.bytes() == 256 * 4
-    assert sizes.bytes("float16") == 256 * 2
-    assert sizes.bytes("float32", tables=2) == 2 * 256 * 4  # NCF keeps two tables
+    header = 128  # every .npy file of the store: values, sizes (and scales)
+    assert sizes.bytes() == (header + 256 * 4) + (header + 4)  # sizes: one byte per entity
+    assert sizes.bytes("float16") == (header + 256 * 2) + (header + 4)
+    assert sizes.bytes("int8") == (header + 256) + (header + 4 * 2) + (header + 4)
+    assert sizes.bytes("int4") == (header + 128) + (header + 4 * 2) + (header + 4)
+    assert sizes.bytes("float32", tables=2) == 2 * sizes.bytes()  # NCF keeps two tables
     assert sizes.sizes.tolist() == [128, 64, 32, 32]
 
 
@@ -96,7 +99,9 @@ def test_concatenation_round_trips(sizes: SizeAssignment) -> None:
     dense = sizes.num_entities * sizes.max_size
     assert sizes.parameters == sum(sizes.sizes.tolist())
     assert sizes.sparsity == pytest.approx(1 - sizes.parameters / dense)
-    assert sizes.bytes("float16", tables=3) == 3 * 2 * sizes.parameters
+    assert sizes.bytes("float16", tables=3) == 3 * sizes.bytes("float16")
+    scales = 128 + 2 * sizes.num_entities  # int8's one float16 per row, in a file of its own
+    assert sizes.bytes("float16") - sizes.bytes("int8") == sizes.parameters - scales
 
 
 @settings(max_examples=40, deadline=None)
@@ -138,8 +143,8 @@ def test_load_rejects_what_is_not_an_assignment(tmp_path: Path) -> None:
 
 def test_bytes_rejects_other_value_types() -> None:
     sizes = SizeAssignment.equal(2, 2, 3, 4)
-    with pytest.raises(ConfigError, match="float type"):
-        sizes.bytes("int8")
+    with pytest.raises(ConfigError, match="value type must be one of"):
+        sizes.bytes("int2")
     with pytest.raises(ConfigError, match="tables must be >= 1"):
         sizes.bytes(tables=0)
 

@@ -13,7 +13,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,14 +41,15 @@ from ciess_core.artifact.manifest import (
     MemoryReport,
     graph_files,
     manifest_to_json,
-    table_files,
 )
-from ciess_core.artifact.ragged import VALUE_DTYPES, pack
+from ciess_core.artifact.ragged import pack, unpack
 from ciess_core.artifact.reader import load_artifact
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
+from ciess_core.artifact.stores import store_table
 from ciess_core.errors import ArtifactError, ConfigError, DataError
 from ciess_core.json_form import jsonable
 from ciess_core.models import NCF, NGCF, Backbone, BackboneConfig, BackboneKind, build_backbone
+from ciess_core.storage import VALUE_TYPES, dense_fp32_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +84,9 @@ class ExportOptions:
     """How to write and check the artifact.
 
     Attributes:
-        value_dtype: "float32" (lossless) or "float16" (half the bytes; scores drift by ~1e-3
-            relative, and the parity check only reports, never fails).
+        value_dtype: how the tables' values are stored (:data:`ciess_core.storage.VALUE_TYPES`):
+            "float32" (lossless), "float16", "int8" or "int4" (per-row scales). The parity check
+            compares the artifact with the model whose tables hold the stored values decoded.
         verify_users: users whose scores and top-k are compared with the model after writing
             (0: none).
         tolerance: float32 parity bar, |artifact - model| <= tolerance · (1 + |model|).
@@ -98,8 +101,8 @@ class ExportOptions:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.value_dtype not in VALUE_DTYPES:
-            raise ConfigError(f"value dtype must be one of {sorted(VALUE_DTYPES)}")
+        if self.value_dtype not in VALUE_TYPES:
+            raise ConfigError(f"value type must be one of {list(VALUE_TYPES)}")
         if self.verify_users < 0 or self.top_k < 1:
             raise ConfigError("verify_users must be >= 0 and top_k >= 1")
 
@@ -144,26 +147,44 @@ def _write_graphs(model: Backbone, staging: Path) -> None:
         graphs.save_graph(model_proto, staging / files[role])
 
 
-def _write_tables(model: Backbone, staging: Path, value_dtype: str) -> MemoryReport:
-    """Pack and write every masked table; returns the stored-bytes report."""
+def _write_tables(
+    model: Backbone, staging: Path, value_type: str
+) -> tuple[MemoryReport, list[npt.NDArray[np.float32]]]:
+    """Pack, store as ``value_type`` and write every masked table. Returns the stored-bytes
+    report and each table as the artifact holds it: the stored values decoded, dense at d_max
+    (the reference of the parity check)."""
     names = TABLES_BY_KIND[model.config.kind.value]
-    stored_values = stored_offsets = 0
+    detail: dict[str, int] = {}
+    decoded = []
     for name, table in zip(names, model.tables(), strict=True):
         ragged = pack(
-            _numpy(table.dense()),
-            table.sizes.cpu().numpy(),
-            model.max_size,
-            value_dtype,
-            name=f"tables/{name}",
+            _numpy(table.dense()), table.sizes.cpu().numpy(), model.max_size, name=f"tables/{name}"
         )
-        sizes_file, offsets_file, values_file = table_files(name)
-        write_array(staging, sizes_file, ragged.sizes)
-        write_array(staging, offsets_file, ragged.offsets)
-        write_array(staging, values_file, ragged.values)
-        stored_values += ragged.values.nbytes
-        stored_offsets += ragged.offsets.nbytes + ragged.sizes.nbytes
-    dense = len(names) * model.num_entities * model.max_size * np.dtype(np.float32).itemsize
-    return MemoryReport(stored_values, stored_offsets, dense)
+        stored = store_table(ragged, name, value_type)
+        stored.validate(model.num_entities)
+        for role, array in stored.arrays().items():
+            entry = write_array(staging, stored.files[role], array)
+            detail[role] = detail.get(role, 0) + entry.bytes
+        decoded.append(unpack(stored.to_ragged(), width=model.max_size))
+    dense = dense_fp32_bytes(model.num_entities, model.max_size, tables=len(names))
+    return MemoryReport(sum(detail.values()), detail, dense), decoded
+
+
+@contextmanager
+def _tables_as_stored(
+    model: Backbone, decoded: list[npt.NDArray[np.float32]]
+) -> Iterator[Backbone]:
+    """``model`` with its tables' weights replaced by ``decoded`` for the ``with`` block."""
+    kept = [table.weight.detach().clone() for table in model.tables()]
+    try:
+        with torch.no_grad():
+            for table, stored in zip(model.tables(), decoded, strict=True):
+                table.weight.copy_(torch.from_numpy(stored).to(table.weight.device))
+        yield model
+    finally:
+        with torch.no_grad():
+            for table, original in zip(model.tables(), kept, strict=True):
+                table.weight.copy_(original)
 
 
 def _write_interactions(train: sp.csr_matrix, staging: Path) -> None:
@@ -175,10 +196,9 @@ def _write_interactions(train: sp.csr_matrix, staging: Path) -> None:
     write_array(staging, SEEN_INDICES_FILE, matrix.indices.astype(np.int32))
 
 
-def _verify(
-    model: Backbone, scorer: ArtifactScorer, options: ExportOptions, exact: bool
-) -> dict[str, Any]:
-    """Compare the artifact's scores and top-k with the model's on a spread of users."""
+def _verify(model: Backbone, scorer: ArtifactScorer, options: ExportOptions) -> dict[str, Any]:
+    """Compare the artifact's scores and top-k with ``model``'s (the exported model with its
+    tables as stored: decoded from float16, int8 or int4) on a spread of users."""
     count = min(options.verify_users, model.num_users)
     if count == 0:
         return {"users": 0}
@@ -206,7 +226,7 @@ def _verify(
         "top_k": k,
         "top_k_identical_fraction": float(np.mean(np.all(top_items == reference, axis=1))),
     }
-    if exact and np.any(difference > bound):
+    if np.any(difference > bound):
         worst = np.unravel_index(int(np.argmax(difference - bound)), difference.shape)
         raise ArtifactError(
             f"export check failed: artifact score {actual[worst]:.8g} vs model "
@@ -262,7 +282,7 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with torch.no_grad():
-            memory = _write_tables(model, staging, options.value_dtype)
+            memory, decoded = _write_tables(model, staging, options.value_dtype)
             write_ids(staging, USER_IDS_FILE, user_ids)
             write_ids(staging, ITEM_IDS_FILE, item_ids)
             _write_interactions(train, staging)
@@ -270,7 +290,8 @@ def export_model(
         manifest = _manifest(model, metadata, options, memory, staging)
         (staging / MANIFEST_NAME).write_text(manifest_to_json(manifest))
         scorer = ArtifactScorer(load_artifact(staging), ScorerOptions(threads=options.threads))
-        verification = _verify(model, scorer, options, exact=options.value_dtype == "float32")
+        with _tables_as_stored(model, decoded) as stored_model:
+            verification = _verify(stored_model, scorer, options)
         manifest = dataclasses.replace(
             manifest,
             memory=dataclasses.replace(
@@ -286,12 +307,13 @@ def export_model(
     finally:
         model.train(was_training)
     logger.info(
-        "exported %s artifact %s: sparsity %.4f, %d embedding bytes stored (dense %d), "
+        "exported %s artifact %s: sparsity %.4f, %d embedding bytes stored as %s (dense %d), "
         "resident %d, check %s",
         manifest.backbone,
         out,
         manifest.achieved_sparsity,
-        memory.stored_values,
+        memory.stored,
+        options.value_dtype,
         memory.dense,
         manifest.memory.resident,
         verification,

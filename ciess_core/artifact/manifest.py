@@ -16,8 +16,9 @@ from typing import Any
 
 from ciess_core.errors import ArtifactError
 from ciess_core.json_form import jsonable
+from ciess_core.storage import VALUE_TYPES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 BACKBONE_KINDS = ("lightgcn", "ngcf", "ncf")
 
@@ -40,11 +41,6 @@ SEEN_INDICES_FILE = "interactions/indices.npy"
 
 def ngcf_layer_graph(layer: int) -> str:
     return f"graphs/ngcf_layer_{layer}.onnx"
-
-
-def table_files(name: str) -> tuple[str, str, str]:
-    """(sizes, offsets, values) file names of the ragged table ``name``."""
-    return (f"tables/{name}/sizes.npy", f"tables/{name}/offsets.npy", f"tables/{name}/values.npy")
 
 
 def graph_files(kind: str, num_layers: int) -> dict[str, str]:
@@ -73,19 +69,26 @@ class MemoryReport:
     """Memory accounting of the embedding tables, in bytes.
 
     Attributes:
-        stored_values: the ragged values on disk (the tables proper, without .npy headers).
-        stored_offsets: offsets and sizes on disk (the ragged bookkeeping).
-        dense: the same tables dense at d_max in float32.
+        stored: every byte of the embedding stores' files (values, scales, sizes, their
+            ``.npy`` headers included): what a byte budget counts, equal to the files' sizes.
+        stored_detail: those bytes by file role ("values", "scales", "sizes"), over all tables.
+        dense: the same tables dense at d_max in float32 (values only): the reference of a
+            byte ratio.
         resident: what the scorer keeps in memory after loading (propagated and bucketed
             matrices, NCF projections), measured by loading the artifact; 0 when unknown.
         resident_detail: resident bytes by part (e.g. "users", "items", "ncf_item_part").
     """
 
-    stored_values: int
-    stored_offsets: int
+    stored: int
+    stored_detail: Mapping[str, int]
     dense: int
     resident: int = 0
     resident_detail: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def byte_ratio(self) -> float:
+        """Stored bytes over the dense float32 bytes."""
+        return self.stored / self.dense if self.dense else 0.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ class Manifest:
         max_size: d_max.
         num_users: users (rows 0..num_users-1 of every table).
         num_items: items (the next num_items rows).
-        value_dtype: "float32" or "float16", the dtype of the ragged values.
+        value_dtype: how the tables' values are stored: one of
+            :data:`ciess_core.storage.VALUE_TYPES` (float32, float16, int8, int4).
         tables: names of the ragged tables, in the backbone's order.
         graphs: graph role -> file.
         target_sparsity: the budget asked (None for a full-size model).
@@ -194,8 +198,10 @@ def manifest_from_json(text: str, where: str = MANIFEST_NAME) -> Manifest:
             raise ArtifactError(f"{where}: {name} must be >= 1, got {value}")
     memory_data = _field(data, "memory", dict, where)
     memory = MemoryReport(
-        stored_values=_field(memory_data, "stored_values", int, f"{where} memory"),
-        stored_offsets=_field(memory_data, "stored_offsets", int, f"{where} memory"),
+        stored=_field(memory_data, "stored", int, f"{where} memory"),
+        stored_detail=MappingProxyType(
+            dict(_field(memory_data, "stored_detail", dict, f"{where} memory"))
+        ),
         dense=_field(memory_data, "dense", int, f"{where} memory"),
         resident=_field(memory_data, "resident", int, f"{where} memory"),
         resident_detail=MappingProxyType(
@@ -224,8 +230,10 @@ def manifest_from_json(text: str, where: str = MANIFEST_NAME) -> Manifest:
             f"the manifest lists {list(tables)}"
         )
     value_dtype = _field(data, "value_dtype", str, where)
-    if value_dtype not in ("float32", "float16"):
-        raise ArtifactError(f"{where}: value_dtype must be float32 or float16, got {value_dtype!r}")
+    if value_dtype not in VALUE_TYPES:
+        raise ArtifactError(
+            f"{where}: value_dtype must be one of {list(VALUE_TYPES)}, got {value_dtype!r}"
+        )
     return Manifest(
         schema_version=SCHEMA_VERSION,
         created_at=_field(data, "created_at", str, where),

@@ -15,13 +15,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ciess_core.errors import ArtifactError
+from ciess_core.storage import size_dtype
 
 VALUE_DTYPES: dict[str, type[np.floating]] = {"float32": np.float32, "float16": np.float16}
-
-
-def size_dtype(max_size: int) -> type[np.signedinteger]:
-    """The narrowest signed integer type that holds every size up to ``max_size``."""
-    return np.int16 if max_size <= np.iinfo(np.int16).max else np.int32
 
 
 @dataclass(frozen=True, eq=False)

@@ -29,9 +29,9 @@ from ciess_core.artifact.manifest import (
     Manifest,
     graph_files,
     manifest_from_json,
-    table_files,
 )
-from ciess_core.artifact.ragged import RaggedTable, size_dtype, validate_ragged
+from ciess_core.artifact.ragged import RaggedTable
+from ciess_core.artifact.stores import StoredTable, store_files
 from ciess_core.errors import ArtifactError
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def read_manifest(directory: Path) -> Manifest:
 def _required_files(manifest: Manifest) -> list[str]:
     files = [USER_IDS_FILE, ITEM_IDS_FILE, SEEN_INDPTR_FILE, SEEN_INDICES_FILE]
     for name in manifest.tables:
-        files += table_files(name)
+        files += store_files(name, manifest.value_dtype).values()
     expected_graphs = graph_files(manifest.backbone, manifest.num_layers)
     required = {role: file for role, file in expected_graphs.items() if role not in OPTIONAL_GRAPHS}
     listed = dict(manifest.graphs)
@@ -96,35 +96,34 @@ def _integer_array(array: npt.NDArray[np.generic], relative: str, length: int) -
         raise ArtifactError(f"{relative}: expected {length} entries, got {array.size}")
 
 
-def _read_table(
-    directory: Path, manifest: Manifest, name: str, paths: Mapping[str, Path]
-) -> RaggedTable:
-    sizes_file, offsets_file, values_file = table_files(name)
-    sizes = read_array(paths[sizes_file], sizes_file)
-    offsets = read_array(paths[offsets_file], offsets_file)
-    values = read_array(paths[values_file], values_file)
-    _integer_array(sizes, sizes_file, manifest.num_entities)
-    _integer_array(offsets, offsets_file, manifest.num_entities + 1)
-    if sizes.dtype != size_dtype(manifest.max_size):
-        raise ArtifactError(
-            f"{sizes_file}: dtype {sizes.dtype}, expected {np.dtype(size_dtype(manifest.max_size))}"
-        )
-    if offsets.dtype != np.int64:
-        raise ArtifactError(f"{offsets_file}: dtype {offsets.dtype}, expected int64")
-    if values.ndim != 1 or values.dtype.name != manifest.value_dtype:
-        raise ArtifactError(
-            f"{values_file}: expected a 1-D {manifest.value_dtype} array, got {values.dtype} "
-            f"of shape {values.shape}"
-        )
-    table = RaggedTable(
-        sizes=sizes,  # type: ignore[arg-type]
-        offsets=offsets,  # type: ignore[arg-type]
-        values=values,  # type: ignore[arg-type]
+def _read_table(manifest: Manifest, name: str, paths: Mapping[str, Path]) -> RaggedTable:
+    files = store_files(name, manifest.value_dtype)
+    arrays = {role: read_array(paths[relative], relative) for role, relative in files.items()}
+    stored = StoredTable(
+        name=name,
+        value_type=manifest.value_dtype,
         max_size=manifest.max_size,
-        name=f"tables/{name}",
+        sizes=arrays["sizes"],
+        values=arrays["values"],
+        scales=arrays.get("scales"),
     )
-    validate_ragged(table)
-    return table
+    stored.validate(manifest.num_entities)
+    return stored.to_ragged()
+
+
+def _check_stored_bytes(manifest: Manifest) -> None:
+    """The manifest's stored bytes are the table files' sizes (checked against the disk)."""
+    roles: dict[str, int] = {}
+    for name in manifest.tables:
+        for role, relative in store_files(name, manifest.value_dtype).items():
+            roles[role] = roles.get(role, 0) + manifest.file(relative).bytes
+    memory = manifest.memory
+    if memory.stored != sum(roles.values()) or dict(memory.stored_detail) != roles:
+        raise ArtifactError(
+            f"{MANIFEST_NAME}: memory.stored says {memory.stored} bytes "
+            f"({dict(memory.stored_detail)}) but the {manifest.value_dtype} table files hold "
+            f"{sum(roles.values())} ({roles})"
+        )
 
 
 def _read_seen(manifest: Manifest, paths: Mapping[str, Path]) -> sp.csr_matrix:
@@ -177,7 +176,8 @@ def load_artifact(directory: Path | str) -> Artifact:
             raise ArtifactError(
                 f"{relative}: holds {ids.size} ids but {MANIFEST_NAME} says {field} = {count}"
             )
-    tables = {name: _read_table(root, manifest, name, paths) for name in manifest.tables}
+    tables = {name: _read_table(manifest, name, paths) for name in manifest.tables}
+    _check_stored_bytes(manifest)
     seen = _read_seen(manifest, paths)
     graph_paths = {role: paths[relative] for role, relative in manifest.graphs.items()}
     logger.debug("validated artifact %s (%d files)", root, len(paths))

@@ -87,14 +87,12 @@ def summarize(artifact: Artifact) -> str:
             bar = "#" * round(_BAR_WIDTH * count / largest)
             lines.append(f"  {low:>4}-{high:<4} {count:>8}  {bar}")
     on_disk = sum(entry.bytes for entry in manifest.files)
-    table_files = sum(entry.bytes for entry in manifest.files if entry.path.startswith("tables/"))
-    stored = memory.stored_values
+    parts = ", ".join(f"{k} {_megabytes(v)}" for k, v in memory.stored_detail.items())
     detail = ", ".join(f"{k} {_megabytes(v)}" for k, v in memory.resident_detail.items())
     lines += [
         "bytes:",
-        f"  embedding values {_megabytes(stored)} = {stored / memory.dense:.1%} of the dense "
-        f"float32 tables ({_megabytes(memory.dense)}); offsets and sizes "
-        f"{_megabytes(memory.stored_offsets)}; table files {_megabytes(table_files)}",
+        f"  embedding stores {_megabytes(memory.stored)} ({manifest.value_dtype}: {parts}) = "
+        f"{memory.byte_ratio:.2%} of the dense float32 tables ({_megabytes(memory.dense)})",
         f"  all files on disk {_megabytes(on_disk)}",
         f"  resident after load {_megabytes(memory.resident)}" + (f" ({detail})" if detail else ""),
     ]

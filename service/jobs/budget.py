@@ -1,9 +1,9 @@
 """A budget as the admin gives it (sparsity, parameters or bytes) as a target sparsity (pure).
 
 Accounting, for N = users + items entities, d_max, T ragged tables (two for NCF, one otherwise):
-parameters = T · Σ sizes; bytes = T · (Σ sizes · value bytes + (N + 1) · 8 offsets bytes +
-N · size bytes), i.e. the stored tables with their bookkeeping. A budget must leave every entity at
-least one dimension.
+parameters = T · Σ sizes; bytes = every stored byte of the T tables' files (values, the per-row
+scales of int8 and int4, the sizes), as :func:`ciess_core.storage.stored_bytes` counts them, in
+the served model's value type. A budget must leave every entity at least one dimension.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from ciess_core.artifact.manifest import Manifest
-from ciess_core.artifact.ragged import size_dtype
+from ciess_core.storage import stored_bytes
 from service.errors import BudgetError
 from service.schemas import MAX_BUDGET_NUMBER
 
@@ -38,19 +36,28 @@ class Budget:
     requested: dict[str, float]
 
 
-def _bytes_per_parameter(manifest: Manifest) -> int:
-    return int(np.dtype(manifest.value_dtype).itemsize)
-
-
-def _overhead_bytes(manifest: Manifest) -> int:
-    entities = manifest.num_entities
-    sizes = np.dtype(size_dtype(manifest.max_size)).itemsize
-    return len(manifest.tables) * ((entities + 1) * 8 + entities * sizes)
-
-
 def table_bytes(manifest: Manifest, parameters: int) -> int:
-    """Stored bytes of tables holding ``parameters`` values, bookkeeping included."""
-    return parameters * _bytes_per_parameter(manifest) + _overhead_bytes(manifest)
+    """Stored bytes of the model's tables holding ``parameters`` values in all, in its value
+    type (the files' sizes)."""
+    tables = len(manifest.tables)
+    per_table = parameters // tables
+    return stored_bytes(
+        manifest.num_entities, per_table, manifest.value_dtype, manifest.max_size, tables
+    )
+
+
+def _parameters_within(manifest: Manifest, max_bytes: int) -> int:
+    """The most parameters (a multiple of the table count) whose tables take at most
+    ``max_bytes``; the byte count grows with the parameters, so a bisection finds it."""
+    tables = len(manifest.tables)
+    low, high = manifest.num_entities, manifest.num_entities * manifest.max_size
+    while low < high:
+        middle = (low + high + 1) // 2
+        if table_bytes(manifest, middle * tables) <= max_bytes:
+            low = middle
+        else:
+            high = middle - 1
+    return low * tables
 
 
 def resolve_budget(
@@ -107,9 +114,9 @@ def resolve_budget(
             raise BudgetError(
                 f"max_bytes {max_bytes} is below the smallest model, {least} bytes: {entities} "
                 f"users and items × {tables} table(s) at 1 dimension of "
-                f"{manifest.value_dtype} each, plus offsets and sizes"
+                f"{manifest.value_dtype} each, with their sizes (and scales)"
             )
-        parameters = (max_bytes - _overhead_bytes(manifest)) // _bytes_per_parameter(manifest)
+        parameters = _parameters_within(manifest, max_bytes)
     parameters = min(parameters, dense)
     sparsity = 1.0 - parameters / dense
     # Float rounding must never let the sparsity's parameter count exceed the budget.

@@ -33,8 +33,8 @@ def model_info(model: ModelDep, holder: HolderDep, response: Response) -> ModelI
         num_items=manifest.num_items,
         value_dtype=manifest.value_dtype,
         bytes=ModelBytes(
-            embedding_values=memory.stored_values,
-            offsets_and_sizes=memory.stored_offsets,
+            embedding_stores=memory.stored,
+            embedding_stores_detail=dict(memory.stored_detail),
             dense_equivalent=memory.dense,
             files_on_disk=sum(entry.bytes for entry in manifest.files),
             resident=model.scorer.resident_bytes,

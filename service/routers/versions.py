@@ -60,7 +60,7 @@ _MODELS_EXAMPLE = {
             "version": "20250102T090000Z-job4", "served": True, "current": True,
             "configured": False, "backbone": "lightgcn", "target_sparsity": 0.9,
             "sparsity": 0.9, "max_parameters": 3_200_000,
-            "bytes": {"embedding_values": 12_800_000, "files_on_disk": 14_100_000},
+            "bytes": {"embedding_stores": 12_810_000, "files_on_disk": 14_100_000},
             "metrics": {"protocol": "clean", "test": {"recall@20": 0.071}},
             "created_at": "2025-01-02T09:00:00+00:00", "promoted_at": 1735808400.0,
             "job_id": 4, "problem": None,
@@ -69,7 +69,7 @@ _MODELS_EXAMPLE = {
             "version": "quickstart", "served": False, "current": False, "configured": True,
             "backbone": "lightgcn", "target_sparsity": None, "sparsity": 0.0,
             "max_parameters": 32_000_000,
-            "bytes": {"embedding_values": 128_000_000, "files_on_disk": 129_500_000},
+            "bytes": {"embedding_stores": 128_010_000, "files_on_disk": 129_500_000},
             "metrics": {"protocol": "clean", "test": {"recall@20": 0.078}},
             "created_at": "2025-01-01T12:00:00+00:00", "promoted_at": None, "job_id": None,
             "problem": None,
@@ -91,7 +91,7 @@ def kept_model(version: KeptVersion, served: str | None, current: str | None) ->
     if manifest is not None:
         budget = served_budget(manifest).max_parameters
         sizes = KeptModelBytes(
-            embedding_values=manifest.memory.stored_values,
+            embedding_stores=manifest.memory.stored,
             files_on_disk=sum(entry.bytes for entry in manifest.files),
         )
     return KeptModel(

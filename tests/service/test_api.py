@@ -122,7 +122,9 @@ def test_model_information(client: TestClient) -> None:
     assert body["max_size"] == 16
     assert body["sparsity"] == 0.0
     assert body["num_users"] == 120 and body["num_items"] == 80
-    assert body["bytes"]["embedding_values"] == 200 * 16 * 4
+    stores = body["bytes"]["embedding_stores_detail"]
+    assert stores == {"values": 128 + 200 * 16 * 4, "sizes": 128 + 200}  # .npy header + data
+    assert body["bytes"]["embedding_stores"] == sum(stores.values())
     assert body["metrics"]["test"] == {"recall@20": 0.5}
     assert body["created_at"]
 

@@ -33,6 +33,8 @@ def test_parameters_and_bytes_round_down_to_a_feasible_sparsity(manifest) -> Non
     by_bytes = resolve_budget(manifest, max_bytes=limit)
     assert by_bytes.max_parameters == 1000
     assert table_bytes(manifest, by_bytes.max_parameters) <= limit
+    # The files of a store of 1000 float32 values over 200 entities: values and sizes.
+    assert table_bytes(manifest, 1000) == (128 + 1000 * 4) + (128 + 200)
     assert resolve_budget(manifest, max_parameters=10**9).target_sparsity == 0.0
 
 

@@ -114,7 +114,7 @@ def test_budget_job_swaps_the_model_without_a_failed_request(settings: Settings)
         model = client.get("/v1/model").json()
         assert model["target_sparsity"] == 0.75
         assert model["sparsity"] == pytest.approx(0.75)
-        assert model["bytes"]["embedding_values"] == 200 * 4 * 4
+        assert model["bytes"]["embedding_stores_detail"]["values"] == 128 + 200 * 4 * 4
         assert model["metrics"]["test"]["recall@20"] > 0
         metrics = client.get("/metrics").text
         assert f'ciess_model_info{{version="{new_version}"}} 1.0' in metrics

@@ -1,0 +1,207 @@
+"""How an embedding table is stored, and what it costs in bytes (pure numpy).
+
+A table of ``n`` rows with per-row sizes is stored as three ``.npy`` files:
+
+- ``sizes``: one unsigned integer per row, one byte each when ``max_size`` ≤ 255 (offsets are
+  derived from the sizes on load);
+- ``values``: the kept prefixes of the rows back to back, as the table's value type;
+- ``scales``: for the integer types only, one float16 per row.
+
+Value types: ``float32``; ``float16``; ``int8`` (each row ``x`` stored as
+``round(x / s)`` in [-127, 127] with ``s = max|x| / 127``); ``int4`` (the same in [-7, 7] with
+``s = max|x| / 7``, two values per byte, the first in the low nibble). The quantisation is
+symmetric per row: no zero point, since trained embeddings are centred on zero.
+
+The byte count of a store is the sum of its files' sizes, ``.npy`` headers included, so that a
+manifest's bytes equal what is on disk; :func:`stored_bytes` computes it without writing.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ciess_core.errors import ConfigError
+
+VALUE_TYPES = ("float32", "float16", "int8", "int4")
+"""Every value type a store may use, widest first."""
+
+QUANTISED_LEVELS = {"int8": 127, "int4": 7}
+"""The largest stored magnitude of each integer type (symmetric, so -128 and -8 are unused)."""
+
+SCALE_DTYPE = np.dtype(np.float16)
+DENSE_DTYPE = np.dtype(np.float32)
+
+
+@dataclass(frozen=True)
+class ValueType:
+    """One of :data:`VALUE_TYPES` and how it is laid out."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.name not in VALUE_TYPES:
+            raise ConfigError(f"value type must be one of {list(VALUE_TYPES)}, got {self.name!r}")
+
+    @property
+    def quantised(self) -> bool:
+        return self.name in QUANTISED_LEVELS
+
+    @property
+    def levels(self) -> int:
+        """The largest stored magnitude (integer types only)."""
+        return QUANTISED_LEVELS[self.name]
+
+    @property
+    def storage_dtype(self) -> np.dtype[np.generic]:
+        """The dtype of the ``values`` file: int4 is packed into uint8."""
+        return np.dtype(
+            {"float32": np.float32, "float16": np.float16, "int8": np.int8, "int4": np.uint8}[
+                self.name
+            ]
+        )
+
+    @property
+    def bits(self) -> int:
+        return {"float32": 32, "float16": 16, "int8": 8, "int4": 4}[self.name]
+
+    def stored_length(self, num_values: int) -> int:
+        """Entries of the ``values`` file for ``num_values`` values."""
+        return (num_values + 1) // 2 if self.name == "int4" else num_values
+
+
+def size_dtype(max_size: int) -> np.dtype[np.unsignedinteger]:
+    """The narrowest unsigned integer type that holds every size up to ``max_size``."""
+    if max_size < 1:
+        raise ConfigError(f"max_size must be >= 1, got {max_size}")
+    for candidate in (np.uint8, np.uint16, np.uint32):
+        if max_size <= np.iinfo(candidate).max:
+            return np.dtype(candidate)
+    raise ConfigError(f"max_size {max_size} does not fit in 32 bits")
+
+
+def npy_bytes(length: int, dtype: npt.DTypeLike) -> int:
+    """Size of the ``.npy`` file that ``np.save`` writes for a 1-D array (header included)."""
+    header = io.BytesIO()
+    kind = np.dtype(dtype)
+    fields = {"descr": np.lib.format.dtype_to_descr(kind), "fortran_order": False}
+    np.lib.format.write_array_header_1_0(header, {**fields, "shape": (length,)})
+    return header.tell() + length * kind.itemsize
+
+
+def table_file_bytes(
+    num_rows: int, num_values: int, value_type: str, max_size: int
+) -> dict[str, int]:
+    """Bytes of each file of one stored table: ``sizes``, ``values`` and (integer types)
+    ``scales``."""
+    kind = ValueType(value_type)
+    files = {
+        "sizes": npy_bytes(num_rows, size_dtype(max_size)),
+        "values": npy_bytes(kind.stored_length(num_values), kind.storage_dtype),
+    }
+    if kind.quantised:
+        files["scales"] = npy_bytes(num_rows, SCALE_DTYPE)
+    return files
+
+
+def stored_bytes(
+    num_rows: int, num_values: int, value_type: str, max_size: int, tables: int = 1
+) -> int:
+    """Every stored byte of ``tables`` tables of ``num_rows`` rows holding ``num_values`` values
+    each: what a byte budget counts."""
+    per_table = table_file_bytes(num_rows, num_values, value_type, max_size)
+    return tables * sum(per_table.values())
+
+
+def dense_fp32_bytes(num_rows: int, max_size: int, tables: int = 1) -> int:
+    """Bytes of the same tables dense at ``max_size`` in float32 (values only): the reference
+    of a byte ratio."""
+    return tables * num_rows * max_size * DENSE_DTYPE.itemsize
+
+
+# -- quantisation ---------------------------------------------------------------------------------
+
+
+def row_starts(sizes: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
+    """(n,) offset of each row's first value in the flat values."""
+    starts = np.zeros(sizes.size, dtype=np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    return starts
+
+
+def quantise(
+    values: npt.NDArray[np.floating], sizes: npt.NDArray[np.integer], value_type: str
+) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.float16] | None]:
+    """Store flat row-major ``values`` (rows of ``sizes``, every size ≥ 1) as ``value_type``.
+
+    Returns the ``values`` file's array and, for the integer types, the per-row scales (else
+    None). Each integer row is ``round(x / s)`` clipped to ±levels, with ``s`` the row's largest
+    magnitude over the levels, rounded to float16 first so that decoding uses exactly the
+    stored scale."""
+    kind = ValueType(value_type)
+    flat = np.asarray(values, dtype=np.float32)
+    if not kind.quantised:
+        return flat.astype(kind.storage_dtype), None
+    starts = row_starts(np.asarray(sizes, dtype=np.int64))
+    largest = np.maximum.reduceat(np.abs(flat), starts) if flat.size else np.zeros(0)
+    scales = (largest / kind.levels).astype(SCALE_DTYPE)
+    per_value = np.repeat(scales.astype(np.float32), np.asarray(sizes, dtype=np.int64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        steps = np.where(per_value > 0, flat / per_value, 0.0)
+    codes = np.clip(np.rint(steps), -kind.levels, kind.levels).astype(np.int8)
+    if kind.name == "int4":
+        return pack_int4(codes), scales
+    return codes, scales
+
+
+def dequantise(
+    stored: npt.NDArray[np.generic],
+    scales: npt.NDArray[np.float16] | None,
+    sizes: npt.NDArray[np.integer],
+    value_type: str,
+) -> npt.NDArray[np.float32]:
+    """The float32 values of a store written by :func:`quantise` (a float store, converted)."""
+    kind = ValueType(value_type)
+    if not kind.quantised:
+        return np.asarray(stored, dtype=np.float32)
+    if scales is None:
+        raise ConfigError(f"an {value_type} store needs its scales")
+    counts = np.asarray(sizes, dtype=np.int64)
+    total = int(counts.sum())
+    codes = unpack_int4(stored, total) if kind.name == "int4" else np.asarray(stored)
+    return codes.astype(np.float32) * np.repeat(scales.astype(np.float32), counts)
+
+
+def pack_int4(codes: npt.NDArray[np.integer]) -> npt.NDArray[np.uint8]:
+    """Two signed 4-bit codes per byte, the first in the low nibble; an odd count leaves a
+    zero high nibble in the last byte."""
+    nibbles = (np.asarray(codes, dtype=np.int8) & 0x0F).astype(np.uint8)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
+
+
+def unpack_int4(packed: npt.NDArray[np.generic], count: int) -> npt.NDArray[np.int8]:
+    """The first ``count`` signed codes of :func:`pack_int4`'s bytes."""
+    data = np.asarray(packed, dtype=np.uint8)
+    nibbles = np.empty(data.size * 2, dtype=np.uint8)
+    nibbles[0::2] = data & 0x0F
+    nibbles[1::2] = data >> 4
+    signed = (nibbles[:count].astype(np.int16) ^ 8) - 8
+    return signed.astype(np.int8)
+
+
+def quantisation_bound(largest: float, value_type: str) -> float:
+    """The largest error :func:`quantise` makes on a row whose largest magnitude is
+    ``largest``: half a step, plus what the float16 rounding of the scale moves the largest
+    value (float types: their own rounding)."""
+    kind = ValueType(value_type)
+    if kind.name == "float32":
+        return 0.0
+    if kind.name == "float16":
+        return largest * 2.0**-11 + 2.0**-24
+    step = largest / kind.levels
+    return step * (0.5 + (kind.levels + 1) * 2.0**-11) + 2.0**-24 * kind.levels
