@@ -85,6 +85,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="the earlier commit")
     parser.add_argument("--rounds", type=int, default=2, help="base/head pairs, alternating")
+    parser.add_argument(
+        "--more",
+        action="store_true",
+        help="add the rounds to those of the report's JSON twin (same base and head) instead "
+        "of starting again",
+    )
     parser.add_argument("--run", default=str(ROOT / "bench/_work/serving/run"))
     parser.add_argument("--data-dir", default=os.environ.get("CIESS_DATA_DIR", "../shared/data"))
     parser.add_argument("--rps", default="200,500")
@@ -102,15 +108,19 @@ def main() -> None:
     }
     trees = {"base": base_tree, "head": ROOT}
     rows: list[dict[str, Any]] = []
+    if arguments.more:
+        earlier = json.loads((REPORTS / "serving-regression.json").read_text())
+        rows = [r for r in earlier if r["commit"] in (base, head)]
+    first = 1 + max((int(r["round"]) for r in rows), default=-1)
     commands = {}
-    for round_index in range(arguments.rounds):
+    for round_index in range(first, first + arguments.rounds):
         for side in ("base", "head"):
             out = WORK / f"round{round_index}-{side}"
             shutil.rmtree(out, ignore_errors=True)
             found, commands[side] = load(trees[side], artifacts[side], run, arguments, out)
             commit = base if side == "base" else head
             rows += [{**row, "side": side, "commit": commit, "round": round_index} for row in found]
-    write(rows, arguments, commands, base, head)
+    write(rows, arguments, commands, base, head, first + arguments.rounds)
 
 
 def write(
@@ -119,6 +129,7 @@ def write(
     commands: dict[str, str],
     base: str,
     head: str,
+    rounds: int,
 ) -> None:
     machine = f"{os.cpu_count()} cores; {datetime.now(timezone.utc).strftime('%Y-%m-%d')}"
     (REPORTS / "serving-regression.json").write_text(json.dumps(rows, indent=1) + "\n")
@@ -131,9 +142,9 @@ def write(
         "machine. Only the `ciess` rows are shown (the `torch` server is the load section's "
         "reference).",
         "",
-        f"- base `{base[:12]}`, head `{head[:12]}`; {arguments.rounds} round(s); {machine}",
+        f"- base `{base[:12]}`, head `{head[:12]}`; {rounds} round(s); {machine}",
         f"- command: `python bench/serving_regression.py --base {arguments.base} "
-        f"--rounds {arguments.rounds}`",
+        f"--rounds N` (then `--more`: N more rounds, added)",
         f"- each call: `{commands.get('head', '')}`",
         "",
         "| workers | load | base req/s | head req/s | head / base | base p99 ms | head p99 ms |",
