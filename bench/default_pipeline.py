@@ -235,6 +235,8 @@ def candidate_rows(
         if result is None:
             continue
         for candidate in result["candidates"]:
+            if "test" not in candidate:  # not the pick, and not tested after the pipeline
+                continue
             rows.append(
                 {
                     **common,

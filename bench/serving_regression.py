@@ -74,6 +74,14 @@ def load(tree: Path, artifact: Path, run: Path, arguments: argparse.Namespace, o
     return [row for row in rows if row["server"] == "ciess"], " ".join(command)
 
 
+def same_serving_code(one: str, other: str) -> bool:
+    """Whether two commits hold the same core and service (what a server runs)."""
+    changed = subprocess.run(
+        ["git", "diff", "--quiet", one, other, "--", "ciess_core", "service"], cwd=ROOT
+    )
+    return changed.returncode == 0
+
+
 def key(row: dict[str, Any]) -> tuple[int, str]:
     """(workers, load): the load as serving.md names it."""
     if row["offered_rps"] is None:
@@ -88,8 +96,11 @@ def main() -> None:
     parser.add_argument(
         "--more",
         action="store_true",
-        help="add the rounds to those of the report's JSON twin (same base and head) instead "
-        "of starting again",
+        help="add the rounds to those of the report's JSON twin (same base, and a head with "
+        "the same ciess_core and service) instead of starting again",
+    )
+    parser.add_argument(
+        "--head-first", action="store_true", help="in each new round, the head before the base"
     )
     parser.add_argument("--run", default=str(ROOT / "bench/_work/serving/run"))
     parser.add_argument("--data-dir", default=os.environ.get("CIESS_DATA_DIR", "../shared/data"))
@@ -110,16 +121,23 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     if arguments.more:
         earlier = json.loads((REPORTS / "serving-regression.json").read_text())
-        rows = [r for r in earlier if r["commit"] in (base, head)]
+        rows = [r for r in earlier if r["side"] == "base" and r["commit"] == base]
+        for commit in {r["commit"] for r in earlier if r["side"] == "head"}:
+            if same_serving_code(commit, head):  # an earlier head that serves the same code
+                rows += [r for r in earlier if r["side"] == "head" and r["commit"] == commit]
     first = 1 + max((int(r["round"]) for r in rows), default=-1)
     commands = {}
+    order = ("head", "base") if arguments.head_first else ("base", "head")
     for round_index in range(first, first + arguments.rounds):
-        for side in ("base", "head"):
+        for side in order:
             out = WORK / f"round{round_index}-{side}"
             shutil.rmtree(out, ignore_errors=True)
             found, commands[side] = load(trees[side], artifacts[side], run, arguments, out)
             commit = base if side == "base" else head
-            rows += [{**row, "side": side, "commit": commit, "round": round_index} for row in found]
+            rows += [
+                {**row, "side": side, "commit": commit, "round": round_index, "first": order[0]}
+                for row in found
+            ]
     write(rows, arguments, commands, base, head, first + arguments.rounds)
 
 
@@ -142,7 +160,12 @@ def write(
         "machine. Only the `ciess` rows are shown (the `torch` server is the load section's "
         "reference).",
         "",
-        f"- base `{base[:12]}`, head `{head[:12]}`; {rounds} round(s); {machine}",
+        f"- base `{base[:12]}`, head `{head[:12]}` (and earlier heads with the same "
+        f"`ciess_core` and `service`: "
+        f"{', '.join(sorted({r['commit'][:12] for r in rows if r['side'] == 'head'}))}); "
+        f"{rounds} round(s), "
+        f"{sum(1 for r in {(x['round'], x.get('first', 'base')) for x in rows} if r[1] == 'head')}"
+        f" of them head first; {machine}",
         f"- command: `python bench/serving_regression.py --base {arguments.base} "
         f"--rounds N` (then `--more`: N more rounds, added)",
         f"- each call: `{commands.get('head', '')}`",
