@@ -64,10 +64,6 @@ class ValueType:
             ]
         )
 
-    @property
-    def bits(self) -> int:
-        return {"float32": 32, "float16": 16, "int8": 8, "int4": 4}[self.name]
-
     def stored_length(self, num_values: int) -> int:
         """Entries of the ``values`` file for ``num_values`` values."""
         return (num_values + 1) // 2 if self.name == "int4" else num_values
@@ -125,11 +121,13 @@ def dense_fp32_bytes(num_rows: int, max_size: int, tables: int = 1) -> int:
 # -- quantisation ---------------------------------------------------------------------------------
 
 
-def row_starts(sizes: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
-    """(n,) offset of each row's first value in the flat values."""
-    starts = np.zeros(sizes.size, dtype=np.int64)
-    np.cumsum(sizes[:-1], out=starts[1:])
-    return starts
+def offsets_from_sizes(sizes: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """(n + 1,) int64 exclusive prefix sums of (n,) sizes: row ``r`` of the flat values is
+    ``values[offsets[r]:offsets[r + 1]]``."""
+    array = np.asarray(sizes, dtype=np.int64)
+    offsets = np.zeros(array.size + 1, dtype=np.int64)
+    np.cumsum(array, out=offsets[1:])
+    return offsets
 
 
 def quantise(
@@ -145,7 +143,7 @@ def quantise(
     flat = np.asarray(values, dtype=np.float32)
     if not kind.quantised:
         return flat.astype(kind.storage_dtype), None
-    starts = row_starts(np.asarray(sizes, dtype=np.int64))
+    starts = offsets_from_sizes(sizes)[:-1]
     largest = np.maximum.reduceat(np.abs(flat), starts) if flat.size else np.zeros(0)
     scales = (largest / kind.levels).astype(SCALE_DTYPE)
     per_value = np.repeat(scales.astype(np.float32), np.asarray(sizes, dtype=np.int64))

@@ -150,6 +150,12 @@ def connection_budget() -> int:
     return max(1, soft - max(SPARE_DESCRIPTORS, soft // 8))
 
 
+@functools.cache
+def _process_connection_budget() -> int:
+    """:func:`connection_budget`, read once per process, not once per connection."""
+    return connection_budget()
+
+
 class _Connections:
     """This process's client connections: how many are open, and those waiting for a request's
     headers, oldest first."""
@@ -290,7 +296,7 @@ def _protocol_with_deadline(
 ) -> Any:
     protocol = _with_deadline(http)(**arguments)
     protocol.header_timeout = seconds
-    protocol.connection_budget = connection_budget() if budget is None else budget
+    protocol.connection_budget = _process_connection_budget() if budget is None else budget
     return protocol
 
 

@@ -25,12 +25,12 @@ from ciess_core.artifact.propagation import (
 )
 from ciess_core.artifact.ragged import (
     RaggedTable,
-    offsets_from_sizes,
     pack,
     unpack,
     validate_ragged,
 )
 from ciess_core.errors import ArtifactError
+from ciess_core.storage import offsets_from_sizes
 
 
 @st.composite

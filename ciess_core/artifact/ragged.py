@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ciess_core.errors import ArtifactError
-from ciess_core.storage import size_dtype
+from ciess_core.storage import offsets_from_sizes, size_dtype
 
 VALUE_DTYPES: dict[str, type[np.floating]] = {"float32": np.float32, "float16": np.float16}
 
@@ -80,14 +80,6 @@ class RaggedTable:
     def row(self, index: int) -> npt.NDArray[np.floating]:
         """Row ``index``: (sizes[index],) values."""
         return self.values[self.offsets[index] : self.offsets[index + 1]]
-
-
-def offsets_from_sizes(sizes: npt.ArrayLike) -> npt.NDArray[np.int64]:
-    """(n + 1,) int64 exclusive prefix sums of (n,) sizes."""
-    array = np.asarray(sizes, dtype=np.int64)
-    offsets = np.zeros(array.size + 1, dtype=np.int64)
-    np.cumsum(array, out=offsets[1:])
-    return offsets
 
 
 def _prefix_mask(sizes: npt.NDArray[np.integer], width: int) -> npt.NDArray[np.bool_]:

@@ -15,7 +15,6 @@ import numpy.typing as npt
 from ciess_core.artifact.ragged import (
     MAX_ABS_VALUE,
     RaggedTable,
-    offsets_from_sizes,
     validate_ragged,
 )
 from ciess_core.errors import ArtifactError
@@ -23,8 +22,8 @@ from ciess_core.storage import (
     SCALE_DTYPE,
     ValueType,
     dequantise,
+    offsets_from_sizes,
     quantise,
-    row_starts,
     size_dtype,
     unpack_int4,
 )
@@ -179,11 +178,3 @@ def store_table(table: RaggedTable, name: str, value_type: str) -> StoredTable:
         values=values,
         scales=scales,
     )
-
-
-def largest_per_row(table: RaggedTable) -> npt.NDArray[np.float32]:
-    """(rows,) the largest magnitude of each row's values."""
-    sizes = table.sizes.astype(np.int64)
-    if not table.values.size:
-        return np.zeros(sizes.size, dtype=np.float32)
-    return np.maximum.reduceat(np.abs(table.values.astype(np.float32)), row_starts(sizes))

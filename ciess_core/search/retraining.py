@@ -281,51 +281,19 @@ def deploy_budget(
 # -- the units as worker processes run them: their teachers are read from the pipeline folder --
 
 
-def _teachers(
-    spec: PipelineSpec, split: DatasetSplit, out: Path, phases: tuple[Phase, ...]
-) -> Teachers:
-    return prepare_teachers(spec, split, out, False, phases)[0]
-
-
-def _select_unit(
+def _run_unit(
+    function: Callable[..., dict[str, Any]],
+    phases: tuple[Phase, ...],
     spec: PipelineSpec,
     split: DatasetSplit,
     out: Path,
     budget: float,
-    index: int,
-    sizes: SizeAssignment,
-    kind: str,
-    progress: bool,
+    *arguments: Any,
 ) -> dict[str, Any]:
-    teachers = _teachers(spec, split, out, selection_phases(spec))
-    folder = BudgetFolder.of(out, budget)
-    return select_candidate(spec, split, folder, budget, index, sizes, kind, progress, teachers)
-
-
-def _test_unit(
-    spec: PipelineSpec,
-    split: DatasetSplit,
-    out: Path,
-    budget: float,
-    record: dict[str, Any],
-    progress: bool,
-) -> dict[str, Any]:
-    teachers = _teachers(spec, split, out, (Phase.TEST,))
-    folder = BudgetFolder.of(out, budget)
-    return test_candidate(spec, split, folder, budget, record, progress, teachers)
-
-
-def _deploy_unit(
-    spec: PipelineSpec,
-    split: DatasetSplit,
-    out: Path,
-    budget: float,
-    record: dict[str, Any],
-    progress: bool,
-) -> dict[str, Any]:
-    teachers = _teachers(spec, split, out, (Phase.DEPLOY,))
-    folder = BudgetFolder.of(out, budget)
-    return train_deployed(spec, split, folder, budget, record, progress, teachers)
+    """``function(spec, split, folder, budget, *arguments, teachers)`` with the teachers of
+    ``phases`` read from the pipeline folder ``out``: a unit as a worker process runs it."""
+    teachers = prepare_teachers(spec, split, out, False, phases)[0]
+    return function(spec, split, BudgetFolder.of(out, budget), budget, *arguments, teachers)
 
 
 @dataclass(frozen=True)
@@ -334,8 +302,8 @@ class _Unit:
     budget: float
     needs: tuple[Phase, ...]  # the teachers it loads
     width: int  # columns its model computes: the longest units start first
-    function: Callable[..., dict[str, Any]]
-    arguments: tuple[Any, ...]
+    function: Callable[..., dict[str, Any]]  # select_candidate, test_candidate, train_deployed
+    arguments: tuple[Any, ...]  # those between its budget and its teachers
 
 
 @dataclass
@@ -389,8 +357,8 @@ def retrain_budgets(
             state.deployed = cached
             return
         width = state.folder.candidate(record["candidate"]).width
-        arguments = (spec, split, out, budget, record, progress)
-        waiting.append(_Unit("deploy", budget, (Phase.DEPLOY,), width, _deploy_unit, arguments))
+        arguments = (record, progress)
+        waiting.append(_Unit("deploy", budget, (Phase.DEPLOY,), width, train_deployed, arguments))
 
     def selected(budget: float) -> None:
         state = budgets[budget]
@@ -400,8 +368,8 @@ def retrain_budgets(
             tested(budget, chosen)
         else:
             width = state.folder.candidate(chosen["candidate"]).width
-            arguments = (spec, split, out, budget, chosen, progress)
-            waiting.append(_Unit("test", budget, (Phase.TEST,), width, _test_unit, arguments))
+            arguments = (chosen, progress)
+            waiting.append(_Unit("test", budget, (Phase.TEST,), width, test_candidate, arguments))
         queue_deployment(budget, chosen)
 
     def tested(budget: float, chosen: dict[str, Any]) -> None:
@@ -421,9 +389,9 @@ def retrain_budgets(
             if (record := state.folder.candidate_record(index)) is not None:
                 state.records[index] = record
                 continue
-            arguments = (spec, split, out, budget, index, sizes, kind, progress)
+            arguments = (index, sizes, kind, progress)
             needs = selection_phases(spec)
-            waiting.append(_Unit("select", budget, needs, sizes.width, _select_unit, arguments))
+            waiting.append(_Unit("select", budget, needs, sizes.width, select_candidate, arguments))
         if len(state.records) == state.count:
             selected(budget)
 
@@ -435,7 +403,10 @@ def retrain_budgets(
         ready = [unit for unit in waiting if _teachers_ready(unit.needs, teacher_futures)]
         for unit in sorted(ready, key=lambda unit: -unit.width):
             waiting.remove(unit)
-            running[runner.submit(unit.function, *unit.arguments)] = unit
+            submitted = runner.submit(
+                _run_unit, unit.function, unit.needs, spec, split, out, unit.budget, *unit.arguments
+            )
+            running[submitted] = unit
         waitables: set[Future[Any]] = {f for f in teacher_futures.values() if not f.done()}
         if not running and not waitables:
             raise ConfigError("retraining units wait for a teacher that is not being trained")
