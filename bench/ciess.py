@@ -66,6 +66,7 @@ from ciess_core.search.files import BudgetFolder
 from ciess_core.search.fit import DEFAULT_SHARE_GRID, DEFAULT_SPREAD_GRID, equal_split_candidate
 from ciess_core.search.loop import SearchHooks
 from ciess_core.search.pipeline import (
+    Candidate,
     EvaluatorFactory,
     PipelineSpec,
     build_evaluator,
@@ -419,9 +420,12 @@ def es_control(arguments: argparse.Namespace, fit: bool) -> None:
         started = time.perf_counter()
         shape = (split.num_users, split.num_items)
         candidates = [
-            equal_split_candidate(spec, evaluator, *shape, budget, folder)
-            if fit
-            else equal_sizes(*shape, spec.search.max_size, budget)
+            Candidate(
+                equal_split_candidate(spec, evaluator, *shape, budget, folder)
+                if fit
+                else equal_sizes(*shape, spec.search.max_size, budget),
+                "equal",
+            )
         ]
         summary["timings"][f"fit_{budget:g}"] = round(time.perf_counter() - started, 2)
         result = retrain_budget(
@@ -562,7 +566,7 @@ def shapes(arguments: argparse.Namespace) -> None:
             )
             out = WORK / f"shape-{shape.replace(':', '_')}-{folder.name}" / f"budget-{budget:g}"
             result = retrain_budget(
-                spec, split, budget, [sizes], out, progress=False, teachers=teachers
+                spec, split, budget, [Candidate(sizes)], out, progress=False, teachers=teachers
             )
             row = budget_rows(
                 arguments,

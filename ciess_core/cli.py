@@ -126,9 +126,9 @@ def _add_export_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--value-type",
         choices=VALUE_TYPES,
-        default="float32",
         help="how embedding values are stored: float32 (lossless), float16, int8 or int4 "
-        "(per-row float16 scales; a quarter or an eighth of float32's bytes)",
+        "(per-row float16 scales; a quarter or an eighth of float32's bytes); default: the "
+        "type the run was selected in (a byte budget's pick), else float32",
     )
     parser.add_argument(
         "--verify-users",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,13 @@ def add_search_parser(subparsers: Any) -> None:
         "--budgets",
         default="0.8,0.9,0.95",
         help="target sparsities (shares of the parameters pruned), comma-separated",
+    )
+    parser.add_argument(
+        "--budget-bytes",
+        help="byte budgets instead of --budgets, comma-separated: a number of bytes (250000) "
+        "or, up to 1, a ratio of the dense float32 tables' bytes (0.05); the planner picks "
+        "each one's value type (float32, float16, int8, int4) and sizes, counting every "
+        "stored byte",
     )
     parser.add_argument("--out", help="output folder (default runs/search-<dataset>-<backbone>)")
     add_recipe_arguments(
@@ -84,16 +92,21 @@ def recipe_spec(arguments: argparse.Namespace, budgets: tuple[float, ...] | None
 
 def run_search_command(arguments: argparse.Namespace) -> int:
     from ciess_core.pipeline import load_split, run_product_pipeline
+    from ciess_core.search.budgets import ByteBudget
 
-    try:
-        budgets = tuple(float(value) for value in arguments.budgets.split(","))
-    except ValueError:
-        raise ConfigError(
-            f"--budgets must be comma-separated numbers, got '{arguments.budgets}'"
-        ) from None
+    budgets = _numbers("--budgets", arguments.budgets, float)
     spec = recipe_spec(arguments, budgets)
     out = Path(arguments.out or f"runs/search-{Path(arguments.dataset).stem}-{arguments.backbone}")
     split, fingerprint = load_split(spec.dataset, arguments.data_dir)
+    if arguments.budget_bytes:
+        rows, size = split.num_users + split.num_items, spec.search.max_size
+        ratios = tuple(
+            value
+            if value <= 1.0
+            else ByteBudget.of_bytes(int(value), rows, size, spec.backbone_tables).ratio
+            for value in _numbers("--budget-bytes", arguments.budget_bytes, float)
+        )
+        spec = dataclasses.replace(spec, byte_ratios=ratios)
     summary = run_product_pipeline(
         spec,
         out,
@@ -102,17 +115,32 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         workers=arguments.workers,
         progress=not arguments.no_progress,
     )
-    _plot(out, split, budgets)
+    if not spec.byte_ratios:
+        _plot(out, split, budgets)
     print(f"search: {out}")
-    for budget, result in summary["budgets"].items():
+    for label, result in summary["budgets"].items():
         test = result["test"]
+        chosen = next(c for c in result["candidates"] if c["candidate"] == result["chosen"])
+        stored = (
+            f"{result['value_type']}, {chosen['bytes']} bytes" if "bytes" in chosen else "float32"
+        )
         print(
-            f"budget {budget}: sparsity {result['achieved_sparsity']:.4f}  "
+            f"budget {label}: sparsity {result['achieved_sparsity']:.4f}, {stored}  "
             f"test R@20 {test['recall@20']:.4f}  N@20 {test['ndcg@20']:.4f}  "
             f"({result['protocol']}, {result['chosen_kind']} sizes kept)"
         )
-        print(f"  export: ciess export {out / f'budget-{budget}' / 'run'} --out ARTIFACT_DIR")
+        folder = label if label.startswith("bytes-") else f"budget-{label}"
+        print(f"  export: ciess export {out / folder / 'run'} --out ARTIFACT_DIR")
     return 0
+
+
+def _numbers(flag: str, text: str, kind: type[float] | type[int]) -> tuple[Any, ...]:
+    """Comma-separated numbers of ``kind``; a ConfigError naming ``flag`` otherwise."""
+    try:
+        return tuple(kind(value) for value in text.split(","))
+    except ValueError:
+        noun = "integers" if kind is int else "numbers"
+        raise ConfigError(f"{flag} must be comma-separated {noun}, got '{text}'") from None
 
 
 def _plot(out: Path, split: Any, budgets: tuple[float, ...]) -> None:

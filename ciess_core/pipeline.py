@@ -42,6 +42,20 @@ logger = logging.getLogger(__name__)
 
 SPLIT_SEED = 42
 
+_LATER_DEFAULTS = {("byte_ratios",): [], ("training", "value_type"): "float32"}
+"""Settings added to the spec after folders were written without them, with the value that an
+older folder's pipeline had (those folders resume)."""
+
+
+def _with_later_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    for path, value in _LATER_DEFAULTS.items():
+        *parents, key = path
+        node = stored
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node.setdefault(key, value)
+    return stored
+
 
 def pipeline_spec(
     dataset: str,
@@ -51,9 +65,12 @@ def pipeline_spec(
     overrides: Mapping[str, Any] | None = None,
     device: str = "cpu",
     protocol: RunProtocol = Protocol.CLEAN,
+    byte_ratios: tuple[float, ...] = (),
 ) -> PipelineSpec:
     """The pipeline for ``dataset`` and ``backbone`` with the recipe of
     :func:`~ciess_core.recipes.resolve_recipe` (shipped file, ``config_file``, ``overrides``).
+    ``byte_ratios``: byte budgets to serve instead of the sparsity ``budgets`` (see
+    :class:`~ciess_core.search.pipeline.PipelineSpec`).
 
     ``protocol``: the clean protocol is the product's; another one (the authors' reference
     protocol in ``bench/experiments/protocols.py``) serves comparisons with published tables.
@@ -88,6 +105,7 @@ def pipeline_spec(
         ),
         supernet_batches=recipe["supernet_batches"],
         protocol=protocol,
+        byte_ratios=tuple(byte_ratios),
     )
 
 
@@ -116,7 +134,7 @@ def run_product_pipeline(
     described = jsonable(spec)
     spec_path = out / "spec.json"
     if spec_path.exists():
-        stored = json.loads(spec_path.read_text())
+        stored = _with_later_defaults(json.loads(spec_path.read_text()))
         if stored != described:
             raise ConfigError(
                 f"{out} holds a pipeline with other settings ({spec_path}); choose another "

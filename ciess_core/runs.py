@@ -101,7 +101,11 @@ class Protocol(enum.Enum):
         )
         stages["final"] = stage_summary(final)
         test_metrics = evaluate_model(
-            model, test_train, test, spec.training.eval_users_per_chunk
+            model,
+            test_train,
+            test,
+            spec.training.eval_users_per_chunk,
+            value_type=spec.training.value_type,
         ).mean()
         outcome = RunOutcome(
             test_metrics=test_metrics,

@@ -203,3 +203,21 @@ def quantisation_bound(largest: float, value_type: str) -> float:
         return largest * 2.0**-11 + 2.0**-24
     step = largest / kind.levels
     return step * (0.5 + (kind.levels + 1) * 2.0**-11) + 2.0**-24 * kind.levels
+
+
+def parameters_within(
+    byte_budget: int, num_rows: int, value_type: str, max_size: int, tables: int = 1
+) -> int:
+    """The most values per table (Σ sizes, at most ``num_rows · max_size``) whose ``tables``
+    stores of ``value_type`` take at most ``byte_budget`` bytes; -1 when not even an empty store
+    fits. The bytes grow with the values, so a bisection finds the largest that fits."""
+    if stored_bytes(num_rows, 0, value_type, max_size, tables) > byte_budget:
+        return -1
+    low, high = 0, num_rows * max_size  # low fits; find the largest that does
+    while low < high:
+        middle = (low + high + 1) // 2
+        if stored_bytes(num_rows, middle, value_type, max_size, tables) <= byte_budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low

@@ -179,12 +179,13 @@ eval_every = 5
 """
 
 
-def test_search_help_lists_at_most_fifteen_options(capsys: pytest.CaptureFixture[str]) -> None:
+def test_search_help_lists_at_most_sixteen_options(capsys: pytest.CaptureFixture[str]) -> None:
+    # the recipe's flags, the budgets in sparsity or in bytes, and the run's own: no more
     with pytest.raises(SystemExit):
         main(["search", "--help"])
     usage = capsys.readouterr().out
     options = {word.rstrip(",") for word in usage.split() if word.startswith("--")}
-    assert len(options | {"-h"}) <= 15
+    assert len(options | {"-h"}) <= 16
 
 
 def test_search_runs_end_to_end_and_resumes(
@@ -233,6 +234,27 @@ def test_search_runs_end_to_end_and_resumes(
     assert main([*arguments[:6], str(parallel), *arguments[7:], "--workers", "2"]) == 0
     assert json.loads((parallel / "summary.json").read_text())["workers"] == 2
     assert read_run(BudgetFolder.of(parallel, 0.9).run).sizes == sizes
+
+
+def test_search_with_a_byte_budget_exports_its_pick_within_the_bytes(
+    pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "search"
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    common = ["search", "--dataset", str(pairs_file), "--out", str(out), "--config", str(recipe)]
+    assert main([*common, "--budget-bytes", "0.05,x", "--no-progress"]) == 2
+    assert "--budget-bytes must be comma-separated numbers" in capsys.readouterr().err
+    assert main([*common, "--budget-bytes", "0.05", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "budget bytes-0.05: sparsity" in printed and " bytes  test R@20" in printed
+    result = json.loads((out / "bytes-0.05" / "result.json").read_text())
+    artifact = tmp_path / "artifact"
+    run = out / "bytes-0.05" / "run"
+    assert main(["export", str(run), "--out", str(artifact), "--data-dir", str(tmp_path)]) == 0
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["value_dtype"] == result["value_type"]  # exported as it was selected
+    assert manifest["memory"]["stored"] <= 0.05 * manifest["memory"]["dense"]
 
 
 def test_train_on_a_lightgcn_folder(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ class RetrainEvaluator:
     def prepare(self) -> None:
         """Nothing to prepare: every evaluation starts from scratch."""
 
-    def evaluate(self, sizes: SizeAssignment) -> QualitySignal:
+    def evaluate(self, sizes: SizeAssignment, value_type: str = "float32") -> QualitySignal:
         started = time.perf_counter()
         generator = torch.Generator(device=self.training.device)
         generator.manual_seed(self.training.seed + self.calls)
@@ -60,7 +60,7 @@ class RetrainEvaluator:
         config = dataclasses.replace(self.training, seed=self.training.seed + self.calls)
         train_bpr(model, self.train, config, progress=False)
         self.calls += 1
-        return quality_signal(model, self.train, self.valid, started, self.item_quality)
+        return quality_signal(model, self.train, self.valid, started, self.item_quality, value_type)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,8 @@ class ExportOptions:
         value_dtype: how the tables' values are stored (:data:`ciess_core.storage.VALUE_TYPES`):
             "float32" (lossless), "float16", "int8" or "int4" (per-row scales). The parity check
             compares the artifact with the model whose tables hold the stored values decoded.
+            None: a run's own value type (the one it was selected in, ``training.value_type``),
+            float32 for a model.
         verify_users: users whose scores and top-k are compared with the model after writing
             (0: none).
         tolerance: float32 parity bar, |artifact - model| <= tolerance · (1 + |model|).
@@ -94,14 +96,14 @@ class ExportOptions:
         threads: onnxruntime threads for the check.
     """
 
-    value_dtype: str = "float32"
+    value_dtype: str | None = None
     verify_users: int = 256
     tolerance: float = 1e-5
     top_k: int = 20
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.value_dtype not in VALUE_TYPES:
+        if self.value_dtype is not None and self.value_dtype not in VALUE_TYPES:
             raise ConfigError(f"value type must be one of {list(VALUE_TYPES)}")
         if self.verify_users < 0 or self.top_k < 1:
             raise ConfigError("verify_users must be >= 0 and top_k >= 1")
@@ -262,6 +264,7 @@ def export_model(
     """
     metadata = metadata or ExportMetadata()
     options = options or ExportOptions()
+    value_type = options.value_dtype or "float32"
     out = Path(out_dir)
     if out.exists():
         raise ConfigError(f"artifact directory {out} already exists; choose another --out")
@@ -282,7 +285,7 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with torch.no_grad():
-            memory, decoded = _write_tables(model, staging, options.value_dtype)
+            memory, decoded = _write_tables(model, staging, value_type)
             write_ids(staging, USER_IDS_FILE, user_ids)
             write_ids(staging, ITEM_IDS_FILE, item_ids)
             _write_interactions(train, staging)
@@ -313,7 +316,7 @@ def export_model(
         out,
         manifest.achieved_sparsity,
         memory.stored,
-        options.value_dtype,
+        value_type,
         memory.dense,
         manifest.memory.resident,
         verification,
@@ -339,7 +342,7 @@ def _manifest(
         max_size=model.max_size,
         num_users=model.num_users,
         num_items=model.num_items,
-        value_dtype=options.value_dtype,
+        value_dtype=options.value_dtype or "float32",
         tables=TABLES_BY_KIND[kind],
         graphs=graph_files(kind, model.config.num_layers),
         target_sparsity=metadata.target_sparsity,
@@ -439,6 +442,10 @@ def export_run(
     (rebuilt as :func:`load_run` does)."""
     run = load_run(run_dir, data_dir)
     config = run.config
+    options = options or ExportOptions()
+    if options.value_dtype is None:
+        selected_as = config.get("training", {}).get("value_type", "float32")
+        options = dataclasses.replace(options, value_dtype=selected_as)
     metadata = ExportMetadata(
         dataset=str(config.get("dataset")),
         dataset_fingerprint=run.fingerprint,

@@ -10,6 +10,7 @@ from ciess_core.models.lightgcn import LightGCN
 from ciess_core.models.masking import MaskedEmbedding, prefix_mask
 from ciess_core.models.ncf import NCF
 from ciess_core.models.ngcf import NGCF
+from ciess_core.models.stored import stored_tables, stored_weight
 
 __all__ = [
     "NCF",
@@ -22,6 +23,8 @@ __all__ = [
     "Representation",
     "build_backbone",
     "prefix_mask",
+    "stored_tables",
+    "stored_weight",
 ]
 
 

@@ -55,13 +55,15 @@ class QualitySignal:
 
 
 class QualityEvaluator(Protocol):
-    """Scores size assignments; ``prepare`` pays any one-off cost before the search starts."""
+    """Scores size assignments; ``prepare`` pays any one-off cost before the search starts.
+    ``evaluate``'s ``value_type`` scores the tables as a store of that type decodes them
+    (:func:`~ciess_core.models.stored_tables`): the byte planner's simulated quantisation."""
 
     name: str
 
     def prepare(self) -> None: ...
 
-    def evaluate(self, sizes: SizeAssignment) -> QualitySignal: ...
+    def evaluate(self, sizes: SizeAssignment, value_type: str = "float32") -> QualitySignal: ...
 
 
 def quality_signal(
@@ -70,9 +72,11 @@ def quality_signal(
     valid: sp.csr_matrix,
     started: float,
     item_quality: ItemQuality = ItemQuality.USERS,
+    value_type: str = "float32",
 ) -> QualitySignal:
-    """Evaluate ``model`` on ``valid`` and turn the result into per-user and per-item quality."""
-    result = evaluate_model(model, train, valid)
+    """Evaluate ``model`` (its tables stored as ``value_type``) on ``valid`` and turn the result
+    into per-user and per-item quality."""
+    result = evaluate_model(model, train, valid, value_type=value_type)
     user_eval = np.nan_to_num(result.user_quality(), nan=0.0)
     item_eval = (
         result.item_own_quality(valid)
@@ -198,7 +202,7 @@ class SupernetEvaluator:
         os.replace(staging, self.cache_path)  # weights first: the key alone never validates
         self.cache_path.with_suffix(".json").write_text(json.dumps(key, indent=1) + "\n")
 
-    def evaluate(self, sizes: SizeAssignment) -> QualitySignal:
+    def evaluate(self, sizes: SizeAssignment, value_type: str = "float32") -> QualitySignal:
         self.prepare()
         model = self.model
         if model is None:  # prepare() always sets it; this keeps the type checker informed
@@ -214,4 +218,4 @@ class SupernetEvaluator:
             )
             train_bpr(model, self.train, config, progress=False)
         self.calls += 1
-        return quality_signal(model, self.train, self.valid, started, self.item_quality)
+        return quality_signal(model, self.train, self.valid, started, self.item_quality, value_type)

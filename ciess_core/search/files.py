@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ciess_core.errors import DataError
+from ciess_core.search.budgets import Budget, ByteBudget
 from ciess_core.sizes import SizeAssignment
 
 
@@ -31,9 +32,12 @@ def write_json(path: Path, value: Any) -> None:
 
 @dataclass(frozen=True)
 class BudgetFolder:
-    """One budget's folder of the pipeline (``<out>/budget-<c>/``)::
+    """One budget's folder of the pipeline (``<out>/budget-<c>/``, a byte budget's
+    ``<out>/bytes-<ratio>/``)::
 
-    fit.json, equal-fit.json      the fits' scored variants, best first
+    fit.json, equal-fit.json      the fits' scored variants, best first (a byte budget:
+                                  fit-<type>.json, equal-fit-<type>.json per value type)
+    plan.json                     a byte budget's plan: every value type's room and scores
     candidate_<i>.npz             each retrained candidate's sizes (SizeAssignment files)
     candidate_<i>.history.jsonl   its evaluations
     candidate_<i>.json            its record: validation metrics, selected batches, seconds
@@ -46,8 +50,10 @@ class BudgetFolder:
     path: Path
 
     @classmethod
-    def of(cls, out: Path, budget: float) -> BudgetFolder:
+    def of(cls, out: Path, budget: Budget) -> BudgetFolder:
         """The folder of ``budget`` in the pipeline folder ``out``."""
+        if isinstance(budget, ByteBudget):
+            return cls(Path(out) / budget.label)
         return cls(Path(out) / f"budget-{budget:g}")
 
     @property

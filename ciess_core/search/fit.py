@@ -6,7 +6,7 @@ best first; and the per-side equal assignment fitted the same way, the control t
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -41,6 +41,13 @@ def within_side_spread(sizes: SizeAssignment) -> float:
     return float(np.sqrt(np.mean(deviations**2)))
 
 
+class ScoredSizes(NamedTuple):
+    """A size assignment and its validation score under the evaluator."""
+
+    score: float
+    sizes: SizeAssignment
+
+
 def fit_shares(
     spec: PipelineSpec,
     evaluator: QualityEvaluator,
@@ -48,9 +55,11 @@ def fit_shares(
     candidates: list[SizeAssignment],
     folder: BudgetFolder,
     record: str = "fit",
-) -> list[SizeAssignment]:
+    value_type: str = "float32",
+) -> list[ScoredSizes]:
     """Refit each candidate at every share of ``spec.share_grid`` and, with ``spec.spread_grid``,
     shrink the best variants' spreads; the best first (ties keep the order they were scored in).
+    ``value_type``: every variant is scored with its tables stored as that type.
 
     Writes the fit's ``record`` (``fit.json``) in ``folder``, in that order: every variant's
     share (null: as the pool gave it), spread factors, users' and items' mean sizes,
@@ -60,7 +69,7 @@ def fit_shares(
     scored: list[tuple[float, SizeAssignment, dict[str, Any]]] = []
 
     def score(fitted: SizeAssignment, **described: Any) -> None:
-        value = evaluator.evaluate(fitted).metrics[metric]
+        value = evaluator.evaluate(fitted, value_type).metrics[metric]
         row = {
             **described,
             "users_mean_size": float(fitted.user_sizes.mean()),
@@ -94,7 +103,16 @@ def fit_shares(
     scored.sort(key=lambda entry: -entry[0])
     folder.write_fit(record, [entry[2] for entry in scored])
     logger.info("budget %g: first refit %s (%s %.4f)", budget, scored[0][2], metric, scored[0][0])
-    return [entry[1] for entry in scored]
+    return [ScoredSizes(entry[0], entry[1]) for entry in scored]
+
+
+def flat_equal_sizes(
+    spec: PipelineSpec, num_users: int, num_items: int, budget: float
+) -> SizeAssignment:
+    """Every entity an equal share of ``budget``'s parameters (sizes differ by at most one)."""
+    max_size = spec.search.max_size
+    total = parameter_budget(num_users + num_items, max_size, budget)
+    return equal_sizes_within(num_users, num_items, max_size, total, spend_all=True)
 
 
 def equal_split_candidate(
@@ -113,11 +131,9 @@ def equal_split_candidate(
     assignment is refitted at every users' share by :func:`fit_shares` (``equal-fit.json``), so
     that each side stays equal within itself and the evaluator picks the split between the sides.
     """
-    max_size = spec.search.max_size
-    total = parameter_budget(num_users + num_items, max_size, budget)
-    flat = equal_sizes_within(num_users, num_items, max_size, total, spend_all=True)
+    flat = flat_equal_sizes(spec, num_users, num_items, budget)
     if not spec.share_grid:
         return flat
     if evaluator is None:
         raise ConfigError("the share fit of the equal candidate needs the evaluator")
-    return fit_shares(spec, evaluator, budget, [flat], folder, "equal-fit")[0]
+    return fit_shares(spec, evaluator, budget, [flat], folder, "equal-fit")[0].sizes

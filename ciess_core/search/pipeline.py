@@ -29,10 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ciess_core.artifact.manifest import TABLES_BY_KIND
 from ciess_core.data import DatasetSplit, Phase, hold_out_per_user
 from ciess_core.errors import ConfigError
 from ciess_core.models import BackboneConfig
 from ciess_core.runs import Protocol, RunProtocol
+from ciess_core.search.budgets import Budget, ByteBudget, budget_label
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.evaluators import QualityEvaluator, SupernetEvaluator, quality_signal
 from ciess_core.search.files import BudgetFolder, read_cached, write_json
@@ -44,8 +46,14 @@ from ciess_core.search.fit import (
 )
 from ciess_core.search.loop import SearchHooks, SearchInputs, run_search
 from ciess_core.search.parallel import StageRunner
+from ciess_core.search.planner import plan_candidates, search_budgets
 from ciess_core.search.pool import AssignmentPool
-from ciess_core.search.retraining import deploy_budget, retrain_budget, retrain_budgets
+from ciess_core.search.retraining import (
+    Candidate,
+    deploy_budget,
+    retrain_budget,
+    retrain_budgets,
+)
 from ciess_core.search.teachers import (
     TEACHER_DIRECTORIES,
     full_size_model,
@@ -53,11 +61,12 @@ from ciess_core.search.teachers import (
     prepare_teachers,
     train_phase_teacher,
 )
-from ciess_core.sizes import SizeAssignment
 from ciess_core.training import TrainConfig, train_bpr
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
 
 __all__ = [
+    "ByteBudget",
+    "Candidate",
     "EvaluatorFactory",
     "PipelineSpec",
     "StageReport",
@@ -116,6 +125,11 @@ class PipelineSpec:
             picks score higher there than on unseen data (session 16 of the notes); scores on
             interactions it never saw tell the spread that generalises from the spread that
             fits noise.
+        byte_ratios: byte budgets, each a ratio of the dense float32 bytes of the embedding
+            tables (:class:`~ciess_core.search.budgets.ByteBudget`). When set, these are the
+            pipeline's budgets instead of ``search.budgets``: the byte planner
+            (:mod:`ciess_core.search.planner`) chooses each one's value type and sizes, and
+            ``search.budgets`` only add assignments to the pool.
     """
 
     dataset: str
@@ -131,6 +145,12 @@ class PipelineSpec:
     equal_candidate: bool = True
     spread_grid: tuple[float, ...] = DEFAULT_SPREAD_GRID
     selection_share: float = 0.5
+    byte_ratios: tuple[float, ...] = ()
+
+    @property
+    def backbone_tables(self) -> int:
+        """How many embedding tables the backbone stores (NCF: two, its GMF and MLP tables)."""
+        return len(TABLES_BY_KIND[self.backbone.kind.value])
 
     def __post_init__(self) -> None:
         if self.spread_grid and not self.share_grid:
@@ -147,6 +167,10 @@ class PipelineSpec:
         for share in self.share_grid:
             if not 0.0 < share < 1.0:
                 raise ConfigError(f"share_grid values must lie in (0, 1), got {share}")
+        for ratio in self.byte_ratios:
+            ByteBudget(ratio)  # raises ConfigError outside (0, 1]
+        if len(set(self.byte_ratios)) != len(self.byte_ratios):
+            raise ConfigError(f"byte_ratios must be distinct, got {list(self.byte_ratios)}")
         if not 1 <= self.retrain_top <= self.search.pool_size:
             raise ConfigError(
                 f"retrain_top must lie in [1, pool size {self.search.pool_size}], "
@@ -277,7 +301,12 @@ def run_pipeline(
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    folders = {budget: BudgetFolder.of(out, budget) for budget in spec.search.budgets}
+    served: list[Budget] = (
+        [ByteBudget(ratio) for ratio in spec.byte_ratios]
+        if spec.byte_ratios
+        else list(spec.search.budgets)
+    )
+    folders = {budget: BudgetFolder.of(out, budget) for budget in served}
     # the budgets whose retraining has not finished in an earlier call
     pending = {budget: not folder.finished() for budget, folder in folders.items()}
     deploying = dataset_fingerprint is not None and not all(
@@ -306,8 +335,8 @@ def run_pipeline(
                 evaluator = None
             report("fits", 0.4)
             candidates = {}
-            for budget in spec.search.budgets:
-                sizes, kinds, evaluator = _budget_candidates(
+            for budget in served:
+                candidates[budget], evaluator = _budget_candidates(
                     spec,
                     fit_split,
                     out,
@@ -318,7 +347,6 @@ def run_pipeline(
                     timings,
                     evaluator_factory,
                 )
-                candidates[budget] = (sizes, kinds)
             report("retraining", 0.5)
             retrained = retrain_budgets(
                 runner,
@@ -336,12 +364,12 @@ def run_pipeline(
     budgets = {}
     for budget, result in retrained.items():
         deploy_seconds = result.pop("deploy_seconds")
-        budgets[f"{budget:g}"] = result
-        timings[f"retrain_{budget:g}"] = result["seconds"]
+        label = budget_label(budget)
+        budgets[label] = result
+        timings[f"retrain_{label}"] = result["seconds"]
         if deploy_seconds:
-            timings[f"deploy_{budget:g}"] = deploy_seconds
-        if folders[budget].chosen().sparsity < budget - 1e-12:
-            raise ConfigError(f"budget {budget} exceeded by the chosen assignment")
+            timings[f"deploy_{label}"] = deploy_seconds
+        _check_within(spec, split, budget, folders[budget], result)
     summary = {
         "dataset": spec.dataset,
         "backbone": spec.backbone.kind.value,
@@ -356,6 +384,26 @@ def run_pipeline(
     }
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _check_within(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    budget: Budget,
+    folder: BudgetFolder,
+    result: dict[str, Any],
+) -> None:
+    """Raise ConfigError if the chosen assignment exceeds its budget (a bug, never a choice)."""
+    chosen = folder.chosen()
+    if isinstance(budget, ByteBudget):
+        used = chosen.bytes(result.get("value_type", "float32"), spec.backbone_tables)
+        allowed = budget.allowed_bytes(
+            split.num_users + split.num_items, chosen.max_size, spec.backbone_tables
+        )
+        if used > allowed:
+            raise ConfigError(f"{budget.label} exceeded: {used} bytes stored, {allowed} allowed")
+    elif chosen.sparsity < budget - 1e-12:
+        raise ConfigError(f"budget {budget} exceeded by the chosen assignment")
 
 
 def _search_stage(
@@ -399,8 +447,11 @@ def _search_stage(
         done = (row["episode"] - 1) * spec.search.iterations_per_episode + row["iteration"]
         report(f"search: episode {row['episode']}", 0.2 + 0.2 * min(done / iterations, 1.0))
 
+    search_config = dataclasses.replace(
+        spec.search, budgets=search_budgets(spec, split.num_users + split.num_items)
+    )
     outcome = run_search(
-        spec.search,
+        search_config,
         inputs,
         evaluator,
         hooks=hooks,
@@ -421,17 +472,30 @@ def _budget_candidates(
     out: Path,
     pool: AssignmentPool,
     evaluator: QualityEvaluator | None,
-    budget: float,
+    budget: Budget,
     pending: bool,
     timings: dict[str, float],
     evaluator_factory: EvaluatorFactory,
-) -> tuple[list[SizeAssignment], list[str], QualityEvaluator | None]:
-    """One budget's assignments to retrain and their kinds: the pool's (share-fitted with
-    ``spec.share_grid``), the best ``spec.retrain_top``, plus the equal candidate if asked.
-    ``split``: the fits' view (:func:`selection_views`); ``evaluator`` must score on it.
+) -> tuple[list[Candidate], QualityEvaluator | None]:
+    """One budget's candidates to retrain: the pool's (share-fitted with ``spec.share_grid``),
+    the best ``spec.retrain_top``, plus the equal candidate if asked; for a byte budget, the
+    planner's (:func:`~ciess_core.search.planner.plan_candidates`). ``split``: the fits' view
+    (:func:`selection_views`); ``evaluator`` must score on it.
 
     Returns the evaluator too, built here when a fit needs it and no earlier stage built it."""
     folder = BudgetFolder.of(out, budget)
+    if isinstance(budget, ByteBudget):
+        if not pending:  # the retraining has finished: its candidates are on disk
+            return [], evaluator
+        if evaluator is None:
+            evaluator = evaluator_factory(spec, split, out / "supernet")
+            evaluator.prepare()
+        stage_started = time.perf_counter()
+        planned = plan_candidates(
+            spec, evaluator, pool, budget, split.num_users, split.num_items, folder
+        )
+        timings[f"plan_{budget.label}"] = round(time.perf_counter() - stage_started, 2)
+        return planned, evaluator
     candidates = pool.selection(budget)
     if not candidates:
         raise ConfigError(f"the search found no assignment for budget {budget}")
@@ -440,15 +504,16 @@ def _budget_candidates(
             evaluator = evaluator_factory(spec, split, out / "supernet")
             evaluator.prepare()
         stage_started = time.perf_counter()
-        candidates = fit_shares(spec, evaluator, budget, candidates, folder)
+        candidates = [
+            fitted.sizes for fitted in fit_shares(spec, evaluator, budget, candidates, folder)
+        ]
         timings[f"fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)
-    candidates = candidates[: spec.retrain_top]
-    kinds = ["search"] * len(candidates)
+    listed = [Candidate(sizes) for sizes in candidates[: spec.retrain_top]]
     if spec.equal_candidate and pending:
         stage_started = time.perf_counter()
-        candidates.append(
-            equal_split_candidate(spec, evaluator, split.num_users, split.num_items, budget, folder)
+        equal = equal_split_candidate(
+            spec, evaluator, split.num_users, split.num_items, budget, folder
         )
-        kinds.append("equal")
+        listed.append(Candidate(equal, "equal"))
         timings[f"equal_fit_{budget:g}"] = round(time.perf_counter() - stage_started, 2)
-    return candidates, kinds, evaluator
+    return listed, evaluator

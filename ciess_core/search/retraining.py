@@ -38,6 +38,7 @@ from ciess_core.runs import (
     stage_summary,
     train_deployment,
 )
+from ciess_core.search.budgets import Budget, ByteBudget, budget_label
 from ciess_core.search.files import BudgetFolder
 from ciess_core.search.parallel import StageRunner
 from ciess_core.search.teachers import prepare_teachers
@@ -49,15 +50,33 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def run_spec_of(spec: PipelineSpec, budget: float, kind: str = "search") -> RunSpec:
-    """A budget's retraining as a run; ``kind`` "equal" labels per-side equal sizes."""
+@dataclass(frozen=True)
+class Candidate:
+    """One assignment to retrain for a budget.
+
+    Attributes:
+        sizes: the users' and items' sizes.
+        kind: "search" (from the search's pool) or "equal" (per-side equal sizes).
+        value_type: how its tables are stored (:data:`ciess_core.storage.VALUE_TYPES`): its
+            validation and test score them so, and its deployment run records it for export.
+    """
+
+    sizes: SizeAssignment
+    kind: str = "search"
+    value_type: str = "float32"
+
+
+def run_spec_of(spec: PipelineSpec, budget: Budget, record: dict[str, Any]) -> RunSpec:
+    """A candidate's retraining as a run, from its record (kind, value type, sparsity)."""
+    target = record["achieved_sparsity"] if isinstance(budget, ByteBudget) else budget
+    value_type = record.get("value_type", "float32")
     return RunSpec(
         dataset=spec.dataset,
         backbone=spec.backbone,
-        training=spec.training,
-        target_sparsity=budget,
+        training=dataclasses.replace(spec.training, value_type=value_type),
+        target_sparsity=target,
         protocol=spec.protocol,
-        size_scheme=SizeScheme.EQUAL if kind == "equal" else SizeScheme.CIESS,
+        size_scheme=SizeScheme.EQUAL if record["kind"] == "equal" else SizeScheme.CIESS,
         distillation=spec.distillation,
     )
 
@@ -76,10 +95,9 @@ def select_candidate(
     spec: PipelineSpec,
     split: DatasetSplit,
     folder: BudgetFolder,
-    budget: float,
+    budget: Budget,
     index: int,
-    sizes: SizeAssignment,
-    kind: str,
+    candidate: Candidate,
     progress: bool,
     teachers: Teachers | None,
 ) -> dict[str, Any]:
@@ -88,13 +106,16 @@ def select_candidate(
     and record in ``folder``; returns the record (an earlier call's when there is one)."""
     if (cached := folder.candidate_record(index)) is not None:
         return cached
-    run_spec = run_spec_of(spec, budget, kind)
+    sizes = candidate.sizes
     started = time.perf_counter()
     record: dict[str, Any] = {
         "candidate": index,
-        "kind": kind,
+        "kind": candidate.kind,
+        "value_type": candidate.value_type,
         "achieved_sparsity": sizes.sparsity,
+        "bytes": sizes.bytes(candidate.value_type, spec.backbone_tables),
     }
+    run_spec = run_spec_of(spec, budget, record)
     if selects_on_validation(spec):
         selection = select_on_validation(run_spec, split, sizes, progress, teachers)
         history = [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
@@ -126,7 +147,7 @@ def test_candidate(
     spec: PipelineSpec,
     split: DatasetSplit,
     folder: BudgetFolder,
-    budget: float,
+    budget: Budget,
     record: dict[str, Any],
     progress: bool,
     teachers: Teachers | None,
@@ -135,7 +156,7 @@ def test_candidate(
     validation for its selected batches, tested once. Returns its record with ``test``."""
     if "test" in record:
         return record
-    run_spec = run_spec_of(spec, budget, record["kind"])
+    run_spec = run_spec_of(spec, budget, record)
     sizes = folder.candidate(record["candidate"])
     _, outcome, _ = execute_run(
         run_spec, split, sizes, progress, teachers, selected_batches=record["selected_batches"]
@@ -151,7 +172,7 @@ def test_candidate(
 def finish_budget(
     spec: PipelineSpec,
     folder: BudgetFolder,
-    budget: float,
+    budget: Budget,
     records: list[dict[str, Any]],
     chosen: dict[str, Any],
 ) -> dict[str, Any]:
@@ -159,10 +180,12 @@ def finish_budget(
     chosen sizes; returns the result."""
     candidates = [chosen if r["candidate"] == chosen["candidate"] else r for r in records]
     result = {
-        "budget": budget,
+        "budget": budget.ratio if isinstance(budget, ByteBudget) else budget,
+        "budget_kind": "bytes" if isinstance(budget, ByteBudget) else "sparsity",
         "protocol": spec.protocol.value,
         "chosen": chosen["candidate"],
         "chosen_kind": chosen["kind"],
+        "value_type": chosen.get("value_type", "float32"),
         "achieved_sparsity": chosen["achieved_sparsity"],
         "test": chosen["test"],
         "valid": chosen["valid"],
@@ -176,26 +199,22 @@ def finish_budget(
 def retrain_budget(
     spec: PipelineSpec,
     split: DatasetSplit,
-    budget: float,
-    candidates: list[SizeAssignment],
+    budget: Budget,
+    candidates: list[Candidate],
     directory: Path,
     progress: bool,
     teachers: Teachers | None = None,
-    kinds: list[str] | None = None,
 ) -> dict[str, Any]:
     """Stage 4 for one budget, one unit after another: select every candidate, pick one, test
     it. ``teachers``: see :func:`~ciess_core.search.teachers.prepare_teachers`, needed when
-    ``spec.distillation`` is set. ``kinds``: one label per candidate ("search", "equal";
-    default all "search"). Returns ``result.json`` (an earlier call's when there is one)."""
-    kinds = kinds if kinds is not None else ["search"] * len(candidates)
-    if len(kinds) != len(candidates):
-        raise ConfigError(f"{len(kinds)} kinds for {len(candidates)} candidates")
+    ``spec.distillation`` is set. Returns ``result.json`` (an earlier call's when there is
+    one)."""
     folder = BudgetFolder(directory)
     if (cached := folder.result()) is not None:
         return cached
     records = [
-        select_candidate(spec, split, folder, budget, index, sizes, kind, progress, teachers)
-        for index, (sizes, kind) in enumerate(zip(candidates, kinds, strict=True))
+        select_candidate(spec, split, folder, budget, index, candidate, progress, teachers)
+        for index, candidate in enumerate(candidates)
     ]
     chosen = test_candidate(spec, split, folder, budget, pick(spec, records), progress, teachers)
     return finish_budget(spec, folder, budget, records, chosen)
@@ -205,7 +224,7 @@ def train_deployed(
     spec: PipelineSpec,
     split: DatasetSplit,
     folder: BudgetFolder,
-    budget: float,
+    budget: Budget,
     record: dict[str, Any],
     progress: bool,
     teachers: Teachers | None,
@@ -217,7 +236,7 @@ def train_deployed(
         "candidate"
     ]:
         return cached
-    run_spec = run_spec_of(spec, budget, record["kind"])
+    run_spec = run_spec_of(spec, budget, record)
     sizes = folder.candidate(record["candidate"])
     model, summary = train_deployment(
         run_spec, split, sizes, int(record["selected_batches"]), progress, teachers
@@ -228,7 +247,7 @@ def train_deployed(
 
 
 def write_deployed_run(
-    spec: PipelineSpec, split: DatasetSplit, folder: BudgetFolder, budget: float, fingerprint: str
+    spec: PipelineSpec, split: DatasetSplit, folder: BudgetFolder, budget: Budget, fingerprint: str
 ) -> None:
     """The run folder ``run/`` (what ``ciess export`` takes) from the deployment weights and the
     budget's result: the protocol's numbers, the deployment stage, the chosen history."""
@@ -236,7 +255,7 @@ def write_deployed_run(
     if result is None or summary is None or summary["candidate"] != result["chosen"]:
         raise ConfigError(f"{folder.path} has no tested pick with its deployment model to write")
     chosen = next(r for r in result["candidates"] if r["candidate"] == result["chosen"])
-    run_spec = run_spec_of(spec, budget, result["chosen_kind"])
+    run_spec = run_spec_of(spec, budget, chosen)
     everything, _ = split.phase(Phase.DEPLOY)
     model = fresh_model(run_spec, everything, folder.chosen())
     model.load_state_dict(torch.load(folder.deployment_weights(), map_location="cpu"))
@@ -257,7 +276,7 @@ def write_deployed_run(
 def deploy_budget(
     spec: PipelineSpec,
     split: DatasetSplit,
-    budget: float,
+    budget: Budget,
     directory: Path,
     dataset_fingerprint: str,
     progress: bool,
@@ -287,7 +306,7 @@ def _run_unit(
     spec: PipelineSpec,
     split: DatasetSplit,
     out: Path,
-    budget: float,
+    budget: Budget,
     *arguments: Any,
 ) -> dict[str, Any]:
     """``function(spec, split, folder, budget, *arguments, teachers)`` with the teachers of
@@ -299,7 +318,7 @@ def _run_unit(
 @dataclass(frozen=True)
 class _Unit:
     stage: str  # "select", "test" or "deploy"
-    budget: float
+    budget: Budget
     needs: tuple[Phase, ...]  # the teachers it loads
     width: int  # columns its model computes: the longest units start first
     function: Callable[..., dict[str, Any]]  # select_candidate, test_candidate, train_deployed
@@ -322,13 +341,13 @@ def retrain_budgets(
     spec: PipelineSpec,
     split: DatasetSplit,
     out: Path,
-    candidates: dict[float, tuple[list[SizeAssignment], list[str]]],
+    candidates: dict[Budget, list[Candidate]],
     teacher_futures: dict[Phase, Future[float]],
     progress: bool,
     dataset_fingerprint: str | None,
     report: StageReport,
-) -> dict[float, dict[str, Any]]:
-    """Stages 4 and 5 for every budget in ``candidates`` (each budget's candidates and kinds;
+) -> dict[Budget, dict[str, Any]]:
+    """Stages 4 and 5 for every budget in ``candidates`` (each budget's candidates;
     ignored for a budget whose retraining an earlier call finished), as units of work in
     ``runner``: every candidate's selection, then per budget the pick's test and, with
     ``dataset_fingerprint``, its deployment model (written as ``budget-<c>/run``). A unit starts
@@ -337,8 +356,8 @@ def retrain_budgets(
 
     Returns each budget's result, with ``deploy_seconds`` (0 when nothing was deployed here)."""
     budgets = {
-        budget: _Budget(BudgetFolder.of(out, budget), len(pair[0]))
-        for budget, pair in candidates.items()
+        budget: _Budget(BudgetFolder.of(out, budget), len(listed))
+        for budget, listed in candidates.items()
     }
     waiting: list[_Unit] = []
     deploy_seconds = dict.fromkeys(budgets, 0.0)
@@ -348,7 +367,7 @@ def retrain_budgets(
         assert result is not None
         return next(r for r in result["candidates"] if r["candidate"] == result["chosen"])
 
-    def queue_deployment(budget: float, record: dict[str, Any]) -> None:
+    def queue_deployment(budget: Budget, record: dict[str, Any]) -> None:
         state = budgets[budget]
         if dataset_fingerprint is None or state.folder.deployed():
             return
@@ -360,7 +379,7 @@ def retrain_budgets(
         arguments = (record, progress)
         waiting.append(_Unit("deploy", budget, (Phase.DEPLOY,), width, train_deployed, arguments))
 
-    def selected(budget: float) -> None:
+    def selected(budget: Budget) -> None:
         state = budgets[budget]
         records = [state.records[index] for index in range(state.count)]
         chosen = pick(spec, records)
@@ -372,26 +391,26 @@ def retrain_budgets(
             waiting.append(_Unit("test", budget, (Phase.TEST,), width, test_candidate, arguments))
         queue_deployment(budget, chosen)
 
-    def tested(budget: float, chosen: dict[str, Any]) -> None:
+    def tested(budget: Budget, chosen: dict[str, Any]) -> None:
         state = budgets[budget]
         records = [state.records[index] for index in range(state.count)]
         state.result = finish_budget(spec, state.folder, budget, records, chosen)
         finished = sum(s.result is not None for s in budgets.values())
-        report(f"retrained budget {budget:g}", 0.5 + 0.5 * finished / len(budgets))
+        report(f"retrained budget {budget_label(budget)}", 0.5 + 0.5 * finished / len(budgets))
 
     for budget, state in budgets.items():
         if (result := state.folder.result()) is not None:
             state.result = result
             queue_deployment(budget, chosen_record(state))
             continue
-        sizes_list, kinds = candidates[budget]
-        for index, (sizes, kind) in enumerate(zip(sizes_list, kinds, strict=True)):
+        for index, candidate in enumerate(candidates[budget]):
             if (record := state.folder.candidate_record(index)) is not None:
                 state.records[index] = record
                 continue
-            arguments = (index, sizes, kind, progress)
+            arguments = (index, candidate, progress)
             needs = selection_phases(spec)
-            waiting.append(_Unit("select", budget, needs, sizes.width, select_candidate, arguments))
+            width = candidate.sizes.width
+            waiting.append(_Unit("select", budget, needs, width, select_candidate, arguments))
         if len(state.records) == state.count:
             selected(budget)
 

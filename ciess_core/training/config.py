@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ciess_core.errors import ConfigError
+from ciess_core.storage import ValueType
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class TrainConfig:
         seed: seeds the initialisation, sampling and dropout.
         device: "cpu" or "cuda" (or "cuda:N").
         eval_users_per_chunk: users scored at once during evaluation.
+        value_type: how the model's tables will be stored (:data:`ciess_core.storage.VALUE_TYPES`);
+            every evaluation (validation, test) scores the tables as that store decodes them, so
+            that early stopping and selection see the model that will be served.
     """
 
     batch_size: int = 10_000
@@ -38,6 +42,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "cpu"
     eval_users_per_chunk: int = 2048
+    value_type: str = "float32"
 
     def __post_init__(self) -> None:
         positive = {
@@ -59,6 +64,7 @@ class TrainConfig:
             )
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
+        ValueType(self.value_type)  # raises ConfigError naming the choices
         if not self.device.startswith(("cpu", "cuda")):
             raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got '{self.device}'")
 

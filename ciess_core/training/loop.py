@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ciess_core.errors import ConfigError
 from ciess_core.evaluation import RankingResult, evaluate_full_ranking
-from ciess_core.models import Backbone
+from ciess_core.models import Backbone, stored_tables
 from ciess_core.training.config import TrainConfig
 from ciess_core.training.distillation import Distiller
 from ciess_core.training.sampling import BprSampler
@@ -60,13 +60,15 @@ def evaluate_model(
     held_out: sp.csr_matrix,
     users_per_chunk: int = 2048,
     progress: bool = False,
+    value_type: str = "float32",
 ) -> RankingResult:
-    """Full-ranking evaluation of ``model`` in eval mode (restores its previous mode)."""
+    """Full-ranking evaluation of ``model`` in eval mode (restores its previous mode), its tables
+    as a ``value_type`` store decodes them (:func:`~ciess_core.models.stored.stored_tables`)."""
     was_training = model.training
     model.eval()
     device = model.tables()[0].weight.device
     try:
-        with torch.no_grad():
+        with torch.no_grad(), stored_tables(model, value_type):
             representation = model.represent()
             return evaluate_full_ranking(
                 lambda users: model.score_all_items(representation, users),
@@ -148,7 +150,9 @@ def train_bpr(
         bar.update(1)
         if held_out is None or not evaluating or batches_run % config.eval_every:
             continue
-        result = evaluate_model(model, train, held_out, config.eval_users_per_chunk)
+        result = evaluate_model(
+            model, train, held_out, config.eval_users_per_chunk, value_type=config.value_type
+        )
         metrics = result.mean()
         if config.selection_metric not in metrics:
             raise ConfigError(

@@ -1,0 +1,157 @@
+"""``docs/benchmarks/bytes.md`` and its plots from the rows of ``bench/byte_budgets.py``."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+METHOD_ORDER = ("full", "ptq", "magprune", "es", "mr", "ciess", "planner")
+METHOD_TEXT = {
+    "full": "full model, float32",
+    "ptq": "full model quantised after training",
+    "magprune": "magnitude pruning (sparse, column indices counted)",
+    "es": "equal sizes, float32, plain BPR",
+    "mr": "mixed random sizes, float32, plain BPR",
+    "ciess": "CIESS as the paper defines it (searched sizes, float32, plain BPR)",
+    "planner": "the product: byte planner (value type × sizes, distilled)",
+}
+PAPER_CIESS_80 = {"recall@20": 0.2436, "ndcg@20": 0.4257}
+"""The paper's CIESS on ML-1M LightGCN at 80 % sparsity (CIESS.md, reference protocol)."""
+
+
+def write_bytes_report(rows: list[dict[str, Any]], reports: Path) -> None:
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["dataset"], row["backbone"], row["protocol"])].append(row)
+    lines = [
+        "# Quality per byte: the byte planner against the methods practitioners pick",
+        "",
+        "Every stored byte of the embedding stores is counted (values, per-row scales, sizes, "
+        "column indices of a sparse store, file headers); `ratio` is the budget as a share of "
+        "the dense float32 tables' bytes, `bytes` what the method stores (never above the "
+        "budget). N@20 and R@20 are test numbers; `of full` compares N@20 with the full "
+        "float32 model of the same run. Written by `python bench/byte_budgets.py report` from "
+        "`bytes.json`; the clean protocol's rows are the product's numbers.",
+        "",
+        "Methods:",
+        "",
+        *[f"- `{method}`: {text}" for method, text in METHOD_TEXT.items()],
+        "",
+    ]
+    for (dataset, backbone, protocol), group in sorted(groups.items()):
+        lines += _section(dataset, backbone, protocol, group, reports)
+    notes = reports / "bytes.notes.md"
+    if notes.exists():
+        lines += ["## Notes", "", notes.read_text().strip(), ""]
+    (reports / "bytes.md").write_text("\n".join(lines))
+
+
+def _section(
+    dataset: str, backbone: str, protocol: str, rows: list[dict[str, Any]], reports: Path
+) -> list[str]:
+    first = rows[0]
+    label = " (reference protocol: compares with published tables only)" * (protocol != "clean")
+    full = next((r for r in rows if r["method"] == "full"), None)
+    lines = [
+        f"## {dataset}, {backbone}, {protocol} protocol{label}",
+        "",
+        f"Run `{first['run_id']}` on {first['machine']}, {first['date']}, device "
+        f"`{first['device']}`: `{first['command']}`. Dense float32 tables: "
+        f"{first['dense_fp32_bytes']:,} bytes.",
+        "",
+        "| ratio | method | value type | bytes | R@20 | N@20 | of full | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def order(row: dict[str, Any]) -> tuple[float, int]:
+        ratio = row["byte_ratio"]
+        return (-(ratio if ratio is not None else 2.0), METHOD_ORDER.index(row["method"]))
+
+    for row in sorted(rows, key=order):
+        metrics = row["metrics"]
+        share = "" if full is None else f"{metrics['ndcg@20'] / full['metrics']['ndcg@20']:.1%}"
+        ratio = "—" if row["byte_ratio"] is None else f"{row['byte_ratio']:g}"
+        extra = f" (minimum {row['row_minimum']} a row)" if "row_minimum" in row else ""
+        extra += f" ({row['chosen_kind']} sizes)" if "chosen_kind" in row else ""
+        lines.append(
+            f"| {ratio} | {row['method']}{extra} | {row['value_type']} | {row['bytes']:,} | "
+            f"{metrics['recall@20']:.4f} | {metrics['ndcg@20']:.4f} | {share} | "
+            f"{row['seconds']:.0f} |"
+        )
+    lines += ["", *_bars(rows, full, protocol), ""]
+    plot = _plot(dataset, backbone, protocol, rows, reports)
+    if plot is not None:
+        lines += [f"![N@20 against stored bytes]({plot})", ""]
+    return lines
+
+
+def _bars(rows: list[dict[str, Any]], full: dict[str, Any] | None, protocol: str) -> list[str]:
+    """The issue's bars, checked on these rows."""
+    planner = {r["byte_ratio"]: r for r in rows if r["method"] == "planner"}
+    lines = ["Checks:", ""]
+    beaten = [
+        f"{r['method']} at {r['byte_ratio']:g}"
+        for r in rows
+        if r["method"] not in ("planner", "full")
+        and r["byte_ratio"] in planner
+        and r["metrics"]["ndcg@20"] > planner[r["byte_ratio"]]["metrics"]["ndcg@20"]
+    ]
+    lines.append(
+        "- the planner at or above every method at every ratio (N@20): "
+        + ("yes" if not beaten else f"no, below {', '.join(beaten)}")
+    )
+    if full is not None:
+        for ratio, bar in ((0.05, 0.99), (0.01, 0.95)):
+            if ratio in planner:
+                kept = planner[ratio]["metrics"]["ndcg@20"] / full["metrics"]["ndcg@20"]
+                verdict = "yes" if kept >= bar else "no"
+                lines.append(
+                    f"- the planner at {ratio:g} keeps ≥ {bar:.0%} of the full model's N@20: "
+                    f"{verdict} ({kept:.1%})"
+                )
+    if protocol == "reference" and 0.05 in planner:
+        metrics = planner[0.05]["metrics"]
+        reached = all(metrics[k] >= v for k, v in PAPER_CIESS_80.items())
+        lines.append(
+            "- the planner at 0.05 reaches the paper's CIESS at 80 % (R@20 0.2436, N@20 0.4257, "
+            f"paper numbers): {'yes' if reached else 'no'} (R@20 {metrics['recall@20']:.4f}, "
+            f"N@20 {metrics['ndcg@20']:.4f})"
+        )
+    return lines
+
+
+def _plot(
+    dataset: str, backbone: str, protocol: str, rows: list[dict[str, Any]], reports: Path
+) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(dataset).name)
+    name = f"plots/bytes-{stem}-{backbone}-{protocol}.png"
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for method in METHOD_ORDER:
+        points = sorted(
+            (r["bytes"], r["metrics"]["ndcg@20"]) for r in rows if r["method"] == method
+        )
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        style = "o" if method == "full" else "-o"
+        axes.plot(xs, ys, style, label=method, linewidth=2.5 if method == "planner" else 1.2)
+    axes.set_xscale("log")
+    axes.set_xlabel("stored embedding bytes (log scale)")
+    axes.set_ylabel("test N@20")
+    axes.set_title(f"{dataset} {backbone}, {protocol} protocol")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    (reports / "plots").mkdir(exist_ok=True)
+    figure.savefig(reports / name, dpi=110)
+    plt.close(figure)
+    return name

@@ -1,0 +1,141 @@
+"""The byte planner: for a byte budget, which value type and which sizes to retrain.
+
+Sizes and precision multiply: a byte budget leaves each value type
+(:data:`~ciess_core.storage.VALUE_TYPES`) its own parameter budget, the most values whose stores
+fit (:meth:`~ciess_core.search.budgets.ByteBudget.parameters`): float32 few, int4 eight times as
+many. For every type that fits at least one value per entity, the planner takes the search's
+assignments at that parameter budget (one search serves them all: the pool keeps the best at
+every planned sparsity, :func:`search_budgets`) and the per-side equal sizes, refits them
+(:func:`~ciess_core.search.fit.fit_shares`), and scores every variant on held-out validation by
+the evaluator with the tables stored as that type (simulated quantisation). The best searched
+candidates (``retrain_top``) and the best equal one, over every type, go on to be retrained with
+their value type, and the pipeline's pick on validation chooses among them. No candidate can
+exceed the budget: its sizes keep at most its type's parameter budget, and the plan checks its
+bytes again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ciess_core.errors import ConfigError
+from ciess_core.search.budgets import ByteBudget, sparsity_of
+from ciess_core.search.evaluators import QualityEvaluator
+from ciess_core.search.files import BudgetFolder
+from ciess_core.search.fit import fit_shares, flat_equal_sizes
+from ciess_core.search.pool import AssignmentPool
+from ciess_core.search.retraining import Candidate
+from ciess_core.storage import VALUE_TYPES
+
+if TYPE_CHECKING:
+    from ciess_core.search.pipeline import PipelineSpec
+
+logger = logging.getLogger(__name__)
+
+
+def planned_sparsities(
+    spec: PipelineSpec, budget: ByteBudget, num_entities: int
+) -> dict[str, float]:
+    """Each value type that fits at least one value per entity within ``budget``, and the
+    sparsity of the most values it can keep."""
+    max_size, tables = spec.search.max_size, spec.backbone_tables
+    planned = {}
+    for value_type in VALUE_TYPES:
+        parameters = budget.parameters(value_type, num_entities, max_size, tables)
+        if parameters >= num_entities:
+            planned[value_type] = sparsity_of(parameters, num_entities, max_size)
+    return planned
+
+
+def search_budgets(spec: PipelineSpec, num_entities: int) -> tuple[float, ...]:
+    """The search's budgets (its pool keeps the best assignments at each): ``spec.search``'s and
+    every sparsity that a byte budget of ``spec.byte_ratios`` plans, without repeats."""
+    budgets = list(spec.search.budgets)
+    for ratio in spec.byte_ratios:
+        for sparsity in planned_sparsities(spec, ByteBudget(ratio), num_entities).values():
+            if all(abs(sparsity - known) > 1e-12 for known in budgets):
+                budgets.append(sparsity)
+    return tuple(budgets)
+
+
+def plan_candidates(
+    spec: PipelineSpec,
+    evaluator: QualityEvaluator,
+    pool: AssignmentPool,
+    budget: ByteBudget,
+    num_users: int,
+    num_items: int,
+    folder: BudgetFolder,
+) -> list[Candidate]:
+    """The candidates to retrain for ``budget``, best validation score first; writes
+    ``plan.json`` in ``folder`` (every value type's room and its best scores)."""
+    num_entities = num_users + num_items
+    max_size, tables = spec.search.max_size, spec.backbone_tables
+    allowed = budget.allowed_bytes(num_entities, max_size, tables)
+    planned = planned_sparsities(spec, budget, num_entities)
+    if not planned:
+        raise ConfigError(
+            f"a byte budget of {allowed} bytes (ratio {budget.ratio:g}) cannot store one value "
+            f"per user and item in any value type ({list(VALUE_TYPES)})"
+        )
+    metric = spec.training.selection_metric
+    searched: list[tuple[float, Candidate]] = []
+    equal: list[tuple[float, Candidate]] = []
+    plan: list[dict[str, Any]] = []
+    for value_type, sparsity in planned.items():
+        fitted = fit_shares(
+            spec,
+            evaluator,
+            sparsity,
+            pool.selection(sparsity),
+            folder,
+            f"fit-{value_type}",
+            value_type,
+        )
+        searched += [
+            (entry.score, Candidate(entry.sizes, "search", value_type))
+            for entry in fitted[: spec.retrain_top]
+        ]
+        row: dict[str, Any] = {
+            "value_type": value_type,
+            "sparsity": sparsity,
+            "parameters": budget.parameters(value_type, num_entities, max_size, tables),
+            f"search_valid_{metric}": fitted[0].score,
+        }
+        if spec.equal_candidate:
+            flat = flat_equal_sizes(spec, num_users, num_items, sparsity)
+            best = fit_shares(
+                spec, evaluator, sparsity, [flat], folder, f"equal-fit-{value_type}", value_type
+            )[0]
+            equal.append((best.score, Candidate(best.sizes, "equal", value_type)))
+            row[f"equal_valid_{metric}"] = best.score
+        plan.append(row)
+    chosen = sorted(searched, key=lambda entry: -entry[0])[: spec.retrain_top]
+    chosen += sorted(equal, key=lambda entry: -entry[0])[:1]
+    chosen.sort(key=lambda entry: -entry[0])
+    for _, candidate in chosen:
+        used = candidate.sizes.bytes(candidate.value_type, tables)
+        if used > allowed:
+            raise ConfigError(f"planned candidate takes {used} bytes over the budget {allowed}")
+    folder.write_fit(
+        "plan",
+        [
+            {"budget_bytes": allowed, "byte_ratio": budget.ratio, "value_types": plan},
+            *[
+                {
+                    "kind": candidate.kind,
+                    "value_type": candidate.value_type,
+                    "bytes": candidate.sizes.bytes(candidate.value_type, tables),
+                    f"valid_{metric}": score,
+                }
+                for score, candidate in chosen
+            ],
+        ],
+    )
+    logger.info(
+        "%s: retraining %s",
+        budget.label,
+        ", ".join(f"{c.kind} {c.value_type} ({s:.4f})" for s, c in chosen),
+    )
+    return [candidate for _, candidate in chosen]
