@@ -172,10 +172,13 @@ class SupernetEvaluator:
         digest = hashlib.sha256()
         for array in (train.indptr, train.indices):
             digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        training = jsonable(self.training)
+        if training.get("value_type") == "float32":  # scores, not weights, depend on it
+            del training["value_type"]  # so caches written before the field still match
         return {
             "train": digest.hexdigest(),
             "backbone": jsonable(self.backbone),
-            "training": jsonable(self.training),
+            "training": training,
         }
 
     def _load_cached(self, model: Backbone, key: dict[str, Any]) -> bool:
