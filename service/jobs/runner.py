@@ -37,8 +37,11 @@ from ciess_core.json_form import jsonable
 from ciess_core.pipeline import PipelineSpec, pipeline_spec
 from ciess_core.run_folder import RUN_FORMAT_VERSION
 from ciess_core.runs import TRAINED_ON_ALL, RunSpec, execute_and_deploy
+from ciess_core.search.budgets import ByteBudget
+from ciess_core.search.files import BudgetFolder
 from ciess_core.search.pipeline import run_pipeline
 from ciess_core.sizes import SizeAssignment, SizeScheme, equal_sizes_within
+from ciess_core.storage import dense_fp32_bytes
 from service.jobs.store import Job, JobStore
 from service.model_holder import read_pointer
 from service.settings import Settings
@@ -125,10 +128,11 @@ def _search_job(
     out: Path,
     report: Reporter,
 ) -> None:
-    """The product pipeline at one budget, its deployment model exported to ``out``."""
+    """The product pipeline at one budget (its byte budget when it has one, else its sparsity),
+    its deployment model exported to ``out`` in the value type it was selected in."""
     directory = _pipeline_folder(settings, spec, fingerprint)
-    (budget,) = spec.search.budgets
-    run_dir = directory / f"budget-{budget:g}" / "run"
+    (budget,) = [ByteBudget(ratio) for ratio in spec.byte_ratios] or spec.search.budgets
+    run_dir = BudgetFolder.of(directory, budget).run
     if (directory / "summary.json").is_file() and run_dir.is_dir():
         logger.info("job reuses the finished pipeline %s", directory)
     else:
@@ -213,12 +217,26 @@ def _job_spec(settings: Settings, manifest: Manifest, target: float) -> Pipeline
     )
 
 
+def _byte_budget_spec(spec: PipelineSpec, split: DatasetSplit, max_bytes: int) -> PipelineSpec:
+    """``spec`` serving the byte budget ``max_bytes`` (at most the dense float32 tables')."""
+    rows, width, tables = (
+        split.num_users + split.num_items,
+        spec.search.max_size,
+        spec.backbone_tables,
+    )
+    budget = min(max_bytes, dense_fp32_bytes(rows, width, tables))
+    ratio = ByteBudget.of_bytes(budget, rows, width, tables).ratio
+    return dataclasses.replace(spec, byte_ratios=(ratio,))
+
+
 def run_budget_job(settings: Settings, store: JobStore, job: Job) -> Path:
     """Run one budget job to its exported artifact; returns the artifact directory.
 
     ``job.params``: ``target_sparsity`` and ``max_parameters`` (resolved by the API), ``method``
-    ("search": the product pipeline, or "equal"), optionally ``base_artifact`` (the model whose
-    data and backbone to reuse; default: the one served now).
+    ("search": the product pipeline, or "equal"), optionally ``requested`` (the admin's own
+    words: with ``max_bytes``, a search job serves that byte budget through the byte planner)
+    and ``base_artifact`` (the model whose data and backbone to reuse; default: the one served
+    now).
     """
     report = Reporter(store, job.id)
     report("loading", 0.0, force=True)
@@ -236,6 +254,9 @@ def run_budget_job(settings: Settings, store: JobStore, job: Job) -> Path:
     version = new_version(job.id)
     out = settings.artifacts_dir / version
     if method == "search":
+        requested = params.get("requested") or {}
+        if "max_bytes" in requested:  # the byte planner chooses the value type and sizes
+            spec = _byte_budget_spec(spec, split, int(requested["max_bytes"]))
         _search_job(settings, spec, split, data.fingerprint(), out, report)
     elif method == "equal":
         num_entities = split.num_users + split.num_items

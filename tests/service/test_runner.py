@@ -67,6 +67,25 @@ def test_search_job_runs_the_pipeline_once_and_reuses_it(settings: Settings) -> 
     assert (searches[0] / "summary.json").stat().st_mtime_ns == summary_time  # reused
 
 
+def test_a_byte_budget_search_job_serves_the_planners_pick_within_its_bytes(
+    settings: Settings, base_model: BaseArtifact
+) -> None:
+    dense = load_artifact(base_model.artifact).manifest.memory.dense
+    max_bytes = dense // 5
+    store = JobStore(settings.job_db_path)
+    job = _job(
+        store, target_sparsity=0.7, method="search", requested={"max_bytes": float(max_bytes)}
+    )
+    out = run_budget_job(settings, store, job)
+    (search,) = list((settings.state_dir / "searches").iterdir())
+    (folder,) = list(search.glob("bytes-*"))
+    result = json.loads((folder / "result.json").read_text())
+    manifest = load_artifact(out).manifest
+    assert manifest.value_dtype == result["value_type"]
+    assert manifest.memory.stored <= max_bytes
+    assert manifest.metrics["test"] == result["test"]
+
+
 def test_a_job_refuses_other_data_than_the_served_models(settings: Settings) -> None:
     (settings.data_dir / DATASET_FILE).write_text("a x\nb y\n")  # type: ignore[operator]
     store = JobStore(settings.job_db_path)
