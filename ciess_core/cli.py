@@ -127,8 +127,9 @@ def _add_export_parser(subparsers: Any) -> None:
         "--value-type",
         choices=VALUE_TYPES,
         help="how embedding values are stored: float32 (lossless), float16, int8 or int4 "
-        "(per-row float16 scales; a quarter or an eighth of float32's bytes); default: the "
-        "type the run was selected in (a byte budget's pick), else float32",
+        "(a float16 scale per row; a quarter or an eighth of float32's bytes), int8-table or "
+        "int4-table (one scale per table); default: the type the run was selected in (a byte "
+        "budget's pick), else float32",
     )
     parser.add_argument(
         "--verify-users",

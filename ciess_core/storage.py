@@ -5,12 +5,15 @@ A table of ``n`` rows with per-row sizes is stored as three ``.npy`` files:
 - ``sizes``: one unsigned integer per row, one byte each when ``max_size`` ≤ 255 (offsets are
   derived from the sizes on load);
 - ``values``: the kept prefixes of the rows back to back, as the table's value type;
-- ``scales``: for the integer types only, one float16 per row.
+- ``scales``: for the integer types only, one float16 per row (``int8``, ``int4``) or one for
+  the whole table (``int8-table``, ``int4-table``).
 
 Value types: ``float32``; ``float16``; ``int8`` (each row ``x`` stored as
 ``round(x / s)`` in [-127, 127] with ``s = max|x| / 127``); ``int4`` (the same in [-7, 7] with
 ``s = max|x| / 7``, two values per byte, the first in the low nibble). The quantisation is
-symmetric per row: no zero point, since trained embeddings are centred on zero.
+symmetric: no zero point, since trained embeddings are centred on zero. ``int8-table`` and
+``int4-table`` share one scale, the table's largest magnitude over the levels, among all rows:
+two bytes per row fewer, which at a few values per row is most of a row's bytes.
 
 The byte count of a store is the sum of its files' sizes, ``.npy`` headers included, so that a
 manifest's bytes equal what is on disk; :func:`stored_bytes` computes it without writing.
@@ -26,11 +29,14 @@ import numpy.typing as npt
 
 from ciess_core.errors import ConfigError
 
-VALUE_TYPES = ("float32", "float16", "int8", "int4")
-"""Every value type a store may use, widest first."""
+VALUE_TYPES = ("float32", "float16", "int8", "int4", "int8-table", "int4-table")
+"""Every value type a store may use: the float types, then the integer types with a scale per
+row, then with one scale per table."""
 
 QUANTISED_LEVELS = {"int8": 127, "int4": 7}
 """The largest stored magnitude of each integer type (symmetric, so -128 and -8 are unused)."""
+
+_TABLE_SCALED = {"int8-table": "int8", "int4-table": "int4"}
 
 SCALE_DTYPE = np.dtype(np.float16)
 DENSE_DTYPE = np.dtype(np.float32)
@@ -47,26 +53,48 @@ class ValueType:
             raise ConfigError(f"value type must be one of {list(VALUE_TYPES)}, got {self.name!r}")
 
     @property
+    def codes(self) -> str:
+        """How the values are coded: the name without its scale layout (``int4-table``:
+        ``int4``)."""
+        return _TABLE_SCALED.get(self.name, self.name)
+
+    @property
     def quantised(self) -> bool:
-        return self.name in QUANTISED_LEVELS
+        return self.codes in QUANTISED_LEVELS
+
+    @property
+    def table_scaled(self) -> bool:
+        """One scale for the whole table rather than one per row."""
+        return self.name in _TABLE_SCALED
 
     @property
     def levels(self) -> int:
         """The largest stored magnitude (integer types only)."""
-        return QUANTISED_LEVELS[self.name]
+        return QUANTISED_LEVELS[self.codes]
+
+    @property
+    def packed(self) -> bool:
+        """Two 4-bit codes per byte."""
+        return self.codes == "int4"
 
     @property
     def storage_dtype(self) -> np.dtype[np.generic]:
         """The dtype of the ``values`` file: int4 is packed into uint8."""
         return np.dtype(
             {"float32": np.float32, "float16": np.float16, "int8": np.int8, "int4": np.uint8}[
-                self.name
+                self.codes
             ]
         )
 
     def stored_length(self, num_values: int) -> int:
         """Entries of the ``values`` file for ``num_values`` values."""
-        return (num_values + 1) // 2 if self.name == "int4" else num_values
+        return (num_values + 1) // 2 if self.packed else num_values
+
+    def scale_count(self, num_rows: int) -> int:
+        """Entries of the ``scales`` file (0: the type has none)."""
+        if not self.quantised:
+            return 0
+        return 1 if self.table_scaled else num_rows
 
 
 def size_dtype(max_size: int) -> np.dtype[np.unsignedinteger]:
@@ -99,7 +127,7 @@ def table_file_bytes(
         "values": npy_bytes(kind.stored_length(num_values), kind.storage_dtype),
     }
     if kind.quantised:
-        files["scales"] = npy_bytes(num_rows, SCALE_DTYPE)
+        files["scales"] = npy_bytes(kind.scale_count(num_rows), SCALE_DTYPE)
     return files
 
 
@@ -135,24 +163,37 @@ def quantise(
 ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.float16] | None]:
     """Store flat row-major ``values`` (rows of ``sizes``, every size ≥ 1) as ``value_type``.
 
-    Returns the ``values`` file's array and, for the integer types, the per-row scales (else
-    None). Each integer row is ``round(x / s)`` clipped to ±levels, with ``s`` the row's largest
-    magnitude over the levels, rounded to float16 first so that decoding uses exactly the
-    stored scale."""
+    Returns the ``values`` file's array and, for the integer types, the scales (one per row, or
+    one for a ``-table`` type; else None). Each integer value is ``round(x / s)`` clipped to
+    ±levels, with ``s`` its row's (or the table's) largest magnitude over the levels, rounded to
+    float16 first so that decoding uses exactly the stored scale."""
     kind = ValueType(value_type)
     flat = np.asarray(values, dtype=np.float32)
     if not kind.quantised:
         return flat.astype(kind.storage_dtype), None
-    starts = offsets_from_sizes(sizes)[:-1]
-    largest = np.maximum.reduceat(np.abs(flat), starts) if flat.size else np.zeros(0)
+    if kind.table_scaled:
+        largest = np.array([np.abs(flat).max() if flat.size else 0.0], dtype=np.float32)
+    else:
+        starts = offsets_from_sizes(sizes)[:-1]
+        largest = np.maximum.reduceat(np.abs(flat), starts) if flat.size else np.zeros(0)
     scales = (largest / kind.levels).astype(SCALE_DTYPE)
-    per_value = np.repeat(scales.astype(np.float32), np.asarray(sizes, dtype=np.int64))
+    per_value = _per_value(scales, sizes, kind)
     with np.errstate(divide="ignore", invalid="ignore"):
         steps = np.where(per_value > 0, flat / per_value, 0.0)
     codes = np.clip(np.rint(steps), -kind.levels, kind.levels).astype(np.int8)
-    if kind.name == "int4":
+    if kind.packed:
         return pack_int4(codes), scales
     return codes, scales
+
+
+def _per_value(
+    scales: npt.NDArray[np.float16], sizes: npt.NDArray[np.integer], kind: ValueType
+) -> npt.NDArray[np.float32]:
+    """Each value's scale: the table's, or its row's repeated over the row."""
+    as_float = scales.astype(np.float32)
+    if kind.table_scaled:
+        return np.full(int(np.sum(sizes, dtype=np.int64)), as_float[0], dtype=np.float32)
+    return np.repeat(as_float, np.asarray(sizes, dtype=np.int64))
 
 
 def dequantise(
@@ -169,8 +210,8 @@ def dequantise(
         raise ConfigError(f"an {value_type} store needs its scales")
     counts = np.asarray(sizes, dtype=np.int64)
     total = int(counts.sum())
-    codes = unpack_int4(stored, total) if kind.name == "int4" else np.asarray(stored)
-    return codes.astype(np.float32) * np.repeat(scales.astype(np.float32), counts)
+    codes = unpack_int4(stored, total) if kind.packed else np.asarray(stored)
+    return codes.astype(np.float32) * _per_value(scales, counts, kind)
 
 
 def pack_int4(codes: npt.NDArray[np.integer]) -> npt.NDArray[np.uint8]:
@@ -194,8 +235,8 @@ def unpack_int4(packed: npt.NDArray[np.generic], count: int) -> npt.NDArray[np.i
 
 def quantisation_bound(largest: float, value_type: str) -> float:
     """The largest error :func:`quantise` makes on a row whose largest magnitude is
-    ``largest``: half a step, plus what the float16 rounding of the scale moves the largest
-    value (float types: their own rounding)."""
+    ``largest`` (a ``-table`` type: the table's largest magnitude): half a step, plus what the
+    float16 rounding of the scale moves the largest value (float types: their own rounding)."""
     kind = ValueType(value_type)
     if kind.name == "float32":
         return 0.0

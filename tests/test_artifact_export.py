@@ -159,7 +159,7 @@ def test_embedding_bytes_track_the_budget(
     assert manifest.memory.stored == round((1 - achieved) * dense) + count + 2 * 128
 
 
-@pytest.mark.parametrize("value_type", ["float16", "int8", "int4"])
+@pytest.mark.parametrize("value_type", ["float16", "int8", "int4", "int8-table", "int4-table"])
 @pytest.mark.parametrize("kind", list(BackboneKind))
 def test_every_value_type_exports_with_the_parity_of_its_decoded_model(
     kind: BackboneKind, value_type: str, clustered_split: DatasetSplit, tmp_path: Path
@@ -186,7 +186,10 @@ def test_every_value_type_exports_with_the_parity_of_its_decoded_model(
     stored_full = load_artifact(full).manifest.memory.stored
     assert (
         manifest.memory.stored
-        < stored_full * {"float16": 0.6, "int8": 0.4, "int4": 0.3}[value_type]
+        < stored_full
+        * {"float16": 0.6, "int8": 0.4, "int4": 0.3, "int8-table": 0.4, "int4-table": 0.2}[
+            value_type
+        ]
     )
 
 
@@ -355,7 +358,7 @@ def quantised(clustered_split: DatasetSplit, tmp_path_factory: pytest.TempPathFa
     return {
         value_type: export(BackboneKind.LIGHTGCN, clustered_split, root / value_type,
                            value_dtype=value_type, verify_users=0)
-        for value_type in ("int8", "int4")
+        for value_type in ("int8", "int4", "int4-table")
     }  # fmt: skip
 
 
@@ -406,6 +409,11 @@ QUANTISED_CORRUPTIONS = {  # (value type, corruption, message)
         "int4",
         _edit_array(SCALES, _set_entry(9, 6e4)),
         r"scales.npy: row 9's scale .* over the magnitude bound",
+    ),
+    "a table's scale doubled": (
+        "int4-table",
+        _edit_array(SCALES, lambda a: np.concatenate([a, a])),
+        r"scales.npy: expected one scale for the table, got 2",
     ),
     "scales of float32": (
         "int8",

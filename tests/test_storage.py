@@ -55,15 +55,20 @@ def test_every_value_type_round_trips_within_its_bound(
     assert (scales is not None) == kind.quantised
     decoded = dequantise(stored, scales, sizes, value_type)
     assert decoded.dtype == np.float32 and decoded.shape == values.shape
+    assert scales is None or scales.size == kind.scale_count(sizes.size)
     starts = offsets_from_sizes(sizes)[:-1]
     largest = np.maximum.reduceat(np.abs(values), starts)
+    if kind.table_scaled:  # one scale: every row's error is bounded by the table's largest
+        largest = np.full_like(largest, np.abs(values).max())
     bound = np.repeat([quantisation_bound(float(m), value_type) for m in largest], sizes)
     assert np.all(np.abs(decoded - values) <= bound + 1e-12)
     if kind.quantised:
-        codes = unpack_int4(stored, values.size) if value_type == "int4" else stored
+        codes = unpack_int4(stored, values.size) if kind.packed else stored
         assert np.abs(codes.astype(np.int16)).max() <= kind.levels
-        # The largest magnitude of a row is stored at the largest level (no wasted range).
-        if np.all(largest > 1e-3):
+        # The largest magnitude of a row (of the table) is stored at the largest level.
+        if kind.table_scaled and np.abs(values).max() > 1e-3:
+            assert np.abs(codes.astype(np.int16)).max() >= kind.levels - 1
+        elif np.all(largest > 1e-3):
             per_row = np.maximum.reduceat(np.abs(codes.astype(np.int16)), starts)
             assert np.all(per_row >= kind.levels - 1)
 
@@ -102,6 +107,7 @@ def test_stored_bytes_counts_values_scales_and_sizes() -> None:
     header = npy_bytes(0, np.uint8)
     assert stored_bytes(10, 30, "float32", 128) == (header + 120) + (header + 10)
     assert stored_bytes(10, 31, "int4", 128) == (header + 16) + (header + 20) + (header + 10)
+    assert stored_bytes(10, 31, "int4-table", 128) == (header + 16) + (header + 2) + (header + 10)
     assert stored_bytes(10, 30, "int8", 300, tables=2) == 2 * (
         (header + 30) + (header + 20) + (header + 20)  # sizes of up to 300: two bytes each
     )

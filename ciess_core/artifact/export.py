@@ -85,7 +85,8 @@ class ExportOptions:
 
     Attributes:
         value_dtype: how the tables' values are stored (:data:`ciess_core.storage.VALUE_TYPES`):
-            "float32" (lossless), "float16", "int8" or "int4" (per-row scales). The parity check
+            "float32" (lossless), "float16", "int8" or "int4" (per-row scales), "int8-table" or
+            "int4-table" (one scale per table). The parity check
             compares the artifact with the model whose tables hold the stored values decoded.
             None: a run's own value type (the one it was selected in, ``training.value_type``),
             float32 for a model.

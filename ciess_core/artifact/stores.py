@@ -96,7 +96,7 @@ class StoredTable:
         total = int(counts.sum())
         length = kind.stored_length(total)
         if values.size != length:
-            what = "bytes of packed int4 codes" if kind.name == "int4" else "values"
+            what = "bytes of packed int4 codes" if kind.packed else "values"
             raise ArtifactError(
                 f"{files['values']}: the sizes add up to {total} values, which take {length} "
                 f"{what}; the file holds {values.size}"
@@ -107,7 +107,7 @@ class StoredTable:
 
     def _validate_codes(self, total: int) -> None:
         kind, file = ValueType(self.value_type), self.files["values"]
-        if kind.name == "int4":
+        if kind.packed:
             if total % 2 and self.values.size and int(self.values[-1]) >> 4:
                 raise ArtifactError(
                     f"{file}: {total} codes leave the last byte's high nibble unused; it must be 0"
@@ -124,16 +124,16 @@ class StoredTable:
 
     def _validate_scales(self, num_rows: int) -> None:
         kind, file, scales = ValueType(self.value_type), self.files["scales"], self.scales
+        expected = kind.scale_count(num_rows)
+        per = "for the table" if kind.table_scaled else f"per row ({num_rows})"
         if scales is None:
-            raise ArtifactError(f"{file}: missing ({self.value_type} values need a scale per row)")
+            raise ArtifactError(f"{file}: missing ({self.value_type} values need a scale {per})")
         if scales.ndim != 1 or scales.dtype != SCALE_DTYPE:
             raise ArtifactError(
                 f"{file}: expected a 1-D float16 array, got {scales.dtype} of shape {scales.shape}"
             )
-        if scales.size != num_rows:
-            raise ArtifactError(
-                f"{file}: expected one scale per row ({num_rows}), got {scales.size}"
-            )
+        if scales.size != expected:
+            raise ArtifactError(f"{file}: expected one scale {per}, got {scales.size}")
         as_float = scales.astype(np.float32)
         bad = ~np.isfinite(as_float) | (as_float < 0)
         if bad.any():
