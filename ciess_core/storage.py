@@ -171,6 +171,7 @@ def quantise(
     flat = np.asarray(values, dtype=np.float32)
     if not kind.quantised:
         return flat.astype(kind.storage_dtype), None
+    largest: npt.NDArray[np.floating]
     if kind.table_scaled:
         largest = np.array([np.abs(flat).max() if flat.size else 0.0], dtype=np.float32)
     else:
