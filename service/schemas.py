@@ -264,8 +264,9 @@ class BudgetRequest(BaseModel):
         ge=1,
         le=MAX_BUDGET_NUMBER,
         strict=True,
-        description="bytes of the stored tables with their offsets and sizes; one of the "
-        "three forms",
+        description="every stored byte of the embedding stores (values, scales, sizes, file "
+        "headers); with method 'search' the byte planner picks the value type and sizes; one "
+        "of the three forms",
     )
     method: Literal["equal", "search"] | None = Field(
         default=None,
