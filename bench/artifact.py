@@ -14,7 +14,10 @@ Sections (``--sections``, default all):
 - size: values bytes on disk vs (1 - c) x the dense float32 table x 1.01 + sizes, for ES, MR
   (and CIESS, when --ciess-sizes gives its assignments) at 0.80/0.90/0.95, LightGCN (one table)
   and NCF (two tables).
-- load: seconds from directory to a ready scorer (validation, hashing, propagation, sessions).
+- load: seconds from directory to a ready scorer (validation, hashing, propagation, sessions),
+  the embedding store's bytes on disk and the scorer's resident bytes, at full size, ES 0.9 and
+  MR 0.9; LightGCN and NCF once per value type of ``ciess_core.storage.VALUE_TYPES``, NGCF as
+  float32.
 - speed: users/s at batch 1 and 256 for top-20 with the bucketed layout, one zero-padded dense
   matrix at d_max (`experiments/layouts.py`), and PyTorch eager, for ES/MR at 0.9 and full size.
 
@@ -57,11 +60,15 @@ from ciess_core.data import (
 )
 from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
 from ciess_core.sizes import SizeAssignment, SizeScheme, assign_sizes
+from ciess_core.storage import VALUE_TYPES
 from ciess_core.training import TrainConfig, train_bpr
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP_K = 20
 TARGETS = (0.8, 0.9, 0.95)
+# Backbones whose load section covers every value type (NGCF: float32 only).
+LOAD_VALUE_TYPE_BACKBONES = (BackboneKind.LIGHTGCN, BackboneKind.NCF)
+LOAD_REPEATS = 3
 logger = logging.getLogger("bench.artifact")
 
 
@@ -265,25 +272,54 @@ def run_load(args: argparse.Namespace, split: DatasetSplit, work: Path) -> list[
     for label, sizes in _speed_sizes(split).items():
         for kind in BackboneKind:
             model = fresh_model(kind, train, sizes, 0)
-            out = export_to(model, split, work, f"load-{label}-{kind.value}", verify_users=0)
-            seconds, scorer = _timed(
-                lambda out=out: ArtifactScorer(
-                    load_artifact(out), ScorerOptions(threads=args.threads)
-                ),
-                3,
-            )
-            rows.append(
-                {
-                    "sizes": label,
-                    "backbone": kind.value,
-                    "load_seconds": round(seconds, 4),
-                    "stored_bytes": sum(e.bytes for e in load_artifact(out).manifest.files),
-                    "resident_bytes": scorer.resident_bytes,
-                    "buckets": scorer.bucket_widths,
-                }
-            )
-            logger.info("load %s", rows[-1])
+            value_types = VALUE_TYPES if kind in LOAD_VALUE_TYPE_BACKBONES else ("float32",)
+            for value_type in value_types:
+                out = export_to(
+                    model,
+                    split,
+                    work,
+                    f"load-{label}-{kind.value}-{value_type}",
+                    verify_users=0,
+                    value_dtype=value_type,
+                )
+                rows.append(_load_row(out, label, kind, value_type, args.threads))
+                logger.info("load %s", rows[-1])
     return rows
+
+
+def _load_row(
+    out: Path, label: str, kind: BackboneKind, value_type: str, threads: int
+) -> dict[str, Any]:
+    seconds, scorer = _timed(
+        lambda: ArtifactScorer(load_artifact(out), ScorerOptions(threads=threads)), LOAD_REPEATS
+    )
+    manifest = load_artifact(out).manifest
+    if manifest.value_dtype != value_type:
+        raise RuntimeError(f"{out}: exported as {value_type}, manifest says {manifest.value_dtype}")
+    if manifest.memory.resident != scorer.resident_bytes:
+        logger.warning(
+            "%s: manifest resident %d bytes, scorer %d",
+            out,
+            manifest.memory.resident,
+            scorer.resident_bytes,
+        )
+    return {
+        "sizes": label,
+        "backbone": kind.value,
+        "value_type": value_type,
+        "load_seconds": round(seconds, 4),
+        # Every file of the artifact (ids, interactions, graphs, manifest included).
+        "stored_bytes": sum(e.bytes for e in manifest.files),
+        # The embedding stores' files only (values, scales, sizes): manifest.memory.stored.
+        "embedding_stored_bytes": manifest.memory.stored,
+        "embedding_stored_detail": dict(manifest.memory.stored_detail),
+        "dense_bytes": manifest.memory.dense,
+        "resident_bytes": scorer.resident_bytes,
+        "manifest_resident_bytes": manifest.memory.resident,
+        "resident_detail": scorer.resident_detail,
+        # Lists, as the JSON gives them back: the report reads the same either way.
+        "buckets": [list(bucket) for bucket in scorer.bucket_widths],
+    }
 
 
 def _speed_sizes(split: DatasetSplit) -> dict[str, SizeAssignment]:
@@ -397,26 +433,43 @@ def write_report(results: dict[str, Any], path: Path) -> None:
                 "| method | target c | achieved c | backbone | dense | values file | sizes file | bound | within bound | sizes meet target |",
                 "|---|---|---|---|---|---|---|---|---|---|",
             ]
+            if any("sizes_file_bytes" not in r for r in entry["size"]):
+                lines[-2:-2] = [
+                    "Rows written before artifact schema 2 count an offsets file and a sizes file",
+                    "together in the sizes file column.",
+                    "",
+                ]
             for r in entry["size"]:
+                # Schema 1 stored offsets beside the sizes: its rows name that sum differently.
+                sizes_bytes = r.get("sizes_file_bytes", r.get("offsets_and_sizes_file_bytes"))
                 lines.append(
                     f"| {r['method']} | {r['target_sparsity']} | {r['achieved_sparsity']:.4f} | "
                     f"{r['backbone']} | {r['dense_bytes']:,} | {r['values_file_bytes']:,} | "
-                    f"{r['sizes_file_bytes']:,} | {r['bound_bytes']:,} | "
+                    f"{sizes_bytes:,} | {r['bound_bytes']:,} | "
                     f"{'yes' if r['within_bound'] else '**no**'} | "
                     f"{'yes' if r['sizes_meet_target'] else 'no'} |"
                 )
         if entry.get("load"):
             lines += [
                 "",
-                "### Load time (directory → ready scorer, best of 3)",
+                f"### Load time and bytes per value type (directory → ready scorer, best of {LOAD_REPEATS})",
                 "",
-                "| sizes | backbone | seconds | stored bytes | resident bytes | buckets (items, width) |",
-                "|---|---|---|---|---|---|",
+                "Embedding store: the tables' files (values, scales, sizes; `manifest.memory.stored`),",
+                "against the same tables dense in float32. All files: the whole artifact directory (ids,",
+                "interactions, graphs, manifest). Resident: what the scorer keeps in memory once loaded.",
+                "Rows without a value type predate it: float32, no embedding store column.",
+                "",
+                "| sizes | backbone | value type | seconds | embedding store bytes | store / dense f32 | all files bytes | resident bytes | buckets (items, width) |",
+                "|---|---|---|---|---|---|---|---|---|",
             ]
             for r in entry["load"]:
+                store = r.get("embedding_stored_bytes")
+                dense = r.get("dense_bytes")
                 lines.append(
-                    f"| {r['sizes']} | {r['backbone']} | {r['load_seconds']:.3f} | {r['stored_bytes']:,} | "
-                    f"{r['resident_bytes']:,} | {r['buckets']} |"
+                    f"| {r['sizes']} | {r['backbone']} | {r.get('value_type', 'float32')} | "
+                    f"{r['load_seconds']:.3f} | {'–' if store is None else f'{store:,}'} | "
+                    f"{f'{store / dense:.3f}' if store is not None and dense else '–'} | "
+                    f"{r['stored_bytes']:,} | {r['resident_bytes']:,} | {r['buckets']} |"
                 )
         if entry.get("speed"):
             lines += [

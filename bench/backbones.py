@@ -189,7 +189,7 @@ def run_one(
     sizes = run_sizes(spec, split.num_users, split.num_items)
     if selection_only:
         started = time.perf_counter()
-        selection = select_on_validation(spec, split, sizes, progress=not arguments.no_progress)
+        _, selection = select_on_validation(spec, split, sizes, progress=not arguments.no_progress)
         outcome = RunOutcome(
             test_metrics={},
             valid_metrics=selection.best_metrics,

@@ -100,6 +100,8 @@ def write_run(
             "selected_batches": outcome.selected_batches,
             "stages": outcome.stages,
         }
+        if outcome.valid_by_value_type:
+            metrics["valid_by_value_type"] = outcome.valid_by_value_type
         _write_json(staging / METRICS_FILE, metrics)
         with (staging / HISTORY_FILE).open("w") as handle:
             for row in history:

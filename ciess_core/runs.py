@@ -23,6 +23,7 @@ from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
 from ciess_core.sizes import SizeAssignment, SizeScheme, assign_sizes
+from ciess_core.storage import VALUE_TYPES
 from ciess_core.training import TrainConfig, TrainResult, evaluate_model, train_bpr
 from ciess_core.training.distillation import DistillationConfig, Distiller
 
@@ -87,7 +88,7 @@ class Protocol(enum.Enum):
         test_train, test = split.phase(Phase.TEST)
         test_distiller = phase_distiller(spec, teachers, Phase.TEST, test_train)  # fails early
         if selected_batches is None:
-            selection = select_on_validation(spec, split, sizes, progress, teachers)
+            _, selection = select_on_validation(spec, split, sizes, progress, teachers)
             history += [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
             stages["select"] = stage_summary(selection)
             valid_metrics = selection.best_metrics
@@ -147,6 +148,9 @@ class RunOutcome:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     selected_batches: int = 0
     """The batch count the protocol selected; the deployment model trains for as many."""
+    valid_by_value_type: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The selected model's validation metrics with its tables stored as each value type (what
+    serving it quantised would keep, known without training again); empty when not measured."""
 
 
 RunResult = tuple[Backbone, RunOutcome, list[dict[str, Any]]]
@@ -205,11 +209,12 @@ def select_on_validation(
     sizes: SizeAssignment,
     progress: bool = True,
     teachers: Teachers | None = None,
-) -> TrainResult:
-    """The clean protocol's first stage: train on train, early-stop and select on validation."""
+) -> tuple[Backbone, TrainResult]:
+    """The clean protocol's first stage: train on train, early-stop and select on validation.
+    Returns the model at its selected batch and the training's result."""
     search_train, valid = split.phase(Phase.SEARCH)
     model = fresh_model(spec, search_train, sizes)
-    return train_bpr(
+    return model, train_bpr(
         model,
         search_train,
         spec.training,
@@ -217,6 +222,19 @@ def select_on_validation(
         progress=progress,
         distiller=phase_distiller(spec, teachers, Phase.SEARCH, search_train),
     )
+
+
+def validation_by_value_type(
+    model: Backbone, split: DatasetSplit, spec: RunSpec
+) -> dict[str, dict[str, float]]:
+    """``model`` (trained on the search phase's train) scored on validation with its tables
+    stored as each value type of :data:`~ciess_core.storage.VALUE_TYPES`."""
+    train, valid = split.phase(Phase.SEARCH)
+    chunk = spec.training.eval_users_per_chunk
+    return {
+        value_type: evaluate_model(model, train, valid, chunk, value_type=value_type).mean()
+        for value_type in VALUE_TYPES
+    }
 
 
 def execute_run(

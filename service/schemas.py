@@ -308,6 +308,12 @@ class BudgetJob(JobView):
         description="true: the queued or running job of an identical budget (same budget, "
         "method and base model), answered with 200 instead of a new job (202)"
     )
+    fast_path: JobView | None = Field(
+        default=None,
+        description="a byte budget that a kept model meets by storing its values in fewer "
+        "bits: the 'requantise' job that serves it within seconds; this job then replaces it "
+        "only if its pick validates better",
+    )
 
 
 class BudgetUnchanged(BaseModel):

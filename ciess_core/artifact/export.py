@@ -453,7 +453,10 @@ def export_run(
         split_seed=int(config.get("split_seed", 42)),
         target_sparsity=config.get("target_sparsity"),
         size_scheme=config.get("size_scheme"),
-        metrics={k: run.metrics.get(k) for k in ("protocol", "valid", "test")},
+        metrics={
+            **{key: run.metrics.get(key) for key in ("protocol", "valid", "test")},
+            **{k: v for k, v in run.metrics.items() if k == "valid_by_value_type"},
+        },
         source=str(run_dir),
         trained_on=str(config.get("trained_on", "")),
     )

@@ -37,6 +37,7 @@ from ciess_core.runs import (
     select_on_validation,
     stage_summary,
     train_deployment,
+    validation_by_value_type,
 )
 from ciess_core.search.budgets import Budget, ByteBudget, budget_label
 from ciess_core.search.files import BudgetFolder
@@ -117,10 +118,11 @@ def select_candidate(
     }
     run_spec = run_spec_of(spec, budget, record)
     if selects_on_validation(spec):
-        selection = select_on_validation(run_spec, split, sizes, progress, teachers)
+        model, selection = select_on_validation(run_spec, split, sizes, progress, teachers)
         history = [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
         record.update(
             valid=selection.best_metrics,
+            valid_by_value_type=validation_by_value_type(model, split, run_spec),
             selected_batches=max(selection.best_batch, 1),
             stages={"select": stage_summary(selection)},
         )
@@ -267,6 +269,7 @@ def write_deployed_run(
         seconds=float(chosen["seconds"]) + float(summary["seconds"]),
         stages={**chosen["stages"], "deploy": stages},
         selected_batches=int(chosen["selected_batches"]),
+        valid_by_value_type=chosen.get("valid_by_value_type", {}),
     )
     history = folder.candidate_history(result["chosen"])
     write_run(folder.run, run_spec, fingerprint, model, outcome, history)

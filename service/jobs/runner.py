@@ -42,6 +42,7 @@ from ciess_core.search.files import BudgetFolder
 from ciess_core.search.pipeline import run_pipeline
 from ciess_core.sizes import SizeAssignment, SizeScheme, equal_sizes_within
 from ciess_core.storage import dense_fp32_bytes
+from service.jobs.fast_path import new_version
 from service.jobs.store import Job, JobStore
 from service.model_holder import read_pointer
 from service.settings import Settings
@@ -81,11 +82,6 @@ class Reporter:
         changed = stage != self._stage
         self._stage = stage
         self(stage, self._pipeline_progress, force=changed)
-
-
-def new_version(job_id: int) -> str:
-    """A sortable, unique artifact name: UTC time and the job id."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-job{job_id}"
 
 
 def _dataset_name(manifest: Manifest) -> str:

@@ -32,7 +32,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from ciess_core.artifact.reader import read_manifest
 from ciess_core.errors import CiessError
+from service.jobs.fast_path import REQUANTISE_JOB, run_requantise_job
 from service.jobs.store import Job, JobState, JobStore, pid_alive, worker_name
 from service.settings import Settings, load_settings
 from service.versions import apply_retention, promote
@@ -72,9 +74,13 @@ def _job_main(settings: Settings, job_id: int) -> None:
         daemon=True,
     ).start()
     try:
-        from service.jobs.runner import run_budget_job
+        job = store.get(job_id)
+        if job.kind == REQUANTISE_JOB:  # numpy only: starts and ends in seconds
+            run_requantise_job(settings, store, job)
+        else:
+            from service.jobs.runner import run_budget_job
 
-        run_budget_job(settings, store, store.get(job_id))
+            run_budget_job(settings, store, job)
     except CiessError as error:
         logger.error("job %d failed: %s", job_id, error)
         store.finish(job_id, JobState.FAILED, str(error))
@@ -149,6 +155,10 @@ def execute(settings: Settings, store: JobStore, job: Job, stop: threading.Event
         store.finish(job.id, JobState.CANCELLED, "cancelled by an admin after exporting")
         _discard_artifact(settings, current)
         return JobState.CANCELLED
+    if (kept := _better_served(store, current)) is not None:
+        store.finish(job.id, JobState.SUCCEEDED, kept, stage="done")
+        logger.info("job %d: %s", job.id, kept)
+        return JobState.SUCCEEDED
     promote(settings, store, Path(current.artifact), job.id)
     store.finish(job.id, JobState.SUCCEEDED, f"promoted {current.version}", stage="done")
     logger.info("job %d succeeded: %s is the current model", job.id, current.version)
@@ -157,6 +167,26 @@ def execute(settings: Settings, store: JobStore, job: Job, stop: threading.Event
     except OSError:  # disk trouble must not fail a promoted job; the next one tries again
         logger.exception("retention could not remove old versions")
     return JobState.SUCCEEDED
+
+
+def _better_served(store: JobStore, job: Job) -> str | None:
+    """Why ``job``'s artifact is not promoted: its budget's fast path serves a model that
+    validates at least as well (``replace_if_better``: the fast job and its validation). None:
+    promote it (no fast path, or the fast path did not serve)."""
+    fast = job.params.get("replace_if_better")
+    if not fast or store.get(int(fast["job_id"])).state is not JobState.SUCCEEDED:
+        return None
+    try:
+        valid = read_manifest(Path(str(job.artifact))).metrics.get("valid") or {}
+    except CiessError:
+        return None
+    ours = valid.get(fast["metric"])
+    if ours is not None and float(ours) > float(fast["valid"]):
+        return None
+    return (
+        f"not promoted: validates {fast['metric']} {ours}, the fast path's model of job "
+        f"{fast['job_id']} {fast['valid']}; that one keeps serving"
+    )
 
 
 def _stop_with_parent(parent_pid: int, stop: threading.Event, settings: Settings) -> None:

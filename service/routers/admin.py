@@ -20,7 +20,8 @@ from fastapi.concurrency import run_in_threadpool
 from service.deps import HolderDep, MetricsDep, ModelDep, SettingsDep, StoreDep, require_admin
 from service.errors import NotReadyError, error_responses
 from service.jobs.budget import Budget, resolve_budget, served_budget, sizing_method
-from service.jobs.store import Job, JobState
+from service.jobs.fast_path import REQUANTISE_JOB, plan_fast_path
+from service.jobs.store import Job, JobState, JobStore
 from service.model_holder import ServedModel, all_processes_within, request_reload
 from service.schemas import (
     BudgetJob,
@@ -30,6 +31,7 @@ from service.schemas import (
     JobView,
     ReloadResponse,
 )
+from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +134,9 @@ def set_budget(
             target_sparsity=budget.target_sparsity,
             max_parameters=budget.max_parameters,
         )
+    fast = None
+    if body.max_bytes is not None and method == "search":
+        fast = _queue_fast_path(model, store, settings, body.max_bytes)
     job, existing = store.enqueue(
         BUDGET_JOB,
         {
@@ -141,6 +146,17 @@ def set_budget(
             "method": method,
             "base_artifact": str(model.directory),
             "base_version": model.version,
+            **(
+                {}
+                if fast is None
+                else {
+                    "replace_if_better": {
+                        "job_id": fast.id,
+                        "metric": fast.params["metric"],
+                        "valid": fast.params["valid"],
+                    }
+                }
+            ),
         },
         key=f"{budget.max_parameters}:{method}:{model.version}",
         max_queued=settings.max_queued_jobs,
@@ -153,7 +169,33 @@ def set_budget(
         logger.info("job %d queued: budget %s (sparsity %.4f)", job.id, budget.requested,
                     budget.target_sparsity)  # fmt: skip
     response.headers["Location"] = f"/v1/admin/jobs/{job.id}"
-    return BudgetJob(**job_view(job).model_dump(), existing=existing)
+    return BudgetJob(
+        **job_view(job).model_dump(),
+        existing=existing,
+        fast_path=None if fast is None else job_view(fast),
+    )
+
+
+def _queue_fast_path(
+    model: ServedModel, store: JobStore, settings: Settings, max_bytes: int
+) -> Job | None:
+    """Queue the fast path of a byte budget (:mod:`service.jobs.fast_path`) when a kept model
+    meets it by its stored type; None when none does."""
+    plan = plan_fast_path(settings, store, model.scorer.manifest, max_bytes)
+    if plan is None:
+        return None
+    job, _ = store.enqueue(
+        REQUANTISE_JOB,
+        {**plan.params(), "max_bytes": max_bytes, "base_version": model.version},
+        key=f"{plan.source_version}:{plan.value_type}:{max_bytes}",
+        max_queued=settings.max_queued_jobs,
+        retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS,
+    )
+    logger.info(
+        "job %d queued: %s stored as %s (%d bytes) meets %d bytes at once",
+        job.id, plan.source_version, plan.value_type, plan.bytes, max_bytes,
+    )  # fmt: skip
+    return job
 
 
 @router.get(

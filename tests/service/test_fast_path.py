@@ -1,99 +1,147 @@
-"""The ASGI fast path of single-user top-k answers exactly as the FastAPI route does."""
+"""The fast path of a byte budget: a kept model stored in fewer bits is served within seconds;
+the planner's job replaces it only if it validates better; a failing fast path changes nothing."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from ciess_core.artifact.reader import read_manifest
+from ciess_core.artifact.requantise import requantised_bytes
+from service.jobs.fast_path import REQUANTISE_JOB
+from service.jobs.store import JobState, JobStore
+from service.jobs.worker import _better_served, execute, run_worker
 from service.main import create_app
-from service.ranking import recommendation_json
+from service.model_holder import read_pointer
 from service.settings import Settings
+from tests.service.conftest import BaseArtifact, admin_headers
 
-QUERIES = [
-    "",
-    "k=1",
-    "k=7",
-    "k=1000",
-    "k=0",  # 422
-    "k=1001",  # 422
-    "k=abc",  # 422
-    "k=",  # 422
-    "k=%2B5",  # "+5": FastAPI's call
-    "k=5&k=6",  # repeated: FastAPI's call
-    "exclude_seen=false",
-    "exclude_seen=0",
-    "exclude_seen=OFF",
-    "exclude_seen=True&k=3",
-    "exclude_seen=maybe",  # 422
-    "item_id=i1&item_id=i2&k=2",  # filters: FastAPI's route
-    "item_id=nope",  # 422
-    "unknown=1",  # 422 from both: never ignored
-    "k=3&ofset=2",  # a misspelt parameter: 422 from both
-    "offset=2",  # pagination: FastAPI's route
-    "offset=2&k=3&exclude_seen=false",
-    "offset=0",
-    "offset=-1",  # 422
-    "fallback=popular",  # a known user: the model answers; "nobody": popularity, flagged
-    "fallback=popular&k=3&offset=1",
-    "fallback=nope",  # 422
-]
-USERS = ["u0", "u5", "nobody", "u%2F1"]
+# What the selected twin of the base model validated at in each type (test input, made up).
+MEASURED = {
+    "float32": 0.300, "float16": 0.300, "int8": 0.299, "int4": 0.290,
+    "int8-table": 0.298, "int4-table": 0.285,
+}  # fmt: skip
+
+
+def _with_metrics(source: Path, out: Path, metrics: dict[str, object]) -> Path:
+    """A copy of the artifact ``source`` whose manifest says ``metrics`` (files unchanged)."""
+    shutil.copytree(source, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["metrics"] = {**manifest["metrics"], **metrics}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
 
 
 @pytest.fixture
-def clients(settings: Settings) -> Iterator[tuple[TestClient, TestClient]]:
-    with (
-        TestClient(create_app(settings)) as fast,
-        TestClient(create_app(settings, fast_path=False)) as plain,
-    ):
-        yield fast, plain
-
-
-def test_fast_path_answers_like_the_fastapi_route(
-    clients: tuple[TestClient, TestClient],
-) -> None:
-    fast, plain = clients
-    answered = 0
-    for user in USERS:
-        for query in QUERIES:
-            url = f"/v1/users/{user}/recommendations" + (f"?{query}" if query else "")
-            mine, theirs = fast.get(url), plain.get(url)
-            assert mine.status_code == theirs.status_code, url
-            assert mine.json() == theirs.json(), url
-            assert mine.headers.get("content-type") == theirs.headers.get("content-type"), url
-            assert mine.headers.get("x-model-version") == theirs.headers.get("x-model-version")
-            answered += mine.status_code == 200
-    assert answered >= 2 * 9 + 2 * 5 + 2  # known users' plain queries, pages, fallbacks
-
-
-def test_fast_path_requests_are_counted_in_the_metrics(
-    clients: tuple[TestClient, TestClient],
-) -> None:
-    fast, _ = clients
-    for _ in range(3):
-        assert fast.get("/v1/users/u0/recommendations?k=4").status_code == 200
-    metrics = fast.get("/metrics").text
-    line = next(
-        row
-        for row in metrics.splitlines()
-        if row.startswith("ciess_requests_total")
-        and 'route="/v1/users/{user_id}/recommendations"' in row
-        and 'status="200"' in row
+def measured(settings: Settings, base_model: BaseArtifact, tmp_path: Path) -> Settings:
+    """Settings serving a base model that recorded its validation in every value type."""
+    by_type = {value_type: {"ndcg@20": value} for value_type, value in MEASURED.items()}
+    base = _with_metrics(
+        base_model.artifact,
+        tmp_path / "v1-measured",
+        {"valid": by_type["float32"], "valid_by_value_type": by_type},
     )
-    assert float(line.rsplit(" ", 1)[1]) == 3.0
+    return settings.replace(artifact_dir=base)
 
 
-def test_fast_path_waits_for_a_model(settings: Settings) -> None:
-    with TestClient(create_app(settings.replace(artifact_dir=None))) as client:
-        assert client.get("/v1/users/u0/recommendations").status_code == 503
+@pytest.fixture
+def client(measured: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(measured)) as test_client:
+        yield test_client
 
 
-def test_a_non_finite_score_is_refused_not_written_as_null() -> None:
-    assert recommendation_json("u0", (["i1"], [0.5]), "v1") == (
-        b'{"user_id":"u0","items":[{"item_id":"i1","score":0.5}],"model_version":"v1"}'
+def test_a_byte_budget_is_served_at_once_by_the_best_fitting_type(
+    client: TestClient, measured: Settings
+) -> None:
+    manifest = read_manifest(measured.artifact_dir)  # type: ignore[arg-type]
+    budget = requantised_bytes(manifest, "int8")  # int8 fits, float16 does not
+    started = time.perf_counter()
+    answer = client.post(
+        "/v1/admin/budget", json={"max_bytes": budget, "method": "search"}, headers=admin_headers()
     )
-    for bad in (float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="non-finite score"):
-            recommendation_json("u0", (["i1", "i2"], [0.5, bad]), "v1")
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    fast = body["fast_path"]
+    assert fast["kind"] == REQUANTISE_JOB and fast["id"] < body["id"]
+    assert fast["params"]["value_type"] == "int8"  # the best validation among the fitting
+    assert body["params"]["replace_if_better"] == {
+        "job_id": fast["id"], "metric": "ndcg@20", "valid": 0.299}  # fmt: skip
+    store = JobStore(measured.job_db_path)
+    job = store.claim("test", 1)
+    assert job is not None and job.id == fast["id"]  # the fast path runs first
+    assert execute(measured, store, job, threading.Event()) is JobState.SUCCEEDED
+    served = read_pointer(measured)
+    assert served is not None and read_manifest(served).value_dtype == "int8"
+    assert read_manifest(served).memory.stored <= budget
+    deadline = time.monotonic() + 10
+    while client.get("/v1/model").json()["version"] != served.name:
+        assert time.monotonic() < deadline, "the API did not swap the fast path's model in"
+        time.sleep(0.1)
+    assert time.perf_counter() - started < 10.0
+    assert client.get("/v1/users/u3/recommendations").status_code == 200
+
+
+def test_no_fast_path_without_a_measured_type_that_fits(
+    client: TestClient, measured: Settings
+) -> None:
+    answer = client.post(
+        "/v1/admin/budget", json={"max_bytes": 2_000, "method": "search"}, headers=admin_headers()
+    )
+    assert answer.status_code == 202 and answer.json()["fast_path"] is None
+    equal = client.post(
+        "/v1/admin/budget", json={"max_bytes": 50_000, "method": "equal"}, headers=admin_headers()
+    )
+    assert equal.json()["fast_path"] is None  # the fast path serves the planner's budgets only
+
+
+def test_a_failing_fast_path_leaves_the_old_model_serving(
+    measured: Settings, tmp_path: Path
+) -> None:
+    store = JobStore(measured.job_db_path)
+    job = store.submit(
+        REQUANTISE_JOB,
+        {"source": str(tmp_path / "gone"), "value_type": "int8", "max_bytes": 10**6},
+    )
+    assert run_worker(measured, once=True) == 1
+    failed = store.get(job.id)
+    assert failed.state is JobState.FAILED and "is gone" in failed.message
+    assert read_pointer(measured) == measured.artifact_dir
+    too_small = store.submit(
+        REQUANTISE_JOB,
+        {"source": str(measured.artifact_dir), "value_type": "int8", "max_bytes": 100},
+    )
+    assert run_worker(measured, once=True) == 1
+    assert "over the budget of 100" in store.get(too_small.id).message
+    assert read_pointer(measured) == measured.artifact_dir
+    assert [p for p in measured.artifacts_dir.iterdir()] == []  # nothing half-written
+
+
+@pytest.mark.parametrize(("planner_valid", "promoted"), [(0.31, True), (0.29, False)])
+def test_the_planners_pick_replaces_the_fast_path_only_if_it_validates_better(
+    measured: Settings, base_model: BaseArtifact, tmp_path: Path, planner_valid: float,
+    promoted: bool,
+) -> None:  # fmt: skip
+    store = JobStore(measured.job_db_path)
+    fast = store.submit(REQUANTISE_JOB, {"value_type": "int8"})
+    assert store.claim("test", 1) is not None
+    assert store.finish(fast.id, JobState.SUCCEEDED, "promoted")
+    pick = _with_metrics(
+        base_model.artifact, tmp_path / "pick", {"valid": {"ndcg@20": planner_valid}}
+    )
+    job = store.submit(
+        "budget",
+        {"replace_if_better": {"job_id": fast.id, "metric": "ndcg@20", "valid": 0.30}},
+    )
+    assert store.claim("test", 1) is not None  # running: its artifact is written
+    store.set_artifact(job.id, pick, "pick")
+    why = _better_served(store, store.get(job.id))
+    assert (why is None) is promoted
+    if not promoted:
+        assert "not promoted: validates ndcg@20 0.29" in str(why)

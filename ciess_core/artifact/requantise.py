@@ -1,0 +1,118 @@
+"""A new artifact from an existing one with its tables stored in another value type (no torch).
+
+A budget change that a kept model can meet by storing its values in fewer bits needs no
+training: every table is decoded as the scorer reads it and stored again
+(:func:`~ciess_core.artifact.stores.store_table`); the graphs, ids and seen items are copied
+unchanged. The manifest keeps the source's model, data and metrics, with ``valid`` replaced by
+the source run's validation of that value type when the run measured it
+(``metrics.valid_by_value_type``), and ``verification`` saying where it came from.
+
+The copy is written in a hidden staging folder beside ``out`` and renamed into place only once it
+loads and scores, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ciess_core.artifact.files import file_entry, write_array
+from ciess_core.artifact.manifest import MANIFEST_NAME, Manifest, manifest_to_json
+from ciess_core.artifact.reader import load_artifact
+from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
+from ciess_core.artifact.stores import store_files, store_table
+from ciess_core.errors import ArtifactError
+from ciess_core.storage import ValueType, stored_bytes
+
+
+def requantised_bytes(manifest: Manifest, value_type: str) -> int:
+    """The embedding stores' bytes of ``manifest``'s model stored as ``value_type``."""
+    values = round((1.0 - manifest.achieved_sparsity) * manifest.num_entities * manifest.max_size)
+    return stored_bytes(
+        manifest.num_entities, values, value_type, manifest.max_size, len(manifest.tables)
+    )
+
+
+def requantise_artifact(
+    source: Path,
+    value_type: str,
+    out: Path,
+    source_label: str = "",
+    max_bytes: int | None = None,
+) -> Manifest:
+    """Write the artifact of ``source`` with its tables stored as ``value_type`` to ``out``
+    (which must not exist); returns its manifest. With ``max_bytes``, stores over it are an
+    ArtifactError and nothing is written."""
+    ValueType(value_type)  # a ConfigError naming the choices
+    if out.exists():
+        raise ArtifactError(f"{out} exists already")
+    started = time.perf_counter()
+    artifact = load_artifact(source)
+    old = artifact.manifest
+    staging = out.parent / f".{out.name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns(MANIFEST_NAME, "tables"))
+        detail: dict[str, int] = {}
+        for name in old.tables:
+            stored = store_table(artifact.tables[name], name, value_type)
+            stored.validate(old.num_entities)
+            for role, array in stored.arrays().items():
+                entry = write_array(staging, store_files(name, value_type)[role], array)
+                detail[role] = detail.get(role, 0) + entry.bytes
+        files = tuple(
+            file_entry(staging, str(path.relative_to(staging)))
+            for path in sorted(staging.rglob("*"))
+            if path.is_file()
+        )
+        metrics: dict[str, Any] = dict(old.metrics)
+        measured = (metrics.get("valid_by_value_type") or {}).get(value_type)
+        metrics["valid"] = measured
+        manifest = dataclasses.replace(
+            old,
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            value_dtype=value_type,
+            metrics=metrics,
+            memory=dataclasses.replace(
+                old.memory, stored=sum(detail.values()), stored_detail=detail
+            ),
+            verification={
+                "requantised_from": source_label or str(source),
+                "source_value_dtype": old.value_dtype,
+            },
+            files=files,
+        )
+        if max_bytes is not None and manifest.memory.stored > max_bytes:
+            raise ArtifactError(
+                f"{source} stored as {value_type} takes {manifest.memory.stored} bytes, over "
+                f"the budget of {max_bytes}"
+            )
+        (staging / MANIFEST_NAME).write_text(manifest_to_json(manifest))
+        scorer = ArtifactScorer(load_artifact(staging), ScorerOptions(threads=1))
+        users = np.arange(min(4, old.num_users), dtype=np.int64)
+        if not np.all(np.isfinite(scorer.score_all(users))):
+            raise ArtifactError(f"{out}: the requantised tables score non-finite values")
+        manifest = dataclasses.replace(
+            manifest,
+            memory=dataclasses.replace(
+                manifest.memory,
+                resident=scorer.resident_bytes,
+                resident_detail=scorer.resident_detail,
+            ),
+            verification={
+                **manifest.verification,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        (staging / MANIFEST_NAME).write_text(manifest_to_json(manifest))
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest

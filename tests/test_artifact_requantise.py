@@ -1,0 +1,63 @@
+"""An artifact stored again in another value type, without torch: what it keeps, what it
+counts, and that a failure leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ciess_core.artifact.reader import load_artifact
+from ciess_core.artifact.requantise import requantise_artifact, requantised_bytes
+from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
+from ciess_core.data import DatasetSplit
+from ciess_core.errors import ArtifactError
+from ciess_core.models import BackboneKind
+from tests.test_artifact_export import export
+
+
+@pytest.fixture(scope="module")
+def source(clustered_split: DatasetSplit, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = export(BackboneKind.NCF, clustered_split, tmp_path_factory.mktemp("src") / "a")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["metrics"] = {"valid": {"ndcg@20": 0.3}, "valid_by_value_type": {
+        "int4-table": {"ndcg@20": 0.28}}}  # fmt: skip
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.mark.parametrize("value_type", ["float16", "int8", "int4-table"])
+def test_a_requantised_artifact_counts_its_new_bytes_and_scores_like_its_tables(
+    source: Path, tmp_path: Path, value_type: str
+) -> None:
+    old = load_artifact(source)
+    out = tmp_path / value_type
+    manifest = requantise_artifact(source, value_type, out, "v-source")
+    new = load_artifact(out)  # validates every file, hash and the stored bytes
+    assert new.manifest == manifest and manifest.value_dtype == value_type
+    assert manifest.memory.stored == requantised_bytes(old.manifest, value_type)
+    assert manifest.memory.stored < old.manifest.memory.stored
+    assert manifest.verification["requantised_from"] == "v-source"
+    assert manifest.metrics["valid"] == (
+        {"ndcg@20": 0.28} if value_type == "int4-table" else None  # only what was measured
+    )
+    for name in old.manifest.tables:
+        np.testing.assert_array_equal(new.tables[name].sizes, old.tables[name].sizes)
+        bound = 0.1 * np.abs(old.tables[name].values).max()
+        assert np.abs(new.tables[name].values - old.tables[name].values).max() <= bound
+    users = np.arange(5)
+    before = ArtifactScorer(old, ScorerOptions(threads=1)).recommend(users, 5)[0]
+    after = ArtifactScorer(new, ScorerOptions(threads=1)).recommend(users, 5)[0]
+    if value_type == "float16":  # the same model, eleven bits of mantissa: the same lists
+        assert np.mean(before == after) >= 0.9
+
+
+def test_a_requantisation_over_its_budget_writes_nothing(source: Path, tmp_path: Path) -> None:
+    needed = requantised_bytes(load_artifact(source).manifest, "int8")
+    with pytest.raises(ArtifactError, match=f"over the budget of {needed - 1}"):
+        requantise_artifact(source, "int8", tmp_path / "out", max_bytes=needed - 1)
+    assert list(tmp_path.iterdir()) == []  # no artifact, no staging folder
+    with pytest.raises(ArtifactError, match="exists already"):
+        requantise_artifact(source, "int8", source)
