@@ -121,7 +121,7 @@ def full_rows(spec: PipelineSpec, split: DatasetSplit, pipeline: Path) -> list[d
     selected = load_full_model(spec, split, pipeline / "full")  # trained on train
     tested = load_full_model(spec, split, pipeline / TEACHER_DIRECTORIES[Phase.TEST], Phase.TEST)
     metric = spec.training.selection_metric
-    scored = {}
+    scored: dict[str, dict[str, Any]] = {}
     for value_type in VALUE_TYPES:
         started = time.perf_counter()
         scored[value_type] = {
@@ -131,7 +131,7 @@ def full_rows(spec: PipelineSpec, split: DatasetSplit, pipeline: Path) -> list[d
             "seconds": round(time.perf_counter() - started, 2),
         }
     rows = [{"method": "full", "value_type": "float32", "byte_ratio": None, **scored["float32"]}]
-    for ratio in RATIOS:
+    for ratio in spec.byte_ratios:
         allowed = ByteBudget(ratio).allowed_bytes(entities, width, tables)
         fitting = [t for t in VALUE_TYPES[1:] if scored[t]["bytes"] <= allowed]
         if fitting:
@@ -149,7 +149,7 @@ def magprune_rows(spec: PipelineSpec, split: DatasetSplit, pipeline: Path) -> li
     tested = load_full_model(spec, split, pipeline / TEACHER_DIRECTORIES[Phase.TEST], Phase.TEST)
     metric = spec.training.selection_metric
     rows = []
-    for ratio in RATIOS:
+    for ratio in spec.byte_ratios:
         started = time.perf_counter()
         allowed = ByteBudget(ratio).allowed_bytes(entities, width, tables)
         kept = kept_within(allowed, entities, width, tables)
@@ -226,7 +226,7 @@ def sized_rows(
     pool = AssignmentPool.load(work / "pipeline" / "search" / "pool")
     rng = np.random.default_rng(spec.training.seed)
     jobs = []
-    for ratio in RATIOS:
+    for ratio in spec.byte_ratios:
         parameters = ByteBudget(ratio).parameters("float32", entities, width, tables)
         if parameters < entities:
             continue
@@ -251,9 +251,11 @@ def sized_rows(
     return rows
 
 
-def planner_rows(summary: dict[str, Any], pipeline: Path) -> list[dict[str, Any]]:
+def planner_rows(
+    spec: PipelineSpec, summary: dict[str, Any], pipeline: Path
+) -> list[dict[str, Any]]:
     rows = []
-    for ratio in RATIOS:
+    for ratio in spec.byte_ratios:
         result = summary["budgets"][ByteBudget(ratio).label]
         chosen = next(c for c in result["candidates"] if c["candidate"] == result["chosen"])
         plan = json.loads((pipeline / ByteBudget(ratio).label / "plan.json").read_text())
@@ -282,7 +284,7 @@ def run(arguments: argparse.Namespace) -> None:
         config_file=arguments.config,
         device=arguments.device,
         protocol=protocol,
-        byte_ratios=RATIOS,
+        byte_ratios=tuple(arguments.ratios),
     )
     work = work_dir(arguments)
     run_id = run_id_for(work)
@@ -294,7 +296,7 @@ def run(arguments: argparse.Namespace) -> None:
     started = time.perf_counter()
     summary = run_pipeline(spec, split, pipeline, progress=False, workers=arguments.workers)
     logger.info("planner pipeline done in %.0f s", time.perf_counter() - started)
-    rows = planner_rows(summary, pipeline)
+    rows = planner_rows(spec, summary, pipeline)
     with StageRunner(arguments.workers) as runner, runner.sharing_cores():
         rows += sized_rows(runner, spec, split, work)
     rows += full_rows(spec, split, pipeline)
@@ -355,6 +357,13 @@ def main() -> None:
     runner.add_argument("--work", help="work folder (default bench/_work/bytes-...)")
     runner.add_argument("--reuse", help="pipeline folder whose full model and supernet to copy")
     runner.add_argument("--config", help="recipe file, for dry runs")
+    runner.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        default=list(RATIOS),
+        help="byte ratios to run (the reference protocol's comparison needs only 0.05)",
+    )
     runner.add_argument("--results", help="rows file instead of docs/benchmarks/bytes.json")
     commands.add_parser("report", help="rewrite bytes.md and its plots from bytes.json")
     arguments = parser.parse_args()
