@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ciess_core.errors import ConfigError, DataError
-from ciess_core.storage import stored_bytes
+from ciess_core.storage import count_runs, stored_bytes
 
 Sizes = npt.NDArray[np.int64]
 
@@ -126,7 +126,10 @@ class SizeAssignment:
         integer types, sizes, and their files' headers, as the artifact writes them."""
         if tables < 1:
             raise ConfigError(f"tables must be >= 1, got {tables}")
-        return stored_bytes(self.num_entities, self.parameters, value_type, self.max_size, tables)
+        runs = count_runs(self._sizes)  # the sizes file is stored as runs when that is smaller
+        return stored_bytes(
+            self.num_entities, self.parameters, value_type, self.max_size, tables, runs
+        )
 
     @property
     def key(self) -> str:

@@ -3,7 +3,8 @@
 A table of ``n`` rows with per-row sizes is stored as three ``.npy`` files:
 
 - ``sizes``: one unsigned integer per row, one byte each when ``max_size`` ≤ 255 (offsets are
-  derived from the sizes on load);
+  derived from the sizes on load); or, when it takes fewer bytes (equal or per-side equal
+  sizes), ``size_runs``: the sizes as runs, ``[size, count, size, count, ...]`` in uint32;
 - ``values``: the kept prefixes of the rows back to back, as the table's value type;
 - ``scales``: for the integer types only, one float16 per row (``int8``, ``int4``) or one for
   the whole table (``int8-table``, ``int4-table``).
@@ -40,6 +41,7 @@ _TABLE_SCALED = {"int8-table": "int8", "int4-table": "int4"}
 
 SCALE_DTYPE = np.dtype(np.float16)
 DENSE_DTYPE = np.dtype(np.float32)
+RUN_DTYPE = np.dtype(np.uint32)
 
 
 @dataclass(frozen=True)
@@ -116,14 +118,43 @@ def npy_bytes(length: int, dtype: npt.DTypeLike) -> int:
     return header.tell() + length * kind.itemsize
 
 
+def size_runs(sizes: npt.ArrayLike) -> npt.NDArray[np.uint32]:
+    """``sizes`` as runs of equal sizes: ``[size, count, size, count, ...]``."""
+    array = np.asarray(sizes, dtype=np.int64)
+    if array.size == 0:
+        return np.zeros(0, dtype=RUN_DTYPE)
+    starts = np.flatnonzero(np.r_[True, array[1:] != array[:-1]])
+    counts = np.diff(np.r_[starts, array.size])
+    return np.column_stack([array[starts], counts]).reshape(-1).astype(RUN_DTYPE)
+
+
+def count_runs(sizes: npt.ArrayLike) -> int:
+    """How many runs of equal sizes ``sizes`` holds."""
+    array = np.asarray(sizes)
+    return int(array.size and 1 + np.count_nonzero(array[1:] != array[:-1]))
+
+
+def sizes_file_bytes(num_rows: int, max_size: int, num_runs: int | None = None) -> int:
+    """Bytes of a table's sizes: one per row, or ``num_runs`` runs when given and smaller."""
+    per_row = npy_bytes(num_rows, size_dtype(max_size))
+    if num_runs is None:
+        return per_row
+    return min(per_row, npy_bytes(2 * num_runs, RUN_DTYPE))
+
+
+def runs_pay(num_rows: int, max_size: int, num_runs: int) -> bool:
+    """Whether ``num_runs`` runs take fewer bytes than one size per row."""
+    return npy_bytes(2 * num_runs, RUN_DTYPE) < npy_bytes(num_rows, size_dtype(max_size))
+
+
 def table_file_bytes(
-    num_rows: int, num_values: int, value_type: str, max_size: int
+    num_rows: int, num_values: int, value_type: str, max_size: int, num_runs: int | None = None
 ) -> dict[str, int]:
-    """Bytes of each file of one stored table: ``sizes``, ``values`` and (integer types)
-    ``scales``."""
+    """Bytes of each file of one stored table: ``sizes`` (per row, or as ``num_runs`` runs when
+    given and smaller), ``values`` and (integer types) ``scales``."""
     kind = ValueType(value_type)
     files = {
-        "sizes": npy_bytes(num_rows, size_dtype(max_size)),
+        "sizes": sizes_file_bytes(num_rows, max_size, num_runs),
         "values": npy_bytes(kind.stored_length(num_values), kind.storage_dtype),
     }
     if kind.quantised:
@@ -132,11 +163,16 @@ def table_file_bytes(
 
 
 def stored_bytes(
-    num_rows: int, num_values: int, value_type: str, max_size: int, tables: int = 1
+    num_rows: int,
+    num_values: int,
+    value_type: str,
+    max_size: int,
+    tables: int = 1,
+    num_runs: int | None = None,
 ) -> int:
     """Every stored byte of ``tables`` tables of ``num_rows`` rows holding ``num_values`` values
-    each: what a byte budget counts."""
-    per_table = table_file_bytes(num_rows, num_values, value_type, max_size)
+    each (sizes in ``num_runs`` runs, when given): what a byte budget counts."""
+    per_table = table_file_bytes(num_rows, num_values, value_type, max_size, num_runs)
     return tables * sum(per_table.values())
 
 
@@ -248,17 +284,23 @@ def quantisation_bound(largest: float, value_type: str) -> float:
 
 
 def parameters_within(
-    byte_budget: int, num_rows: int, value_type: str, max_size: int, tables: int = 1
+    byte_budget: int,
+    num_rows: int,
+    value_type: str,
+    max_size: int,
+    tables: int = 1,
+    num_runs: int | None = None,
 ) -> int:
     """The most values per table (Σ sizes, at most ``num_rows · max_size``) whose ``tables``
-    stores of ``value_type`` take at most ``byte_budget`` bytes; -1 when not even an empty store
-    fits. The bytes grow with the values, so a bisection finds the largest that fits."""
-    if stored_bytes(num_rows, 0, value_type, max_size, tables) > byte_budget:
+    stores of ``value_type`` (sizes in ``num_runs`` runs, when given) take at most
+    ``byte_budget`` bytes; -1 when not even an empty store fits. The bytes grow with the
+    values, so a bisection finds the largest that fits."""
+    if stored_bytes(num_rows, 0, value_type, max_size, tables, num_runs) > byte_budget:
         return -1
     low, high = 0, num_rows * max_size  # low fits; find the largest that does
     while low < high:
         middle = (low + high + 1) // 2
-        if stored_bytes(num_rows, middle, value_type, max_size, tables) <= byte_budget:
+        if stored_bytes(num_rows, middle, value_type, max_size, tables, num_runs) <= byte_budget:
             low = middle
         else:
             high = middle - 1

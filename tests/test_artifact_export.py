@@ -25,6 +25,7 @@ from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_back
 from ciess_core.run_folder import RUN_FORMAT_VERSION, read_run, write_run
 from ciess_core.runs import Protocol, RunOutcome, RunSpec
 from ciess_core.sizes import SizeAssignment, SizeScheme, assign_sizes
+from ciess_core.storage import count_runs, npy_bytes
 from ciess_core.training import TrainConfig
 
 MAX_SIZE = 32
@@ -154,9 +155,14 @@ def test_embedding_bytes_track_the_budget(
     table_files = [entry for entry in manifest.files if entry.path.startswith("tables/")]
     assert manifest.memory.stored == sum(entry.bytes for entry in table_files)
     assert manifest.memory.stored == assignment.bytes("float32", tables=1)
-    # Beyond the values, only the sizes (a byte per entity) and two .npy headers.
+    # Beyond the values, only the sizes (a byte per entity, or 8 bytes a run of equal sizes
+    # when that is smaller: equal sizes) and two .npy headers.
     dense = manifest.memory.dense
-    assert manifest.memory.stored == round((1 - achieved) * dense) + count + 2 * 128
+    runs = count_runs(sizes)
+    sizes_bytes = min(count, 8 * runs)
+    assert manifest.memory.stored == round((1 - achieved) * dense) + sizes_bytes + 2 * 128
+    layout = "size_runs.npy" if 8 * runs < count else "sizes.npy"
+    assert f"tables/embedding/{layout}" in {entry.path for entry in table_files}
 
 
 @pytest.mark.parametrize("value_type", ["float16", "int8", "int4", "int8-table", "int4-table"])
@@ -612,3 +618,55 @@ def test_reader_and_scorer_need_no_torch(artifacts: dict) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+RUNS = "tables/embedding/size_runs.npy"
+RUN_CORRUPTIONS = {  # corruption, message
+    "odd length": (lambda a: a[:-1], r"size_runs.npy: runs come in \(size, count\) pairs"),
+    "size 0": (_set_entry(0, 0), r"size_runs.npy: sizes must lie in \[1, 32\], run 0 has 0"),
+    "size past d_max": (_set_entry(2, 33), r"sizes must lie in \[1, 32\], run 1 has 33"),
+    "a run of none": (
+        lambda a: np.concatenate([a, np.array([3, 0], dtype=np.uint32)]),
+        r"size_runs.npy: run 2 repeats its size 0 times",
+    ),
+    "rows missing": (_set_entry(1, 1), r"size_runs.npy: the runs cover \d+ rows, not 200"),
+    "int64 runs": (lambda a: a.astype(np.int64), r"expected a 1-D uint32 array of runs"),
+}
+
+
+@pytest.fixture(scope="module")
+def equal_sized(clustered_split: DatasetSplit, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Per-side equal sizes (users 6, items 3): stored as two runs."""
+    users, items = clustered_split.num_users, clustered_split.num_items
+    sizes = np.r_[np.full(users, 6), np.full(items, 3)]
+    root = tmp_path_factory.mktemp("runs")
+    return export(BackboneKind.LIGHTGCN, clustered_split, root / "a", sizes, verify_users=0)
+
+
+def test_equal_sizes_are_stored_as_runs_and_read_back(
+    equal_sized: Path, clustered_split: DatasetSplit
+) -> None:
+    artifact = load_artifact(equal_sized)
+    assert np.load(equal_sized / RUNS).tolist() == [
+        6, clustered_split.num_users, 3, clustered_split.num_items]  # fmt: skip
+    assert not (equal_sized / "tables/embedding/sizes.npy").exists()
+    sizes = artifact.tables["embedding"].sizes
+    assert sizes[: clustered_split.num_users].tolist() == [6] * clustered_split.num_users
+    assert artifact.manifest.memory.stored_detail["sizes"] == npy_bytes(4, np.uint32)
+
+
+@pytest.mark.parametrize("name", list(RUN_CORRUPTIONS))
+def test_each_corruption_of_size_runs_is_rejected_with_its_own_message(
+    name: str, equal_sized: Path, tmp_path: Path
+) -> None:
+    edit, message = RUN_CORRUPTIONS[name]
+    directory = _copy(equal_sized, tmp_path)
+    _edit_array(RUNS, edit)(directory)
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(directory)
+
+
+def test_a_schema_2_artifact_still_loads(artifacts: dict, tmp_path: Path) -> None:
+    directory = _copy(artifacts[BackboneKind.LIGHTGCN], tmp_path)
+    _edit_manifest(directory, lambda manifest: manifest.update(schema_version=2))
+    assert load_artifact(directory).manifest.schema_version == 2

@@ -211,7 +211,7 @@ def test_manifest_json_round_trip() -> None:
     ("edit", "message"),
     [
         (
-            lambda text: text.replace('"schema_version": 2', '"schema_version": 1'),
+            lambda text: text.replace(f'"schema_version": {SCHEMA_VERSION}', '"schema_version": 1'),
             "unknown schema_version 1",
         ),
         (

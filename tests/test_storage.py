@@ -15,6 +15,7 @@ from ciess_core.errors import ConfigError
 from ciess_core.storage import (
     VALUE_TYPES,
     ValueType,
+    count_runs,
     dequantise,
     npy_bytes,
     offsets_from_sizes,
@@ -22,6 +23,8 @@ from ciess_core.storage import (
     quantisation_bound,
     quantise,
     size_dtype,
+    size_runs,
+    sizes_file_bytes,
     stored_bytes,
     unpack_int4,
 )
@@ -120,3 +123,16 @@ def test_sizes_take_the_narrowest_unsigned_type() -> None:
         size_dtype(0)
     with pytest.raises(ConfigError, match="value type must be one of"):
         ValueType("int2")
+
+
+@given(st.lists(st.integers(1, 300), min_size=0, max_size=60))
+def test_sizes_as_runs_round_trip_and_are_counted_as_the_smaller_file(sizes: list[int]) -> None:
+    runs = size_runs(sizes)
+    assert runs.dtype == np.uint32 and runs.size == 2 * count_runs(sizes)
+    pairs = runs.astype(np.int64).reshape(-1, 2)
+    assert np.repeat(pairs[:, 0], pairs[:, 1]).tolist() == sizes
+    assert np.all(pairs[1:, 0] != pairs[:-1, 0])  # maximal runs
+    per_row = npy_bytes(len(sizes), size_dtype(300))
+    assert sizes_file_bytes(len(sizes), 300, count_runs(sizes)) == min(
+        per_row, npy_bytes(runs.size, np.uint32)
+    )

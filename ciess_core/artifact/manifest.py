@@ -18,7 +18,9 @@ from ciess_core.errors import ArtifactError
 from ciess_core.json_form import jsonable
 from ciess_core.storage import VALUE_TYPES
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: a table's sizes may be stored as runs (``size_runs.npy``); 2: one size per row only."""
+READABLE_SCHEMA_VERSIONS = (2, 3)
 MANIFEST_NAME = "manifest.json"
 BACKBONE_KINDS = ("lightgcn", "ngcf", "ncf")
 
@@ -182,10 +184,11 @@ def manifest_from_json(text: str, where: str = MANIFEST_NAME) -> Manifest:
     if not isinstance(data, dict):
         raise ArtifactError(f"{where}: expected a JSON object at the top level")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
         raise ArtifactError(
             f"{where}: unknown schema_version {version!r}; this reader understands "
-            f"{SCHEMA_VERSION} (re-export the artifact with a matching ciess version)"
+            f"{list(READABLE_SCHEMA_VERSIONS)} (re-export the artifact with a matching ciess "
+            "version)"
         )
     backbone = _field(data, "backbone", str, where)
     if backbone not in BACKBONE_KINDS:
@@ -235,7 +238,7 @@ def manifest_from_json(text: str, where: str = MANIFEST_NAME) -> Manifest:
             f"{where}: value_dtype must be one of {list(VALUE_TYPES)}, got {value_dtype!r}"
         )
     return Manifest(
-        schema_version=SCHEMA_VERSION,
+        schema_version=int(version),
         created_at=_field(data, "created_at", str, where),
         ciess_version=_field(data, "ciess_version", str, where),
         backbone=backbone,

@@ -31,7 +31,7 @@ from ciess_core.artifact.manifest import (
     manifest_from_json,
 )
 from ciess_core.artifact.ragged import RaggedTable
-from ciess_core.artifact.stores import StoredTable, store_files
+from ciess_core.artifact.stores import StoredTable, sizes_from_runs, store_files
 from ciess_core.errors import ArtifactError
 
 logger = logging.getLogger(__name__)
@@ -71,10 +71,17 @@ def read_manifest(directory: Path) -> Manifest:
     return manifest_from_json(path.read_text(encoding="utf-8"))
 
 
+def table_files(manifest: Manifest, name: str) -> dict[str, str]:
+    """The files of table ``name``: its sizes as runs when the manifest lists a runs file."""
+    runs = store_files(name, manifest.value_dtype, size_runs=True)["sizes"]
+    listed = any(entry.path == runs for entry in manifest.files)
+    return store_files(name, manifest.value_dtype, size_runs=listed)
+
+
 def _required_files(manifest: Manifest) -> list[str]:
     files = [USER_IDS_FILE, ITEM_IDS_FILE, SEEN_INDPTR_FILE, SEEN_INDICES_FILE]
     for name in manifest.tables:
-        files += store_files(name, manifest.value_dtype).values()
+        files += table_files(manifest, name).values()
     expected_graphs = graph_files(manifest.backbone, manifest.num_layers)
     required = {role: file for role, file in expected_graphs.items() if role not in OPTIONAL_GRAPHS}
     listed = dict(manifest.graphs)
@@ -97,15 +104,20 @@ def _integer_array(array: npt.NDArray[np.generic], relative: str, length: int) -
 
 
 def _read_table(manifest: Manifest, name: str, paths: Mapping[str, Path]) -> RaggedTable:
-    files = store_files(name, manifest.value_dtype)
+    files = table_files(manifest, name)
     arrays = {role: read_array(paths[relative], relative) for role, relative in files.items()}
+    runs = files["sizes"].endswith("size_runs.npy")
+    sizes = arrays["sizes"]
+    if runs:
+        sizes = sizes_from_runs(sizes, manifest.num_entities, manifest.max_size, files["sizes"])
     stored = StoredTable(
         name=name,
         value_type=manifest.value_dtype,
         max_size=manifest.max_size,
-        sizes=arrays["sizes"],
+        sizes=sizes,
         values=arrays["values"],
         scales=arrays.get("scales"),
+        size_runs=runs,
     )
     stored.validate(manifest.num_entities)
     return stored.to_ragged()
@@ -115,7 +127,7 @@ def _check_stored_bytes(manifest: Manifest) -> None:
     """The manifest's stored bytes are the table files' sizes (checked against the disk)."""
     roles: dict[str, int] = {}
     for name in manifest.tables:
-        for role, relative in store_files(name, manifest.value_dtype).items():
+        for role, relative in table_files(manifest, name).items():
             roles[role] = roles.get(role, 0) + manifest.file(relative).bytes
     memory = manifest.memory
     if memory.stored != sum(roles.values()) or dict(memory.stored_detail) != roles:

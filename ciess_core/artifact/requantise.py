@@ -26,7 +26,7 @@ from ciess_core.artifact.files import file_entry, write_array
 from ciess_core.artifact.manifest import MANIFEST_NAME, Manifest, manifest_to_json
 from ciess_core.artifact.reader import load_artifact
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
-from ciess_core.artifact.stores import store_files, store_table
+from ciess_core.artifact.stores import store_table
 from ciess_core.errors import ArtifactError
 from ciess_core.storage import ValueType, stored_bytes
 
@@ -64,7 +64,7 @@ def requantise_artifact(
             stored = store_table(artifact.tables[name], name, value_type)
             stored.validate(old.num_entities)
             for role, array in stored.arrays().items():
-                entry = write_array(staging, store_files(name, value_type)[role], array)
+                entry = write_array(staging, stored.files[role], array)
                 detail[role] = detail.get(role, 0) + entry.bytes
         files = tuple(
             file_entry(staging, str(path.relative_to(staging)))

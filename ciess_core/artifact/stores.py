@@ -19,19 +19,25 @@ from ciess_core.artifact.ragged import (
 )
 from ciess_core.errors import ArtifactError
 from ciess_core.storage import (
+    RUN_DTYPE,
     SCALE_DTYPE,
     ValueType,
+    count_runs,
     dequantise,
     offsets_from_sizes,
     quantise,
+    runs_pay,
     size_dtype,
+    size_runs,
     unpack_int4,
 )
 
 
-def store_files(name: str, value_type: str) -> dict[str, str]:
-    """Role ("sizes", "values", and "scales" for the integer types) -> file of table ``name``."""
-    files = {"sizes": f"tables/{name}/sizes.npy", "values": f"tables/{name}/values.npy"}
+def store_files(name: str, value_type: str, size_runs: bool = False) -> dict[str, str]:
+    """Role ("sizes", "values", and "scales" for the integer types) -> file of table ``name``;
+    with ``size_runs`` its sizes are stored as runs (``size_runs.npy``)."""
+    sizes = "size_runs.npy" if size_runs else "sizes.npy"
+    files = {"sizes": f"tables/{name}/{sizes}", "values": f"tables/{name}/values.npy"}
     if ValueType(value_type).quantised:
         files["scales"] = f"tables/{name}/scales.npy"
     return files
@@ -47,7 +53,8 @@ class StoredTable:
         max_size: d_max.
         sizes: (rows,) unsigned, :func:`~ciess_core.storage.size_dtype` of ``max_size``.
         values: the values file's array (int4: two codes per byte).
-        scales: (rows,) float16 for the integer types, else None.
+        scales: float16 for the integer types (one per row, or one), else None.
+        size_runs: the sizes are written as runs (:func:`~ciess_core.storage.size_runs`).
     """
 
     name: str
@@ -56,14 +63,16 @@ class StoredTable:
     sizes: npt.NDArray[np.generic]
     values: npt.NDArray[np.generic]
     scales: npt.NDArray[np.generic] | None = None
+    size_runs: bool = False
 
     @property
     def files(self) -> dict[str, str]:
-        return store_files(self.name, self.value_type)
+        return store_files(self.name, self.value_type, self.size_runs)
 
     def arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         """File role -> array, as written."""
-        arrays = {"sizes": self.sizes, "values": self.values}
+        sizes = size_runs(self.sizes) if self.size_runs else self.sizes
+        arrays = {"sizes": sizes, "values": self.values}
         if self.scales is not None:
             arrays["scales"] = self.scales
         return arrays
@@ -167,7 +176,8 @@ class StoredTable:
 
 
 def store_table(table: RaggedTable, name: str, value_type: str) -> StoredTable:
-    """``table`` (float values) stored as ``value_type``."""
+    """``table`` (float values) stored as ``value_type``, its sizes as runs when that is
+    smaller."""
     sizes = table.sizes.astype(np.int64)
     values, scales = quantise(table.values.astype(np.float32), sizes, value_type)
     return StoredTable(
@@ -177,4 +187,30 @@ def store_table(table: RaggedTable, name: str, value_type: str) -> StoredTable:
         sizes=sizes.astype(size_dtype(table.max_size)),
         values=values,
         scales=scales,
+        size_runs=runs_pay(sizes.size, table.max_size, count_runs(sizes)),
     )
+
+
+def sizes_from_runs(
+    runs: npt.NDArray[np.generic], num_rows: int, max_size: int, file: str
+) -> npt.NDArray[np.generic]:
+    """The per-row sizes of a ``size_runs`` file, every rule checked (the file named)."""
+    if runs.ndim != 1 or runs.dtype != RUN_DTYPE:
+        raise ArtifactError(
+            f"{file}: expected a 1-D uint32 array of runs, got {runs.dtype} of shape {runs.shape}"
+        )
+    if runs.size % 2:
+        raise ArtifactError(f"{file}: runs come in (size, count) pairs, got {runs.size} entries")
+    pairs = runs.astype(np.int64).reshape(-1, 2)
+    sizes, counts = pairs[:, 0], pairs[:, 1]
+    bad = (sizes < 1) | (sizes > max_size)
+    if bad.any():
+        run = int(np.argmax(bad))
+        raise ArtifactError(
+            f"{file}: sizes must lie in [1, {max_size}], run {run} has {int(sizes[run])}"
+        )
+    if pairs.size and int(counts.min()) < 1:
+        raise ArtifactError(f"{file}: run {int(np.argmin(counts))} repeats its size 0 times")
+    if int(counts.sum()) != num_rows:
+        raise ArtifactError(f"{file}: the runs cover {int(counts.sum())} rows, not {num_rows}")
+    return np.repeat(sizes, counts).astype(size_dtype(max_size))

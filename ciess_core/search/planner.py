@@ -19,14 +19,17 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ciess_core.errors import ConfigError
 from ciess_core.search.budgets import ByteBudget, sparsity_of
 from ciess_core.search.evaluators import QualityEvaluator
 from ciess_core.search.files import BudgetFolder
-from ciess_core.search.fit import fit_shares, flat_equal_sizes
+from ciess_core.search.fit import ScoredSizes, fit_shares, flat_equal_sizes
 from ciess_core.search.pool import AssignmentPool
 from ciess_core.search.retraining import Candidate
-from ciess_core.storage import VALUE_TYPES
+from ciess_core.sizes import SizeAssignment
+from ciess_core.storage import VALUE_TYPES, parameters_within
 
 if TYPE_CHECKING:
     from ciess_core.search.pipeline import PipelineSpec
@@ -57,6 +60,53 @@ def search_budgets(spec: PipelineSpec, num_entities: int) -> tuple[float, ...]:
             if all(abs(sparsity - known) > 1e-12 for known in budgets):
                 budgets.append(sparsity)
     return tuple(budgets)
+
+
+EQUAL_SIZE_RUNS = 8
+"""Runs of equal sizes a per-side equal assignment's budget leaves room for: the share fit's
+rounding leaves each side two or three distinct sizes, gathered larger first
+(:func:`gather_sides`); eight runs take 64 bytes."""
+
+
+def _equal_candidate(
+    spec: PipelineSpec,
+    evaluator: QualityEvaluator,
+    budget: ByteBudget,
+    value_type: str,
+    sparsity: float,
+    num_users: int,
+    num_items: int,
+    folder: BudgetFolder,
+) -> ScoredSizes:
+    """The best per-side equal sizes of ``value_type`` within ``budget``. Their sizes are
+    stored as a few runs, not a byte per row, so they get the values those bytes hold; should
+    a fit spread them over more runs than that leaves room for, they fall back to the
+    parameters of one size per row (``sparsity``)."""
+    num_entities, max_size = num_users + num_items, spec.search.max_size
+    allowed = budget.allowed_bytes(num_entities, max_size, spec.backbone_tables)
+    parameters = parameters_within(
+        allowed, num_entities, value_type, max_size, spec.backbone_tables, EQUAL_SIZE_RUNS
+    )
+    record = f"equal-fit-{value_type}"
+    roomier = sparsity_of(min(parameters, num_entities * max_size), num_entities, max_size)
+    for target in dict.fromkeys((roomier, sparsity)):
+        flat = flat_equal_sizes(spec, num_users, num_items, target)
+        best = fit_shares(spec, evaluator, target, [flat], folder, record, value_type)[0]
+        gathered = gather_sides(best.sizes)
+        if gathered != best.sizes:  # the same sizes, each side's larger ones first: fewer runs
+            score = evaluator.evaluate(gathered, value_type).metrics[spec.training.selection_metric]
+            best = ScoredSizes(score, gathered)
+        if best.sizes.bytes(value_type, spec.backbone_tables) <= allowed:
+            return best
+    raise ConfigError(f"{budget.label}: no per-side equal sizes of {value_type} fit")
+
+
+def gather_sides(sizes: SizeAssignment) -> SizeAssignment:
+    """``sizes`` with each side's sizes in descending order: the same sizes per side, in as few
+    runs as they allow (per-side equal sizes, which differ by at most one: two per side)."""
+    users = np.sort(sizes.user_sizes)[::-1]
+    items = np.sort(sizes.item_sizes)[::-1]
+    return SizeAssignment(users, items, sizes.max_size)
 
 
 def plan_candidates(
@@ -104,12 +154,11 @@ def plan_candidates(
             f"search_valid_{metric}": fitted[0].score,
         }
         if spec.equal_candidate:
-            flat = flat_equal_sizes(spec, num_users, num_items, sparsity)
-            best = fit_shares(
-                spec, evaluator, sparsity, [flat], folder, f"equal-fit-{value_type}", value_type
-            )[0]
+            best = _equal_candidate(spec, evaluator, budget, value_type, sparsity, num_users,
+                                    num_items, folder)  # fmt: skip
             equal.append((best.score, Candidate(best.sizes, "equal", value_type)))
             row[f"equal_valid_{metric}"] = best.score
+            row["equal_parameters"] = best.sizes.parameters
         plan.append(row)
     chosen = sorted(searched, key=lambda entry: -entry[0])[: spec.retrain_top]
     chosen += sorted(equal, key=lambda entry: -entry[0])[:1]
