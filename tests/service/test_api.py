@@ -123,7 +123,8 @@ def test_model_information(client: TestClient) -> None:
     assert body["sparsity"] == 0.0
     assert body["num_users"] == 120 and body["num_items"] == 80
     stores = body["bytes"]["embedding_stores_detail"]
-    assert stores == {"values": 128 + 200 * 16 * 4, "sizes": 128 + 200}  # .npy header + data
+    # .npy header + data; every size is 16: one run (size, count) as two uint32
+    assert stores == {"values": 128 + 200 * 16 * 4, "sizes": 128 + 2 * 4}
     assert body["bytes"]["embedding_stores"] == sum(stores.values())
     assert body["metrics"]["test"] == {"recall@20": 0.5}
     assert body["created_at"]

@@ -170,7 +170,7 @@ def test_kept_versions_are_listed_and_a_rollback_reaches_every_process(
         assert [m["current"] for m in models] == [True, False, False]
         assert [m["configured"] for m in models] == [False, False, True]
         assert [m["job_id"] for m in models] == [3, 2, None]
-        assert models[1]["bytes"]["embedding_stores"] == (128 + 200 * 16 * 4) + (128 + 200)
+        assert models[1]["bytes"]["embedding_stores"] == (128 + 200 * 16 * 4) + (128 + 2 * 4)
         assert models[1]["max_parameters"] == 200 * 16 and models[1]["sparsity"] == 0.0
         assert models[1]["metrics"]["test"] == {"recall@20": 0.5}
         assert models[1]["created_at"] == "2030-01-01T00:00:00+00:00"
