@@ -45,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backbones import load_rows, machine, save_json
 from cli_help import DefaultsHelp
+from default_pipeline import run_id_for
 from experiments.protocols import PROTOCOLS, protocol_named
 
 from ciess_core.data import DatasetSplit, Phase
@@ -77,16 +78,6 @@ def work_dir(arguments: argparse.Namespace) -> Path:
     device = arguments.device.split(":")[0]
     name = f"bytes-{arguments.dataset}-{arguments.backbone}-{arguments.protocol}-{device}"
     return Path(arguments.work or WORK / name)
-
-
-def run_id_for(work: Path) -> str:
-    path = work / "run_id.txt"
-    if path.exists():
-        return path.read_text().strip()
-    work.mkdir(parents=True, exist_ok=True)
-    run_id = f"{work.name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
-    path.write_text(run_id + "\n")
-    return run_id
 
 
 def reuse_stages(source: Path, pipeline: Path, spec: PipelineSpec) -> None:

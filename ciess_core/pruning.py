@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ciess_core.errors import ConfigError
-from ciess_core.storage import DENSE_DTYPE, npy_bytes, size_dtype
+from ciess_core.storage import DENSE_DTYPE, largest_within, npy_bytes, size_dtype
 
 
 def pruned_bytes(num_rows: int, kept: int, max_size: int, tables: int = 1) -> int:
@@ -32,16 +32,11 @@ def pruned_bytes(num_rows: int, kept: int, max_size: int, tables: int = 1) -> in
 def kept_within(byte_budget: int, num_rows: int, max_size: int, tables: int = 1) -> int:
     """The most values per table whose sparse stores take at most ``byte_budget`` bytes (-1:
     not even empty tables fit)."""
-    if pruned_bytes(num_rows, 0, max_size, tables) > byte_budget:
-        return -1
-    low, high = 0, num_rows * max_size
-    while low < high:
-        middle = (low + high + 1) // 2
-        if pruned_bytes(num_rows, middle, max_size, tables) <= byte_budget:
-            low = middle
-        else:
-            high = middle - 1
-    return low
+    return largest_within(
+        byte_budget,
+        num_rows * max_size,
+        lambda kept: pruned_bytes(num_rows, kept, max_size, tables),
+    )
 
 
 def magnitude_mask(

@@ -23,6 +23,7 @@ manifest's bytes equal what is on disk; :func:`stored_bytes` computes it without
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -283,6 +284,21 @@ def quantisation_bound(largest: float, value_type: str) -> float:
     return step * (0.5 + (kind.levels + 1) * 2.0**-11) + 2.0**-24 * kind.levels
 
 
+def largest_within(budget: int, most: int, cost: Callable[[int], int]) -> int:
+    """The largest count in [0, ``most``] whose ``cost`` (growing with the count) is at most
+    ``budget``; -1 when not even 0 fits. A bisection."""
+    if cost(0) > budget:
+        return -1
+    low, high = 0, most  # low fits; find the largest that does
+    while low < high:
+        middle = (low + high + 1) // 2
+        if cost(middle) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def parameters_within(
     byte_budget: int,
     num_rows: int,
@@ -293,15 +309,9 @@ def parameters_within(
 ) -> int:
     """The most values per table (Σ sizes, at most ``num_rows · max_size``) whose ``tables``
     stores of ``value_type`` (sizes in ``num_runs`` runs, when given) take at most
-    ``byte_budget`` bytes; -1 when not even an empty store fits. The bytes grow with the
-    values, so a bisection finds the largest that fits."""
-    if stored_bytes(num_rows, 0, value_type, max_size, tables, num_runs) > byte_budget:
-        return -1
-    low, high = 0, num_rows * max_size  # low fits; find the largest that does
-    while low < high:
-        middle = (low + high + 1) // 2
-        if stored_bytes(num_rows, middle, value_type, max_size, tables, num_runs) <= byte_budget:
-            low = middle
-        else:
-            high = middle - 1
-    return low
+    ``byte_budget`` bytes; -1 when not even an empty store fits."""
+    return largest_within(
+        byte_budget,
+        num_rows * max_size,
+        lambda values: stored_bytes(num_rows, values, value_type, max_size, tables, num_runs),
+    )
