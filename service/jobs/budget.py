@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from ciess_core.artifact.manifest import Manifest
-from ciess_core.storage import stored_bytes
+from ciess_core.storage import largest_within, stored_bytes
 from service.errors import BudgetError
 from service.schemas import MAX_BUDGET_NUMBER
 
@@ -48,16 +48,14 @@ def table_bytes(manifest: Manifest, parameters: int) -> int:
 
 def _parameters_within(manifest: Manifest, max_bytes: int) -> int:
     """The most parameters (a multiple of the table count) whose tables take at most
-    ``max_bytes``; the byte count grows with the parameters, so a bisection finds it."""
+    ``max_bytes`` (the caller has checked that one dimension per entity fits)."""
     tables = len(manifest.tables)
-    low, high = manifest.num_entities, manifest.num_entities * manifest.max_size
-    while low < high:
-        middle = (low + high + 1) // 2
-        if table_bytes(manifest, middle * tables) <= max_bytes:
-            low = middle
-        else:
-            high = middle - 1
-    return low * tables
+    per_table = largest_within(
+        max_bytes,
+        manifest.num_entities * manifest.max_size,
+        lambda values: table_bytes(manifest, values * tables),
+    )
+    return per_table * tables
 
 
 def resolve_budget(
