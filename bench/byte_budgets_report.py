@@ -22,9 +22,9 @@ PAPER_CIESS_80 = {"recall@20": 0.2436, "ndcg@20": 0.4257}
 
 
 def write_bytes_report(rows: list[dict[str, Any]], reports: Path) -> None:
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[(row["dataset"], row["backbone"], row["protocol"])].append(row)
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:  # one section per run: its methods are compared within it
+        groups[(row["dataset"], row["backbone"], row["protocol"], row["run_id"])].append(row)
     lines = [
         "# Quality per byte: the byte planner against the methods practitioners pick",
         "",
@@ -40,8 +40,9 @@ def write_bytes_report(rows: list[dict[str, Any]], reports: Path) -> None:
         *[f"- `{method}`: {text}" for method, text in METHOD_TEXT.items()],
         "",
     ]
-    for (dataset, backbone, protocol), group in sorted(groups.items()):
-        lines += _section(dataset, backbone, protocol, group, reports)
+    newest_first = sorted(groups, key=lambda key: key[3], reverse=True)  # run ids end in a time
+    for key in sorted(newest_first, key=lambda key: key[:3]):
+        lines += _section(*key[:3], groups[key], reports)
     notes = reports / "bytes.notes.md"
     if notes.exists():
         lines += ["## Notes", "", notes.read_text().strip(), ""]
@@ -133,7 +134,8 @@ def _plot(
     except ImportError:
         return None
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(dataset).name)
-    name = f"plots/bytes-{stem}-{backbone}-{protocol}.png"
+    stamp = rows[0]["run_id"].rsplit("-", 1)[-1]  # the run's start, one plot per run
+    name = f"plots/bytes-{stem}-{backbone}-{protocol}-{stamp}.png"
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for method in METHOD_ORDER:
         points = sorted(
@@ -147,7 +149,7 @@ def _plot(
     axes.set_xscale("log")
     axes.set_xlabel("stored embedding bytes (log scale)")
     axes.set_ylabel("test N@20")
-    axes.set_title(f"{dataset} {backbone}, {protocol} protocol")
+    axes.set_title(f"{dataset} {backbone}, {protocol} protocol, run {stamp}")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     figure.tight_layout()

@@ -62,9 +62,10 @@ class RunProtocol(typing.Protocol):
 
 
 class Protocol(enum.Enum):
-    """The core's protocol. CLEAN: early stopping on validation with a model trained on train; a
-    fresh model is then trained on train ∪ validation for the selected number of batches and
-    tested once."""
+    """The core's protocol. CLEAN: early stopping on validation with a model trained on train
+    (also scored stored as every value type, for a budget change that quantises it); a fresh
+    model is then trained on train ∪ validation for the selected number of batches and tested
+    once."""
 
     CLEAN = "clean"
 
@@ -85,14 +86,16 @@ class Protocol(enum.Enum):
         history: list[dict[str, Any]] = []
         stages: dict[str, dict[str, Any]] = {}
         valid_metrics: dict[str, float] = {}
+        by_value_type: dict[str, dict[str, float]] = {}
         test_train, test = split.phase(Phase.TEST)
         test_distiller = phase_distiller(spec, teachers, Phase.TEST, test_train)  # fails early
         if selected_batches is None:
-            _, selection = select_on_validation(spec, split, sizes, progress, teachers)
+            selected, selection = select_on_validation(spec, split, sizes, progress, teachers)
             history += [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
             stages["select"] = stage_summary(selection)
             valid_metrics = selection.best_metrics
             selected_batches = max(selection.best_batch, 1)
+            by_value_type = validation_by_value_type(selected, split, spec)
         final_config = dataclasses.replace(
             spec.training, max_batches=selected_batches, eval_every=0
         )
@@ -115,6 +118,7 @@ class Protocol(enum.Enum):
             seconds=time.perf_counter() - started,
             stages=stages,
             selected_batches=selected_batches,
+            valid_by_value_type=by_value_type,
         )
         return model, outcome, history
 

@@ -18,6 +18,7 @@ from ciess_core.errors import ConfigError
 from ciess_core.run_folder import read_run
 from ciess_core.search.files import BudgetFolder
 from ciess_core.sizes import SizeAssignment
+from ciess_core.storage import VALUE_TYPES
 from tests.conftest import clustered_interactions
 
 
@@ -73,6 +74,7 @@ def test_train_writes_a_complete_run_directory(
     assert metrics["protocol"] == "clean"
     assert metrics["achieved_sparsity"] == pytest.approx(1 - 13 / 128)
     assert set(metrics["test"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)}
+    assert set(metrics["valid_by_value_type"]) == set(VALUE_TYPES)  # for budget changes
     assert run.sizes == SizeAssignment.equal(60, 60, 13, 128)
     assert config["size_scheme"] == "equal" and config["backbone"]["kind"] == "lightgcn"
     assert "test (clean)" in capsys.readouterr().out

@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import BackboneConfig, build_backbone, stored_tables
+from ciess_core.search import retraining
 from ciess_core.search.budgets import ByteBudget, sparsity_of
 from ciess_core.search.files import BudgetFolder
 from ciess_core.search.pipeline import run_pipeline
 from ciess_core.search.planner import planned_sparsities, search_budgets
+from ciess_core.search.teachers import full_model_batches, prepare_teachers
 from ciess_core.sizes import SizeAssignment, parameter_budget
 from ciess_core.storage import (
     VALUE_TYPES,
@@ -31,6 +33,7 @@ from ciess_core.storage import (
     stored_bytes,
 )
 from ciess_core.training import evaluate_model
+from ciess_core.training.distillation import DistillationConfig
 from tests.test_search_pipeline import MAX_SIZE, tiny_spec
 
 
@@ -168,3 +171,45 @@ def test_a_byte_budget_too_small_for_any_type_is_refused(
     spec = dataclasses.replace(tiny_spec(), byte_ratios=(0.01,), share_grid=(0.5,), retrain_top=1)
     with pytest.raises(ConfigError, match="cannot store one value per user and item"):
         run_pipeline(spec, clustered_split, tmp_path, progress=False)
+
+
+def test_the_full_model_is_a_candidate_where_it_fits_and_is_never_retrained(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    spec = dataclasses.replace(
+        tiny_spec(),
+        byte_ratios=(0.3,),
+        share_grid=(0.5,),
+        retrain_top=1,
+        distillation=DistillationConfig(top_k=10, sampled_top=4, sampled_random=4),
+    )
+    summary = run_pipeline(spec, clustered_split, tmp_path, progress=False)
+    budget = ByteBudget(0.3)
+    folder = BudgetFolder.of(tmp_path, budget)
+    result = summary["budgets"][budget.label]
+    split = clustered_split
+    full = SizeAssignment.full(split.num_users, split.num_items, MAX_SIZE)
+    allowed = budget.allowed_bytes(split.num_users + split.num_items, MAX_SIZE, 1)
+    fitting = {t for t in VALUE_TYPES if full.bytes(t) <= allowed}
+    assert fitting and "float32" not in fitting
+    records = [r for r in result["candidates"] if r["kind"] == retraining.FULL_KIND]
+    assert {r["value_type"] for r in records} == fitting
+    teachers, _ = prepare_teachers(spec, split, tmp_path, progress=False)
+    metric = spec.training.selection_metric
+    for record in records:
+        value_type = record["value_type"]
+        assert record["stages"] == {}  # scored, never trained
+        assert record["selected_batches"] == full_model_batches(tmp_path)
+        train, valid = split.phase(Phase.SEARCH)
+        expected = evaluate_model(teachers[Phase.SEARCH], train, valid, value_type=value_type)
+        assert record["valid"][metric] == pytest.approx(expected.mean()[metric])
+        tested = retraining.test_candidate(spec, split, folder, budget, record, False, teachers)
+        train, test = split.phase(Phase.TEST)
+        expected = evaluate_model(teachers[Phase.TEST], train, test, value_type=value_type)
+        assert tested["test"][metric] == pytest.approx(expected.mean()[metric])
+    best = max(result["candidates"], key=lambda r: r["valid"][metric])
+    assert result["chosen"] == best["candidate"]
+    retraining.train_deployed(spec, split, folder, budget, records[0], False, teachers)
+    kept = torch.load(folder.deployment_weights())
+    for name, weights in teachers[Phase.DEPLOY].state_dict().items():
+        assert torch.equal(kept[name], weights)  # served as the deployment full model is

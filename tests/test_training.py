@@ -13,6 +13,7 @@ from ciess_core.errors import ConfigError, DataError
 from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
 from ciess_core.runs import Protocol, RunSpec, execute_run
 from ciess_core.sizes import SizeAssignment
+from ciess_core.storage import VALUE_TYPES
 from ciess_core.training import BprSampler, TrainConfig, bpr_loss, evaluate_model, train_bpr
 
 
@@ -120,12 +121,18 @@ def test_the_clean_protocol_selects_on_validation_then_trains_the_tested_model_o
     assert outcome.selected_batches == max(outcome.stages["select"]["best_batch"], 1)
     assert outcome.stages["final"]["batches_run"] == outcome.selected_batches
     assert {row["stage"] for row in history} == {"select"}
+    # the selected model stored as every value type, float32 as selected: what a budget change
+    # that only quantises the served model would keep
+    assert set(outcome.valid_by_value_type) == set(VALUE_TYPES)
+    assert outcome.valid_by_value_type["float32"] == pytest.approx(outcome.valid_metrics)
+    assert outcome.valid_by_value_type["int4"] != outcome.valid_by_value_type["float32"]
     test_train, test = clustered_split.phase(Phase.TEST)
     assert evaluate_model(model, test_train, test).mean() == outcome.test_metrics
     again, known, _ = execute_run(
         spec, clustered_split, sizes, progress=False, selected_batches=outcome.selected_batches
     )
     assert set(known.stages) == {"final"} and known.valid_metrics == {}
+    assert known.valid_by_value_type == {}  # nothing selected, nothing measured
     assert known.test_metrics == outcome.test_metrics
     for name, weights in model.state_dict().items():
         assert torch.equal(weights, again.state_dict()[name]), name

@@ -9,7 +9,9 @@ every planned sparsity, :func:`search_budgets`) and the per-side equal sizes, re
 (:func:`~ciess_core.search.fit.fit_shares`), and scores every variant on held-out validation by
 the evaluator with the tables stored as that type (simulated quantisation). The best searched
 candidates (``retrain_top``) and the best equal one, over every type, go on to be retrained with
-their value type, and the pipeline's pick on validation chooses among them. No candidate can
+their value type. Beside them, where its tables fit, the trained full model itself stored as each
+type that fits (post-training quantisation; no retraining, :func:`full_candidates`). The
+pipeline's pick on validation chooses among them all. No candidate can
 exceed the budget: its sizes keep at most its type's parameter budget, and the plan checks its
 bytes again.
 """
@@ -27,9 +29,10 @@ from ciess_core.search.evaluators import QualityEvaluator
 from ciess_core.search.files import BudgetFolder
 from ciess_core.search.fit import ScoredSizes, fit_shares, flat_equal_sizes
 from ciess_core.search.pool import AssignmentPool
-from ciess_core.search.retraining import Candidate
+from ciess_core.search.retraining import FULL_KIND, Candidate
 from ciess_core.sizes import SizeAssignment
 from ciess_core.storage import VALUE_TYPES, parameters_within
+from ciess_core.training.distillation import TeacherSource
 
 if TYPE_CHECKING:
     from ciess_core.search.pipeline import PipelineSpec
@@ -109,6 +112,25 @@ def gather_sides(sizes: SizeAssignment) -> SizeAssignment:
     return SizeAssignment(users, items, sizes.max_size)
 
 
+def full_candidates(
+    spec: PipelineSpec, budget: ByteBudget, num_users: int, num_items: int
+) -> list[Candidate]:
+    """The full model as a candidate in each value type whose full-size stores fit ``budget``.
+    Offered when the pipeline keeps a full model per phase (distillation from phase teachers,
+    the shipped recipe): those are the candidate's models, so it needs no training."""
+    distillation = spec.distillation
+    if distillation is None or distillation.teacher is not TeacherSource.PHASE:
+        return []
+    tables, max_size = spec.backbone_tables, spec.search.max_size
+    allowed = budget.allowed_bytes(num_users + num_items, max_size, tables)
+    full = SizeAssignment.full(num_users, num_items, max_size)
+    return [
+        Candidate(full, FULL_KIND, value_type)
+        for value_type in VALUE_TYPES
+        if full.bytes(value_type, tables) <= allowed
+    ]
+
+
 def plan_candidates(
     spec: PipelineSpec,
     evaluator: QualityEvaluator,
@@ -118,7 +140,8 @@ def plan_candidates(
     num_items: int,
     folder: BudgetFolder,
 ) -> list[Candidate]:
-    """The candidates to retrain for ``budget``, best validation score first; writes
+    """The candidates to retrain for ``budget``, best validation score first, then the full
+    model's (:func:`full_candidates`); writes
     ``plan.json`` in ``folder`` (every value type's room and its best scores)."""
     num_entities = num_users + num_items
     max_size, tables = spec.search.max_size, spec.backbone_tables
@@ -163,6 +186,8 @@ def plan_candidates(
     chosen = sorted(searched, key=lambda entry: -entry[0])[: spec.retrain_top]
     chosen += sorted(equal, key=lambda entry: -entry[0])[:1]
     chosen.sort(key=lambda entry: -entry[0])
+    kept = [(float("nan"), c) for c in full_candidates(spec, budget, num_users, num_items)]
+    chosen += kept  # scored on validation by the full model itself, not by the supernet
     for _, candidate in chosen:
         used = candidate.sizes.bytes(candidate.value_type, tables)
         if used > allowed:
@@ -176,7 +201,7 @@ def plan_candidates(
                     "kind": candidate.kind,
                     "value_type": candidate.value_type,
                     "bytes": candidate.sizes.bytes(candidate.value_type, tables),
-                    f"valid_{metric}": score,
+                    f"valid_{metric}": None if np.isnan(score) else score,
                 }
                 for score, candidate in chosen
             ],
@@ -185,6 +210,8 @@ def plan_candidates(
     logger.info(
         "%s: retraining %s",
         budget.label,
-        ", ".join(f"{c.kind} {c.value_type} ({s:.4f})" for s, c in chosen),
+        ", ".join(
+            f"{c.kind} {c.value_type}" + ("" if np.isnan(s) else f" ({s:.4f})") for s, c in chosen
+        ),
     )
     return [candidate for _, candidate in chosen]

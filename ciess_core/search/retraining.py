@@ -27,6 +27,7 @@ import torch
 
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
+from ciess_core.models import Backbone
 from ciess_core.run_folder import write_run
 from ciess_core.runs import (
     RunOutcome,
@@ -42,8 +43,9 @@ from ciess_core.runs import (
 from ciess_core.search.budgets import Budget, ByteBudget, budget_label
 from ciess_core.search.files import BudgetFolder
 from ciess_core.search.parallel import StageRunner
-from ciess_core.search.teachers import prepare_teachers
+from ciess_core.search.teachers import full_model_batches, prepare_teachers
 from ciess_core.sizes import SizeAssignment, SizeScheme
+from ciess_core.training import evaluate_model
 
 if TYPE_CHECKING:
     from ciess_core.search.pipeline import PipelineSpec, StageReport
@@ -57,7 +59,9 @@ class Candidate:
 
     Attributes:
         sizes: the users' and items' sizes.
-        kind: "search" (from the search's pool) or "equal" (per-side equal sizes).
+        kind: "search" (from the search's pool), "equal" (per-side equal sizes) or "full"
+            (:data:`FULL_KIND`: the pipeline's full models stored as ``value_type``, kept as
+            they are, never retrained).
         value_type: how its tables are stored (:data:`ciess_core.storage.VALUE_TYPES`): its
             validation and test score them so, and its deployment run records it for export.
     """
@@ -65,6 +69,14 @@ class Candidate:
     sizes: SizeAssignment
     kind: str = "search"
     value_type: str = "float32"
+
+
+FULL_KIND = "full"
+"""The kind of candidate that is the pipeline's full model itself: its model in each phase is
+that phase's full model (stage 1's, and the test and deployment teachers), stored as the
+candidate's value type, so it costs evaluations and no training."""
+
+_SCHEME_OF_KIND = {"equal": SizeScheme.EQUAL, FULL_KIND: SizeScheme.FULL}
 
 
 def run_spec_of(spec: PipelineSpec, budget: Budget, record: dict[str, Any]) -> RunSpec:
@@ -77,9 +89,53 @@ def run_spec_of(spec: PipelineSpec, budget: Budget, record: dict[str, Any]) -> R
         training=dataclasses.replace(spec.training, value_type=value_type),
         target_sparsity=target,
         protocol=spec.protocol,
-        size_scheme=SizeScheme.EQUAL if record["kind"] == "equal" else SizeScheme.CIESS,
+        size_scheme=_SCHEME_OF_KIND.get(record["kind"], SizeScheme.CIESS),
         distillation=spec.distillation,
     )
+
+
+def _phase_model(teachers: Teachers | None, phase: Phase) -> Backbone:
+    """The full model of ``phase`` (a full candidate's model in that phase)."""
+    model = None if teachers is None else teachers.get(phase)
+    if model is None:
+        raise ConfigError(
+            f"a full-model candidate needs the pipeline's full model of the {phase.value} phase"
+        )
+    return model
+
+
+def _phase_metrics(
+    spec: RunSpec, split: DatasetSplit, teachers: Teachers | None, phase: Phase
+) -> dict[str, float]:
+    """The full model of ``phase`` scored on that phase's held-out data, stored as ``spec``'s
+    value type."""
+    train, held_out = split.phase(phase)
+    model = _phase_model(teachers, phase)
+    chunk, value_type = spec.training.eval_users_per_chunk, spec.training.value_type
+    return evaluate_model(model, train, held_out, chunk, value_type=value_type).mean()
+
+
+def _select_full(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    folder: BudgetFolder,
+    run_spec: RunSpec,
+    teachers: Teachers | None,
+) -> dict[str, Any]:
+    """A full candidate's selection: stage 1's full model stored as the candidate's type,
+    scored on validation (and, with a protocol that selects on test, the test phase's on test);
+    its batch count is the full model's."""
+    search_model = _phase_model(teachers, Phase.SEARCH)
+    by_type = validation_by_value_type(search_model, split, run_spec)
+    record: dict[str, Any] = {
+        "valid": by_type[run_spec.training.value_type],
+        "valid_by_value_type": by_type,
+        "selected_batches": full_model_batches(folder.path.parent),
+        "stages": {},
+    }
+    if not selects_on_validation(spec):
+        record["test"] = _phase_metrics(run_spec, split, teachers, Phase.TEST)
+    return record
 
 
 def selects_on_validation(spec: PipelineSpec) -> bool:
@@ -103,7 +159,8 @@ def select_candidate(
     teachers: Teachers | None,
 ) -> dict[str, Any]:
     """Retrain candidate ``index`` and select its batch count: on validation (trained on
-    train), or with a protocol that selects on test, its whole run. Writes its sizes, history
+    train), or with a protocol that selects on test, its whole run; a full candidate
+    (:data:`FULL_KIND`) is only scored. Writes its sizes, history
     and record in ``folder``; returns the record (an earlier call's when there is one)."""
     if (cached := folder.candidate_record(index)) is not None:
         return cached
@@ -117,7 +174,10 @@ def select_candidate(
         "bytes": sizes.bytes(candidate.value_type, spec.backbone_tables),
     }
     run_spec = run_spec_of(spec, budget, record)
-    if selects_on_validation(spec):
+    if candidate.kind == FULL_KIND:
+        record.update(_select_full(spec, split, folder, run_spec, teachers))
+        history: list[dict[str, Any]] = []
+    elif selects_on_validation(spec):
         model, selection = select_on_validation(run_spec, split, sizes, progress, teachers)
         history = [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
         record.update(
@@ -159,6 +219,11 @@ def test_candidate(
     if "test" in record:
         return record
     run_spec = run_spec_of(spec, budget, record)
+    if record["kind"] == FULL_KIND:
+        started = time.perf_counter()
+        test = _phase_metrics(run_spec, split, teachers, Phase.TEST)
+        seconds = round(record["seconds"] + time.perf_counter() - started, 2)
+        return {**record, "test": test, "seconds": seconds}
     sizes = folder.candidate(record["candidate"])
     _, outcome, _ = execute_run(
         run_spec, split, sizes, progress, teachers, selected_batches=record["selected_batches"]
@@ -238,11 +303,15 @@ def train_deployed(
         "candidate"
     ]:
         return cached
-    run_spec = run_spec_of(spec, budget, record)
-    sizes = folder.candidate(record["candidate"])
-    model, summary = train_deployment(
-        run_spec, split, sizes, int(record["selected_batches"]), progress, teachers
-    )
+    if record["kind"] == FULL_KIND:  # the deployment full model, as it is
+        model = _phase_model(teachers, Phase.DEPLOY)
+        summary: dict[str, Any] = {"batches_run": 0, "seconds": 0.0, "kept": "teacher-deploy"}
+    else:
+        run_spec = run_spec_of(spec, budget, record)
+        sizes = folder.candidate(record["candidate"])
+        model, summary = train_deployment(
+            run_spec, split, sizes, int(record["selected_batches"]), progress, teachers
+        )
     summary = {"candidate": record["candidate"], **summary}
     folder.write_deployment(model.state_dict(), summary)
     return summary

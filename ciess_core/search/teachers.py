@@ -51,6 +51,13 @@ def load_full_model(
     return model
 
 
+def full_model_batches(out: Path) -> int:
+    """The batch count stage 1 selected for the full model of the pipeline folder ``out``
+    (at least 1): what the phases' full models train for."""
+    full = json.loads((out / "full" / "summary.json").read_text())
+    return max(int(full["best_batch"]), 1)
+
+
 TEACHER_DIRECTORIES = {Phase.TEST: "teacher", Phase.DEPLOY: "teacher-deploy"}
 
 
@@ -70,8 +77,7 @@ def train_phase_teacher(
         return float(cached["seconds"])
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    full = json.loads((out / "full" / "summary.json").read_text())
-    batches = max(int(full["best_batch"]), 1)
+    batches = full_model_batches(out)
     run_spec = RunSpec(
         dataset=spec.dataset, backbone=spec.backbone, training=spec.training, protocol=spec.protocol
     )
