@@ -139,7 +139,10 @@ CIESS_SERVERS: dict[str, list[str] | None] = {
     "ciess-stock-http": ["--http", "httptools", "--no-batching"],
     "ciess-no-fast-path": ["--http", "coalescing", "--no-batching", "--no-fast-path"],
 }
-SERVERS = (*CIESS_SERVERS, "torch")
+# ``ciess serve`` as shipped on the same artifact with its tables stored again in fewer bits
+# (ciess_core.artifact.requantise, what a byte budget's fast path serves).
+QUANTISED_SERVERS = {"ciess-int8": "int8", "ciess-int4": "int4"}
+SERVERS = (*CIESS_SERVERS, *QUANTISED_SERVERS, "torch")
 
 
 def start_server(
@@ -147,8 +150,8 @@ def start_server(
 ) -> Server:
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    if kind in CIESS_SERVERS:
-        variant = CIESS_SERVERS[kind]
+    if kind in CIESS_SERVERS or kind in QUANTISED_SERVERS:
+        variant = CIESS_SERVERS.get(kind)
         launcher = ["ciess_core.cli", "serve", "--no-worker"] if variant is None else [
             "bench.serve_variant", *variant,
         ]  # fmt: skip
@@ -307,9 +310,18 @@ def bench_load(
     rows: list[dict[str, Any]] = []
     answers: dict[str, dict[str, list[str]]] = {}
     for kind in args.servers:
+        served, value_type = artifact, manifest.get("value_dtype", "float32")
+        if kind in QUANTISED_SERVERS:
+            from ciess_core.artifact.requantise import requantise_artifact
+
+            value_type = QUANTISED_SERVERS[kind]
+            served = work / f"{dataset}-{value_type}"
+            if not served.exists():
+                requantise_artifact(artifact, value_type, served, str(artifact))
+        memory = json.loads((served / "manifest.json").read_text())["memory"]
         for workers in args.workers:
             state = Path(tempfile.mkdtemp(prefix="serving-state-", dir=work))
-            server = start_server(kind, artifact, run, args.data_dir, workers, state, token)
+            server = start_server(kind, served, run, args.data_dir, workers, state, token)
             try:
                 ready = server.wait_ready(args.ready_timeout)
                 print(f"[{dataset}] {kind} x{workers} ready in {ready:.1f} s", flush=True)
@@ -345,6 +357,9 @@ def bench_load(
                         "ready_seconds": round(ready, 2),
                         "backbone": manifest["backbone"],
                         "sparsity": manifest.get("achieved_sparsity"),
+                        "value_type": value_type if kind != "torch" else "float32",
+                        "stored_bytes": memory.get("stored") if kind != "torch" else None,
+                        "resident_bytes": memory.get("resident") if kind != "torch" else None,
                         "machine": cpu_description(),
                         "date": dt.date.today().isoformat(),
                         "loadgen_command": result["loadgen_command"],
@@ -610,6 +625,9 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         "`ciess-unbatched`: the same without the batching (`bench/serve_variant.py --no-batching`).",
         "`ciess-stock-http`: without the batching and on uvicorn's stock httptools protocol",
         "(`--http httptools`: two writes per response); the three show each change's share.",
+        "`ciess-int8`, `ciess-int4`: `ciess serve` as shipped on the same artifact with its tables",
+        "stored again as int8 / int4 codes with a float16 scale per row",
+        "(`ciess_core/artifact/requantise.py`, what a byte budget's fast path serves).",
         "`torch`: `bench/torch_server.py`, the same run's",
         "dense PyTorch model, eager `score_all_items` + `torch.topk`, stock uvicorn. All: FastAPI +",
         "uvicorn (uvloop, httptools), no access log, one scoring thread per worker. Server CPU per",
@@ -672,6 +690,19 @@ def write_report(report: dict[str, Any], path: Path) -> None:
                         lines.append(
                             f"- Closed-loop throughput ({generator}), ciess / {other}: "
                             f"{', '.join(ratios)}."
+                        )
+                for quantised in QUANTISED_SERVERS:
+                    ratios = [
+                        f"{workers} worker(s): "
+                        f"{closed[(quantised, workers, generator)] / closed[('ciess', workers, generator)]:.2f}×"
+                        for workers in sorted({w for _, w, _ in closed})
+                        if (quantised, workers, generator) in closed
+                        and closed.get(("ciess", workers, generator))
+                    ]
+                    if ratios:
+                        lines.append(
+                            f"- Closed-loop throughput ({generator}), {quantised} / ciess "
+                            f"(float32 tables): {', '.join(ratios)}."
                         )
             lines.append("")
         if "scoring" in extra:

@@ -61,3 +61,16 @@ def test_a_requantisation_over_its_budget_writes_nothing(source: Path, tmp_path:
     assert list(tmp_path.iterdir()) == []  # no artifact, no staging folder
     with pytest.raises(ArtifactError, match="exists already"):
         requantise_artifact(source, "int8", source)
+
+
+def test_a_requantisation_keeps_sizes_stored_as_runs_and_counts_them_so(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    count = clustered_split.num_users + clustered_split.num_items
+    source = export(BackboneKind.LIGHTGCN, clustered_split, tmp_path / "equal", np.full(count, 5))
+    old = load_artifact(source).manifest
+    assert any("size_runs" in entry.path for entry in old.files)  # equal sizes: one run
+    for value_type in ("int8", "int4-table"):
+        manifest = requantise_artifact(source, value_type, tmp_path / value_type)
+        assert any("size_runs" in entry.path for entry in manifest.files)
+        assert manifest.memory.stored == requantised_bytes(old, value_type)

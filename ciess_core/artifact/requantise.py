@@ -28,15 +28,19 @@ from ciess_core.artifact.reader import load_artifact
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
 from ciess_core.artifact.stores import store_table
 from ciess_core.errors import ArtifactError
-from ciess_core.storage import ValueType, stored_bytes
+from ciess_core.storage import ValueType, table_file_bytes
 
 
 def requantised_bytes(manifest: Manifest, value_type: str) -> int:
-    """The embedding stores' bytes of ``manifest``'s model stored as ``value_type``."""
+    """The embedding stores' bytes of ``manifest``'s model stored as ``value_type``: its sizes
+    stay stored as they are (a byte a row, or runs), its values and scales change."""
     values = round((1.0 - manifest.achieved_sparsity) * manifest.num_entities * manifest.max_size)
-    return stored_bytes(
-        manifest.num_entities, values, value_type, manifest.max_size, len(manifest.tables)
-    )
+
+    def value_bytes(stored_as: str) -> int:
+        files = table_file_bytes(manifest.num_entities, values, stored_as, manifest.max_size)
+        return len(manifest.tables) * (files["values"] + files.get("scales", 0))
+
+    return manifest.memory.stored - value_bytes(manifest.value_dtype) + value_bytes(value_type)
 
 
 def requantise_artifact(

@@ -92,7 +92,7 @@ def test_no_fast_path_without_a_measured_type_that_fits(
     client: TestClient, measured: Settings
 ) -> None:
     answer = client.post(
-        "/v1/admin/budget", json={"max_bytes": 2_000, "method": "search"}, headers=admin_headers()
+        "/v1/admin/budget", json={"max_bytes": 1_900, "method": "search"}, headers=admin_headers()
     )
     assert answer.status_code == 202 and answer.json()["fast_path"] is None
     equal = client.post(
