@@ -8,8 +8,10 @@ masking. At a few equal sizes this probe stores the user and item tables in seve
 integer codes with a float16 scale per row or one per table, 2, 4 or 8 bits — and reports
 validation N@20 (the search phase's validation, every user), against float32 at the same size.
 It decides which layouts are worth offering the byte planner: one whose loss at equal bytes is
-larger than the dimensions it buys is not. Rows go to ``docs/benchmarks/quantisation-probe.json``
-and ``.md``.
+larger than the dimensions it buys is not. A second table clips the int4 scales (the scale a
+fraction of the largest magnitude, values past it saturated): how much of the loss a better
+quantiser, or quantisation-aware training, could win back at most. Rows go to
+``docs/benchmarks/quantisation-probe.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -43,14 +45,19 @@ LAYOUTS = {  # name: (levels, one scale per table)
     "int2 per table": (1, True),
 }
 SIZES = (4, 8, 10, 16, 24)
+CLIPS = (1.0, 0.8, 0.6, 0.5, 0.4)
+CLIP_SIZES = (8, 10, 16)
 logger = logging.getLogger("bench.quantisation_probe")
 
 
-def stored(weight: torch.Tensor, size: int, levels: int, per_table: bool) -> torch.Tensor:
-    """(n, d_max) ``weight``'s first ``size`` columns as symmetric integer codes, decoded."""
+def stored(
+    weight: torch.Tensor, size: int, levels: int, per_table: bool, clip: float = 1.0
+) -> torch.Tensor:
+    """(n, d_max) ``weight``'s first ``size`` columns as symmetric integer codes, decoded; the
+    scale is ``clip`` times the largest magnitude over the levels."""
     kept = weight[:, :size]
     largest = kept.abs().max() if per_table else kept.abs().amax(1, keepdim=True)
-    scale = (largest / levels).half().float().clamp_min(1e-12)
+    scale = (clip * largest / levels).half().float().clamp_min(1e-12)
     out = torch.zeros_like(weight)
     out[:, :size] = torch.clamp(torch.round(kept / scale), -levels, levels) * scale
     return out
@@ -87,6 +94,23 @@ def main() -> None:
             logger.info("size %d %s: %.4f", size, name, ndcg)
         with torch.no_grad():
             model.tables()[0].weight.copy_(original)
+    clipped: list[dict[str, Any]] = []
+    for size in CLIP_SIZES:
+        model.set_size_assignment(
+            SizeAssignment.equal(split.num_users, split.num_items, size, spec.backbone.max_size),
+            clear_truncated=False,
+        )
+        for name in ("int4 per row", "int4 per table"):
+            for clip in CLIPS:
+                with torch.no_grad():
+                    model.tables()[0].weight.copy_(stored(original, size, *LAYOUTS[name], clip))
+                ndcg = evaluate_model(model, train, valid).mean()["ndcg@20"]
+                clipped.append(
+                    {"size": size, "layout": name, "clip": clip, "valid_ndcg@20": round(ndcg, 4)}
+                )
+                logger.info("size %d %s clip %.1f: %.4f", size, name, clip, ndcg)
+        with torch.no_grad():
+            model.tables()[0].weight.copy_(original)
     command = "python bench/quantisation_probe.py " + " ".join(sys.argv[1:])
     result = {
         "machine": machine(),
@@ -94,6 +118,7 @@ def main() -> None:
         "command": command,
         "dataset": arguments.dataset,
         "rows": rows,
+        "clipped": clipped,
     }
     save_json(REPORTS / "quantisation-probe.json", result)
     write_report(result)
@@ -116,6 +141,23 @@ def write_report(result: dict[str, Any]) -> None:
     for size in SIZES:
         cells = [f"{table[(size, layout)]:.4f}" for layout in layouts]
         lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    clipped = {(r["size"], r["layout"], r["clip"]): r["valid_ndcg@20"] for r in result["clipped"]}
+    lines += [
+        "",
+        "## Clipped int4 scales",
+        "",
+        "The scale a fraction (`clip`) of the largest magnitude; values past it saturate. "
+        "float32 at the same size for reference.",
+        "",
+        "| size | layout | float32 | " + " | ".join(f"clip {c:g}" for c in CLIPS) + " |",
+        "|---|---|---|" + "---|" * len(CLIPS),
+    ]
+    for size in CLIP_SIZES:
+        for name in ("int4 per row", "int4 per table"):
+            cells = [f"{clipped[(size, name, clip)]:.4f}" for clip in CLIPS]
+            lines.append(
+                f"| {size} | {name} | {table[(size, 'float32')]:.4f} | " + " | ".join(cells) + " |"
+            )
     (REPORTS / "quantisation-probe.md").write_text("\n".join(lines) + "\n")
 
 
