@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ciess_core.errors import ConfigError
+from ciess_core.executors import DEFAULT_EXECUTOR, EXECUTORS
 
 logger = logging.getLogger("ciess")
 
@@ -50,8 +51,15 @@ def add_search_parser(subparsers: Any) -> None:
         "--workers",
         type=int,
         default=1,
-        help="processes for independent stages (teachers beside the search, budgets beside "
+        help="independent stages at a time (teachers beside the search, budgets beside "
         "each other); same results; 2 suits a 2-core machine",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default=DEFAULT_EXECUTOR,
+        help="where those stages run: local processes, this process, or Ray tasks (a local "
+        "cluster, or $RAY_ADDRESS's; pip install 'ciess[ray]')",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -114,6 +122,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         fingerprint,
         workers=arguments.workers,
         progress=not arguments.no_progress,
+        executor=arguments.executor,
     )
     if not spec.byte_ratios:
         _plot(out, split, budgets)

@@ -21,6 +21,7 @@ from typing import Any
 
 from ciess_core.data import DatasetSplit, open_dataset, split_per_user
 from ciess_core.errors import ConfigError
+from ciess_core.executors import DEFAULT_EXECUTOR
 from ciess_core.json_form import jsonable
 from ciess_core.models import BackboneConfig, BackboneKind
 from ciess_core.recipes import resolve_recipe
@@ -124,11 +125,13 @@ def run_product_pipeline(
     workers: int = 1,
     progress: bool = True,
     on_stage: StageReport | None = None,
+    executor: str = DEFAULT_EXECUTOR,
 ) -> dict[str, Any]:
     """Run (or resume) the pipeline in ``out`` on ``split`` (:func:`load_split`).
 
     ``out/spec.json`` records the spec; a folder holding another spec is refused, so a rerun of
-    the same command resumes and a changed one never mixes stages of two recipes.
+    the same command resumes and a changed one never mixes stages of two recipes. ``workers``
+    units run at a time on ``executor`` (``processes``, ``local`` or ``ray``; the same results).
     """
     out.mkdir(parents=True, exist_ok=True)
     described = jsonable(spec)
@@ -150,4 +153,5 @@ def run_product_pipeline(
         dataset_fingerprint=dataset_fingerprint,
         workers=workers,
         on_stage=on_stage,
+        executor=executor,
     )

@@ -1,15 +1,22 @@
-"""Independent pipeline stages side by side, in worker processes.
+"""Independent pipeline stages side by side: in this process, in worker processes, or on Ray.
 
 The pipeline's stages form a small graph: the test phase's teacher does not need the search, and
 the budgets' retrainings do not need each other. On a machine with a few cores, running them in
 ``workers`` processes of ``cores / workers`` threads each is faster than one process using every
 core, because sparse propagation and the small per-batch kernels scale poorly with threads.
+
+One interface, :class:`StageRunner` (``submit`` a module-level function, get a
+:class:`~concurrent.futures.Future`), and three executors (:func:`stage_runner`): ``local``
+(every unit at once in this process), ``processes`` (spawned local processes) and ``ray`` (Ray
+tasks on a local or remote cluster, :class:`RayRunner`). Every unit computes with the same
+number of threads whichever executor runs it, so the results are the same floats.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -19,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 
 from ciess_core.errors import ConfigError
+from ciess_core.executors import EXECUTORS
 
 Result = TypeVar("Result")
 
@@ -89,3 +97,96 @@ class StageRunner:
     ) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=error is not None)
+
+
+def _ray_unit(threads: int, level: int, function: Callable[..., Result], *arguments: Any) -> Result:
+    """A unit as a Ray task runs it: with its share of the threads, as a worker process has."""
+    _start_worker(threads, level)
+    return function(*arguments)
+
+
+class RayRunner(StageRunner):
+    """Runs stage functions as Ray tasks of ``threads`` CPUs each (the same share of the
+    threads as a worker process), at most ``workers`` at a time on a cluster this runner starts.
+
+    ``address``: an existing cluster (``ray://host:10001`` or ``host:6379``); by default the
+    ``RAY_ADDRESS`` environment variable, else a local cluster of ``workers × threads`` CPUs
+    started here and stopped on leaving. On a remote cluster every node must see the pipeline
+    folder at the same path (shared storage): the units read and write their stages there.
+    Leaving after an error cancels the tasks still running.
+    """
+
+    def __init__(self, workers: int, address: str | None = None) -> None:
+        if workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {workers}")
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("the ray executor needs Ray: pip install 'ciess[ray]'") from None
+        self._ray = ray
+        self.workers = workers
+        self.threads = max(1, torch.get_num_threads() // workers)
+        self._executor = None
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        self._owns_cluster = not ray.is_initialized()
+        if self._owns_cluster:
+            ray.init(
+                address=address,
+                num_cpus=None if address else workers * self.threads,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                configure_logging=False,
+            )
+        self._task = ray.remote(num_cpus=self.threads, max_retries=0)(_ray_unit)
+        self._level = logging.getLogger().getEffectiveLevel()
+        self._shared: dict[int, tuple[Any, Any]] = {}
+        self._submitted: list[Any] = []
+
+    @property
+    def parallel(self) -> bool:
+        return True
+
+    def _by_reference(self, value: Any) -> Any:
+        """Large arguments (anything not a number, string or path) go to Ray's object store once
+        and are passed by reference, not serialised for every task."""
+        if value is None or isinstance(value, (bool, int, float, str, os.PathLike)):
+            return value
+        key = id(value)
+        if key not in self._shared:
+            self._shared[key] = (value, self._ray.put(value))  # keeps ``value`` (and its id)
+        return self._shared[key][1]
+
+    def submit(self, function: Callable[..., Result], *arguments: Any) -> Future[Result]:
+        shared = [self._by_reference(argument) for argument in arguments]
+        reference = self._task.remote(self.threads, self._level, function, *shared)
+        self._submitted.append(reference)
+        future: Future[Result] = reference.future()
+        return future
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        ray = self._ray
+        if error is not None:
+            for reference in self._submitted:
+                ray.cancel(reference, force=True)
+        self._shared.clear()
+        if self._owns_cluster:
+            ray.shutdown()
+
+
+def stage_runner(executor: str, workers: int, address: str | None = None) -> StageRunner:
+    """The runner of ``executor`` (:data:`EXECUTORS`) with ``workers`` units at a time: ``local``
+    runs every unit in this process (``workers`` ignored); ``processes`` in that many spawned
+    processes (this one when 1); ``ray`` as Ray tasks (:class:`RayRunner`, ``address`` its
+    cluster)."""
+    if executor == "local":
+        return StageRunner(1)
+    if executor == "processes":
+        return StageRunner(workers)
+    if executor == "ray":
+        return RayRunner(workers, address)
+    raise ConfigError(f"unknown executor {executor!r}; expected one of {list(EXECUTORS)}")

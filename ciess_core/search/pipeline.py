@@ -32,6 +32,7 @@ import torch
 from ciess_core.artifact.manifest import TABLES_BY_KIND
 from ciess_core.data import DatasetSplit, Phase, hold_out_per_user
 from ciess_core.errors import ConfigError
+from ciess_core.executors import DEFAULT_EXECUTOR
 from ciess_core.models import BackboneConfig
 from ciess_core.runs import Protocol, RunProtocol
 from ciess_core.search.budgets import Budget, ByteBudget, budget_label
@@ -45,7 +46,7 @@ from ciess_core.search.fit import (
     fit_shares,
 )
 from ciess_core.search.loop import SearchHooks, SearchInputs, run_search
-from ciess_core.search.parallel import StageRunner
+from ciess_core.search.parallel import stage_runner
 from ciess_core.search.planner import plan_candidates, search_budgets
 from ciess_core.search.pool import AssignmentPool
 from ciess_core.search.retraining import (
@@ -280,6 +281,7 @@ def run_pipeline(
     on_stage: StageReport | None = None,
     evaluator_factory: EvaluatorFactory = build_evaluator,
     hooks: SearchHooks | None = None,
+    executor: str = DEFAULT_EXECUTOR,
 ) -> dict[str, Any]:
     """Run (or resume) every stage; returns and writes ``summary.json``.
 
@@ -287,10 +289,11 @@ def run_pipeline(
     chosen candidate is trained once more on every interaction and kept as a run directory
     ``out/budget-<c>/run`` for ``ciess export``.
 
-    ``workers`` > 1 runs independent stages side by side in that many processes
-    (:class:`~ciess_core.search.parallel.StageRunner`): the phases' teachers beside the search,
-    and the retraining's units (:func:`~ciess_core.search.retraining.retrain_budgets`) beside
-    each other. Results are the same as with one worker;
+    ``workers`` > 1 runs independent stages side by side, that many at a time, on ``executor``
+    (:func:`~ciess_core.search.parallel.stage_runner`: local processes by default, or Ray
+    tasks): the phases' teachers beside the search, and the retraining's units
+    (:func:`~ciess_core.search.retraining.retrain_budgets`) beside each other. Results are the
+    same as with one worker;
     ``summary["timings"]`` still holds each stage's own seconds, so with workers their sum
     exceeds the wall time (``summary["seconds_this_call"]``).
     ``on_stage`` hears of every stage as it starts (a budget job's progress).
@@ -316,7 +319,7 @@ def run_pipeline(
     if spec.distillation is not None and spec.distillation.teacher is TeacherSource.PHASE:
         teacher_phases += [Phase.TEST] if any(pending.values()) else []
         teacher_phases += [Phase.DEPLOY] if deploying else []
-    with StageRunner(workers) as runner:
+    with stage_runner(executor, workers) as runner:
         report("full model", 0.0)  # alone, so with every thread whatever the workers
         full = _full_model_quality(spec, split, out / "full", progress)
         with runner.sharing_cores():
@@ -380,6 +383,7 @@ def run_pipeline(
         "budgets": budgets,
         "timings": timings,
         "workers": workers,
+        "executor": executor,
         "seconds_this_call": round(time.perf_counter() - started, 2),
     }
     write_json(out / "summary.json", summary)

@@ -1,0 +1,84 @@
+"""The pipeline's executors: the same models in this process, in worker processes and as Ray
+tasks on a local cluster the runner starts (skipped where Ray is not installed)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from ciess_core.data import DatasetSplit
+from ciess_core.errors import ConfigError
+from ciess_core.search.files import BudgetFolder
+from ciess_core.search.parallel import StageRunner, stage_runner
+from ciess_core.search.pipeline import run_pipeline
+from ciess_core.training.distillation import DistillationConfig, TeacherSource
+from tests.test_search_pipeline import tiny_spec
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """This process on one thread, as each of two units on two cores: the same floats."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray cluster of two CPUs for this module's Ray tests (its start is slow)."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'ciess[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _square(value: int) -> int:
+    return value * value
+
+
+def _fail(message: str) -> None:
+    raise ConfigError(message)
+
+
+def test_local_runs_every_unit_here_and_an_unknown_executor_is_refused() -> None:
+    with stage_runner("local", 4) as runner:
+        assert isinstance(runner, StageRunner) and not runner.parallel
+        assert runner.submit(_square, 7).result() == 49
+    with pytest.raises(ConfigError, match="unknown executor 'spark'"):
+        stage_runner("spark", 2)
+
+
+def test_the_ray_executor_gives_the_models_of_one_process(
+    clustered_split: DatasetSplit, tmp_path: Path, one_thread: None, ray_cluster: None
+) -> None:
+    config = DistillationConfig(top_k=10, teacher=TeacherSource.PHASE)
+    spec = dataclasses.replace(tiny_spec(), distillation=config)
+    here = run_pipeline(spec, clustered_split, tmp_path / "here", progress=False)
+    ray = run_pipeline(
+        spec, clustered_split, tmp_path / "ray", progress=False, workers=2, executor="ray"
+    )
+    assert ray["executor"] == "ray" and ray["workers"] == 2
+    assert set(ray["timings"]) == set(here["timings"])
+    for budget in ("0.5", "0.8"):
+        assert ray["budgets"][budget]["test"] == here["budgets"][budget]["test"]
+        assert ray["budgets"][budget]["valid"] == here["budgets"][budget]["valid"]
+        assert (
+            BudgetFolder.of(tmp_path / "ray", float(budget)).chosen()
+            == BudgetFolder.of(tmp_path / "here", float(budget)).chosen()
+        )
+    assert torch.equal(
+        torch.load(tmp_path / "ray" / "teacher" / "model.pt")["embedding.weight"],
+        torch.load(tmp_path / "here" / "teacher" / "model.pt")["embedding.weight"],
+    )
+
+
+def test_a_failing_ray_task_raises_its_error_here(one_thread: None, ray_cluster: None) -> None:
+    with stage_runner("ray", 1) as runner:
+        assert runner.submit(_square, 9).result() == 81
+        with pytest.raises(ConfigError, match="the unit's own message"):
+            runner.submit(_fail, "the unit's own message").result()
