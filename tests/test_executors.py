@@ -4,8 +4,12 @@ tasks on a local cluster the runner starts (skipped where Ray is not installed).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -82,3 +86,46 @@ def test_a_failing_ray_task_raises_its_error_here(one_thread: None, ray_cluster:
         assert runner.submit(_square, 9).result() == 81
         with pytest.raises(ConfigError, match="the unit's own message"):
             runner.submit(_fail, "the unit's own message").result()
+
+
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def _unit_processes() -> list[int]:
+    """Pids of the Ray worker processes running a unit now (Ray titles them ``ray::<task>``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if command.startswith(b"ray::_ray_unit"):
+                found.append(int(entry.name))
+    return found
+
+
+def _wait_for(condition: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def test_a_unit_whose_ray_worker_dies_fails_with_rays_reason_and_is_not_retried(
+    one_thread: None, ray_cluster: None
+) -> None:
+    import ray
+
+    with stage_runner("ray", 1) as runner:
+        future = runner.submit(_sleep, 120.0)
+        (pid,) = _wait_for(_unit_processes, 60)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ray.exceptions.WorkerCrashedError):
+            future.result(timeout=60)
+        time.sleep(1.0)
+        assert _unit_processes() == []  # not started again

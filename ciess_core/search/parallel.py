@@ -107,7 +107,8 @@ def _ray_unit(threads: int, level: int, function: Callable[..., Result], *argume
 
 class RayRunner(StageRunner):
     """Runs stage functions as Ray tasks of ``threads`` CPUs each (the same share of the
-    threads as a worker process), at most ``workers`` at a time on a cluster this runner starts.
+    threads as a worker process, at most a node's CPUs), at most ``workers`` at a time on a
+    cluster this runner starts.
 
     ``address``: an existing cluster (``ray://host:10001`` or ``host:6379``); by default the
     ``RAY_ADDRESS`` environment variable, else a local cluster of ``workers × threads`` CPUs
@@ -137,6 +138,11 @@ class RayRunner(StageRunner):
                 logging_level=logging.WARNING,
                 configure_logging=False,
             )
+        largest = max(
+            (node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]),
+            default=0.0,
+        )
+        self.threads = max(1, min(self.threads, int(largest)))  # a task must fit on a node
         self._task = ray.remote(num_cpus=self.threads, max_retries=0)(_ray_unit)
         self._level = logging.getLogger().getEffectiveLevel()
         self._shared: dict[int, tuple[Any, Any]] = {}

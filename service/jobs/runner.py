@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,15 @@ def _pipeline_folder(settings: Settings, spec: PipelineSpec, fingerprint: str) -
     return settings.state_dir / "searches" / key
 
 
+def job_executor() -> str:
+    """Where a search job's pipeline runs its units: as Ray tasks on the cluster of the
+    ``RAY_ADDRESS`` environment variable (Ray's own) when it is set, else in the job's process.
+    The job's process is the Ray driver: when the worker stops it (a cancellation), Ray ends the
+    tasks it owns; a task whose Ray worker dies is not retried, so the job fails with Ray's
+    reason and the served model stays."""
+    return "ray" if os.environ.get("RAY_ADDRESS") else "local"
+
+
 def _search_job(
     settings: Settings,
     spec: PipelineSpec,
@@ -139,6 +149,7 @@ def _search_job(
             progress=False,
             dataset_fingerprint=fingerprint,
             on_stage=report.pipeline_stage,
+            executor=job_executor(),
         )
     report("exporting", _PIPELINE_END, force=True)
     export_run(
