@@ -61,10 +61,22 @@ def test_every_value_type_round_trips_within_its_bound(
     assert scales is None or scales.size == kind.scale_count(sizes.size)
     starts = offsets_from_sizes(sizes)[:-1]
     largest = np.maximum.reduceat(np.abs(values), starts)
-    if kind.table_scaled:  # one scale: every row's error is bounded by the table's largest
-        largest = np.full_like(largest, np.abs(values).max())
     bound = np.repeat([quantisation_bound(float(m), value_type) for m in largest], sizes)
-    assert np.all(np.abs(decoded - values) <= bound + 1e-12)
+    if kind.table_scaled:  # one clipped scale: values within its levels keep the bound
+        assert scales is not None
+        reach = float(scales[0]) * (kind.levels + 0.5)
+        bound = np.full_like(bound, quantisation_bound(float(np.abs(values).max()), value_type))
+        within = np.abs(values) <= reach
+        assert np.all(np.abs(decoded - values)[within] <= bound[within] + 1e-12)
+        # never a larger squared error than the unclipped scale's
+        unclipped = np.float32(np.float16(np.abs(values).max() / kind.levels))
+        if unclipped > 0:
+            plain = np.clip(np.rint(values / unclipped), -kind.levels, kind.levels) * unclipped
+            assert np.square(decoded - values, dtype=np.float64).sum() <= np.square(
+                plain - values, dtype=np.float64
+            ).sum() * (1 + 1e-9)
+    else:
+        assert np.all(np.abs(decoded - values) <= bound + 1e-12)
     if kind.quantised:
         codes = unpack_int4(stored, values.size) if kind.packed else stored
         assert np.abs(codes.astype(np.int16)).max() <= kind.levels
@@ -136,3 +148,20 @@ def test_sizes_as_runs_round_trip_and_are_counted_as_the_smaller_file(sizes: lis
     assert sizes_file_bytes(len(sizes), 300, count_runs(sizes)) == min(
         per_row, npy_bytes(runs.size, np.uint32)
     )
+
+
+def test_a_table_scale_clips_outliers_when_that_lowers_the_error() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.0, 1.0, 4000).astype(np.float32)
+    values[0] = 12.0  # one outlier would spread int4's 7 levels over ±12
+    sizes = np.full(400, 10)
+    stored, scales = quantise(values, sizes, "int4-table")
+    assert scales is not None and float(scales[0]) < 12.0 / 7 * 0.7
+    decoded = dequantise(stored, scales, sizes, "int4-table")
+    unclipped = np.float32(np.float16(12.0 / 7))
+    plain = np.clip(np.rint(values / unclipped), -7, 7) * unclipped
+    assert np.square(decoded - values).sum() < 0.5 * np.square(plain - values).sum()
+    assert decoded[0] == pytest.approx(7 * float(scales[0]))  # the outlier saturates
+    evenly = np.linspace(-1.0, 1.0, 15, dtype=np.float32)  # exactly on int4's levels
+    _, kept = quantise(evenly, np.array([15]), "int4-table")
+    assert kept is not None and float(kept[0]) == float(np.float16(1.0 / 7))  # nothing clipped
