@@ -244,6 +244,23 @@ def _search_quality(spec: PipelineSpec, search_split: DatasetSplit, out: Path) -
         return {"users": arrays["users"], "items": arrays["items"]}
 
 
+def search_inputs(spec: PipelineSpec, search_split: DatasetSplit, out: Path) -> SearchInputs:
+    """What the search of the pipeline folder ``out`` knows of the data: the training
+    interactions per user and item, and the full model's quality on the search's validation
+    (stage 1's, :func:`selection_views`' search view). Also what a search of other settings
+    from the same full model starts from (``bench/sensitivity.py``)."""
+    train, _ = search_split.phase(Phase.SEARCH)
+    return SearchInputs(
+        popularity={
+            "users": np.diff(train.indptr).astype(np.float64),
+            "items": np.bincount(train.indices, minlength=search_split.num_items).astype(
+                np.float64
+            ),
+        },
+        full_quality=_search_quality(spec, search_split, out),
+    )
+
+
 def build_evaluator(
     spec: PipelineSpec, split: DatasetSplit, cache_dir: Path | None = None
 ) -> SupernetEvaluator:
@@ -431,14 +448,7 @@ def _search_stage(
     if (search_dir / "done.json").exists():
         timings.update(json.loads((search_dir / "done.json").read_text())["timings"])
         return AssignmentPool.load(pool_dir), None
-    train, _ = split.phase(Phase.SEARCH)
-    inputs = SearchInputs(
-        popularity={
-            "users": np.diff(train.indptr).astype(np.float64),
-            "items": np.bincount(train.indices, minlength=split.num_items).astype(np.float64),
-        },
-        full_quality=_search_quality(spec, split, out),
-    )
+    inputs = search_inputs(spec, split, out)
     evaluator = evaluator_factory(spec, split, out / "supernet")
     stage_started = time.perf_counter()
     report("supernet", 0.15)

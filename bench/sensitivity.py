@@ -1,0 +1,217 @@
+"""The paper's sensitivity figures: the reward's λ (Figure 4) and the number of episodes M
+(Figure 5), each point a trial on one executor.
+
+Usage:
+    python bench/sensitivity.py run --sweep lambda --values 0.2 0.4 0.6 0.8 1.0 1.2 \\
+        --base bench/_work/default-ml-1m-lightgcn-clean-cpu-s18 --executor processes --workers 2
+    python bench/sensitivity.py run --sweep episodes --values 5 10 20 30 40 --base ... \\
+        --executor ray --workers 4
+    python bench/sensitivity.py report
+
+A trial is the product pipeline's search (shipped recipe, one setting changed) from the full model
+and supernet of ``--base`` (a default pipeline folder of the same dataset and backbone, copied
+into the trial's folder): for each budget, the best assignment the search's pool keeps, scored
+by the supernet on the validation interactions the search never saw (the fits' part), and its
+sparsity. Trials are independent units of :func:`ciess_core.search.parallel.stage_runner`, so
+``--executor ray`` runs them as Ray tasks. Rows go to ``docs/benchmarks/sensitivity.json``;
+``report`` rewrites ``sensitivity.md`` with a plot per sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backbones import load_rows, machine, save_json
+from cli_help import DefaultsHelp
+
+from ciess_core.data import DatasetSplit
+from ciess_core.executors import EXECUTORS
+from ciess_core.pipeline import PipelineSpec, load_split, pipeline_spec
+from ciess_core.search.loop import run_search
+from ciess_core.search.parallel import stage_runner
+from ciess_core.search.pipeline import build_evaluator, search_inputs, selection_views
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / "docs" / "benchmarks"
+RESULTS = REPORTS / "sensitivity.json"
+SETTINGS = {"lambda": "reward_penalty", "episodes": "num_episodes"}
+PAPER = {
+    "lambda": "Figure 4: λ swept over {0.2 … 1.2} on ML-1M; the paper's best is 0.4.",
+    "episodes": "Figure 5: quality grows with the episodes M and levels off; the paper uses 30.",
+}
+logger = logging.getLogger("bench.sensitivity")
+
+
+def trial(spec: PipelineSpec, split: DatasetSplit, base: Path, out: Path) -> dict[str, Any]:
+    """One point: the search of ``spec`` in ``out`` from ``base``'s full model and supernet,
+    each budget's best assignment scored on the fits' part of validation."""
+    for stage in ("full", "supernet"):
+        if not (out / stage).exists():
+            shutil.copytree(base / stage, out / stage)
+    (out / "search").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    search_split, fit_split = selection_views(spec, split)
+    evaluator = build_evaluator(spec, search_split, out / "supernet")
+    outcome = run_search(
+        spec.search,
+        search_inputs(spec, search_split, out),
+        evaluator,
+        checkpoint_dir=out / "search" / "checkpoint",
+        trace_path=out / "search" / "trace.jsonl",
+        progress=False,
+    )
+    held_out = build_evaluator(spec, fit_split, out / "supernet")
+    budgets = {}
+    for budget in spec.search.budgets:
+        best = outcome.pool.selection(budget)[0]
+        metrics = held_out.evaluate(best).metrics
+        budgets[f"{budget:g}"] = {
+            "sparsity": best.sparsity,
+            "valid_ndcg@20": metrics["ndcg@20"],
+            "valid_recall@20": metrics["recall@20"],
+        }
+    return {"budgets": budgets, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def run(arguments: argparse.Namespace) -> None:
+    setting = SETTINGS[arguments.sweep]
+    base = Path(arguments.base)
+    spec = pipeline_spec(
+        arguments.dataset, arguments.backbone, tuple(arguments.budgets), arguments.config
+    )
+    split, _ = load_split(spec.dataset, arguments.data_dir)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = f"sensitivity-{arguments.sweep}-{Path(arguments.dataset).name}-{stamp}"
+    work = Path(arguments.work or ROOT / "bench" / "_work" / run_id)
+    started = time.perf_counter()
+    with stage_runner(arguments.executor, arguments.workers) as runner:
+        futures = {}
+        for value in arguments.values:
+            typed = int(value) if setting == "num_episodes" else float(value)
+            point = dataclasses.replace(
+                spec, search=dataclasses.replace(spec.search, **{setting: typed})
+            )
+            out = work / f"{arguments.sweep}-{value:g}"
+            out.mkdir(parents=True, exist_ok=True)
+            futures[value] = runner.submit(trial, point, split, base, out)
+        results = {value: future.result() for value, future in futures.items()}
+    seconds = round(time.perf_counter() - started, 1)
+    common = {
+        "run_id": run_id,
+        "sweep": arguments.sweep,
+        "dataset": arguments.dataset,
+        "backbone": arguments.backbone,
+        "config": "default" if arguments.config is None else f"custom: {arguments.config}",
+        "executor": arguments.executor,
+        "workers": arguments.workers,
+        "sweep_seconds": seconds,
+        "machine": machine(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "command": "python bench/sensitivity.py " + " ".join(sys.argv[1:]),
+    }
+    rows = [{**common, "value": value, **result} for value, result in results.items()]
+    target = Path(arguments.results) if arguments.results else RESULTS
+    save_json(target, [*load_rows(target), *rows])
+    logger.info("%s: %d points in %.0f s", run_id, len(rows), seconds)
+    if not arguments.results:
+        write_report(load_rows(RESULTS))
+
+
+def write_report(rows: list[dict[str, Any]]) -> None:
+    lines = [
+        "# Sensitivity: λ and the number of episodes M",
+        "",
+        "Written by `bench/sensitivity.py` from `sensitivity.json`. Each point is a search from "
+        "the same full model and supernet with one setting changed; per budget, the pool's best "
+        "assignment scored by the supernet on the validation interactions the search never saw "
+        "(no retraining) and its sparsity. Paper descriptions are references, not our numbers.",
+        "",
+    ]
+    for run_id in dict.fromkeys(row["run_id"] for row in rows):
+        subset = sorted((r for r in rows if r["run_id"] == run_id), key=lambda r: r["value"])
+        first = subset[0]
+        budgets = list(first["budgets"])
+        lines += [
+            f"## {first['sweep']}: run `{run_id}`",
+            "",
+            f"{first['machine']}; {first['date']}; recipe {first['config']}; executor {first['executor']} × "
+            f"{first['workers']}, {first['sweep_seconds']:.0f} s; `{first['command']}`. "
+            f"Paper: {PAPER[first['sweep']]}",
+            "",
+            f"| {first['sweep']} | "
+            + " | ".join(f"N@20 at {b} (sparsity)" for b in budgets)
+            + " | seconds |",
+            "|---|" + "---|" * (len(budgets) + 1),
+        ]
+        for row in subset:
+            cells = [
+                f"{row['budgets'][b]['valid_ndcg@20']:.4f} ({row['budgets'][b]['sparsity']:.3f})"
+                for b in budgets
+            ]
+            lines.append(f"| {row['value']:g} | " + " | ".join(cells) + f" | {row['seconds']} |")
+        plot = _plot(run_id, subset, budgets)
+        lines += ["", *([f"![{first['sweep']}]({plot})", ""] if plot else [])]
+    (REPORTS / "sensitivity.md").write_text("\n".join(lines) + "\n")
+
+
+def _plot(run_id: str, rows: list[dict[str, Any]], budgets: list[str]) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for budget in budgets:
+        xs = [row["value"] for row in rows]
+        ys = [row["budgets"][budget]["valid_ndcg@20"] for row in rows]
+        axes.plot(xs, ys, "-o", label=f"budget {budget}")
+    axes.set_xlabel(rows[0]["sweep"])
+    axes.set_ylabel("supernet validation N@20 (held out)")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    name = f"plots/{run_id}.png"
+    (REPORTS / "plots").mkdir(exist_ok=True)
+    figure.savefig(REPORTS / name, dpi=110)
+    plt.close(figure)
+    return name
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelp)
+    commands = parser.add_subparsers(dest="command", required=True)
+    runner = commands.add_parser("run", formatter_class=DefaultsHelp, help="one sweep")
+    runner.add_argument("--sweep", choices=list(SETTINGS), required=True)
+    runner.add_argument("--values", type=float, nargs="+", required=True, help="its points")
+    runner.add_argument("--base", required=True, help="a default pipeline folder to start from")
+    runner.add_argument("--executor", choices=EXECUTORS, default="processes")
+    runner.add_argument("--workers", type=int, default=2, help="trials at a time")
+    runner.add_argument("--dataset", default="ml-1m")
+    runner.add_argument("--backbone", default="lightgcn")
+    runner.add_argument("--budgets", type=float, nargs="+", default=[0.8, 0.9, 0.95])
+    runner.add_argument("--data-dir", help="datasets folder (default $CIESS_DATA_DIR)")
+    runner.add_argument("--config", help="recipe file, for dry runs (rows say 'custom')")
+    runner.add_argument("--work", help="work folder (default bench/_work/sensitivity-...)")
+    runner.add_argument("--results", help="rows file instead of docs/benchmarks/sensitivity.json")
+    commands.add_parser("report", help="rewrite sensitivity.md")
+    arguments = parser.parse_args()
+    if arguments.command == "run":
+        run(arguments)
+    else:
+        write_report(load_rows(RESULTS))
+
+
+if __name__ == "__main__":
+    main()
