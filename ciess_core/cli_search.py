@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,6 @@ def add_search_parser(subparsers: Any) -> None:
         help="where those stages run: local processes, this process, or Ray tasks (a local "
         "cluster, or $RAY_ADDRESS's; pip install 'ciess[ray]')",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, batches: str, seed: str) -> None:
@@ -121,7 +121,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         split,
         fingerprint,
         workers=arguments.workers,
-        progress=not arguments.no_progress,
+        progress=sys.stderr.isatty(),  # bars on a terminal; logs alone in files and CI
         executor=arguments.executor,
     )
     if not spec.byte_ratios:

@@ -118,7 +118,8 @@ def test_user_mistakes_end_in_one_error_line(
         if "--dataset" in arguments or arguments[0] == "search"
         else ["--dataset", str(pairs_file)]
     )
-    assert main([*arguments, *extra, "--no-progress"]) == 2
+    quiet = [] if arguments[0] == "search" else ["--no-progress"]  # search: bars on a terminal
+    assert main([*arguments, *extra, *quiet]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error
     assert "Traceback" not in error
@@ -206,7 +207,6 @@ def test_search_runs_end_to_end_and_resumes(
         str(out),
         "--config",
         str(recipe),
-        "--no-progress",
     ]
     assert main(arguments) == 0
     assert "budget 0.9: sparsity" in capsys.readouterr().out
@@ -229,7 +229,7 @@ def test_search_runs_end_to_end_and_resumes(
     assert manifest["achieved_sparsity"] >= 0.9
     assert main(arguments) == 0  # resumes: every stage is already done
     # A flag that changes the recipe is refused on a folder of another recipe.
-    assert main([*arguments[:-1], "--max-batches", "3", "--no-progress"]) == 2
+    assert main([*arguments, "--max-batches", "3"]) == 2
     assert "other settings" in capsys.readouterr().err
     # With two workers the retraining runs in spawned processes; the run folder is the same.
     parallel = tmp_path / "parallel"
@@ -245,9 +245,9 @@ def test_search_with_a_byte_budget_exports_its_pick_within_the_bytes(
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(TINY_RECIPE)
     common = ["search", "--dataset", str(pairs_file), "--out", str(out), "--config", str(recipe)]
-    assert main([*common, "--budget-bytes", "0.05,x", "--no-progress"]) == 2
+    assert main([*common, "--budget-bytes", "0.05,x"]) == 2
     assert "--budget-bytes must be comma-separated numbers" in capsys.readouterr().err
-    assert main([*common, "--budget-bytes", "0.05", "--no-progress"]) == 0
+    assert main([*common, "--budget-bytes", "0.05"]) == 0
     printed = capsys.readouterr().out
     assert "budget bytes-0.05: sparsity" in printed and " bytes  test R@20" in printed
     result = json.loads((out / "bytes-0.05" / "result.json").read_text())
