@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -29,11 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backbones import load_rows, machine, save_json
-from cli_help import DefaultsHelp
+from byte_budgets import reuse_stages
+from cli_help import DefaultsHelp, add_pipeline_arguments
 
-from ciess_core.executors import EXECUTORS
 from ciess_core.pipeline import load_split, pipeline_spec, run_product_pipeline
-from ciess_core.search.teachers import TEACHER_DIRECTORIES
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "docs" / "benchmarks"
@@ -55,9 +53,7 @@ def run(arguments: argparse.Namespace) -> None:
     work = Path(arguments.work or ROOT / "bench" / "_work" / name)
     work.mkdir(parents=True)
     if arguments.reuse:
-        for stage in ("full", "supernet", *TEACHER_DIRECTORIES.values()):
-            if (Path(arguments.reuse) / stage).is_dir():
-                shutil.copytree(Path(arguments.reuse) / stage, work / stage)
+        reuse_stages(Path(arguments.reuse), work, spec)
     if arguments.ray_address:
         os.environ["RAY_ADDRESS"] = arguments.ray_address
     split, fingerprint = load_split(spec.dataset, arguments.data_dir)
@@ -127,15 +123,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelp)
     commands = parser.add_subparsers(dest="command", required=True)
     runner = commands.add_parser("run", formatter_class=DefaultsHelp, help="one executor's run")
-    runner.add_argument("--executor", choices=EXECUTORS, default="processes")
-    runner.add_argument("--workers", type=int, default=2, help="units at a time")
+    add_pipeline_arguments(runner, "units")
     runner.add_argument("--ray-address", help="an existing Ray cluster (else a local one)")
-    runner.add_argument("--dataset", default="ml-1m")
-    runner.add_argument("--backbone", default="lightgcn")
-    runner.add_argument("--budgets", type=float, nargs="+", default=[0.8, 0.9, 0.95])
-    runner.add_argument("--data-dir", help="datasets folder (default $CIESS_DATA_DIR)")
     runner.add_argument("--device", default="cpu", help="cpu or cuda")
-    runner.add_argument("--config", help="recipe file, for dry runs (rows say 'custom')")
     runner.add_argument(
         "--reuse", help="pipeline folder whose full model, teachers, supernet to copy"
     )

@@ -31,10 +31,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backbones import load_rows, machine, save_json
-from cli_help import DefaultsHelp
+from cli_help import DefaultsHelp, add_pipeline_arguments
 
 from ciess_core.data import DatasetSplit
-from ciess_core.executors import EXECUTORS
 from ciess_core.pipeline import PipelineSpec, load_split, pipeline_spec
 from ciess_core.search.loop import run_search
 from ciess_core.search.parallel import stage_runner
@@ -196,13 +195,7 @@ def main() -> None:
     runner.add_argument("--sweep", choices=list(SETTINGS), required=True)
     runner.add_argument("--values", type=float, nargs="+", required=True, help="its points")
     runner.add_argument("--base", required=True, help="a default pipeline folder to start from")
-    runner.add_argument("--executor", choices=EXECUTORS, default="processes")
-    runner.add_argument("--workers", type=int, default=2, help="trials at a time")
-    runner.add_argument("--dataset", default="ml-1m")
-    runner.add_argument("--backbone", default="lightgcn")
-    runner.add_argument("--budgets", type=float, nargs="+", default=[0.8, 0.9, 0.95])
-    runner.add_argument("--data-dir", help="datasets folder (default $CIESS_DATA_DIR)")
-    runner.add_argument("--config", help="recipe file, for dry runs (rows say 'custom')")
+    add_pipeline_arguments(runner, "trials")
     runner.add_argument("--work", help="work folder (default bench/_work/sensitivity-...)")
     runner.add_argument("--results", help="rows file instead of docs/benchmarks/sensitivity.json")
     commands.add_parser("report", help="rewrite sensitivity.md")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -59,3 +61,12 @@ def tiny_train() -> sp.csr_matrix:
         rows += [user] * len(chosen)
         cols += chosen.tolist()
     return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(12, 9))
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """This process on one thread, as each of two workers on two cores: the same floats."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,7 +3,6 @@ tasks on a local cluster the runner starts (skipped where Ray is not installed).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -12,24 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from ciess_core.data import DatasetSplit
 from ciess_core.errors import ConfigError
-from ciess_core.search.files import BudgetFolder
+from ciess_core.runs import Protocol
 from ciess_core.search.parallel import StageRunner, stage_runner
-from ciess_core.search.pipeline import run_pipeline
-from ciess_core.training.distillation import DistillationConfig, TeacherSource
-from tests.test_search_pipeline import tiny_spec
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """This process on one thread, as each of two units on two cores: the same floats."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.test_search_pipeline import check_two_workers_give_the_same_models_as_one
 
 
 @pytest.fixture(scope="module")
@@ -60,25 +47,7 @@ def test_local_runs_every_unit_here_and_an_unknown_executor_is_refused() -> None
 def test_the_ray_executor_gives_the_models_of_one_process(
     clustered_split: DatasetSplit, tmp_path: Path, one_thread: None, ray_cluster: None
 ) -> None:
-    config = DistillationConfig(top_k=10, teacher=TeacherSource.PHASE)
-    spec = dataclasses.replace(tiny_spec(), distillation=config)
-    here = run_pipeline(spec, clustered_split, tmp_path / "here", progress=False)
-    ray = run_pipeline(
-        spec, clustered_split, tmp_path / "ray", progress=False, workers=2, executor="ray"
-    )
-    assert ray["executor"] == "ray" and ray["workers"] == 2
-    assert set(ray["timings"]) == set(here["timings"])
-    for budget in ("0.5", "0.8"):
-        assert ray["budgets"][budget]["test"] == here["budgets"][budget]["test"]
-        assert ray["budgets"][budget]["valid"] == here["budgets"][budget]["valid"]
-        assert (
-            BudgetFolder.of(tmp_path / "ray", float(budget)).chosen()
-            == BudgetFolder.of(tmp_path / "here", float(budget)).chosen()
-        )
-    assert torch.equal(
-        torch.load(tmp_path / "ray" / "teacher" / "model.pt")["embedding.weight"],
-        torch.load(tmp_path / "here" / "teacher" / "model.pt")["embedding.weight"],
-    )
+    check_two_workers_give_the_same_models_as_one(clustered_split, tmp_path, Protocol.CLEAN, "ray")
 
 
 def test_a_failing_ray_task_raises_its_error_here(one_thread: None, ray_cluster: None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -354,28 +353,26 @@ def _untimed_trace(out: Path) -> list[dict]:
     return [{key: value for key, value in row.items() if "seconds" not in key} for row in rows]
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """This process on one thread, as each of two workers on two cores: the same floats."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def check_two_workers_give_the_same_models_as_one(
-    clustered_split: DatasetSplit, tmp_path: Path, protocol: RunProtocol
+    clustered_split: DatasetSplit,
+    tmp_path: Path,
+    protocol: RunProtocol,
+    executor: str = "processes",
 ) -> None:
-    """Under ``protocol``, stages in two worker processes give the one-process models (also run
-    with the reference protocol by ``tests/test_bench_experiments.py``)."""
+    """Under ``protocol``, stages run two at a time on ``executor`` (worker processes, or Ray
+    tasks in ``tests/test_executors.py``) give the one-process models (also run with the
+    reference protocol by ``tests/test_bench_experiments.py``)."""
     config = DistillationConfig(top_k=10, teacher=TeacherSource.PHASE)
     spec = dataclasses.replace(tiny_spec(), distillation=config, protocol=protocol)
     one = run_pipeline(spec, clustered_split, tmp_path / "one", progress=False)
-    two = run_pipeline(spec, clustered_split, tmp_path / "two", progress=False, workers=2)
-    assert two["workers"] == 2
+    two = run_pipeline(
+        spec, clustered_split, tmp_path / "two", progress=False, workers=2, executor=executor
+    )
+    assert two["workers"] == 2 and two["executor"] == executor
     assert set(two["timings"]) == set(one["timings"])  # the teacher's and every budget's
     for budget in ("0.5", "0.8"):
         assert two["budgets"][budget]["test"] == one["budgets"][budget]["test"]
+        assert two["budgets"][budget]["valid"] == one["budgets"][budget]["valid"]
         assert (
             BudgetFolder.of(tmp_path / "two", float(budget)).chosen()
             == BudgetFolder.of(tmp_path / "one", float(budget)).chosen()
@@ -385,7 +382,9 @@ def check_two_workers_give_the_same_models_as_one(
         torch.load(tmp_path / "one" / "teacher" / "model.pt")["embedding.weight"],
     )
     with pytest.raises(ConfigError, match="workers"):
-        run_pipeline(spec, clustered_split, tmp_path / "none", progress=False, workers=0)
+        run_pipeline(
+            spec, clustered_split, tmp_path / "none", progress=False, workers=0, executor=executor
+        )
 
 
 def test_two_workers_give_the_same_models_as_one(

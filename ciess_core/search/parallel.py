@@ -37,6 +37,13 @@ def _start_worker(threads: int, level: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s [worker]: %(message)s")
 
 
+def _threads_per_worker(workers: int) -> int:
+    """This process's threads shared among ``workers`` units (at least one each)."""
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    return max(1, torch.get_num_threads() // workers)
+
+
 class StageRunner:
     """Runs stage functions in ``workers`` spawned processes, or in this one when ``workers`` is 1.
 
@@ -47,10 +54,8 @@ class StageRunner:
     """
 
     def __init__(self, workers: int) -> None:
-        if workers < 1:
-            raise ConfigError(f"workers must be at least 1, got {workers}")
+        self.threads = _threads_per_worker(workers)
         self.workers = workers
-        self.threads = max(1, torch.get_num_threads() // workers)
         self._executor: ProcessPoolExecutor | None = None
         if workers > 1:
             self._executor = ProcessPoolExecutor(
@@ -118,15 +123,13 @@ class RayRunner(StageRunner):
     """
 
     def __init__(self, workers: int, address: str | None = None) -> None:
-        if workers < 1:
-            raise ConfigError(f"workers must be at least 1, got {workers}")
+        self.threads = _threads_per_worker(workers)
         try:
             import ray
         except ImportError:
             raise ConfigError("the ray executor needs Ray: pip install 'ciess[ray]'") from None
         self._ray = ray
         self.workers = workers
-        self.threads = max(1, torch.get_num_threads() // workers)
         self._executor = None
         address = address or os.environ.get("RAY_ADDRESS") or None
         self._owns_cluster = not ray.is_initialized()

@@ -58,12 +58,13 @@ from ciess_core.search.retraining import (
 from ciess_core.search.teachers import (
     TEACHER_DIRECTORIES,
     full_size_model,
+    keeps_phase_teachers,
     load_full_model,
     prepare_teachers,
     train_phase_teacher,
 )
 from ciess_core.training import TrainConfig, train_bpr
-from ciess_core.training.distillation import DistillationConfig, TeacherSource
+from ciess_core.training.distillation import DistillationConfig
 
 __all__ = [
     "ByteBudget",
@@ -333,7 +334,7 @@ def run_pipeline(
         folder.deployed() for folder in folders.values()
     )
     teacher_phases: list[Phase] = []
-    if spec.distillation is not None and spec.distillation.teacher is TeacherSource.PHASE:
+    if keeps_phase_teachers(spec):
         teacher_phases += [Phase.TEST] if any(pending.values()) else []
         teacher_phases += [Phase.DEPLOY] if deploying else []
     with stage_runner(executor, workers) as runner:

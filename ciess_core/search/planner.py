@@ -30,9 +30,9 @@ from ciess_core.search.files import BudgetFolder
 from ciess_core.search.fit import ScoredSizes, fit_shares, flat_equal_sizes
 from ciess_core.search.pool import AssignmentPool
 from ciess_core.search.retraining import FULL_KIND, Candidate
+from ciess_core.search.teachers import keeps_phase_teachers
 from ciess_core.sizes import SizeAssignment
 from ciess_core.storage import VALUE_TYPES, parameters_within
-from ciess_core.training.distillation import TeacherSource
 
 if TYPE_CHECKING:
     from ciess_core.search.pipeline import PipelineSpec
@@ -118,8 +118,7 @@ def full_candidates(
     """The full model as a candidate in each value type whose full-size stores fit ``budget``.
     Offered when the pipeline keeps a full model per phase (distillation from phase teachers,
     the shipped recipe): those are the candidate's models, so it needs no training."""
-    distillation = spec.distillation
-    if distillation is None or distillation.teacher is not TeacherSource.PHASE:
+    if not keeps_phase_teachers(spec):
         return []
     tables, max_size = spec.backbone_tables, spec.search.max_size
     allowed = budget.allowed_bytes(num_users + num_items, max_size, tables)

@@ -51,6 +51,12 @@ def load_full_model(
     return model
 
 
+def keeps_phase_teachers(spec: PipelineSpec) -> bool:
+    """Whether the pipeline trains a full model of its own for the test phase and for
+    deployment (distillation from ``TeacherSource.PHASE`` teachers, the shipped recipe)."""
+    return spec.distillation is not None and spec.distillation.teacher is TeacherSource.PHASE
+
+
 def full_model_batches(out: Path) -> int:
     """The batch count stage 1 selected for the full model of the pipeline folder ``out``
     (at least 1): what the phases' full models train for."""
