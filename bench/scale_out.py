@@ -113,9 +113,30 @@ def write_report(rows: list[dict[str, Any]]) -> None:
             f"{row['cpus']} | "
             f"{row['device']} | {row['seconds']:.0f} | {scores} | {row['reused'] or '–'} |"
         )
+    stages = sorted({stage for row in rows for stage in row["stage_seconds"]}, key=_stage_order)
+    lines += [
+        "",
+        "Stage seconds (each stage's own; – where it did not run):",
+        "",
+        "| run | " + " | ".join(stages) + " |",
+        "|---|" + "---|" * len(stages),
+    ]
+    for row in rows:
+        timings = row["stage_seconds"]
+        cells = [f"{timings[stage]:.0f}" if stage in timings else "–" for stage in stages]
+        lines.append(f"| `{row['run_id']}` | " + " | ".join(cells) + " |")
     lines += ["", "Machines and commands:", ""]
     lines += [f"- `{row['run_id']}`: {row['machine']}; `{row['command']}`" for row in rows]
     (REPORTS / "scale-out.md").write_text("\n".join(lines) + "\n")
+
+
+def _stage_order(stage: str) -> tuple[int, str]:
+    """The pipeline's order: the shared stages first, then each budget's, by budget."""
+    shared = ["full_model", "evaluator_prepare", "search", "teacher", "teacher-deploy"]
+    if stage in shared:
+        return shared.index(stage), ""
+    kind, _, budget = stage.rpartition("_")
+    return len(shared), f"{budget}-{kind}"
 
 
 def main() -> None:

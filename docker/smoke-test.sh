@@ -11,7 +11,10 @@
 #      job at another budget, promoted in turn; then a rollback to the search job's model through
 #      the kept versions (GET /v1/admin/models, POST /v1/admin/models/{version}/promote);
 #   4. `down` and `up` again on the same volume: the job history and the current artifact are kept;
-#   5. tear everything down (containers, network, volume; the images stay, as build cache).
+#   5. `down`, and `up` with the `ray` profile (a Ray head and worker node from the trainer image,
+#      the worker pointed at them with a token): a budget job's pipeline runs on the cluster and
+#      its model is promoted (SMOKE_RAY=0 skips this);
+#   6. tear everything down (containers, network, volume; the images stay, as build cache).
 #
 # Honours CONTAINER_ENGINE (default docker), COMPOSE (default "docker compose") and BASE_IMAGE
 # (default python:3.11-slim); on this project's machines: `source ../shared/tools/container-engine.sh`
@@ -401,5 +404,30 @@ reply=$(http GET "/v1/users/$user_id/recommendations?k=10")
 log "after down/up: still serving $promoted, jobs $search_job and $job still listed as" \
     "succeeded (token from the secret)"
 check_health
+
+# --- the `ray` profile: a Ray head and worker node, and the job worker driving them ------------
+ray_summary="skipped (SMOKE_RAY=0)"
+if [ "${SMOKE_RAY:-1}" = 1 ]; then
+    log "compose down, then up with the ray profile: the worker sends budget jobs to the cluster"
+    compose down >/dev/null 2>&1
+    CIESS_RAY_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+    export CIESS_RAY_TOKEN CIESS_RAY_ADDRESS=ray://ray-head:10001
+    COMPOSE_FILES+=(--profile ray)
+    compose up -d --no-build >"$WORK/up-ray.log" 2>&1 || { tail -n 40 "$WORK/up-ray.log"; fail "compose --profile ray up"; }
+    wait_ready 300 || fail "the API was not ready within 300 s after up with the ray profile"
+    t_ray=$(now)
+    run_job '{"target_sparsity": 0.8}'
+    ray_job=$job
+    promoted=$(field "${reply#* }" "['artifact_version']")
+    wait_served "$promoted" 0.8
+    executor=$(compose exec -T worker python -c "import json, pathlib
+summaries = sorted(pathlib.Path('/var/lib/ciess/searches').glob('*/summary.json'), key=lambda p: p.stat().st_mtime)
+print(json.loads(summaries[-1].read_text())['executor'])" | tr -d '\r')
+    [ "$executor" = ray ] || fail "job $ray_job's pipeline ran on '$executor', not on the Ray cluster"
+    compose logs ray-worker 2>&1 | tail -n 3 | plain || true
+    ray_summary="job $ray_job (search on the Ray cluster) promoted $promoted in $(elapsed "$t_ray") s"
+    log "$ray_summary"
+fi
 log "summary: up->ready $first_ready s on an empty volume (init included), $second_ready s on a" \
-    "kept one; jobs $search_job (search) and $job (equal) promoted, then rolled back to $promoted"
+    "kept one; jobs $search_job (search) and $job (equal) promoted, then rolled back to" \
+    "$search_version; ray profile: $ray_summary"

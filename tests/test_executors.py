@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +15,7 @@ from ciess_core.data import DatasetSplit
 from ciess_core.errors import ConfigError
 from ciess_core.runs import Protocol
 from ciess_core.search.parallel import StageRunner, stage_runner
+from tests.ray_units import unit_processes, wait_for
 from tests.test_search_pipeline import check_two_workers_give_the_same_models_as_one
 
 
@@ -23,7 +23,7 @@ from tests.test_search_pipeline import check_two_workers_give_the_same_models_as
 def ray_cluster() -> Iterator[None]:
     """One local Ray cluster of two CPUs for this module's Ray tests (its start is slow)."""
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'ciess[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 
@@ -62,29 +62,6 @@ def _sleep(seconds: float) -> float:
     return seconds
 
 
-def _unit_processes() -> list[int]:
-    """Pids of the Ray worker processes running a unit now (Ray titles them ``ray::<task>``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if command.startswith(b"ray::_ray_unit"):
-                found.append(int(entry.name))
-    return found
-
-
-def _wait_for(condition: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout} s")
-
-
 def test_a_unit_whose_ray_worker_dies_fails_with_rays_reason_and_is_not_retried(
     one_thread: None, ray_cluster: None
 ) -> None:
@@ -92,9 +69,9 @@ def test_a_unit_whose_ray_worker_dies_fails_with_rays_reason_and_is_not_retried(
 
     with stage_runner("ray", 1) as runner:
         future = runner.submit(_sleep, 120.0)
-        (pid,) = _wait_for(_unit_processes, 60)
+        (pid,) = wait_for(unit_processes, 60)
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(ray.exceptions.WorkerCrashedError):
             future.result(timeout=60)
         time.sleep(1.0)
-        assert _unit_processes() == []  # not started again
+        assert unit_processes() == []  # not started again

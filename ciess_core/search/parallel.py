@@ -134,8 +134,8 @@ class RayRunner(StageRunner):
         address = address or os.environ.get("RAY_ADDRESS") or None
         self._owns_cluster = not ray.is_initialized()
         if self._owns_cluster:
-            ray.init(
-                address=address,
+            ray.init(  # "local": a cluster of its own, never one found running on this machine
+                address=address or "local",
                 num_cpus=None if address else workers * self.threads,
                 include_dashboard=False,
                 logging_level=logging.WARNING,

@@ -85,9 +85,15 @@ def _job_main(settings: Settings, job_id: int) -> None:
         logger.error("job %d failed: %s", job_id, error)
         store.finish(job_id, JobState.FAILED, str(error))
         sys.exit(1)
-    except Exception as error:
+    except Exception as error:  # a bug, or lost machinery (a Ray worker that died)
         logger.exception("job %d failed", job_id)
-        store.finish(job_id, JobState.FAILED, f"{type(error).__name__}: {error}")
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        store.finish(
+            job_id,
+            JobState.FAILED,
+            f"{type(error).__name__}: {first_line} (during stage {store.get(job_id).stage!r}; "
+            "not retried; the previous model keeps serving)",
+        )
         sys.exit(1)
 
 
