@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "docs" / "benchmarks"
 RESULTS = REPORTS / "scale-out.json"
 logger = logging.getLogger("bench.scale_out")
+# The stages a ``--reuse`` run copies (their seconds are the source run's).
+REUSED_STAGES = ("full_model", "evaluator_prepare", "teacher", "teacher-deploy")
 
 
 def run(arguments: argparse.Namespace) -> None:
@@ -100,7 +102,9 @@ def write_report(rows: list[dict[str, Any]]) -> None:
         "",
         "Written by `bench/scale_out.py` from `scale-out.json`. `seconds`: the pipeline call's "
         "wall time; the stage times are each stage's own (with workers their sum exceeds the "
-        "wall time). Stages copied from an earlier run (`reused`) did not run.",
+        "wall time). A run with `reused` copied the full model, the supernet and the phase "
+        "teachers from that folder: those stages did not run, and their seconds are the source "
+        "run's.",
         "",
         "| run | config | executor | workers | cpus | device | seconds | test N@20 per budget | "
         "reused |",
@@ -123,10 +127,19 @@ def write_report(rows: list[dict[str, Any]]) -> None:
     ]
     for row in rows:
         timings = row["stage_seconds"]
-        cells = [f"{timings[stage]:.0f}" if stage in timings else "–" for stage in stages]
+        copied = REUSED_STAGES if row["reused"] else ()
+        cells = [
+            "–" if stage not in timings
+            else f"copied ({timings[stage]:.0f})" if stage in copied
+            else f"{timings[stage]:.0f}"
+            for stage in stages
+        ]  # fmt: skip
         lines.append(f"| `{row['run_id']}` | " + " | ".join(cells) + " |")
     lines += ["", "Machines and commands:", ""]
-    lines += [f"- `{row['run_id']}`: {row['machine']}; `{row['command']}`" for row in rows]
+    lines += [
+        f"- `{row['run_id']}`: {row['date']}; {row['machine']}; `{row['command']}`" for row in rows
+    ]
+    lines += ["", "Findings: `scale-out.notes.md`."]
     (REPORTS / "scale-out.md").write_text("\n".join(lines) + "\n")
 
 
@@ -135,8 +148,10 @@ def _stage_order(stage: str) -> tuple[int, str]:
     shared = ["full_model", "evaluator_prepare", "search", "teacher", "teacher-deploy"]
     if stage in shared:
         return shared.index(stage), ""
+    kinds = ["fit", "equal_fit", "retrain", "deploy"]
     kind, _, budget = stage.rpartition("_")
-    return len(shared), f"{budget}-{kind}"
+    rank = kinds.index(kind) if kind in kinds else len(kinds)
+    return len(shared), f"{budget}-{rank}-{kind}"
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ Usage:
         --base bench/_work/default-ml-1m-lightgcn-clean-cpu-s18 --executor processes --workers 2
     python bench/sensitivity.py run --sweep episodes --values 5 10 20 30 40 --base ... \\
         --executor ray --workers 4
+    python bench/sensitivity.py retrain --sweep lambda --base ... [--executor ray]
     python bench/sensitivity.py report
 
 A trial is the product pipeline's search (shipped recipe, one setting changed) from the full model
@@ -15,6 +16,11 @@ by the supernet on the validation interactions the search never saw (the fits' p
 sparsity. Trials are independent units of :func:`ciess_core.search.parallel.stage_runner`, so
 ``--executor ray`` runs them as Ray tasks. Rows go to ``docs/benchmarks/sensitivity.json``;
 ``report`` rewrites ``sensitivity.md`` with a plot per sweep.
+
+``retrain`` takes a sweep's best point (the highest held-out N@20 averaged over the budgets, in
+the sweep's latest run) and runs the product pipeline at it from ``--base``'s full model, phase
+teachers and supernet: its search, then each budget's candidates retrained, picked on validation
+and tested once (clean protocol; no deployment model). Its rows carry ``kind: retrained``.
 """
 
 from __future__ import annotations
@@ -31,13 +37,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backbones import load_rows, machine, save_json
+from byte_budgets import reuse_stages
 from cli_help import DefaultsHelp, add_pipeline_arguments
 
 from ciess_core.data import DatasetSplit
 from ciess_core.pipeline import PipelineSpec, load_split, pipeline_spec
 from ciess_core.search.loop import run_search
 from ciess_core.search.parallel import stage_runner
-from ciess_core.search.pipeline import build_evaluator, search_inputs, selection_views
+from ciess_core.search.pipeline import build_evaluator, run_pipeline, search_inputs, selection_views
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "docs" / "benchmarks"
@@ -81,8 +88,80 @@ def trial(spec: PipelineSpec, split: DatasetSplit, base: Path, out: Path) -> dic
     return {"budgets": budgets, "seconds": round(time.perf_counter() - started, 1)}
 
 
+def _at(spec: PipelineSpec, sweep: str, value: float) -> PipelineSpec:
+    """``spec`` with the sweep's setting at ``value``."""
+    if SETTINGS[sweep] == "num_episodes":
+        search = dataclasses.replace(spec.search, num_episodes=int(value))
+    else:
+        search = dataclasses.replace(spec.search, reward_penalty=float(value))
+    return dataclasses.replace(spec, search=search)
+
+
+def best_point(rows: list[dict[str, Any]], sweep: str) -> tuple[str, float]:
+    """The latest run of ``sweep`` and its point of highest held-out N@20, averaged over the
+    budgets."""
+    points = [row for row in rows if row["sweep"] == sweep and row.get("kind") != "retrained"]
+    if not points:
+        raise SystemExit(f"no {sweep} sweep in the rows: run it first")
+    latest = points[-1]["run_id"]
+    scored = [row for row in points if row["run_id"] == latest]
+
+    def mean_ndcg(row: dict[str, Any]) -> float:
+        values = [budget["valid_ndcg@20"] for budget in row["budgets"].values()]
+        return sum(values) / len(values)
+
+    return latest, float(max(scored, key=mean_ndcg)["value"])
+
+
+def retrain(arguments: argparse.Namespace) -> None:
+    spec = pipeline_spec(
+        arguments.dataset, arguments.backbone, tuple(arguments.budgets), arguments.config
+    )
+    target = Path(arguments.results) if arguments.results else RESULTS
+    source, value = best_point(load_rows(target), arguments.sweep)
+    point = _at(spec, arguments.sweep, value)
+    work = Path(arguments.work or ROOT / "bench" / "_work" / f"{source}-retrain-{value:g}")
+    work.mkdir(parents=True, exist_ok=True)
+    reuse_stages(Path(arguments.base), work, point)
+    split, _ = load_split(spec.dataset, arguments.data_dir)
+    started = time.perf_counter()
+    summary = run_pipeline(
+        point, split, work, progress=False, workers=arguments.workers, executor=arguments.executor
+    )
+    budgets = {
+        label: {
+            "sparsity": result["achieved_sparsity"],
+            "picked": result["chosen_kind"],
+            "test": result["test"],
+            "valid_ndcg@20": result["valid"]["ndcg@20"],
+        }
+        for label, result in summary["budgets"].items()
+    }
+    row = {
+        "run_id": f"{source}-retrain",
+        "kind": "retrained",
+        "sweep": arguments.sweep,
+        "value": value,
+        "from_run": source,
+        "dataset": arguments.dataset,
+        "backbone": arguments.backbone,
+        "config": "default" if arguments.config is None else f"custom: {arguments.config}",
+        "protocol": point.protocol.value,
+        "executor": arguments.executor,
+        "workers": arguments.workers,
+        "budgets": budgets,
+        "seconds": round(time.perf_counter() - started, 1),
+        "stage_seconds": summary["timings"],
+        "machine": machine(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "command": "python bench/sensitivity.py " + " ".join(sys.argv[1:]),
+    }
+    save_json(target, [*load_rows(target), row])
+    if not arguments.results:
+        write_report(load_rows(RESULTS))
+
+
 def run(arguments: argparse.Namespace) -> None:
-    setting = SETTINGS[arguments.sweep]
     base = Path(arguments.base)
     spec = pipeline_spec(
         arguments.dataset, arguments.backbone, tuple(arguments.budgets), arguments.config
@@ -95,13 +174,11 @@ def run(arguments: argparse.Namespace) -> None:
     with stage_runner(arguments.executor, arguments.workers) as runner:
         futures = {}
         for value in arguments.values:
-            typed = int(value) if setting == "num_episodes" else float(value)
-            point = dataclasses.replace(
-                spec, search=dataclasses.replace(spec.search, **{setting: typed})
-            )
             out = work / f"{arguments.sweep}-{value:g}"
             out.mkdir(parents=True, exist_ok=True)
-            futures[value] = runner.submit(trial, point, split, base, out)
+            futures[value] = runner.submit(
+                trial, _at(spec, arguments.sweep, value), split, base, out
+            )
         results = {value: future.result() for value, future in futures.items()}
     seconds = round(time.perf_counter() - started, 1)
     common = {
@@ -135,6 +212,8 @@ def write_report(rows: list[dict[str, Any]]) -> None:
         "(no retraining) and its sparsity. Paper descriptions are references, not our numbers.",
         "",
     ]
+    retrained = [row for row in rows if row.get("kind") == "retrained"]
+    rows = [row for row in rows if row.get("kind") != "retrained"]
     for run_id in dict.fromkeys(row["run_id"] for row in rows):
         subset = sorted((r for r in rows if r["run_id"] == run_id), key=lambda r: r["value"])
         first = subset[0]
@@ -159,6 +238,23 @@ def write_report(rows: list[dict[str, Any]]) -> None:
             lines.append(f"| {row['value']:g} | " + " | ".join(cells) + f" | {row['seconds']} |")
         plot = _plot(run_id, subset, budgets)
         lines += ["", *([f"![{first['sweep']}]({plot})", ""] if plot else [])]
+        for row in (r for r in retrained if r["from_run"] == run_id):
+            lines += [
+                f"Retrained at the best point, {first['sweep']} = {row['value']:g} (the product "
+                f"pipeline from the same full model; {row['protocol']} protocol; "
+                f"{row['executor']} × {row['workers']}, {row['seconds']:.0f} s; "
+                f"`{row['command']}`):",
+                "",
+                "| budget | picked | sparsity | test R@20 | test N@20 | valid N@20 |",
+                "|---|---|---|---|---|---|",
+                *(
+                    f"| {label} | {result['picked']} | {result['sparsity']:.4f} | "
+                    f"{result['test']['recall@20']:.4f} | "
+                    f"{result['test']['ndcg@20']:.4f} | {result['valid_ndcg@20']:.4f} |"
+                    for label, result in row["budgets"].items()
+                ),
+                "",
+            ]
     (REPORTS / "sensitivity.md").write_text("\n".join(lines) + "\n")
 
 
@@ -198,10 +294,20 @@ def main() -> None:
     add_pipeline_arguments(runner, "trials")
     runner.add_argument("--work", help="work folder (default bench/_work/sensitivity-...)")
     runner.add_argument("--results", help="rows file instead of docs/benchmarks/sensitivity.json")
+    again = commands.add_parser(
+        "retrain", formatter_class=DefaultsHelp, help="the pipeline at a sweep's best point"
+    )
+    again.add_argument("--sweep", choices=list(SETTINGS), required=True)
+    again.add_argument("--base", required=True, help="the default pipeline folder of the sweep")
+    add_pipeline_arguments(again, "units")
+    again.add_argument("--work", help="work folder (default bench/_work/<sweep run>-retrain-...)")
+    again.add_argument("--results", help="rows file instead of docs/benchmarks/sensitivity.json")
     commands.add_parser("report", help="rewrite sensitivity.md")
     arguments = parser.parse_args()
     if arguments.command == "run":
         run(arguments)
+    elif arguments.command == "retrain":
+        retrain(arguments)
     else:
         write_report(load_rows(RESULTS))
 

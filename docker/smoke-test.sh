@@ -359,6 +359,7 @@ log "every top-k request succeeded, on the old model and then on the new one"
 # Equal sizes at another budget, under the same recipe (one training and the deployment model).
 run_job '{"target_sparsity": 0.9, "method": "equal"}'
 promoted=$(field "${reply#* }" "['artifact_version']")
+equal_job=$job
 equal_version=$promoted
 wait_served "$promoted" 0.9
 
@@ -394,14 +395,14 @@ reply=$(http GET /v1/model)
 [ "$(field "${reply#* }" "['version']")" = "$promoted" ] \
     || fail "after down/up the API serves $(field "${reply#* }" "['version']"), not $promoted"
 reply=$(SMOKE_AUTH=$TOKEN http GET /v1/admin/jobs)
-python3 - "${reply#* }" "$search_job" "$job" <<'EOF' || fail "after down/up the job history lost a job: $reply"
+python3 - "${reply#* }" "$search_job" "$equal_job" <<'EOF' || fail "after down/up the job history lost a job: $reply"
 import json, sys
 jobs = {job["id"]: job["state"] for job in json.loads(sys.argv[1])["jobs"]}
 assert all(jobs.get(int(job)) == "succeeded" for job in sys.argv[2:]), jobs
 EOF
 reply=$(http GET "/v1/users/$user_id/recommendations?k=10")
 [ "${reply%% *}" = 200 ] || fail "top-k after down/up: $reply"
-log "after down/up: still serving $promoted, jobs $search_job and $job still listed as" \
+log "after down/up: still serving $promoted, jobs $search_job and $equal_job still listed as" \
     "succeeded (token from the secret)"
 check_health
 
@@ -429,5 +430,5 @@ print(json.loads(summaries[-1].read_text())['executor'])" | tr -d '\r')
     log "$ray_summary"
 fi
 log "summary: up->ready $first_ready s on an empty volume (init included), $second_ready s on a" \
-    "kept one; jobs $search_job (search) and $job (equal) promoted, then rolled back to" \
+    "kept one; jobs $search_job (search) and $equal_job (equal) promoted, then rolled back to" \
     "$search_version; ray profile: $ray_summary"

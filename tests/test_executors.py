@@ -47,7 +47,10 @@ def test_local_runs_every_unit_here_and_an_unknown_executor_is_refused() -> None
 def test_the_ray_executor_gives_the_models_of_one_process(
     clustered_split: DatasetSplit, tmp_path: Path, one_thread: None, ray_cluster: None
 ) -> None:
-    check_two_workers_give_the_same_models_as_one(clustered_split, tmp_path, Protocol.CLEAN, "ray")
+    """The same sizes, metrics and deployment models (so the same artifact) as one process."""
+    check_two_workers_give_the_same_models_as_one(
+        clustered_split, tmp_path, Protocol.CLEAN, "ray", fingerprint="f"
+    )
 
 
 def test_a_failing_ray_task_raises_its_error_here(one_thread: None, ray_cluster: None) -> None:

@@ -15,7 +15,7 @@ from ciess_core import runs
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError, DataError
 from ciess_core.models import BackboneConfig
-from ciess_core.run_folder import RUN_FORMAT_VERSION, read_run
+from ciess_core.run_folder import MODEL_FILE, RUN_FORMAT_VERSION, read_run
 from ciess_core.runs import Protocol, RunProtocol
 from ciess_core.search import ItemQuality, SearchConfig
 from ciess_core.search.files import BudgetFolder
@@ -358,25 +358,37 @@ def check_two_workers_give_the_same_models_as_one(
     tmp_path: Path,
     protocol: RunProtocol,
     executor: str = "processes",
+    fingerprint: str | None = None,
 ) -> None:
     """Under ``protocol``, stages run two at a time on ``executor`` (worker processes, or Ray
     tasks in ``tests/test_executors.py``) give the one-process models (also run with the
-    reference protocol by ``tests/test_bench_experiments.py``)."""
+    reference protocol by ``tests/test_bench_experiments.py``). With ``fingerprint``, each
+    budget's deployment model too: the weights an artifact is exported from."""
     config = DistillationConfig(top_k=10, teacher=TeacherSource.PHASE)
     spec = dataclasses.replace(tiny_spec(), distillation=config, protocol=protocol)
-    one = run_pipeline(spec, clustered_split, tmp_path / "one", progress=False)
+    one = run_pipeline(
+        spec, clustered_split, tmp_path / "one", progress=False, dataset_fingerprint=fingerprint
+    )
     two = run_pipeline(
-        spec, clustered_split, tmp_path / "two", progress=False, workers=2, executor=executor
+        spec,
+        clustered_split,
+        tmp_path / "two",
+        progress=False,
+        workers=2,
+        executor=executor,
+        dataset_fingerprint=fingerprint,
     )
     assert two["workers"] == 2 and two["executor"] == executor
     assert set(two["timings"]) == set(one["timings"])  # the teacher's and every budget's
     for budget in ("0.5", "0.8"):
         assert two["budgets"][budget]["test"] == one["budgets"][budget]["test"]
         assert two["budgets"][budget]["valid"] == one["budgets"][budget]["valid"]
-        assert (
-            BudgetFolder.of(tmp_path / "two", float(budget)).chosen()
-            == BudgetFolder.of(tmp_path / "one", float(budget)).chosen()
-        )
+        folders = [BudgetFolder.of(tmp_path / side, float(budget)) for side in ("one", "two")]
+        assert folders[1].chosen() == folders[0].chosen()
+        if fingerprint is not None:
+            deployed = [torch.load(folder.run / MODEL_FILE) for folder in folders]
+            assert deployed[1].keys() == deployed[0].keys()
+            assert all(torch.equal(deployed[1][key], deployed[0][key]) for key in deployed[0])
     assert torch.equal(
         torch.load(tmp_path / "two" / "teacher" / "model.pt")["embedding.weight"],
         torch.load(tmp_path / "one" / "teacher" / "model.pt")["embedding.weight"],
