@@ -23,10 +23,10 @@ class DefaultsHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaul
 def add_pipeline_arguments(parser: argparse.ArgumentParser, units: str) -> None:
     """The pipeline flags of the executor benchmarks (``scale_out.py``, ``sensitivity.py``):
     where and how many ``units`` run at a time, the dataset, backbone, budgets and recipe."""
-    from ciess_core.executors import DEFAULT_EXECUTOR, EXECUTORS
+    from ciess_core.executors import DEFAULT_EXECUTOR, DEFAULT_WORKERS, EXECUTORS
 
     parser.add_argument("--executor", choices=EXECUTORS, default=DEFAULT_EXECUTOR)
-    parser.add_argument("--workers", type=int, default=2, help=f"{units} at a time")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"{units} at a time")
     parser.add_argument("--dataset", default="ml-1m")
     parser.add_argument("--backbone", default="lightgcn")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.8, 0.9, 0.95])

@@ -38,6 +38,7 @@ from experiments.protocols import PROTOCOLS, protocol_named
 from paper import PAPER_METRICS, paper_row
 
 from ciess_core.data import Phase
+from ciess_core.executors import DEFAULT_WORKERS
 from ciess_core.pipeline import load_split, pipeline_spec, run_product_pipeline
 from ciess_core.runs import RunSpec, execute_run, run_sizes
 from ciess_core.search.files import BudgetFolder
@@ -422,7 +423,9 @@ def main() -> None:
         help="clean: the product's; reference: the paper's tables' (experiments/protocols.py)",
     )
     runner.add_argument("--device", default="cpu", help="cpu or cuda")
-    runner.add_argument("--workers", type=int, default=2, help="the pipeline's processes")
+    runner.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help="the pipeline's processes"
+    )
     runner.add_argument("--seed", type=int, help="overrides the recipe's seed")
     runner.add_argument("--config", help="recipe file, for dry runs (rows say 'custom')")
     runner.add_argument("--work", help="work folder (default bench/_work/default-...)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ciess_core.errors import ConfigError
-from ciess_core.executors import DEFAULT_EXECUTOR, EXECUTORS
+from ciess_core.executors import DEFAULT_EXECUTOR, DEFAULT_WORKERS, EXECUTORS
 
 logger = logging.getLogger("ciess")
 
@@ -51,9 +51,9 @@ def add_search_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="independent stages at a time (teachers beside the search, budgets beside "
-        "each other); same results; 2 suits a 2-core machine",
+        default=DEFAULT_WORKERS,
+        help="independent stages at a time (teachers beside the search, candidates beside "
+        "each other), the threads shared among them; 1: one after another with every thread",
     )
     parser.add_argument(
         "--executor",

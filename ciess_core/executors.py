@@ -7,3 +7,6 @@ EXECUTORS = ("local", "processes", "ray")
 ``ray``: Ray tasks on a local or remote cluster."""
 
 DEFAULT_EXECUTOR = "processes"
+
+DEFAULT_WORKERS = 2
+"""``ciess search``'s units at a time: two, each with half of this process's threads."""

@@ -423,8 +423,9 @@ if [ "${SMOKE_RAY:-1}" = 1 ]; then
     wait_served "$promoted" 0.8
     executor=$(compose exec -T worker python -c "import json, pathlib
 summaries = sorted(pathlib.Path('/var/lib/ciess/searches').glob('*/summary.json'), key=lambda p: p.stat().st_mtime)
-print(json.loads(summaries[-1].read_text())['executor'])" | tr -d '\r')
-    [ "$executor" = ray ] || fail "job $ray_job's pipeline ran on '$executor', not on the Ray cluster"
+summary = json.loads(summaries[-1].read_text())
+print(summary['executor'], summary['workers'])" | tr -d '\r')
+    [ "$executor" = "ray 2" ] || fail "job $ray_job's pipeline ran on '$executor', not on the Ray cluster two units at a time"
     compose logs ray-worker 2>&1 | tail -n 3 | plain || true
     ray_summary="job $ray_job (search on the Ray cluster) promoted $promoted in $(elapsed "$t_ray") s"
     log "$ray_summary"

@@ -231,11 +231,12 @@ def test_search_runs_end_to_end_and_resumes(
     # A flag that changes the recipe is refused on a folder of another recipe.
     assert main([*arguments, "--max-batches", "3"]) == 2
     assert "other settings" in capsys.readouterr().err
-    # With two workers the retraining runs in spawned processes; the run folder is the same.
-    parallel = tmp_path / "parallel"
-    assert main([*arguments[:6], str(parallel), *arguments[7:], "--workers", "2"]) == 0
-    assert json.loads((parallel / "summary.json").read_text())["workers"] == 2
-    assert read_run(BudgetFolder.of(parallel, 0.9).run).sizes == sizes
+    assert json.loads((out / "summary.json").read_text())["workers"] == 2  # the default
+    # With one worker every stage runs in this process, one after another; the sizes are the same.
+    sequential = tmp_path / "sequential"
+    assert main([*arguments[:6], str(sequential), *arguments[7:], "--workers", "1"]) == 0
+    assert json.loads((sequential / "summary.json").read_text())["workers"] == 1
+    assert read_run(BudgetFolder.of(sequential, 0.9).run).sizes == sizes
 
 
 def test_search_with_a_byte_budget_exports_its_pick_within_the_bytes(

@@ -34,6 +34,7 @@ from ciess_core.artifact.reader import read_manifest
 from ciess_core.data import DatasetSplit, InteractionData, Phase, load_dataset, split_per_user
 from ciess_core.data.registry import resolve_data_dir
 from ciess_core.errors import ConfigError, DataError
+from ciess_core.executors import DEFAULT_WORKERS
 from ciess_core.json_form import jsonable
 from ciess_core.pipeline import PipelineSpec, pipeline_spec
 from ciess_core.run_folder import RUN_FORMAT_VERSION
@@ -117,13 +118,16 @@ def _pipeline_folder(settings: Settings, spec: PipelineSpec, fingerprint: str) -
     return settings.state_dir / "searches" / key
 
 
-def job_executor() -> str:
-    """Where a search job's pipeline runs its units: as Ray tasks on the cluster of the
-    ``RAY_ADDRESS`` environment variable (Ray's own) when it is set, else in the job's process.
-    The job's process is the Ray driver: when the worker stops it (a cancellation), Ray ends the
-    tasks it owns; a task whose Ray worker dies is not retried, so the job fails with Ray's
-    reason and the served model stays."""
-    return "ray" if os.environ.get("RAY_ADDRESS") else "local"
+def job_executor() -> tuple[str, int]:
+    """Where a search job's pipeline runs its units, and how many at a time: as Ray tasks on the
+    cluster of the ``RAY_ADDRESS`` environment variable (Ray's own) when it is set, two at a
+    time as ``ciess search`` runs them, else one after another in the job's process (beside the
+    API). The job's process is the Ray driver: when the worker stops it (a cancellation), Ray
+    ends the tasks it owns; a task whose Ray worker dies is not retried, so the job fails with
+    Ray's reason and the served model stays."""
+    if os.environ.get("RAY_ADDRESS"):
+        return "ray", DEFAULT_WORKERS
+    return "local", 1
 
 
 def _search_job(
@@ -142,6 +146,7 @@ def _search_job(
     if (directory / "summary.json").is_file() and run_dir.is_dir():
         logger.info("job reuses the finished pipeline %s", directory)
     else:
+        executor, workers = job_executor()
         run_pipeline(
             spec,
             split,
@@ -149,7 +154,8 @@ def _search_job(
             progress=False,
             dataset_fingerprint=fingerprint,
             on_stage=report.pipeline_stage,
-            executor=job_executor(),
+            executor=executor,
+            workers=workers,
         )
     report("exporting", _PIPELINE_END, force=True)
     export_run(

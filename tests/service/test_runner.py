@@ -61,6 +61,8 @@ def test_search_job_runs_the_pipeline_once_and_reuses_it(settings: Settings) -> 
     assert manifest.dataset["trained_on"] == TRAINED_ON_ALL
     searches = list((settings.state_dir / "searches").iterdir())
     assert len(searches) == 1 and (searches[0] / "summary.json").is_file()
+    summary = json.loads((searches[0] / "summary.json").read_text())
+    assert (summary["executor"], summary["workers"]) == ("local", 1)  # beside the API: one unit
     summary_time = (searches[0] / "summary.json").stat().st_mtime_ns
     job = _job(store, target_sparsity=0.7, method="search")
     run_budget_job(settings, store, job)
