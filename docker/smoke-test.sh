@@ -416,6 +416,14 @@ if [ "${SMOKE_RAY:-1}" = 1 ]; then
     COMPOSE_FILES+=(--profile ray)
     compose up -d --no-build >"$WORK/up-ray.log" 2>&1 || { tail -n 40 "$WORK/up-ray.log"; fail "compose --profile ray up"; }
     wait_ready 300 || fail "the API was not ready within 300 s after up with the ray profile"
+    # The worker node joins once the head is up (it restarts until then); queue the job when the
+    # cluster has CPUs, or after at most 180 s (the job then says why it could not connect).
+    for _ in $(seq 1 12); do
+        compose exec -T ray-head timeout 10 python -c "import ray, sys
+ray.init(address='auto', logging_level='ERROR')
+sys.exit(0 if ray.cluster_resources().get('CPU', 0) >= 1 else 1)" >/dev/null 2>&1 && break
+        sleep 5
+    done
     t_ray=$(now)
     run_job '{"target_sparsity": 0.8}'
     ray_job=$job
