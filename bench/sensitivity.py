@@ -239,9 +239,12 @@ def write_report(rows: list[dict[str, Any]]) -> None:
         plot = _plot(run_id, subset, budgets)
         lines += ["", *([f"![{first['sweep']}]({plot})", ""] if plot else [])]
         for row in (r for r in retrained if r["from_run"] == run_id):
+            base = _base_folder(row["command"])
+            origin = "the sweep's" if base == _base_folder(first["command"]) else f"`{base}`'s"
             lines += [
                 f"Retrained at the best point, {first['sweep']} = {row['value']:g} (the product "
-                f"pipeline from the same full model; {row['protocol']} protocol; "
+                f"pipeline from {origin} full model, phase teachers and supernet; "
+                f"{row['protocol']} protocol; "
                 f"{row['executor']} × {row['workers']}, {row['seconds']:.0f} s; "
                 f"`{row['command']}`):",
                 "",
@@ -256,6 +259,12 @@ def write_report(rows: list[dict[str, Any]]) -> None:
                 "",
             ]
     (REPORTS / "sensitivity.md").write_text("\n".join(lines) + "\n")
+
+
+def _base_folder(command: str) -> str:
+    """The name of the ``--base`` folder a row's command started from."""
+    words = command.split()
+    return Path(words[words.index("--base") + 1]).name if "--base" in words else "?"
 
 
 def _plot(run_id: str, rows: list[dict[str, Any]], budgets: list[str]) -> str | None:

@@ -416,8 +416,10 @@ if [ "${SMOKE_RAY:-1}" = 1 ]; then
     COMPOSE_FILES+=(--profile ray)
     compose up -d --no-build >"$WORK/up-ray.log" 2>&1 || { tail -n 40 "$WORK/up-ray.log"; fail "compose --profile ray up"; }
     wait_ready 300 || fail "the API was not ready within 300 s after up with the ray profile"
-    # The worker node joins once the head is up (it restarts until then); queue the job when the
-    # cluster has CPUs, or after at most 180 s (the job then says why it could not connect).
+    # The worker node joins once the head is healthy. Docker enforces that and `up --wait` waits for
+    # the worker node's health (the cluster has CPUs); podman before 4.6 enforces neither, so wait
+    # here: queue the job when the cluster has CPUs, or after at most 180 s (the job then says why
+    # it could not connect).
     for _ in $(seq 1 12); do
         compose exec -T ray-head timeout 10 python -c "import ray, sys
 ray.init(address='auto', logging_level='ERROR')
