@@ -15,6 +15,7 @@ from ciess_core.runs import Protocol, RunSpec, execute_run
 from ciess_core.sizes import SizeAssignment
 from ciess_core.storage import VALUE_TYPES
 from ciess_core.training import BprSampler, TrainConfig, bpr_loss, evaluate_model, train_bpr
+from tests.conftest import clustered_interactions
 
 
 def test_sampler_never_returns_a_training_item_as_negative(tiny_train: sp.csr_matrix) -> None:
@@ -136,3 +137,30 @@ def test_the_clean_protocol_selects_on_validation_then_trains_the_tested_model_o
     assert known.test_metrics == outcome.test_metrics
     for name, weights in model.state_dict().items():
         assert torch.equal(weights, again.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("kind", [BackboneKind.LIGHTGCN, BackboneKind.NCF])
+def test_training_twice_with_two_threads_gives_the_same_weights(kind: BackboneKind) -> None:
+    """The pipeline trains its full model with every thread: two runs must give the same
+    model, so that runs on different executors can be compared stage by stage. Large enough
+    for the row gathers' backward to split its work between the threads."""
+    data = clustered_interactions(num_users=3000, num_items=400, seed=5)
+    train = sp.csr_matrix(
+        (np.ones(data.user_ids.size, dtype=np.float32), (data.user_ids, data.item_ids)),
+        shape=(3000, 400),
+    )
+    config = TrainConfig(max_batches=4, batch_size=3000, eval_every=0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        states = []
+        for _ in range(2):
+            model = build_backbone(
+                BackboneConfig.default_for(kind), train, torch.Generator().manual_seed(0)
+            )
+            train_bpr(model, train, config, progress=False)
+            states.append(model.state_dict())
+    finally:
+        torch.set_num_threads(before)
+    for name, weights in states[0].items():
+        assert torch.equal(weights, states[1][name]), name

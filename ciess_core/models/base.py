@@ -17,6 +17,7 @@ from torch import nn
 
 from ciess_core.errors import ConfigError
 from ciess_core.models.masking import MaskedEmbedding
+from ciess_core.models.rows import gather_rows
 from ciess_core.sizes import SizeAssignment
 
 
@@ -178,17 +179,19 @@ class DotProductBackbone(Backbone):
         self, representation: Representation, users: torch.Tensor, items: torch.Tensor
     ) -> torch.Tensor:
         user_vectors, item_vectors = representation
-        return (user_vectors[users] * item_vectors[items]).sum(dim=-1)
+        return (gather_rows(user_vectors, users) * gather_rows(item_vectors, items)).sum(dim=-1)
 
     def score_all_items(self, representation: Representation, users: torch.Tensor) -> torch.Tensor:
         user_vectors, item_vectors = representation
-        return user_vectors[users] @ item_vectors.T
+        return gather_rows(user_vectors, users) @ item_vectors.T
 
     def score_candidates(
         self, representation: Representation, users: torch.Tensor, items: torch.Tensor
     ) -> torch.Tensor:
         user_vectors, item_vectors = representation  # each user's vector is read once
-        return torch.einsum("bw,bmw->bm", user_vectors[users], item_vectors[items])
+        return torch.einsum(
+            "bw,bmw->bm", gather_rows(user_vectors, users), gather_rows(item_vectors, items)
+        )
 
 
 def normal_initializer(std: float):  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ciess_core.errors import ConfigError
+from ciess_core.models.rows import gather_rows
 
 
 def prefix_mask(sizes: torch.Tensor, width: int) -> torch.Tensor:
@@ -114,7 +115,7 @@ class MaskedEmbedding(nn.Module):
         weight = self.weight[:, : self._width]
         if ids is None:
             return weight * self._mask
-        return weight[ids] * self._mask[ids]
+        return gather_rows(weight, ids) * self._mask[ids]
 
     def dense(self) -> torch.Tensor:
         """The masked table zero-padded to ``max_size`` columns: (num_embeddings, max_size)."""

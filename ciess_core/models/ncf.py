@@ -17,6 +17,7 @@ from ciess_core.models.base import (
     xavier_initializer,
 )
 from ciess_core.models.masking import MaskedEmbedding
+from ciess_core.models.rows import gather_rows
 
 # Full-ranking scores materialise (users, items, first tower width) activations; cap each block.
 _MAX_BLOCK_ELEMENTS = 1 << 25
@@ -74,7 +75,8 @@ class NCF(Backbone):
     ) -> torch.Tensor:
         gmf_users, gmf_items, user_part, item_part = representation
         return self._tower_and_predict(
-            user_part[users] + item_part[items], gmf_users[users] * gmf_items[items]
+            gather_rows(user_part, users) + gather_rows(item_part, items),
+            gather_rows(gmf_users, users) * gather_rows(gmf_items, items),
         )
 
     def score_all_items(self, representation: Representation, users: torch.Tensor) -> torch.Tensor:
