@@ -21,7 +21,6 @@ import torch
 
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
-from ciess_core.evaluation import RankingResult
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
 from ciess_core.sizes import SizeAssignment, SizeScheme, assign_sizes
 from ciess_core.storage import VALUE_TYPES
@@ -229,24 +228,17 @@ def select_on_validation(
     )
 
 
-def validation_results(
-    model: Backbone, split: DatasetSplit, spec: RunSpec
-) -> dict[str, RankingResult]:
-    """``model`` (trained on the search phase's train) ranked on validation, per user, with its
-    tables stored as each value type of :data:`~ciess_core.storage.VALUE_TYPES`."""
-    train, valid = split.phase(Phase.SEARCH)
-    chunk = spec.training.eval_users_per_chunk
-    return {
-        value_type: evaluate_model(model, train, valid, chunk, value_type=value_type)
-        for value_type in VALUE_TYPES
-    }
-
-
 def validation_by_value_type(
     model: Backbone, split: DatasetSplit, spec: RunSpec
 ) -> dict[str, dict[str, float]]:
-    """The mean metrics of :func:`validation_results` per value type."""
-    return {kind: result.mean() for kind, result in validation_results(model, split, spec).items()}
+    """``model`` (trained on the search phase's train) scored on validation with its tables
+    stored as each value type of :data:`~ciess_core.storage.VALUE_TYPES`."""
+    train, valid = split.phase(Phase.SEARCH)
+    chunk = spec.training.eval_users_per_chunk
+    return {
+        value_type: evaluate_model(model, train, valid, chunk, value_type=value_type).mean()
+        for value_type in VALUE_TYPES
+    }
 
 
 def execute_run(

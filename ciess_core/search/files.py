@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ciess_core.errors import DataError
@@ -94,24 +93,14 @@ class BudgetFolder:
         sizes: SizeAssignment,
         history: list[dict[str, Any]],
         record: dict[str, Any],
-        per_user_valid: np.ndarray | None = None,
     ) -> None:
-        """A retrained candidate: its sizes, its evaluations, its selection metric per
-        validation user (when given), then its record (last: it marks the candidate's selection
-        finished)."""
+        """A retrained candidate: its sizes, its evaluations, then its record (last: it marks
+        the candidate's selection finished)."""
         self.path.mkdir(parents=True, exist_ok=True)
         sizes.save(self.path / f"candidate_{index}.npz")
-        if per_user_valid is not None:
-            np.save(self.path / f"candidate_{index}.valid.npy", per_user_valid)
         with (self.path / f"candidate_{index}.history.jsonl").open("w") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in history)
         write_json(self.path / f"candidate_{index}.json", record)
-
-    def candidate_validation(self, index: int) -> np.ndarray | None:
-        """A candidate's selection metric per validation user (None where the folder has none:
-        written by an older ciess)."""
-        path = self.path / f"candidate_{index}.valid.npy"
-        return np.load(path) if path.exists() else None
 
     def candidate_record(self, index: int) -> dict[str, Any] | None:
         """A candidate's record once its selection has finished (None before)."""

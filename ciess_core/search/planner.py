@@ -11,9 +11,7 @@ the evaluator with the tables stored as that type (simulated quantisation). The 
 candidates (``retrain_top``) and the best equal one, over every type, go on to be retrained with
 their value type. Beside them, where its tables fit, the trained full model itself stored as each
 type that fits (post-training quantisation; no retraining, :func:`full_candidates`). The
-pipeline's pick on validation chooses among them all, the full model unless a retrained candidate
-leads it by more than one standard error (:func:`~ciess_core.search.retraining.pick`). No
-candidate can
+pipeline's pick on validation chooses among them all. No candidate can
 exceed the budget: its sizes keep at most its type's parameter budget, and the plan checks its
 bytes again.
 """

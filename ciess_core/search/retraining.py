@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
-from ciess_core.evaluation import RankingResult
 from ciess_core.models import Backbone
 from ciess_core.run_folder import write_run
 from ciess_core.runs import (
@@ -40,7 +38,7 @@ from ciess_core.runs import (
     select_on_validation,
     stage_summary,
     train_deployment,
-    validation_results,
+    validation_by_value_type,
 )
 from ciess_core.search.budgets import Budget, ByteBudget, budget_label
 from ciess_core.search.files import BudgetFolder
@@ -128,26 +126,16 @@ def _select_full(
     scored on validation (and, with a protocol that selects on test, the test phase's on test);
     its batch count is the full model's."""
     search_model = _phase_model(teachers, Phase.SEARCH)
-    results = validation_results(search_model, split, run_spec)
+    by_type = validation_by_value_type(search_model, split, run_spec)
     record: dict[str, Any] = {
-        **_validation_fields(results, run_spec),
+        "valid": by_type[run_spec.training.value_type],
+        "valid_by_value_type": by_type,
         "selected_batches": full_model_batches(folder.path.parent),
         "stages": {},
     }
     if not selects_on_validation(spec):
         record["test"] = _phase_metrics(run_spec, split, teachers, Phase.TEST)
     return record
-
-
-def _validation_fields(results: dict[str, RankingResult], run_spec: RunSpec) -> dict[str, Any]:
-    """A selected model's validation in its own value type and in every type, and its selection
-    metric per validation user (``per_user_valid``, which goes to its own file)."""
-    own = results[run_spec.training.value_type]
-    return {
-        "valid": own.mean(),
-        "valid_by_value_type": {kind: result.mean() for kind, result in results.items()},
-        "per_user_valid": own.per_user[run_spec.training.selection_metric],
-    }
 
 
 def selects_on_validation(spec: PipelineSpec) -> bool:
@@ -193,7 +181,8 @@ def select_candidate(
         model, selection = select_on_validation(run_spec, split, sizes, progress, teachers)
         history = [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
         record.update(
-            **_validation_fields(validation_results(model, split, run_spec), run_spec),
+            valid=selection.best_metrics,
+            valid_by_value_type=validation_by_value_type(model, split, run_spec),
             selected_batches=max(selection.best_batch, 1),
             stages={"select": stage_summary(selection)},
         )
@@ -206,49 +195,14 @@ def select_candidate(
             stages=outcome.stages,
         )
     record["seconds"] = round(time.perf_counter() - started, 2)
-    per_user_valid = record.pop("per_user_valid", None)
-    folder.write_candidate(index, sizes, history, record, per_user_valid)
+    folder.write_candidate(index, sizes, history, record)
     return record
 
 
-def pick(
-    spec: PipelineSpec, records: list[dict[str, Any]], folder: BudgetFolder | None = None
-) -> dict[str, Any]:
-    """The record that scores best on the protocol's selection metric (the first of ties), with
-    one exception under a protocol that selects on validation: where the full model is a
-    candidate (:data:`FULL_KIND`, stored in a smaller type) and a retrained candidate beats the
-    best of its kind by no more than one standard error of the paired per-user difference on
-    validation (``folder``'s per-user files), the full model is picked. It needs no training,
-    and a lead that small is within what a retraining's seed moves (the one-standard-error
-    rule). The full model's record then says which candidate it was preferred to."""
+def pick(spec: PipelineSpec, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record that scores best on the protocol's selection metrics (the first of ties)."""
     metric = spec.training.selection_metric
-    best = max(records, key=lambda record: record[spec.protocol.selects_on][metric])
-    full = [record for record in records if record["kind"] == FULL_KIND]
-    if folder is None or not full or best["kind"] == FULL_KIND or not selects_on_validation(spec):
-        return best
-    simplest = max(full, key=lambda record: record["valid"][metric])
-    ours = folder.candidate_validation(best["candidate"])
-    theirs = folder.candidate_validation(simplest["candidate"])
-    if ours is None or theirs is None or ours.shape != theirs.shape:
-        return best
-    lead = ours - theirs
-    error = float(lead.std(ddof=1) / np.sqrt(lead.size)) if lead.size > 1 else 0.0
-    if float(lead.mean()) > error:
-        return best
-    logger.info(
-        "picking the full model in %s: candidate %d leads it by %.5f on validation, within "
-        "one standard error (%.5f)",
-        simplest["value_type"],
-        best["candidate"],
-        float(lead.mean()),
-        error,
-    )
-    preferred = {
-        "candidate": best["candidate"],
-        "lead": float(lead.mean()),
-        "standard_error": error,
-    }
-    return {**simplest, "preferred_to": preferred}
+    return max(records, key=lambda record: record[spec.protocol.selects_on][metric])
 
 
 def test_candidate(
@@ -329,8 +283,7 @@ def retrain_budget(
         select_candidate(spec, split, folder, budget, index, candidate, progress, teachers)
         for index, candidate in enumerate(candidates)
     ]
-    chosen = pick(spec, records, folder)
-    chosen = test_candidate(spec, split, folder, budget, chosen, progress, teachers)
+    chosen = test_candidate(spec, split, folder, budget, pick(spec, records), progress, teachers)
     return finish_budget(spec, folder, budget, records, chosen)
 
 
@@ -501,7 +454,7 @@ def retrain_budgets(
     def selected(budget: Budget) -> None:
         state = budgets[budget]
         records = [state.records[index] for index in range(state.count)]
-        chosen = pick(spec, records, state.folder)
+        chosen = pick(spec, records)
         if "test" in chosen:  # a protocol that tests while it selects
             tested(budget, chosen)
         else:
