@@ -70,6 +70,16 @@ def machine() -> str:
     )
 
 
+def provenance() -> dict[str, str]:
+    """What every report records about its run: the machine, the day (UTC) and the command as
+    it was typed (this script's name and arguments)."""
+    return {
+        "machine": machine(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "command": f"python bench/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]),
+    }
+
+
 def load_rows(path: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else []
 

@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backbones import machine, save_json
+from backbones import provenance, save_json
 from cli_help import DefaultsHelp
 
 from ciess_core.data import load_dataset, resolve_data_dir, split_per_user
@@ -124,9 +123,7 @@ def main() -> None:
             with gathers(kind):
                 seconds[kind].append(_timed(step, 5) / 5)
     result = {
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "command": "python bench/row_gather.py " + " ".join(sys.argv[1:]),
+        **provenance(),
         "dataset": arguments.dataset,
         "threads": arguments.threads,
         "batches": arguments.batches,

@@ -20,7 +20,6 @@ import json
 import logging
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backbones import machine, save_json
+from backbones import provenance, save_json
 from cli_help import DefaultsHelp
 
 from ciess_core.data import Phase
@@ -119,9 +118,7 @@ def main() -> None:
     for row in rows:
         logger.info("%s", row)
     result = {
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "command": "python bench/table_scale_probe.py " + " ".join(sys.argv[1:]),
+        **provenance(),
         "dataset": spec.dataset,
         "byte_ratio": arguments.ratio,
         "candidate": record["kind"],

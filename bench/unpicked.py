@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backbones import machine, save_json
+from backbones import provenance, save_json
 from cli_help import DefaultsHelp
 
 from ciess_core.data import Phase
@@ -78,9 +77,7 @@ def main() -> None:
             }
         )
     report = {
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "command": "python bench/unpicked.py " + " ".join(sys.argv[1:]),
+        **provenance(),
         "dataset": arguments.dataset,
         "backbone": arguments.backbone,
         "byte_ratio": arguments.ratio,
