@@ -234,9 +234,7 @@ def run_one(
         "best_batch": max(stage["best_batch"] for stage in stages.values()),
         "seconds_per_batch": round(outcome.seconds / max(batches, 1), 4),
         "device": arguments.device,
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "command": "python bench/backbones.py " + " ".join(sys.argv[1:]),
+        **provenance(),
     }
 
 
@@ -409,9 +407,7 @@ def run_speed(arguments: argparse.Namespace) -> None:
     results: dict[str, Any] = {
         "device": arguments.device,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "command": "python bench/backbones.py " + " ".join(sys.argv[1:]),
+        **provenance(),
     }
     # Training batch: ours (full width and ES 80 %) against a plain dense LightGCN.
     split = split_per_user(load_dataset("ml-1m", data_dir), seed=42)

@@ -35,7 +35,6 @@ import logging
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backbones import load_rows, machine, save_json
+from backbones import load_rows, provenance, save_json
 from cli_help import DefaultsHelp
 from default_pipeline import run_id_for
 from experiments.protocols import PROTOCOLS, protocol_named
@@ -302,9 +301,7 @@ def run(arguments: argparse.Namespace) -> None:
         "dense_fp32_bytes": dense,
         "run_id": run_id,
         "device": arguments.device,
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "command": "python bench/byte_budgets.py " + " ".join(sys.argv[1:]),
+        **provenance(),
         "config": "default" if arguments.config is None else f"custom: {arguments.config}",
         "pipeline_timings": summary["timings"],
     }

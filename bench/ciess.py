@@ -43,13 +43,12 @@ import logging
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
-from backbones import DEFAULT_SEED, load_rows, machine, merge_rows, save_json, split_of
+from backbones import DEFAULT_SEED, load_rows, machine, merge_rows, provenance, save_json, split_of
 from backbones import RESULTS as BACKBONE_RESULTS
 from cli_help import DefaultsHelp
 from experiments.evaluators import RetrainEvaluator, RetrainEvaluatorFactory
@@ -256,9 +255,7 @@ def budget_rows(
             "pipeline_workers": summary.get("workers", 1),
             "pipeline_seconds_this_call": summary.get("seconds_this_call"),
             **extra,
-            "machine": machine(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-            "command": "python bench/ciess.py " + " ".join(sys.argv[1:]),
+            **provenance(),
         }
         for budget, result in summary["budgets"].items()
     ]

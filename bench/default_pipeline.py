@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backbones import load_rows, machine, save_json
+from backbones import load_rows, provenance, save_json
 from cli_help import DefaultsHelp
 from experiments.protocols import PROTOCOLS, protocol_named
 from paper import PAPER_METRICS, paper_row
@@ -202,9 +202,7 @@ def run(arguments: argparse.Namespace) -> None:
         "run_id": run_id,
         "device": arguments.device,
         "seed": spec.training.seed,
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "command": "python bench/default_pipeline.py " + " ".join(sys.argv[1:]),
+        **provenance(),
     }
     rows: list[dict[str, Any]] = []
     if arguments.part in ("both", "pipeline"):

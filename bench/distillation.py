@@ -13,12 +13,10 @@ full-size teacher, for all of a batch's users and for the default 2,048. The tea
 from __future__ import annotations
 
 import argparse
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from backbones import machine, save_json
+from backbones import provenance, save_json
 from cli_help import DefaultsHelp
 
 from ciess_core.data import Phase, load_dataset, resolve_data_dir, split_per_user
@@ -78,9 +76,7 @@ def main() -> None:
         "rows": rows,
         "batches": arguments.batches,
         "threads": arguments.threads,
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "command": "python bench/distillation.py " + " ".join(sys.argv[1:]),
+        **provenance(),
     }
     save_json(REPORT.with_suffix(".json"), record)
     lines = [

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backbones import machine, save_json
+from backbones import provenance, save_json
 from cli_help import DefaultsHelp
 
 from ciess_core.data import Phase
@@ -111,11 +110,8 @@ def main() -> None:
                 logger.info("size %d %s clip %.1f: %.4f", size, name, clip, ndcg)
         with torch.no_grad():
             model.tables()[0].weight.copy_(original)
-    command = "python bench/quantisation_probe.py " + " ".join(sys.argv[1:])
     result = {
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "command": command,
+        **provenance(),
         "dataset": arguments.dataset,
         "rows": rows,
         "clipped": clipped,

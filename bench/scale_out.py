@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backbones import load_rows, machine, save_json
+from backbones import load_rows, provenance, save_json
 from byte_budgets import reuse_stages
 from cli_help import DefaultsHelp, add_pipeline_arguments
 
@@ -85,9 +85,7 @@ def run(arguments: argparse.Namespace) -> None:
         "budgets": list(arguments.budgets),
         "test_ndcg@20": {label: r["test"]["ndcg@20"] for label, r in summary["budgets"].items()},
         "device": arguments.device,
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "command": "python bench/scale_out.py " + " ".join(sys.argv[1:]),
+        **provenance(),
     }
     target = Path(arguments.results) if arguments.results else RESULTS
     save_json(target, [*load_rows(target), row])

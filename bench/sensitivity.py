@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backbones import load_rows, machine, save_json
+from backbones import load_rows, provenance, save_json
 from byte_budgets import reuse_stages
 from cli_help import DefaultsHelp, add_pipeline_arguments
 
@@ -152,9 +152,7 @@ def retrain(arguments: argparse.Namespace) -> None:
         "budgets": budgets,
         "seconds": round(time.perf_counter() - started, 1),
         "stage_seconds": summary["timings"],
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "command": "python bench/sensitivity.py " + " ".join(sys.argv[1:]),
+        **provenance(),
     }
     save_json(target, [*load_rows(target), row])
     if not arguments.results:
@@ -190,9 +188,7 @@ def run(arguments: argparse.Namespace) -> None:
         "executor": arguments.executor,
         "workers": arguments.workers,
         "sweep_seconds": seconds,
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "command": "python bench/sensitivity.py " + " ".join(sys.argv[1:]),
+        **provenance(),
     }
     rows = [{**common, "value": value, **result} for value, result in results.items()]
     target = Path(arguments.results) if arguments.results else RESULTS
