@@ -227,19 +227,24 @@ wait_ready() { # seconds: until /readyz answers 200
     return 1
 }
 
-# The healthchecks as configured (compose's over the images'), run once in their containers: the
-# engine need not run them itself (podman without systemd does not).
-check_health() {
-    local service id
-    for service in api worker; do
-        id=$("$ENGINE" ps -q --filter "label=com.docker.compose.project=$PROJECT" \
-            --filter "label=com.docker.compose.service=$service" | head -n 1)
-        [ -n "$id" ] || fail "no running $service container"
-        mapfile -t command < <("$ENGINE" inspect --format '{{json .Config.Healthcheck.Test}}' "$id" \
-            | python3 -c 'import json, sys
+# A service's healthcheck as configured (compose's over the image's), run once in its container
+# (at most 20 s): the engine need not run it itself (podman without systemd does not).
+healthy() {
+    local service=$1 id
+    id=$("$ENGINE" ps -q --filter "label=com.docker.compose.project=$PROJECT" \
+        --filter "label=com.docker.compose.service=$service" | head -n 1)
+    [ -n "$id" ] || { echo "no running $service container" >&2; return 1; }
+    mapfile -t command < <("$ENGINE" inspect --format '{{json .Config.Healthcheck.Test}}' "$id" \
+        | python3 -c 'import json, sys
 test = json.load(sys.stdin)
 print("\n".join(test[1:] if test[0] == "CMD" else ["sh", "-c", test[1]]))')
-        "$ENGINE" exec "$id" "${command[@]}" >/dev/null 2>&1 || fail "the $service healthcheck fails"
+    "$ENGINE" exec "$id" timeout 20 "${command[@]}" >/dev/null 2>&1
+}
+
+check_health() {
+    local service
+    for service in api worker; do
+        healthy "$service" || fail "the $service healthcheck fails"
     done
     log "healthchecks of api and worker pass"
 }
@@ -418,12 +423,10 @@ if [ "${SMOKE_RAY:-1}" = 1 ]; then
     wait_ready 300 || fail "the API was not ready within 300 s after up with the ray profile"
     # The worker node joins once the head is healthy. Docker enforces that and `up --wait` waits for
     # the worker node's health (the cluster has CPUs); podman before 4.6 enforces neither, so wait
-    # here: queue the job when the cluster has CPUs, or after at most 180 s (the job then says why
-    # it could not connect).
+    # here: queue the job once the worker node's healthcheck passes (the cluster has CPUs), or after
+    # at most 180 s (the job then says why it could not connect).
     for _ in $(seq 1 12); do
-        compose exec -T ray-head timeout 10 python -c "import ray, sys
-ray.init(address='auto', logging_level='ERROR')
-sys.exit(0 if ray.cluster_resources().get('CPU', 0) >= 1 else 1)" >/dev/null 2>&1 && break
+        healthy ray-worker && break
         sleep 5
     done
     t_ray=$(now)
