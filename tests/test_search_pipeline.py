@@ -475,6 +475,46 @@ def test_only_the_pick_is_tested_and_a_resumed_budget_keeps_its_selections(
     assert not (folder.path / "deploy").exists()
 
 
+def test_a_resumed_pipeline_reuses_its_finished_fits_without_scoring_again(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    """The fits are kept with the fingerprint of their inputs: a pipeline resumed before its
+    retraining finished scores nothing again (NCF's fits took about half an hour on ML-1M), and
+    a fit whose kept variants are gone is redone to the same record."""
+    spec = dataclasses.replace(tiny_spec(), equal_candidate=True, share_grid=(0.5,), retrain_top=1)
+    first = run_pipeline(spec, clustered_split, tmp_path, progress=False)
+    scored: list[SizeAssignment] = []
+
+    def counting_evaluator(*arguments):  # type: ignore[no-untyped-def]
+        evaluator = build_evaluator(*arguments)
+        evaluate = evaluator.evaluate
+
+        def counted(sizes, *rest):  # type: ignore[no-untyped-def]
+            scored.append(sizes)
+            return evaluate(sizes, *rest)
+
+        evaluator.evaluate = counted  # type: ignore[method-assign]
+        return evaluator
+
+    folder = BudgetFolder.of(tmp_path, 0.8)
+    fit_before = (folder.path / "fit.json").read_text()
+    (folder.path / "result.json").unlink()  # stopped before the pick: its fits run again
+    again = run_pipeline(
+        spec, clustered_split, tmp_path, progress=False, evaluator_factory=counting_evaluator
+    )
+    assert scored == []
+    assert again["budgets"]["0.8"]["chosen"] == first["budgets"]["0.8"]["chosen"]
+    assert again["budgets"]["0.8"]["test"] == first["budgets"]["0.8"]["test"]
+    (folder.path / "result.json").unlink()
+    (folder.path / "fit.sizes.npz").unlink()
+    run_pipeline(
+        spec, clustered_split, tmp_path, progress=False, evaluator_factory=counting_evaluator
+    )
+    # every variant of fit.json scored once more; equal-fit.json's kept
+    assert len(scored) == len(json.loads(fit_before))
+    assert (folder.path / "fit.json").read_text() == fit_before
+
+
 def test_a_budget_folder_of_bare_size_vectors_is_refused(tmp_path: Path) -> None:
     folder = BudgetFolder.of(tmp_path, 0.9)
     folder.write_result({"chosen": 0}, SizeAssignment.equal(3, 2, 4, 16))

@@ -4,10 +4,12 @@ budget's folder is written and read only through :class:`BudgetFolder`."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ciess_core.errors import DataError
@@ -37,6 +39,8 @@ class BudgetFolder:
 
     fit.json, equal-fit.json      the fits' scored variants, best first (a byte budget:
                                   fit-<type>.json, equal-fit-<type>.json per value type)
+    <fit>.sizes.npz               those variants' sizes and scores, and the fingerprint of the
+                                  fit's inputs: a resumed pipeline reuses a finished fit
     plan.json                     a byte budget's plan: every value type's room and scores
     candidate_<i>.npz             each retrained candidate's sizes (SizeAssignment files)
     candidate_<i>.history.jsonl   its evaluations
@@ -86,6 +90,45 @@ class BudgetFolder:
         """``<name>.json``: a fit's scored variants."""
         self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.path / f"{name}.json", records)
+
+    def write_fitted(
+        self, name: str, fingerprint: str, scored: list[tuple[float, SizeAssignment]]
+    ) -> None:
+        """``<name>.sizes.npz``: a finished fit's variants (score, sizes), in order, and the
+        fingerprint of its inputs; written through a staging file."""
+        max_size = scored[0][1].max_size
+        dtype = np.min_scalar_type(max_size)
+        staging = self.path / f"{name}.sizes.npz.tmp"
+        with staging.open("wb") as handle:
+            np.savez(
+                handle,
+                fingerprint=np.array(fingerprint),
+                scores=np.array([score for score, _ in scored], dtype=np.float64),
+                user_sizes=np.stack([sizes.user_sizes for _, sizes in scored]).astype(dtype),
+                item_sizes=np.stack([sizes.item_sizes for _, sizes in scored]).astype(dtype),
+                max_size=np.int64(max_size),
+            )
+        os.replace(staging, self.path / f"{name}.sizes.npz")
+
+    def fitted(self, name: str, fingerprint: str) -> list[tuple[float, SizeAssignment]] | None:
+        """The variants :meth:`write_fitted` kept for a fit of these inputs (None: no such fit
+        finished here, or one of other inputs)."""
+        path = self.path / f"{name}.sizes.npz"
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as arrays:
+            if str(arrays["fingerprint"]) != fingerprint:
+                return None
+            max_size = int(arrays["max_size"])
+            return [
+                (
+                    float(score),
+                    SizeAssignment(users.astype(np.int64), items.astype(np.int64), max_size),
+                )
+                for score, users, items in zip(
+                    arrays["scores"], arrays["user_sizes"], arrays["item_sizes"], strict=True
+                )
+            ]
 
     def write_candidate(
         self,

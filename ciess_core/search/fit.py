@@ -5,6 +5,8 @@ best first; and the per-side equal assignment fitted the same way, the control t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -63,9 +65,15 @@ def fit_shares(
 
     Writes the fit's ``record`` (``fit.json``) in ``folder``, in that order: every variant's
     share (null: as the pool gave it), spread factors, users' and items' mean sizes,
-    within-side spread, sparsity and validation score.
+    within-side spread, sparsity and validation score; then the variants themselves, which a
+    later call with the same inputs (a resumed pipeline) returns without scoring anything.
     """
     metric = spec.training.selection_metric
+    fingerprint = _fit_fingerprint(spec, budget, candidates, value_type)
+    kept = folder.fitted(record, fingerprint)
+    if kept is not None:  # a resumed pipeline: this fit finished in an earlier call
+        logger.info("budget %g: %s reused (%d variants)", budget, record, len(kept))
+        return [ScoredSizes(score, sizes) for score, sizes in kept]
     scored: list[tuple[float, SizeAssignment, dict[str, Any]]] = []
 
     def score(fitted: SizeAssignment, **described: Any) -> None:
@@ -102,8 +110,26 @@ def fit_shares(
                     )
     scored.sort(key=lambda entry: -entry[0])
     folder.write_fit(record, [entry[2] for entry in scored])
+    folder.write_fitted(record, fingerprint, [(entry[0], entry[1]) for entry in scored])
     logger.info("budget %g: first refit %s (%s %.4f)", budget, scored[0][2], metric, scored[0][0])
     return [ScoredSizes(entry[0], entry[1]) for entry in scored]
+
+
+def _fit_fingerprint(
+    spec: PipelineSpec, budget: float, candidates: list[SizeAssignment], value_type: str
+) -> str:
+    """What a fit's result depends on besides its folder's run (the evaluator's supernet and
+    split): the candidates, the grids, the metric, the budget and the value type."""
+    inputs = {
+        "candidates": [sizes.key for sizes in candidates],
+        "share_grid": list(spec.share_grid),
+        "spread_grid": list(spec.spread_grid),
+        "retrain_top": spec.retrain_top,
+        "metric": spec.training.selection_metric,
+        "budget": repr(budget),
+        "value_type": value_type,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def flat_equal_sizes(
