@@ -29,8 +29,9 @@ from ciess_core.search.pipeline import (
     selection_views,
 )
 from ciess_core.sizes import SizeAssignment, parameter_budget
-from ciess_core.training import TrainConfig, evaluate_model
+from ciess_core.training import TrainConfig, checkpoints, evaluate_model
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
+from ciess_core.training.loop import EvaluationRecord
 
 MAX_SIZE = 16
 
@@ -513,6 +514,61 @@ def test_a_resumed_pipeline_reuses_its_finished_fits_without_scoring_again(
     # every variant of fit.json scored once more; equal-fit.json's kept
     assert len(scored) == len(json.loads(fit_before))
     assert (folder.path / "fit.json").read_text() == fit_before
+
+
+class _StopError(Exception):
+    """Stands for a stopped session or a lost worker."""
+
+
+def test_a_pipeline_stopped_inside_a_training_resumes_it_from_its_checkpoint(
+    clustered_split: DatasetSplit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every training of the pipeline keeps a checkpoint (here after each batch): stopped in the
+    middle of a candidate's selection, the pipeline resumes that training where it stopped and
+    ends with the uninterrupted pipeline's numbers, its checkpoint folder empty."""
+    spec = dataclasses.replace(tiny_spec(), retrain_top=1)
+    expected = run_pipeline(spec, clustered_split, tmp_path / "straight", progress=False)
+    monkeypatch.setattr(checkpoints, "DEFAULT_EVERY_SECONDS", 0.0)
+    original = runs.train_bpr
+    evaluated: list[int] = []
+
+    def stopping(model, train, config, held_out=None, **keywords):  # type: ignore[no-untyped-def]
+        def stop_at_40(record: EvaluationRecord) -> None:
+            evaluated.append(record.batch)
+            if record.batch == 40:
+                raise _StopError
+
+        if held_out is not None:  # a candidate's selection on validation
+            keywords["on_evaluation"] = stop_at_40
+        return original(model, train, config, held_out, **keywords)
+
+    monkeypatch.setattr(runs, "train_bpr", stopping)
+    out = tmp_path / "stopped"
+    with pytest.raises(_StopError):
+        run_pipeline(spec, clustered_split, out, progress=False)
+    stopped = evaluated.count(40)  # each budget's selection, the units run on after a failure
+    assert stopped >= 1 and evaluated == [20, 40] * stopped
+    assert len(list((out / "checkpoints").glob("train-*.pt"))) == stopped
+    again: list[int] = []
+
+    def recording(model, train, config, held_out=None, **keywords):  # type: ignore[no-untyped-def]
+        if held_out is not None:
+            keywords["on_evaluation"] = lambda record: again.append(record.batch)
+        return original(model, train, config, held_out, **keywords)
+
+    monkeypatch.setattr(runs, "train_bpr", recording)
+    resumed = run_pipeline(spec, clustered_split, out, progress=False)
+    assert 20 not in again and again.count(40) == stopped  # resumed at 40, not from batch 1
+    for budget, result in expected["budgets"].items():
+        again = resumed["budgets"][budget]
+        assert again["test"] == result["test"]
+        assert [c["valid"] for c in again["candidates"]] == [
+            c["valid"] for c in result["candidates"]
+        ]
+        assert [c["stages"]["select"]["best_batch"] for c in again["candidates"]] == [
+            c["stages"]["select"]["best_batch"] for c in result["candidates"]
+        ]
+    assert list((out / "checkpoints").iterdir()) == []
 
 
 def test_a_budget_folder_of_bare_size_vectors_is_refused(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ protocol."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -10,11 +12,13 @@ import torch
 
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError, DataError
-from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
+from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
 from ciess_core.runs import Protocol, RunSpec, execute_run
 from ciess_core.sizes import SizeAssignment
 from ciess_core.storage import VALUE_TYPES
 from ciess_core.training import BprSampler, TrainConfig, bpr_loss, evaluate_model, train_bpr
+from ciess_core.training.checkpoints import training_checkpoints
+from ciess_core.training.loop import EvaluationRecord
 from tests.conftest import clustered_interactions
 
 
@@ -164,3 +168,55 @@ def test_training_twice_with_two_threads_gives_the_same_weights(kind: BackboneKi
         torch.set_num_threads(before)
     for name, weights in states[0].items():
         assert torch.equal(weights, states[1][name]), name
+
+
+class _StopError(Exception):
+    """Stands for whatever stops a training: a stopped session, a lost worker."""
+
+
+@pytest.mark.parametrize("kind", [BackboneKind.LIGHTGCN, BackboneKind.NGCF, BackboneKind.NCF])
+def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights(
+    clustered_split: DatasetSplit, tmp_path: Path, kind: BackboneKind
+) -> None:
+    """Under ``training_checkpoints``, a training stopped at its evaluation of batch 40 and
+    started again resumes at batch 40 (its evaluations of 10-30 are not run again) and returns
+    what the uninterrupted training returns: the weights bit for bit (NGCF's dropout draws
+    included), the history and the best batch. Without the scope nothing is written."""
+    train, valid = clustered_split.phase(Phase.SEARCH)
+    config = TrainConfig(batch_size=128, max_batches=60, eval_every=10, learning_rate=0.02)
+
+    def fresh() -> Backbone:
+        backbone = BackboneConfig.default_for(kind, max_size=16)
+        return build_backbone(backbone, train, torch.Generator().manual_seed(0))
+
+    straight = fresh()
+    expected = train_bpr(straight, train, config, held_out=valid, progress=False)
+    evaluated: list[int] = []
+
+    def stop_at_40(record: EvaluationRecord) -> None:
+        evaluated.append(record.batch)
+        if record.batch == 40:
+            raise _StopError
+
+    with training_checkpoints(tmp_path, every_seconds=0.0):
+        with pytest.raises(_StopError):
+            train_bpr(fresh(), train, config, valid, progress=False, on_evaluation=stop_at_40)
+        assert len(list(tmp_path.glob("train-*.pt"))) == 1
+        resumed_model = fresh()
+        resumed = train_bpr(
+            resumed_model,
+            train,
+            config,
+            valid,
+            progress=False,
+            on_evaluation=lambda record: evaluated.append(record.batch),
+        )
+    after = [record.batch for record in expected.history if record.batch >= 40]
+    assert after[0] == 40 and evaluated == [10, 20, 30, 40, *after]
+    assert list(tmp_path.iterdir()) == []  # removed when the training returned
+    for name, weights in straight.state_dict().items():
+        assert torch.equal(weights, resumed_model.state_dict()[name]), name
+    assert resumed.best_batch == expected.best_batch
+    assert [(r.batch, r.loss, r.metrics) for r in resumed.history] == [
+        (r.batch, r.loss, r.metrics) for r in expected.history
+    ]

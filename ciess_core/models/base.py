@@ -131,6 +131,14 @@ class Backbone(nn.Module, ABC):
         squares = sum(table(rows).pow(2).sum() for table in self.tables())
         return self.config.weight_decay * 0.5 * squares / users.numel()
 
+    def random_state(self) -> dict[str, torch.Tensor]:
+        """The state of the model's own random draws in training (none here; NGCF's dropout):
+        a training checkpoint keeps it so that a resumed training draws as the first would."""
+        return {}
+
+    def set_random_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`random_state` returned."""
+
     # -- sizes ---------------------------------------------------------------------------------
     def set_embedding_sizes(self, sizes: torch.Tensor, clear_truncated: bool = True) -> None:
         """Give every user and item a size: ``sizes`` is (N,) in [1, max_size], users first."""

@@ -56,6 +56,12 @@ class NGCF(DotProductBackbone):
     def tables(self) -> tuple[MaskedEmbedding, ...]:
         return (self.embedding,)
 
+    def random_state(self) -> dict[str, torch.Tensor]:
+        return {"dropout": self._dropout_generator.get_state()}
+
+    def set_random_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._dropout_generator.set_state(state["dropout"])
+
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
         rate = self.config.dropout
         if not self.training or rate == 0.0:

@@ -32,6 +32,12 @@ def write_json(path: Path, value: Any) -> None:
     staging.replace(path)
 
 
+def checkpoint_folder(out: Path) -> Path:
+    """Where the trainings of the pipeline in ``out`` keep their checkpoints while they run
+    (:mod:`ciess_core.training.checkpoints`): an interrupted one resumes from there."""
+    return Path(out) / "checkpoints"
+
+
 @dataclass(frozen=True)
 class BudgetFolder:
     """One budget's folder of the pipeline (``<out>/budget-<c>/``, a byte budget's

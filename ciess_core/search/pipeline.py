@@ -38,7 +38,7 @@ from ciess_core.runs import Protocol, RunProtocol
 from ciess_core.search.budgets import Budget, ByteBudget, budget_label
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.evaluators import QualityEvaluator, SupernetEvaluator, quality_signal
-from ciess_core.search.files import BudgetFolder, read_cached, write_json
+from ciess_core.search.files import BudgetFolder, checkpoint_folder, read_cached, write_json
 from ciess_core.search.fit import (
     DEFAULT_SHARE_GRID,
     DEFAULT_SPREAD_GRID,
@@ -64,6 +64,7 @@ from ciess_core.search.teachers import (
     train_phase_teacher,
 )
 from ciess_core.training import TrainConfig, train_bpr
+from ciess_core.training.checkpoints import training_checkpoints
 from ciess_core.training.distillation import DistillationConfig
 
 __all__ = [
@@ -196,7 +197,8 @@ def _full_model_quality(
     train, valid = split.phase(Phase.SEARCH)
     started = time.perf_counter()
     model = full_size_model(spec, train)
-    result = train_bpr(model, train, spec.training, held_out=valid, progress=progress)
+    with training_checkpoints(checkpoint_folder(directory.parent)):
+        result = train_bpr(model, train, spec.training, held_out=valid, progress=progress)
     signal = quality_signal(model, train, valid, started, spec.search.item_quality)
     np.save(directory / "user_quality.npy", signal.user_eval)
     np.save(directory / "item_quality.npy", signal.item_eval)

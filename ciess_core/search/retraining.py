@@ -41,11 +41,12 @@ from ciess_core.runs import (
     validation_by_value_type,
 )
 from ciess_core.search.budgets import Budget, ByteBudget, budget_label
-from ciess_core.search.files import BudgetFolder
+from ciess_core.search.files import BudgetFolder, checkpoint_folder
 from ciess_core.search.parallel import StageRunner
 from ciess_core.search.teachers import full_model_batches, prepare_teachers
 from ciess_core.sizes import SizeAssignment, SizeScheme
 from ciess_core.training import evaluate_model
+from ciess_core.training.checkpoints import training_checkpoints
 
 if TYPE_CHECKING:
     from ciess_core.search.pipeline import PipelineSpec, StageReport
@@ -384,7 +385,8 @@ def _run_unit(
     """``function(spec, split, folder, budget, *arguments, teachers)`` with the teachers of
     ``phases`` read from the pipeline folder ``out``: a unit as a worker process runs it."""
     teachers = prepare_teachers(spec, split, out, False, phases)[0]
-    return function(spec, split, BudgetFolder.of(out, budget), budget, *arguments, teachers)
+    with training_checkpoints(checkpoint_folder(out)):
+        return function(spec, split, BudgetFolder.of(out, budget), budget, *arguments, teachers)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, build_backbone
 from ciess_core.runs import RunSpec, execute_run, train_deployment
-from ciess_core.search.files import read_cached, write_json
+from ciess_core.search.files import checkpoint_folder, read_cached, write_json
 from ciess_core.sizes import SizeAssignment
+from ciess_core.training.checkpoints import training_checkpoints
 from ciess_core.training.distillation import TeacherSource
 
 if TYPE_CHECKING:
@@ -89,11 +90,14 @@ def train_phase_teacher(
     )
     sizes = SizeAssignment.full(split.num_users, split.num_items, spec.backbone.max_size)
     summary: dict[str, Any] = {}
-    if phase is Phase.TEST:
-        model, outcome, _ = execute_run(run_spec, split, sizes, progress, selected_batches=batches)
-        summary["test"] = outcome.test_metrics
-    else:
-        model, _ = train_deployment(run_spec, split, sizes, batches, progress)
+    with training_checkpoints(checkpoint_folder(out)):
+        if phase is Phase.TEST:
+            model, outcome, _ = execute_run(
+                run_spec, split, sizes, progress, selected_batches=batches
+            )
+            summary["test"] = outcome.test_metrics
+        else:
+            model, _ = train_deployment(run_spec, split, sizes, batches, progress)
     staging = directory / "model.pt.tmp"
     torch.save(model.state_dict(), staging)
     staging.replace(directory / "model.pt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from ciess_core.errors import ConfigError
 from ciess_core.evaluation import RankingResult, evaluate_full_ranking
 from ciess_core.models import Backbone, stored_tables
+from ciess_core.training.checkpoints import TrainingCheckpoint, training_fingerprint
 from ciess_core.training.config import TrainConfig
 from ciess_core.training.distillation import Distiller
 from ciess_core.training.sampling import BprSampler
@@ -101,6 +103,11 @@ def train_bpr(
     ``selection_metric`` and restores the best weights. ``before_batch(batch_index)`` runs before
     every batch (the search's supernet uses it to draw new sizes). With ``distiller``, its
     distillation term on the batch's users is added to the loss.
+
+    Inside :func:`~ciess_core.training.checkpoints.training_checkpoints` (and without
+    ``before_batch``, whose own draws are not kept) the training saves its whole state now and
+    then and, started again after an interruption, resumes from it: the weights it returns are
+    the uninterrupted training's.
     """
     if train.shape != (model.num_users, model.num_items):
         raise ConfigError(
@@ -120,9 +127,30 @@ def train_bpr(
     train_seconds = 0.0
     running_loss, losses_seen = 0.0, 0
     batches_run, stopped_early = 0, False
+    checkpoint = _checkpoint_of(model, train, held_out, config, distiller, before_batch)
+    saved = None if checkpoint is None else checkpoint.load()
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        model.set_random_state(saved["model_random"])
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        best_state, best_metrics = saved["best_state"], saved["best_metrics"]
+        best_score, best_batch, stale = saved["best_score"], saved["best_batch"], saved["stale"]
+        history = [EvaluationRecord(**record) for record in saved["history"]]
+        started -= saved["seconds"]
+        train_seconds = saved["train_seconds"]
+        running_loss, losses_seen = saved["running_loss"], saved["losses_seen"]
+        batches_run = saved["batches_run"]
     model.train()
-    bar = tqdm(total=config.max_batches, desc="train", unit="batch", disable=not progress)
-    for batch_index in range(config.max_batches):
+    bar = tqdm(
+        total=config.max_batches,
+        initial=batches_run,
+        desc="train",
+        unit="batch",
+        disable=not progress,
+    )
+    for batch_index in range(batches_run, config.max_batches):
         batch_started = time.perf_counter()
         if before_batch is not None:
             before_batch(batch_index)
@@ -148,40 +176,62 @@ def train_bpr(
         running_loss += float(loss.detach())
         losses_seen += 1
         bar.update(1)
-        if held_out is None or not evaluating or batches_run % config.eval_every:
-            continue
-        result = evaluate_model(
-            model, train, held_out, config.eval_users_per_chunk, value_type=config.value_type
-        )
-        metrics = result.mean()
-        if config.selection_metric not in metrics:
-            raise ConfigError(
-                f"selection metric '{config.selection_metric}' is not one of {sorted(metrics)}"
+        if held_out is not None and evaluating and batches_run % config.eval_every == 0:
+            result = evaluate_model(
+                model, train, held_out, config.eval_users_per_chunk, value_type=config.value_type
             )
-        record = EvaluationRecord(
-            batch=batches_run,
-            seconds=time.perf_counter() - started,
-            loss=running_loss / losses_seen,
-            learning_rate=learning_rate,
-            metrics=metrics,
-        )
-        running_loss, losses_seen = 0.0, 0
-        history.append(record)
-        if on_evaluation is not None:
-            on_evaluation(record)
-        score = metrics[config.selection_metric]
-        bar.set_postfix(loss=f"{record.loss:.4f}", **{config.selection_metric: f"{score:.4f}"})
-        logger.info("batch %d loss %.4f %s", batches_run, record.loss, _format(metrics))
-        if score > best_score:
-            best_score, best_batch, stale = score, batches_run, 0
-            best_metrics = metrics
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= config.patience:
-                stopped_early = True
-                break
+            metrics = result.mean()
+            if config.selection_metric not in metrics:
+                raise ConfigError(
+                    f"selection metric '{config.selection_metric}' is not one of {sorted(metrics)}"
+                )
+            record = EvaluationRecord(
+                batch=batches_run,
+                seconds=time.perf_counter() - started,
+                loss=running_loss / losses_seen,
+                learning_rate=learning_rate,
+                metrics=metrics,
+            )
+            running_loss, losses_seen = 0.0, 0
+            history.append(record)
+            if on_evaluation is not None:
+                on_evaluation(record)
+            score = metrics[config.selection_metric]
+            bar.set_postfix(loss=f"{record.loss:.4f}", **{config.selection_metric: f"{score:.4f}"})
+            logger.info("batch %d loss %.4f %s", batches_run, record.loss, _format(metrics))
+            if score > best_score:
+                best_score, best_batch, stale = score, batches_run, 0
+                best_metrics = metrics
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    stopped_early = True
+                    break
+        if checkpoint is not None and checkpoint.due():
+            checkpoint.save(
+                {
+                    "batches_run": batches_run,
+                    "model": model.state_dict(),
+                    "model_random": model.random_state(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "best_state": best_state,
+                    "best_metrics": best_metrics,
+                    "best_score": best_score,
+                    "best_batch": best_batch,
+                    "stale": stale,
+                    "history": [dataclasses.asdict(record) for record in history],
+                    "seconds": time.perf_counter() - started,
+                    "train_seconds": train_seconds,
+                    "running_loss": running_loss,
+                    "losses_seen": losses_seen,
+                }
+            )
     bar.close()
+    if checkpoint is not None:
+        checkpoint.remove()
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
@@ -196,6 +246,24 @@ def train_bpr(
         seconds=seconds,
         seconds_per_batch=train_seconds / max(batches_run, 1),
         stopped_early=stopped_early,
+    )
+
+
+def _checkpoint_of(
+    model: Backbone,
+    train: sp.csr_matrix,
+    held_out: sp.csr_matrix | None,
+    config: TrainConfig,
+    distiller: Distiller | None,
+    before_batch: Callable[[int], None] | None,
+) -> TrainingCheckpoint | None:
+    """This training's checkpoint when checkpoints are kept (and it has no ``before_batch``)."""
+    if before_batch is not None:
+        return None
+    recipe = repr(config) + ("" if distiller is None else repr(distiller.config))
+    teacher = None if distiller is None else distiller.teacher
+    return TrainingCheckpoint.in_scope(
+        lambda: training_fingerprint(model, train, held_out, recipe, teacher)
     )
 
 
