@@ -220,3 +220,39 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights
     assert [(r.batch, r.loss, r.metrics) for r in resumed.history] == [
         (r.batch, r.loss, r.metrics) for r in expected.history
     ]
+
+
+def test_a_damaged_checkpoint_is_ignored_and_the_training_starts_afresh(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    train, valid = clustered_split.phase(Phase.SEARCH)
+    config = TrainConfig(batch_size=128, max_batches=30, eval_every=10, learning_rate=0.02)
+
+    def fresh() -> Backbone:
+        backbone = BackboneConfig(max_size=16)
+        return build_backbone(backbone, train, torch.Generator().manual_seed(0))
+
+    def stop_at_20(record: EvaluationRecord) -> None:
+        if record.batch == 20:
+            raise _StopError
+
+    straight = fresh()
+    train_bpr(straight, train, config, valid, progress=False)
+    evaluated: list[int] = []
+    with training_checkpoints(tmp_path, every_seconds=0.0):
+        with pytest.raises(_StopError):
+            train_bpr(fresh(), train, config, valid, progress=False, on_evaluation=stop_at_20)
+        (damaged,) = tmp_path.glob("train-*.pt")
+        damaged.write_bytes(b"not a checkpoint")
+        again = fresh()
+        train_bpr(
+            again,
+            train,
+            config,
+            valid,
+            progress=False,
+            on_evaluation=lambda record: evaluated.append(record.batch),
+        )
+    assert evaluated == [10, 20, 30]
+    for name, weights in straight.state_dict().items():
+        assert torch.equal(weights, again.state_dict()[name]), name

@@ -104,10 +104,14 @@ class TrainingCheckpoint:
         return cls(scope.folder / f"train-{fingerprint()}.pt", scope.every_seconds)
 
     def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when there is none."""
+        """The saved state, or None when there is none or it cannot be read."""
         if not self.path.exists():
             return None
-        state: dict[str, Any] = torch.load(self.path, map_location="cpu", weights_only=False)
+        try:
+            state: dict[str, Any] = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as error:  # unreadable (another torch, a damaged disk): start afresh
+            logger.warning("ignoring the checkpoint %s, which cannot be read: %s", self.path, error)
+            return None
         logger.info("resuming training at batch %d from %s", state["batches_run"], self.path)
         return state
 
