@@ -14,7 +14,7 @@ import pytest
 from ciess_core.data import DatasetSplit
 from ciess_core.errors import ConfigError
 from ciess_core.runs import Protocol
-from ciess_core.search.parallel import StageRunner, stage_runner
+from ciess_core.search.parallel import StageRunner, connect_with_retries, stage_runner
 from tests.ray_units import unit_processes, wait_for
 from tests.test_search_pipeline import check_two_workers_give_the_same_models_as_one
 
@@ -78,3 +78,34 @@ def test_a_unit_whose_ray_worker_dies_fails_with_rays_reason_and_is_not_retried(
             future.result(timeout=60)
         time.sleep(1.0)
         assert unit_processes() == []  # not started again
+
+
+def test_joining_a_starting_cluster_is_tried_again_after_each_wait() -> None:
+    """A Ray cluster that has just started can refuse a client ("Starting Ray client server
+    failed", a ConnectionError): the runner resets and tries again after each wait; the last
+    attempt's error is the one reported, and other errors are not retried."""
+    calls: list[str] = []
+
+    def failing(times: int, error: Exception) -> None:
+        calls.append("connect")
+        if calls.count("connect") <= times:
+            raise error
+
+    connect_with_retries(
+        lambda: failing(2, ConnectionAbortedError("initialization failure")),
+        lambda: calls.append("reset"),
+        (0.0, 0.0, 0.0),
+    )
+    assert calls == ["connect", "reset", "connect", "reset", "connect"]
+    calls.clear()
+    with pytest.raises(ConnectionAbortedError):
+        connect_with_retries(
+            lambda: failing(9, ConnectionAbortedError("still starting")),
+            lambda: calls.append("reset"),
+            (0.0, 0.0),
+        )
+    assert calls.count("connect") == 3
+    calls.clear()
+    with pytest.raises(ValueError):
+        connect_with_retries(lambda: failing(1, ValueError("bad address")), lambda: None, (0.0,))
+    assert calls == ["connect"]

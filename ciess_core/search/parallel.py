@@ -14,9 +14,11 @@ number of threads whichever executor runs it, so the results are the same floats
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -27,6 +29,8 @@ import torch
 
 from ciess_core.errors import ConfigError
 from ciess_core.executors import EXECUTORS
+
+logger = logging.getLogger(__name__)
 
 Result = TypeVar("Result")
 
@@ -110,6 +114,27 @@ def _ray_unit(threads: int, level: int, function: Callable[..., Result], *argume
     return function(*arguments)
 
 
+CONNECT_WAITS_SECONDS = (5.0, 10.0, 20.0)
+"""Waits between the attempts to join a running Ray cluster: its client server, just started,
+can fail a client's initialisation ("Starting Ray client server failed")."""
+
+
+def connect_with_retries(
+    connect: Callable[[], Any], reset: Callable[[], Any], waits: tuple[float, ...]
+) -> None:
+    """``connect()``, again after each of ``waits`` while it raises ConnectionError (``reset()``
+    between attempts); the last attempt's error propagates."""
+    for wait in waits:
+        try:
+            connect()
+            return
+        except ConnectionError as error:
+            logger.warning("joining the Ray cluster failed (%s); again in %.0f s", error, wait)
+            reset()
+            time.sleep(wait)
+    connect()
+
+
 class RayRunner(StageRunner):
     """Runs stage functions as Ray tasks of ``threads`` CPUs each (the same share of the
     threads as a worker process, at most a node's CPUs), at most ``workers`` at a time on a
@@ -134,13 +159,18 @@ class RayRunner(StageRunner):
         address = address or os.environ.get("RAY_ADDRESS") or None
         self._owns_cluster = not ray.is_initialized()
         if self._owns_cluster:
-            ray.init(  # "local": a cluster of its own, never one found running on this machine
+            connect = functools.partial(
+                ray.init,  # "local": a cluster of its own, never one found running on this machine
                 address=address or "local",
                 num_cpus=None if address else workers * self.threads,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 configure_logging=False,
             )
+            if address:  # a cluster that is still starting refuses its first clients
+                connect_with_retries(connect, ray.shutdown, CONNECT_WAITS_SECONDS)
+            else:
+                connect()
         largest = max(
             (node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]),
             default=0.0,
