@@ -3,6 +3,7 @@ protocol."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from ciess_core.sizes import SizeAssignment
 from ciess_core.storage import VALUE_TYPES
 from ciess_core.training import BprSampler, TrainConfig, bpr_loss, evaluate_model, train_bpr
 from ciess_core.training.checkpoints import training_checkpoints
-from ciess_core.training.loop import EvaluationRecord
+from ciess_core.training.loop import EvaluationRecord, TrainResult
 from tests.conftest import clustered_interactions
 
 
@@ -139,8 +140,7 @@ def test_the_clean_protocol_selects_on_validation_then_trains_the_tested_model_o
     assert set(known.stages) == {"final"} and known.valid_metrics == {}
     assert known.valid_by_value_type == {}  # nothing selected, nothing measured
     assert known.test_metrics == outcome.test_metrics
-    for name, weights in model.state_dict().items():
-        assert torch.equal(weights, again.state_dict()[name]), name
+    _assert_same_weights(model.state_dict(), again.state_dict())
 
 
 @pytest.mark.parametrize("kind", [BackboneKind.LIGHTGCN, BackboneKind.NCF])
@@ -166,12 +166,54 @@ def test_training_twice_with_two_threads_gives_the_same_weights(kind: BackboneKi
             states.append(model.state_dict())
     finally:
         torch.set_num_threads(before)
-    for name, weights in states[0].items():
-        assert torch.equal(weights, states[1][name]), name
+    _assert_same_weights(states[0], states[1])
 
 
 class _StopError(Exception):
     """Stands for whatever stops a training: a stopped session, a lost worker."""
+
+
+def _assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    for name, weights in first.items():
+        assert torch.equal(weights, second[name]), name
+
+
+def _stopped_then_started_again(
+    fresh: Callable[[], Backbone],
+    split: DatasetSplit,
+    config: TrainConfig,
+    folder: Path,
+    stop_at: int,
+    damage: bool = False,
+) -> tuple[Backbone, TrainResult, list[int]]:
+    """Train a fresh model under ``training_checkpoints(folder)`` (a checkpoint after every
+    batch), stop it at its evaluation of batch ``stop_at``, optionally overwrite its checkpoint
+    with garbage, then train another fresh model with the same inputs. Returns that model, its
+    result and every evaluated batch of both calls."""
+    train, valid = split.phase(Phase.SEARCH)
+    evaluated: list[int] = []
+
+    def stop(record: EvaluationRecord) -> None:
+        evaluated.append(record.batch)
+        if record.batch == stop_at:
+            raise _StopError
+
+    with training_checkpoints(folder, every_seconds=0.0):
+        with pytest.raises(_StopError):
+            train_bpr(fresh(), train, config, valid, progress=False, on_evaluation=stop)
+        (kept,) = folder.glob("train-*.pt")
+        if damage:
+            kept.write_bytes(b"not a checkpoint")
+        model = fresh()
+        result = train_bpr(
+            model,
+            train,
+            config,
+            valid,
+            progress=False,
+            on_evaluation=lambda record: evaluated.append(record.batch),
+        )
+    return model, result, evaluated
 
 
 @pytest.mark.parametrize("kind", [BackboneKind.LIGHTGCN, BackboneKind.NGCF, BackboneKind.NCF])
@@ -181,7 +223,7 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights
     """Under ``training_checkpoints``, a training stopped at its evaluation of batch 40 and
     started again resumes at batch 40 (its evaluations of 10-30 are not run again) and returns
     what the uninterrupted training returns: the weights bit for bit (NGCF's dropout draws
-    included), the history and the best batch. Without the scope nothing is written."""
+    included), the history and the best batch. The checkpoint is removed when it returns."""
     train, valid = clustered_split.phase(Phase.SEARCH)
     config = TrainConfig(batch_size=128, max_batches=60, eval_every=10, learning_rate=0.02)
 
@@ -191,31 +233,13 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_weights
 
     straight = fresh()
     expected = train_bpr(straight, train, config, held_out=valid, progress=False)
-    evaluated: list[int] = []
-
-    def stop_at_40(record: EvaluationRecord) -> None:
-        evaluated.append(record.batch)
-        if record.batch == 40:
-            raise _StopError
-
-    with training_checkpoints(tmp_path, every_seconds=0.0):
-        with pytest.raises(_StopError):
-            train_bpr(fresh(), train, config, valid, progress=False, on_evaluation=stop_at_40)
-        assert len(list(tmp_path.glob("train-*.pt"))) == 1
-        resumed_model = fresh()
-        resumed = train_bpr(
-            resumed_model,
-            train,
-            config,
-            valid,
-            progress=False,
-            on_evaluation=lambda record: evaluated.append(record.batch),
-        )
+    resumed_model, resumed, evaluated = _stopped_then_started_again(
+        fresh, clustered_split, config, tmp_path, stop_at=40
+    )
     after = [record.batch for record in expected.history if record.batch >= 40]
     assert after[0] == 40 and evaluated == [10, 20, 30, 40, *after]
     assert list(tmp_path.iterdir()) == []  # removed when the training returned
-    for name, weights in straight.state_dict().items():
-        assert torch.equal(weights, resumed_model.state_dict()[name]), name
+    _assert_same_weights(straight.state_dict(), resumed_model.state_dict())
     assert resumed.best_batch == expected.best_batch
     assert [(r.batch, r.loss, r.metrics) for r in resumed.history] == [
         (r.batch, r.loss, r.metrics) for r in expected.history
@@ -229,30 +253,12 @@ def test_a_damaged_checkpoint_is_ignored_and_the_training_starts_afresh(
     config = TrainConfig(batch_size=128, max_batches=30, eval_every=10, learning_rate=0.02)
 
     def fresh() -> Backbone:
-        backbone = BackboneConfig(max_size=16)
-        return build_backbone(backbone, train, torch.Generator().manual_seed(0))
-
-    def stop_at_20(record: EvaluationRecord) -> None:
-        if record.batch == 20:
-            raise _StopError
+        return build_backbone(BackboneConfig(max_size=16), train, torch.Generator().manual_seed(0))
 
     straight = fresh()
     train_bpr(straight, train, config, valid, progress=False)
-    evaluated: list[int] = []
-    with training_checkpoints(tmp_path, every_seconds=0.0):
-        with pytest.raises(_StopError):
-            train_bpr(fresh(), train, config, valid, progress=False, on_evaluation=stop_at_20)
-        (damaged,) = tmp_path.glob("train-*.pt")
-        damaged.write_bytes(b"not a checkpoint")
-        again = fresh()
-        train_bpr(
-            again,
-            train,
-            config,
-            valid,
-            progress=False,
-            on_evaluation=lambda record: evaluated.append(record.batch),
-        )
-    assert evaluated == [10, 20, 30]
-    for name, weights in straight.state_dict().items():
-        assert torch.equal(weights, again.state_dict()[name]), name
+    again, _, evaluated = _stopped_then_started_again(
+        fresh, clustered_split, config, tmp_path, stop_at=20, damage=True
+    )
+    assert evaluated == [10, 20, 10, 20, 30]
+    _assert_same_weights(straight.state_dict(), again.state_dict())
