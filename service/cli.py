@@ -6,14 +6,15 @@ service; ``ciess-serve`` and ``ciess-worker`` (:func:`serve_main`, :func:`worker
 commands as programs of their own.
 
 Both read the service settings (``service.settings``): a TOML file named by ``--config`` or
-``CIESS_CONFIG``, then ``CIESS_*`` variables; the flags below set those variables, so the API, its
-uvicorn workers and the job worker all see the same settings.
+``CIESS_CONFIG``, then ``CIESS_*`` variables; the flags below set those variables, so the API's
+processes and the job worker all see the same settings.
 
 ``ciess serve`` supervises its job worker (:class:`WorkerSupervisor`): a worker that dies is
 restarted after 1 s, then after twice as long each time it dies again, up to 30 s, and its running
-job is failed at once. With ``--workers N`` (N > 1) the API processes keep their Prometheus
-metrics in one folder (prometheus-client's multiprocess mode, :func:`metrics_folder`), so that
-``/metrics`` answers for all of them from any of them.
+job is failed at once. With ``--workers N`` (N > 1) the API runs as N processes, each listening
+on a socket of its own (``service.api_processes``: the kernel spreads connections over them), and
+they keep their Prometheus metrics in one folder (prometheus-client's multiprocess mode,
+:func:`metrics_folder`), so that ``/metrics`` answers for all of them from any of them.
 """
 
 from __future__ import annotations
@@ -84,7 +85,13 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _add_shared(parser)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes (default 1); more than one: each on a socket of its own "
+        "(SO_REUSEPORT), restarted when it dies",
+    )
     parser.add_argument("--no-worker", action="store_true", help="do not start a job worker")
     parser.add_argument("--dev", action="store_true", help="development mode (no admin token)")
     parser.add_argument(
@@ -288,9 +295,22 @@ def metrics_folder(state_dir: Path) -> Path:
     return own
 
 
+def _serve_processes(arguments: argparse.Namespace, options: Mapping[str, Any]) -> int:
+    """``--workers N`` (N > 1): N API processes, each on a socket of its own (SO_REUSEPORT)."""
+    from service.api_processes import ApiProcesses
+
+    try:
+        processes = ApiProcesses(arguments.workers, arguments.host, arguments.port, options)
+    except OSError as error:
+        logger.error("cannot listen on %s:%d: %s", arguments.host, arguments.port, error)
+        return 1
+    return processes.run()
+
+
 def run_serve_command(arguments: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.api_processes import APP
     from service.settings import load_settings
 
     environment = _export_settings(arguments)
@@ -312,16 +332,14 @@ def run_serve_command(arguments: argparse.Namespace) -> int:
             settings,
         )
         supervisor.start()
+    options = {
+        "access_log": not arguments.no_access_log,
+        **uvicorn_connection_options(settings, arguments.http),
+    }
     try:
-        uvicorn.run(
-            "service.main:app_from_environment",
-            factory=True,
-            host=arguments.host,
-            port=arguments.port,
-            workers=arguments.workers,
-            access_log=not arguments.no_access_log,
-            **uvicorn_connection_options(settings, arguments.http),
-        )
+        if arguments.workers > 1:
+            return _serve_processes(arguments, options)
+        uvicorn.run(APP, factory=True, host=arguments.host, port=arguments.port, **options)
     finally:
         if supervisor is not None:
             supervisor.stop()

@@ -309,7 +309,7 @@ def with_header_timeout(http: str | type, seconds: float, budget: int | None = N
     (``timeout_keep_alive``). With more than ``budget`` connections open (default: each
     process's :func:`connection_budget`), the one that has waited longest for its headers is
     closed. The result is a protocol factory, not a class, so that it pickles
-    (``uvicorn --workers N`` sends its config to each worker process): the class is made in
+    (``ciess serve --workers N`` sends it to each API process): the class is made in
     each process on first use.
     """
     if seconds <= 0:

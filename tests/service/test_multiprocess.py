@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,3 +124,91 @@ def test_metrics_add_up_every_process_and_a_reload_reaches_each(
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     assert not folder.exists()  # the multiprocess folder goes with the service
+
+
+def _ask_on_open_connections(url: str, count: int) -> None:
+    """Open ``count`` connections at once (the kernel queues them all before either process
+    accepts), then send one keep-alive ``GET /healthz`` on each and read its answer."""
+    host, port = url.removeprefix("http://").split(":")
+    connections = [socket.create_connection((host, int(port)), timeout=30) for _ in range(count)]
+    try:
+        request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        for connection in connections:
+            connection.sendall(request)
+        for connection in connections:
+            assert connection.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def test_connections_opened_at_once_are_spread_over_the_processes(
+    settings: Settings, two_processes: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    # Each process listens on a socket of its own (SO_REUSEPORT): the kernel spreads new
+    # connections over them. On one shared socket, the process that woke first accepted the
+    # whole queue, and a client's keep-alive pool was served by one core.
+    url, process = two_processes
+    folder = settings.state_dir / "metrics" / str(process.pid)
+    _ask_on_open_connections(url, 24)
+    counts = _healthz_counts(folder)
+    assert sum(counts.values()) == 24
+    assert len(counts) == 2, counts  # all 24 on one process: 2 in 2**24 by chance
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """Inodes of the TCP sockets listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def test_a_process_that_dies_is_replaced(
+    settings: Settings, two_processes: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    url, process = two_processes
+    folder = settings.state_dir / "metrics" / str(process.pid)
+    _ask_on_open_connections(url, 24)
+    first, second = _healthz_counts(folder)
+    port = int(url.rsplit(":", 1)[1])
+    listening = _listening_sockets(port)
+    assert len(listening) == 2  # one per process; the parent's holds the port, not listening
+    os.kill(int(first), signal.SIGKILL)
+    # Connections queued on a process's socket when it goes are reset (SO_REUSEPORT); once the
+    # kernel has released the socket (a few milliseconds after the process's exit), it hands
+    # new ones to the live processes only.
+    wait_for(
+        lambda: len(_listening_sockets(port) & listening) == 1,
+        timeout=30,
+        what="the killed process's socket to go",
+    )
+
+    def replaced() -> bool:
+        _ask_on_open_connections(url, 8)  # every connection answered
+        return len(set(_healthz_counts(folder)) - {first, second}) == 1
+
+    wait_for(replaced, timeout=120, what="a new API process")
+    assert process.poll() is None
+
+
+def test_a_taken_port_is_a_clear_error(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-c", _SERVE, "serve", "--port", str(port), "--workers", "2"]
+        finished = subprocess.run(
+            [*command, "--no-worker"],
+            env=worker_environment(settings),
+            cwd=REPOSITORY,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert finished.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in finished.stderr
+    assert "Traceback" not in finished.stderr

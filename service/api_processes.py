@@ -1,0 +1,166 @@
+"""``ciess serve --workers N`` (N > 1): N API processes, each listening on a socket of its own.
+
+uvicorn's own ``--workers`` hands one listening socket to every process; the process that wakes
+first accepts every queued connection, so a client that opens its keep-alive pool at once (a
+gateway, a load generator) is served by one process and one core
+(``tests/service/test_multiprocess.py`` saw 24 of 24 connections on one process). Here each
+process binds its own socket with ``SO_REUSEPORT`` and the kernel spreads new connections over
+them by a hash of the addresses.
+
+:class:`ApiProcesses` starts the processes (``multiprocessing``'s spawn start method), restarts
+one that dies (a process that dies before it served stops the whole group: the app, the port
+or the settings are broken and would fail again), and stops them all, gracefully, on
+``SIGTERM`` or ``SIGINT``. The parent keeps a bound, non-listening socket on the port while it
+runs, so no other program can take the port between two restarts, and a port of 0 is chosen
+once for all processes.
+
+The price of a socket each: the connections waiting in a process's queue when it dies are reset
+(on one shared socket the other processes would have taken them); on Linux 5.14 and later,
+``sysctl net.ipv4.tcp_migrate_req=1`` moves them to the live processes instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Mapping
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+logger = logging.getLogger("ciess")
+
+APP = "service.main:app_from_environment"
+LISTEN_BACKLOG = 2048  # uvicorn's default
+# a process that exits with this code never served: restarting it would fail the same way
+STARTUP_FAILURE = 3
+_SUPERVISE_EVERY_SECONDS = 0.5
+_STOP_TIMEOUT_SECONDS = 30.0
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEADDR`` and ``SO_REUSEPORT`` (not
+    listening yet). Raises ``OSError`` when the address is taken or cannot be bound."""
+    family, kind, protocol, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    bound = socket.socket(family, kind, protocol)
+    try:
+        bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        bound.bind(address)
+    except OSError:
+        bound.close()
+        raise
+    return bound
+
+
+def serve_one(host: str, port: int, options: Mapping[str, Any]) -> None:
+    """One API process: its own listening socket on ``host:port`` and a uvicorn server of the app
+    with ``options`` (``uvicorn.Config`` keywords). Exits with :data:`STARTUP_FAILURE` when it
+    could not bind or the app did not start."""
+    import uvicorn
+
+    try:
+        listening = reuse_port_socket(host, port)
+        listening.listen(LISTEN_BACKLOG)
+    except OSError as error:
+        logger.error("API process could not listen on %s:%d: %s", host, port, error)
+        sys.exit(STARTUP_FAILURE)
+    server = uvicorn.Server(uvicorn.Config(APP, factory=True, **options))
+    server.run(sockets=[listening])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+class ApiProcesses:
+    """``count`` API processes (:func:`serve_one`) on ``host:port``, supervised until stopped."""
+
+    def __init__(self, count: int, host: str, port: int, options: Mapping[str, Any]) -> None:
+        if count < 2:
+            raise ValueError(f"ApiProcesses runs 2 processes or more, not {count}")
+        self._count = count
+        self._host = host
+        self._held = reuse_port_socket(host, port)  # OSError: the port is taken
+        self.port: int = self._held.getsockname()[1]
+        self._options = dict(options)
+        self._context = multiprocessing.get_context("spawn")
+        self._processes: list[BaseProcess] = []
+        self._stop = threading.Event()
+        self.restarts = 0
+
+    def _start_one(self) -> BaseProcess:
+        process = self._context.Process(
+            target=serve_one,
+            args=(self._host, self.port, self._options),
+            name="ciess-api",
+        )
+        process.start()
+        return process
+
+    def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        """Ask :meth:`run` to stop the processes and return (a signal handler)."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Start the processes, keep them running until :meth:`request_stop` (``SIGTERM`` and
+        ``SIGINT`` call it), then stop them; 0, or 1 when a process failed to start."""
+        previous = {
+            signum: signal.signal(signum, self.request_stop)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+        failed = False
+        try:
+            self._processes = [self._start_one() for _ in range(self._count)]
+            logger.info(
+                "%d API processes on %s:%d (SO_REUSEPORT): pids %s",
+                self._count,
+                self._host,
+                self.port,
+                [process.pid for process in self._processes],
+            )
+            while not self._stop.wait(_SUPERVISE_EVERY_SECONDS):
+                failed = not self._replace_dead()
+                if failed:
+                    break
+        finally:
+            self._stop_all()
+            self._held.close()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return 1 if failed else 0
+
+    def _replace_dead(self) -> bool:
+        """Restart each process that died; False when one died before it served."""
+        for index, process in enumerate(self._processes):
+            if process.is_alive() or self._stop.is_set():
+                continue
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:
+                logger.error("API process %d failed to start; stopping the others", process.pid)
+                return False
+            logger.error(
+                "API process %d died (exit code %s); starting another",
+                process.pid,
+                process.exitcode,
+            )
+            self._processes[index] = self._start_one()
+            self.restarts += 1
+        return True
+
+    def _stop_all(self) -> None:
+        """SIGTERM to each process (uvicorn finishes the requests in flight), SIGKILL to any
+        still running after :data:`_STOP_TIMEOUT_SECONDS`."""
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+        for process in self._processes:
+            process.join(_STOP_TIMEOUT_SECONDS)
+            if process.is_alive():
+                logger.error("API process %d did not stop in time; killing it", process.pid)
+                process.kill()
+                process.join()
