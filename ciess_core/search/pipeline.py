@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -407,6 +408,9 @@ def run_pipeline(
         "seconds_this_call": round(time.perf_counter() - started, 2),
     }
     write_json(out / "summary.json", summary)
+    # every training has finished: what is left there is from trainings that will not come back
+    # (stopped under settings since changed)
+    shutil.rmtree(checkpoint_folder(out), ignore_errors=True)
     return summary
 
 
