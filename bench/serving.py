@@ -500,10 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--rps",
-        type=lambda s: [float(x) for x in s.split(",")],
+        type=lambda s: [float(x) for x in s.split(",") if x],
         default=[500.0],
-        help="comma-separated open-loop rates, requests per second; one open loop each "
-        "(default: 500)",
+        help="comma-separated open-loop rates, requests per second; one open loop each, none "
+        "for an empty list (default: 500)",
     )
     parser.add_argument(
         "--seconds",
