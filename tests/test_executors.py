@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,3 +111,40 @@ def test_joining_a_starting_cluster_is_tried_again_after_each_wait() -> None:
     with pytest.raises(ValueError):
         connect_with_retries(lambda: failing(1, ValueError("bad address")), lambda: None, (0.0,))
     assert calls == ["connect"]
+
+
+_KILLED_PARENT = """
+import os, sys, time
+from ciess_core.search.parallel import StageRunner
+runner = StageRunner(2)
+pids = {runner.submit(os.getpid).result() for _ in range(8)}
+for _ in range(2):
+    runner.submit(time.sleep, 600.0)
+print(" ".join(map(str, sorted(pids))), flush=True)
+time.sleep(600.0)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def test_worker_processes_exit_when_their_parent_is_killed() -> None:
+    """A pipeline killed with SIGKILL (or by the OOM killer) leaves no worker training on."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_PARENT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert workers and all(_running(pid) for pid in workers)  # each sleeping in its unit
+        parent.kill()
+        parent.wait()
+        wait_for(lambda: not any(_running(pid) for pid in workers), timeout=30)
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -18,6 +18,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -41,6 +42,26 @@ def _start_worker(threads: int, level: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s [worker]: %(message)s")
 
 
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _exit_without(parent: int) -> None:
+    """Exit this process as soon as ``parent`` is no longer its parent (it died)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    logging.getLogger(__name__).error(
+        "worker %d: its parent %d is gone; exiting", os.getpid(), parent
+    )
+    os._exit(1)
+
+
+def _start_pool_worker(threads: int, level: int, parent: int) -> None:
+    """A worker process of :class:`StageRunner`: :func:`_start_worker`, and an exit when the
+    process that started it dies (killed, say), so that no unit trains on for nobody."""
+    _start_worker(threads, level)
+    threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
+
+
 def _threads_per_worker(workers: int) -> int:
     """This process's threads shared among ``workers`` units (at least one each)."""
     if workers < 1:
@@ -54,7 +75,8 @@ class StageRunner:
     With one worker, :meth:`submit` runs the function at once and returns a finished future, so a
     caller has one code path for both. Functions and arguments must be picklable (module-level
     functions, frozen specs, arrays, paths). Use as a context manager: leaving it waits for the
-    workers and, after an error, cancels what has not started.
+    workers and, after an error, cancels what has not started. A worker exits by itself within
+    :data:`PARENT_CHECK_SECONDS` of this process's death.
     """
 
     def __init__(self, workers: int) -> None:
@@ -65,8 +87,8 @@ class StageRunner:
             self._executor = ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker,
-                initargs=(self.threads, logging.getLogger().getEffectiveLevel()),
+                initializer=_start_pool_worker,
+                initargs=(self.threads, logging.getLogger().getEffectiveLevel(), os.getpid()),
             )
 
     @property
