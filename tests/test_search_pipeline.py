@@ -331,7 +331,7 @@ def check_the_test_phase_teacher_is_trained_once(
     teachers, _ = prepare_teachers(spec, clustered_split, tmp_path, progress=False)
     # Each teacher propagates over its own phase's graph: the test one has the validation edges.
     edges = {
-        phase: teacher.propagation.matrix.values().numel()  # type: ignore[union-attr]
+        phase: teacher.propagation.matrix.values().numel()  # type: ignore[union-attr,operator]
         for phase, teacher in teachers.items()
     }
     assert edges[Phase.TEST] > edges[Phase.SEARCH]
@@ -562,12 +562,12 @@ def test_a_pipeline_stopped_inside_a_training_resumes_it_from_its_checkpoint(
     resumed = run_pipeline(spec, clustered_split, out, progress=False)
     assert 20 not in again and again.count(40) == stopped  # resumed at 40, not from batch 1
     for budget, result in expected["budgets"].items():
-        again = resumed["budgets"][budget]
-        assert again["test"] == result["test"]
-        assert [c["valid"] for c in again["candidates"]] == [
+        after_resume = resumed["budgets"][budget]
+        assert after_resume["test"] == result["test"]
+        assert [c["valid"] for c in after_resume["candidates"]] == [
             c["valid"] for c in result["candidates"]
         ]
-        assert [c["stages"]["select"]["best_batch"] for c in again["candidates"]] == [
+        assert [c["stages"]["select"]["best_batch"] for c in after_resume["candidates"]] == [
             c["stages"]["select"]["best_batch"] for c in result["candidates"]
         ]
     assert not (out / "checkpoints").exists()  # the stale checkpoint went with the folder
