@@ -8,8 +8,9 @@ process binds its own socket with ``SO_REUSEPORT`` and the kernel spreads new co
 them by a hash of the addresses.
 
 :class:`ApiProcesses` starts the processes (``multiprocessing``'s spawn start method), restarts
-one that dies (a process that dies before it served stops the whole group: the app, the port
-or the settings are broken and would fail again), and stops them all, gracefully, on
+one that dies (after 1 s, doubling to 30 s while it keeps dying; a process that dies before it
+served stops the whole group: the app, the port or the settings are broken and would fail
+again), and stops them all, gracefully, on
 ``SIGTERM`` or ``SIGINT``. The parent keeps a bound, non-listening socket on the port while it
 runs, so no other program can take the port between two restarts, and a port of 0 is chosen
 once for all processes.
@@ -27,6 +28,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -38,7 +40,9 @@ APP = "service.main:app_from_environment"
 LISTEN_BACKLOG = 2048  # uvicorn's default
 # a process that exits with this code never served: restarting it would fail the same way
 STARTUP_FAILURE = 3
-_SUPERVISE_EVERY_SECONDS = 0.5
+FIRST_RESTART_DELAY_SECONDS = 1.0
+MAX_RESTART_DELAY_SECONDS = 30.0
+_SUPERVISE_EVERY_SECONDS = 0.2
 _STOP_TIMEOUT_SECONDS = 30.0
 
 
@@ -59,12 +63,17 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return bound
 
 
-def serve_one(host: str, port: int, options: Mapping[str, Any]) -> None:
-    """One API process: its own listening socket on ``host:port`` and a uvicorn server of the app
-    with ``options`` (``uvicorn.Config`` keywords). Exits with :data:`STARTUP_FAILURE` when it
-    could not bind or the app did not start."""
+def serve_one(
+    host: str, port: int, options: Mapping[str, Any], environment: Mapping[str, str]
+) -> None:
+    """One API process: ``environment`` set, its own listening socket on ``host:port`` and a
+    uvicorn server of the app with ``options`` (``uvicorn.Config`` keywords). Exits with
+    :data:`STARTUP_FAILURE` when it could not listen or the app did not start."""
+    import os
+
     import uvicorn
 
+    os.environ.update(environment)
     try:
         listening = reuse_port_socket(host, port)
         listening.listen(LISTEN_BACKLOG)
@@ -72,15 +81,32 @@ def serve_one(host: str, port: int, options: Mapping[str, Any]) -> None:
         logger.error("API process could not listen on %s:%d: %s", host, port, error)
         sys.exit(STARTUP_FAILURE)
     server = uvicorn.Server(uvicorn.Config(APP, factory=True, **options))
-    server.run(sockets=[listening])
+    try:
+        server.run(sockets=[listening])
+    except Exception:
+        if server.started:
+            raise
+        logger.exception("API process could not start the app")
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 
 
 class ApiProcesses:
-    """``count`` API processes (:func:`serve_one`) on ``host:port``, supervised until stopped."""
+    """``count`` API processes (:func:`serve_one`) on ``host:port``, supervised until stopped.
 
-    def __init__(self, count: int, host: str, port: int, options: Mapping[str, Any]) -> None:
+    A process that dies after it served is started again after
+    :data:`FIRST_RESTART_DELAY_SECONDS`, each further death of the same slot twice as late, up
+    to :data:`MAX_RESTART_DELAY_SECONDS`; one that ran that long counts as healthy again.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        host: str,
+        port: int,
+        options: Mapping[str, Any],
+        environment: Mapping[str, str],
+    ) -> None:
         if count < 2:
             raise ValueError(f"ApiProcesses runs 2 processes or more, not {count}")
         self._count = count
@@ -88,15 +114,16 @@ class ApiProcesses:
         self._held = reuse_port_socket(host, port)  # OSError: the port is taken
         self.port: int = self._held.getsockname()[1]
         self._options = dict(options)
+        self._environment = dict(environment)
         self._context = multiprocessing.get_context("spawn")
-        self._processes: list[BaseProcess] = []
+        self._slots: list[_Slot] = []
         self._stop = threading.Event()
         self.restarts = 0
 
     def _start_one(self) -> BaseProcess:
         process = self._context.Process(
             target=serve_one,
-            args=(self._host, self.port, self._options),
+            args=(self._host, self.port, self._options, self._environment),
             name="ciess-api",
         )
         process.start()
@@ -115,13 +142,13 @@ class ApiProcesses:
         }
         failed = False
         try:
-            self._processes = [self._start_one() for _ in range(self._count)]
+            self._slots = [_Slot(self._start_one()) for _ in range(self._count)]
             logger.info(
                 "%d API processes on %s:%d (SO_REUSEPORT): pids %s",
                 self._count,
                 self._host,
                 self.port,
-                [process.pid for process in self._processes],
+                [slot.process.pid for slot in self._slots],
             )
             while not self._stop.wait(_SUPERVISE_EVERY_SECONDS):
                 failed = not self._replace_dead()
@@ -135,32 +162,64 @@ class ApiProcesses:
         return 1 if failed else 0
 
     def _replace_dead(self) -> bool:
-        """Restart each process that died; False when one died before it served."""
-        for index, process in enumerate(self._processes):
-            if process.is_alive() or self._stop.is_set():
-                continue
-            process.join()
-            if process.exitcode == STARTUP_FAILURE:
-                logger.error("API process %d failed to start; stopping the others", process.pid)
-                return False
-            logger.error(
-                "API process %d died (exit code %s); starting another",
-                process.pid,
-                process.exitcode,
-            )
-            self._processes[index] = self._start_one()
-            self.restarts += 1
+        """Restart each process that died, when its delay is up; False when one died before
+        it served."""
+        now = time.monotonic()
+        for slot in self._slots:
+            if slot.restart_at is None:
+                if slot.process.is_alive():
+                    continue
+                slot.process.join()
+                if slot.process.exitcode == STARTUP_FAILURE:
+                    logger.error(
+                        "API process %d failed to start; stopping the others", slot.process.pid
+                    )
+                    return False
+                slot.died(now)
+                logger.error(
+                    "API process %d died (exit code %s); another in %.0f s",
+                    slot.process.pid,
+                    slot.process.exitcode,
+                    slot.delay,
+                )
+            if slot.restart_at is not None and now >= slot.restart_at and not self._stop.is_set():
+                slot.restarted(self._start_one(), now)
+                self.restarts += 1
         return True
 
     def _stop_all(self) -> None:
         """SIGTERM to each process (uvicorn finishes the requests in flight), SIGKILL to any
         still running after :data:`_STOP_TIMEOUT_SECONDS`."""
-        for process in self._processes:
+        processes = [slot.process for slot in self._slots]
+        for process in processes:
             if process.is_alive():
                 process.terminate()
-        for process in self._processes:
+        for process in processes:
             process.join(_STOP_TIMEOUT_SECONDS)
             if process.is_alive():
                 logger.error("API process %d did not stop in time; killing it", process.pid)
                 process.kill()
                 process.join()
+
+
+class _Slot:
+    """One of :class:`ApiProcesses`' processes, its restart delay and when it restarts."""
+
+    def __init__(self, process: BaseProcess) -> None:
+        self.process = process
+        self.started = time.monotonic()
+        self.delay = 0.0
+        self.restart_at: float | None = None
+
+    def died(self, now: float) -> None:
+        if now - self.started >= MAX_RESTART_DELAY_SECONDS:
+            self.delay = 0.0  # it had been healthy: start over
+        self.delay = min(
+            max(2 * self.delay, FIRST_RESTART_DELAY_SECONDS), MAX_RESTART_DELAY_SECONDS
+        )
+        self.restart_at = now + self.delay
+
+    def restarted(self, process: BaseProcess, now: float) -> None:
+        self.process = process
+        self.started = now
+        self.restart_at = None

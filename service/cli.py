@@ -34,6 +34,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ciess_core.cli import run_command
+from service.api_processes import FIRST_RESTART_DELAY_SECONDS, MAX_RESTART_DELAY_SECONDS
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -50,8 +51,6 @@ _SHARED_FLAGS = {
 
 HTTP_PROTOCOLS = ("coalescing", "httptools", "h11")
 
-FIRST_RESTART_DELAY_SECONDS = 1.0
-MAX_RESTART_DELAY_SECONDS = 30.0
 _SUPERVISE_EVERY_SECONDS = 0.2
 # prometheus-client's variable for its multiprocess mode (read when it is imported)
 MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -295,12 +294,16 @@ def metrics_folder(state_dir: Path) -> Path:
     return own
 
 
-def _serve_processes(arguments: argparse.Namespace, options: Mapping[str, Any]) -> int:
+def _serve_processes(
+    arguments: argparse.Namespace, options: Mapping[str, Any], environment: Mapping[str, str]
+) -> int:
     """``--workers N`` (N > 1): N API processes, each on a socket of its own (SO_REUSEPORT)."""
     from service.api_processes import ApiProcesses
 
     try:
-        processes = ApiProcesses(arguments.workers, arguments.host, arguments.port, options)
+        processes = ApiProcesses(
+            arguments.workers, arguments.host, arguments.port, options, environment
+        )
     except OSError as error:
         logger.error("cannot listen on %s:%d: %s", arguments.host, arguments.port, error)
         return 1
@@ -338,7 +341,7 @@ def run_serve_command(arguments: argparse.Namespace) -> int:
     }
     try:
         if arguments.workers > 1:
-            return _serve_processes(arguments, options)
+            return _serve_processes(arguments, options, environment)
         uvicorn.run(APP, factory=True, host=arguments.host, port=arguments.port, **options)
     finally:
         if supervisor is not None:

@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from ciess_core.cli import build_parser
+from service import api_processes
 from service.cli import (
     _export_settings,
     add_service_parsers,
@@ -74,15 +75,33 @@ def test_serve_passes_the_connection_timeouts_to_uvicorn(
     monkeypatch.setattr(signal, "signal", lambda *arguments: None)
     seen: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(options, app=app))
-    arguments = _parse(
-        "serve", "--no-worker", "--dev", "--state-dir", str(tmp_path), "--workers", "2"
-    )
+    arguments = _parse("serve", "--no-worker", "--dev", "--state-dir", str(tmp_path))
     assert run_serve_command(arguments) == 0
-    assert seen["app"] == "service.main:app_from_environment" and seen["workers"] == 2
+    assert seen["app"] == "service.main:app_from_environment" and seen["port"] == 8000
     assert seen["timeout_keep_alive"] == 7
     protocol = seen["http"]
     assert isinstance(protocol, functools.partial) and 3.0 in protocol.args
     assert pickle.loads(pickle.dumps(protocol)).args == protocol.args  # for --workers N
+
+    class Recorded:
+        """Stands for ApiProcesses: records what each API process would be given."""
+
+        def __init__(self, *given: Any) -> None:
+            seen["processes"] = given
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(api_processes, "ApiProcesses", Recorded)
+    arguments = _parse(
+        "serve", "--no-worker", "--dev", "--state-dir", str(tmp_path), "--workers", "3"
+    )
+    assert run_serve_command(arguments) == 0
+    count, host, port, options, environment = seen["processes"]
+    assert (count, host, port) == (3, "127.0.0.1", 8000)
+    assert options["timeout_keep_alive"] == 7 and options["access_log"] is True
+    assert environment["CIESS_DEV_MODE"] == "1"  # each process reads the flags' settings
+    assert environment["PROMETHEUS_MULTIPROC_DIR"]  # and keeps its metrics with the others'
 
 
 def test_ciess_serve_and_ciess_worker_programs_end_user_mistakes_in_one_line(

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.api_processes import STARTUP_FAILURE, serve_one
 from service.settings import Settings
 from tests.service.conftest import (
     REPOSITORY,
@@ -212,3 +213,14 @@ def test_a_taken_port_is_a_clear_error(settings: Settings) -> None:
     assert finished.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in finished.stderr
     assert "Traceback" not in finished.stderr
+
+
+def test_an_api_process_whose_app_fails_to_start_exits_as_a_startup_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So that the supervisor stops the group instead of starting it again and again."""
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if "CIESS_" not in k})
+    environment = {"CIESS_STATE_DIR": str(tmp_path)}  # no admin token: create_app refuses
+    with pytest.raises(SystemExit) as exited:
+        serve_one("127.0.0.1", 0, {"access_log": False}, environment)
+    assert exited.value.code == STARTUP_FAILURE
