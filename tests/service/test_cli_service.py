@@ -159,3 +159,20 @@ def test_serve_starts_the_api_and_a_worker_and_stops_both(
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     wait_for(lambda: not group_alive(process.pid), timeout=30, what="the worker to stop")
+
+
+def test_an_api_process_that_keeps_dying_waits_twice_as_long_each_time() -> None:
+    slot = api_processes._Slot(process=None)  # type: ignore[arg-type]
+    slot.started = 0.0
+    waits = []
+    now = 0.0
+    for _ in range(7):  # each dies 0.5 s after its start
+        now += 0.5
+        slot.died(now)
+        waits.append(slot.delay)
+        assert slot.restart_at == now + slot.delay
+        now = slot.restart_at
+        slot.restarted(None, now)  # type: ignore[arg-type]
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    slot.died(now + api_processes.MAX_RESTART_DELAY_SECONDS)  # it had served that long
+    assert slot.delay == api_processes.FIRST_RESTART_DELAY_SECONDS
