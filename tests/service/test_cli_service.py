@@ -176,3 +176,15 @@ def test_an_api_process_that_keeps_dying_waits_twice_as_long_each_time() -> None
     assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
     slot.died(now + api_processes.MAX_RESTART_DELAY_SECONDS)  # it had served that long
     assert slot.delay == api_processes.FIRST_RESTART_DELAY_SECONDS
+
+
+@pytest.mark.parametrize(
+    ("given", "message"), [("0", "at least 1 process, got 0"), ("two", "not a whole number: 'two'")]
+)
+def test_workers_must_be_a_whole_number_of_one_or_more(
+    given: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _parse("serve", "--workers", given)
+    assert exited.value.code == 2
+    assert f"--workers: {message}" in capsys.readouterr().err
