@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ciess_core.errors import ConfigError, DataError
+from ciess_core.staged_files import staged_file
 from ciess_core.storage import count_runs, stored_bytes
 
 Sizes = npt.NDArray[np.int64]
@@ -160,15 +160,13 @@ class SizeAssignment:
         """Write ``path`` (an ``.npz`` holding ``user_sizes``, ``item_sizes`` and ``max_size``)
         through a staging file, so that a reader never sees half of it."""
         path = Path(path)
-        staging = path.with_name(path.name + ".tmp")
-        with staging.open("wb") as handle:
+        with staged_file(path) as staging, staging.open("wb") as handle:
             np.savez(
                 handle,
                 user_sizes=self.user_sizes,
                 item_sizes=self.item_sizes,
                 max_size=np.int64(self.max_size),
             )
-        os.replace(staging, path)
         return path
 
     @classmethod

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from ciess_core.json_form import jsonable
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
 from ciess_core.search.config import ItemQuality
 from ciess_core.sizes import SizeAssignment
+from ciess_core.staged_files import staged_file
 from ciess_core.training import TrainConfig, evaluate_model, train_bpr
 
 logger = logging.getLogger(__name__)
@@ -200,9 +200,9 @@ class SupernetEvaluator:
         if self.cache_path is None:
             return
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.cache_path.with_suffix(".tmp")
-        torch.save(model.state_dict(), staging)
-        os.replace(staging, self.cache_path)  # weights first: the key alone never validates
+        # the weights first: the key alone never validates
+        with staged_file(self.cache_path) as staging:
+            torch.save(model.state_dict(), staging)
         self.cache_path.with_suffix(".json").write_text(json.dumps(key, indent=1) + "\n")
 
     def evaluate(self, sizes: SizeAssignment, value_type: str = "float32") -> QualitySignal:

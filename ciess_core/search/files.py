@@ -4,7 +4,6 @@ budget's folder is written and read only through :class:`BudgetFolder`."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 from ciess_core.errors import DataError
 from ciess_core.search.budgets import Budget, ByteBudget
 from ciess_core.sizes import SizeAssignment
+from ciess_core.staged_files import staged_file
 
 
 def read_cached(path: Path) -> dict[str, Any] | None:
@@ -27,9 +27,8 @@ def read_cached(path: Path) -> dict[str, Any] | None:
 
 def write_json(path: Path, value: Any) -> None:
     """Write ``value`` to ``path`` through a staging file, so that a reader never sees half."""
-    staging = path.with_suffix(path.suffix + ".tmp")
-    staging.write_text(json.dumps(value, indent=1) + "\n")
-    staging.replace(path)
+    with staged_file(path) as staging:
+        staging.write_text(json.dumps(value, indent=1) + "\n")
 
 
 def checkpoint_folder(out: Path) -> Path:
@@ -104,8 +103,8 @@ class BudgetFolder:
         fingerprint of its inputs; written through a staging file."""
         max_size = scored[0][1].max_size
         dtype = np.min_scalar_type(max_size)
-        staging = self.path / f"{name}.sizes.npz.tmp"
-        with staging.open("wb") as handle:
+        target = self.path / f"{name}.sizes.npz"
+        with staged_file(target) as staging, staging.open("wb") as handle:
             np.savez(
                 handle,
                 fingerprint=np.array(fingerprint),
@@ -114,7 +113,6 @@ class BudgetFolder:
                 item_sizes=np.stack([sizes.item_sizes for _, sizes in scored]).astype(dtype),
                 max_size=np.int64(max_size),
             )
-        os.replace(staging, self.path / f"{name}.sizes.npz")
 
     def fitted(self, name: str, fingerprint: str) -> list[tuple[float, SizeAssignment]] | None:
         """The variants :meth:`write_fitted` kept for a fit of these inputs (None: no such fit
@@ -163,9 +161,8 @@ class BudgetFolder:
         """The deployment model's weights and stage summary, kept until the run folder is
         written (the summary last: it marks the training finished)."""
         self._deployment.mkdir(parents=True, exist_ok=True)
-        staging = self._deployment / "model.pt.tmp"
-        torch.save(state, staging)
-        staging.replace(self.deployment_weights())
+        with staged_file(self.deployment_weights()) as staging:
+            torch.save(state, staging)
         write_json(self._deployment / "summary.json", summary)
 
     def deployment_summary(self) -> dict[str, Any] | None:

@@ -64,6 +64,7 @@ from ciess_core.search.teachers import (
     prepare_teachers,
     train_phase_teacher,
 )
+from ciess_core.staged_files import staged_file
 from ciess_core.training import TrainConfig, train_bpr
 from ciess_core.training.checkpoints import training_checkpoints
 from ciess_core.training.distillation import DistillationConfig
@@ -241,9 +242,8 @@ def _search_quality(spec: PipelineSpec, search_split: DatasetSplit, out: Path) -
         train, valid = search_split.phase(Phase.SEARCH)
         model = load_full_model(spec, search_split, directory)
         signal = quality_signal(model, train, valid, time.perf_counter(), spec.search.item_quality)
-        staging = path.with_suffix(".tmp.npz")
-        np.savez(staging, users=signal.user_eval, items=signal.item_eval)
-        staging.replace(path)
+        with staged_file(path) as staging, staging.open("wb") as handle:
+            np.savez(handle, users=signal.user_eval, items=signal.item_eval)
     with np.load(path) as arrays:
         return {"users": arrays["users"], "items": arrays["items"]}
 

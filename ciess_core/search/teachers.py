@@ -22,6 +22,7 @@ from ciess_core.models import Backbone, build_backbone
 from ciess_core.runs import RunSpec, execute_run, train_deployment
 from ciess_core.search.files import checkpoint_folder, read_cached, write_json
 from ciess_core.sizes import SizeAssignment
+from ciess_core.staged_files import staged_file
 from ciess_core.training.checkpoints import training_checkpoints
 from ciess_core.training.distillation import TeacherSource
 
@@ -98,9 +99,8 @@ def train_phase_teacher(
             summary["test"] = outcome.test_metrics
         else:
             model, _ = train_deployment(run_spec, split, sizes, batches, progress)
-    staging = directory / "model.pt.tmp"
-    torch.save(model.state_dict(), staging)
-    staging.replace(directory / "model.pt")
+    with staged_file(directory / "model.pt") as staging:
+        torch.save(model.state_dict(), staging)
     seconds = round(time.perf_counter() - started, 2)
     write_json(summary_path, {"seconds": seconds, **summary})
     return seconds

@@ -24,6 +24,8 @@ from typing import Any
 import scipy.sparse as sp
 import torch
 
+from ciess_core.staged_files import staged_file
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_EVERY_SECONDS = 60.0
@@ -120,9 +122,8 @@ class TrainingCheckpoint:
 
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_name(self.path.name + ".tmp")
-        torch.save(state, staging)
-        staging.replace(self.path)
+        with staged_file(self.path) as staging:
+            torch.save(state, staging)
         self._last_saved = time.monotonic()
 
     def remove(self) -> None:
