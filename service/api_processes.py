@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -44,6 +45,28 @@ FIRST_RESTART_DELAY_SECONDS = 1.0
 MAX_RESTART_DELAY_SECONDS = 30.0
 _SUPERVISE_EVERY_SECONDS = 0.2
 _STOP_TIMEOUT_SECONDS = 30.0
+
+
+class RestartBackoff:
+    """How long to wait before starting a dead child process again: ``first`` seconds after
+    a death, twice as long after each further one, at most ``most``; a child that had run
+    ``most`` seconds counts as healthy again (the next wait is ``first``). The API processes'
+    supervisor and the job worker's use it."""
+
+    def __init__(
+        self, first: float = FIRST_RESTART_DELAY_SECONDS, most: float = MAX_RESTART_DELAY_SECONDS
+    ) -> None:
+        self._first = first
+        self._most = most
+        self._next = first
+
+    def after_death(self, ran_seconds: float) -> float:
+        """The wait before the next start of a child that died after ``ran_seconds``."""
+        if ran_seconds >= self._most:
+            self._next = self._first
+        wait = self._next
+        self._next = min(2 * wait, self._most)
+        return wait
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -69,8 +92,6 @@ def serve_one(
     """One API process: ``environment`` set, its own listening socket on ``host:port`` and a
     uvicorn server of the app with ``options`` (``uvicorn.Config`` keywords). Exits with
     :data:`STARTUP_FAILURE` when it could not listen or the app did not start."""
-    import os
-
     import uvicorn
 
     os.environ.update(environment)
@@ -208,15 +229,12 @@ class _Slot:
     def __init__(self, process: BaseProcess) -> None:
         self.process = process
         self.started = time.monotonic()
+        self.backoff = RestartBackoff()
         self.delay = 0.0
         self.restart_at: float | None = None
 
     def died(self, now: float) -> None:
-        if now - self.started >= MAX_RESTART_DELAY_SECONDS:
-            self.delay = 0.0  # it had been healthy: start over
-        self.delay = min(
-            max(2 * self.delay, FIRST_RESTART_DELAY_SECONDS), MAX_RESTART_DELAY_SECONDS
-        )
+        self.delay = self.backoff.after_death(now - self.started)
         self.restart_at = now + self.delay
 
     def restarted(self, process: BaseProcess, now: float) -> None:

@@ -34,7 +34,11 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ciess_core.cli import run_command
-from service.api_processes import FIRST_RESTART_DELAY_SECONDS, MAX_RESTART_DELAY_SECONDS
+from service.api_processes import (
+    FIRST_RESTART_DELAY_SECONDS,
+    MAX_RESTART_DELAY_SECONDS,
+    RestartBackoff,
+)
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -265,16 +269,15 @@ class WorkerSupervisor:
             logger.error("jobs %s failed: their worker died", failed)
 
     def _supervise(self) -> None:
-        delay = FIRST_RESTART_DELAY_SECONDS
+        backoff = RestartBackoff(FIRST_RESTART_DELAY_SECONDS, MAX_RESTART_DELAY_SECONDS)
         while not self._stop.wait(_SUPERVISE_EVERY_SECONDS):
             process = self._process
             if process is None:
                 continue
             code = process.poll()
             if code is None:
-                if time.monotonic() - self._started >= MAX_RESTART_DELAY_SECONDS:
-                    delay = FIRST_RESTART_DELAY_SECONDS
                 continue
+            delay = backoff.after_death(time.monotonic() - self._started)
             self._fail_orphaned_jobs()
             logger.error(
                 "job worker (pid %d) exited with code %d; restarting it in %g s",
@@ -284,7 +287,6 @@ class WorkerSupervisor:
             )
             if self._stop.wait(delay):
                 return
-            delay = min(2 * delay, MAX_RESTART_DELAY_SECONDS)
             self._spawn()
             self.restarts += 1
 
