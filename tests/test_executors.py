@@ -17,6 +17,7 @@ from ciess_core.data import DatasetSplit
 from ciess_core.errors import ConfigError
 from ciess_core.runs import Protocol
 from ciess_core.search.parallel import StageRunner, connect_with_retries, stage_runner
+from service.jobs.store import pid_alive
 from tests.ray_units import unit_processes, wait_for
 from tests.test_search_pipeline import check_two_workers_give_the_same_models_as_one
 
@@ -125,14 +126,6 @@ time.sleep(600.0)
 """
 
 
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
 def test_worker_processes_exit_when_their_parent_is_killed() -> None:
     """A pipeline killed with SIGKILL (or by the OOM killer) leaves no worker training on."""
     parent = subprocess.Popen(
@@ -141,10 +134,10 @@ def test_worker_processes_exit_when_their_parent_is_killed() -> None:
     try:
         assert parent.stdout is not None
         workers = [int(pid) for pid in parent.stdout.readline().split()]
-        assert workers and all(_running(pid) for pid in workers)  # each sleeping in its unit
+        assert workers and all(pid_alive(pid) for pid in workers)  # each sleeping in its unit
         parent.kill()
         parent.wait()
-        wait_for(lambda: not any(_running(pid) for pid in workers), timeout=30)
+        wait_for(lambda: not any(pid_alive(pid) for pid in workers), timeout=30)
     finally:
         if parent.poll() is None:
             parent.kill()

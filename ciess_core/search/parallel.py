@@ -49,9 +49,7 @@ def _exit_without(parent: int) -> None:
     """Exit this process as soon as ``parent`` is no longer its parent (it died)."""
     while os.getppid() == parent:
         time.sleep(PARENT_CHECK_SECONDS)
-    logging.getLogger(__name__).error(
-        "worker %d: its parent %d is gone; exiting", os.getpid(), parent
-    )
+    logger.error("worker %d: its parent %d is gone; exiting", os.getpid(), parent)
     os._exit(1)
 
 
