@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ciess_core.models import BackboneConfig
 from ciess_core.run_folder import MODEL_FILE, RUN_FORMAT_VERSION, read_run
 from ciess_core.runs import Protocol, RunProtocol
 from ciess_core.search import ItemQuality, SearchConfig
+from ciess_core.search.evaluators import RandomSizeDraws
 from ciess_core.search.files import BudgetFolder
 from ciess_core.search.fit import within_side_spread
 from ciess_core.search.pipeline import (
@@ -580,3 +582,39 @@ def test_a_budget_folder_of_bare_size_vectors_is_refused(tmp_path: Path) -> None
     (folder.path / "sizes.npz").rename(folder.path / "sizes.npy")
     with pytest.raises(DataError, match=r"bare sizes\.npy \(an older ciess\); remove the folder"):
         folder.chosen()
+
+
+def test_a_pipeline_stopped_inside_the_supernets_training_resumes_it(
+    clustered_split: DatasetSplit,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The supernet's training keeps its checkpoint in the run's checkpoint folder: a pipeline
+    stopped in it resumes at the batch it stopped at and ends with the uninterrupted pipeline's
+    numbers."""
+    spec = dataclasses.replace(tiny_spec(), retrain_top=1)
+    expected = run_pipeline(spec, clustered_split, tmp_path / "straight", progress=False)
+    monkeypatch.setattr(checkpoints, "DEFAULT_EVERY_SECONDS", 0.0)
+    draw = RandomSizeDraws.__call__
+    stopped: list[int] = []
+
+    def stopping_draw(self: RandomSizeDraws, batch_index: int) -> None:
+        if batch_index == 15 and not stopped:
+            stopped.append(batch_index)
+            raise _StopError
+        draw(self, batch_index)
+
+    monkeypatch.setattr(RandomSizeDraws, "__call__", stopping_draw)
+    out = tmp_path / "stopped"
+    with pytest.raises(_StopError):
+        run_pipeline(spec, clustered_split, out, progress=False)
+    assert len(list((out / "checkpoints").glob("train-*.pt"))) == 1
+    with caplog.at_level(logging.INFO, logger="ciess_core.training.checkpoints"):
+        resumed = run_pipeline(spec, clustered_split, out, progress=False)
+    assert "resuming training at batch 15" in caplog.text
+    for budget, result in expected["budgets"].items():
+        assert resumed["budgets"][budget]["test"] == result["test"]
+        assert [c["valid"] for c in resumed["budgets"][budget]["candidates"]] == [
+            c["valid"] for c in result["candidates"]
+        ]

@@ -91,6 +91,34 @@ def quality_signal(
     )
 
 
+class RandomSizeDraws:
+    """Before every batch of the supernet's training, a new size for every user and item, drawn
+    uniformly from 1 to ``max_size`` (a :class:`~ciess_core.training.BatchHook`: its generator's
+    state goes into training checkpoints)."""
+
+    def __init__(self, model: Backbone, max_size: int, seed: int) -> None:
+        self.model = model
+        self.max_size = max_size
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    @property
+    def recipe(self) -> str:
+        return f"uniform sizes 1..{self.max_size} for every entity"
+
+    def __call__(self, batch_index: int) -> None:
+        sizes = torch.randint(
+            1, self.max_size + 1, (self.model.num_entities,), generator=self.generator
+        )
+        device = self.model.tables()[0].weight.device
+        self.model.set_embedding_sizes(sizes.to(device), clear_truncated=False)
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def restore(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
 class SupernetEvaluator:
     """Our evaluator: one model trained under random prefix sizes, masked per candidate.
 
@@ -146,21 +174,13 @@ class SupernetEvaluator:
         generator = torch.Generator(device=self.training.device)
         generator.manual_seed(self.training.seed)
         model = build_backbone(self.backbone, self.train, generator)
-        device = model.tables()[0].weight.device
-        size_generator = torch.Generator(device="cpu").manual_seed(self.training.seed + 1)
-
-        def draw_sizes(_: int) -> None:
-            sizes = torch.randint(
-                1, self.backbone.max_size + 1, (model.num_entities,), generator=size_generator
-            )
-            model.set_embedding_sizes(sizes.to(device), clear_truncated=False)
-
         key = self._cache_key()
         if self._load_cached(model, key):
             logger.info("supernet loaded from %s", self.cache_path)
         else:
             logger.info("training the supernet for %d batches", self.training.max_batches)
-            train_bpr(model, self.train, self.training, progress=False, before_batch=draw_sizes)
+            draws = RandomSizeDraws(model, self.backbone.max_size, self.training.seed + 1)
+            train_bpr(model, self.train, self.training, progress=False, before_batch=draws)
             self._save_cached(model, key)
         self.model = model
         self._weights = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -456,10 +456,9 @@ def _search_stage(
         timings.update(json.loads((search_dir / "done.json").read_text())["timings"])
         return AssignmentPool.load(pool_dir), None
     inputs = search_inputs(spec, split, out)
-    evaluator = evaluator_factory(spec, split, out / "supernet")
     stage_started = time.perf_counter()
     report("supernet", 0.15)
-    evaluator.prepare()
+    evaluator = _prepared_evaluator(evaluator_factory, spec, split, out)
     timings["evaluator_prepare"] = round(time.perf_counter() - stage_started, 2)
     stage_started = time.perf_counter()
     iterations = spec.search.num_episodes * spec.search.iterations_per_episode
@@ -487,6 +486,18 @@ def _search_stage(
     return outcome.pool, evaluator
 
 
+def _prepared_evaluator(
+    evaluator_factory: EvaluatorFactory, spec: PipelineSpec, split: DatasetSplit, out: Path
+) -> QualityEvaluator:
+    """The run's evaluator, prepared (its supernet trained or loaded from ``out/supernet``); a
+    training it needs keeps checkpoints in the run's checkpoint folder, so that an interrupted
+    preparation resumes where it stopped."""
+    evaluator = evaluator_factory(spec, split, out / "supernet")
+    with training_checkpoints(checkpoint_folder(out)):
+        evaluator.prepare()
+    return evaluator
+
+
 def _budget_candidates(
     spec: PipelineSpec,
     split: DatasetSplit,
@@ -509,8 +520,7 @@ def _budget_candidates(
         if not pending:  # the retraining has finished: its candidates are on disk
             return [], evaluator
         if evaluator is None:
-            evaluator = evaluator_factory(spec, split, out / "supernet")
-            evaluator.prepare()
+            evaluator = _prepared_evaluator(evaluator_factory, spec, split, out)
         stage_started = time.perf_counter()
         planned = plan_candidates(
             spec, evaluator, pool, budget, split.num_users, split.num_items, folder
@@ -522,8 +532,7 @@ def _budget_candidates(
         raise ConfigError(f"the search found no assignment for budget {budget}")
     if spec.share_grid and pending:
         if evaluator is None:  # the search was done by an earlier call
-            evaluator = evaluator_factory(spec, split, out / "supernet")
-            evaluator.prepare()
+            evaluator = _prepared_evaluator(evaluator_factory, spec, split, out)
         stage_started = time.perf_counter()
         candidates = [
             fitted.sizes for fitted in fit_shares(spec, evaluator, budget, candidates, folder)

@@ -2,6 +2,7 @@
 
 from ciess_core.training.config import TrainConfig
 from ciess_core.training.loop import (
+    BatchHook,
     EvaluationRecord,
     TrainResult,
     bpr_loss,
@@ -11,6 +12,7 @@ from ciess_core.training.loop import (
 from ciess_core.training.sampling import BprBatch, BprSampler
 
 __all__ = [
+    "BatchHook",
     "BprBatch",
     "BprSampler",
     "EvaluationRecord",

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,6 +30,28 @@ logger = logging.getLogger(__name__)
 def bpr_loss(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> torch.Tensor:
     """Mean of -log σ(ŷ_pos - ŷ_neg) over the batch, computed stably as softplus(ŷ_neg - ŷ_pos)."""
     return F.softplus(negative_scores - positive_scores).mean()
+
+
+class BatchHook(Protocol):
+    """What :func:`train_bpr` runs before every batch (the supernet's size draws). Its state is
+    kept in training checkpoints, so that a resumed training's hook does what the uninterrupted
+    one's would."""
+
+    @property
+    def recipe(self) -> str:
+        """What the hook does, part of the training's fingerprint."""
+        ...
+
+    def __call__(self, batch_index: int) -> None: ...
+
+    def state(self) -> Any:
+        """The hook's state: tensors and plain values, as ``torch.load(weights_only=True)``
+        reads them."""
+        ...
+
+    def restore(self, state: Any) -> None:
+        """Take back a state that :meth:`state` returned."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -92,7 +115,7 @@ def train_bpr(
     *,
     progress: bool = True,
     on_evaluation: Callable[[EvaluationRecord], None] | None = None,
-    before_batch: Callable[[int], None] | None = None,
+    before_batch: BatchHook | None = None,
     distiller: Distiller | None = None,
 ) -> TrainResult:
     """Train ``model`` with BPR on ``train``; select the best checkpoint on ``held_out``.
@@ -104,10 +127,9 @@ def train_bpr(
     every batch (the search's supernet uses it to draw new sizes). With ``distiller``, its
     distillation term on the batch's users is added to the loss.
 
-    Inside :func:`~ciess_core.training.checkpoints.training_checkpoints` (and without
-    ``before_batch``, whose own draws are not kept) the training saves its whole state now and
-    then and, started again after an interruption, resumes from it: the weights it returns are
-    the uninterrupted training's.
+    Inside :func:`~ciess_core.training.checkpoints.training_checkpoints` the training saves its
+    whole state (``before_batch``'s included) now and then and, started again after an
+    interruption, resumes from it: the weights it returns are the uninterrupted training's.
     """
     if train.shape != (model.num_users, model.num_items):
         raise ConfigError(
@@ -142,6 +164,8 @@ def train_bpr(
         train_seconds = saved["train_seconds"]
         running_loss, losses_seen = saved["running_loss"], saved["losses_seen"]
         batches_run = saved["batches_run"]
+        if before_batch is not None:
+            before_batch.restore(saved["before_batch"])
     model.train()
     bar = tqdm(
         total=config.max_batches,
@@ -227,6 +251,7 @@ def train_bpr(
                     "train_seconds": train_seconds,
                     "running_loss": running_loss,
                     "losses_seen": losses_seen,
+                    "before_batch": None if before_batch is None else before_batch.state(),
                 }
             )
     bar.close()
@@ -255,12 +280,12 @@ def _checkpoint_of(
     held_out: sp.csr_matrix | None,
     config: TrainConfig,
     distiller: Distiller | None,
-    before_batch: Callable[[int], None] | None,
+    before_batch: BatchHook | None,
 ) -> TrainingCheckpoint | None:
-    """This training's checkpoint when checkpoints are kept (and it has no ``before_batch``)."""
-    if before_batch is not None:
-        return None
+    """This training's checkpoint when checkpoints are kept."""
     recipe = repr(config) + ("" if distiller is None else repr(distiller.config))
+    if before_batch is not None:
+        recipe += f" before every batch: {before_batch.recipe}"
     teacher = None if distiller is None else distiller.teacher
     return TrainingCheckpoint.in_scope(
         lambda: training_fingerprint(model, train, held_out, recipe, teacher)
