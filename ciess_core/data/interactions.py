@@ -106,8 +106,35 @@ def _sorted_pairs_to_csr(users: IdArray, items: IdArray, shape: tuple[int, int])
     return matrix
 
 
+class _ExternalIdMaps:
+    """The external ids of a dataset's users and items, position = internal id: what
+    :class:`InteractionData` and :class:`DatasetSplit` both carry, checked and counted one way."""
+
+    external_user_ids: ExternalIdArray
+    external_item_ids: ExternalIdArray
+
+    def _check_external_ids(self) -> None:
+        """Validates both id maps and stores them as read-only numpy unicode arrays.
+
+        Raises:
+            DataError: an id map that is not 1-D, not unicode or holds a duplicate id.
+        """
+        external_users = _external_ids(self.external_user_ids, "external_user_ids")
+        external_items = _external_ids(self.external_item_ids, "external_item_ids")
+        object.__setattr__(self, "external_user_ids", external_users)
+        object.__setattr__(self, "external_item_ids", external_items)
+
+    @property
+    def num_users(self) -> int:
+        return int(self.external_user_ids.size)
+
+    @property
+    def num_items(self) -> int:
+        return int(self.external_item_ids.size)
+
+
 @dataclass(frozen=True, eq=False)
-class InteractionData:
+class InteractionData(_ExternalIdMaps):
     """All positive (user, item) pairs of a dataset, with internal ids 0..n-1.
 
     Attributes:
@@ -128,24 +155,13 @@ class InteractionData:
     source: str
 
     def __post_init__(self) -> None:
-        external_users = _external_ids(self.external_user_ids, "external_user_ids")
-        external_items = _external_ids(self.external_item_ids, "external_item_ids")
-        users = _internal_ids(self.user_ids, external_users.size, "user_ids")
-        items = _internal_ids(self.item_ids, external_items.size, "item_ids")
+        self._check_external_ids()
+        users = _internal_ids(self.user_ids, self.num_users, "user_ids")
+        items = _internal_ids(self.item_ids, self.num_items, "item_ids")
         if users.size != items.size:
             raise DataError(f"user_ids and item_ids differ in length: {users.size} != {items.size}")
-        object.__setattr__(self, "external_user_ids", external_users)
-        object.__setattr__(self, "external_item_ids", external_items)
         object.__setattr__(self, "user_ids", users)
         object.__setattr__(self, "item_ids", items)
-
-    @property
-    def num_users(self) -> int:
-        return int(self.external_user_ids.size)
-
-    @property
-    def num_items(self) -> int:
-        return int(self.external_item_ids.size)
 
     @property
     def num_interactions(self) -> int:
@@ -174,7 +190,7 @@ class InteractionData:
 
 
 @dataclass(frozen=True, eq=False)
-class DatasetSplit:
+class DatasetSplit(_ExternalIdMaps):
     """Three disjoint parts of a dataset, each a (num_users, num_items) binary CSR matrix.
 
     Attributes:
@@ -194,25 +210,14 @@ class DatasetSplit:
     seed: int
 
     def __post_init__(self) -> None:
-        external_users = _external_ids(self.external_user_ids, "external_user_ids")
-        external_items = _external_ids(self.external_item_ids, "external_item_ids")
-        shape = (external_users.size, external_items.size)
+        self._check_external_ids()
+        shape = (self.num_users, self.num_items)
         for name in ("train", "valid", "test"):
             matrix = getattr(self, name)
             if not sp.issparse(matrix) or matrix.format != "csr":
                 raise DataError(f"{name} must be a scipy CSR matrix, got {type(matrix).__name__}")
             if matrix.shape != shape:
                 raise DataError(f"{name} has shape {matrix.shape}, expected {shape}")
-        object.__setattr__(self, "external_user_ids", external_users)
-        object.__setattr__(self, "external_item_ids", external_items)
-
-    @property
-    def num_users(self) -> int:
-        return int(self.external_user_ids.size)
-
-    @property
-    def num_items(self) -> int:
-        return int(self.external_item_ids.size)
 
     def phase(self, phase: Phase) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(training matrix, held-out matrix) for a phase.
