@@ -205,6 +205,15 @@ def _page(model: ServedModel, items: IdArray, scores: FloatArray, offset: int) -
     ]
 
 
+def _rank_one(
+    model: ServedModel, scores: FloatArray, candidates: IdArray, k: int, offset: int
+) -> Ranking:
+    """Ranks ``offset ..`` of the ``k + offset`` best of one row of ``scores`` ((M,), -inf: never
+    returned) over ``candidates`` ((M,) ascending internal item ids), as external ids and scores."""
+    (ranking,) = _page(model, *top_items(scores[None], candidates, k + offset), offset)
+    return ranking
+
+
 def _rank_known(
     model: ServedModel,
     users: IdArray,
@@ -227,8 +236,7 @@ def _rank_popular(model: ServedModel, k: int, candidates: IdArray | None, offset
     counts = item_degrees(model)
     if candidates is None:
         candidates = np.arange(counts.size)
-    (ranking,) = _page(model, *top_items(counts[None, candidates], candidates, k + offset), offset)
-    return ranking
+    return _rank_one(model, counts[candidates], candidates, k, offset)
 
 
 def rank_users(
@@ -281,28 +289,10 @@ def ranked(
     return [ranking for ranking, _ in rank_users(model, user_ids, k, exclude_seen, item_ids)]
 
 
-def recommend(
-    model: ServedModel,
-    user_ids: Sequence[str],
-    k: int,
-    exclude_seen: bool = True,
-    include_items: Sequence[str] | None = None,
-    *,
-    exclude_items: Sequence[str] | None = None,
-    offset: int = 0,
-    fallback: Fallback | None = None,
+def as_recommendations(
+    user_ids: Sequence[str], answers: Sequence[tuple[Ranking, Fallback | None]]
 ) -> list[Recommendation]:
-    """:func:`rank_users` as response objects."""
-    answers = rank_users(
-        model,
-        user_ids,
-        k,
-        exclude_seen,
-        include_items,
-        exclude_items=exclude_items,
-        offset=offset,
-        fallback=fallback,
-    )
+    """:func:`rank_users`'s answers for ``user_ids`` as response objects."""
     return [
         Recommendation(
             user_id=user,
@@ -336,9 +326,7 @@ def similar_items(
     if metric is SimilarityMetric.DOT:
         scores *= geometry.norms * geometry.norms[item]
     scores[item] = -np.inf
-    every = np.arange(scores.size)
-    (ranking,) = _page(model, *top_items(scores[None], every, k), 0)
-    return ranking
+    return _rank_one(model, scores, np.arange(scores.size), k, 0)
 
 
 def visitor_vector(model: ServedModel, items: IdArray) -> FloatArray:
@@ -372,9 +360,7 @@ def for_items(model: ServedModel, item_ids: Sequence[str], k: int, offset: int =
     geometry = item_geometry(model)
     scores = (geometry.unit @ visitor_vector(model, items)) * geometry.norms
     scores[items] = -np.inf
-    every = np.arange(scores.size)
-    (ranking,) = _page(model, *top_items(scores[None], every, k + offset), offset)
-    return ranking
+    return _rank_one(model, scores, np.arange(scores.size), k, offset)
 
 
 def recommendation_json(

@@ -18,10 +18,10 @@ from service.deps import ModelDep, SettingsDep
 from service.errors import error_responses
 from service.limits import check_ids
 from service.ranking import (
+    as_recommendations,
     for_items,
     rank_users,
     ranked,
-    recommend,
     recommendation_json,
     similar_items,
 )
@@ -175,7 +175,7 @@ def batch_recommendations(
     for name, items in (("include_items", body.included), ("exclude_items", body.exclude_items)):
         if items is not None:
             check_ids(items, name, settings.max_id_length)
-    results = recommend(
+    answers = rank_users(
         model,
         body.user_ids,
         body.k,
@@ -185,6 +185,7 @@ def batch_recommendations(
         offset=body.offset,
         fallback=body.fallback,
     )
+    results = as_recommendations(body.user_ids, answers)
     response.headers[VERSION_HEADER] = model.version
     return BatchResponse(results=results, model_version=model.version)
 
