@@ -1,4 +1,5 @@
-"""Dependencies as named ``Annotated`` types; resources live on ``app.state`` (see lifespan)."""
+"""Dependencies as named ``Annotated`` types, and the admin routers they guard; resources live on
+``app.state`` (see lifespan)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import hmac
 import logging
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import AuthError, NotReadyError
+from service.errors import AuthError, NotReadyError, error_responses
 from service.jobs.store import JobStore
 from service.metrics import Metrics
 from service.model_holder import ModelHolder, ServedModel
@@ -60,6 +61,17 @@ def require_admin(
     given = credentials.credentials.encode()
     if not hmac.compare_digest(given, settings.admin_token.encode()):
         raise AuthError("the admin token is not valid", missing=False)
+
+
+def admin_router() -> APIRouter:
+    """A router of ``/v1/admin`` endpoints: every one needs the admin token
+    (:func:`require_admin`: 401, 403) and may answer 503 (no model loaded, or no job store)."""
+    return APIRouter(
+        prefix="/v1/admin",
+        tags=["admin"],
+        dependencies=[Depends(require_admin)],
+        responses=error_responses((401, 403, 503)),
+    )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

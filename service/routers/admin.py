@@ -14,10 +14,10 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from service.deps import HolderDep, MetricsDep, ModelDep, SettingsDep, StoreDep, require_admin
+from service.deps import HolderDep, MetricsDep, ModelDep, SettingsDep, StoreDep, admin_router
 from service.errors import NotReadyError, error_responses
 from service.jobs.budget import Budget, resolve_budget, served_budget, sizing_method
 from service.jobs.fast_path import REQUANTISE_JOB, plan_fast_path
@@ -35,12 +35,7 @@ from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(
-    prefix="/v1/admin",
-    tags=["admin"],
-    dependencies=[Depends(require_admin)],
-    responses=error_responses((401, 403, 503)),
-)
+router = admin_router()
 
 BUDGET_JOB = "budget"
 # A full queue frees up as jobs start; a budget job takes minutes.

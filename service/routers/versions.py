@@ -15,11 +15,11 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import Path, Request
 from fastapi.concurrency import run_in_threadpool
 
 from ciess_core.errors import ArtifactError
-from service.deps import HolderDep, MetricsDep, SettingsDep, StoreDep, require_admin
+from service.deps import HolderDep, MetricsDep, SettingsDep, StoreDep, admin_router
 from service.errors import ConflictError, NotFoundError, error_responses
 from service.jobs.budget import served_budget
 from service.model_holder import (
@@ -34,12 +34,7 @@ from service.versions import KEEP_VERSIONS, KeptVersion, kept_versions, promote
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(
-    prefix="/v1/admin",
-    tags=["admin"],
-    dependencies=[Depends(require_admin)],
-    responses=error_responses((401, 403, 503)),
-)
+router = admin_router()
 
 # Versions are folder names: a version that is not one is a 422, never a path to look up.
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
