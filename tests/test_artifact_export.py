@@ -138,6 +138,7 @@ def test_embedding_bytes_track_the_budget(
 ) -> None:
     count = clustered_split.num_users + clustered_split.num_items
     rng = np.random.default_rng(0)
+    sizes: np.ndarray  # float64 when skewed, int64 from assign_sizes: made int64 below
     if scheme == "skewed":  # CIESS-like: a few wide entities, a long tail of narrow ones
         sizes = np.clip(rng.pareto(1.5, count) * (1 - target) * MAX_SIZE / 2, 1, MAX_SIZE)
         sizes = np.floor(sizes * (1 - target) * MAX_SIZE * count / sizes.sum()).clip(1, MAX_SIZE)

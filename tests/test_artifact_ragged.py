@@ -89,7 +89,7 @@ def test_bucketed_dot_products_equal_the_padded_ones(
     table: tuple[np.ndarray, np.ndarray, int], max_buckets: int
 ) -> None:
     items, _, _ = table
-    user = np.random.default_rng(0).normal(size=items.shape[1]).astype(np.float32)
+    user = np.random.default_rng(0).normal(size=int(items.shape[1])).astype(np.float32)
     layout = bucket_layout(effective_widths(items), max_buckets=max_buckets, min_saving=0.0)
     assert len(layout.bounds) <= max_buckets
     scores = np.empty(items.shape[0], dtype=np.float64)

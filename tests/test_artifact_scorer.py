@@ -228,7 +228,7 @@ def test_ties_go_to_the_lower_item_id_even_across_the_cut(
     # Scores from five values only: every top-k cut falls inside a group of ties.
     tied = np.random.default_rng(0).integers(0, 5, (scorer.num_users, scorer.num_items))
     in_bucket_order = tied.astype(np.float32)[:, scorer.index.layout.order]
-    scorer._bucket_order_scores = lambda ids: in_bucket_order[ids].copy()  # type: ignore[method-assign]
+    scorer._bucket_order_scores = lambda user_ids: in_bucket_order[user_ids].copy()  # type: ignore[method-assign]
     scorer.index.user_scores = lambda user: in_bucket_order[user : user + 1].copy()  # type: ignore[method-assign]
     users = np.arange(scorer.num_users)
     for k in (3, 8, 13):

@@ -256,7 +256,7 @@ def test_retrain_evaluator_gives_per_user_and_per_item_quality(
     )
     evaluator = RetrainEvaluator(train, valid, BACKBONE, training)
     evaluator.prepare()
-    signal = evaluator.evaluate(SizeAssignment.equal(*train.shape, 8, 16))
+    signal = evaluator.evaluate(SizeAssignment.equal(train.shape[0], train.shape[1], 8, 16))
     assert signal.user_eval.shape == (train.shape[0],)
     assert signal.item_eval.shape == (train.shape[1],)
     assert np.all((signal.user_eval >= 0) & (signal.user_eval <= 1))
@@ -267,7 +267,7 @@ def test_retrain_evaluator_gives_per_user_and_per_item_quality(
     assert signal.item_eval[item] == pytest.approx(signal.user_eval[users].mean())
     # Each candidate gets a model of its own, seeded apart: the same sizes score differently.
     assert evaluator.calls == 1
-    again = evaluator.evaluate(SizeAssignment.equal(*train.shape, 8, 16))
+    again = evaluator.evaluate(SizeAssignment.equal(train.shape[0], train.shape[1], 8, 16))
     assert evaluator.calls == 2 and not np.array_equal(again.user_eval, signal.user_eval)
     with pytest.raises(ConfigError, match="does not fit a model"):
         evaluator.evaluate(SizeAssignment.equal(1, 2, 4, 16))

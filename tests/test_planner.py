@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
-from ciess_core.models import BackboneConfig, build_backbone, stored_tables
+from ciess_core.models import BackboneConfig, LightGCN, build_backbone, stored_tables
 from ciess_core.search import retraining
 from ciess_core.search.budgets import ByteBudget, sparsity_of
 from ciess_core.search.files import BudgetFolder
@@ -110,13 +110,15 @@ def test_a_model_scored_as_stored_is_scored_as_its_artifact_decodes_it(
     train, valid = clustered_split.phase(Phase.SEARCH)
     generator = torch.Generator().manual_seed(3)
     model = build_backbone(BackboneConfig(max_size=MAX_SIZE), train, generator)
-    sizes = SizeAssignment.equal(*train.shape, 5, MAX_SIZE)
+    assert isinstance(model, LightGCN)  # the default backbone: its one table is .embedding
+    sizes = SizeAssignment.equal(train.shape[0], train.shape[1], 5, MAX_SIZE)
     model.set_size_assignment(sizes)
     before = model.embedding.weight.detach().clone()
     float32 = evaluate_model(model, train, valid).mean()
     scores = {"float32": float32}
     for value_type in ("float16", "int8", "int4"):
         with stored_tables(model, value_type) as stored:
+            assert isinstance(stored, LightGCN)
             weight = stored.embedding.weight.detach().numpy()[:, :5].reshape(-1)
             flat = before.numpy()[:, :5].reshape(-1)
             row_sizes = np.full(model.num_entities, 5)

@@ -51,7 +51,8 @@ def test_hand_example_sparsity_parameters_and_bytes() -> None:
 
 def test_arrays_are_int64_read_only_views() -> None:
     source = np.array([3, 4], dtype=np.int16)
-    sizes = SizeAssignment(source, np.array([5], dtype=np.uint8), 8)
+    # int16 and uint8 on purpose, against the declared int64: the assignment converts them
+    sizes = SizeAssignment(source, np.array([5], dtype=np.uint8), 8)  # type: ignore[arg-type]
     source[0] = 7  # the assignment keeps its own copy
     assert sizes.user_sizes.tolist() == [3, 4] and sizes.user_sizes.dtype == np.int64
     for array in (sizes.user_sizes, sizes.item_sizes, sizes.sizes):

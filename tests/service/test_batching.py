@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import numpy as np
@@ -63,7 +64,7 @@ def test_a_failed_batch_fails_each_of_its_requests(model: ServedModel) -> None:
 
 
 def test_concurrent_http_requests_are_batched_and_answered_as_alone(settings: Settings) -> None:
-    async def load(base: str, users: list[str]) -> list[dict[str, object]]:
+    async def load(base: str, users: list[str]) -> list[dict[str, Any]]:
         limits = httpx.Limits(max_connections=32)
         async with httpx.AsyncClient(base_url=base, limits=limits) as client:
             answers = []
@@ -83,6 +84,6 @@ def test_concurrent_http_requests_are_batched_and_answered_as_alone(settings: Se
         }
     for answer in answers:
         expected = alone[str(answer["user_id"])]
-        assert [i["item_id"] for i in answer["items"]] == [i["item_id"] for i in expected["items"]]  # type: ignore[index]
+        assert [i["item_id"] for i in answer["items"]] == [i["item_id"] for i in expected["items"]]
     assert metrics["ciess_ranked_requests_total"] == 32 + 5 * 32
     assert metrics["ciess_ranking_batches_total"] < metrics["ciess_ranked_requests_total"]

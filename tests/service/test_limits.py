@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import resource
 import socket
@@ -248,7 +249,7 @@ def test_limit_settings_have_safe_defaults_and_are_validated() -> None:
         {"header_timeout_seconds": 0.0},
     ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
-            Settings(**bad)  # type: ignore[arg-type]
+            Settings(**bad)
 
 
 async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
@@ -259,7 +260,7 @@ async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @contextmanager
-def _server(http: object) -> Iterator[int]:
+def _server(http: type[asyncio.Protocol] | str) -> Iterator[int]:
     config = uvicorn.Config(
         _hello, host="127.0.0.1", port=free_port(), http=http, lifespan="off", log_level="error"
     )

@@ -3,7 +3,7 @@ refusal of unknown query parameters: each against an answer computed here from t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +207,7 @@ def test_for_items_refuses_unknown_items_and_ncf(
     )
     assert unknown.status_code == 422 and len(unknown.content) < BOUND
     assert "ghost" in unknown.json()["detail"] and "1000 unknown" in unknown.json()["detail"]
+    body: Mapping[str, object]
     for body in ({"item_ids": []}, {"item_ids": ["i1"], "k": 0}, {"item_ids": ["i1"], "u": 1}):
         assert client.post("/v1/recommendations/for-items", json=body).status_code == 422
     with TestClient(create_app(settings.replace(artifact_dir=other_backbones["ncf"]))) as ncf:
