@@ -3,6 +3,7 @@ protocol."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,6 +75,22 @@ def test_learning_rate_schedule_decays_to_a_floor() -> None:
 def test_bad_training_config_is_rejected(field: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_a_training_without_evaluations_logs_its_loss_every_tenth_of_its_batches(
+    clustered_split: DatasetSplit, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The supernet's training and fixed-length retrainings evaluate nothing: their logs still
+    say how far they are and how the loss goes."""
+    train, _ = clustered_split.phase(Phase.SEARCH)
+    model = build_backbone(BackboneConfig(max_size=8), train, torch.Generator().manual_seed(0))
+    config = TrainConfig(batch_size=64, max_batches=50, eval_every=0, learning_rate=0.02)
+    with caplog.at_level(logging.INFO, logger="ciess_core.training.loop"):
+        train_bpr(model, train, config, progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ciess_core.training.loop"]
+    assert [line.split(",")[0] for line in lines] == [f"batch {b} of 50" for b in range(5, 51, 5)]
+    losses = [float(line.rsplit(" ", 1)[1]) for line in lines]
+    assert losses[-1] < losses[0]  # each a mean over its own five batches
 
 
 def test_early_stopping_restores_the_best_checkpoint(clustered_split: DatasetSplit) -> None:

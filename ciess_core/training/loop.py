@@ -26,6 +26,10 @@ from ciess_core.training.sampling import BprSampler
 
 logger = logging.getLogger(__name__)
 
+LOSS_LOGS_WITHOUT_EVALUATION = 10
+"""How many times a training without evaluations (the supernet's, a fixed-length retraining)
+logs its progress and mean loss: every tenth of its batches."""
+
 
 def bpr_loss(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> torch.Tensor:
     """Mean of -log σ(ŷ_pos - ŷ_neg) over the batch, computed stably as softplus(ŷ_neg - ŷ_pos)."""
@@ -141,6 +145,7 @@ def train_bpr(
     sampler = BprSampler(train)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     evaluating = held_out is not None and config.eval_every > 0
+    log_every = max(1, config.max_batches // LOSS_LOGS_WITHOUT_EVALUATION)
     best_state: dict[str, torch.Tensor] | None = None
     best_metrics: dict[str, float] = {}
     best_score, best_batch, stale = -np.inf, 0, 0
@@ -200,6 +205,14 @@ def train_bpr(
         running_loss += float(loss.detach())
         losses_seen += 1
         bar.update(1)
+        if not evaluating and batches_run % log_every == 0:
+            logger.info(
+                "batch %d of %d, loss %.4f",
+                batches_run,
+                config.max_batches,
+                running_loss / losses_seen,
+            )
+            running_loss, losses_seen = 0.0, 0
         if held_out is not None and evaluating and batches_run % config.eval_every == 0:
             result = evaluate_model(
                 model, train, held_out, config.eval_users_per_chunk, value_type=config.value_type
