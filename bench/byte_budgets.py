@@ -54,6 +54,7 @@ from ciess_core.pipeline import load_split, pipeline_spec
 from ciess_core.pruning import kept_within, magnitude_mask, pruned_bytes
 from ciess_core.runs import RunSpec, execute_run
 from ciess_core.search.budgets import ByteBudget, sparsity_of
+from ciess_core.search.files import chosen_candidate
 from ciess_core.search.parallel import StageRunner
 from ciess_core.search.pipeline import PipelineSpec, run_pipeline
 from ciess_core.search.pool import AssignmentPool
@@ -247,7 +248,7 @@ def planner_rows(
     rows = []
     for ratio in spec.byte_ratios:
         result = summary["budgets"][ByteBudget(ratio).label]
-        chosen = next(c for c in result["candidates"] if c["candidate"] == result["chosen"])
+        chosen = chosen_candidate(result)
         plan = json.loads((pipeline / ByteBudget(ratio).label / "plan.json").read_text())
         rows.append(
             {

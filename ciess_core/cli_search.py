@@ -101,6 +101,7 @@ def recipe_spec(arguments: argparse.Namespace, budgets: tuple[float, ...] | None
 def run_search_command(arguments: argparse.Namespace) -> int:
     from ciess_core.pipeline import load_split, run_product_pipeline
     from ciess_core.search.budgets import ByteBudget
+    from ciess_core.search.files import chosen_candidate
 
     budgets = _numbers("--budgets", arguments.budgets, float)
     spec = recipe_spec(arguments, budgets)
@@ -129,7 +130,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     print(f"search: {out}")
     for label, result in summary["budgets"].items():
         test = result["test"]
-        chosen = next(c for c in result["candidates"] if c["candidate"] == result["chosen"])
+        chosen = chosen_candidate(result)
         stored = (
             f"{result['value_type']}, {chosen['bytes']} bytes" if "bytes" in chosen else "float32"
         )

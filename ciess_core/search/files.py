@@ -37,6 +37,11 @@ def checkpoint_folder(out: Path) -> Path:
     return Path(out) / "checkpoints"
 
 
+def chosen_candidate(result: dict[str, Any]) -> dict[str, Any]:
+    """The record of the pick among a budget result's ``candidates`` (``result.json``)."""
+    return next(r for r in result["candidates"] if r["candidate"] == result["chosen"])
+
+
 @dataclass(frozen=True)
 class BudgetFolder:
     """One budget's folder of the pipeline (``<out>/budget-<c>/``, a byte budget's

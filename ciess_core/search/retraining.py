@@ -41,7 +41,7 @@ from ciess_core.runs import (
     validation_by_value_type,
 )
 from ciess_core.search.budgets import Budget, ByteBudget, budget_label
-from ciess_core.search.files import BudgetFolder, checkpoint_folder
+from ciess_core.search.files import BudgetFolder, checkpoint_folder, chosen_candidate
 from ciess_core.search.parallel import StageRunner
 from ciess_core.search.teachers import full_model_batches, prepare_teachers
 from ciess_core.sizes import SizeAssignment, SizeScheme
@@ -326,7 +326,7 @@ def write_deployed_run(
     result, summary = folder.result(), folder.deployment_summary()
     if result is None or summary is None or summary["candidate"] != result["chosen"]:
         raise ConfigError(f"{folder.path} has no tested pick with its deployment model to write")
-    chosen = next(r for r in result["candidates"] if r["candidate"] == result["chosen"])
+    chosen = chosen_candidate(result)
     run_spec = run_spec_of(spec, budget, chosen)
     everything, _ = split.phase(Phase.DEPLOY)
     model = fresh_model(run_spec, everything, folder.chosen())
@@ -364,7 +364,7 @@ def deploy_budget(
     result = folder.result()
     if result is None:
         raise ConfigError(f"{directory} has no retraining result to deploy")
-    chosen = next(r for r in result["candidates"] if r["candidate"] == result["chosen"])
+    chosen = chosen_candidate(result)
     summary = train_deployed(spec, split, folder, budget, chosen, progress, teachers)
     write_deployed_run(spec, split, folder, budget, dataset_fingerprint)
     return float(summary["seconds"])
@@ -439,7 +439,7 @@ def retrain_budgets(
     def chosen_record(state: _Budget) -> dict[str, Any]:
         result = state.result
         assert result is not None
-        return next(r for r in result["candidates"] if r["candidate"] == result["chosen"])
+        return chosen_candidate(result)
 
     def queue_deployment(budget: Budget, record: dict[str, Any]) -> None:
         state = budgets[budget]
