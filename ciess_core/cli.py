@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ciess_core.cli_search import (
+    DATA_DIR_HELP,
+    add_dataset_arguments,
     add_recipe_arguments,
     add_search_parser,
     recipe_spec,
@@ -51,9 +53,7 @@ def _add_train_parser(subparsers: Any) -> None:
         "Training settings come from the shipped recipe for the dataset and backbone, then "
         "--config, then the flags.",
     )
-    parser.add_argument("--dataset", default="ml-1m", help="ml-1m, yelp2018, a file or a folder")
-    parser.add_argument("--data-dir", help="datasets folder (default $CIESS_DATA_DIR, ./data)")
-    parser.add_argument("--backbone", default="lightgcn", choices=["lightgcn", "ngcf", "ncf"])
+    add_dataset_arguments(parser)
     parser.add_argument(
         "--sizes",
         default="full",
@@ -120,9 +120,7 @@ def _add_export_parser(subparsers: Any) -> None:
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by ciess train")
     parser.add_argument("--out", required=True, help="artifact directory to create")
-    parser.add_argument(
-        "--data-dir", help="folder holding the datasets (default: $CIESS_DATA_DIR, then ./data)"
-    )
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument(
         "--value-type",
         choices=VALUE_TYPES,

@@ -14,6 +14,16 @@ from ciess_core.executors import DEFAULT_EXECUTOR, DEFAULT_WORKERS, EXECUTORS
 
 logger = logging.getLogger("ciess")
 
+DATA_DIR_HELP = "datasets folder (default $CIESS_DATA_DIR, ./data)"
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dataset``, ``--data-dir`` and ``--backbone``, as ``ciess train`` and ``ciess search``
+    take them."""
+    parser.add_argument("--dataset", default="ml-1m", help="ml-1m, yelp2018, a file or a folder")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
+    parser.add_argument("--backbone", default="lightgcn", choices=["lightgcn", "ngcf", "ncf"])
+
 
 def add_search_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -27,9 +37,7 @@ def add_search_parser(subparsers: Any) -> None:
         "come from the shipped recipe for the dataset and backbone, then --config, then the "
         "flags. Rerun the same command to resume after an interruption.",
     )
-    parser.add_argument("--dataset", default="ml-1m", help="ml-1m, yelp2018, a file or a folder")
-    parser.add_argument("--data-dir", help="datasets folder (default $CIESS_DATA_DIR, ./data)")
-    parser.add_argument("--backbone", default="lightgcn", choices=["lightgcn", "ngcf", "ncf"])
+    add_dataset_arguments(parser)
     parser.add_argument(
         "--budgets",
         default="0.8,0.9,0.95",
@@ -59,8 +67,9 @@ def add_search_parser(subparsers: Any) -> None:
         "--executor",
         choices=EXECUTORS,
         default=DEFAULT_EXECUTOR,
-        help="where those stages run: local processes, this process, or Ray tasks (a local "
-        "cluster, or $RAY_ADDRESS's; pip install 'ciess[ray]')",
+        help="where those stages run: local (this process, one after another), processes "
+        "(spawned processes on this machine) or ray (Ray tasks on a local cluster or "
+        "$RAY_ADDRESS's; pip install 'ciess[ray]')",
     )
 
 
