@@ -62,6 +62,7 @@ from ciess_core.search.teachers import TEACHER_DIRECTORIES, load_full_model
 from ciess_core.sizes import SizeAssignment, SizeScheme, equal_sizes_within, mixed_random_sizes
 from ciess_core.storage import VALUE_TYPES, dense_fp32_bytes, stored_bytes
 from ciess_core.training import evaluate_model
+from ciess_core.training.checkpoints import training_checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "_work"
@@ -184,7 +185,9 @@ def pruned_metrics(
 def sized_run(
     spec: PipelineSpec, split: DatasetSplit, method: str, sizes: SizeAssignment, path: Path
 ) -> dict[str, Any]:
-    """``sizes`` trained and tested under the spec's protocol, plain BPR, float32; cached."""
+    """``sizes`` trained and tested under the spec's protocol, plain BPR, float32; cached, and
+    its trainings checkpointed in the work folder's ``checkpoints/`` (``path``: the work
+    folder's ``baselines/<method>-<ratio>.json``)."""
     if path.exists():
         cached: dict[str, Any] = json.loads(path.read_text())
         return cached
@@ -197,7 +200,9 @@ def sized_run(
         target_sparsity=sizes.sparsity,
         protocol=spec.protocol,
     )
-    _, outcome, _ = execute_run(run_spec, split, sizes, progress=False)
+    # the run folder's checkpoints: an interrupted baseline resumes at its last minute
+    with training_checkpoints(path.parent.parent / "checkpoints"):
+        _, outcome, _ = execute_run(run_spec, split, sizes, progress=False)
     result = {
         "achieved_sparsity": sizes.sparsity,
         "valid": outcome.valid_metrics,
