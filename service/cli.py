@@ -20,6 +20,7 @@ they keep their Prometheus metrics in one folder (prometheus-client's multiproce
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import shutil
@@ -34,6 +35,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ciess_core.cli import run_command
+from ciess_core.errors import ConfigError
 from service.api_processes import (
     FIRST_RESTART_DELAY_SECONDS,
     MAX_RESTART_DELAY_SECONDS,
@@ -323,6 +325,23 @@ def _serve_processes(
     return processes.run()
 
 
+def _require_loopback_for_open_admin(settings: Settings, host: str) -> None:
+    """Development mode without an admin token leaves the admin endpoints open: it may listen
+    on a loopback address only, where no other machine reaches them."""
+    if not settings.dev_mode or settings.admin_token:
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: only localhost is known to stay on this machine
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"--host {host}: development mode without an admin token leaves the admin endpoints "
+            "open, so it listens on a loopback address only (127.0.0.1, ::1, localhost); set "
+            f"CIESS_ADMIN_TOKEN to listen on {host}"
+        )
+
+
 def run_serve_command(arguments: argparse.Namespace) -> int:
     import uvicorn
 
@@ -332,6 +351,7 @@ def run_serve_command(arguments: argparse.Namespace) -> int:
     environment = _export_settings(arguments)
     settings = load_settings(environment)
     settings.require_admin_token()  # fail before starting anything
+    _require_loopback_for_open_admin(settings, arguments.host)
     multiprocess = None
     if arguments.workers > 1:
         multiprocess = metrics_folder(settings.state_dir)

@@ -115,6 +115,31 @@ def test_ciess_serve_and_ciess_worker_programs_end_user_mistakes_in_one_line(
     assert "missing.toml" in capsys.readouterr().err
 
 
+def test_development_mode_without_a_token_listens_on_loopback_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its admin endpoints are open: another machine must not reach them. Refused before
+    anything starts, in one line; loopback addresses and a token are accepted."""
+    for variable in [name for name in os.environ if name.startswith("CIESS_")]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # serve exports the flags into it
+    monkeypatch.setattr(signal, "signal", lambda *arguments: None)
+    served: list[str] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(options["host"]))
+    base = ["--no-worker", "--dev", "--state-dir", str(tmp_path)]
+    for host in ("0.0.0.0", "192.168.1.7", "::", "example.org"):
+        assert serve_main([*base, "--host", host]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: --host {host}: development mode without an admin token")
+        assert error.count("\n") == 1
+    assert served == []
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert serve_main([*base, "--host", host]) == 0
+    monkeypatch.setenv("CIESS_ADMIN_TOKEN", "t" * 32)
+    assert serve_main([*base, "--host", "0.0.0.0"]) == 0
+    assert served == ["127.0.0.1", "127.0.0.2", "::1", "localhost", "0.0.0.0"]
+
+
 # `ciess serve` as the console script runs it: through the core's main and the entry point.
 _SERVE = """
 import sys
