@@ -143,6 +143,8 @@ def _export(arguments: argparse.Namespace) -> int:
     from ciess_core.artifact.summary import summarize
     from ciess_core.data import resolve_data_dir
 
+    if not Path(arguments.run_dir).is_dir():  # before the data folder: the first mistake first
+        raise ConfigError(f"run directory {arguments.run_dir} does not exist")
     options = ExportOptions(
         value_dtype=arguments.value_type,
         verify_users=arguments.verify_users,

@@ -17,6 +17,17 @@ logger = logging.getLogger("ciess")
 DATA_DIR_HELP = "datasets folder (default $CIESS_DATA_DIR, ./data)"
 
 
+def at_least_one(text: str) -> int:
+    """A ``--workers`` flag: a whole number of processes, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 process, got {value}")
+    return value
+
+
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """``--dataset``, ``--data-dir`` and ``--backbone``, as ``ciess train`` and ``ciess search``
     take them."""
@@ -58,7 +69,7 @@ def add_search_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=at_least_one,
         default=DEFAULT_WORKERS,
         help="independent stages at a time (teachers beside the search, candidates beside "
         "each other), the threads shared among them; 1: one after another with every thread",
@@ -115,14 +126,18 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     budgets = _numbers("--budgets", arguments.budgets, float)
     spec = recipe_spec(arguments, budgets)
     out = Path(arguments.out or f"runs/search-{Path(arguments.dataset).stem}-{arguments.backbone}")
+    byte_values = _numbers("--budget-bytes", arguments.budget_bytes or "", float)
+    for value in byte_values:  # a ratio is checked here, a count of bytes once the data is read
+        if value <= 1.0:
+            ByteBudget(value)
     split, fingerprint = load_split(spec.dataset, arguments.data_dir)
-    if arguments.budget_bytes:
+    if byte_values:
         rows, size = split.num_users + split.num_items, spec.search.max_size
         ratios = tuple(
             value
             if value <= 1.0
             else ByteBudget.of_bytes(int(value), rows, size, spec.backbone_tables).ratio
-            for value in _numbers("--budget-bytes", arguments.budget_bytes, float)
+            for value in byte_values
         )
         spec = dataclasses.replace(spec, byte_ratios=ratios)
     summary = run_product_pipeline(
@@ -154,7 +169,10 @@ def run_search_command(arguments: argparse.Namespace) -> int:
 
 
 def _numbers(flag: str, text: str, kind: type[float] | type[int]) -> tuple[Any, ...]:
-    """Comma-separated numbers of ``kind``; a ConfigError naming ``flag`` otherwise."""
+    """Comma-separated numbers of ``kind`` (none for an empty ``text``); a ConfigError naming
+    ``flag`` otherwise."""
+    if not text:
+        return ()
     try:
         return tuple(kind(value) for value in text.split(","))
     except ValueError:

@@ -35,6 +35,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ciess_core.cli import run_command
+from ciess_core.cli_search import at_least_one
 from ciess_core.errors import ConfigError
 from service.api_processes import (
     FIRST_RESTART_DELAY_SECONDS,
@@ -86,24 +87,13 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _at_least_one(text: str) -> int:
-    """``--workers``: a whole number of processes, 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"at least 1 process, got {value}")
-    return value
-
-
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _add_shared(parser)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument(
         "--workers",
-        type=_at_least_one,
+        type=at_least_one,
         default=1,
         help="API processes (default 1); more than one: each on a socket of its own "
         "(SO_REUSEPORT), restarted when it dies",

@@ -125,6 +125,38 @@ def test_user_mistakes_end_in_one_error_line(
     assert "Traceback" not in error
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["search", "--budget-bytes", "0"], "a byte ratio must lie in (0, 1], got 0.0"),
+        (["search", "--budget-bytes", "0.05,-3"], "a byte ratio must lie in (0, 1], got -3.0"),
+        (["search", "--budget-bytes", "5%"], "--budget-bytes must be comma-separated numbers"),
+        (["search", "--workers", "0"], "--workers: at least 1 process, got 0"),
+        (["export", "nowhere-run", "--out", "x"], "run directory nowhere-run does not exist"),
+    ],
+)
+def test_a_mistaken_flag_is_named_before_any_data_is_looked_for(
+    arguments: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With no data folder either, the error is the flag's: one round of fixes per mistake,
+    and no dataset read for a command that cannot run."""
+    monkeypatch.setenv("CIESS_DATA_DIR", str(tmp_path / "no-data-here"))
+    monkeypatch.chdir(tmp_path)
+    code: int | str | None
+    try:
+        code = main(arguments)
+    except SystemExit as stop:  # argparse's own errors
+        code = stop.code
+    assert code == 2
+    error = capsys.readouterr().err
+    assert message in error and "no-data-here" not in error
+    assert "Traceback" not in error
+
+
 def test_bad_config_file_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = tmp_path / "run.toml"
     settings.write_text("learning_rat = 0.1\n")
