@@ -78,6 +78,10 @@ def _train(arguments: argparse.Namespace) -> int:
     scheme = SizeScheme(arguments.sizes)
     if scheme is not SizeScheme.FULL and arguments.sparsity is None:
         raise ConfigError(f"--sizes {scheme.value} needs --sparsity (for example 0.9)")
+    if scheme is SizeScheme.FULL and arguments.sparsity not in (None, 0.0):
+        raise ConfigError("--sparsity needs --sizes equal or random (full sizes prune nothing)")
+    if arguments.out is not None and Path(arguments.out).exists():
+        raise ConfigError(f"run directory {arguments.out} already exists; choose another --out")
     recipe = recipe_spec(arguments)
     spec = RunSpec(
         dataset=arguments.dataset,

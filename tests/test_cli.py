@@ -133,6 +133,8 @@ def test_user_mistakes_end_in_one_error_line(
         (["search", "--budget-bytes", "5%"], "--budget-bytes must be comma-separated numbers"),
         (["search", "--workers", "0"], "--workers: at least 1 process, got 0"),
         (["export", "nowhere-run", "--out", "x"], "run directory nowhere-run does not exist"),
+        (["train", "--sparsity", "0.9"], "--sparsity needs --sizes equal or random"),
+        (["train", "--out", "."], "run directory . already exists"),
     ],
 )
 def test_a_mistaken_flag_is_named_before_any_data_is_looked_for(
