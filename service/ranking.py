@@ -82,8 +82,7 @@ class _PerModel(Generic[_T]):
 
 def _degrees(model: ServedModel) -> FloatArray:
     """(num_items,) float32 training interactions per item."""
-    seen = model.scorer.seen
-    return np.bincount(seen.indices, minlength=seen.shape[1]).astype(np.float32)
+    return model.scorer.item_degrees().astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -228,7 +227,7 @@ def _rank_known(
         return _page(model, items, scores, offset)
     scores = scorer.score_all(users)[:, candidates]
     if exclude_seen:
-        scores[scorer.seen[users][:, candidates].toarray() > 0] = -np.inf
+        scores[scorer.seen_rows(users)[:, candidates].toarray()] = -np.inf
     return _page(model, *top_items(scores, candidates, k + offset), offset)
 
 

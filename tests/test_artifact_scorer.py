@@ -161,6 +161,33 @@ def test_recommendations_exclude_seen_items(clustered_split: DatasetSplit, tmp_p
     )
 
 
+def test_seen_items_are_kept_once_and_rebuilt_exactly(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    """The scorer keeps each user's seen items once, as bucket positions in the narrowest
+    unsigned type; the rows, the whole matrix and the item degrees rebuilt from them are the
+    artifact's."""
+    train, _ = clustered_split.phase(Phase.TEST)
+    model = build(BackboneKind.LIGHTGCN, train, _sizes(clustered_split))
+    directory = export(model, clustered_split, tmp_path / "a", verify_users=0)
+    expected = load_artifact(directory).seen
+    scorer = load_scorer(directory)
+    whole = scorer.seen
+    assert whole.dtype == np.bool_ and whole.shape == expected.shape
+    np.testing.assert_array_equal(whole.indptr, expected.indptr)
+    np.testing.assert_array_equal(whole.indices, expected.indices)  # ascending in each row
+    users = np.array([5, 0, 5, 17, scorer.num_users - 1])
+    rows = scorer.seen_rows(users)
+    for row, user in enumerate(users):
+        np.testing.assert_array_equal(rows[row].indices, expected[user].indices)
+    np.testing.assert_array_equal(
+        scorer.item_degrees(), np.bincount(expected.indices, minlength=scorer.num_items)
+    )
+    width = np.min_scalar_type(scorer.num_items - 1).itemsize
+    assert width == 1  # fewer than 256 items here
+    assert scorer.resident_detail["seen"] == expected.indptr.nbytes + expected.nnz * width
+
+
 def test_ids_and_input_checks(clustered_split: DatasetSplit, tmp_path: Path) -> None:
     train, _ = clustered_split.phase(Phase.TEST)
     model = build(BackboneKind.LIGHTGCN, train, _sizes(clustered_split))

@@ -12,6 +12,7 @@ positions are mapped back to internal item ids.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+import scipy.sparse as sp
 
 from ciess_core.artifact.buckets import BucketLayout, bucket_layout, effective_widths
 from ciess_core.artifact.propagation import (
@@ -176,7 +178,9 @@ class ArtifactScorer:
         self.external_user_ids = artifact.external_user_ids
         self.external_item_ids = artifact.external_item_ids
         self._user_lookup = {label: index for index, label in enumerate(artifact.external_user_ids)}
-        self.seen = artifact.seen
+        self._id_map_bytes = _id_map_bytes(
+            self._user_lookup, self.external_user_ids, self.external_item_ids
+        )
         threads = self.options.threads
         self.ncf_tower: ort.InferenceSession | None = None
         self.ncf_parts: tuple[FloatArray, FloatArray] | None = None
@@ -192,8 +196,13 @@ class ArtifactScorer:
             else:
                 users, items = _ngcf_vectors(artifact, threads)
             self.index = self.index_type(users, items, dot, self.options)
-        # Each user's seen items as positions in bucket order, aligned with ``seen.indptr``.
-        self._seen_positions = self.index.layout.position[self.seen.indices].astype(np.int32)
+        # Each user's seen items kept once: as positions in bucket order (what the ranking
+        # masks), in the narrowest unsigned type, rows by ``_seen_indptr``. The item ids and the
+        # CSR matrix are rebuilt from them where asked (seen_rows, item_degrees, seen).
+        self._seen_indptr = artifact.seen.indptr
+        self._seen_positions = self.index.layout.position[artifact.seen.indices].astype(
+            np.min_scalar_type(max(self.num_items - 1, 0))
+        )
         logger.info(
             "loaded %s artifact %s: %d users, %d items, buckets %s, resident %.1f MB",
             self.manifest.backbone,
@@ -223,6 +232,34 @@ class ArtifactScorer:
         self.ncf_tower = _session(artifact.graph_paths["ncf_tower"], threads)
         return index
 
+    # -- seen items -----------------------------------------------------------------------------
+    def seen_rows(self, user_ids: npt.ArrayLike) -> sp.csr_matrix:
+        """(len(user_ids), num_items) boolean CSR: each user's training items (internal ids,
+        ascending in each row), built for these users from what the scorer keeps."""
+        ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+        rows, positions = self._seen_entries(ids)
+        items = self.index.layout.order[positions]
+        order = np.lexsort((items, rows))
+        counts = np.bincount(rows, minlength=ids.size)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        return sp.csr_matrix(
+            (np.ones(items.size, dtype=bool), items[order], indptr),
+            shape=(ids.size, self.num_items),
+        )
+
+    @property
+    def seen(self) -> sp.csr_matrix:
+        """(num_users, num_items) boolean CSR of every user's training items; built anew at each
+        access (tests and benchmarks; the service asks for :meth:`seen_rows`)."""
+        return self.seen_rows(np.arange(self.num_users))
+
+    def item_degrees(self) -> npt.NDArray[np.int64]:
+        """(num_items,) training interactions per item, in internal item order."""
+        by_position = np.bincount(self._seen_positions, minlength=self.num_items)
+        degrees = np.empty(self.num_items, dtype=np.int64)
+        degrees[self.index.layout.order] = by_position
+        return degrees
+
     # -- memory ---------------------------------------------------------------------------------
     @property
     def resident_detail(self) -> dict[str, int]:
@@ -231,8 +268,8 @@ class ArtifactScorer:
             "user_vectors": int(self.index.users.nbytes),
             "item_buckets": int(sum(block.nbytes for block in self.index.item_blocks)),
             "item_order": int(self.index.layout.order.nbytes + self.index.layout.position.nbytes),
-            "seen": int(self.seen.indptr.nbytes + self.seen.indices.nbytes + self.seen.data.nbytes),
-            "seen_positions": int(self._seen_positions.nbytes),
+            "seen": int(self._seen_indptr.nbytes + self._seen_positions.nbytes),
+            "id_maps": self._id_map_bytes,
         }
         if self.ncf_parts is not None:
             detail["ncf_user_part"] = int(self.ncf_parts[0].nbytes)
@@ -346,7 +383,7 @@ class ArtifactScorer:
     def _seen_entries(self, ids: IdArray) -> tuple[IdArray, IdArray]:
         """(row in ``ids``, position in bucket order) of every seen entry: the CSR rows gathered
         directly, without scipy's fancy indexing (which costs more than the ranking of a user)."""
-        indptr, indices = self.seen.indptr, self._seen_positions
+        indptr, indices = self._seen_indptr, self._seen_positions
         if ids.size == 1:  # a request's case: one slice
             user = int(ids[0])
             positions = indices[indptr[user] : indptr[user + 1]]
@@ -392,6 +429,14 @@ class ArtifactScorer:
         ids = np.asarray(item_ids, dtype=np.int64)
         labels = self.external_item_ids[np.clip(ids, 0, None)]
         return np.where(ids >= 0, labels, "")
+
+
+def _id_map_bytes(lookup: Mapping[str, int], *labels: npt.NDArray[np.str_]) -> int:
+    """Bytes of the external id arrays and of the user lookup: the dict, its keys and its values
+    (CPython shares the ints up to 256)."""
+    values = sum(sys.getsizeof(index) for index in lookup.values() if index > 256)
+    keys = sum(sys.getsizeof(label) for label in lookup)
+    return int(sum(array.nbytes for array in labels) + sys.getsizeof(lookup) + keys + values)
 
 
 def _lightgcn_vectors(artifact: Artifact) -> tuple[FloatArray, FloatArray]:
