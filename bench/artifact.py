@@ -233,7 +233,12 @@ def run_size(args: argparse.Namespace, split: DatasetSplit, work: Path) -> list[
                 manifest = load_artifact(out).manifest
                 tables = manifest.tables
                 values = sum(manifest.file(f"tables/{t}/values.npy").bytes for t in tables)
-                offsets = sum(manifest.file(f"tables/{t}/sizes.npy").bytes for t in tables)
+                offsets = sum(  # one byte a row, or the sizes as runs (schema 3)
+                    entry.bytes
+                    for entry in manifest.files
+                    for t in tables
+                    if entry.path in (f"tables/{t}/sizes.npy", f"tables/{t}/size_runs.npy")
+                )
                 dense = manifest.memory.dense
                 # The artifact's job is to store what the sizes keep: the bound uses the sparsity
                 # achieved (ES rounds its one size, so it can miss the target by < 1/d_max).
