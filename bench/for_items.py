@@ -121,7 +121,7 @@ def artifact_held_out(model: ServedModel, data_dir: Path) -> sp.csr_matrix:
     if dataset.get("fingerprint") and data.fingerprint() != dataset["fingerprint"]:
         raise DataError(f"{dataset['name']}: not the data the artifact was trained on")
     users = model.scorer.user_index(data.external_user_ids.tolist())
-    items = np.asarray([model.item_lookup.get(str(i), -1) for i in data.external_item_ids])
+    items = model.scorer.item_index([str(i) for i in data.external_item_ids])
     every = data.to_csr().tocoo()
     keep = (users[every.row] >= 0) & (items[every.col] >= 0)
     shape = (model.scorer.num_users, model.scorer.num_items)

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions, load_scorer
@@ -42,14 +42,12 @@ class ServedModel:
         version: the artifact directory's name (unique per export).
         directory: the artifact directory (symlinks resolved).
         scorer: the torch-free scorer.
-        item_lookup: external item id -> internal id (for item filters).
         loaded_at: UNIX time of the load.
     """
 
     version: str
     directory: Path
     scorer: ArtifactScorer
-    item_lookup: dict[str, int] = field(repr=False)
     loaded_at: float
 
 
@@ -81,8 +79,7 @@ def load_served_model(directory: Path, threads: int) -> ServedModel:
     """Validate and load the artifact in ``directory`` (can take seconds on large models)."""
     resolved = Path(directory).resolve()
     scorer = load_scorer(resolved, ScorerOptions(threads=threads))
-    lookup = {str(label): index for index, label in enumerate(scorer.external_item_ids.tolist())}
-    return ServedModel(resolved.name, resolved, scorer, lookup, time.time())
+    return ServedModel(resolved.name, resolved, scorer, time.time())
 
 
 def read_pointer(settings: Settings) -> Path | None:

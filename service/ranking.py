@@ -136,14 +136,15 @@ def internal_items(model: ServedModel, item_ids: Sequence[str], field: str) -> I
     Raises:
         UnknownItemsError: naming ``field``, the count and the first few unknown ids (422).
     """
-    lookup = model.item_lookup
-    unknown = [item for item in item_ids if item not in lookup]
-    if unknown:
+    internal = model.scorer.item_index(list(item_ids))
+    missing = np.flatnonzero(internal < 0)
+    if missing.size:
+        shown = [item_ids[i] for i in missing[:_SHOWN_UNKNOWN]]
         raise UnknownItemsError(
-            f"{field}: {len(unknown)} unknown item id(s), e.g. {unknown[:_SHOWN_UNKNOWN]}; "
+            f"{field}: {missing.size} unknown item id(s), e.g. {shown}; "
             f"model {model.version} knows {model.scorer.num_items} items"
         )
-    return np.unique(np.asarray([lookup[item] for item in item_ids], dtype=np.int64))
+    return np.unique(internal)
 
 
 def _candidates(
@@ -314,8 +315,8 @@ def similar_items(
     Raises:
         NotFoundError: an unknown item (404).
     """
-    item = model.item_lookup.get(item_id)
-    if item is None:
+    item = int(model.scorer.item_index([item_id])[0])
+    if item < 0:
         raise NotFoundError(
             f"unknown item id {item_id!r}; model {model.version} knows "
             f"{model.scorer.num_items} items"

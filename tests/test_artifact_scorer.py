@@ -193,6 +193,13 @@ def test_ids_and_input_checks(clustered_split: DatasetSplit, tmp_path: Path) -> 
     model = build(BackboneKind.LIGHTGCN, train, _sizes(clustered_split))
     scorer = load_scorer(export(model, clustered_split, tmp_path / "a", verify_users=0))
     np.testing.assert_array_equal(scorer.user_index(["u3", "nobody", "u0"]), [3, -1, 0])
+    np.testing.assert_array_equal(scorer.user_index(np.array(["u0", "u3", "u0"])), [0, 3, 0])
+    np.testing.assert_array_equal(scorer.user_index(["u7"]), [7])
+    assert scorer.user_index([]).tolist() == []
+    assert scorer.user_index(["", "u"]).tolist() == [-1, -1]
+    assert scorer.has_user("u3") and not scorer.has_user("nobody") and not scorer.has_user("")
+    np.testing.assert_array_equal(scorer.item_index(["i2", "u2", "i2", "i0"]), [2, -1, 2, 0])
+    assert scorer.item_index(["i5"]).dtype == np.int64 and scorer.item_index([]).size == 0
     assert scorer.item_labels(np.array([[2, -1]])).tolist() == [["i2", ""]]
     with pytest.raises(ConfigError, match="user ids must lie in"):
         scorer.recommend([120], 5)
@@ -210,6 +217,12 @@ def test_resident_bytes_are_reported(
     manifest = load_artifact(directory).manifest
     assert manifest.memory.resident == scorer.resident_bytes
     assert dict(manifest.memory.resident_detail) == scorer.resident_detail
+    users, items = scorer.external_user_ids, scorer.external_item_ids
+    assert users.nbytes == 4 * scorer.num_users * max(map(len, users.tolist()))  # "<U…" arrays
+    assert items.nbytes == 4 * scorer.num_items * max(map(len, items.tolist()))
+    # The id arrays, each again sorted, and an int32 permutation each: bytes, not an estimate.
+    expected = 2 * (users.nbytes + items.nbytes) + 4 * (scorer.num_users + scorer.num_items)
+    assert scorer.resident_detail["id_maps"] == expected
 
 
 def _without_topk_graph(directory: Path) -> None:

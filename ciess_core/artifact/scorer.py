@@ -12,7 +12,6 @@ positions are mapped back to internal item ids.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import onnxruntime as ort
 import scipy.sparse as sp
 
 from ciess_core.artifact.buckets import BucketLayout, bucket_layout, effective_widths
+from ciess_core.artifact.labels import LabelIndex
 from ciess_core.artifact.propagation import (
     lightgcn_propagate,
     mean_normalized_adjacency_with_self_loops,
@@ -163,9 +163,10 @@ class DotIndex:
 class ArtifactScorer:
     """Scores every item for a user, from an artifact alone.
 
-    Item ids are internal (0..num_items-1) everywhere; :meth:`user_index` and :meth:`item_labels`
-    map to and from the external ids. ``index_type`` lays out the dot products (a subclass may
-    swap in another :class:`DotIndex` for a benchmark's baseline).
+    Item ids are internal (0..num_items-1) everywhere; :meth:`user_index`, :meth:`item_index` and
+    :meth:`item_labels` map to and from the external ids (a :class:`LabelIndex` each way in).
+    ``index_type`` lays out the dot products (a subclass may swap in another :class:`DotIndex`
+    for a benchmark's baseline).
     """
 
     index_type: type[DotIndex] = DotIndex
@@ -177,10 +178,8 @@ class ArtifactScorer:
         self.num_items = artifact.manifest.num_items
         self.external_user_ids = artifact.external_user_ids
         self.external_item_ids = artifact.external_item_ids
-        self._user_lookup = {label: index for index, label in enumerate(artifact.external_user_ids)}
-        self._id_map_bytes = _id_map_bytes(
-            self._user_lookup, self.external_user_ids, self.external_item_ids
-        )
+        self._user_id_index = LabelIndex(self.external_user_ids)
+        self._item_id_index = LabelIndex(self.external_item_ids)
         threads = self.options.threads
         self.ncf_tower: ort.InferenceSession | None = None
         self.ncf_parts: tuple[FloatArray, FloatArray] | None = None
@@ -269,7 +268,12 @@ class ArtifactScorer:
             "item_buckets": int(sum(block.nbytes for block in self.index.item_blocks)),
             "item_order": int(self.index.layout.order.nbytes + self.index.layout.position.nbytes),
             "seen": int(self._seen_indptr.nbytes + self._seen_positions.nbytes),
-            "id_maps": self._id_map_bytes,
+            "id_maps": int(
+                self.external_user_ids.nbytes
+                + self.external_item_ids.nbytes
+                + self._user_id_index.nbytes
+                + self._item_id_index.nbytes
+            ),
         }
         if self.ncf_parts is not None:
             detail["ncf_user_part"] = int(self.ncf_parts[0].nbytes)
@@ -414,7 +418,7 @@ class ArtifactScorer:
     # -- ids ------------------------------------------------------------------------------------
     def has_user(self, external_user_id: str) -> bool:
         """Whether the artifact knows this external user id."""
-        return external_user_id in self._user_lookup
+        return external_user_id in self._user_id_index
 
     def user_index(self, external_user_ids: npt.ArrayLike) -> IdArray:
         """Internal ids of external user ids; -1 for an unknown user (the caller decides: 404)."""
@@ -422,21 +426,17 @@ class ArtifactScorer:
             labels = external_user_ids
         else:
             labels = np.asarray(external_user_ids).reshape(-1).tolist()
-        return np.asarray([self._user_lookup.get(str(label), -1) for label in labels], np.int64)
+        return self._user_id_index.lookup([str(label) for label in labels])
+
+    def item_index(self, external_item_ids: list[str]) -> IdArray:
+        """(len(external_item_ids),) internal ids of external item ids; -1 for an unknown item."""
+        return self._item_id_index.lookup(external_item_ids)
 
     def item_labels(self, item_ids: npt.ArrayLike) -> npt.NDArray[np.str_]:
         """External ids of internal item ids (-1, an empty slot, maps to "")."""
         ids = np.asarray(item_ids, dtype=np.int64)
         labels = self.external_item_ids[np.clip(ids, 0, None)]
         return np.where(ids >= 0, labels, "")
-
-
-def _id_map_bytes(lookup: Mapping[str, int], *labels: npt.NDArray[np.str_]) -> int:
-    """Bytes of the external id arrays and of the user lookup: the dict, its keys and its values
-    (CPython shares the ints up to 256)."""
-    values = sum(sys.getsizeof(index) for index in lookup.values() if index > 256)
-    keys = sum(sys.getsizeof(label) for label in lookup)
-    return int(sum(array.nbytes for array in labels) + sys.getsizeof(lookup) + keys + values)
 
 
 def _lightgcn_vectors(artifact: Artifact) -> tuple[FloatArray, FloatArray]:

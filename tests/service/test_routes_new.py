@@ -107,7 +107,8 @@ def test_similar_items_rank_by_the_item_vectors_without_the_item(
         body = response.json()
         assert body["item_id"] == item and body["metric"] == metric
         assert body["model_version"] == response.headers["X-Model-Version"] == "v1-base"
-        internal = model.item_lookup[item]
+        (internal,) = model.scorer.item_index([item])
+        assert internal >= 0
         scores = vectors @ vectors[internal]
         others = np.setdiff1d(np.arange(model.scorer.num_items), [internal])
         best = expected_order(scores, others)[:7]
@@ -143,7 +144,8 @@ def test_similar_items_on_the_other_backbones(
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     with TestClient(create_app(settings.replace(artifact_dir=other_backbones[backbone]))) as client:
         body = client.get("/v1/items/i3/similar", params={"k": 5}).json()
-    internal = served.item_lookup["i3"]
+    (internal,) = served.scorer.item_index(["i3"])
+    assert internal >= 0
     others = np.setdiff1d(np.arange(served.scorer.num_items), [internal])
     best = expected_order(vectors @ vectors[internal], others)[:5]
     assert labels(body["items"]) == served.scorer.item_labels(best).tolist()
@@ -159,7 +161,9 @@ def test_for_items_ranks_by_the_fold_in_vector_without_the_given_items(
     body = response.json()
     assert body["model_version"] == response.headers["X-Model-Version"] == "v1-base"
     vectors = model.scorer.item_vectors().astype(np.float64)
-    internal = np.asarray(sorted({model.item_lookup[item] for item in given}))
+    found = model.scorer.item_index(given)
+    assert (found >= 0).all()
+    internal = np.unique(found)
     gram = vectors.T @ vectors
     ridge = np.trace(gram) / gram.shape[0]
     visitor = np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), vectors[internal].sum(0))
@@ -185,7 +189,8 @@ def test_for_items_recovers_held_out_items_like_the_trained_users(
     data = load_pairs(base_model.data_dir / DATASET_FILE)
     _, test = split_per_user(data, seed=42).phase(Phase.TEST)  # the fixture's split
     assert model.scorer.external_user_ids.tolist() == [str(u) for u in data.external_user_ids]
-    items = np.asarray([model.item_lookup[str(item)] for item in data.external_item_ids])
+    items = model.scorer.item_index([str(item) for item in data.external_item_ids])
+    assert (items >= 0).all()
     held_out = test[:, np.argsort(items)]  # columns in the artifact's item order
     recall = held_out_recall(model, held_out.tocsr(), k=20)
     assert recall["users"] == model.scorer.num_users
