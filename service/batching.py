@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import numpy as np
+
 from service.model_holder import ServedModel
-from service.ranking import ranked
+from service.ranking import rank_internal
 
 Ranking = tuple[list[str], list[float]]
 
@@ -27,7 +29,7 @@ Ranking = tuple[list[str], list[float]]
 @dataclass(frozen=True)
 class _Request:
     model: ServedModel
-    user_id: str
+    user: int  # internal id, known to ``model``
     k: int
     exclude_seen: bool
     answer: asyncio.Future[Ranking]
@@ -47,14 +49,15 @@ class TurnBatcher:
         self.requests = 0
 
     def rank(
-        self, model: ServedModel, user_id: str, k: int, exclude_seen: bool
+        self, model: ServedModel, user: int, k: int, exclude_seen: bool
     ) -> asyncio.Future[Ranking]:
-        """The top-k of one known user as (external item ids, scores), once the turn ends."""
+        """The top-k of one user (internal id of ``model``) as (external item ids, scores), once
+        the turn ends."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Ranking] = loop.create_future()
         if not self._waiting:
             loop.call_soon(self._flush)
-        self._waiting.append(_Request(model, user_id, k, exclude_seen, answer))
+        self._waiting.append(_Request(model, user, k, exclude_seen, answer))
         return answer
 
     def _flush(self) -> None:
@@ -71,9 +74,9 @@ class TurnBatcher:
         self.batches += 1
         self.requests += len(batch)
         try:
-            rankings = ranked(
+            rankings = rank_internal(
                 first.model,
-                [request.user_id for request in batch],
+                np.array([request.user for request in batch], dtype=np.int64),
                 max(request.k for request in batch),
                 first.exclude_seen,
             )

@@ -23,11 +23,12 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+import numpy as np
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.batching import TurnBatcher
 from service.model_holder import ModelHolder
-from service.ranking import ranked, recommendation_json
+from service.ranking import rank_internal, recommendation_json
 from service.routers.recommend import VERSION_HEADER
 from service.schemas import MAX_K
 
@@ -83,12 +84,14 @@ class TopKFastPath:
             if match is not None and model is not None:
                 parsed = _parse(scope.get("query_string", b""))
                 user_id = match.group(1)
-                if parsed is not None and model.scorer.has_user(user_id):
+                user = model.scorer.find_user(user_id) if parsed is not None else -1
+                if parsed is not None and user >= 0:
                     k, exclude_seen = parsed
                     if self.batcher is None:
-                        (ranking,) = ranked(model, [user_id], k, exclude_seen)
+                        users = np.array([user], dtype=np.int64)
+                        (ranking,) = rank_internal(model, users, k, exclude_seen)
                     else:
-                        ranking = await self.batcher.rank(model, user_id, k, exclude_seen)
+                        ranking = await self.batcher.rank(model, user, k, exclude_seen)
                     body = recommendation_json(user_id, ranking, model.version)
                     scope["route"] = _MATCHED
                     await send(

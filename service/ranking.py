@@ -232,6 +232,15 @@ def _rank_known(
     return _page(model, *top_items(scores, candidates, k + offset), offset)
 
 
+def rank_internal(model: ServedModel, users: IdArray, k: int, exclude_seen: bool) -> list[Ranking]:
+    """Each user's top-k over every item as (external item ids, scores), best first.
+
+    ``users`` are internal ids the caller has already resolved (the fast path: one lookup per
+    request); an id outside the model raises ConfigError.
+    """
+    return _rank_known(model, users, k, exclude_seen, None, 0)
+
+
 def _rank_popular(model: ServedModel, k: int, candidates: IdArray | None, offset: int) -> Ranking:
     counts = item_degrees(model)
     if candidates is None:

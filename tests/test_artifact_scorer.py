@@ -197,7 +197,7 @@ def test_ids_and_input_checks(clustered_split: DatasetSplit, tmp_path: Path) -> 
     np.testing.assert_array_equal(scorer.user_index(["u7"]), [7])
     assert scorer.user_index([]).tolist() == []
     assert scorer.user_index(["", "u"]).tolist() == [-1, -1]
-    assert scorer.has_user("u3") and not scorer.has_user("nobody") and not scorer.has_user("")
+    assert (scorer.find_user("u3"), scorer.find_user("nobody"), scorer.find_user("")) == (3, -1, -1)
     np.testing.assert_array_equal(scorer.item_index(["i2", "u2", "i2", "i0"]), [2, -1, 2, 0])
     assert scorer.item_index(["i5"]).dtype == np.int64 and scorer.item_index([]).size == 0
     assert scorer.item_labels(np.array([[2, -1]])).tolist() == [["i2", ""]]

@@ -54,18 +54,10 @@ class LabelIndex:
         """Bytes of the two arrays (the sorted labels and the permutation)."""
         return int(self._sorted.nbytes + self._internal.nbytes)
 
-    def __contains__(self, label: object) -> bool:
-        if not isinstance(label, str):
-            return False  # as a dict of str keys says
-        position = self._sorted.searchsorted(label)
-        if position < self._size:
-            return bool(self._sorted.item(position) == label)
-        return False
-
     def lookup(self, labels: list[str]) -> IdArray:
         """(len(labels),) internal ids of ``labels``, -1 for an unknown one (repeats allowed)."""
         if len(labels) == 1:  # the service's usual request: no array round trip
-            return np.array([self._find(labels[0])], dtype=np.int64)
+            return np.array([self.find(labels[0])], dtype=np.int64)
         result = np.full(len(labels), -1, dtype=np.int64)
         if not labels or self._size == 0:
             return result
@@ -77,7 +69,7 @@ class LabelIndex:
         result[found] = self._internal[positions[found]]
         return result
 
-    def _find(self, label: str) -> int:
+    def find(self, label: str) -> int:
         """Internal id of one label, -1 if unknown."""
         position = self._sorted.searchsorted(label)
         if position < self._size and self._sorted.item(position) == label:

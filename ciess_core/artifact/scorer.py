@@ -416,9 +416,9 @@ class ArtifactScorer:
         return np.take_along_axis(scores, positions, axis=1), positions
 
     # -- ids ------------------------------------------------------------------------------------
-    def has_user(self, external_user_id: str) -> bool:
-        """Whether the artifact knows this external user id."""
-        return external_user_id in self._user_id_index
+    def find_user(self, external_user_id: str) -> int:
+        """Internal id of one external user id; -1 for an unknown user."""
+        return self._user_id_index.find(external_user_id)
 
     def user_index(self, external_user_ids: npt.ArrayLike) -> IdArray:
         """Internal ids of external user ids; -1 for an unknown user (the caller decides: 404)."""

@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
+from ciess_core.errors import ConfigError
 from service.batching import TurnBatcher
-from service.errors import NotFoundError
 from service.model_holder import ServedModel, load_served_model
 from service.ranking import ranked
 from service.settings import Settings
@@ -28,7 +28,9 @@ def test_one_turn_is_one_batch_with_each_request_its_own_top_k(model: ServedMode
 
     async def scenario() -> tuple[list[tuple[list[str], list[float]]], TurnBatcher]:
         batcher = TurnBatcher()
-        answers = [batcher.rank(model, u, k, exclude) for u, k, exclude in asked]
+        answers = [
+            batcher.rank(model, model.scorer.find_user(u), k, exclude) for u, k, exclude in asked
+        ]
         return list(await asyncio.gather(*answers)), batcher
 
     answers, batcher = asyncio.run(scenario())
@@ -40,7 +42,7 @@ def test_one_turn_is_one_batch_with_each_request_its_own_top_k(model: ServedMode
 
 
 def test_large_bursts_are_cut_and_turns_are_not_mixed(model: ServedModel) -> None:
-    users = [str(u) for u in model.scorer.external_user_ids[:10].tolist()]
+    users = list(range(10))
 
     async def scenario() -> TurnBatcher:
         batcher = TurnBatcher(max_batch=4)
@@ -55,12 +57,12 @@ def test_large_bursts_are_cut_and_turns_are_not_mixed(model: ServedModel) -> Non
 def test_a_failed_batch_fails_each_of_its_requests(model: ServedModel) -> None:
     async def scenario() -> list[object]:
         batcher = TurnBatcher()
-        known = str(model.scorer.external_user_ids[0])
-        answers = [batcher.rank(model, known, 5, True), batcher.rank(model, "nobody", 5, True)]
+        outside = model.scorer.num_users  # not an internal id of this model
+        answers = [batcher.rank(model, 0, 5, True), batcher.rank(model, outside, 5, True)]
         return list(await asyncio.gather(*answers, return_exceptions=True))
 
     outcomes = asyncio.run(scenario())
-    assert all(isinstance(outcome, NotFoundError) for outcome in outcomes)
+    assert all(isinstance(outcome, ConfigError) for outcome in outcomes)
 
 
 def test_concurrent_http_requests_are_batched_and_answered_as_alone(settings: Settings) -> None:
