@@ -195,14 +195,20 @@ def test_search_with_the_items_own_quality(clustered_split: DatasetSplit, tmp_pa
 
 
 def test_share_fitting_scores_refitted_variants_and_retrains_the_best(
-    clustered_split: DatasetSplit, tmp_path: Path
+    clustered_split: DatasetSplit, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spec = dataclasses.replace(tiny_spec(), share_grid=(0.3, 0.5, 0.7), retrain_top=1)
-    summary = run_pipeline(spec, clustered_split, tmp_path, progress=False)
+    with caplog.at_level(logging.INFO, logger="ciess_core.search.fit"):
+        summary = run_pipeline(spec, clustered_split, tmp_path, progress=False)
     for budget in ("0.5", "0.8"):
         fit = json.loads((tmp_path / f"budget-{budget}" / "fit.json").read_text())
         pool_variants = [row for row in fit if row["user_share"] is None]
         assert len(fit) == 4 * len(pool_variants)  # the pool's own plus one per share
+        count = len(pool_variants)  # one progress line per pool candidate
+        progress = [line for line in caplog.messages if line.startswith(f"budget {budget}: fit,")]
+        assert [line.split(" scored")[0] for line in progress] == [
+            f"budget {budget}: fit, candidate {i} of {count}" for i in range(1, count + 1)
+        ]
         scores = [row["valid_ndcg@20"] for row in fit]
         assert scores == sorted(scores, reverse=True)  # best first
         best = fit[0]

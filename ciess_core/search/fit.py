@@ -92,6 +92,10 @@ def fit_shares(
         score(sizes, candidate=index, user_share=None)
         for share in spec.share_grid:
             score(split_budget(sizes, budget, share), candidate=index, user_share=share)
+        logger.info(
+            "budget %g: %s, candidate %d of %d scored (best %s so far %.4f)",
+            budget, record, index + 1, len(candidates), metric, max(e[0] for e in scored),
+        )  # fmt: skip
     if spec.spread_grid:
         seen = {entry[1] for entry in scored}
         for _, base, described in sorted(scored, key=lambda entry: -entry[0])[: spec.retrain_top]:
