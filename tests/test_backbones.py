@@ -9,7 +9,7 @@ import torch
 
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
-from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
+from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone, ncf
 from ciess_core.sizes import SizeAssignment
 from ciess_core.training import TrainConfig, evaluate_model, train_bpr
 
@@ -50,6 +50,28 @@ def test_scores_of_pairs_match_scores_of_all_items(
     with torch.no_grad():
         candidates = model.score_candidates(representation, users, lists)
     torch.testing.assert_close(candidates, everything.gather(1, lists), rtol=1e-5, atol=1e-6)
+
+
+def test_ncf_scores_all_items_block_by_block(
+    tiny_train: sp.csr_matrix, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of a few users (the cap lowered to 2 users' activations) give the scores of one
+    block, and each pair's score."""
+    model = make_model(BackboneKind.NCF, tiny_train).eval()
+    users = torch.arange(model.num_users)
+    with torch.no_grad():
+        representation = model.represent()
+        whole = model.score_all_items(representation, users)
+        first_width = representation[3].shape[1]
+        monkeypatch.setattr(ncf, "_BLOCK_ELEMENTS_CPU", 2 * model.num_items * first_width)
+        blocked = model.score_all_items(representation, users)
+        pairs = model.score_pairs(
+            representation,
+            users.repeat_interleave(model.num_items),
+            torch.arange(model.num_items).repeat(model.num_users),
+        ).view(model.num_users, model.num_items)
+    torch.testing.assert_close(blocked, whole, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(blocked, pairs, rtol=1e-5, atol=1e-6)
 
 
 def test_truncated_computation_equals_zero_padded_full_width(

@@ -1,0 +1,171 @@
+"""How the block size of NCF's full ranking sets its speed on this machine.
+
+Usage:
+    python bench/ncf_blocks.py [--users 6040 --items 3706] [--threads 1 2] [--repeats 3]
+
+NCF's ``score_all_items`` (``ciess_core/models/ncf.py``) materialises (users, items, first tower
+width) activations a block of users at a time; every supernet evaluation of a search or fit, and
+every validation of a training, runs it over all users and items. This bench times it on a
+randomly initialised NCF of the dataset's shape (the time depends on the shapes alone) at several
+block caps, and the code before 2026-12-05 (blocks of 2**25 elements, out-of-place ReLUs) beside
+it, interleaved, each at every thread count. Each variant's scores are compared with the old
+code's: how many entries differ and by how much, and how many users' top-20 lists change. Rows go
+to ``docs/benchmarks/ncf-blocks.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backbones import provenance, save_json
+from cli_help import DefaultsHelp
+
+from ciess_core.models import BackboneConfig, BackboneKind, ncf
+from ciess_core.models.base import Representation
+
+REPORTS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+SHIFTS = (20, 21, 22, 23, 24, 25)
+OLD_SHIFT = 25
+Scorer = Callable[[Representation, torch.Tensor], torch.Tensor]
+
+
+def old_scores(model: ncf.NCF, representation: Representation, users: torch.Tensor) -> torch.Tensor:
+    """``score_all_items`` as it was before 2026-12-05: 2**25-element blocks, out-of-place ReLUs."""
+    gmf_users, gmf_items, user_part, item_part = representation
+    block = max(1, (1 << OLD_SHIFT) // (model.num_items * item_part.shape[1]))
+    gmf_weight = model.predict.weight[0, model.config.mlp_layers[-1] :][: gmf_items.shape[1]]
+    gmf_scores = (gmf_users[users] * gmf_weight) @ gmf_items.T
+    blocks = []
+    for start in range(0, users.numel(), block):
+        chunk = users[start : start + block]
+        hidden = F.relu(user_part[chunk].unsqueeze(1) + item_part.unsqueeze(0))
+        for layer in model.tower[1:]:
+            hidden = F.relu(layer(hidden))
+        blocks.append(hidden @ model.predict.weight[0, : hidden.shape[-1]])
+    return torch.cat(blocks) + gmf_scores + model.predict.bias[0]
+
+
+def current_scores(model: ncf.NCF, shift: int) -> Scorer:
+    """The code's ``score_all_items`` with its CPU block cap set to 2**shift elements."""
+
+    def score(representation: Representation, users: torch.Tensor) -> torch.Tensor:
+        kept = ncf._BLOCK_ELEMENTS_CPU
+        ncf._BLOCK_ELEMENTS_CPU = 1 << shift
+        try:
+            return model.score_all_items(representation, users)
+        finally:
+            ncf._BLOCK_ELEMENTS_CPU = kept
+
+    return score
+
+
+def compare(scores: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
+    difference = (scores - reference).abs()
+    top, top_reference = scores.topk(20, dim=1).indices, reference.topk(20, dim=1).indices
+    return {
+        "entries_differing": int((difference > 0).sum()),
+        "max_abs_difference": float(difference.max()),
+        "users_whose_top20_differ": int((top != top_reference).any(1).sum()),
+    }
+
+
+def measure(arguments: argparse.Namespace) -> dict[str, Any]:
+    recorded = provenance()  # before the thread counts change
+    generator = torch.Generator().manual_seed(0)
+    config = BackboneConfig(kind=BackboneKind.NCF)
+    model = ncf.NCF(arguments.users, arguments.items, config, generator).eval()
+    users = torch.arange(arguments.users)
+    variants: dict[str, Scorer] = {
+        "old code (2^25, out-of-place ReLU)": lambda r, u: old_scores(model, r, u),
+        **{f"2^{shift}": current_scores(model, shift) for shift in SHIFTS},
+    }
+    rows = []
+    with torch.no_grad():
+        representation = model.represent()
+        reference = old_scores(model, representation, users)
+        for threads in arguments.threads:
+            torch.set_num_threads(threads)
+            seconds: dict[str, list[float]] = {name: [] for name in variants}
+            for _ in range(
+                arguments.repeats
+            ):  # interleaved: the machine's drift hits every variant
+                for name, score in variants.items():
+                    started = time.perf_counter()
+                    score(representation, users)
+                    seconds[name].append(time.perf_counter() - started)
+            old_median = statistics.median(seconds[next(iter(variants))])
+            for name, score in variants.items():
+                median = statistics.median(seconds[name])
+                rows.append(
+                    {
+                        "variant": name,
+                        "threads": threads,
+                        "seconds": [round(s, 3) for s in seconds[name]],
+                        "seconds_median": round(median, 3),
+                        "speedup_over_old": round(old_median / median, 2),
+                        **compare(score(representation, users), reference),
+                    }
+                )
+                print(rows[-1], flush=True)
+    return {
+        **recorded,
+        "users": arguments.users,
+        "items": arguments.items,
+        "tower": [2 * config.max_size, *config.mlp_layers],
+        "repeats": arguments.repeats,
+        "rows": rows,
+    }
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    lines = [
+        "# NCF full ranking: block size",
+        "",
+        f"{report['machine']}; {report['date']}; `{report['command']}`. A randomly initialised "
+        f"NCF of {report['users']:,} users × {report['items']:,} items (tower "
+        f"{' → '.join(map(str, report['tower']))}), `score_all_items` over every user, "
+        f"{report['repeats']} interleaved repeats per variant; `2^n`: the current code with its "
+        "CPU block cap at 2^n activations (in-place ReLUs). Differences are against the old "
+        "code's scores.",
+        "",
+        "| threads | variant | median s | × old | entries differing | max abs difference "
+        "| users whose top-20 differ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['threads']} | {row['variant']} | {row['seconds_median']:.2f} | "
+            f"{row['speedup_over_old']:.2f} | {row['entries_differing']:,} | "
+            f"{row['max_abs_difference']:.1e} | {row['users_whose_top20_differ']} |"
+        )
+    notes = path.with_suffix(".notes.md")
+    if notes.exists():
+        lines += ["", "## Findings", "", notes.read_text().strip()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelp)
+    parser.add_argument("--users", type=int, default=6040, help="ML-1M's users by default")
+    parser.add_argument("--items", type=int, default=3706, help="ML-1M's items by default")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPORTS / "ncf-blocks.json")
+    arguments = parser.parse_args()
+    report = measure(arguments)
+    save_json(arguments.out, report)
+    write_report(report, arguments.out.with_suffix(".md"))
+
+
+if __name__ == "__main__":
+    main()
