@@ -48,9 +48,10 @@ from default_pipeline import run_id_for
 from experiments.protocols import PROTOCOLS, protocol_named
 
 from ciess_core.data import DatasetSplit, Phase
+from ciess_core.errors import ConfigError
 from ciess_core.json_form import jsonable
 from ciess_core.models import Backbone
-from ciess_core.pipeline import load_split, pipeline_spec
+from ciess_core.pipeline import claim_pipeline_folder, load_split, pipeline_spec
 from ciess_core.pruning import kept_within, magnitude_mask, pruned_bytes
 from ciess_core.runs import RunSpec, execute_run
 from ciess_core.search.budgets import ByteBudget, sparsity_of
@@ -285,7 +286,13 @@ def run(arguments: argparse.Namespace) -> None:
     work = work_dir(arguments)
     run_id = run_id_for(work)
     pipeline = work / "pipeline"
-    pipeline.mkdir(parents=True, exist_ok=True)
+    try:
+        claim_pipeline_folder(pipeline, spec)
+    except ConfigError as error:
+        raise SystemExit(
+            f"{error}: another --work, with --reuse {pipeline}, keeps its full model, teachers "
+            "and supernet"
+        ) from None
     if arguments.reuse:
         reuse_stages(Path(arguments.reuse), pipeline, spec)
     split, _ = load_split(spec.dataset, arguments.data_dir)

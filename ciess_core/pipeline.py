@@ -117,21 +117,13 @@ def load_split(dataset: str, data_dir: Path | str | None = None) -> tuple[Datase
     return split_per_user(data, seed=SPLIT_SEED), data.fingerprint()
 
 
-def run_product_pipeline(
-    spec: PipelineSpec,
-    out: Path,
-    split: DatasetSplit,
-    dataset_fingerprint: str,
-    workers: int = 1,
-    progress: bool = True,
-    on_stage: StageReport | None = None,
-    executor: str = DEFAULT_EXECUTOR,
-) -> dict[str, Any]:
-    """Run (or resume) the pipeline in ``out`` on ``split`` (:func:`load_split`).
+def claim_pipeline_folder(out: Path, spec: PipelineSpec) -> None:
+    """Make ``out`` the folder of ``spec``'s pipeline: record the spec in ``out/spec.json``, or
+    check that the one recorded there is the same, so that a rerun resumes and a changed command
+    never mixes stages of two recipes.
 
-    ``out/spec.json`` records the spec; a folder holding another spec is refused, so a rerun of
-    the same command resumes and a changed one never mixes stages of two recipes. ``workers``
-    units run at a time on ``executor`` (``processes``, ``local`` or ``ray``; the same results).
+    Raises:
+        ConfigError: ``out`` holds a pipeline with other settings.
     """
     out.mkdir(parents=True, exist_ok=True)
     described = jsonable(spec)
@@ -145,6 +137,24 @@ def run_product_pipeline(
             )
     else:
         spec_path.write_text(json.dumps(described, indent=1) + "\n")
+
+
+def run_product_pipeline(
+    spec: PipelineSpec,
+    out: Path,
+    split: DatasetSplit,
+    dataset_fingerprint: str,
+    workers: int = 1,
+    progress: bool = True,
+    on_stage: StageReport | None = None,
+    executor: str = DEFAULT_EXECUTOR,
+) -> dict[str, Any]:
+    """Run (or resume) the pipeline in ``out`` on ``split`` (:func:`load_split`).
+
+    ``out`` is claimed for ``spec`` first (:func:`claim_pipeline_folder`). ``workers``
+    units run at a time on ``executor`` (``processes``, ``local`` or ``ray``; the same results).
+    """
+    claim_pipeline_folder(out, spec)
     return run_pipeline(
         spec,
         split,
