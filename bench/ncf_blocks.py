@@ -2,6 +2,7 @@
 
 Usage:
     python bench/ncf_blocks.py [--users 6040 --items 3706] [--threads 1 2] [--repeats 3]
+    python bench/ncf_blocks.py --artifact DIR   # the artifact scorer's onnxruntime graph too
 
 NCF's ``score_all_items`` (``ciess_core/models/ncf.py``) materialises (users, items, first tower
 width) activations a block of users at a time; every supernet evaluation of a search or fit, and
@@ -9,8 +10,11 @@ every validation of a training, runs it over all users and items. This bench tim
 randomly initialised NCF of the dataset's shape (the time depends on the shapes alone) at several
 block caps, and the code before 2026-12-05 (blocks of 2**25 elements, out-of-place ReLUs) beside
 it, interleaved, each at every thread count. Each variant's scores are compared with the old
-code's: how many entries differ and by how much, and how many users' top-20 lists change. Rows go
-to ``docs/benchmarks/ncf-blocks.json`` and ``.md``.
+code's: how many entries differ and by how much, and how many users' top-20 lists change.
+``--artifact`` (an NCF artifact of ``ciess export``) also times the artifact scorer, which runs the
+same tower as an onnxruntime graph in blocks of users, at each cap: batches of 64 random users (the
+service's largest turn batch), one user, and every user. Rows go to
+``docs/benchmarks/ncf-blocks.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
 from backbones import provenance, save_json
 from cli_help import DefaultsHelp
 
+from ciess_core.artifact import scorer as artifact_scorer
+from ciess_core.artifact.scorer import ScorerOptions, load_scorer
 from ciess_core.models import BackboneConfig, BackboneKind, ncf
 from ciess_core.models.base import Representation
 
@@ -127,6 +134,56 @@ def measure(arguments: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def measure_artifact(directory: Path, threads: list[int], repeats: int) -> list[dict[str, Any]]:
+    """The artifact scorer at each block cap: ms per batch of 64 users and of one user, seconds
+    for every user, and whether each batch's top-20 equals the cap 2**25's."""
+    kept = artifact_scorer._MAX_BLOCK_ELEMENTS
+    rng = np.random.default_rng(0)
+    rows = []
+    for count in threads:
+        scorer = load_scorer(directory, ScorerOptions(threads=count))
+        batches = [rng.integers(0, scorer.num_users, 64) for _ in range(20)]
+        singles = [rng.integers(0, scorer.num_users, 1) for _ in range(100)]
+        everyone = np.arange(scorer.num_users)
+        timings: dict[int, dict[str, list[float]]] = {
+            shift: {"batch64_ms": [], "one_user_ms": [], "all_users_s": []} for shift in SHIFTS
+        }
+        tops: dict[int, list[np.ndarray]] = {}
+        try:
+            for _ in range(repeats):
+                for shift in SHIFTS:
+                    artifact_scorer._MAX_BLOCK_ELEMENTS = 1 << shift
+                    started = time.perf_counter()
+                    tops[shift] = [scorer.recommend(batch, 20)[0] for batch in batches]
+                    timings[shift]["batch64_ms"].append((time.perf_counter() - started) * 50)
+                    started = time.perf_counter()
+                    for single in singles:
+                        scorer.recommend(single, 20)
+                    timings[shift]["one_user_ms"].append((time.perf_counter() - started) * 10)
+                    started = time.perf_counter()
+                    scorer.score_all(everyone)
+                    timings[shift]["all_users_s"].append(time.perf_counter() - started)
+        finally:
+            artifact_scorer._MAX_BLOCK_ELEMENTS = kept
+        for shift in SHIFTS:
+            medians = {key: statistics.median(values) for key, values in timings[shift].items()}
+            old = statistics.median(timings[OLD_SHIFT]["batch64_ms"])
+            rows.append(
+                {
+                    "variant": f"2^{shift}",
+                    "threads": count,
+                    **{key: round(value, 3) for key, value in medians.items()},
+                    "batch64_speedup_over_2^25": round(old / medians["batch64_ms"], 2),
+                    "same_top20_as_2^25": all(
+                        np.array_equal(a, b)
+                        for a, b in zip(tops[shift], tops[OLD_SHIFT], strict=True)
+                    ),
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
 def write_report(report: dict[str, Any], path: Path) -> None:
     lines = [
         "# NCF full ranking: block size",
@@ -148,6 +205,21 @@ def write_report(report: dict[str, Any], path: Path) -> None:
             f"{row['speedup_over_old']:.2f} | {row['entries_differing']:,} | "
             f"{row['max_abs_difference']:.1e} | {row['users_whose_top20_differ']} |"
         )
+    if report.get("artifact_rows"):
+        lines += [
+            "",
+            f"## The artifact scorer (onnxruntime), `{report['artifact']}`",
+            "",
+            "| threads | cap | 64 users, ms | × 2^25 | one user, ms | every user, s "
+            "| top-20 as at 2^25 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in report["artifact_rows"]:
+            lines.append(
+                f"| {row['threads']} | {row['variant']} | {row['batch64_ms']:.1f} | "
+                f"{row['batch64_speedup_over_2^25']:.2f} | {row['one_user_ms']:.2f} | "
+                f"{row['all_users_s']:.2f} | {'yes' if row['same_top20_as_2^25'] else 'no'} |"
+            )
     notes = path.with_suffix(".notes.md")
     if notes.exists():
         lines += ["", "## Findings", "", notes.read_text().strip()]
@@ -160,9 +232,15 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=3706, help="ML-1M's items by default")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--artifact", type=Path, help="an NCF artifact: time its scorer too")
     parser.add_argument("--out", type=Path, default=REPORTS / "ncf-blocks.json")
     arguments = parser.parse_args()
     report = measure(arguments)
+    if arguments.artifact:
+        report["artifact"] = str(arguments.artifact)
+        report["artifact_rows"] = measure_artifact(
+            arguments.artifact, arguments.threads, arguments.repeats
+        )
     save_json(arguments.out, report)
     write_report(report, arguments.out.with_suffix(".md"))
 

@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from ciess_core.artifact import scorer as artifact_scorer
 from ciess_core.artifact.export import ExportOptions, export_model
 from ciess_core.artifact.reader import load_artifact
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions, load_scorer
@@ -125,6 +126,22 @@ def test_one_and_many_buckets_give_the_model_s_scores(
         np.testing.assert_allclose(scorer.score_all(users), expected_scores, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(scorer.recommend(users, TOP_K)[0], expected_top)
     assert many.index.layout.padded_elements <= one.index.layout.padded_elements
+
+
+def test_ncf_scores_users_in_blocks(
+    clustered_split: DatasetSplit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tower graph run over blocks of a few users (the cap lowered to three users'
+    activations) gives the torch model's scores and top-k."""
+    train, _ = clustered_split.phase(Phase.TEST)
+    model = build(BackboneKind.NCF, train, _sizes(clustered_split))
+    scorer = load_scorer(export(model, clustered_split, tmp_path / "a"), ScorerOptions(threads=1))
+    first_width = scorer.ncf_parts[1].shape[1] if scorer.ncf_parts is not None else 0
+    monkeypatch.setattr(artifact_scorer, "_MAX_BLOCK_ELEMENTS", 3 * scorer.num_items * first_width)
+    expected_scores, expected_top = torch_top_k(model, scorer.seen, TOP_K)
+    users = np.arange(model.num_users)
+    np.testing.assert_allclose(scorer.score_all(users), expected_scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(scorer.recommend(users, TOP_K)[0], expected_top)
 
 
 def test_work_follows_the_stored_sizes(clustered_split: DatasetSplit, tmp_path: Path) -> None:

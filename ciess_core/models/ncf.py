@@ -21,8 +21,8 @@ from ciess_core.models.rows import gather_rows
 
 # Full-ranking scores materialise (users, items, first tower width) activations, a block of users
 # at a time. On a CPU, blocks of 2**22 elements (16 MB) with in-place ReLUs rank ML-1M's
-# 6,040 x 3,706 pairs 3.7 (one thread) to 4.6 (two) times as fast as 2**25-element blocks did
-# (docs/benchmarks/ncf-blocks.md); on a GPU the larger blocks stay (not measured there).
+# 6,040 x 3,706 pairs 3.2 to 4.6 times as fast as 2**25-element blocks did (two runs, one and
+# two threads; docs/benchmarks/ncf-blocks.md); on a GPU the larger blocks stay (not measured).
 _BLOCK_ELEMENTS_CPU = 1 << 22
 _BLOCK_ELEMENTS_GPU = 1 << 25
 
