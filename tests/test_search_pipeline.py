@@ -117,7 +117,7 @@ class _InterruptError(Exception):
 
 
 def test_interrupted_search_resumes_from_its_checkpoint_and_matches(
-    clustered_split: DatasetSplit, tmp_path: Path
+    clustered_split: DatasetSplit, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from ciess_core.data import Phase
     from ciess_core.search.loop import SearchInputs, run_search
@@ -155,9 +155,14 @@ def test_interrupted_search_resumes_from_its_checkpoint_and_matches(
             on_iteration=stop_in_episode_two,
         )
     assert json.loads((checkpoint / "checkpoint.json").read_text())["episodes_done"] == 1
-    resumed = run_search(
-        spec.search, inputs, evaluator, checkpoint_dir=checkpoint, trace_path=trace, progress=False
-    )
+    with caplog.at_level(logging.INFO, logger="ciess_core.search.loop"):
+        resumed = run_search(
+            spec.search, inputs, evaluator, checkpoint_dir=checkpoint, trace_path=trace,
+            progress=False,
+        )  # fmt: skip
+    episodes = spec.search.num_episodes
+    logged = [line.split(",")[0] for line in caplog.messages if line.startswith("search: ")]
+    assert logged == [f"search: episode {e} of {episodes}" for e in range(2, episodes + 1)]
     fields = (
         "episode",
         "iteration",

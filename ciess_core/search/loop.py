@@ -328,5 +328,9 @@ def run_search(
             bar.set_postfix(sparsity=f"{achieved:.3f}", quality=f"{mean_quality:.3f}")
         if checkpoint_dir is not None:
             _save_checkpoint(checkpoint_dir, episode + 1, sides, pool, rng, trace)
+        logger.info(
+            "search: episode %d of %d, last sparsity %.3f, mean quality %.3f",
+            episode + 1, config.num_episodes, trace[-1]["sparsity"], trace[-1]["mean_quality"],
+        )  # fmt: skip
     bar.close()
     return SearchOutcome(pool=pool, trace=trace, seconds=time.perf_counter() - started)
