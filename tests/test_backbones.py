@@ -10,6 +10,7 @@ import torch
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone, ncf
+from ciess_core.models.base import Representation
 from ciess_core.sizes import SizeAssignment
 from ciess_core.training import TrainConfig, evaluate_model, train_bpr
 
@@ -21,6 +22,16 @@ def make_model(
 ) -> Backbone:
     config = BackboneConfig.default_for(kind, **{"max_size": 16, **overrides})
     return build_backbone(config, train, torch.Generator().manual_seed(seed))
+
+
+def every_pair_score(model: Backbone, representation: Representation) -> torch.Tensor:
+    """(users, items) scores, each (user, item) pair scored on its own by ``score_pairs``."""
+    users = torch.arange(model.num_users)
+    return model.score_pairs(
+        representation,
+        users.repeat_interleave(model.num_items),
+        torch.arange(model.num_items).repeat(model.num_users),
+    ).view(model.num_users, model.num_items)
 
 
 @pytest.fixture(params=KINDS, ids=lambda kind: kind.value)
@@ -39,11 +50,7 @@ def test_scores_of_pairs_match_scores_of_all_items(
         representation = model.represent()
         users = torch.arange(model.num_users)
         everything = model.score_all_items(representation, users)
-        pairs = model.score_pairs(
-            representation,
-            users.repeat_interleave(model.num_items),
-            torch.arange(model.num_items).repeat(model.num_users),
-        ).view(model.num_users, model.num_items)
+        pairs = every_pair_score(model, representation)
     assert everything.shape == (12, 9)
     torch.testing.assert_close(everything, pairs, rtol=1e-5, atol=1e-6)
     lists = torch.randint(0, model.num_items, (model.num_users, 5), generator=torch.Generator())
@@ -65,11 +72,7 @@ def test_ncf_scores_all_items_block_by_block(
         first_width = representation[3].shape[1]
         monkeypatch.setattr(ncf, "_BLOCK_ELEMENTS_CPU", 2 * model.num_items * first_width)
         blocked = model.score_all_items(representation, users)
-        pairs = model.score_pairs(
-            representation,
-            users.repeat_interleave(model.num_items),
-            torch.arange(model.num_items).repeat(model.num_users),
-        ).view(model.num_users, model.num_items)
+        pairs = every_pair_score(model, representation)
     torch.testing.assert_close(blocked, whole, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(blocked, pairs, rtol=1e-5, atol=1e-6)
 
