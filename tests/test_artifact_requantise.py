@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 
 from ciess_core.artifact.reader import load_artifact
-from ciess_core.artifact.requantise import requantise_artifact, requantised_bytes
+from ciess_core.artifact.requantise import (
+    keeps_measured_quality,
+    requantise_artifact,
+    requantised_bytes,
+)
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
 from ciess_core.data import DatasetSplit
 from ciess_core.errors import ArtifactError
@@ -74,3 +78,32 @@ def test_a_requantisation_keeps_sizes_stored_as_runs_and_counts_them_so(
         manifest = requantise_artifact(source, value_type, tmp_path / value_type)
         assert any("size_runs" in entry.path for entry in manifest.files)
         assert manifest.memory.stored == requantised_bytes(old, value_type)
+
+
+@pytest.mark.parametrize("value_type", ["int8", "int4", "int8-table", "int4-table"])
+def test_a_quantised_artifact_stored_again_in_its_own_type_keeps_its_codes(
+    source: Path, tmp_path: Path, value_type: str
+) -> None:
+    quantised = tmp_path / "once"
+    requantise_artifact(source, value_type, quantised)
+    again = requantise_artifact(quantised, value_type, tmp_path / "twice")
+    assert again.metrics["valid"] == (
+        {"ndcg@20": 0.28} if value_type == "int4-table" else None  # what its run measured
+    )
+    stores = [entry for entry in again.files if entry.path.startswith("tables/")]
+    assert stores
+    for entry in stores:
+        assert (tmp_path / "twice" / entry.path).read_bytes() == (
+            quantised / entry.path
+        ).read_bytes(), entry.path
+
+
+def test_a_quantised_artifact_stored_in_another_type_claims_no_validation(
+    source: Path, tmp_path: Path
+) -> None:
+    requantise_artifact(source, "int8", tmp_path / "int8")
+    twice = requantise_artifact(tmp_path / "int8", "int4-table", tmp_path / "int4-table")
+    # Its run measured int4-table from float32 values, not from int8 codes rounded again.
+    assert keeps_measured_quality("int8", "int4-table") is False
+    assert twice.metrics["valid"] is None
+    assert keeps_measured_quality("float32", "int4-table") is True

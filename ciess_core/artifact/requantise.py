@@ -5,7 +5,8 @@ training: every table is decoded as the scorer reads it and stored again
 (:func:`~ciess_core.artifact.stores.store_table`); the graphs, ids and seen items are copied
 unchanged. The manifest keeps the source's model, data and metrics, with ``valid`` replaced by
 the source run's validation of that value type when the run measured it
-(``metrics.valid_by_value_type``), and ``verification`` saying where it came from.
+(``metrics.valid_by_value_type``) and the copy holds that model (:func:`keeps_measured_quality`;
+null otherwise), and ``verification`` saying where it came from.
 
 The copy is written in a hidden staging folder beside ``out`` and renamed into place only once it
 loads and scores, so a failure leaves nothing behind.
@@ -29,6 +30,17 @@ from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
 from ciess_core.artifact.stores import store_table
 from ciess_core.errors import ArtifactError
 from ciess_core.storage import ValueType, table_file_bytes
+
+
+def keeps_measured_quality(source_type: str, value_type: str) -> bool:
+    """Whether an artifact stored as ``source_type``, stored again as ``value_type``, holds the
+    model whose validation its run measured in that type (``metrics.valid_by_value_type``).
+
+    True from ``float32``, whose values are the model's own, and for the same type, whose codes
+    decode and encode back to themselves. From another quantised type it is not: the decoded
+    codes would be rounded a second time, a model no run validated.
+    """
+    return source_type == "float32" or source_type == value_type
 
 
 def requantised_bytes(manifest: Manifest, value_type: str) -> int:
@@ -77,7 +89,7 @@ def requantise_artifact(
         )
         metrics: dict[str, Any] = dict(old.metrics)
         measured = (metrics.get("valid_by_value_type") or {}).get(value_type)
-        metrics["valid"] = measured
+        metrics["valid"] = measured if keeps_measured_quality(old.value_dtype, value_type) else None
         manifest = dataclasses.replace(
             old,
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

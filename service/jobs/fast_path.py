@@ -4,7 +4,9 @@ Every model the product pipeline exports records how its selected twin (the same
 on train, chosen on validation) validates with its tables stored as each value type
 (``metrics.valid_by_value_type``). When the admin asks for a byte budget, :func:`plan_fast_path`
 looks through the kept artifacts of the served model's data and backbone for the value type
-whose stores fit and that validates best; a ``requantise`` job then stores that artifact's
+whose stores fit and that validates best (from an artifact stored in a quantised type, only that
+type: its codes cannot be rounded again into a model its run validated); a ``requantise`` job
+then stores that artifact's
 tables again in that type (:func:`~ciess_core.artifact.requantise.requantise_artifact`, numpy
 only: no torch, no training) and the worker promotes it. The byte planner's budget job runs
 after it and replaces it only if its pick validates better (``replace_if_better``).
@@ -19,7 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ciess_core.artifact.manifest import Manifest
-from ciess_core.artifact.requantise import requantise_artifact, requantised_bytes
+from ciess_core.artifact.requantise import (
+    keeps_measured_quality,
+    requantise_artifact,
+    requantised_bytes,
+)
 from ciess_core.errors import ConfigError
 from ciess_core.storage import VALUE_TYPES
 from service.jobs.store import Job, JobStore
@@ -81,7 +87,8 @@ def plan_fast_path(
     settings: Settings, store: JobStore, served: Manifest, max_bytes: int
 ) -> FastPlan | None:
     """The kept artifact and value type within ``max_bytes`` that validates best, or None when
-    no kept artifact measured a type that fits."""
+    no kept artifact measured a type that fits. A kept artifact stored in a quantised type offers
+    only that type: its float32 values are gone (:func:`keeps_measured_quality`)."""
     best: FastPlan | None = None
     for kept in kept_versions(settings, store):
         manifest = kept.manifest
@@ -90,7 +97,7 @@ def plan_fast_path(
         measured = manifest.metrics.get("valid_by_value_type") or {}
         for value_type in VALUE_TYPES:
             valid = (measured.get(value_type) or {}).get(SELECTION_METRIC)
-            if valid is None:
+            if valid is None or not keeps_measured_quality(manifest.value_dtype, value_type):
                 continue
             size = requantised_bytes(manifest, value_type)
             if size <= max_bytes and (best is None or valid > best.valid):

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ciess_core.artifact.reader import read_manifest
-from ciess_core.artifact.requantise import requantised_bytes
+from ciess_core.artifact.requantise import requantise_artifact, requantised_bytes
 from service.jobs.fast_path import REQUANTISE_JOB
 from service.jobs.store import JobState, JobStore
 from service.jobs.worker import _better_served, execute, run_worker
@@ -99,6 +99,31 @@ def test_no_fast_path_without_a_measured_type_that_fits(
         "/v1/admin/budget", json={"max_bytes": 50_000, "method": "equal"}, headers=admin_headers()
     )
     assert equal.json()["fast_path"] is None  # the fast path serves the planner's budgets only
+
+
+def test_a_served_quantised_model_offers_only_its_own_type(
+    measured: Settings, tmp_path: Path
+) -> None:
+    # Served as int8: float16 would validate higher in its run, but from int8 codes it would be
+    # int8's model in twice the bytes, and int4 would round the codes a second time.
+    served = tmp_path / "v2-int8"
+    requantise_artifact(measured.artifact_dir, "int8", served)  # type: ignore[arg-type]
+    settings = measured.replace(artifact_dir=served)
+    manifest = read_manifest(served)
+    with TestClient(create_app(settings)) as client:
+        for budget, value_type in [
+            (requantised_bytes(manifest, "float16"), "int8"),
+            (manifest.memory.stored, "int8"),
+            (requantised_bytes(manifest, "int4"), None),
+        ]:
+            answer = client.post(
+                "/v1/admin/budget",
+                json={"max_bytes": budget, "method": "search"},
+                headers=admin_headers(),
+            )
+            assert answer.status_code == 202, answer.text
+            fast = answer.json()["fast_path"]
+            assert (fast and fast["params"]["value_type"]) == value_type, (budget, fast)
 
 
 def test_a_failing_fast_path_leaves_the_old_model_serving(
