@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The whole product on one machine: set up, build an artifact for MovieLens-1M with a short CIESS
-# search at one budget (LightGCN, few episodes, short training: minutes, not hours), and serve it
-# on localhost with a job worker, printing example requests. A second run reuses the artifact.
+# The whole product on one machine: set up, build an artifact for MovieLens-1M that fits a byte
+# budget with a short pipeline (LightGCN, the CIESS search and the byte planner with few episodes
+# and short trainings: minutes, not hours), and serve it on localhost with a job worker, printing
+# example requests. A second run reuses the artifact.
 #
 # Environment: CIESS_DATA_DIR (default ../shared/data beside this checkout), CIESS_STATE_DIR
-# (default state/quickstart), CIESS_BUDGET (target sparsity, default 0.9), CIESS_PORT (8000),
-# CIESS_ADMIN_TOKEN (default: a random token kept in $CIESS_STATE_DIR/admin-token; at least 32
-# characters), CIESS_RECIPE_FILE (default scripts/quickstart-recipe.toml).
-# The full-length search is `ciess search` with its defaults (README, section "Search").
+# (default state/quickstart), CIESS_BUDGET_BYTES (the byte budget: up to 1, a ratio of the dense
+# float32 tables' bytes, else a number of bytes; default 0.05), CIESS_BUDGET (a target sparsity
+# instead, the paper's parameter budget), CIESS_PORT (8000), CIESS_ADMIN_TOKEN (default: a random
+# token kept in $CIESS_STATE_DIR/admin-token; at least 32 characters), CIESS_RECIPE_FILE (default
+# scripts/quickstart-recipe.toml).
+# The full-length pipeline is `ciess search --budget-bytes 0.05` with the shipped recipe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,10 +18,20 @@ bash scripts/setup.sh
 . "${CIESS_VENV:-.venv}/bin/activate"
 export CIESS_DATA_DIR="${CIESS_DATA_DIR:-../shared/data}"
 state="${CIESS_STATE_DIR:-state/quickstart}"
-budget=$(printf '%g' "${CIESS_BUDGET:-0.9}")
+if [ -n "${CIESS_BUDGET:-}" ]; then  # a target sparsity
+    budget=$(printf '%g' "$CIESS_BUDGET")
+    budget_args=(--budgets "$budget")
+    budget_name="sparsity $budget"
+    label="$budget"
+else  # a byte budget: the product's
+    budget=$(printf '%g' "${CIESS_BUDGET_BYTES:-0.05}")
+    budget_args=(--budget-bytes "$budget")
+    budget_name="a byte budget of $budget"
+    label="bytes-$budget"
+fi
 port="${CIESS_PORT:-8000}"
-search="$state/search-ml-1m-lightgcn-$budget"
-artifact="$state/artifacts/quickstart-ml-1m-lightgcn-$budget"
+search="$state/search-ml-1m-lightgcn-$label"
+artifact="$state/artifacts/quickstart-ml-1m-lightgcn-$label"
 started=$(date +%s)
 # The quick search's recipe (scripts/quickstart-recipe.toml), also that of the budget jobs the admin
 # endpoint starts (the product pipeline, "search", not equal sizes); set CIESS_RECIPE_FILE to use
@@ -31,10 +44,12 @@ if [ -n "$CIESS_RECIPE_FILE" ]; then
 fi
 
 if [ ! -f "$artifact/manifest.json" ]; then
-    echo "== building the first artifact: CIESS search on ml-1m at sparsity $budget =="
-    ciess search --dataset ml-1m --backbone lightgcn --budgets "$budget" ${recipe[@]+"${recipe[@]}"} \
-        --workers 2 --out "$search"
-    ciess export "$search/budget-$budget/run" --out "$artifact"
+    echo "== building the first artifact: ml-1m at $budget_name =="
+    ciess search --dataset ml-1m --backbone lightgcn "${budget_args[@]}" \
+        ${recipe[@]+"${recipe[@]}"} --workers 2 --out "$search"
+    # One budget, one folder: budget-<sparsity>, or bytes-<ratio> (a count of bytes is a ratio).
+    run=$(find "$search" -mindepth 2 -maxdepth 2 -name run -path "$search/b*" | head -n 1)
+    ciess export "$run" --out "$artifact"
     echo "== artifact ready after $(($(date +%s) - started)) s =="
 fi
 
@@ -55,6 +70,6 @@ cat <<EXAMPLES
   curl http://127.0.0.1:$port/v1/model
   # a new budget (admin token in $state/admin-token unless CIESS_ADMIN_TOKEN was set):
   curl -X POST http://127.0.0.1:$port/v1/admin/budget -H "Authorization: Bearer \$(cat $state/admin-token)" \\
-       -H 'Content-Type: application/json' -d '{"target_sparsity": 0.95}'
+       -H 'Content-Type: application/json' -d '{"max_bytes": 125000}'
 EXAMPLES
 exec ciess serve --artifact-dir "$artifact" --state-dir "$state" --port "$port"
