@@ -7,7 +7,7 @@ Usage:
 
 `run` executes (or resumes) in `bench/_work/bytes-<dataset>-<backbone>-<protocol>-<device>/`:
 
-- `planner`: the product pipeline with byte budgets (`ciess search --byte-ratios`, every other
+- `planner`: the product pipeline with byte budgets (`ciess search --budget-bytes`, every other
   setting the shipped recipe's) at each ratio; the pick it tests is the row.
 - `full`: the pipeline's full float32 model of the test phase (trained on train ∪ validation,
   the planner's teacher), tested; `byte_ratio` null.

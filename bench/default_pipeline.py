@@ -1,4 +1,6 @@
-"""The product's default pipeline measured: `ciess search` with no option, beside plain ES.
+"""The product pipeline at the paper's sparsity budgets, measured beside plain ES: `ciess search
+--budgets 0.8,0.9,0.95` (`ciess search` with no budget plans byte budgets since session 32;
+those are measured by bench/byte_budgets.py).
 
 Usage:
     python bench/default_pipeline.py run --backbone lightgcn --workers 2
@@ -7,7 +9,8 @@ Usage:
     python bench/default_pipeline.py merge rows.json [more.json ...]
     python bench/default_pipeline.py report [--dataset ml-1m]
 
-`run` executes (or resumes) exactly what `ciess search --dataset D --backbone B` runs (the shipped
+`run` executes (or resumes) exactly what `ciess search --dataset D --backbone B --budgets
+0.8,0.9,0.95` runs (the shipped
 recipe, every default; `--protocol reference` is the only change it allows, for the comparison
 with the paper's tables: `bench/experiments/protocols.py`) in
 `bench/_work/default-<dataset>-<backbone>-<protocol>-<device>/`, then trains plain ES (equal sizes
@@ -378,7 +381,8 @@ def write_report(dataset: str) -> None:
     lines = [
         f"# The default pipeline on {dataset}",
         "",
-        "`ciess search --dataset " + dataset + " --backbone B` with no other option: the shipped "
+        "`ciess search --dataset " + dataset + " --backbone B --budgets 0.8,0.9,0.95` with no "
+        "other option (before session 32, `ciess search` with no option at all): the shipped "
         "recipe (`ciess_core/recipes.toml`), the supernet-scored CIESS search, the share and "
         "spread fits on held-out validation, the searched candidate and per-side equal sizes "
         "both retrained with distillation, the one that validates better served. Rows: `ciess` "

@@ -15,6 +15,10 @@ from ciess_core.executors import DEFAULT_EXECUTOR, DEFAULT_WORKERS, EXECUTORS
 logger = logging.getLogger("ciess")
 
 DATA_DIR_HELP = "datasets folder (default $CIESS_DATA_DIR, ./data)"
+#: ``ciess search``'s budgets when none are named: byte budgets, the product's (the planner's
+#: models keep 100.0 / 99.7 / 98.8 % of the full model's test N@20 at these ratios on ML-1M
+#: LightGCN, docs/benchmarks/bytes.md).
+DEFAULT_BYTE_BUDGETS = "0.1,0.05,0.025"
 
 
 def at_least_one(text: str) -> int:
@@ -50,16 +54,17 @@ def add_search_parser(subparsers: Any) -> None:
     )
     add_dataset_arguments(parser)
     parser.add_argument(
-        "--budgets",
-        default="0.8,0.9,0.95",
-        help="target sparsities (shares of the parameters pruned), comma-separated",
+        "--budget-bytes",
+        help="byte budgets, comma-separated: a number of bytes (250000) or, up to 1, a ratio "
+        "of the dense float32 tables' bytes (0.05); the planner picks each one's value type "
+        "(float32, float16, int8, int4) and sizes, counting every stored byte (default "
+        f"{DEFAULT_BYTE_BUDGETS} unless --budgets is given)",
     )
     parser.add_argument(
-        "--budget-bytes",
-        help="byte budgets instead of --budgets, comma-separated: a number of bytes (250000) "
-        "or, up to 1, a ratio of the dense float32 tables' bytes (0.05); the planner picks "
-        "each one's value type (float32, float16, int8, int4) and sizes, counting every "
-        "stored byte",
+        "--budgets",
+        help="target sparsities (shares of the float32 parameters pruned, the paper's budgets) "
+        "instead of byte budgets, comma-separated; with --budget-bytes they only steer the "
+        "search",
     )
     parser.add_argument("--out", help="output folder (default runs/search-<dataset>-<backbone>)")
     add_recipe_arguments(
@@ -123,10 +128,13 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     from ciess_core.search.budgets import ByteBudget
     from ciess_core.search.files import chosen_candidate
 
-    budgets = _numbers("--budgets", arguments.budgets, float)
-    spec = recipe_spec(arguments, budgets)
+    budgets = _numbers("--budgets", arguments.budgets or "", float)
+    spec = recipe_spec(arguments, budgets or None)
     out = Path(arguments.out or f"runs/search-{Path(arguments.dataset).stem}-{arguments.backbone}")
-    byte_values = _numbers("--budget-bytes", arguments.budget_bytes or "", float)
+    byte_text = arguments.budget_bytes
+    if byte_text is None:
+        byte_text = "" if budgets else DEFAULT_BYTE_BUDGETS
+    byte_values = _numbers("--budget-bytes", byte_text, float)
     for value in byte_values:  # a ratio is checked here, a count of bytes once the data is read
         if value <= 1.0:
             ByteBudget(value)

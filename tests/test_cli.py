@@ -14,6 +14,7 @@ import pytest
 
 from ciess_core import cli
 from ciess_core.cli import main
+from ciess_core.cli_search import DEFAULT_BYTE_BUDGETS
 from ciess_core.errors import ConfigError
 from ciess_core.run_folder import read_run
 from ciess_core.search.files import BudgetFolder
@@ -273,7 +274,7 @@ def test_search_runs_end_to_end_and_resumes(
     assert read_run(BudgetFolder.of(sequential, 0.9).run).sizes == sizes
 
 
-def test_search_with_a_byte_budget_exports_its_pick_within_the_bytes(
+def test_search_plans_byte_budgets_by_default_and_exports_a_pick_within_the_bytes(
     pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "search"
@@ -282,9 +283,12 @@ def test_search_with_a_byte_budget_exports_its_pick_within_the_bytes(
     common = ["search", "--dataset", str(pairs_file), "--out", str(out), "--config", str(recipe)]
     assert main([*common, "--budget-bytes", "0.05,x"]) == 2
     assert "--budget-bytes must be comma-separated numbers" in capsys.readouterr().err
-    assert main([*common, "--budget-bytes", "0.05"]) == 0
+    assert main(common) == 0  # no budget named: the default byte budgets
     printed = capsys.readouterr().out
-    assert "budget bytes-0.05: sparsity" in printed and " bytes  test R@20" in printed
+    for ratio in DEFAULT_BYTE_BUDGETS.split(","):
+        assert f"budget bytes-{ratio}: sparsity" in printed
+    assert " bytes  test R@20" in printed and "budget 0." not in printed
+    assert json.loads((out / "spec.json").read_text())["byte_ratios"] == [0.1, 0.05, 0.025]
     result = json.loads((out / "bytes-0.05" / "result.json").read_text())
     artifact = tmp_path / "artifact"
     run = out / "bytes-0.05" / "run"
