@@ -88,7 +88,8 @@ def plan_fast_path(
 ) -> FastPlan | None:
     """The kept artifact and value type within ``max_bytes`` that validates best, or None when
     no kept artifact measured a type that fits. A kept artifact stored in a quantised type offers
-    only that type: its float32 values are gone (:func:`keeps_measured_quality`)."""
+    only that type: its float32 values are gone (:func:`keeps_measured_quality`). The served
+    model in its own type is no candidate: a copy of it would change nothing."""
     best: FastPlan | None = None
     for kept in kept_versions(settings, store):
         manifest = kept.manifest
@@ -99,6 +100,8 @@ def plan_fast_path(
             valid = (measured.get(value_type) or {}).get(SELECTION_METRIC)
             if valid is None or not keeps_measured_quality(manifest.value_dtype, value_type):
                 continue
+            if manifest == served and value_type == manifest.value_dtype:
+                continue  # the served model as it is: nothing to serve sooner
             size = requantised_bytes(manifest, value_type)
             if size <= max_bytes and (best is None or valid > best.valid):
                 best = FastPlan(kept.directory, kept.version, value_type, size, float(valid))
