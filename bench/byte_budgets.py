@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -59,6 +58,7 @@ from ciess_core.search.files import chosen_candidate
 from ciess_core.search.parallel import StageRunner
 from ciess_core.search.pipeline import PipelineSpec, run_pipeline
 from ciess_core.search.pool import AssignmentPool
+from ciess_core.search.shared_stages import copy_shared_stages, shared_stages_key
 from ciess_core.search.teachers import TEACHER_DIRECTORIES, load_full_model
 from ciess_core.sizes import SizeAssignment, SizeScheme, equal_sizes_within, mixed_random_sizes
 from ciess_core.storage import VALUE_TYPES, dense_fp32_bytes, stored_bytes
@@ -84,20 +84,14 @@ def work_dir(arguments: argparse.Namespace) -> Path:
 
 def reuse_stages(source: Path, pipeline: Path, spec: PipelineSpec) -> None:
     """Copy the full model, teachers and supernet of ``source`` (a pipeline folder of the same
-    backbone, training and supernet schedule) into ``pipeline`` where they are missing."""
-    theirs = json.loads((source / "spec.json").read_text())
-    ours = jsonable(spec)
-    for key in ("backbone", "supernet_batches", "dataset"):
+    data, backbone, training, protocol and supernet schedule) into ``pipeline`` where they are
+    missing."""
+    theirs = shared_stages_key(json.loads((source / "spec.json").read_text()))
+    ours = shared_stages_key(jsonable(spec))
+    for key in ours:
         if theirs[key] != ours[key]:
             raise SystemExit(f"--reuse {source}: its {key} differs from this run's")
-    theirs_training = {k: v for k, v in theirs["training"].items() if k != "value_type"}
-    ours_training = {k: v for k, v in ours["training"].items() if k != "value_type"}
-    if theirs_training != ours_training:
-        raise SystemExit(f"--reuse {source}: its training differs from this run's")
-    for name in ("full", "supernet", *TEACHER_DIRECTORIES.values()):
-        if (source / name).is_dir() and not (pipeline / name).exists():
-            shutil.copytree(source / name, pipeline / name)
-            logger.info("reused %s from %s", name, source)
+    copy_shared_stages(source, pipeline)
 
 
 def evaluate(

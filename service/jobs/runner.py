@@ -5,7 +5,8 @@ recipe as ``ciess search`` (:mod:`ciess_core.pipeline`; the recipe file of the `
 setting overrides the shipped one, as ``--config`` does). Stages and their share of the progress
 bar: ``loading`` (dataset, split, the base model's manifest), the pipeline's stages up to 0.9
 (``search``: the CIESS pipeline, reused when a finished one of the same data, recipe and budget
-exists; ``equal``: equal sizes under the same recipe, protocol and deployment), then
+exists, else started at its search with the budget-free stages of an earlier one of the same
+data and recipe; ``equal``: equal sizes under the same recipe, protocol and deployment), then
 ``exporting`` the deployment model (trained on every interaction) as a new artifact under
 ``state_dir/artifacts/<version>``, checked against the model before it is renamed into place.
 The worker promotes the artifact when this returns.
@@ -36,12 +37,13 @@ from ciess_core.data.registry import resolve_data_dir
 from ciess_core.errors import ConfigError, DataError
 from ciess_core.executors import DEFAULT_WORKERS
 from ciess_core.json_form import jsonable
-from ciess_core.pipeline import PipelineSpec, pipeline_spec
+from ciess_core.pipeline import DEFAULT_SPARSITY_BUDGETS, PipelineSpec, pipeline_spec
 from ciess_core.run_folder import RUN_FORMAT_VERSION
 from ciess_core.runs import TRAINED_ON_ALL, RunSpec, execute_and_deploy
 from ciess_core.search.budgets import ByteBudget
-from ciess_core.search.files import BudgetFolder
+from ciess_core.search.files import BudgetFolder, write_json
 from ciess_core.search.pipeline import run_pipeline
+from ciess_core.search.shared_stages import copy_shared_stages, shared_stages_key
 from ciess_core.sizes import SizeAssignment, SizeScheme, equal_sizes_within
 from ciess_core.storage import dense_fp32_bytes
 from service.jobs.fast_path import new_version
@@ -118,6 +120,37 @@ def _pipeline_folder(settings: Settings, spec: PipelineSpec, fingerprint: str) -
     return settings.state_dir / "searches" / key
 
 
+_SHARED_STAGES_FILE = "shared-stages.json"
+
+
+def _reuse_shared_stages(
+    settings: Settings, spec: PipelineSpec, fingerprint: str, directory: Path
+) -> None:
+    """Copy into the pipeline folder ``directory`` the budget-free stages (full model, teachers,
+    supernet: :mod:`ciess_core.search.shared_stages`) that an earlier job's folder of the same
+    data and recipe finished, newest first, so that a new budget starts at its search. Each
+    folder records what its stages depend on in ``shared-stages.json``."""
+    key = {
+        "fingerprint": fingerprint,
+        "format": RUN_FORMAT_VERSION,
+        **shared_stages_key(jsonable(spec)),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / _SHARED_STAGES_FILE, key)
+    others = [
+        path.parent
+        for path in directory.parent.glob(f"*/{_SHARED_STAGES_FILE}")
+        if path.parent != directory
+    ]
+    for other in sorted(others, key=lambda path: path.stat().st_mtime, reverse=True):
+        try:
+            same = json.loads((other / _SHARED_STAGES_FILE).read_text()) == key
+        except (OSError, ValueError):
+            continue
+        if same:
+            copy_shared_stages(other, directory)
+
+
 def job_executor() -> tuple[str, int]:
     """Where a search job's pipeline runs its units, and how many at a time: as Ray tasks on the
     cluster of the ``RAY_ADDRESS`` environment variable (Ray's own) when it is set, two at a
@@ -146,6 +179,7 @@ def _search_job(
     if (directory / "summary.json").is_file() and run_dir.is_dir():
         logger.info("job reuses the finished pipeline %s", directory)
     else:
+        _reuse_shared_stages(settings, spec, fingerprint, directory)
         executor, workers = job_executor()
         run_pipeline(
             spec,
@@ -216,11 +250,11 @@ def _equal_job(
     )
 
 
-def _job_spec(settings: Settings, manifest: Manifest, target: float) -> PipelineSpec:
-    """The pipeline for one budget: the base model's architecture (d_max, layers), trained by
-    the recipe (the shipped one, then the ``recipe_file`` setting's)."""
+def _job_spec(settings: Settings, manifest: Manifest, targets: tuple[float, ...]) -> PipelineSpec:
+    """The pipeline for the base model's architecture (d_max, layers), trained by the recipe
+    (the shipped one, then the ``recipe_file`` setting's), its search steered to ``targets``."""
     spec = pipeline_spec(
-        _dataset_name(manifest), manifest.backbone, (target,), config_file=settings.recipe_file
+        _dataset_name(manifest), manifest.backbone, targets, config_file=settings.recipe_file
     )
     base = backbone_config_from_dict(manifest.backbone_config)
     return dataclasses.replace(
@@ -228,6 +262,14 @@ def _job_spec(settings: Settings, manifest: Manifest, target: float) -> Pipeline
         backbone=dataclasses.replace(base, weight_decay=spec.backbone.weight_decay),
         search=dataclasses.replace(spec.search, max_size=base.max_size),
     )
+
+
+def _byte_job_steering(max_size: int, target: float) -> tuple[float, ...]:
+    """The sparsities a byte budget job's search is steered to: those ``ciess search`` steers
+    it to with byte budgets (the measured configuration), where a table of ``max_size`` columns
+    holds them (every entity keeps a column), else the job's own ``target``."""
+    held = tuple(c for c in DEFAULT_SPARSITY_BUDGETS if c <= 1.0 - 1.0 / max_size)
+    return held or (target,)
 
 
 def _byte_budget_spec(spec: PipelineSpec, split: DatasetSplit, max_bytes: int) -> PipelineSpec:
@@ -262,14 +304,17 @@ def run_budget_job(settings: Settings, store: JobStore, job: Job) -> Path:
     split_seed = int(manifest.dataset.get("split_seed") or 42)
     split = split_per_user(data, seed=split_seed)
     target = float(params["target_sparsity"])
-    spec = _job_spec(settings, manifest, target)
+    spec = _job_spec(settings, manifest, (target,))
     method = str(params.get("method") or settings.job_method)
     version = new_version(job.id)
     out = settings.artifacts_dir / version
     if method == "search":
         requested = params.get("requested") or {}
         if "max_bytes" in requested:  # the byte planner chooses the value type and sizes
-            spec = _byte_budget_spec(spec, split, int(requested["max_bytes"]))
+            steering = _byte_job_steering(manifest.max_size, target)
+            spec = _byte_budget_spec(
+                _job_spec(settings, manifest, steering), split, int(requested["max_bytes"])
+            )
         _search_job(settings, spec, split, data.fingerprint(), out, report)
     elif method == "equal":
         num_entities = split.num_users + split.num_items

@@ -14,7 +14,10 @@ from ciess_core.artifact.scorer import ArtifactScorer
 from ciess_core.data import DatasetSplit, load_pairs, split_per_user
 from ciess_core.errors import DataError
 from ciess_core.runs import TRAINED_ON_ALL
+from ciess_core.search import evaluators, teachers
+from ciess_core.search import pipeline as pipeline_module
 from ciess_core.search.files import BudgetFolder
+from ciess_core.search.shared_stages import SHARED_STAGES
 from service.jobs.runner import run_budget_job
 from service.jobs.store import JobState, JobStore
 from service.settings import Settings
@@ -86,6 +89,40 @@ def test_a_byte_budget_search_job_serves_the_planners_pick_within_its_bytes(
     assert manifest.value_dtype == result["value_type"]
     assert manifest.memory.stored <= max_bytes
     assert manifest.metrics["test"] == result["test"]
+
+
+def test_a_second_byte_budget_starts_at_its_search(
+    settings: Settings, base_model: BaseArtifact, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full model, the teachers and the supernet do not depend on the budget: a job for
+    another byte budget copies them from the first job's pipeline and trains none of them."""
+    dense = load_artifact(base_model.artifact).manifest.memory.dense
+    store = JobStore(settings.job_db_path)
+    for fifth in (5, 4):
+        requested = {"max_bytes": float(dense // fifth)}
+        run_budget_job(settings, store, _job(store, target_sparsity=0.7, requested=requested))
+
+        def refuse(*arguments: object, **keywords: object) -> None:
+            raise AssertionError("a budget-free stage trained again")
+
+        for module, name in (
+            (pipeline_module, "full_size_model"),
+            (evaluators, "train_bpr"),
+            (teachers, "execute_run"),
+            (teachers, "train_deployment"),
+        ):
+            monkeypatch.setattr(module, name, refuse)  # the second job must not need them
+    first, second = sorted(
+        (settings.state_dir / "searches").iterdir(), key=lambda path: path.stat().st_mtime
+    )
+    assert [path.name for path in first.glob("bytes-*")] != [p.name for p in second.glob("bytes-*")]
+    for stage, last in SHARED_STAGES.items():
+        assert (second / stage / last).read_bytes() == (first / stage / last).read_bytes()
+    assert (second / "supernet" / "supernet.pt").read_bytes() == (
+        first / "supernet" / "supernet.pt"
+    ).read_bytes()
+    spec = json.loads((second / "summary.json").read_text())
+    assert "search" in spec["timings"]  # its own search: the pool keeps its budget's best
 
 
 def test_a_job_refuses_other_data_than_the_served_models(settings: Settings) -> None:
