@@ -4,11 +4,13 @@ stage the target has, and keyed on what they depend on."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from ciess_core.json_form import jsonable
 from ciess_core.pipeline import pipeline_spec
 from ciess_core.search.shared_stages import (
+    COPIED_STAGES_FILE,
     SHARED_STAGES,
     copy_shared_stages,
     shared_stages_key,
@@ -32,7 +34,11 @@ def test_only_finished_stages_the_target_lacks_are_copied(tmp_path: Path) -> Non
     assert (out / "full" / "model.pt").read_text() == "weights"
     assert not (out / "teacher").exists() and not (out / "supernet").exists()
     assert (out / "teacher-deploy" / "model.pt").read_text() == "its own"
-    assert sorted(path.name for path in out.iterdir()) == ["full", "teacher-deploy"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        COPIED_STAGES_FILE, "full", "teacher-deploy"
+    ]  # fmt: skip
+    assert json.loads((out / COPIED_STAGES_FILE).read_text()) == {"full": str(source)}
+    assert copy_shared_stages(source, out) == []  # nothing left to copy
 
 
 def test_the_key_ignores_budgets_and_value_types_but_not_the_recipe() -> None:

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ciess_core.search.files import read_cached, write_json
 from ciess_core.search.teachers import TEACHER_DIRECTORIES
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,10 @@ SHARED_STAGES = {
     **{name: "summary.json" for name in TEACHER_DIRECTORIES.values()},
     "supernet": "supernet.json",
 }
+
+
+#: Where a pipeline folder records the stages it copied, each with the folder it came from.
+COPIED_STAGES_FILE = "copied-stages.json"
 
 
 def shared_stages_key(described: dict[str, Any]) -> dict[str, Any]:
@@ -39,8 +44,9 @@ def shared_stages_key(described: dict[str, Any]) -> dict[str, Any]:
 
 def copy_shared_stages(source: Path, out: Path) -> list[str]:
     """Copy every stage of :data:`SHARED_STAGES` that ``source`` finished and ``out`` lacks into
-    ``out``; returns their names. Each is copied to a hidden folder and renamed into place, so a
-    failed copy leaves the stage missing (trained again), never half there."""
+    ``out``; returns their names, also recorded in ``out``'s :data:`COPIED_STAGES_FILE`. Each is
+    copied to a hidden folder and renamed into place, so a failed copy leaves the stage missing
+    (trained again), never half there."""
     copied = []
     out.mkdir(parents=True, exist_ok=True)
     for name, last_file in SHARED_STAGES.items():
@@ -58,4 +64,7 @@ def copy_shared_stages(source: Path, out: Path) -> list[str]:
         copied.append(name)
     if copied:
         logger.info("reused %s from %s", ", ".join(copied), source)
+        record = out / COPIED_STAGES_FILE
+        known = read_cached(record) or {}
+        write_json(record, {**known, **{name: str(source) for name in copied}})
     return copied

@@ -17,7 +17,7 @@ from ciess_core.runs import TRAINED_ON_ALL
 from ciess_core.search import evaluators, teachers
 from ciess_core.search import pipeline as pipeline_module
 from ciess_core.search.files import BudgetFolder
-from ciess_core.search.shared_stages import SHARED_STAGES
+from ciess_core.search.shared_stages import COPIED_STAGES_FILE, SHARED_STAGES
 from service.jobs.runner import run_budget_job
 from service.jobs.store import JobState, JobStore
 from service.settings import Settings
@@ -121,6 +121,8 @@ def test_a_second_byte_budget_starts_at_its_search(
     assert (second / "supernet" / "supernet.pt").read_bytes() == (
         first / "supernet" / "supernet.pt"
     ).read_bytes()
+    copied = json.loads((second / COPIED_STAGES_FILE).read_text())
+    assert copied == {stage: str(first) for stage in SHARED_STAGES}
     spec = json.loads((second / "summary.json").read_text())
     assert "search" in spec["timings"]  # its own search: the pool keeps its budget's best
 
