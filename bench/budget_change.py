@@ -198,24 +198,29 @@ def main(argv: list[str] | None = None) -> int:
         row = {"run_id": run_id, "repeat": repeat, **one_change(world, options, state, args.share)}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    json_path = args.out / "budget-change.json"
-    report = json.loads(json_path.read_text()) if json_path.exists() else {"runs": [], "rows": []}
-    report["runs"].append(
-        {
-            "run_id": run_id,
-            "dataset": manifest["dataset"]["name"],
-            "artifact": str(args.artifact),
-            "rps": args.rps,
-            "machine": cpu_description(),
-            "date": dt.date.today().isoformat(),
-            "command": shlex.join(["python", "bench/budget_change.py", *(argv or sys.argv[1:])]),
-            "conditions": args.conditions,
-        }
-    )
-    report["rows"] += rows
-    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    run = {
+        "run_id": run_id,
+        "dataset": manifest["dataset"]["name"],
+        "artifact": str(args.artifact),
+        "rps": args.rps,
+        "machine": cpu_description(),
+        "date": dt.date.today().isoformat(),
+        "command": shlex.join(["python", "bench/budget_change.py", *(argv or sys.argv[1:])]),
+        "conditions": args.conditions,
+    }
+    report = append_run(args.out / "budget-change.json", run, rows)
     write_report(report, args.out / "budget-change.md")
     return 0
+
+
+def append_run(json_path: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add one run and its rows to the report ``json_path`` (``{"runs": [], "rows": []}`` when
+    it is new) and write it back; returns the whole report."""
+    report = json.loads(json_path.read_text()) if json_path.exists() else {"runs": [], "rows": []}
+    report["runs"].append(run)
+    report["rows"] += rows
+    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    return report
 
 
 if __name__ == "__main__":

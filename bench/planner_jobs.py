@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.budget_change import _options
+from bench.budget_change import _options, append_run
 from bench.cli_help import DefaultsHelp
 from bench.machine_info import cpu_description
 from bench.reliability import Service, World, wait_for, wait_job
@@ -162,21 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     run_id = "planner-jobs-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     rows = [{"run_id": run_id, **row} for row in run_jobs(world, work / "state", args.shares)]
-    json_path = args.out / "planner-jobs.json"
-    report = json.loads(json_path.read_text()) if json_path.exists() else {"runs": [], "rows": []}
-    report["runs"].append(
-        {
-            "run_id": run_id,
-            "artifact": str(args.artifact),
-            "recipe": str(args.recipe),
-            "machine": cpu_description(),
-            "date": dt.date.today().isoformat(),
-            "command": shlex.join(["python", "bench/planner_jobs.py", *(argv or sys.argv[1:])]),
-            "conditions": args.conditions,
-        }
-    )
-    report["rows"] += rows
-    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    run = {
+        "run_id": run_id,
+        "artifact": str(args.artifact),
+        "recipe": str(args.recipe),
+        "machine": cpu_description(),
+        "date": dt.date.today().isoformat(),
+        "command": shlex.join(["python", "bench/planner_jobs.py", *(argv or sys.argv[1:])]),
+        "conditions": args.conditions,
+    }
+    report = append_run(args.out / "planner-jobs.json", run, rows)
     write_report(report, args.out / "planner-jobs.md")
     return 0
 

@@ -28,6 +28,7 @@ from ciess_core.recipes import resolve_recipe
 from ciess_core.runs import Protocol, RunProtocol
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.pipeline import PipelineSpec, StageReport, run_pipeline
+from ciess_core.search.shared_stages import reuse_sibling_stages, stages_identity
 from ciess_core.training import TrainConfig
 
 __all__ = [
@@ -157,10 +158,13 @@ def run_product_pipeline(
 ) -> dict[str, Any]:
     """Run (or resume) the pipeline in ``out`` on ``split`` (:func:`load_split`).
 
-    ``out`` is claimed for ``spec`` first (:func:`claim_pipeline_folder`). ``workers``
-    units run at a time on ``executor`` (``processes``, ``local`` or ``ray``; the same results).
+    ``out`` is claimed for ``spec`` first (:func:`claim_pipeline_folder`); the full model,
+    teachers and supernet it lacks are copied from a folder beside it with the same data and
+    recipe (:func:`~ciess_core.search.shared_stages.reuse_sibling_stages`). ``workers`` units
+    run at a time on ``executor`` (``processes``, ``local`` or ``ray``; the same results).
     """
     claim_pipeline_folder(out, spec)
+    reuse_sibling_stages(out, stages_identity(jsonable(spec), dataset_fingerprint))
     return run_pipeline(
         spec,
         split,

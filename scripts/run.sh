@@ -30,7 +30,9 @@ else  # a byte budget: the product's
     label="bytes-$budget"
 fi
 port="${CIESS_PORT:-8000}"
-search="$state/search-ml-1m-lightgcn-$label"
+# Beside the budget jobs' pipelines: a job for another budget copies its full model, teachers
+# and supernet (the same data and recipe) instead of training them again.
+search="$state/searches/quickstart-ml-1m-lightgcn-$label"
 artifact="$state/artifacts/quickstart-ml-1m-lightgcn-$label"
 started=$(date +%s)
 # The quick search's recipe (scripts/quickstart-recipe.toml), also that of the budget jobs the admin

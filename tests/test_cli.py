@@ -18,6 +18,7 @@ from ciess_core.cli_search import DEFAULT_BYTE_BUDGETS
 from ciess_core.errors import ConfigError
 from ciess_core.run_folder import read_run
 from ciess_core.search.files import BudgetFolder
+from ciess_core.search.shared_stages import COPIED_STAGES_FILE, SHARED_STAGES
 from ciess_core.sizes import SizeAssignment
 from ciess_core.storage import VALUE_TYPES
 from tests.conftest import clustered_interactions
@@ -268,7 +269,7 @@ def test_search_runs_end_to_end_and_resumes(
     assert "other settings" in capsys.readouterr().err
     assert json.loads((out / "summary.json").read_text())["workers"] == 2  # the default
     # With one worker every stage runs in this process, one after another; the sizes are the same.
-    sequential = tmp_path / "sequential"
+    sequential = tmp_path / "apart" / "sequential"  # not beside `out`: trains every stage
     assert main([*arguments[:6], str(sequential), *arguments[7:], "--workers", "1"]) == 0
     assert json.loads((sequential / "summary.json").read_text())["workers"] == 1
     assert read_run(BudgetFolder.of(sequential, 0.9).run).sizes == sizes
@@ -289,6 +290,12 @@ def test_search_plans_byte_budgets_by_default_and_exports_a_pick_within_the_byte
         assert f"budget bytes-{ratio}: sparsity" in printed
     assert " bytes  test R@20" in printed and "budget 0." not in printed
     assert json.loads((out / "spec.json").read_text())["byte_ratios"] == [0.1, 0.05, 0.025]
+    # Another budget in a folder beside it starts at its search: no budget changes the rest.
+    beside = tmp_path / "search-0.01"
+    assert main([*common[:4], str(beside), *common[5:], "--budget-bytes", "0.01"]) == 0
+    copied = json.loads((beside / COPIED_STAGES_FILE).read_text())
+    assert copied == {stage: str(out) for stage in SHARED_STAGES}
+    assert (beside / "full" / "model.pt").read_bytes() == (out / "full" / "model.pt").read_bytes()
     result = json.loads((out / "bytes-0.05" / "result.json").read_text())
     artifact = tmp_path / "artifact"
     run = out / "bytes-0.05" / "run"

@@ -1,7 +1,9 @@
 """The stages of a pipeline folder that no budget changes: the full model, the phase teachers
 and the supernet. A pipeline for other budgets of the same data and recipe copies them from a
 finished folder and starts at its search (which does depend on the budgets: its pool keeps the
-best assignments at each).
+best assignments at each). Each folder of ``ciess search`` and of a budget job records what its
+stages depend on (:data:`SHARED_STAGES_FILE`), and a new one copies from the folders beside it
+that recorded the same.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ciess_core.run_folder import RUN_FORMAT_VERSION
 from ciess_core.search.files import read_cached, write_json
 from ciess_core.search.teachers import TEACHER_DIRECTORIES
 
@@ -26,6 +29,9 @@ SHARED_STAGES = {
 
 #: Where a pipeline folder records the stages it copied, each with the folder it came from.
 COPIED_STAGES_FILE = "copied-stages.json"
+#: Where a pipeline folder records what its budget-free stages depend on
+#: (:func:`stages_identity`).
+SHARED_STAGES_FILE = "shared-stages.json"
 
 
 def shared_stages_key(described: dict[str, Any]) -> dict[str, Any]:
@@ -67,4 +73,35 @@ def copy_shared_stages(source: Path, out: Path) -> list[str]:
         record = out / COPIED_STAGES_FILE
         known = read_cached(record) or {}
         write_json(record, {**known, **{name: str(source) for name in copied}})
+    return copied
+
+
+def stages_identity(described: dict[str, Any], dataset_fingerprint: str) -> dict[str, Any]:
+    """What the budget-free stages of a pipeline (its spec as ``jsonable`` describes it) on the
+    data of ``dataset_fingerprint`` are, down to the run format: two folders with the same
+    identity train the same stages."""
+    return {
+        "fingerprint": dataset_fingerprint,
+        "format": RUN_FORMAT_VERSION,
+        **shared_stages_key(described),
+    }
+
+
+def reuse_sibling_stages(out: Path, identity: dict[str, Any]) -> list[str]:
+    """Record ``identity`` in ``out`` (:data:`SHARED_STAGES_FILE`) and copy the budget-free
+    stages ``out`` lacks from the folders beside it that recorded the same, newest first;
+    returns the names copied."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / SHARED_STAGES_FILE, identity)
+    siblings = [path.parent for path in out.parent.glob(f"*/{SHARED_STAGES_FILE}")]
+    copied: list[str] = []
+    for other in sorted(siblings, key=lambda path: path.stat().st_mtime, reverse=True):
+        if other.resolve() == out.resolve():
+            continue
+        try:
+            same = read_cached(other / SHARED_STAGES_FILE) == identity
+        except (OSError, ValueError):
+            continue
+        if same:
+            copied += copy_shared_stages(other, out)
     return copied

@@ -41,9 +41,9 @@ from ciess_core.pipeline import DEFAULT_SPARSITY_BUDGETS, PipelineSpec, pipeline
 from ciess_core.run_folder import RUN_FORMAT_VERSION
 from ciess_core.runs import TRAINED_ON_ALL, RunSpec, execute_and_deploy
 from ciess_core.search.budgets import ByteBudget
-from ciess_core.search.files import BudgetFolder, write_json
+from ciess_core.search.files import BudgetFolder
 from ciess_core.search.pipeline import run_pipeline
-from ciess_core.search.shared_stages import copy_shared_stages, shared_stages_key
+from ciess_core.search.shared_stages import reuse_sibling_stages, stages_identity
 from ciess_core.sizes import SizeAssignment, SizeScheme, equal_sizes_within
 from ciess_core.storage import dense_fp32_bytes
 from service.jobs.fast_path import new_version
@@ -120,37 +120,6 @@ def _pipeline_folder(settings: Settings, spec: PipelineSpec, fingerprint: str) -
     return settings.state_dir / "searches" / key
 
 
-_SHARED_STAGES_FILE = "shared-stages.json"
-
-
-def _reuse_shared_stages(
-    settings: Settings, spec: PipelineSpec, fingerprint: str, directory: Path
-) -> None:
-    """Copy into the pipeline folder ``directory`` the budget-free stages (full model, teachers,
-    supernet: :mod:`ciess_core.search.shared_stages`) that an earlier job's folder of the same
-    data and recipe finished, newest first, so that a new budget starts at its search. Each
-    folder records what its stages depend on in ``shared-stages.json``."""
-    key = {
-        "fingerprint": fingerprint,
-        "format": RUN_FORMAT_VERSION,
-        **shared_stages_key(jsonable(spec)),
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / _SHARED_STAGES_FILE, key)
-    others = [
-        path.parent
-        for path in directory.parent.glob(f"*/{_SHARED_STAGES_FILE}")
-        if path.parent != directory
-    ]
-    for other in sorted(others, key=lambda path: path.stat().st_mtime, reverse=True):
-        try:
-            same = json.loads((other / _SHARED_STAGES_FILE).read_text()) == key
-        except (OSError, ValueError):
-            continue
-        if same:
-            copy_shared_stages(other, directory)
-
-
 def job_executor() -> tuple[str, int]:
     """Where a search job's pipeline runs its units, and how many at a time: as Ray tasks on the
     cluster of the ``RAY_ADDRESS`` environment variable (Ray's own) when it is set, two at a
@@ -179,7 +148,8 @@ def _search_job(
     if (directory / "summary.json").is_file() and run_dir.is_dir():
         logger.info("job reuses the finished pipeline %s", directory)
     else:
-        _reuse_shared_stages(settings, spec, fingerprint, directory)
+        # the full model, teachers and supernet of an earlier job of the same data and recipe
+        reuse_sibling_stages(directory, stages_identity(jsonable(spec), fingerprint))
         executor, workers = job_executor()
         run_pipeline(
             spec,
