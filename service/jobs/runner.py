@@ -274,17 +274,15 @@ def run_budget_job(settings: Settings, store: JobStore, job: Job) -> Path:
     split_seed = int(manifest.dataset.get("split_seed") or 42)
     split = split_per_user(data, seed=split_seed)
     target = float(params["target_sparsity"])
-    spec = _job_spec(settings, manifest, (target,))
     method = str(params.get("method") or settings.job_method)
+    max_bytes = (params.get("requested") or {}).get("max_bytes") if method == "search" else None
+    steering = (target,) if max_bytes is None else _byte_job_steering(manifest.max_size, target)
+    spec = _job_spec(settings, manifest, steering)
     version = new_version(job.id)
     out = settings.artifacts_dir / version
     if method == "search":
-        requested = params.get("requested") or {}
-        if "max_bytes" in requested:  # the byte planner chooses the value type and sizes
-            steering = _byte_job_steering(manifest.max_size, target)
-            spec = _byte_budget_spec(
-                _job_spec(settings, manifest, steering), split, int(requested["max_bytes"])
-            )
+        if max_bytes is not None:  # the byte planner chooses the value type and sizes
+            spec = _byte_budget_spec(spec, split, int(max_bytes))
         _search_job(settings, spec, split, data.fingerprint(), out, report)
     elif method == "equal":
         num_entities = split.num_users + split.num_items
