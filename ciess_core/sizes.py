@@ -229,9 +229,15 @@ def parameter_budget(num_entities: int, max_size: int, target_sparsity: float) -
     return int(np.floor((1.0 - target_sparsity) * num_entities * max_size + 1e-9))
 
 
+def highest_sparsity(max_size: int) -> float:
+    """The largest target sparsity at which every entity keeps one of its ``max_size``
+    dimensions."""
+    return 1.0 - 1.0 / max_size
+
+
 def check_target_sparsity(target_sparsity: float, max_size: int) -> None:
     """Raise ConfigError unless every entity can keep at least one dimension at this sparsity."""
-    highest = 1.0 - 1.0 / max_size
+    highest = highest_sparsity(max_size)
     if not 0.0 <= target_sparsity <= highest:
         raise ConfigError(
             f"target sparsity must lie in [0, {highest:.6f}] (every entity keeps at least 1 of "

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from ciess_core.artifact.manifest import Manifest
+from ciess_core.sizes import highest_sparsity
 from ciess_core.storage import largest_within, stored_bytes
 from service.errors import BudgetError
 from service.schemas import MAX_BUDGET_NUMBER
@@ -91,7 +92,7 @@ def resolve_budget(
     dense = tables * entities * width
     minimum = tables * entities  # one dimension per entity
     if target_sparsity is not None:
-        highest = 1.0 - 1.0 / width
+        highest = highest_sparsity(width)
         if not (math.isfinite(target_sparsity) and 0.0 <= target_sparsity <= highest):
             raise BudgetError(
                 f"target_sparsity must lie in [0, {highest:.6f}]: every one of the {entities} "

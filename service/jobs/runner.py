@@ -44,7 +44,7 @@ from ciess_core.search.budgets import ByteBudget
 from ciess_core.search.files import BudgetFolder
 from ciess_core.search.pipeline import run_pipeline
 from ciess_core.search.shared_stages import reuse_sibling_stages, stages_identity
-from ciess_core.sizes import SizeAssignment, SizeScheme, equal_sizes_within
+from ciess_core.sizes import SizeAssignment, SizeScheme, equal_sizes_within, highest_sparsity
 from ciess_core.storage import dense_fp32_bytes
 from service.jobs.fast_path import new_version
 from service.jobs.store import Job, JobStore
@@ -238,7 +238,7 @@ def _byte_job_steering(max_size: int, target: float) -> tuple[float, ...]:
     """The sparsities a byte budget job's search is steered to: those ``ciess search`` steers
     it to with byte budgets (the measured configuration), where a table of ``max_size`` columns
     holds them (every entity keeps a column), else the job's own ``target``."""
-    held = tuple(c for c in DEFAULT_SPARSITY_BUDGETS if c <= 1.0 - 1.0 / max_size)
+    held = tuple(c for c in DEFAULT_SPARSITY_BUDGETS if c <= highest_sparsity(max_size))
     return held or (target,)
 
 
