@@ -330,7 +330,7 @@ def run_search(
             _save_checkpoint(checkpoint_dir, episode + 1, sides, pool, rng, trace)
         logger.info(
             "search: episode %d of %d, last sparsity %.3f, mean quality %.3f",
-            episode + 1, config.num_episodes, trace[-1]["sparsity"], trace[-1]["mean_quality"],
+            episode + 1, config.num_episodes, achieved, mean_quality,
         )  # fmt: skip
     bar.close()
     return SearchOutcome(pool=pool, trace=trace, seconds=time.perf_counter() - started)
