@@ -7,7 +7,8 @@ Usage:
 Runs what ``scripts/run.sh`` builds its first artifact with, once per budget, each in a fresh
 folder: ``ciess search --dataset ml-1m --backbone lightgcn --config
 scripts/quickstart-recipe.toml --workers 2`` with ``--budget-bytes`` and with ``--budgets``, one
-after the other, timed from the command's start to its exit. Each row takes the chosen model's
+after the other, each in a folder of its own (so that neither copies the other's stages),
+timed from the command's start to its exit. Each row takes the chosen model's
 stored bytes, value type and test numbers from the folder's ``summary.json``. Writes
 ``docs/benchmarks/quickstart-budgets.json`` and ``.md``.
 """
@@ -96,7 +97,9 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="quickstart-budgets-") as work:
         for flag, value in (("--budget-bytes", arguments.bytes), ("--budgets", arguments.sparsity)):
-            rows.append(run_budget(flag, value, arguments.data_dir, Path(work) / flag[2:]))
+            # each in a folder of its own: beside each other, the second would copy the
+            # first's full model, teachers and supernet (ciess_core/search/shared_stages.py)
+            rows.append(run_budget(flag, value, arguments.data_dir, Path(work) / flag[2:] / "run"))
             print(json.dumps(rows[-1]))
     report = {**provenance(), "recipe": RECIPE.read_text(), "rows": rows}
     save_json(arguments.out, report)
