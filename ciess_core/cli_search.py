@@ -156,6 +156,7 @@ def run_search_command(arguments: argparse.Namespace) -> int:
         workers=arguments.workers,
         progress=sys.stderr.isatty(),  # bars on a terminal; logs alone in files and CI
         executor=arguments.executor,
+        reuse_siblings=True,  # another budget's folder beside it spares the budget-free stages
     )
     if not spec.byte_ratios:
         _plot(out, split, budgets)

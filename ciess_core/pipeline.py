@@ -155,16 +155,20 @@ def run_product_pipeline(
     progress: bool = True,
     on_stage: StageReport | None = None,
     executor: str = DEFAULT_EXECUTOR,
+    reuse_siblings: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the pipeline in ``out`` on ``split`` (:func:`load_split`).
 
-    ``out`` is claimed for ``spec`` first (:func:`claim_pipeline_folder`); the full model,
-    teachers and supernet it lacks are copied from a folder beside it with the same data and
-    recipe (:func:`~ciess_core.search.shared_stages.reuse_sibling_stages`). ``workers`` units
-    run at a time on ``executor`` (``processes``, ``local`` or ``ray``; the same results).
+    ``out`` is claimed for ``spec`` first (:func:`claim_pipeline_folder`). With
+    ``reuse_siblings`` (``ciess search``), the full model, teachers and supernet it lacks are
+    copied from a folder beside it with the same data and recipe
+    (:func:`~ciess_core.search.shared_stages.reuse_sibling_stages`); benchmarks that time a
+    whole pipeline leave it off. ``workers`` units run at a time on ``executor``
+    (``processes``, ``local`` or ``ray``; the same results).
     """
     claim_pipeline_folder(out, spec)
-    reuse_sibling_stages(out, stages_identity(jsonable(spec), dataset_fingerprint))
+    if reuse_siblings:
+        reuse_sibling_stages(out, stages_identity(jsonable(spec), dataset_fingerprint))
     return run_pipeline(
         spec,
         split,
