@@ -144,6 +144,27 @@ def test_ncf_scores_users_in_blocks(
     np.testing.assert_array_equal(scorer.recommend(users, TOP_K)[0], expected_top)
 
 
+@pytest.mark.parametrize("mlp_layers", [(8,), (16, 8, 4)], ids=["one layer", "three layers"])
+def test_ncf_tower_of_any_depth(
+    mlp_layers: tuple[int, ...], clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    """A tower with no layer after the first (its prediction weights alone) and a deeper one
+    score as the torch model does."""
+    train, _ = clustered_split.phase(Phase.TEST)
+    config = BackboneConfig.default_for(BackboneKind.NCF, max_size=MAX_SIZE, mlp_layers=mlp_layers)
+    model = build_backbone(config, train, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for table in model.tables():
+            table.weight.mul_(100.0)
+    model.set_embedding_sizes(torch.from_numpy(_sizes(clustered_split)))
+    model.eval()
+    scorer = load_scorer(export(model, clustered_split, tmp_path / "a"), ScorerOptions(threads=1))
+    expected_scores, expected_top = torch_top_k(model, scorer.seen, TOP_K)
+    users = np.arange(model.num_users)
+    np.testing.assert_allclose(scorer.score_all(users), expected_scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(scorer.recommend(users, TOP_K)[0], expected_top)
+
+
 def test_work_follows_the_stored_sizes(clustered_split: DatasetSplit, tmp_path: Path) -> None:
     """ES at size 3: LightGCN's propagated vectors stay 3 wide, so its buckets are 3 wide."""
     train, _ = clustered_split.phase(Phase.TEST)

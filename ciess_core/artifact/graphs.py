@@ -173,6 +173,9 @@ def ncf_tower_graph(
 ) -> onnx.ModelProto:
     """scores[b, i] = w_mlpᵀ tower(ReLU(user_part[b] + item_part[i])) + bias.
 
+    The (B, I, h1) pairs are flattened to (B·I, h1) rows, every layer is one Gemm with its bias,
+    and the scores are shaped back to (B, I) (why Gemm: docs/benchmarks/ncf-blocks.md).
+
     Args:
         layers: (weight (out, in), bias (out,)) of the tower layers after the first.
         mlp_weight: (h_last,) the prediction weights on the tower's output.
@@ -183,31 +186,38 @@ def ncf_tower_graph(
         helper.make_node("Unsqueeze", ["user_part", "axis_1"], ["user_3d"]),
         helper.make_node("Unsqueeze", ["item_part", "axis_0"], ["item_3d"]),
         helper.make_node("Add", ["user_3d", "item_3d"], ["pair"]),
-        helper.make_node("Relu", ["pair"], ["hidden_0"]),
+        helper.make_node("Relu", ["pair"], ["pair_hidden"]),
+        helper.make_node("Reshape", ["pair_hidden", "rows_shape"], ["hidden_0"]),
+        helper.make_node("Shape", ["pair"], ["pair_shape"]),
+        helper.make_node("Slice", ["pair_shape", "axis_0", "axis_2"], ["scores_shape"]),
     ]
     initializers = [
         numpy_helper.from_array(np.asarray([1], dtype=np.int64), "axis_1"),
         numpy_helper.from_array(np.asarray([0], dtype=np.int64), "axis_0"),
+        numpy_helper.from_array(np.asarray([2], dtype=np.int64), "axis_2"),
+        numpy_helper.from_array(np.asarray([-1, h1], dtype=np.int64), "rows_shape"),
     ]
     for index, (weight, bias) in enumerate(layers):
         nodes += [
             helper.make_node(
-                "MatMul", [f"hidden_{index}", f"weight_{index}_t"], [f"linear_{index}"]
+                "Gemm",
+                [f"hidden_{index}", f"weight_{index}", f"bias_{index}"],
+                [f"affine_{index}"],
+                transB=1,
             ),
-            helper.make_node("Add", [f"linear_{index}", f"bias_{index}"], [f"affine_{index}"]),
             helper.make_node("Relu", [f"affine_{index}"], [f"hidden_{index + 1}"]),
         ]
         initializers += [
-            _initializer(f"weight_{index}_t", weight.T),
+            _initializer(f"weight_{index}", weight),
             _initializer(f"bias_{index}", bias),
         ]
     last = f"hidden_{len(layers)}"
     nodes += [
-        helper.make_node("MatMul", [last, "mlp_weight"], ["tower_score"]),
-        helper.make_node("Add", ["tower_score", "predict_bias"], ["scores"]),
+        helper.make_node("Gemm", [last, "mlp_weight", "predict_bias"], ["row_scores"], transB=1),
+        helper.make_node("Reshape", ["row_scores", "scores_shape"], ["scores"]),
     ]
     initializers += [
-        _initializer("mlp_weight", mlp_weight),
+        _initializer("mlp_weight", np.asarray(mlp_weight).reshape(1, -1)),
         _initializer("predict_bias", np.asarray([predict_bias])),
     ]
     return _model(

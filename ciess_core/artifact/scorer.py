@@ -37,10 +37,10 @@ logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
 IdArray = npt.NDArray[np.int64]
 
-# NCF's tower materialises (users, items, h1) activations, a block of users at a time: 2**21
-# elements (8 ML-1M users) answer a service batch of 64 users 1.5 times as fast on one thread as
-# 2**25 did (one block), with the same top-20 (docs/benchmarks/ncf-blocks.md).
-_MAX_BLOCK_ELEMENTS = 1 << 21
+# NCF's tower materialises (users, items, h1) activations, a block of users at a time: with the
+# tower as Gemms, 2**20 elements (4 ML-1M users) answered a service batch of 64 users fastest on
+# one thread, with the same top-20 at every cap (docs/benchmarks/ncf-tower-graph.md).
+_MAX_BLOCK_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
