@@ -43,6 +43,7 @@ import scipy.sparse as sp
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backbones import write_with_findings
 from cli_help import DefaultsHelp
 from experiments.layouts import PaddedScorer
 from machine_info import cpu_description
@@ -489,10 +490,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
                     f"| {r['sizes']} | {r['backbone']} | {r['batch']} | {r['bucketed']:,.0f} | "
                     f"{r['padded dense']:,.0f} | {r['torch eager']:,.0f} | {r['buckets']} |"
                 )
-    notes = path.with_suffix(".notes.md")
-    if notes.exists():  # hand-written findings, kept apart so that regenerating keeps them
-        lines += ["", "## Findings", "", notes.read_text().strip()]
-    path.write_text("\n".join(lines) + "\n")
+    write_with_findings(path, lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,6 +80,15 @@ def provenance() -> dict[str, str]:
     }
 
 
+def write_with_findings(path: Path, lines: list[str]) -> None:
+    """Write a report's ``lines`` to ``path``, then its hand-written findings (``<name>.notes.md``
+    beside it, kept apart so that regenerating the report keeps them) under "## Findings"."""
+    notes = path.with_suffix(".notes.md")
+    if notes.exists():
+        lines = [*lines, "", "## Findings", "", notes.read_text().strip()]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def load_rows(path: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else []
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
-from backbones import provenance, save_json
+from backbones import provenance, save_json, write_with_findings
 from cli_help import DefaultsHelp
 
 from ciess_core.artifact import scorer as artifact_scorer
@@ -220,10 +220,7 @@ def write_report(report: dict[str, Any], path: Path) -> None:
                 f"{row['batch64_speedup_over_2^25']:.2f} | {row['one_user_ms']:.2f} | "
                 f"{row['all_users_s']:.2f} | {'yes' if row['same_top20_as_2^25'] else 'no'} |"
             )
-    notes = path.with_suffix(".notes.md")
-    if notes.exists():
-        lines += ["", "## Findings", "", notes.read_text().strip()]
-    path.write_text("\n".join(lines) + "\n")
+    write_with_findings(path, lines)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backbones import provenance, save_json
+from backbones import provenance, save_json, write_with_findings
 from cli_help import DefaultsHelp
 
 from ciess_core.artifact import scorer as artifact_scorer
@@ -147,10 +147,7 @@ def write_report(report: dict[str, Any], path: Path) -> None:
             f"| {row['all_users_speedup']:.2f} | {row['same_top20_batches']} / 20 | "
             f"{row['max_abs_score_difference']:.1e} |"
         )
-    notes = path.with_suffix(".notes.md")
-    if notes.exists():
-        lines += ["", "## Findings", "", notes.read_text().strip()]
-    path.write_text("\n".join(lines) + "\n")
+    write_with_findings(path, lines)
 
 
 def main() -> None:
