@@ -28,6 +28,7 @@ from ciess_core.recipes import resolve_recipe
 from ciess_core.runs import Protocol, RunProtocol
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.pipeline import PipelineSpec, StageReport, run_pipeline
+from ciess_core.search.planner import check_byte_budgets
 from ciess_core.search.shared_stages import reuse_sibling_stages, stages_identity
 from ciess_core.training import TrainConfig
 
@@ -166,6 +167,7 @@ def run_product_pipeline(
     whole pipeline leave it off. ``workers`` units run at a time on ``executor``
     (``processes``, ``local`` or ``ray``; the same results).
     """
+    check_byte_budgets(spec, split.num_users + split.num_items)  # before the folder is made
     claim_pipeline_folder(out, spec)
     if reuse_siblings:
         reuse_sibling_stages(out, stages_identity(jsonable(spec), dataset_fingerprint))

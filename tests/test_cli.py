@@ -275,6 +275,22 @@ def test_search_runs_end_to_end_and_resumes(
     assert read_run(BudgetFolder.of(sequential, 0.9).run).sizes == sizes
 
 
+@pytest.mark.parametrize("budget", ["10", "0.05,0.00001"], ids=["bytes", "a ratio"])
+def test_a_byte_budget_below_the_smallest_store_is_refused_before_any_training(
+    budget: str, pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No value type keeps one value per entity in the budget: one error line that names the
+    smallest store's bytes, and no folder made."""
+    out = tmp_path / "search"
+    command = ["search", "--dataset", str(pairs_file), "--out", str(out), "--budget-bytes", budget]
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: byte budget ") and "Traceback" not in error
+    assert "cannot keep one value for each of the" in error
+    assert "the smallest store, int4-table with one value a row, takes" in error
+    assert not out.exists()
+
+
 def test_search_plans_byte_budgets_by_default_and_exports_a_pick_within_the_bytes(
     pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -48,7 +48,7 @@ from ciess_core.search.fit import (
 )
 from ciess_core.search.loop import SearchHooks, SearchInputs, run_search
 from ciess_core.search.parallel import stage_runner
-from ciess_core.search.planner import plan_candidates, search_budgets
+from ciess_core.search.planner import check_byte_budgets, plan_candidates, search_budgets
 from ciess_core.search.pool import AssignmentPool
 from ciess_core.search.retraining import (
     Candidate,
@@ -321,6 +321,7 @@ def run_pipeline(
     ``evaluator_factory`` and ``hooks``: the search's evaluator and its exploration and penalty,
     the product's by default (experiments: ``bench/experiments``).
     """
+    check_byte_budgets(spec, split.num_users + split.num_items)
     report: StageReport = on_stage or (lambda stage, fraction: None)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
