@@ -177,6 +177,15 @@ def stored_bytes(
     return tables * sum(per_table.values())
 
 
+def smallest_store(num_rows: int, max_size: int, tables: int = 1) -> tuple[int, str]:
+    """The bytes and value type of the smallest stores that keep one value a row in each of
+    ``tables`` tables (one size per row): no byte budget below them can be met."""
+    return min(
+        (stored_bytes(num_rows, num_rows, value_type, max_size, tables), value_type)
+        for value_type in VALUE_TYPES
+    )
+
+
 def dense_fp32_bytes(num_rows: int, max_size: int, tables: int = 1) -> int:
     """Bytes of the same tables dense at ``max_size`` in float32 (values only): the reference
     of a byte ratio."""

@@ -265,8 +265,9 @@ class BudgetRequest(BaseModel):
         le=MAX_BUDGET_NUMBER,
         strict=True,
         description="every stored byte of the embedding stores (values, scales, sizes, file "
-        "headers); with method 'search' the byte planner picks the value type and sizes; one "
-        "of the three forms",
+        "headers); with method 'search' the byte planner picks the value type and sizes, down "
+        "to the smallest store of any type (one value a row); with 'equal', the served model's "
+        "type; one of the three forms",
     )
     method: Literal["equal", "search"] | None = Field(
         default=None,

@@ -32,7 +32,7 @@ from ciess_core.search.pool import AssignmentPool
 from ciess_core.search.retraining import FULL_KIND, Candidate
 from ciess_core.search.teachers import keeps_phase_teachers
 from ciess_core.sizes import SizeAssignment
-from ciess_core.storage import VALUE_TYPES, dense_fp32_bytes, parameters_within, stored_bytes
+from ciess_core.storage import VALUE_TYPES, dense_fp32_bytes, parameters_within, smallest_store
 
 if TYPE_CHECKING:
     from ciess_core.search.pipeline import PipelineSpec
@@ -62,10 +62,6 @@ def check_byte_budgets(spec: PipelineSpec, num_entities: int) -> None:
         ConfigError: naming each such budget, its bytes and the smallest store's.
     """
     max_size, tables = spec.search.max_size, spec.backbone_tables
-    smallest = min(
-        (stored_bytes(num_entities, num_entities, value_type, max_size, tables), value_type)
-        for value_type in VALUE_TYPES
-    )
     dense = dense_fp32_bytes(num_entities, max_size, tables)
     too_small = [
         f"{ratio:g} ({ByteBudget(ratio).allowed_bytes(num_entities, max_size, tables):,} bytes)"
@@ -73,7 +69,7 @@ def check_byte_budgets(spec: PipelineSpec, num_entities: int) -> None:
         if not planned_sparsities(spec, ByteBudget(ratio), num_entities)
     ]
     if too_small:
-        least, value_type = smallest
+        least, value_type = smallest_store(num_entities, max_size, tables)
         raise ConfigError(
             f"byte budget {', '.join(too_small)} cannot keep one value for each of the "
             f"{num_entities:,} users and items: the smallest store, {value_type} with one value "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ciess_core.artifact.manifest import Manifest
 from ciess_core.sizes import highest_sparsity
-from ciess_core.storage import largest_within, stored_bytes
+from ciess_core.storage import largest_within, smallest_store, stored_bytes
 from service.errors import BudgetError
 from service.schemas import MAX_BUDGET_NUMBER
 
@@ -49,7 +49,8 @@ def table_bytes(manifest: Manifest, parameters: int) -> int:
 
 def _parameters_within(manifest: Manifest, max_bytes: int) -> int:
     """The most parameters (a multiple of the table count) whose tables take at most
-    ``max_bytes`` (the caller has checked that one dimension per entity fits)."""
+    ``max_bytes`` in the model's value type (below one dimension per entity, or -1, where they
+    cannot hold that: the caller keeps at least one)."""
     tables = len(manifest.tables)
     per_table = largest_within(
         max_bytes,
@@ -64,8 +65,14 @@ def resolve_budget(
     target_sparsity: float | None = None,
     max_parameters: int | None = None,
     max_bytes: int | None = None,
+    any_value_type: bool = False,
 ) -> Budget:
     """The budget given by exactly one of the three forms, for the model ``manifest`` describes.
+
+    With ``any_value_type`` (a job whose byte planner chooses the value type: method
+    ``search``), ``max_bytes`` may lie below one dimension per entity in the served model's type
+    down to the smallest store of any type (:func:`~ciess_core.storage.smallest_store`); the
+    budget is then one dimension per entity, and the job plans by the bytes.
 
     Raises:
         BudgetError: none or several forms given, or a budget that cannot be met (out of range,
@@ -108,14 +115,16 @@ def resolve_budget(
             )
     else:
         max_bytes = int(given["max_bytes"])
-        least = table_bytes(manifest, minimum)
+        least, value_type = table_bytes(manifest, minimum), manifest.value_dtype
+        if any_value_type:
+            least, value_type = min((least, value_type), smallest_store(entities, width, tables))
         if max_bytes < least:
             raise BudgetError(
                 f"max_bytes {max_bytes} is below the smallest model, {least} bytes: {entities} "
-                f"users and items × {tables} table(s) at 1 dimension of "
-                f"{manifest.value_dtype} each, with their sizes (and scales)"
+                f"users and items × {tables} table(s) at 1 dimension of {value_type} each, "
+                "with their sizes (and scales)"
             )
-        parameters = _parameters_within(manifest, max_bytes)
+        parameters = max(minimum, _parameters_within(manifest, max_bytes))
     parameters = min(parameters, dense)
     sparsity = 1.0 - parameters / dense
     # Float rounding must never let the sparsity's parameter count exceed the budget.

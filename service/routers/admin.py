@@ -11,6 +11,7 @@ nothing changes (200, no job), and a new job waits in a queue of at most ``max_q
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Annotated
 
@@ -65,9 +66,12 @@ def job_view(job: Job) -> JobView:
 
 
 def _served_already(model: ServedModel, budget: Budget, method: str | None) -> bool:
-    """Whether the served model was made for ``budget`` (and sized by ``method``, if given)."""
+    """Whether the served model was made for ``budget`` (and sized by ``method``, if given):
+    its parameters, and for a byte budget its stored bytes within it as well."""
     manifest = model.scorer.manifest
     if served_budget(manifest).max_parameters != budget.max_parameters:
+        return False
+    if manifest.memory.stored > budget.requested.get("max_bytes", math.inf):
         return False
     return method is None or sizing_method(manifest) == method
 
@@ -119,8 +123,11 @@ def set_budget(
     for answers 200 without a job (``method`` then counts only when given), unless a budget job
     is queued or running; more than ``max_queued_jobs`` queued jobs answer 429."""
     manifest = model.scorer.manifest
-    budget = resolve_budget(manifest, body.target_sparsity, body.max_parameters, body.max_bytes)
     method = body.method or settings.job_method
+    plans_bytes = body.max_bytes is not None and method == "search"  # the byte planner's job
+    budget = resolve_budget(
+        manifest, body.target_sparsity, body.max_parameters, body.max_bytes, plans_bytes
+    )
     if _served_already(model, budget, body.method) and not store.active(BUDGET_JOB):
         response.status_code = status.HTTP_200_OK
         return BudgetUnchanged(
@@ -129,8 +136,10 @@ def set_budget(
             target_sparsity=budget.target_sparsity,
             max_parameters=budget.max_parameters,
         )
+    # The planner plans by the bytes: two byte budgets are one job only at the same bytes.
+    same_budget = f"bytes-{body.max_bytes}" if plans_bytes else str(budget.max_parameters)
     fast = None
-    if body.max_bytes is not None and method == "search":
+    if plans_bytes and body.max_bytes is not None:
         fast = _queue_fast_path(model, store, settings, body.max_bytes)
     job, existing = store.enqueue(
         BUDGET_JOB,
@@ -153,7 +162,7 @@ def set_budget(
                 }
             ),
         },
-        key=f"{budget.max_parameters}:{method}:{model.version}",
+        key=f"{same_budget}:{method}:{model.version}",
         max_queued=settings.max_queued_jobs,
         retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS,
     )

@@ -257,6 +257,25 @@ def test_an_identical_budget_answers_its_job(client: TestClient) -> None:
     assert len(client.get("/v1/admin/jobs", headers=admin_headers()).json()["jobs"]) == 2
 
 
+def test_a_byte_budget_only_a_narrower_type_meets_is_the_planners_job(client: TestClient) -> None:
+    """The served model is float32: 1,000 bytes cannot hold one float32 dimension per entity
+    (1,256 bytes) but can in int4-table (686). The search method's byte planner takes it; the
+    equal method, which keeps the served type, cannot. Byte jobs are the same job only at the
+    same bytes."""
+    first = client.post("/v1/admin/budget", json={"max_bytes": 1_000}, headers=admin_headers())
+    assert first.status_code == 202, first.text
+    assert first.json()["params"]["max_parameters"] == 200  # one dimension each
+    again = client.post("/v1/admin/budget", json={"max_bytes": 1_000}, headers=admin_headers())
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    other = client.post("/v1/admin/budget", json={"max_bytes": 900}, headers=admin_headers())
+    assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
+    equal = client.post(
+        "/v1/admin/budget", json={"max_bytes": 1_000, "method": "equal"}, headers=admin_headers()
+    )
+    assert equal.status_code == 422
+    assert "below the smallest model, 1256 bytes" in equal.json()["detail"]
+
+
 def test_the_served_budget_is_a_no_op(client: TestClient) -> None:
     # The base model is full size: sparsity 0, or any budget above its 3,200 parameters.
     for body in ({"target_sparsity": 0.0}, {"max_parameters": 10**9}, {"max_bytes": 2**63 - 1}):

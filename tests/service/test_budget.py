@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ciess_core.artifact.reader import read_manifest
+from ciess_core.storage import smallest_store
 from service.errors import BudgetError
 from service.jobs.budget import resolve_budget, served_budget, sizing_method, table_bytes
 from tests.service.conftest import BaseArtifact
@@ -73,3 +74,24 @@ def test_the_served_budget_of_a_full_size_model_is_every_parameter(manifest) -> 
     assert manifest.target_sparsity is None
     assert served_budget(manifest).max_parameters == 200 * 16
     assert sizing_method(manifest) == "equal"  # full width: equal sizes at d_max
+
+
+def test_bytes_below_the_served_types_smallest_model_are_the_byte_planners(manifest) -> None:  # type: ignore[no-untyped-def]
+    """One dimension per entity takes 1,256 bytes in the served float32, 686 in int4-table: a
+    budget between the two is met only by a job that chooses the value type."""
+    entities, tables = manifest.num_entities, len(manifest.tables)
+    served_least = table_bytes(manifest, tables * entities)
+    least, value_type = smallest_store(entities, manifest.max_size, tables)
+    assert (served_least, least, value_type) == (1256, 686, "int4-table")
+    between = (least + served_least) // 2
+    with pytest.raises(BudgetError, match=r"below the smallest model, 1256 bytes: .* of float32"):
+        resolve_budget(manifest, max_bytes=between)
+    budget = resolve_budget(manifest, max_bytes=between, any_value_type=True)
+    assert budget.max_parameters == entities * tables
+    assert budget.target_sparsity == pytest.approx(1 - 1 / 16)
+    with pytest.raises(BudgetError, match=r"below the smallest model, 686 bytes: .* of int4-table"):
+        resolve_budget(manifest, max_bytes=least - 1, any_value_type=True)
+    # Where the served type holds the bytes, both read them alike.
+    assert resolve_budget(manifest, max_bytes=2000, any_value_type=True) == resolve_budget(
+        manifest, max_bytes=2000
+    )
