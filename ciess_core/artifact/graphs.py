@@ -174,7 +174,7 @@ def ncf_tower_graph(
     """scores[b, i] = w_mlpᵀ tower(ReLU(user_part[b] + item_part[i])) + bias.
 
     The (B, I, h1) pairs are flattened to (B·I, h1) rows, every layer is one Gemm with its bias,
-    and the scores are shaped back to (B, I) (why Gemm: docs/benchmarks/ncf-blocks.md).
+    and the scores are shaped back to (B, I) (why Gemm: docs/benchmarks/ncf-tower-graph.md).
 
     Args:
         layers: (weight (out, in), bias (out,)) of the tower layers after the first.
