@@ -115,9 +115,12 @@ def resolve_budget(
             )
     else:
         max_bytes = int(given["max_bytes"])
-        least, value_type = table_bytes(manifest, minimum), manifest.value_dtype
-        if any_value_type:
-            least, value_type = min((least, value_type), smallest_store(entities, width, tables))
+        # smallest_store weighs the served type too: every type's one dimension per entity
+        least, value_type = (
+            smallest_store(entities, width, tables)
+            if any_value_type
+            else (table_bytes(manifest, minimum), manifest.value_dtype)
+        )
         if max_bytes < least:
             raise BudgetError(
                 f"max_bytes {max_bytes} is below the smallest model, {least} bytes: {entities} "

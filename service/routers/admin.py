@@ -124,9 +124,13 @@ def set_budget(
     is queued or running; more than ``max_queued_jobs`` queued jobs answer 429."""
     manifest = model.scorer.manifest
     method = body.method or settings.job_method
-    plans_bytes = body.max_bytes is not None and method == "search"  # the byte planner's job
+    planned_bytes = body.max_bytes if method == "search" else None  # the byte planner's job
     budget = resolve_budget(
-        manifest, body.target_sparsity, body.max_parameters, body.max_bytes, plans_bytes
+        manifest,
+        body.target_sparsity,
+        body.max_parameters,
+        body.max_bytes,
+        any_value_type=planned_bytes is not None,
     )
     if _served_already(model, budget, body.method) and not store.active(BUDGET_JOB):
         response.status_code = status.HTTP_200_OK
@@ -137,10 +141,10 @@ def set_budget(
             max_parameters=budget.max_parameters,
         )
     # The planner plans by the bytes: two byte budgets are one job only at the same bytes.
-    same_budget = f"bytes-{body.max_bytes}" if plans_bytes else str(budget.max_parameters)
+    same_budget = str(budget.max_parameters) if planned_bytes is None else f"bytes-{planned_bytes}"
     fast = None
-    if plans_bytes and body.max_bytes is not None:
-        fast = _queue_fast_path(model, store, settings, body.max_bytes)
+    if planned_bytes is not None:
+        fast = _queue_fast_path(model, store, settings, planned_bytes)
     job, existing = store.enqueue(
         BUDGET_JOB,
         {
