@@ -23,9 +23,14 @@ MAX_SIZE = 32
 TOP_K = 20
 
 
-def build(kind: BackboneKind, train: sp.csr_matrix, sizes: np.ndarray) -> Backbone:
+def build(
+    kind: BackboneKind,
+    train: sp.csr_matrix,
+    sizes: np.ndarray,
+    mlp_layers: tuple[int, ...] = (16, 8),
+) -> Backbone:
     """An untrained backbone with ``sizes``; N(0, 0.01) tables scaled to give O(1) scores."""
-    config = BackboneConfig.default_for(kind, max_size=MAX_SIZE, mlp_layers=(16, 8))
+    config = BackboneConfig.default_for(kind, max_size=MAX_SIZE, mlp_layers=mlp_layers)
     model = build_backbone(config, train, torch.Generator().manual_seed(0))
     if kind is not BackboneKind.NGCF:
         with torch.no_grad():
@@ -151,13 +156,7 @@ def test_ncf_tower_of_any_depth(
     """A tower with no layer after the first (its prediction weights alone) and a deeper one
     score as the torch model does."""
     train, _ = clustered_split.phase(Phase.TEST)
-    config = BackboneConfig.default_for(BackboneKind.NCF, max_size=MAX_SIZE, mlp_layers=mlp_layers)
-    model = build_backbone(config, train, torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        for table in model.tables():
-            table.weight.mul_(100.0)
-    model.set_embedding_sizes(torch.from_numpy(_sizes(clustered_split)))
-    model.eval()
+    model = build(BackboneKind.NCF, train, _sizes(clustered_split), mlp_layers)
     scorer = load_scorer(export(model, clustered_split, tmp_path / "a"), ScorerOptions(threads=1))
     expected_scores, expected_top = torch_top_k(model, scorer.seen, TOP_K)
     users = np.arange(model.num_users)
