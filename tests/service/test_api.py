@@ -9,15 +9,20 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
+from ciess_core.artifact.export import ExportMetadata, ExportOptions, export_model
+from ciess_core.artifact.reader import read_manifest
 from ciess_core.artifact.scorer import load_scorer
+from ciess_core.data import Phase, load_pairs, split_per_user
 from ciess_core.errors import ConfigError
+from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
 from service.jobs.store import JobState, JobStore
 from service.main import create_app
 from service.schemas import MAX_BATCH_USERS, MAX_K
 from service.settings import Settings
-from tests.service.conftest import TOKEN, BaseArtifact, admin_headers, live_server
+from tests.service.conftest import DATASET_FILE, TOKEN, BaseArtifact, admin_headers, live_server
 
 
 @pytest.fixture
@@ -299,6 +304,59 @@ def test_the_served_budget_is_a_no_op(client: TestClient) -> None:
         headers=admin_headers(),
     )
     assert back.status_code == 202
+
+
+def _one_dimension_model(base_model: BaseArtifact, out: Path) -> Path:
+    """An artifact of the base model's data whose every user and item keeps one dimension (the
+    smallest budget there is), exported in float32 as if made for that budget."""
+    data = load_pairs(base_model.data_dir / DATASET_FILE)
+    split = split_per_user(data, seed=42)
+    train, _ = split.phase(Phase.TEST)
+    config = BackboneConfig.default_for(BackboneKind.LIGHTGCN, max_size=16, num_layers=2)
+    model = build_backbone(config, train, torch.Generator().manual_seed(0))
+    model.set_embedding_sizes(torch.ones(model.num_users + model.num_items, dtype=torch.long))
+    return export_model(
+        model,
+        train,
+        split.external_user_ids,
+        split.external_item_ids,
+        out,
+        ExportMetadata(
+            dataset=DATASET_FILE,
+            dataset_fingerprint=data.fingerprint(),
+            split_seed=42,
+            target_sparsity=1 - 1 / 16,
+            size_scheme="equal",
+        ),
+        ExportOptions(verify_users=0, threads=1),
+    )
+
+
+def test_a_served_model_is_made_for_a_byte_budget_only_within_its_bytes(
+    settings: Settings, base_model: BaseArtifact, tmp_path: Path
+) -> None:
+    """A float32 model at one dimension per entity (its sizes stored as one run) stores 1,064
+    bytes. Fewer bytes resolve to the same parameter count, the floor, which only a narrower
+    type meets: a job (the default method, search), not the served model. At its own bytes the
+    served model is the answer."""
+    served = _one_dimension_model(base_model, tmp_path / "v1-one-dimension")
+    stored = read_manifest(served).memory.stored
+    assert stored == 1064
+    with TestClient(create_app(settings.replace(artifact_dir=served))) as client:
+        own = client.post(
+            "/v1/admin/budget",
+            json={"max_bytes": stored},
+            headers=admin_headers(),
+        )
+        assert own.status_code == 200, own.text
+        assert "no job" in own.json()["message"] and own.json()["max_parameters"] == 200
+        fewer = client.post(
+            "/v1/admin/budget",
+            json={"max_bytes": stored - 64},
+            headers=admin_headers(),
+        )
+        assert fewer.status_code == 202, fewer.text
+        assert fewer.json()["params"]["max_parameters"] == 200
 
 
 def test_a_full_queue_is_429_with_retry_after(settings: Settings) -> None:
