@@ -17,7 +17,7 @@ throughput not lower than float32's by more than ``--margin`` (3 %), p99 not hig
     python bench/serving_types.py --artifact ARTIFACT_DIR --rounds 10 --seconds 10
 
 Writes ``OUT/serving-types.json`` and ``OUT/serving-types.md`` (findings from
-``serving-types.notes.md``). Needs wrk.
+``serving-types.notes.md``; ``--rewrite`` rewrites the page alone). Needs wrk.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelp)
-    parser.add_argument("--artifact", required=True, help="a float32 artifact folder")
+    parser.add_argument("--artifact", help="a float32 artifact folder (needed unless --rewrite)")
     parser.add_argument(
         "--types", default="int8,int4", help="comma-separated value types served beside float32"
     )
@@ -241,7 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p99-margin", type=float, default=0.10, help="p99 margin")
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to /readyz")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"), help="report folder")
+    parser.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="only rewrite OUT/serving-types.md from its JSON twin (after editing its notes)",
+    )
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.rewrite:
+        write_report(json.loads((out / "serving-types.json").read_text()), out)
+        return 0
+    if args.artifact is None:
+        parser.error("--artifact is required")
     args.types = [t for t in args.types.split(",") if t]
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -273,7 +284,6 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summarise(rows, args.margin, args.p99_margin),
         "rows": rows,
     }
-    out = Path(args.out)
     save_json(out / "serving-types.json", report)
     write_report(report, out)
     return 0
