@@ -16,7 +16,19 @@ fi
 . "$venv/bin/activate"
 python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 torch_version=2.13.0
-quiet_pip() { python -m pip install --quiet "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# pip quietly: nothing on success (its warnings about editable builds and locations are noise
+# here); on failure its whole output and a line naming the install, then the script stops.
+quiet_pip() {
+    local log
+    log=$(mktemp)
+    if ! python -m pip install --quiet "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        echo "setup: pip install $* failed (pip's output above)" >&2
+        exit 1
+    fi
+    rm -f "$log"
+}
 if [ -n "${CIESS_TORCH_SPEC:-}" ]; then
     quiet_pip "$CIESS_TORCH_SPEC"
 elif ! python -m pip install --quiet "torch==$torch_version+cpu" >/dev/null 2>&1 \
@@ -24,6 +36,7 @@ elif ! python -m pip install --quiet "torch==$torch_version+cpu" >/dev/null 2>&1
         --extra-index-url https://download.pytorch.org/whl/cpu >/dev/null 2>&1; then
     quiet_pip "torch==$torch_version"
 fi
-python -c "import sys, torch; sys.exit(f'torch {torch.__version__} is a CUDA build: set CIESS_TORCH_SPEC' if torch.version.cuda and not '${CIESS_TORCH_SPEC:-}' else 0)"
+# -W ignore: numpy is not installed yet, and torch warns about it on import.
+python -W ignore -c "import sys, torch; sys.exit(f'torch {torch.__version__} is a CUDA build: set CIESS_TORCH_SPEC' if torch.version.cuda and not '${CIESS_TORCH_SPEC:-}' else 0)"
 quiet_pip -e ".[${CIESS_EXTRAS:-train,serve,dev}]"
 python -c "import torch, ciess_core; print(f'ready: torch {torch.__version__}, ciess {ciess_core.__version__}')"
