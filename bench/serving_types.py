@@ -128,6 +128,10 @@ def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 "ciess", folder, folder, Path("."), args.workers, state, token
             )
             servers[value_type].wait_ready(args.ready_timeout)
+        memory = {
+            value_type: json.loads((folder / "manifest.json").read_text())["memory"]
+            for value_type, folder in served.items()
+        }
         order = list(served)
         for round_number in range(args.rounds):
             shift = round_number % len(order)
@@ -135,7 +139,6 @@ def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 result = run_wrk(
                     servers[value_type], paths_file, args.seconds, args.connections, args.warmup
                 )
-                memory = json.loads((served[value_type] / "manifest.json").read_text())["memory"]
                 cpu = result["server_cpu_seconds"]
                 rows.append(
                     {
@@ -149,8 +152,8 @@ def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                         "server_cpu_ms_per_request": round(
                             1e3 * cpu / max(result["requests"], 1), 4
                         ),
-                        "stored_bytes": memory["stored"],
-                        "resident_bytes": memory["resident"],
+                        "stored_bytes": memory[value_type]["stored"],
+                        "resident_bytes": memory[value_type]["resident"],
                     }
                 )
                 print(
