@@ -10,9 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -47,6 +48,46 @@ def write_dataset(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def export_lightgcn(
+    data_dir: Path,
+    out: Path,
+    metadata: Mapping[str, Any],
+    train_batches: int = 0,
+    sizes: torch.Tensor | None = None,
+) -> Path:
+    """A LightGCN (d_max 16) on the clustered dataset file of ``data_dir``, trained for
+    ``train_batches`` (none: its initial weights), with ``sizes`` (None: full width), exported
+    to ``out`` with the data's name, fingerprint and split seed beside ``metadata``."""
+    data = load_pairs(data_dir / DATASET_FILE)
+    split = split_per_user(data, seed=42)
+    train, _ = split.phase(Phase.TEST)
+    config = BackboneConfig.default_for(BackboneKind.LIGHTGCN, max_size=16, num_layers=2)
+    model = build_backbone(config, train, torch.Generator().manual_seed(0))
+    if sizes is not None:
+        model.set_embedding_sizes(sizes)
+    if train_batches:
+        train_bpr(
+            model,
+            train,
+            TrainConfig(batch_size=256, max_batches=train_batches, eval_every=0),
+            progress=False,
+        )
+    return export_model(
+        model,
+        train,
+        split.external_user_ids,
+        split.external_item_ids,
+        out,
+        ExportMetadata(
+            dataset=DATASET_FILE,
+            dataset_fingerprint=data.fingerprint(),
+            split_seed=42,
+            **metadata,
+        ),
+        ExportOptions(verify_users=16 if train_batches else 0, threads=1),
+    )
+
+
 @pytest.fixture(scope="session")
 def base_model(tmp_path_factory: pytest.TempPathFactory) -> BaseArtifact:
     """A trained LightGCN (d_max 16) on a clustered dataset file, exported as an artifact."""
@@ -54,29 +95,11 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> BaseArtifact:
     data_dir = root / "data"
     data_dir.mkdir()
     write_dataset(data_dir / DATASET_FILE)
-    data = load_pairs(data_dir / DATASET_FILE)
-    split = split_per_user(data, seed=42)
-    train, _ = split.phase(Phase.TEST)
-    config = BackboneConfig.default_for(BackboneKind.LIGHTGCN, max_size=16, num_layers=2)
-    model = build_backbone(config, train, torch.Generator().manual_seed(0))
-    train_bpr(
-        model, train, TrainConfig(batch_size=256, max_batches=30, eval_every=0), progress=False
-    )
-    artifact = export_model(
-        model,
-        train,
-        split.external_user_ids,
-        split.external_item_ids,
-        root / "artifacts" / "v1-base",
-        ExportMetadata(
-            dataset=DATASET_FILE,
-            dataset_fingerprint=data.fingerprint(),
-            split_seed=42,
-            size_scheme="full",
-            metrics={"protocol": "clean", "test": {"recall@20": 0.5}},
-        ),
-        ExportOptions(verify_users=16, threads=1),
-    )
+    metadata = {
+        "size_scheme": "full",
+        "metrics": {"protocol": "clean", "test": {"recall@20": 0.5}},
+    }
+    artifact = export_lightgcn(data_dir, root / "artifacts" / "v1-base", metadata, train_batches=30)
     return BaseArtifact(data_dir=data_dir, artifact=artifact)
 
 

@@ -12,17 +12,14 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from ciess_core.artifact.export import ExportMetadata, ExportOptions, export_model
 from ciess_core.artifact.reader import read_manifest
 from ciess_core.artifact.scorer import load_scorer
-from ciess_core.data import Phase, load_pairs, split_per_user
 from ciess_core.errors import ConfigError
-from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
 from service.jobs.store import JobState, JobStore
 from service.main import create_app
 from service.schemas import MAX_BATCH_USERS, MAX_K
 from service.settings import Settings
-from tests.service.conftest import DATASET_FILE, TOKEN, BaseArtifact, admin_headers, live_server
+from tests.service.conftest import TOKEN, BaseArtifact, admin_headers, export_lightgcn, live_server
 
 
 @pytest.fixture
@@ -306,32 +303,6 @@ def test_the_served_budget_is_a_no_op(client: TestClient) -> None:
     assert back.status_code == 202
 
 
-def _one_dimension_model(base_model: BaseArtifact, out: Path) -> Path:
-    """An artifact of the base model's data whose every user and item keeps one dimension (the
-    smallest budget there is), exported in float32 as if made for that budget."""
-    data = load_pairs(base_model.data_dir / DATASET_FILE)
-    split = split_per_user(data, seed=42)
-    train, _ = split.phase(Phase.TEST)
-    config = BackboneConfig.default_for(BackboneKind.LIGHTGCN, max_size=16, num_layers=2)
-    model = build_backbone(config, train, torch.Generator().manual_seed(0))
-    model.set_embedding_sizes(torch.ones(model.num_users + model.num_items, dtype=torch.long))
-    return export_model(
-        model,
-        train,
-        split.external_user_ids,
-        split.external_item_ids,
-        out,
-        ExportMetadata(
-            dataset=DATASET_FILE,
-            dataset_fingerprint=data.fingerprint(),
-            split_seed=42,
-            target_sparsity=1 - 1 / 16,
-            size_scheme="equal",
-        ),
-        ExportOptions(verify_users=0, threads=1),
-    )
-
-
 def test_a_served_model_is_made_for_a_byte_budget_only_within_its_bytes(
     settings: Settings, base_model: BaseArtifact, tmp_path: Path
 ) -> None:
@@ -339,7 +310,13 @@ def test_a_served_model_is_made_for_a_byte_budget_only_within_its_bytes(
     bytes. Fewer bytes resolve to the same parameter count, the floor, which only a narrower
     type meets: a job (the default method, search), not the served model. At its own bytes the
     served model is the answer."""
-    served = _one_dimension_model(base_model, tmp_path / "v1-one-dimension")
+    # Every user and item keeps one dimension (the smallest budget there is), in float32.
+    served = export_lightgcn(
+        base_model.data_dir,
+        tmp_path / "v1-one-dimension",
+        {"target_sparsity": 1 - 1 / 16, "size_scheme": "equal"},
+        sizes=torch.ones(200, dtype=torch.long),
+    )
     stored = read_manifest(served).memory.stored
     assert stored == 1064
     with TestClient(create_app(settings.replace(artifact_dir=served))) as client:
