@@ -43,7 +43,7 @@ FINISHED = {"succeeded", "failed", "cancelled"}
 BAR_SECONDS = 10.0
 
 
-def _options(rps: float) -> Options:
+def harness_options(rps: float) -> Options:
     """The reliability harness's knobs; only the rate, k and the service's poll matter here."""
     return Options(
         quick=False, fuzz_examples=0, rps=rps, k=20, slow_clients=0, slow_seconds=0.0,
@@ -52,7 +52,9 @@ def _options(rps: float) -> Options:
     )  # fmt: skip
 
 
-def _world(artifact: Path, data_dir: Path, work: Path) -> World:
+def served_world(artifact: Path, data_dir: Path, work: Path) -> World:
+    """What the service benchmarks serve: ``artifact``, the shipped recipe, a fresh admin token
+    and 500 of the artifact's users (a fixed sample) to ask for."""
     recipe = work / "recipe.toml"
     recipe.write_text("# the shipped recipe, nothing overridden\n")
     users = json.loads((artifact / "ids" / "users.json").read_text())
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if "valid_by_value_type" not in manifest.get("metrics", {}):
         raise SystemExit(f"{args.artifact}: its manifest has no metrics.valid_by_value_type")
     work = Path(tempfile.mkdtemp(prefix="budget-change-"))
-    world, options = _world(args.artifact, args.data_dir, work), _options(args.rps)
+    world, options = served_world(args.artifact, args.data_dir, work), harness_options(args.rps)
     run_id = "budget-change-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     rows = []
     for repeat in range(1, args.repeats + 1):

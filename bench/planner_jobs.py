@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.budget_change import _options, append_run
+from bench.budget_change import append_run, harness_options
 from bench.cli_help import DefaultsHelp
 from bench.machine_info import cpu_description
 from bench.reliability import Service, World, wait_for, wait_job
@@ -51,7 +51,7 @@ def _newest_pipeline(state: Path) -> Path:
 def run_jobs(world: World, state: Path, shares: list[float]) -> list[dict[str, Any]]:
     """One planner job per share, in order, on one service: a row each."""
     rows = []
-    with Service(world, state, _options(1.0), recipe=world.recipe) as service:
+    with Service(world, state, harness_options(1.0), recipe=world.recipe) as service:
         dense = int(service.get("/v1/model").json()["bytes"]["dense_equivalent"])
         for share in shares:
             budget = int(share * dense)
