@@ -326,6 +326,19 @@ def run(arguments: argparse.Namespace) -> None:
         write_report()
 
 
+def merge(rows_file: Path) -> None:
+    """Put the rows of a run written with ``--results`` into ``bytes.json`` (replacing any rows
+    of the same runs) and rewrite the report."""
+    rows = load_rows(rows_file)
+    if not rows:
+        raise SystemExit(f"{rows_file}: no rows to merge")
+    runs = {row["run_id"] for row in rows}
+    kept = [row for row in load_rows(RESULTS) if row.get("run_id") not in runs]
+    save_json(RESULTS, kept + rows)
+    logger.info("%d rows of %s merged into %s", len(rows), ", ".join(sorted(runs)), RESULTS)
+    write_report()
+
+
 def write_report() -> None:
     """``bytes.md`` and its plots from ``bytes.json``."""
     from byte_budgets_report import write_bytes_report
@@ -361,9 +374,13 @@ def main() -> None:
     )
     runner.add_argument("--results", help="rows file instead of docs/benchmarks/bytes.json")
     commands.add_parser("report", help="rewrite bytes.md and its plots from bytes.json")
+    merger = commands.add_parser("merge", help="add a --results file's rows to bytes.json")
+    merger.add_argument("rows", type=Path, help="rows file written by run --results")
     arguments = parser.parse_args()
     if arguments.command == "run":
         run(arguments)
+    elif arguments.command == "merge":
+        merge(arguments.rows)
     else:
         write_report()
 
