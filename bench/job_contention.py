@@ -28,7 +28,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ from bench.budget_change import harness_options, served_world
 from bench.cli_help import DefaultsHelp
 from bench.machine_info import cpu_description
 from bench.reliability import Options, Service, World, wait_for, wait_job
-from bench.serving import PATH_TEMPLATE
+from bench.serving import PATH_TEMPLATE, wrk, wrk_failures
 
 REPORTS = ROOT / "docs" / "benchmarks"
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -126,10 +125,10 @@ class WindowedLoad:
         self.samples: list[cases.Sample] = []
         self.open_loop: cases.OpenLoop | None = None
         self.paths = world.root / "paths.txt"
-        self.paths.write_text(
-            "".join(f"{PATH_TEMPLATE.format(user=u, k=20)}\n" for u in world.users)
-        )
         if connections:
+            self.paths.write_text(
+                "".join(f"{PATH_TEMPLATE.format(user=u, k=options.k)}\n" for u in world.users)
+            )
             self._wrk(2)  # warm-up, not counted
         else:
             self.open_loop = cases.OpenLoop(service.port, world.users, options.k, options.rps)
@@ -151,20 +150,10 @@ class WindowedLoad:
             self.samples = self.open_loop.stop()
 
     def _wrk(self, seconds: int) -> dict[str, Any]:
-        command = [
-            "wrk", "-t1", f"-c{self.connections}", f"-d{seconds}s", "--timeout", "10s",
-            "-s", str(ROOT / "bench" / "wrk_paths.lua"), f"http://127.0.0.1:{self.port}",
-            "--", str(self.paths),
-        ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        line = next((x for x in done.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
-        if done.returncode != 0 or line is None:
-            raise SystemExit(f"wrk failed: {done.stdout[-500:]} {done.stderr[-500:]}")
-        raw = json.loads(line.removeprefix("WRK_JSON "))
-        failures = sum(raw[key] for key in ("connect_errors", "read_errors", "write_errors"))
+        raw = wrk(f"http://127.0.0.1:{self.port}", self.paths, seconds, self.connections)
         return {
             "requests": raw["requests"],
-            "not_valid_200": raw["status_errors"] + failures + raw["timeouts"],
+            "not_valid_200": raw["status_errors"] + wrk_failures(raw),
             "requests_per_s": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
             "p50_ms": round(raw["p50_us"] / 1e3, 2),
             "p99_ms": round(raw["p99_us"] / 1e3, 2),

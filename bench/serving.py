@@ -192,31 +192,39 @@ def run_load(
     return result
 
 
+def wrk(base: str, paths_file: Path, seconds: float, connections: int) -> dict[str, Any]:
+    """One wrk closed loop (C, one thread, ``bench/wrk_paths.lua``) on ``base`` for ``seconds``:
+    the script's JSON line (latency percentiles in µs, requests, duration, errors by kind) and,
+    under ``command``, the command line. Raises RuntimeError when wrk fails."""
+    command = [
+        "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
+        "-s", str(ROOT / "bench" / "wrk_paths.lua"), base, "--", str(paths_file),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed: {done.stdout[-1000:]} {done.stderr[-1000:]}")
+    raw: dict[str, Any] = json.loads(line.removeprefix("WRK_JSON "))
+    raw["command"] = shlex.join(command)
+    return raw
+
+
+def wrk_failures(raw: dict[str, Any]) -> int:
+    """Requests of a :func:`wrk` run that got no answer: socket errors and timeouts."""
+    return sum(raw[key] for key in ("connect_errors", "read_errors", "write_errors", "timeouts"))
+
+
 def run_wrk(
     server: Server, paths_file: Path, seconds: float, connections: int, warmup: float = 2.0
 ) -> dict[str, Any]:
     """Closed loop with wrk (C, one thread): about 10 µs of CPU per request, against several
     times that for bench/loadgen.py, so far less of the two cores goes to the generator.
     A warm-up run first, not recorded; the result has bench/loadgen.py's keys."""
-    script = ROOT / "bench" / "wrk_paths.lua"
-
-    def wrk(duration: float) -> list[str]:
-        return [
-            "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s",
-            "-s", str(script), server.base, "--", str(paths_file),
-        ]  # fmt: skip
-
-    subprocess.run(wrk(warmup), capture_output=True, check=False)
-    command = wrk(seconds)
+    wrk(server.base, paths_file, warmup, connections)
     cpu_before = server.cpu_seconds()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    raw = wrk(server.base, paths_file, seconds, connections)
     cpu = server.cpu_seconds() - cpu_before
-    line = next((x for x in done.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed: {done.stdout[-1000:]} {done.stderr[-1000:]}")
-    raw = json.loads(line.removeprefix("WRK_JSON "))
-    failures = sum(raw[key] for key in ("connect_errors", "read_errors", "write_errors"))
-    failures += raw["timeouts"]
+    failures = wrk_failures(raw)
     duration = raw["duration_us"] / 1e6
     return {
         "mode": "closed",
@@ -232,7 +240,7 @@ def run_wrk(
         "sent_with_warmup": raw["requests"],  # the CPU window covers the recorded run only
         "server_cpu_seconds": cpu,
         "seconds": round(duration, 2),
-        "loadgen_command": shlex.join(command),
+        "loadgen_command": raw["command"],
     }
 
 
