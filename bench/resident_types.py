@@ -56,7 +56,7 @@ from cli_help import DefaultsHelp
 from ciess_core.artifact.export import export_model
 from ciess_core.artifact.reader import load_artifact
 from ciess_core.artifact.scorer import ArtifactScorer, DotIndex, ScorerOptions
-from ciess_core.data import Phase, load_dataset, resolve_data_dir, split_per_user
+from ciess_core.data import DatasetSplit, Phase, load_dataset, resolve_data_dir, split_per_user
 from ciess_core.evaluation import ranking_metrics_from_hits
 from ciess_core.models import BackboneConfig, BackboneKind, build_backbone
 
@@ -262,11 +262,15 @@ def held_out_metrics(lists: Any, held_out: Any) -> dict[str, float]:
     return {name: float(values.mean()) for name, values in metrics.items()}
 
 
-def export_weights(weights: Path, held_out: str, data_dir: str | None, out: Path) -> Path:
-    """The LightGCN state dict ``weights`` on ``held_out``'s training set, exported to ``out``."""
+def held_out_phase(held_out: str, data_dir: str | None) -> tuple[DatasetSplit, Phase]:
+    """The split and phase that ``DATASET:PHASE`` names."""
     dataset, phase = held_out.split(":")
-    split = split_per_user(load_dataset(dataset, resolve_data_dir(data_dir)), seed=42)
-    train, _ = split.phase(Phase(phase))
+    return split_per_user(load_dataset(dataset, resolve_data_dir(data_dir)), seed=42), Phase(phase)
+
+
+def export_weights(weights: Path, split: DatasetSplit, phase: Phase, out: Path) -> Path:
+    """The LightGCN state dict ``weights`` on ``phase``'s training set, exported to ``out``."""
+    train, _ = split.phase(phase)
     config = BackboneConfig.default_for(BackboneKind.LIGHTGCN)
     model = build_backbone(config, train, torch.Generator().manual_seed(0))
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -275,7 +279,9 @@ def export_weights(weights: Path, held_out: str, data_dir: str | None, out: Path
     )
 
 
-def measure(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+def measure(
+    args: argparse.Namespace, directory: Path, split_phase: tuple[DatasetSplit, Phase] | None
+) -> dict[str, Any]:
     scorers = {layout: scorer_for(layout, directory) for layout in LAYOUTS}
     reference = scorers["float32"]
     everyone = np.arange(reference.num_users, dtype=np.int64)
@@ -283,13 +289,12 @@ def measure(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         everyone, size=min(args.users, everyone.size), replace=False
     )
     held_out = None
-    if args.held_out:
-        dataset, phase = args.held_out.split(":")
-        split = split_per_user(load_dataset(dataset, resolve_data_dir(args.data_dir)), seed=42)
-        train, held_out = split.phase(Phase(phase))
+    if split_phase is not None:
+        split, phase = split_phase
+        train, held_out = split.phase(phase)
         if (train != reference.seen).nnz:
             raise SystemExit(
-                f"{directory}: its seen items are not the {phase} phase's training set"
+                f"{directory}: its seen items are not the {phase.value} phase's training set"
             )
     lists = {layout: top_lists(scorer, everyone) for layout, scorer in scorers.items()}
     timings: dict[str, dict[str, list[float]]] = {
@@ -414,13 +419,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give one of --artifact and --weights (or --rewrite)")
         if args.weights and not args.held_out:
             parser.error("--weights needs --held-out (the phase it was trained for)")
+        split_phase = held_out_phase(args.held_out, args.data_dir) if args.held_out else None
         with tempfile.TemporaryDirectory() as work:
             directory = Path(args.artifact or "")
-            if args.weights:
-                directory = export_weights(
-                    Path(args.weights), args.held_out, args.data_dir, Path(work)
-                )
-            entry = measure(args, directory)
+            if args.weights and split_phase is not None:
+                directory = export_weights(Path(args.weights), *split_phase, Path(work))
+            entry = measure(args, directory, split_phase)
         entries = [e for e in entries if e["artifact"] != entry["artifact"]] + [entry]
         save_json(json_path, entries)
     write_report(entries, out / "resident-types.md")
