@@ -11,6 +11,7 @@ from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone, ncf
 from ciess_core.models.base import Representation
+from ciess_core.recipes import resolve_recipe
 from ciess_core.sizes import SizeAssignment
 from ciess_core.training import TrainConfig, evaluate_model, train_bpr
 
@@ -97,6 +98,12 @@ def test_truncated_computation_equals_zero_padded_full_width(
             rtol=1e-5,
             atol=1e-6,
         )
+
+
+@pytest.mark.parametrize("dataset", ["ml-1m", "yelp2018"])
+def test_recommended_weight_decay_is_the_shipped_recipes(kind: BackboneKind, dataset: str) -> None:
+    recipe = resolve_recipe(dataset, kind.value)
+    assert BackboneConfig.default_for(kind).weight_decay == recipe["weight_decay"]
 
 
 def test_sizes_and_sparsity_accounting(kind: BackboneKind, tiny_train: sp.csr_matrix) -> None:
