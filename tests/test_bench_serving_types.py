@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.serving_types import interval_coverage, median_interval, summarise
+from bench.serving_types import (
+    POOLED_COVERAGE,
+    interval_coverage,
+    load_runs,
+    median_interval,
+    pooled_summary,
+    summarise,
+)
 
 
 @pytest.mark.parametrize(
@@ -52,3 +61,38 @@ def test_verdicts_judge_the_intervals_bound_against_the_margins() -> None:
     behind = summarise(_rows(slower, [r + 0.2 for r in even]), margin=0.03, p99_margin=0.10)
     assert not behind["int8"]["throughput_not_lower"]
     assert not behind["int8"]["p99_not_higher"]
+
+
+def _run(ratios: list[float], p99_ratios: list[float], **setup: Any) -> dict[str, Any]:
+    return {
+        "setup": {"margin": 0.03, "p99_margin": 0.10, **setup},
+        "rows": _rows(ratios, p99_ratios),
+    }
+
+
+def test_runs_pool_their_rounds_at_the_wider_interval() -> None:
+    first = [1.0, 1.01, 0.99, 1.02, 0.98, 1.0, 1.03, 0.97, 1.0, 1.01]
+    second = [1.0 + (i % 5 - 2) / 100 for i in range(20)]
+    pooled = pooled_summary([_run(first, first), _run(second, second)])
+    assert pooled is not None
+    assert pooled["rounds"] == 30  # the second run's rounds 0..9 do not overwrite the first's
+    assert pooled["coverage"] >= POOLED_COVERAGE
+    ratios = sorted(first + second)
+    rank = 8  # P(B(30, 1/2) <= 7) = 0.0026 <= 0.005 < P(B(30, 1/2) <= 8)
+    assert pooled["int8"]["throughput_ratio"]["low"] == ratios[rank - 1]
+    assert pooled["int8"]["p99_ratio"]["high"] == ratios[len(ratios) - rank]
+
+
+def test_a_single_run_or_runs_of_other_setups_do_not_pool() -> None:
+    even = [1.0] * 10
+    assert pooled_summary([_run(even, even)]) is None
+    assert pooled_summary([_run(even, even), _run(even, even, seconds=20)]) is None
+
+
+def test_load_runs_reads_the_first_runs_single_report(tmp_path: Path) -> None:
+    path = tmp_path / "serving-types.json"
+    assert load_runs(path) == []
+    path.write_text(json.dumps({"setup": {}, "rows": []}))
+    assert load_runs(path) == [{"setup": {}, "rows": []}]
+    path.write_text(json.dumps({"runs": [{"a": 1}, {"b": 2}], "pooled": None}))
+    assert load_runs(path) == [{"a": 1}, {"b": 2}]
