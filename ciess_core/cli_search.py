@@ -138,6 +138,11 @@ def run_search_command(arguments: argparse.Namespace) -> int:
     for value in byte_values:  # a ratio is checked here, a count of bytes once the data is read
         if value <= 1.0:
             ByteBudget(value)
+        elif not value.is_integer():
+            raise ConfigError(
+                f"--budget-bytes {value:g}: a value above 1 is a number of bytes and must be "
+                "whole (a ratio of the dense float32 tables lies in (0, 1])"
+            )
     split, fingerprint = load_split(spec.dataset, arguments.data_dir)
     if byte_values:
         rows, size = split.num_users + split.num_items, spec.search.max_size

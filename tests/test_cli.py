@@ -133,6 +133,10 @@ def test_user_mistakes_end_in_one_error_line(
         (["search", "--budget-bytes", "0"], "a byte ratio must lie in (0, 1], got 0.0"),
         (["search", "--budget-bytes", "0.05,-3"], "a byte ratio must lie in (0, 1], got -3.0"),
         (["search", "--budget-bytes", "5%"], "--budget-bytes must be comma-separated numbers"),
+        (
+            ["search", "--budget-bytes", "0.05,1.5"],
+            "--budget-bytes 1.5: a value above 1 is a number",
+        ),
         (["search", "--workers", "0"], "--workers: at least 1 process, got 0"),
         (["export", "nowhere-run", "--out", "x"], "run directory nowhere-run does not exist"),
         (["train", "--sparsity", "0.9"], "--sparsity needs --sizes equal or random"),
