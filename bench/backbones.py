@@ -64,9 +64,10 @@ logger = logging.getLogger("bench.backbones")
 
 
 def machine() -> str:
+    threads = torch.get_num_threads()
     return (
-        f"{cpu_description()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"Python {platform.python_version()}"
+        f"{cpu_description()}, torch {torch.__version__}, "
+        f"{threads} thread{'' if threads == 1 else 's'}, Python {platform.python_version()}"
     )
 
 
