@@ -16,10 +16,15 @@ throughput not lower than float32's by more than ``--margin`` (3 %), p99 not hig
 
     python bench/serving_types.py --artifact ARTIFACT_DIR --rounds 10 --seconds 10
 
+With ``--fresh-servers`` the three servers are started anew at every round and stopped at its
+end, so that the rounds sample server instances as well as loads: a type's ratio then measures
+the type, not the one server it had for the whole run. ``--coverage`` sets the run's interval
+(a later look at a question already asked pays with a wider one).
+
 Each run is added to ``OUT/serving-types.json``, which keeps every run; where there are several
 of one setup, the verdict is read from all their rounds pooled, at a wider interval
 (:data:`POOLED_COVERAGE`), so that a second look cannot turn a miss into a pass by chance alone.
-``OUT/serving-types.md`` shows the pooled verdict and every run (findings from
+``OUT/serving-types.md`` shows the pooled verdicts and every run (findings from
 ``serving-types.notes.md``; ``--rewrite`` rewrites the page alone). Needs wrk.
 """
 
@@ -115,14 +120,41 @@ def summarise(
     return summary
 
 
+#: Setup keys that runs before them did not record, with the value those runs had.
+SETUP_DEFAULTS: dict[str, Any] = {"fresh_servers": False}
+
+
+def same_setup(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    """Whether two runs measured alike (a key one of them lacks counts at its old value)."""
+    return {**SETUP_DEFAULTS, **first} == {**SETUP_DEFAULTS, **second}
+
+
 def pooled_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The verdicts over every round of ``runs`` (all of one setup), at :data:`POOLED_COVERAGE`;
     None for a single run, or for runs whose setups differ."""
-    if len(runs) < 2 or any(run["setup"] != runs[0]["setup"] for run in runs):
+    if len(runs) < 2 or any(not same_setup(run["setup"], runs[0]["setup"]) for run in runs):
         return None
     rows = [{**row, "run": number} for number, run in enumerate(runs) for row in run["rows"]]
     setup = runs[0]["setup"]
     return summarise(rows, setup["margin"], setup["p99_margin"], POOLED_COVERAGE)
+
+
+def pooled_by_setup(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One pooled verdict per setup that two or more of ``runs`` share, with the runs' numbers
+    (from 1, as the page numbers them) under ``runs``."""
+    groups: list[list[int]] = []
+    for number, run in enumerate(runs):
+        group = next((g for g in groups if same_setup(runs[g[0]]["setup"], run["setup"])), None)
+        if group is None:
+            groups.append([number])
+        else:
+            group.append(number)
+    pooled = []
+    for group in groups:
+        summary = pooled_summary([runs[number] for number in group])
+        if summary is not None:
+            pooled.append({"runs": [number + 1 for number in group], **summary})
+    return pooled
 
 
 def load_runs(path: Path) -> list[dict[str, Any]]:
@@ -151,19 +183,29 @@ def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     token = secrets.token_hex(16)
     servers: dict[str, Server] = {}
     rows: list[dict[str, Any]] = []
-    try:
+
+    def start_all() -> None:
         for value_type, folder in served.items():
             state = Path(tempfile.mkdtemp(prefix=f"state-{value_type}-", dir=work))
             servers[value_type] = start_server(
                 "ciess", folder, folder, Path("."), args.workers, state, token
             )
             servers[value_type].wait_ready(args.ready_timeout)
+
+    def stop_all() -> None:
+        for server in servers.values():
+            server.stop()
+        servers.clear()
+
+    try:
         memory = {
             value_type: json.loads((folder / "manifest.json").read_text())["memory"]
             for value_type, folder in served.items()
         }
         order = list(served)
         for round_number in range(args.rounds):
+            if not servers:
+                start_all()
             shift = round_number % len(order)
             for value_type in order[shift:] + order[:shift]:
                 result = run_wrk(
@@ -192,9 +234,10 @@ def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                     f"errors {result['errors']}",
                     flush=True,
                 )
+            if args.fresh_servers:
+                stop_all()
     finally:
-        for server in servers.values():
-            server.stop()
+        stop_all()
     return rows
 
 
@@ -224,7 +267,13 @@ def _run_lines(number: int, run: dict[str, Any]) -> list[str]:
         "",
         f"Artifact: {setup['artifact']} ({setup['backbone']}, {setup['users']:,} users, "
         f"{setup['items']:,} items, sparsity {setup['sparsity']:.4f}). `ciess serve --workers "
-        f"{setup['workers']}` per type, the three servers up side by side; wrk, one thread, "
+        f"{setup['workers']}` per type, the three servers up side by side, "
+        + (
+            "started anew every round"
+            if setup.get("fresh_servers", SETUP_DEFAULTS["fresh_servers"])
+            else "the same servers for every round"
+        )
+        + "; wrk, one thread, "
         f"{setup['connections']} connections, {setup['seconds']:g} s a load after a "
         f"{setup['warmup']:g} s warm-up; k = {setup['k']}; {summary['rounds']} rounds, the order "
         "of the types rotated each round.",
@@ -264,17 +313,19 @@ def _run_lines(number: int, run: dict[str, Any]) -> list[str]:
 
 def write_report(kept: dict[str, Any], out: Path) -> None:
     """``OUT/serving-types.md`` from the JSON twin's runs: the pooled verdict, then every run."""
-    runs, pooled = kept["runs"], kept.get("pooled")
+    runs = kept["runs"]
     lines = ["# Serving speed by value type (int8 and int4 beside float32)", ""]
-    if pooled is not None:
+    for pooled in kept["pooled"]:
+        numbers = pooled["runs"]
+        named = ", ".join(str(n) for n in numbers[:-1]) + f" and {numbers[-1]}"
         lines += [
-            f"## Every run pooled: {pooled['rounds']} rounds",
+            f"## Runs {named} pooled: {pooled['rounds']} rounds",
             "",
-            f"The paired ratios of the {len(runs)} runs below (one setup), median and a "
+            f"The paired ratios of runs {named} (one setup), median and a "
             f"{pooled['coverage']:.1%} distribution-free interval: wider than one run's, because "
-            "each further look at the same question must pay for itself. This is the verdict.",
+            "each further look at the same question must pay for itself.",
             "",
-            *_verdict_lines(pooled, runs[0]["setup"]),
+            *_verdict_lines(pooled, runs[numbers[0] - 1]["setup"]),
             "",
         ]
     for number, run in enumerate(runs, start=1):
@@ -298,6 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--margin", type=float, default=0.03, help="throughput margin")
     parser.add_argument("--p99-margin", type=float, default=0.10, help="p99 margin")
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to /readyz")
+    parser.add_argument(
+        "--fresh-servers",
+        action="store_true",
+        help="start the three servers anew every round (otherwise once, for every round)",
+    )
+    parser.add_argument(
+        "--coverage", type=float, default=0.95, help="least coverage of the run's intervals"
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"), help="report folder")
     parser.add_argument(
         "--rewrite",
@@ -310,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = load_runs(out / "serving-types.json")
         if not runs:
             raise SystemExit(f"{out / 'serving-types.json'} does not exist: nothing to rewrite")
-        write_report({"runs": runs, "pooled": pooled_summary(runs)}, out)
+        write_report({"runs": runs, "pooled": pooled_by_setup(runs)}, out)
         return 0
     if args.artifact is None:
         parser.error("--artifact is required")
@@ -319,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
     if args.rounds < 2:
         raise SystemExit("--rounds must be at least 2")
+    if not 0.5 <= args.coverage < 1.0:
+        raise SystemExit(f"--coverage must be in [0.5, 1), got {args.coverage}")
     work = Path(tempfile.mkdtemp(prefix="serving-types-"))
     try:
         rows = measure(args, work)
@@ -341,12 +402,13 @@ def main(argv: list[str] | None = None) -> int:
             "k": args.k,
             "margin": args.margin,
             "p99_margin": args.p99_margin,
+            "fresh_servers": args.fresh_servers,
         },
-        "summary": summarise(rows, args.margin, args.p99_margin),
+        "summary": summarise(rows, args.margin, args.p99_margin, args.coverage),
         "rows": rows,
     }
     runs = [*load_runs(out / "serving-types.json"), report]
-    kept = {"runs": runs, "pooled": pooled_summary(runs)}
+    kept = {"runs": runs, "pooled": pooled_by_setup(runs)}
     save_json(out / "serving-types.json", kept)
     write_report(kept, out)
     return 0

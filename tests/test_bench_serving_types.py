@@ -13,6 +13,7 @@ from bench.serving_types import (
     interval_coverage,
     load_runs,
     median_interval,
+    pooled_by_setup,
     pooled_summary,
     summarise,
 )
@@ -87,6 +88,18 @@ def test_a_single_run_or_runs_of_other_setups_do_not_pool() -> None:
     even = [1.0] * 10
     assert pooled_summary([_run(even, even)]) is None
     assert pooled_summary([_run(even, even), _run(even, even, seconds=20)]) is None
+
+
+def test_pooling_groups_runs_by_setup_and_a_missing_key_counts_at_its_old_value() -> None:
+    even = [1.0 + (i % 3 - 1) / 100 for i in range(10)]
+    old = _run(even, even)  # recorded before fresh_servers existed
+    same = _run(even, even, fresh_servers=False)
+    fresh = _run(even, even, fresh_servers=True)
+    pooled = pooled_by_setup([old, fresh, same])
+    assert [group["runs"] for group in pooled] == [[1, 3]]
+    assert pooled[0]["rounds"] == 20
+    assert pooled_by_setup([old, fresh]) == []
+    assert [group["runs"] for group in pooled_by_setup([fresh, old, fresh])] == [[1, 3]]
 
 
 def test_load_runs_reads_the_first_runs_single_report(tmp_path: Path) -> None:
