@@ -1,0 +1,387 @@
+"""Rotated truncation: a trained LightGCN turned to its principal axes, then cut to sizes.
+
+LightGCN scores a user and an item by the dot product of their propagated embeddings, and its
+propagation is linear, so turning every ego embedding by one orthogonal matrix ``R`` leaves every
+score as it was. With ``R`` the eigenvectors of ``EᵀE`` (``E`` the ego table), largest
+eigenvalue first, the first ``s`` values of the turned table hold as much of its energy as any
+``s`` directions can, and cutting each entity to its size drops the least.
+
+For a finished byte-budget run (``bench/byte_budgets.py run --backbone lightgcn``), this scores
+its full models turned and cut to every retrained candidate's sizes, stored as the candidate's
+value type, with no training at all, beside what the retraining reached:
+
+    python bench/rotated_truncation.py score --work /work/runs/bytes-ml-1m-lightgcn-clean-cpu-s34
+
+and retrains one candidate from the turned and cut full model instead of a random start, with
+the same recipe (distillation, value type, schedule, early stopping), to compare the batches and
+the validation score with the run's own retraining from scratch:
+
+    python bench/rotated_truncation.py warm --work ... --ratio 0.01 --candidate 0
+
+Rows are kept in ``OUT/rotated-truncation.json`` (a row of the same run, ratio, candidate and
+kind is replaced) and ``OUT/rotated-truncation.md`` is written from them (findings from
+``rotated-truncation.notes.md``; ``report`` rewrites the page alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from backbones import provenance, save_json, write_with_findings
+from cli_help import DefaultsHelp
+
+from ciess_core.data import DatasetSplit, Phase
+from ciess_core.errors import ConfigError
+from ciess_core.models import Backbone
+from ciess_core.pipeline import claim_pipeline_folder, load_split, pipeline_spec
+from ciess_core.runs import RunSpec, fresh_model, phase_distiller
+from ciess_core.search.budgets import ByteBudget
+from ciess_core.search.files import BudgetFolder
+from ciess_core.search.pipeline import PipelineSpec
+from ciess_core.search.retraining import FULL_KIND, run_spec_of
+from ciess_core.search.teachers import TEACHER_DIRECTORIES, load_full_model
+from ciess_core.sizes import SizeAssignment
+from ciess_core.training import TrainResult, evaluate_model, train_bpr
+
+logger = logging.getLogger("bench.rotated_truncation")
+METRIC = "ndcg@20"
+
+
+def principal_rotation(table: torch.Tensor) -> torch.Tensor:
+    """The orthogonal matrix whose columns are the eigenvectors of ``tableᵀ table``, largest
+    eigenvalue first."""
+    values, vectors = torch.linalg.eigh(table.T.double() @ table.double())
+    return vectors[:, torch.argsort(values, descending=True)].to(table.dtype)
+
+
+def rotate_and_cut(model: Backbone, sizes: SizeAssignment) -> None:
+    """Turn ``model``'s one table (LightGCN's users-then-items ego embeddings) to its principal
+    axes, then cut every entity to its size."""
+    (table,) = model.tables()
+    with torch.no_grad():
+        table.weight.copy_(table.weight @ principal_rotation(table.weight))
+    model.set_size_assignment(sizes)
+
+
+def run_folder(work: Path) -> tuple[str, PipelineSpec, Path]:
+    """The run id, pipeline spec and pipeline folder of the byte-budget run in ``work`` (the
+    shipped recipe of its dataset and backbone, checked against the folder's ``spec.json``)."""
+    pipeline = work / "pipeline"
+    stored = json.loads((pipeline / "spec.json").read_text())
+    if stored["backbone"]["kind"] != "lightgcn" or stored["protocol"] != "clean":
+        raise SystemExit(
+            f"{work} ran {stored['backbone']['kind']} under the {stored['protocol']} protocol: "
+            "this measures LightGCN (whose scores a rotation keeps) under the clean protocol"
+        )
+    spec = pipeline_spec(
+        stored["dataset"],
+        "lightgcn",
+        byte_ratios=tuple(stored["byte_ratios"]),
+    )
+    try:
+        claim_pipeline_folder(pipeline, spec)  # the folder's spec exists: this only compares
+    except ConfigError as error:
+        raise SystemExit(f"{error}: not the shipped recipe") from None
+    return (work / "run_id.txt").read_text().strip(), spec, pipeline
+
+
+def retrained_candidates(pipeline: Path, ratio: float) -> list[dict[str, Any]]:
+    """The records of ``ratio``'s retrained candidates (not the full models), with their sizes."""
+    folder = BudgetFolder.of(pipeline, ByteBudget(ratio))
+    records = []
+    index = 0
+    while (record := folder.candidate_record(index)) is not None:
+        if record["kind"] != FULL_KIND:
+            records.append({**record, "sizes": folder.candidate(index)})
+        index += 1
+    return records
+
+
+def phase_score(model: Backbone, split: DatasetSplit, phase: Phase, value_type: str) -> float:
+    train, held_out = split.phase(phase)
+    return float(evaluate_model(model, train, held_out, value_type=value_type).mean()[METRIC])
+
+
+def score_rows(work: Path, split: DatasetSplit) -> list[dict[str, Any]]:
+    """One row per retrained candidate of every ratio: the turned and cut full models' validation
+    (stage 1's model) and test (the test phase's teacher) score, untrained."""
+    run_id, spec, pipeline = run_folder(work)
+    phases = {
+        Phase.SEARCH: pipeline / "full",
+        Phase.TEST: pipeline / TEACHER_DIRECTORIES[Phase.TEST],
+    }
+    full = {
+        phase: phase_score(load_full_model(spec, split, folder, phase), split, phase, "float32")
+        for phase, folder in phases.items()
+    }
+    rows = []
+    for ratio in spec.byte_ratios:
+        result = BudgetFolder.of(pipeline, ByteBudget(ratio)).result()
+        if result is None:
+            raise SystemExit(f"{pipeline}: ratio {ratio} has not finished its retraining")
+        for record in retrained_candidates(pipeline, ratio):
+            started = time.perf_counter()
+            scores = {}
+            for phase, folder in phases.items():
+                model = load_full_model(spec, split, folder, phase)
+                rotate_and_cut(model, record["sizes"])
+                scores[phase] = phase_score(model, split, phase, record["value_type"])
+            picked = record["candidate"] == result["chosen"]
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "dataset": spec.dataset,
+                    "kind": "score",
+                    "byte_ratio": ratio,
+                    "candidate": record["candidate"],
+                    "sizes": record["kind"],
+                    "value_type": record["value_type"],
+                    "bytes": record["bytes"],
+                    "full_valid": full[Phase.SEARCH],
+                    "full_test": full[Phase.TEST],
+                    "rotated_valid": scores[Phase.SEARCH],
+                    "rotated_test": scores[Phase.TEST],
+                    "retrained_valid": record["valid"][METRIC],
+                    "retrained_test": result["test"][METRIC] if picked else None,
+                    "seconds": round(time.perf_counter() - started, 2),
+                }
+            )
+            logger.info("%s", rows[-1])
+    return rows
+
+
+def _selection(
+    model: Backbone, split: DatasetSplit, run_spec: RunSpec, teacher: Backbone
+) -> TrainResult:
+    """The clean protocol's selection stage as the pipeline runs it for a candidate: trained on
+    train, distilled from stage 1's full model, early-stopped and selected on validation."""
+    search_train, valid = split.phase(Phase.SEARCH)
+    return train_bpr(
+        model,
+        search_train,
+        run_spec.training,
+        held_out=valid,
+        progress=False,
+        distiller=phase_distiller(run_spec, {Phase.SEARCH: teacher}, Phase.SEARCH, search_train),
+    )
+
+
+def _stage(result: TrainResult) -> dict[str, Any]:
+    return {
+        "valid": result.best_metrics[METRIC],
+        "best_batch": result.best_batch,
+        "batches_run": result.batches_run,
+        "seconds": round(result.seconds, 1),
+        "history": [[r.batch, round(r.metrics[METRIC], 5)] for r in result.history],
+    }
+
+
+def _warm_test(
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    pipeline: Path,
+    run_spec: RunSpec,
+    sizes: SizeAssignment,
+    batches: int,
+) -> float:
+    """The clean protocol's test phase from the warm start: the test phase's teacher turned and
+    cut to ``sizes``, trained on train ∪ validation for the ``batches`` selected (distilled from
+    that teacher), then tested once."""
+    test_train, _ = split.phase(Phase.TEST)
+    teacher = load_full_model(spec, split, pipeline / TEACHER_DIRECTORIES[Phase.TEST], Phase.TEST)
+    model = fresh_model(run_spec, test_train, sizes)
+    model.load_state_dict(teacher.state_dict())
+    rotate_and_cut(model, sizes)
+    train_bpr(
+        model,
+        test_train,
+        dataclasses.replace(run_spec.training, max_batches=batches, eval_every=0),
+        progress=False,
+        distiller=phase_distiller(run_spec, {Phase.TEST: teacher}, Phase.TEST, test_train),
+    )
+    return phase_score(model, split, Phase.TEST, run_spec.training.value_type)
+
+
+def warm_row(work: Path, split: DatasetSplit, ratio: float, index: int) -> dict[str, Any]:
+    """Retrain candidate ``index`` of ``ratio`` twice in this process, as the pipeline's
+    selection stage does: from the random start (which repeats the run's own retraining) and from
+    stage 1's full model turned and cut to the candidate's sizes."""
+    run_id, spec, pipeline = run_folder(work)
+    folder = BudgetFolder.of(pipeline, ByteBudget(ratio))
+    record = folder.candidate_record(index)
+    if record is None or record["kind"] == FULL_KIND:
+        raise SystemExit(f"{folder.path}: no retrained candidate {index}")
+    sizes = folder.candidate(index)
+    run_spec = run_spec_of(spec, ByteBudget(ratio), record)
+    search_train, _ = split.phase(Phase.SEARCH)
+    teacher = load_full_model(spec, split, pipeline / "full")
+    scratch = _selection(fresh_model(run_spec, search_train, sizes), split, run_spec, teacher)
+    model = fresh_model(run_spec, search_train, sizes)
+    model.load_state_dict(teacher.state_dict())
+    rotate_and_cut(model, sizes)
+    start_score = phase_score(model, split, Phase.SEARCH, record["value_type"])
+    warm = _selection(model, split, run_spec, teacher)
+    result = folder.result() or {}
+    return {
+        "run_id": run_id,
+        "dataset": spec.dataset,
+        "kind": "warm",
+        "byte_ratio": ratio,
+        "candidate": index,
+        "sizes": record["kind"],
+        "value_type": record["value_type"],
+        "bytes": record["bytes"],
+        "threads": torch.get_num_threads(),
+        "start_valid": start_score,
+        "warm": _stage(warm),
+        "scratch": _stage(scratch),
+        "warm_test": _warm_test(spec, split, pipeline, run_spec, sizes, max(warm.best_batch, 1)),
+        "recorded_scratch_test": (
+            result["test"][METRIC] if result.get("chosen") == index else None
+        ),
+        "recorded_scratch_valid": record["valid"][METRIC],
+        "recorded_scratch_best_batch": record["stages"]["select"]["best_batch"],
+    }
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["run_id"], row["kind"], row["byte_ratio"], row["candidate"])
+
+
+def _share(value: float, full: float) -> str:
+    return f"{value:.4f} ({value / full:.1%})"
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """The page: the untrained scores per run, then the warm-started retrainings."""
+    lines = ["# Rotated truncation of LightGCN: no training, and a warm start", ""]
+    rows = report["rows"]
+    for run_id in sorted({row["run_id"] for row in rows}):
+        scored = [r for r in rows if r["run_id"] == run_id and r["kind"] == "score"]
+        if scored:
+            first = scored[0]
+            lines += [
+                f"## {first['dataset']}, run `{run_id}`: turned and cut, no training",
+                "",
+                f"N@20 (share of the full float32 model's: validation {first['full_valid']:.4f}"
+                f", test {first['full_test']:.4f}), each candidate stored as its value type. "
+                "Retrained: the run's own retraining from a random start; the run tests only "
+                "its pick.",
+                "",
+                "| ratio | sizes | value type | bytes | turned and cut, valid | retrained, valid "
+                "| turned and cut, test | retrained (the pick), test |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for r in sorted(scored, key=lambda r: (-r["byte_ratio"], r["candidate"])):
+                tested = r["retrained_test"]
+                lines.append(
+                    f"| {r['byte_ratio']} | {r['sizes']} | {r['value_type']} | {r['bytes']:,} | "
+                    f"{_share(r['rotated_valid'], r['full_valid'])} | "
+                    f"{_share(r['retrained_valid'], r['full_valid'])} | "
+                    f"{_share(r['rotated_test'], r['full_test'])} | "
+                    + ("—" if tested is None else _share(tested, r["full_test"]))
+                    + " |"
+                )
+            lines.append("")
+        warmed = [r for r in rows if r["run_id"] == run_id and r["kind"] == "warm"]
+        if warmed:
+            lines += [
+                f"## {warmed[0]['dataset']}, run `{run_id}`: retrained from the turned and cut "
+                "model",
+                "",
+                "Validation N@20 of the selection stage, the same recipe from either start, both "
+                "trained one after the other in one process; the last column is the run's own "
+                "retraining from the random start, which the scratch column repeats.",
+                "",
+                "| ratio | sizes | value type | start | warm: best (batch of) | seconds "
+                "| scratch: best (batch of) | seconds | the run's scratch: best (batch) "
+                "| test, warm | test, the run's (its pick) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for r in sorted(warmed, key=lambda r: (-r["byte_ratio"], r["candidate"])):
+                warm, scratch = r["warm"], r["scratch"]
+                lines.append(
+                    f"| {r['byte_ratio']} | {r['sizes']} | {r['value_type']} | "
+                    f"{r['start_valid']:.4f} | {warm['valid']:.4f} ({warm['best_batch']} of "
+                    f"{warm['batches_run']}) | {warm['seconds']:.0f} | {scratch['valid']:.4f} "
+                    f"({scratch['best_batch']} of {scratch['batches_run']}) | "
+                    f"{scratch['seconds']:.0f} | {r['recorded_scratch_valid']:.4f} "
+                    f"({r['recorded_scratch_best_batch']}) | "
+                    + " | ".join(
+                        "—" if r.get(key) is None else f"{r[key]:.4f}"
+                        for key in ("warm_test", "recorded_scratch_test")
+                    )
+                    + " |"
+                )
+            lines.append("")
+    lines += [
+        f"Machine: {report['machine']}; {report['date']}. Commands: "
+        + "; ".join(f"`{c}`" for c in report["commands"])
+        + "."
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelp)
+    parser.add_argument(
+        "command",
+        choices=("score", "warm", "report"),
+        help="report: only rewrite the page from its JSON twin (after editing its notes)",
+    )
+    parser.add_argument("--work", help="a byte-budget run's --work folder (score, warm)")
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--ratio", type=float, help="warm: the byte ratio")
+    parser.add_argument("--candidate", type=int, help="warm: the candidate's index")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"), help="report folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    out = Path(args.out)
+    if args.command == "report":
+        kept_path = out / "rotated-truncation.json"
+        if not kept_path.exists():
+            raise SystemExit(f"{kept_path} does not exist: nothing to rewrite")
+        page = report_lines(json.loads(kept_path.read_text()))
+        write_with_findings(out / "rotated-truncation.md", page)
+        return 0
+    if args.work is None:
+        parser.error(f"{args.command} needs --work")
+    work = Path(args.work)
+    _, spec, _ = run_folder(work)
+    split, _ = load_split(spec.dataset, args.data_dir)
+    if args.command == "score":
+        new = score_rows(work, split)
+    else:
+        if args.ratio is None or args.candidate is None:
+            parser.error("warm needs --ratio and --candidate")
+        new = [warm_row(work, split, args.ratio, args.candidate)]
+    path = out / "rotated-truncation.json"
+    kept = json.loads(path.read_text()) if path.exists() else {"rows": [], "commands": []}
+    keys = {_key(row) for row in new}
+    made = provenance()
+    report = {
+        "machine": made["machine"],
+        "date": made["date"],
+        "commands": [*[c for c in kept["commands"] if c != made["command"]], made["command"]],
+        "rows": [row for row in kept["rows"] if _key(row) not in keys] + new,
+    }
+    save_json(path, report)
+    write_with_findings(out / "rotated-truncation.md", report_lines(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
