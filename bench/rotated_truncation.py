@@ -12,7 +12,9 @@ value type, with no training at all, beside what the retraining reached:
 
     python bench/rotated_truncation.py score --work /work/runs/bytes-ml-1m-lightgcn-clean-cpu-s34
 
-and retrains one candidate from the turned and cut full model instead of a random start, with
+``score-equal`` does the same at the widest equal size each value type can store within each
+ratio (it needs only the run's full models, not its retrainings), and ``warm``
+retrains one candidate from the turned and cut full model instead of a random start, with
 the same recipe (distillation, value type, schedule, early stopping), to compare the batches and
 the validation score with the run's own retraining from scratch:
 
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +57,7 @@ from ciess_core.search.pipeline import PipelineSpec
 from ciess_core.search.retraining import FULL_KIND, run_spec_of
 from ciess_core.search.teachers import TEACHER_DIRECTORIES, load_full_model
 from ciess_core.sizes import SizeAssignment
+from ciess_core.storage import VALUE_TYPES
 from ciess_core.training import TrainResult, evaluate_model, train_bpr
 
 logger = logging.getLogger("bench.rotated_truncation")
@@ -160,6 +164,78 @@ def score_rows(work: Path, split: DatasetSplit) -> list[dict[str, Any]]:
                 }
             )
             logger.info("%s", rows[-1])
+    return rows
+
+
+def equal_width(split: DatasetSplit, spec: PipelineSpec, ratio: float, value_type: str) -> int:
+    """The largest size d that every user and item can keep, stored as ``value_type``, within
+    byte ratio ``ratio`` (0 where not even d = 1 fits)."""
+    tables, width = spec.backbone_tables, spec.backbone.max_size
+    allowed = ByteBudget(ratio).allowed_bytes(split.num_users + split.num_items, width, tables)
+    fitting = [
+        d
+        for d in range(1, width + 1)
+        if _equal(split, d, width).bytes(value_type, tables) <= allowed
+    ]
+    return max(fitting, default=0)
+
+
+def _equal(split: DatasetSplit, size: int, width: int) -> SizeAssignment:
+    return SizeAssignment(np.full(split.num_users, size), np.full(split.num_items, size), width)
+
+
+def equal_rows(work: Path, split: DatasetSplit) -> list[dict[str, Any]]:
+    """One row per ratio: stage 1's full model turned and cut to the widest equal size that each
+    value type can store within the ratio, scored on validation; the type that validates best
+    is then tested once (the test phase's teacher, turned and cut alike) when that teacher is
+    trained."""
+    run_id, spec, pipeline = run_folder(work)
+    teacher_folder = pipeline / TEACHER_DIRECTORIES[Phase.TEST]
+    tested = (teacher_folder / "model.pt").exists()
+    stage_one = load_full_model(spec, split, pipeline / "full")
+    full_valid = phase_score(stage_one, split, Phase.SEARCH, "float32")
+    full_test = None
+    if tested:
+        test_model = load_full_model(spec, split, teacher_folder, Phase.TEST)
+        full_test = phase_score(test_model, split, Phase.TEST, "float32")
+    rows = []
+    for ratio in spec.byte_ratios:
+        started = time.perf_counter()
+        scored: dict[str, tuple[int, float]] = {}
+        for value_type in VALUE_TYPES:
+            size = equal_width(split, spec, ratio, value_type)
+            if size == 0:
+                continue
+            model = load_full_model(spec, split, pipeline / "full")
+            rotate_and_cut(model, _equal(split, size, spec.backbone.max_size))
+            scored[value_type] = (size, phase_score(model, split, Phase.SEARCH, value_type))
+        best = max(scored, key=lambda t: scored[t][1])
+        size, valid = scored[best]
+        sizes = _equal(split, size, spec.backbone.max_size)
+        test = None
+        if tested:
+            model = load_full_model(spec, split, teacher_folder, Phase.TEST)
+            rotate_and_cut(model, sizes)
+            test = phase_score(model, split, Phase.TEST, best)
+        rows.append(
+            {
+                "run_id": run_id,
+                "dataset": spec.dataset,
+                "kind": "equal",
+                "byte_ratio": ratio,
+                "candidate": -1,
+                "value_type": best,
+                "size": size,
+                "bytes": sizes.bytes(best, spec.backbone_tables),
+                "full_valid": full_valid,
+                "full_test": full_test,
+                "valid_by_value_type": {t: v for t, (_, v) in scored.items()},
+                "rotated_valid": valid,
+                "rotated_test": test,
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        )
+        logger.info("%s", rows[-1])
     return rows
 
 
@@ -296,6 +372,36 @@ def report_lines(report: dict[str, Any]) -> list[str]:
                     + " |"
                 )
             lines.append("")
+        equal = [r for r in rows if r["run_id"] == run_id and r["kind"] == "equal"]
+        if equal:
+            first = equal[0]
+            full_test = first["full_test"]
+            lines += [
+                f"## {first['dataset']}, run `{run_id}`: turned and cut to equal sizes, no "
+                "training",
+                "",
+                "Every user and item keeps the widest size d that the value type can store within "
+                "the ratio; the type is picked on validation and only the pick is tested"
+                + (
+                    " (the test phase's teacher is not trained yet: no test)."
+                    if full_test is None
+                    else "."
+                )
+                + f" Full float32 model: validation {first['full_valid']:.4f}"
+                + ("" if full_test is None else f", test {full_test:.4f}")
+                + ".",
+                "",
+                "| ratio | picked type | d | bytes | valid | test |",
+                "|---|---|---|---|---|---|",
+            ]
+            for r in sorted(equal, key=lambda r: -r["byte_ratio"]):
+                lines.append(
+                    f"| {r['byte_ratio']} | {r['value_type']} | {r['size']} | {r['bytes']:,} | "
+                    f"{_share(r['rotated_valid'], r['full_valid'])} | "
+                    + ("—" if full_test is None else _share(r["rotated_test"], full_test))
+                    + " |"
+                )
+            lines.append("")
         warmed = [r for r in rows if r["run_id"] == run_id and r["kind"] == "warm"]
         if warmed:
             lines += [
@@ -339,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelp)
     parser.add_argument(
         "command",
-        choices=("score", "warm", "report"),
+        choices=("score", "score-equal", "warm", "report"),
         help="report: only rewrite the page from its JSON twin (after editing its notes)",
     )
     parser.add_argument("--work", help="a byte-budget run's --work folder (score, warm)")
@@ -364,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     split, _ = load_split(spec.dataset, args.data_dir)
     if args.command == "score":
         new = score_rows(work, split)
+    elif args.command == "score-equal":
+        new = equal_rows(work, split)
     else:
         if args.ratio is None or args.candidate is None:
             parser.error("warm needs --ratio and --candidate")

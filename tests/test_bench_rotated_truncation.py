@@ -3,12 +3,18 @@ turned table keeps more of them than cutting the table as trained."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import cast
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from bench.rotated_truncation import principal_rotation, rotate_and_cut
+from bench.rotated_truncation import equal_width, principal_rotation, rotate_and_cut
+from ciess_core.data import DatasetSplit
 from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
+from ciess_core.pipeline import pipeline_spec
+from ciess_core.search.budgets import ByteBudget
 from ciess_core.sizes import SizeAssignment
 
 USERS, ITEMS, WIDTH = 30, 20, 16
@@ -60,3 +66,18 @@ def test_cutting_the_turned_table_keeps_the_scores_better_than_cutting_it_as_tra
         return float(((_scores(model) - full) ** 2).mean())
 
     assert error(turned) < 0.1 * error(cut)
+
+
+def test_the_equal_width_is_the_widest_that_fits_the_byte_budget() -> None:
+    spec = pipeline_spec("ml-1m", "lightgcn", byte_ratios=(0.05,))
+    split = cast(DatasetSplit, SimpleNamespace(num_users=600, num_items=400))
+    budget = ByteBudget(0.05).allowed_bytes(1000, spec.backbone.max_size, spec.backbone_tables)
+    for value_type in ("float32", "int8", "int4-table"):
+        width = equal_width(split, spec, 0.05, value_type)
+
+        def stored(size: int, value_type: str = value_type) -> int:
+            sizes = SizeAssignment(np.full(600, size), np.full(400, size), spec.backbone.max_size)
+            return sizes.bytes(value_type, spec.backbone_tables)
+
+        assert 1 <= width < spec.backbone.max_size
+        assert stored(width) <= budget < stored(width + 1)
