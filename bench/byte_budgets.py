@@ -21,6 +21,8 @@ Usage:
   within the ratio, float32, trained and tested under the same protocol.
 
 Every row: `bytes` (stored embedding bytes, every file) ≤ `byte_ratio` × `dense_fp32_bytes`.
+`--retrain-start teacher` starts the planner's retrainings from each phase's teacher turned to
+its principal axes (LightGCN; the baselines always start from random weights).
 `--reuse DIR` copies the full model, its teachers and the supernet from an earlier pipeline
 folder of the same recipe (they do not depend on the budgets), to spare their hours.
 Rows go to `docs/benchmarks/bytes.json`; `report` rewrites `docs/benchmarks/bytes.md` and a PNG
@@ -30,6 +32,7 @@ per dataset and backbone under `docs/benchmarks/plots/`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -52,7 +55,7 @@ from ciess_core.json_form import jsonable
 from ciess_core.models import Backbone
 from ciess_core.pipeline import claim_pipeline_folder, load_split, pipeline_spec
 from ciess_core.pruning import kept_within, magnitude_mask, pruned_bytes
-from ciess_core.runs import RunSpec, execute_run
+from ciess_core.runs import RunSpec, Start, execute_run
 from ciess_core.search.budgets import ByteBudget, sparsity_of
 from ciess_core.search.files import chosen_candidate
 from ciess_core.search.parallel import StageRunner
@@ -277,6 +280,8 @@ def run(arguments: argparse.Namespace) -> None:
         protocol=protocol,
         byte_ratios=tuple(arguments.ratios),
     )
+    if arguments.retrain_start is not None:
+        spec = dataclasses.replace(spec, retrain_start=Start(arguments.retrain_start))
     work = work_dir(arguments)
     run_id = run_id_for(work)
     pipeline = work / "pipeline"
@@ -310,6 +315,7 @@ def run(arguments: argparse.Namespace) -> None:
         "device": arguments.device,
         **provenance(),
         "config": "default" if arguments.config is None else f"custom: {arguments.config}",
+        "retrain_start": spec.retrain_start.value,
         "pipeline_timings": summary["timings"],
     }
     finished = []
@@ -373,6 +379,11 @@ def main() -> None:
         help="byte ratios to run (the reference protocol's comparison needs only 0.05)",
     )
     runner.add_argument("--results", help="rows file instead of docs/benchmarks/bytes.json")
+    runner.add_argument(
+        "--retrain-start",
+        choices=[start.value for start in Start],
+        help="where the planner's retrainings start (default: the recipe's, PipelineSpec)",
+    )
     commands.add_parser("report", help="rewrite bytes.md and its plots from bytes.json")
     merger = commands.add_parser("merge", help="add a --results file's rows to bytes.json")
     merger.add_argument("rows", type=Path, help="rows file written by run --results")

@@ -46,7 +46,11 @@ logger = logging.getLogger(__name__)
 
 SPLIT_SEED = 42
 
-_LATER_DEFAULTS = {("byte_ratios",): [], ("training", "value_type"): "float32"}
+_LATER_DEFAULTS = {
+    ("byte_ratios",): [],
+    ("training", "value_type"): "float32",
+    ("retrain_start",): "random",
+}
 """Settings added to the spec after folders were written without them, with the value that an
 older folder's pipeline had (those folders resume)."""
 

@@ -21,7 +21,7 @@ import torch
 
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
-from ciess_core.models import Backbone, BackboneConfig, build_backbone
+from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
 from ciess_core.sizes import SizeAssignment, SizeScheme, assign_sizes
 from ciess_core.storage import VALUE_TYPES
 from ciess_core.training import TrainConfig, TrainResult, evaluate_model, train_bpr
@@ -99,7 +99,7 @@ class Protocol(enum.Enum):
         final_config = dataclasses.replace(
             spec.training, max_batches=selected_batches, eval_every=0
         )
-        model = fresh_model(spec, test_train, sizes)
+        model = starting_model(spec, test_train, sizes, teachers, Phase.TEST)
         final = train_bpr(
             model, test_train, final_config, progress=progress, distiller=test_distiller
         )
@@ -123,12 +123,26 @@ class Protocol(enum.Enum):
         return model, outcome, history
 
 
+class Start(enum.Enum):
+    """Where a run's models start training.
+
+    RANDOM: fresh random weights, seeded by the training seed (the paper's). TEACHER: the
+    phase's teacher (the full model that distillation follows in that phase) turned to its
+    principal axes (:meth:`~ciess_core.models.Backbone.turn_to_principal_axes`) and cut to the
+    run's sizes; only a backbone whose scores survive the turn can (LightGCN).
+    """
+
+    RANDOM = "random"
+    TEACHER = "teacher"
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that defines one training run.
 
     ``distillation``: when set, every training stage also follows a teacher (passed to
-    :func:`execute_run`), see :mod:`ciess_core.training.distillation`.
+    :func:`execute_run`), see :mod:`ciess_core.training.distillation`. ``start``: where every
+    stage's model starts (:class:`Start`); from the teacher, the phases' teachers must be given.
     """
 
     dataset: str
@@ -139,6 +153,14 @@ class RunSpec:
     protocol: RunProtocol = Protocol.CLEAN
     split_seed: int = 42
     distillation: DistillationConfig | None = None
+    start: Start = Start.RANDOM
+
+    def __post_init__(self) -> None:
+        if self.start is Start.TEACHER and self.backbone.kind is not BackboneKind.LIGHTGCN:
+            raise ConfigError(
+                f"start 'teacher' turns the teacher's tables, which keeps the scores of LightGCN "
+                f"only; this run's backbone is {self.backbone.kind.value}"
+            )
 
 
 @dataclass(frozen=True)
@@ -173,6 +195,34 @@ def fresh_model(spec: RunSpec, train: sp.csr_matrix, sizes: SizeAssignment) -> B
     device = _device(spec)
     generator = torch.Generator(device=device).manual_seed(spec.training.seed)
     model = build_backbone(spec.backbone, train, generator)
+    model.set_size_assignment(sizes)
+    return model
+
+
+def starting_model(
+    spec: RunSpec,
+    train: sp.csr_matrix,
+    sizes: SizeAssignment,
+    teachers: Teachers | None,
+    phase: Phase,
+) -> Backbone:
+    """The model that ``phase``'s training starts from, with ``sizes``: a fresh one
+    (:func:`fresh_model`), or with :attr:`Start.TEACHER` the phase's teacher turned to its
+    principal axes and cut to ``sizes``.
+
+    Raises:
+        ConfigError: the run starts from a teacher and none was given for ``phase``.
+    """
+    model = fresh_model(spec, train, sizes)
+    if spec.start is Start.RANDOM:
+        return model
+    teacher = None if teachers is None else teachers.get(phase)
+    if teacher is None:
+        raise ConfigError(
+            f"the run starts from the teacher but no teacher was given for the {phase.value} phase"
+        )
+    model.load_state_dict(teacher.state_dict())
+    model.turn_to_principal_axes()
     model.set_size_assignment(sizes)
     return model
 
@@ -217,7 +267,7 @@ def select_on_validation(
     """The clean protocol's first stage: train on train, early-stop and select on validation.
     Returns the model at its selected batch and the training's result."""
     search_train, valid = split.phase(Phase.SEARCH)
-    model = fresh_model(spec, search_train, sizes)
+    model = starting_model(spec, search_train, sizes, teachers, Phase.SEARCH)
     return model, train_bpr(
         model,
         search_train,
@@ -279,7 +329,7 @@ def train_deployment(
     if batches < 1:
         raise ConfigError(f"the deployment model needs at least 1 batch, got {batches}")
     everything, _ = split.phase(Phase.DEPLOY)
-    model = fresh_model(spec, everything, sizes)
+    model = starting_model(spec, everything, sizes, teachers, Phase.DEPLOY)
     config = dataclasses.replace(spec.training, max_batches=batches, eval_every=0)
     result = train_bpr(
         model,

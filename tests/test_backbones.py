@@ -211,3 +211,28 @@ def evaluate_random(
 
     scores = torch.from_numpy(rng.random(train.shape).astype(np.float32))
     return evaluate_full_ranking(lambda users: scores[users], train, held_out).mean()["recall@20"]
+
+
+def test_only_lightgcn_turns_to_principal_axes_and_keeps_every_score(
+    kind: BackboneKind, tiny_train: sp.csr_matrix
+) -> None:
+    """The turn keeps LightGCN's scores and orders its columns by energy; a backbone whose
+    scores a turn would change, or a model already cut, refuses."""
+    model = make_model(kind, tiny_train)
+    if kind is not BackboneKind.LIGHTGCN:
+        with pytest.raises(ConfigError, match="scores change"):
+            model.turn_to_principal_axes()
+        return
+    with torch.no_grad():  # a table with unequal column energies, as training leaves it
+        model.tables()[0].weight.mul_(torch.linspace(0.2, 3.0, model.max_size))
+        before = model.score_all_items(model.represent(), torch.arange(model.num_users))
+        model.turn_to_principal_axes()
+        after = model.score_all_items(model.represent(), torch.arange(model.num_users))
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    energy = model.tables()[0].weight.detach().pow(2).sum(dim=0)
+    assert torch.all(energy[:-1] >= energy[1:] * (1 - 1e-5))
+    sizes = torch.full((model.num_entities,), model.max_size)
+    sizes[0] = 3
+    model.set_embedding_sizes(sizes)
+    with pytest.raises(ConfigError, match="full size"):
+        model.turn_to_principal_axes()

@@ -15,9 +15,10 @@ import torch
 from ciess_core import runs
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError, DataError
-from ciess_core.models import BackboneConfig
+from ciess_core.models import BackboneConfig, BackboneKind
+from ciess_core.pipeline import claim_pipeline_folder
 from ciess_core.run_folder import MODEL_FILE, RUN_FORMAT_VERSION, read_run
-from ciess_core.runs import Protocol, RunProtocol
+from ciess_core.runs import Protocol, RunProtocol, Start
 from ciess_core.search import ItemQuality, SearchConfig
 from ciess_core.search.evaluators import RandomSizeDraws
 from ciess_core.search.files import BudgetFolder
@@ -330,6 +331,37 @@ def test_distilled_retraining_follows_the_kept_full_model(
     shutil.rmtree(tmp_path / "kd" / "budget-0.8")
     with pytest.raises(ConfigError, match=r"model\.pt is missing"):
         run_pipeline(spec, clustered_split, tmp_path / "kd", progress=False)
+
+
+def test_retraining_from_the_turned_teachers_resumes_old_folders_and_needs_their_teachers(
+    clustered_split: DatasetSplit, tmp_path: Path
+) -> None:
+    """``retrain_start`` TEACHER retrains every candidate from its phase's teacher: the search
+    is the random start's, the retrained models are not. A folder written before the setting
+    existed resumes as the random start it ran; the setting needs distillation and LightGCN."""
+    random_start = dataclasses.replace(tiny_spec(), distillation=DistillationConfig(top_k=10))
+    random_start = dataclasses.replace(
+        random_start, search=dataclasses.replace(random_start.search, budgets=(0.8,))
+    )
+    warm_start = dataclasses.replace(random_start, retrain_start=Start.TEACHER)
+    claim_pipeline_folder(tmp_path / "old", random_start)
+    stored = json.loads((tmp_path / "old" / "spec.json").read_text())
+    del stored["retrain_start"]
+    (tmp_path / "old" / "spec.json").write_text(json.dumps(stored))
+    claim_pipeline_folder(tmp_path / "old", random_start)  # an older folder resumes
+    with pytest.raises(ConfigError, match="other settings"):
+        claim_pipeline_folder(tmp_path / "old", warm_start)
+    scratch = run_pipeline(random_start, clustered_split, tmp_path / "old", progress=False)
+    warm = run_pipeline(warm_start, clustered_split, tmp_path / "warm", progress=False)
+    assert _untimed_trace(tmp_path / "warm") == _untimed_trace(tmp_path / "old")
+    assert warm["budgets"]["0.8"]["test"] != scratch["budgets"]["0.8"]["test"]
+    assert warm["budgets"]["0.8"]["achieved_sparsity"] >= 0.8 - 1e-9
+    with pytest.raises(ConfigError, match="only a pipeline that distils"):
+        dataclasses.replace(tiny_spec(), retrain_start=Start.TEACHER)
+    with pytest.raises(ConfigError, match="LightGCN only"):
+        dataclasses.replace(
+            warm_start, backbone=BackboneConfig(kind=BackboneKind.NGCF, max_size=MAX_SIZE)
+        )
 
 
 def check_the_test_phase_teacher_is_trained_once(

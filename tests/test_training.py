@@ -3,6 +3,7 @@ protocol."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,8 @@ import torch
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError, DataError
 from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
-from ciess_core.runs import Protocol, RunSpec, execute_run
+from ciess_core.models.rotation import principal_rotation
+from ciess_core.runs import Protocol, RunSpec, Start, execute_run, starting_model
 from ciess_core.sizes import SizeAssignment
 from ciess_core.storage import VALUE_TYPES
 from ciess_core.training import BprSampler, TrainConfig, bpr_loss, evaluate_model, train_bpr
@@ -158,6 +160,40 @@ def test_the_clean_protocol_selects_on_validation_then_trains_the_tested_model_o
     assert known.valid_by_value_type == {}  # nothing selected, nothing measured
     assert known.test_metrics == outcome.test_metrics
     _assert_same_weights(model.state_dict(), again.state_dict())
+
+
+def test_a_run_started_from_its_teacher_starts_from_the_turned_and_cut_teacher(
+    clustered_split: DatasetSplit,
+) -> None:
+    """With ``Start.TEACHER`` a phase's model starts as that phase's teacher turned to its
+    principal axes and cut to the run's sizes: it ranks far better than a random start before
+    any training. Without the phase's teacher, or with a backbone the turn does not keep,
+    the run refuses."""
+    training = TrainConfig(batch_size=128, max_batches=60, eval_every=0, learning_rate=0.02, seed=3)
+    spec = RunSpec(dataset="generated", backbone=BackboneConfig(max_size=16), training=training)
+    train, valid = clustered_split.phase(Phase.SEARCH)
+    full = SizeAssignment.full(clustered_split.num_users, clustered_split.num_items, 16)
+    teacher = starting_model(spec, train, full, None, Phase.SEARCH)
+    train_bpr(teacher, train, training, progress=False)
+    sizes = SizeAssignment.equal(clustered_split.num_users, clustered_split.num_items, 4, 16)
+    warm_spec = dataclasses.replace(spec, start=Start.TEACHER)
+    warm = starting_model(warm_spec, train, sizes, {Phase.SEARCH: teacher}, Phase.SEARCH)
+    expected = teacher.tables()[0].weight @ principal_rotation(teacher.tables()[0].weight)
+    torch.testing.assert_close(warm.tables()[0].weight[:, :4], expected[:, :4])
+    assert not warm.tables()[0].weight[:, 4:].any()
+    scratch = starting_model(spec, train, sizes, {Phase.SEARCH: teacher}, Phase.SEARCH)
+    warm_ndcg = evaluate_model(warm, train, valid).mean()["ndcg@20"]
+    assert warm_ndcg > 2 * evaluate_model(scratch, train, valid).mean()["ndcg@20"]
+    assert warm_ndcg > 0.5 * evaluate_model(teacher, train, valid).mean()["ndcg@20"]
+    with pytest.raises(ConfigError, match="no teacher was given for the test phase"):
+        starting_model(warm_spec, train, sizes, {Phase.SEARCH: teacher}, Phase.TEST)
+    with pytest.raises(ConfigError, match="LightGCN only"):
+        RunSpec(
+            dataset="generated",
+            backbone=BackboneConfig(kind=BackboneKind.NGCF, max_size=16),
+            training=training,
+            start=Start.TEACHER,
+        )
 
 
 @pytest.mark.parametrize("kind", [BackboneKind.LIGHTGCN, BackboneKind.NCF])

@@ -21,9 +21,9 @@ from ciess_core.runs import (
     RunResult,
     RunSpec,
     Teachers,
-    fresh_model,
     phase_distiller,
     stage_summary,
+    starting_model,
 )
 from ciess_core.sizes import SizeAssignment
 from ciess_core.training import train_bpr
@@ -53,7 +53,7 @@ class ReferenceProtocol(enum.Enum):
         started = time.perf_counter()
         test_train, test = split.phase(Phase.TEST)
         distiller = phase_distiller(spec, teachers, Phase.TEST, test_train)
-        model = fresh_model(spec, test_train, sizes)
+        model = starting_model(spec, test_train, sizes, teachers, Phase.TEST)
         result = train_bpr(
             model, test_train, spec.training, held_out=test, progress=progress, distiller=distiller
         )

@@ -137,6 +137,20 @@ class Backbone(nn.Module, ABC):
     def set_random_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`random_state` returned."""
 
+    def turn_to_principal_axes(self) -> None:
+        """Multiply the embedding tables by the orthogonal matrix of
+        :func:`~ciess_core.models.rotation.principal_rotation`, which keeps every score, so that
+        cutting an entity's embedding to a prefix drops the least of it. Only a backbone whose
+        scores are kept by such a turn overrides this (LightGCN).
+
+        Raises:
+            ConfigError: this backbone's scores change when its tables are turned.
+        """
+        raise ConfigError(
+            f"a {self.config.kind.value} model's scores change when its embedding tables are "
+            "turned, so it cannot start from a turned teacher (LightGCN can)"
+        )
+
     # -- sizes ---------------------------------------------------------------------------------
     def set_embedding_sizes(self, sizes: torch.Tensor, clear_truncated: bool = True) -> None:
         """Give every user and item a size: ``sizes`` is (N,) in [1, max_size], users first."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import scipy.sparse as sp
 import torch
 
+from ciess_core.errors import ConfigError
 from ciess_core.models.base import (
     BackboneConfig,
     DotProductBackbone,
@@ -13,6 +14,7 @@ from ciess_core.models.base import (
 )
 from ciess_core.models.graph import SparseOperator, symmetric_normalized_adjacency
 from ciess_core.models.masking import MaskedEmbedding
+from ciess_core.models.rotation import principal_rotation
 
 
 class LightGCN(DotProductBackbone):
@@ -46,3 +48,13 @@ class LightGCN(DotProductBackbone):
             total = total + layer
         final = total / (self.config.num_layers + 1)
         return final[: self.num_users], final[self.num_users :]
+
+    def turn_to_principal_axes(self) -> None:
+        """Turn the ego table to its principal axes: propagation and scoring are linear in it,
+        so every score stays (up to rounding). Every entity must be at full size (a cut row
+        turned would spill into the columns its mask hides)."""
+        if int(self.embedding.sizes.min()) < self.max_size:
+            raise ConfigError("only a model whose entities are all at full size can be turned")
+        weight = self.embedding.weight
+        with torch.no_grad():
+            weight.copy_(weight @ principal_rotation(weight))

@@ -34,8 +34,8 @@ from ciess_core.artifact.manifest import TABLES_BY_KIND
 from ciess_core.data import DatasetSplit, Phase, hold_out_per_user
 from ciess_core.errors import ConfigError
 from ciess_core.executors import DEFAULT_EXECUTOR
-from ciess_core.models import BackboneConfig
-from ciess_core.runs import Protocol, RunProtocol
+from ciess_core.models import BackboneConfig, BackboneKind
+from ciess_core.runs import Protocol, RunProtocol, Start
 from ciess_core.search.budgets import Budget, ByteBudget, budget_label
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.evaluators import QualityEvaluator, SupernetEvaluator, quality_signal
@@ -135,6 +135,10 @@ class PipelineSpec:
             pipeline's budgets instead of ``search.budgets``: the byte planner
             (:mod:`ciess_core.search.planner`) chooses each one's value type and sizes, and
             ``search.budgets`` only add assignments to the pool.
+        retrain_start: where every candidate's retraining starts in each phase
+            (:class:`~ciess_core.runs.Start`): from random weights (the paper's), or from that
+            phase's teacher turned to its principal axes and cut to the candidate's sizes
+            (LightGCN only; it needs ``distillation``, whose teachers it starts from).
     """
 
     dataset: str
@@ -151,6 +155,7 @@ class PipelineSpec:
     spread_grid: tuple[float, ...] = DEFAULT_SPREAD_GRID
     selection_share: float = 0.5
     byte_ratios: tuple[float, ...] = ()
+    retrain_start: Start = Start.RANDOM
 
     @property
     def backbone_tables(self) -> int:
@@ -180,6 +185,16 @@ class PipelineSpec:
             raise ConfigError(
                 f"retrain_top must lie in [1, pool size {self.search.pool_size}], "
                 f"got {self.retrain_top}"
+            )
+        if self.retrain_start is Start.TEACHER and self.backbone.kind is not BackboneKind.LIGHTGCN:
+            raise ConfigError(
+                "retrain_start 'teacher' turns the teachers' tables, which keeps the scores of "
+                f"LightGCN only; this pipeline's backbone is {self.backbone.kind.value}"
+            )
+        if self.retrain_start is Start.TEACHER and self.distillation is None:
+            raise ConfigError(
+                "retrain_start 'teacher' starts from the phases' teachers, which only a "
+                "pipeline that distils keeps"
             )
         if self.backbone.max_size != self.search.max_size:
             raise ConfigError(

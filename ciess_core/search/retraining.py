@@ -92,6 +92,7 @@ def run_spec_of(spec: PipelineSpec, budget: Budget, record: dict[str, Any]) -> R
         protocol=spec.protocol,
         size_scheme=_SCHEME_OF_KIND.get(record["kind"], SizeScheme.CIESS),
         distillation=spec.distillation,
+        start=spec.retrain_start,
     )
 
 
