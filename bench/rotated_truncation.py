@@ -50,34 +50,36 @@ from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone
 from ciess_core.pipeline import claim_pipeline_folder, load_split, pipeline_spec
-from ciess_core.runs import RunSpec, fresh_model, phase_distiller
+from ciess_core.runs import Start, execute_run, select_on_validation, starting_model
 from ciess_core.search.budgets import ByteBudget
 from ciess_core.search.files import BudgetFolder
 from ciess_core.search.pipeline import PipelineSpec
 from ciess_core.search.retraining import FULL_KIND, run_spec_of
 from ciess_core.search.teachers import TEACHER_DIRECTORIES, load_full_model
-from ciess_core.sizes import SizeAssignment
-from ciess_core.storage import VALUE_TYPES
-from ciess_core.training import TrainResult, evaluate_model, train_bpr
+from ciess_core.sizes import SizeAssignment, equal_sizes_within
+from ciess_core.storage import VALUE_TYPES, parameters_within
+from ciess_core.training import TrainResult, evaluate_model
 
 logger = logging.getLogger("bench.rotated_truncation")
 METRIC = "ndcg@20"
 
 
-def principal_rotation(table: torch.Tensor) -> torch.Tensor:
-    """The orthogonal matrix whose columns are the eigenvectors of ``tableᵀ table``, largest
-    eigenvalue first."""
-    values, vectors = torch.linalg.eigh(table.T.double() @ table.double())
-    return vectors[:, torch.argsort(values, descending=True)].to(table.dtype)
+class TurnedModel:
+    """A full LightGCN model turned to its principal axes once
+    (:meth:`~ciess_core.models.Backbone.turn_to_principal_axes`), then cut to one assignment
+    after another: each cut starts again from the turned full table."""
 
+    def __init__(self, model: Backbone) -> None:
+        model.turn_to_principal_axes()
+        self.model = model
+        self._turned = model.tables()[0].weight.detach().clone()
 
-def rotate_and_cut(model: Backbone, sizes: SizeAssignment) -> None:
-    """Turn ``model``'s one table (LightGCN's users-then-items ego embeddings) to its principal
-    axes, then cut every entity to its size."""
-    (table,) = model.tables()
-    with torch.no_grad():
-        table.weight.copy_(table.weight @ principal_rotation(table.weight))
-    model.set_size_assignment(sizes)
+    def cut(self, sizes: SizeAssignment) -> Backbone:
+        """The model with every entity cut to its size in ``sizes``."""
+        with torch.no_grad():
+            self.model.tables()[0].weight.copy_(self._turned)
+        self.model.set_size_assignment(sizes)
+        return self.model
 
 
 def run_folder(work: Path) -> tuple[str, PipelineSpec, Path]:
@@ -127,10 +129,9 @@ def score_rows(work: Path, split: DatasetSplit) -> list[dict[str, Any]]:
         Phase.SEARCH: pipeline / "full",
         Phase.TEST: pipeline / TEACHER_DIRECTORIES[Phase.TEST],
     }
-    full = {
-        phase: phase_score(load_full_model(spec, split, folder, phase), split, phase, "float32")
-        for phase, folder in phases.items()
-    }
+    models = {phase: load_full_model(spec, split, phases[phase], phase) for phase in phases}
+    full = {phase: phase_score(model, split, phase, "float32") for phase, model in models.items()}
+    turned = {phase: TurnedModel(model) for phase, model in models.items()}
     rows = []
     for ratio in spec.byte_ratios:
         result = BudgetFolder.of(pipeline, ByteBudget(ratio)).result()
@@ -138,11 +139,10 @@ def score_rows(work: Path, split: DatasetSplit) -> list[dict[str, Any]]:
             raise SystemExit(f"{pipeline}: ratio {ratio} has not finished its retraining")
         for record in retrained_candidates(pipeline, ratio):
             started = time.perf_counter()
-            scores = {}
-            for phase, folder in phases.items():
-                model = load_full_model(spec, split, folder, phase)
-                rotate_and_cut(model, record["sizes"])
-                scores[phase] = phase_score(model, split, phase, record["value_type"])
+            scores = {
+                phase: phase_score(model.cut(record["sizes"]), split, phase, record["value_type"])
+                for phase, model in turned.items()
+            }
             picked = record["candidate"] == result["chosen"]
             rows.append(
                 {
@@ -170,14 +170,18 @@ def score_rows(work: Path, split: DatasetSplit) -> list[dict[str, Any]]:
 def equal_width(split: DatasetSplit, spec: PipelineSpec, ratio: float, value_type: str) -> int:
     """The largest size d that every user and item can keep, stored as ``value_type``, within
     byte ratio ``ratio`` (0 where not even d = 1 fits)."""
-    tables, width = spec.backbone_tables, spec.backbone.max_size
-    allowed = ByteBudget(ratio).allowed_bytes(split.num_users + split.num_items, width, tables)
-    fitting = [
-        d
-        for d in range(1, width + 1)
-        if _equal(split, d, width).bytes(value_type, tables) <= allowed
-    ]
-    return max(fitting, default=0)
+    entities, width, tables = (
+        split.num_users + split.num_items,
+        spec.backbone.max_size,
+        spec.backbone_tables,
+    )
+    allowed = ByteBudget(ratio).allowed_bytes(entities, width, tables)
+    # equal sizes are one run of sizes, which the worst case of ByteBudget.parameters is not
+    values = parameters_within(allowed, entities, value_type, width, tables, num_runs=1)
+    if values < entities:
+        return 0
+    sizes = equal_sizes_within(split.num_users, split.num_items, width, values)
+    return int(sizes.user_sizes[0])
 
 
 def _equal(split: DatasetSplit, size: int, width: int) -> SizeAssignment:
@@ -191,13 +195,14 @@ def equal_rows(work: Path, split: DatasetSplit) -> list[dict[str, Any]]:
     trained."""
     run_id, spec, pipeline = run_folder(work)
     teacher_folder = pipeline / TEACHER_DIRECTORIES[Phase.TEST]
-    tested = (teacher_folder / "model.pt").exists()
     stage_one = load_full_model(spec, split, pipeline / "full")
     full_valid = phase_score(stage_one, split, Phase.SEARCH, "float32")
-    full_test = None
-    if tested:
+    turned_stage_one = TurnedModel(stage_one)
+    full_test, turned_test = None, None
+    if (teacher_folder / "model.pt").exists():
         test_model = load_full_model(spec, split, teacher_folder, Phase.TEST)
         full_test = phase_score(test_model, split, Phase.TEST, "float32")
+        turned_test = TurnedModel(test_model)
     rows = []
     for ratio in spec.byte_ratios:
         started = time.perf_counter()
@@ -206,17 +211,14 @@ def equal_rows(work: Path, split: DatasetSplit) -> list[dict[str, Any]]:
             size = equal_width(split, spec, ratio, value_type)
             if size == 0:
                 continue
-            model = load_full_model(spec, split, pipeline / "full")
-            rotate_and_cut(model, _equal(split, size, spec.backbone.max_size))
+            model = turned_stage_one.cut(_equal(split, size, spec.backbone.max_size))
             scored[value_type] = (size, phase_score(model, split, Phase.SEARCH, value_type))
         best = max(scored, key=lambda t: scored[t][1])
         size, valid = scored[best]
         sizes = _equal(split, size, spec.backbone.max_size)
         test = None
-        if tested:
-            model = load_full_model(spec, split, teacher_folder, Phase.TEST)
-            rotate_and_cut(model, sizes)
-            test = phase_score(model, split, Phase.TEST, best)
+        if turned_test is not None:
+            test = phase_score(turned_test.cut(sizes), split, Phase.TEST, best)
         rows.append(
             {
                 "run_id": run_id,
@@ -239,22 +241,6 @@ def equal_rows(work: Path, split: DatasetSplit) -> list[dict[str, Any]]:
     return rows
 
 
-def _selection(
-    model: Backbone, split: DatasetSplit, run_spec: RunSpec, teacher: Backbone
-) -> TrainResult:
-    """The clean protocol's selection stage as the pipeline runs it for a candidate: trained on
-    train, distilled from stage 1's full model, early-stopped and selected on validation."""
-    search_train, valid = split.phase(Phase.SEARCH)
-    return train_bpr(
-        model,
-        search_train,
-        run_spec.training,
-        held_out=valid,
-        progress=False,
-        distiller=phase_distiller(run_spec, {Phase.SEARCH: teacher}, Phase.SEARCH, search_train),
-    )
-
-
 def _stage(result: TrainResult) -> dict[str, Any]:
     return {
         "valid": result.best_metrics[METRIC],
@@ -263,32 +249,6 @@ def _stage(result: TrainResult) -> dict[str, Any]:
         "seconds": round(result.seconds, 1),
         "history": [[r.batch, round(r.metrics[METRIC], 5)] for r in result.history],
     }
-
-
-def _warm_test(
-    spec: PipelineSpec,
-    split: DatasetSplit,
-    pipeline: Path,
-    run_spec: RunSpec,
-    sizes: SizeAssignment,
-    batches: int,
-) -> float:
-    """The clean protocol's test phase from the warm start: the test phase's teacher turned and
-    cut to ``sizes``, trained on train ∪ validation for the ``batches`` selected (distilled from
-    that teacher), then tested once."""
-    test_train, _ = split.phase(Phase.TEST)
-    teacher = load_full_model(spec, split, pipeline / TEACHER_DIRECTORIES[Phase.TEST], Phase.TEST)
-    model = fresh_model(run_spec, test_train, sizes)
-    model.load_state_dict(teacher.state_dict())
-    rotate_and_cut(model, sizes)
-    train_bpr(
-        model,
-        test_train,
-        dataclasses.replace(run_spec.training, max_batches=batches, eval_every=0),
-        progress=False,
-        distiller=phase_distiller(run_spec, {Phase.TEST: teacher}, Phase.TEST, test_train),
-    )
-    return phase_score(model, split, Phase.TEST, run_spec.training.value_type)
 
 
 def warm_row(work: Path, split: DatasetSplit, ratio: float, index: int) -> dict[str, Any]:
@@ -302,14 +262,21 @@ def warm_row(work: Path, split: DatasetSplit, ratio: float, index: int) -> dict[
         raise SystemExit(f"{folder.path}: no retrained candidate {index}")
     sizes = folder.candidate(index)
     run_spec = run_spec_of(spec, ByteBudget(ratio), record)
+    warm_spec = dataclasses.replace(run_spec, start=Start.TEACHER)
     search_train, _ = split.phase(Phase.SEARCH)
-    teacher = load_full_model(spec, split, pipeline / "full")
-    scratch = _selection(fresh_model(run_spec, search_train, sizes), split, run_spec, teacher)
-    model = fresh_model(run_spec, search_train, sizes)
-    model.load_state_dict(teacher.state_dict())
-    rotate_and_cut(model, sizes)
-    start_score = phase_score(model, split, Phase.SEARCH, record["value_type"])
-    warm = _selection(model, split, run_spec, teacher)
+    teachers = {
+        Phase.SEARCH: load_full_model(spec, split, pipeline / "full"),
+        Phase.TEST: load_full_model(
+            spec, split, pipeline / TEACHER_DIRECTORIES[Phase.TEST], Phase.TEST
+        ),
+    }
+    _, scratch = select_on_validation(run_spec, split, sizes, False, teachers)
+    start = starting_model(warm_spec, search_train, sizes, teachers, Phase.SEARCH)
+    start_score = phase_score(start, split, Phase.SEARCH, record["value_type"])
+    _, warm = select_on_validation(warm_spec, split, sizes, False, teachers)
+    _, warm_test, _ = execute_run(
+        warm_spec, split, sizes, False, teachers, selected_batches=max(warm.best_batch, 1)
+    )
     result = folder.result() or {}
     return {
         "run_id": run_id,
@@ -324,7 +291,7 @@ def warm_row(work: Path, split: DatasetSplit, ratio: float, index: int) -> dict[
         "start_valid": start_score,
         "warm": _stage(warm),
         "scratch": _stage(scratch),
-        "warm_test": _warm_test(spec, split, pipeline, run_spec, sizes, max(warm.best_batch, 1)),
+        "warm_test": warm_test.test_metrics[METRIC],
         "recorded_scratch_test": (
             result["test"][METRIC] if result.get("chosen") == index else None
         ),

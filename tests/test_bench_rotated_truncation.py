@@ -10,9 +10,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from bench.rotated_truncation import equal_width, principal_rotation, rotate_and_cut
+from bench.rotated_truncation import TurnedModel, equal_width
 from ciess_core.data import DatasetSplit
 from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
+from ciess_core.models.rotation import principal_rotation
 from ciess_core.pipeline import pipeline_spec
 from ciess_core.search.budgets import ByteBudget
 from ciess_core.sizes import SizeAssignment
@@ -49,8 +50,10 @@ def test_the_rotation_is_orthogonal_and_ordered_by_energy() -> None:
 def test_turning_at_full_size_keeps_every_score() -> None:
     model = _model()
     before = _scores(model)
-    rotate_and_cut(model, SizeAssignment(np.full(USERS, WIDTH), np.full(ITEMS, WIDTH), WIDTH))
-    assert torch.allclose(_scores(model), before, atol=1e-5)
+    turned = TurnedModel(model)
+    turned.cut(SizeAssignment(np.full(USERS, 2), np.full(ITEMS, 2), WIDTH))
+    full = turned.cut(SizeAssignment(np.full(USERS, WIDTH), np.full(ITEMS, WIDTH), WIDTH))
+    assert torch.allclose(_scores(full), before, atol=1e-5)  # each cut starts from the turned
 
 
 def test_cutting_the_turned_table_keeps_the_scores_better_than_cutting_it_as_trained() -> None:
@@ -58,8 +61,7 @@ def test_cutting_the_turned_table_keeps_the_scores_better_than_cutting_it_as_tra
     full = _scores(_model())
     cut = _model()
     cut.set_size_assignment(sizes)
-    turned = _model()
-    rotate_and_cut(turned, sizes)
+    turned = TurnedModel(_model()).cut(sizes)
     assert bool((turned.embedding_sizes() == 3).all())
 
     def error(model: Backbone) -> float:
