@@ -20,6 +20,11 @@ the validation score with the run's own retraining from scratch:
 
     python bench/rotated_truncation.py warm --work ... --ratio 0.01 --candidate 0
 
+``grid`` compares two whole byte-budget runs of the same recipe whose retrainings start from
+random weights and from the turned teachers (``bench/byte_budgets.py run --retrain-start``):
+
+    python bench/rotated_truncation.py grid --work WARM_WORK --baseline RANDOM_WORK
+
 Rows are kept in ``OUT/rotated-truncation.json`` (a row of the same run, ratio, candidate and
 kind is replaced) and ``OUT/rotated-truncation.md`` is written from them (findings from
 ``rotated-truncation.notes.md``; ``report`` rewrites the page alone).
@@ -300,6 +305,53 @@ def warm_row(work: Path, split: DatasetSplit, ratio: float, index: int) -> dict[
     }
 
 
+def _grid_side(work: Path, ratio: float) -> dict[str, Any]:
+    """What one byte-budget run's pipeline did at ``ratio``: its pick, the batches its
+    retrainings ran (every retrained candidate's selection stage; the test phase's, which trains
+    the pick for its selected batches) and the seconds of the ratio's retraining stage."""
+    pipeline = work / "pipeline"
+    summary = json.loads((pipeline / "summary.json").read_text())
+    result = summary["budgets"][ByteBudget(ratio).label]
+    retrained = [c for c in result["candidates"] if c["kind"] != FULL_KIND]
+    chosen = next(c for c in result["candidates"] if c["candidate"] == result["chosen"])
+    start = json.loads((pipeline / "spec.json").read_text()).get("retrain_start", "random")
+    return {
+        "run_id": (work / "run_id.txt").read_text().strip(),
+        "retrain_start": start,
+        "chosen_kind": result["chosen_kind"],
+        "value_type": result["value_type"],
+        "valid": result["valid"][METRIC],
+        "test": result["test"][METRIC],
+        "selection_batches": sum(c["stages"]["select"]["batches_run"] for c in retrained),
+        "test_batches": 0 if chosen["kind"] == FULL_KIND else chosen["selected_batches"],
+        "retrain_seconds": summary["timings"][f"retrain_{ByteBudget(ratio).label}"],
+    }
+
+
+def grid_rows(work: Path, baseline: Path) -> list[dict[str, Any]]:
+    """One row per ratio of two finished byte-budget runs of the same data and recipe but for
+    where their retrainings start (``work`` and ``baseline``): each one's pick, scores,
+    batches and seconds."""
+    stored = json.loads((work / "pipeline" / "spec.json").read_text())
+    teacher = json.loads(
+        (work / "pipeline" / TEACHER_DIRECTORIES[Phase.TEST] / "summary.json").read_text()
+    )
+    rows = []
+    for ratio in stored["byte_ratios"]:
+        rows.append(
+            {
+                "run_id": (work / "run_id.txt").read_text().strip(),
+                "dataset": stored["dataset"],
+                "kind": "grid",
+                "byte_ratio": ratio,
+                "candidate": -1,
+                "full_test": teacher["test"][METRIC],
+                "runs": [_grid_side(work, ratio), _grid_side(baseline, ratio)],
+            }
+        )
+    return rows
+
+
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["run_id"], row["kind"], row["byte_ratio"], row["candidate"])
 
@@ -400,6 +452,31 @@ def report_lines(report: dict[str, Any]) -> list[str]:
                     + " |"
                 )
             lines.append("")
+    grid = [r for r in rows if r["kind"] == "grid"]
+    if grid:
+        lines += [
+            f"## {grid[0]['dataset']}: the whole byte-budget grid retrained from either start",
+            "",
+            "Two runs of `bench/byte_budgets.py run` with the same recipe, full models, teachers "
+            "and supernet; only where the planner's retrainings start differs "
+            "(`--retrain-start`). Test N@20 with its share of the full float32 model's "
+            f"({grid[0]['full_test']:.4f}); batches: every retrained candidate's selection "
+            "stage, and the test phase's training of the pick.",
+            "",
+            "| ratio | start | pick | type | valid | test | selection batches | test-phase "
+            "batches | retraining seconds | run |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in sorted(grid, key=lambda r: -r["byte_ratio"]):
+            for side in r["runs"]:
+                lines.append(
+                    f"| {r['byte_ratio']} | {side['retrain_start']} | {side['chosen_kind']} | "
+                    f"{side['value_type']} | {side['valid']:.4f} | "
+                    f"{_share(side['test'], r['full_test'])} | {side['selection_batches']:,} | "
+                    f"{side['test_batches']:,} | {side['retrain_seconds']:,.0f} | "
+                    f"`{side['run_id']}` |"
+                )
+        lines.append("")
     lines += [
         f"Machine: {report['machine']}; {report['date']}. Commands: "
         + "; ".join(f"`{c}`" for c in report["commands"])
@@ -412,10 +489,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelp)
     parser.add_argument(
         "command",
-        choices=("score", "score-equal", "warm", "report"),
+        choices=("score", "score-equal", "warm", "grid", "report"),
         help="report: only rewrite the page from its JSON twin (after editing its notes)",
     )
-    parser.add_argument("--work", help="a byte-budget run's --work folder (score, warm)")
+    parser.add_argument("--work", help="a byte-budget run's --work folder (score, warm, grid)")
+    parser.add_argument("--baseline", help="grid: the run to compare --work with")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--ratio", type=float, help="warm: the byte ratio")
     parser.add_argument("--candidate", type=int, help="warm: the candidate's index")
@@ -433,6 +511,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.work is None:
         parser.error(f"{args.command} needs --work")
     work = Path(args.work)
+    if args.command == "grid":
+        if args.baseline is None:
+            parser.error("grid needs --baseline")
+        _merge_rows(out, grid_rows(work, Path(args.baseline)))
+        return 0
     _, spec, _ = run_folder(work)
     split, _ = load_split(spec.dataset, args.data_dir)
     if args.command == "score":
@@ -443,6 +526,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.ratio is None or args.candidate is None:
             parser.error("warm needs --ratio and --candidate")
         new = [warm_row(work, split, args.ratio, args.candidate)]
+    _merge_rows(out, new)
+    return 0
+
+
+def _merge_rows(out: Path, new: list[dict[str, Any]]) -> None:
+    """Keep ``new`` in ``out``'s JSON twin (replacing rows of the same key) and rewrite the
+    page."""
     path = out / "rotated-truncation.json"
     kept = json.loads(path.read_text()) if path.exists() else {"rows": [], "commands": []}
     keys = {_key(row) for row in new}
@@ -455,7 +545,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     save_json(path, report)
     write_with_findings(out / "rotated-truncation.md", report_lines(report))
-    return 0
 
 
 if __name__ == "__main__":

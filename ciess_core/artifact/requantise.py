@@ -18,6 +18,7 @@ import dataclasses
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ import numpy as np
 
 from ciess_core.artifact.files import file_entry, write_array
 from ciess_core.artifact.manifest import MANIFEST_NAME, Manifest, manifest_to_json
-from ciess_core.artifact.reader import load_artifact
+from ciess_core.artifact.ragged import RaggedTable
+from ciess_core.artifact.reader import Artifact, load_artifact, read_manifest
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
 from ciess_core.artifact.stores import store_table
 from ciess_core.errors import ArtifactError
@@ -65,19 +67,62 @@ def requantise_artifact(
     """Write the artifact of ``source`` with its tables stored as ``value_type`` to ``out``
     (which must not exist); returns its manifest. With ``max_bytes``, stores over it are an
     ArtifactError and nothing is written."""
+    started = time.perf_counter()
+    artifact = source_to_rewrite(source, value_type, out)
+    old = artifact.manifest
+    metrics: dict[str, Any] = dict(old.metrics)
+    measured = (metrics.get("valid_by_value_type") or {}).get(value_type)
+    metrics["valid"] = measured if keeps_measured_quality(old.value_dtype, value_type) else None
+    return write_with_tables(
+        source,
+        out,
+        artifact.tables,
+        value_type,
+        {"value_dtype": value_type, "metrics": metrics},
+        {"requantised_from": source_label or str(source), "source_value_dtype": old.value_dtype},
+        max_bytes,
+        started,
+    )
+
+
+def source_to_rewrite(source: Path, value_type: str, out: Path) -> Artifact:
+    """The artifact of ``source``, loaded (and validated) to be written again to ``out`` as
+    ``value_type``.
+
+    Raises:
+        ConfigError: an unknown value type.
+        ArtifactError: ``out`` exists, or ``source`` is not a valid artifact.
+    """
     ValueType(value_type)  # a ConfigError naming the choices
     if out.exists():
         raise ArtifactError(f"{out} exists already")
-    started = time.perf_counter()
-    artifact = load_artifact(source)
-    old = artifact.manifest
+    return load_artifact(source)
+
+
+def write_with_tables(
+    source: Path,
+    out: Path,
+    tables: Mapping[str, RaggedTable],
+    value_type: str,
+    changes: Mapping[str, Any],
+    verification: Mapping[str, Any],
+    max_bytes: int | None,
+    started: float,
+) -> Manifest:
+    """Write the artifact of ``source`` to ``out`` with ``tables`` (float, one per table of its
+    manifest) stored as ``value_type``, the manifest's fields in ``changes`` replaced and
+    ``verification`` saying where it came from; every other file is copied. The copy is staged
+    beside ``out``, checked (within ``max_bytes`` when given; it loads and scores finite
+    values) and only then renamed into place; returns its manifest. ``verification`` gains the
+    seconds since ``started`` (a ``time.perf_counter()`` reading)."""
+    old = read_manifest(source)
     staging = out.parent / f".{out.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns(MANIFEST_NAME, "tables"))
         detail: dict[str, int] = {}
         for name in old.tables:
-            stored = store_table(artifact.tables[name], name, value_type)
+            stored = store_table(tables[name], name, value_type)
             stored.validate(old.num_entities)
             for role, array in stored.arrays().items():
                 entry = write_array(staging, stored.files[role], array)
@@ -87,21 +132,14 @@ def requantise_artifact(
             for path in sorted(staging.rglob("*"))
             if path.is_file()
         )
-        metrics: dict[str, Any] = dict(old.metrics)
-        measured = (metrics.get("valid_by_value_type") or {}).get(value_type)
-        metrics["valid"] = measured if keeps_measured_quality(old.value_dtype, value_type) else None
         manifest = dataclasses.replace(
             old,
+            **changes,
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            value_dtype=value_type,
-            metrics=metrics,
             memory=dataclasses.replace(
                 old.memory, stored=sum(detail.values()), stored_detail=detail
             ),
-            verification={
-                "requantised_from": source_label or str(source),
-                "source_value_dtype": old.value_dtype,
-            },
+            verification=dict(verification),
             files=files,
         )
         if max_bytes is not None and manifest.memory.stored > max_bytes:
@@ -113,7 +151,7 @@ def requantise_artifact(
         scorer = ArtifactScorer(load_artifact(staging), ScorerOptions(threads=1))
         users = np.arange(min(4, old.num_users), dtype=np.int64)
         if not np.all(np.isfinite(scorer.score_all(users))):
-            raise ArtifactError(f"{out}: the requantised tables score non-finite values")
+            raise ArtifactError(f"{out}: the rewritten tables score non-finite values")
         manifest = dataclasses.replace(
             manifest,
             memory=dataclasses.replace(

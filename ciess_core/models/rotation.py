@@ -1,20 +1,17 @@
-"""Principal axes of an embedding table.
-
-A model that scores by dot products of embeddings reached from its table by linear maps that
-act on rows (LightGCN's propagation) scores the same after its table is multiplied by any
-orthogonal matrix. :func:`principal_rotation` gives the one that orders the table's columns
-by energy: after it, the first ``s`` columns hold as much of ``Σ‖e‖²`` as any ``s``
-directions can, so cutting every row to a prefix drops the least.
-"""
+"""Principal axes of a torch embedding table (:mod:`ciess_core.rotation` for the idea)."""
 
 from __future__ import annotations
 
 import torch
 
+from ciess_core.rotation import principal_axes
+
 
 def principal_rotation(table: torch.Tensor) -> torch.Tensor:
     """The orthogonal (w, w) matrix whose columns are the eigenvectors of ``tableᵀ table``
-    (``table`` is (rows, w)), largest eigenvalue first, in ``table``'s dtype and device.
-    The eigen-decomposition runs in float64."""
-    values, vectors = torch.linalg.eigh(table.T.double() @ table.double())
-    return vectors[:, torch.argsort(values, descending=True)].to(table.dtype)
+    (``table`` is (rows, w)), largest eigenvalue first, in ``table``'s dtype and device. The
+    Gram matrix is formed in float64 where the table lives; its eigen-decomposition runs in
+    numpy."""
+    weights = table.detach().double()
+    gram = (weights.T @ weights).cpu().numpy()
+    return torch.from_numpy(principal_axes(gram)).to(dtype=table.dtype, device=table.device)
