@@ -13,6 +13,12 @@ to ``docs/benchmarks/budget-change.json``; ``docs/benchmarks/budget-change.md`` 
 
     python bench/budget_change.py --artifact bench/_work/serving/ml1m-es90-artifact \\
         --data-dir ../shared/data --repeats 3
+
+``--turnable-from PIPELINE`` serves instead the full LightGCN of a finished pipeline folder
+(its deployment teacher) exported as a search job keeps it, with its turned cuts measured on
+validation (:func:`ciess_core.search.turned_full.export_turnable_full`); a budget below every
+type the full model can be stored in is then met by a ``turn`` job (turned to its principal
+axes, cut to equal sizes, stored in the type that validated best).
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ def one_change(world: World, options: Options, state: Path, share: float) -> dic
             fast = answer.get("fast_path") or {}
             if posted.status != 202 or not fast:
                 raise SystemExit(f"no fast path: status {posted.status}, {posted.body[:500]!r}")
+            fast_params = fast.get("params") or {}
             fast_job = wait_job(service, world.token, int(fast["id"]), FINISHED, 120)
             job_done_at = load.elapsed()
             new = fast_job.get("artifact_version") or ""
@@ -110,6 +117,9 @@ def one_change(world: World, options: Options, state: Path, share: float) -> dic
         "served_bytes_after": after["bytes"]["embedding_stores"],
         "version_before": before["version"],
         "version_after": after["version"],
+        "fast_job_kind": fast.get("kind"),
+        "fast_job_width": fast_params.get("width"),
+        "fast_job_valid": fast_params.get("valid"),
         "fast_job_state": fast_job.get("state"),
         "fast_job_seconds": round(fast_seconds, 3),
         "post_to_job_done_s": round(job_done_at - sent_at, 3),
@@ -135,7 +145,9 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         "top-20 requests arrive at a fixed rate (open loop) while the admin posts a byte budget",
         "(`max_bytes`, method `search`). The service answers with the planner's job and its fast",
         "path: a `requantise` job that stores the served model's tables in the best value type",
-        "that fits and that the model's own validation measured. `post → new answer`: from",
+        "that fits and that the model's own validation measured, or a `turn` job that turns a",
+        "kept full LightGCN to its principal axes and cuts it to the equal size and type whose",
+        "cut validated best (`--turnable-from`). `post → new answer`: from",
         "sending the post to the first answer carrying the new `X-Model-Version`. The planner's",
         "job is cancelled afterwards (it is the whole pipeline; `bytes.md` measures its picks).",
         f"Bar: at most {BAR_SECONDS:g} s.",
@@ -149,15 +161,17 @@ def write_report(report: dict[str, Any], path: Path) -> None:
             f"{run['machine']}; {run['date']}; artifact `{run['artifact']}`; "
             f"{run['rps']:g} requests/s; `{run['command']}`. {run['conditions']}",
             "",
-            "| repeat | bytes before (type) | max_bytes | bytes after (type) | post → new answer (s) "
-            "| fast job (s) | requests | not a valid 200 | p50 ms | p99 ms | max ms |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| repeat | bytes before (type) | max_bytes | bytes after (type) | fast job "
+            "| its valid N@20 | post → new answer (s) | fast job (s) | requests | not a valid 200 "
+            "| p50 ms | p99 ms | max ms |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in subset:
             lines.append(
                 f"| {row['repeat']} | {row['served_bytes_before']:,} ({row['value_type_before']})"
                 f" | {row['max_bytes']:,} | {row['served_bytes_after']:,} "
-                f"({row['value_type_after']}) | {row['post_to_new_answer_s']} | "
+                f"({row['value_type_after']}) | {_fast_job(row)} | "
+                f"{row.get('fast_job_valid') or '—'} | {row['post_to_new_answer_s']} | "
                 f"{row['fast_job_seconds']} | {row['requests']} | {row['not_valid_200']} | "
                 f"{row['p50_ms']} | {row['p99_ms']} | {row['max_ms']} |"
             )
@@ -173,11 +187,24 @@ def write_report(report: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+def _fast_job(row: dict[str, Any]) -> str:
+    """The fast path's job as the table names it (rows of older runs name no kind)."""
+    kind = row.get("fast_job_kind") or "requantise"
+    width = row.get("fast_job_width")
+    return kind if width is None else f"{kind}, size {width}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelp
     )
-    parser.add_argument("--artifact", type=Path, required=True, help="float32 artifact to serve")
+    served = parser.add_mutually_exclusive_group(required=True)
+    served.add_argument("--artifact", type=Path, help="float32 artifact to serve")
+    served.add_argument(
+        "--turnable-from",
+        type=Path,
+        help="a finished LightGCN pipeline folder whose full model to serve, turned cuts measured",
+    )
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data",
                         help="datasets folder (the planner's job reads it)")  # fmt: skip
     parser.add_argument("--share", type=float, default=0.3,
@@ -188,10 +215,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="what else ran meanwhile, said in the report")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPORTS, help="folder of the report")
     args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="budget-change-"))
+    if args.turnable_from is not None:
+        args.artifact = turnable_full(args.turnable_from, args.data_dir)
     manifest = json.loads((args.artifact / "manifest.json").read_text())
     if "valid_by_value_type" not in manifest.get("metrics", {}):
         raise SystemExit(f"{args.artifact}: its manifest has no metrics.valid_by_value_type")
-    work = Path(tempfile.mkdtemp(prefix="budget-change-"))
     world, options = served_world(args.artifact, args.data_dir, work), harness_options(args.rps)
     run_id = "budget-change-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     rows = []
@@ -213,6 +242,21 @@ def main(argv: list[str] | None = None) -> int:
     report = append_run(args.out / "budget-change.json", run, rows)
     write_report(report, args.out / "budget-change.md")
     return 0
+
+
+def turnable_full(pipeline: Path, data_dir: Path) -> Path:
+    """The full model of the LightGCN pipeline folder ``pipeline`` exported as a search job
+    keeps it, once, to ``pipeline/../turnable-full-artifact``."""
+    from bench.rotated_truncation import run_folder
+    from ciess_core.pipeline import SPLIT_SEED, load_split
+    from ciess_core.search.turned_full import export_turnable_full
+
+    out = pipeline.parent / "turnable-full-artifact"
+    if not out.is_dir():
+        _, spec, _ = run_folder(pipeline.parent)
+        split, fingerprint = load_split(spec.dataset, data_dir)
+        export_turnable_full(spec, split, pipeline, out, fingerprint, SPLIT_SEED)
+    return out
 
 
 def append_run(json_path: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -61,8 +61,8 @@ from ciess_core.search.files import BudgetFolder
 from ciess_core.search.pipeline import PipelineSpec
 from ciess_core.search.retraining import FULL_KIND, run_spec_of
 from ciess_core.search.teachers import TEACHER_DIRECTORIES, load_full_model
-from ciess_core.sizes import SizeAssignment, equal_sizes_within
-from ciess_core.storage import VALUE_TYPES, parameters_within
+from ciess_core.sizes import SizeAssignment
+from ciess_core.storage import VALUE_TYPES, widest_equal_size
 from ciess_core.training import TrainResult, evaluate_model
 
 logger = logging.getLogger("bench.rotated_truncation")
@@ -181,12 +181,7 @@ def equal_width(split: DatasetSplit, spec: PipelineSpec, ratio: float, value_typ
         spec.backbone_tables,
     )
     allowed = ByteBudget(ratio).allowed_bytes(entities, width, tables)
-    # equal sizes are one run of sizes, which the worst case of ByteBudget.parameters is not
-    values = parameters_within(allowed, entities, value_type, width, tables, num_runs=1)
-    if values < entities:
-        return 0
-    sizes = equal_sizes_within(split.num_users, split.num_items, width, values)
-    return int(sizes.user_sizes[0])
+    return widest_equal_size(allowed, entities, value_type, width, tables)
 
 
 def _equal(split: DatasetSplit, size: int, width: int) -> SizeAssignment:

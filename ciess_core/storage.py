@@ -334,6 +334,24 @@ def largest_within(budget: int, most: int, cost: Callable[[int], int]) -> int:
     return low
 
 
+def equal_stored_bytes(
+    num_rows: int, size: int, value_type: str, max_size: int, tables: int = 1
+) -> int:
+    """Every stored byte of ``tables`` stores of ``value_type`` whose ``num_rows`` rows all keep
+    ``size`` values (one run of sizes)."""
+    return stored_bytes(num_rows, num_rows * size, value_type, max_size, tables, num_runs=1)
+
+
+def widest_equal_size(
+    byte_budget: int, num_rows: int, value_type: str, max_size: int, tables: int = 1
+) -> int:
+    """The largest size that every one of ``num_rows`` rows can keep in ``tables`` stores of
+    ``value_type`` within ``byte_budget`` (:func:`equal_stored_bytes`); 0 when not even a size
+    of 1 fits."""
+    values = parameters_within(byte_budget, num_rows, value_type, max_size, tables, num_runs=1)
+    return min(max_size, values // num_rows) if values >= num_rows else 0
+
+
 def parameters_within(
     byte_budget: int,
     num_rows: int,

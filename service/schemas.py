@@ -312,7 +312,8 @@ class BudgetJob(JobView):
     fast_path: JobView | None = Field(
         default=None,
         description="a byte budget that a kept model meets by storing its values in fewer "
-        "bits: the 'requantise' job that serves it within seconds; this job then replaces it "
+        "bits ('requantise'), or a kept full LightGCN turned to its principal axes and cut to "
+        "equal sizes ('turn'): the job that serves it within seconds; this job then replaces it "
         "only if its pick validates better",
     )
 

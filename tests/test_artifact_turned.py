@@ -13,11 +13,19 @@ import torch
 from ciess_core.artifact.export import ExportMetadata, ExportOptions, export_model
 from ciess_core.artifact.reader import load_artifact
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
-from ciess_core.artifact.turned import turn_and_cut_artifact
+from ciess_core.artifact.turned import turn_and_cut_artifact, turned_bytes
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ArtifactError, ConfigError
 from ciess_core.models import Backbone, BackboneKind
+from ciess_core.search.budgets import ByteBudget
+from ciess_core.search.turned_full import (
+    TURN_RATIOS,
+    TURN_VALUE_TYPES,
+    turned_validation,
+    turned_widths,
+)
 from ciess_core.sizes import SizeAssignment
+from ciess_core.storage import equal_stored_bytes, widest_equal_size
 from tests.test_artifact_export import MAX_SIZE, export, make_model
 
 
@@ -73,6 +81,7 @@ def test_cut_in_numpy_it_scores_as_the_torch_model_turned_and_cut(
     assert manifest.metrics["valid_by_value_type"] == {value_type: measured}
     assert manifest.memory.stored < 0.25 * load_artifact(source).manifest.memory.stored
     assert any("size_runs" in entry.path for entry in manifest.files)  # one run of sizes
+    assert manifest.memory.stored == turned_bytes(load_artifact(source).manifest, width, value_type)
     model = _full_model(clustered_split)
     model.turn_to_principal_axes()
     count = clustered_split.num_users + clustered_split.num_items
@@ -105,3 +114,34 @@ def test_what_a_turn_cannot_keep_is_refused_and_nothing_is_written(
     assert not out.exists() and not list(tmp_path.glob(".*staging"))
     with pytest.raises(ArtifactError, match="exists already"):
         turn_and_cut_artifact(source, 4, "int8", source)
+
+
+def test_the_measured_widths_are_the_widest_each_type_stores_within_each_ratio() -> None:
+    users, items, width = 600, 400, 128
+    widths = turned_widths(users, items, width)
+    assert set(widths) == set(TURN_VALUE_TYPES)
+    for value_type, sizes in widths.items():
+        assert sizes == sorted(set(sizes), reverse=True)
+        for ratio in TURN_RATIOS:
+            allowed = ByteBudget(ratio).allowed_bytes(users + items, width, 1)
+            size = widest_equal_size(allowed, users + items, value_type, width)
+            assert size in sizes or size == 0
+            assert equal_stored_bytes(users + items, size, value_type, width) <= allowed
+            if 0 < size < width:
+                assert equal_stored_bytes(users + items, size + 1, value_type, width) > allowed
+
+
+def test_scoring_the_turned_cuts_leaves_the_full_model_as_it_was(
+    clustered_split: DatasetSplit,
+) -> None:
+    train, _ = clustered_split.phase(Phase.SEARCH)
+    count = clustered_split.num_users + clustered_split.num_items
+    model = make_model(BackboneKind.LIGHTGCN, train, np.full(count, MAX_SIZE))
+    before = model.tables()[0].weight.detach().clone()
+    scores = turned_validation(model, clustered_split)
+    assert set(scores) == set(TURN_VALUE_TYPES)
+    assert all(
+        metrics["ndcg@20"] > 0 for by_width in scores.values() for metrics in by_width.values()
+    )
+    assert torch.equal(model.tables()[0].weight, before)
+    assert bool((model.embedding_sizes() == MAX_SIZE).all())

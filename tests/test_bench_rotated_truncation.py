@@ -3,6 +3,8 @@ turned table keeps more of them than cutting the table as trained."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
@@ -10,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from bench.rotated_truncation import TurnedModel, equal_width
+from bench.rotated_truncation import TurnedModel, equal_width, grid_rows, report_lines
 from ciess_core.data import DatasetSplit
 from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
 from ciess_core.models.rotation import principal_rotation
@@ -83,3 +85,47 @@ def test_the_equal_width_is_the_widest_that_fits_the_byte_budget() -> None:
 
         assert 1 <= width < spec.backbone.max_size
         assert stored(width) <= budget < stored(width + 1)
+
+
+def _finished_run(work: Path, start: str | None, test: float, batches: int) -> Path:
+    """The files of a finished byte-budget run at ratio 0.05 that ``grid`` reads: a searched
+    candidate (the pick) and an equal one retrained, and the full model's candidate."""
+    pipeline = work / "pipeline"
+    (pipeline / "teacher").mkdir(parents=True)
+    (work / "run_id.txt").write_text(f"run-{start}\n")
+    spec = {"dataset": "ml-1m", "byte_ratios": [0.05]}
+    (pipeline / "spec.json").write_text(
+        json.dumps(spec | ({} if start is None else {"retrain_start": start}))
+    )
+    (pipeline / "teacher" / "summary.json").write_text(json.dumps({"test": {"ndcg@20": 0.44}}))
+
+    def candidate(index: int, kind: str, selected: int) -> dict[str, object]:
+        return {"candidate": index, "kind": kind, "selected_batches": selected,
+                "stages": {} if kind == "full" else {"select": {"batches_run": batches}}}  # fmt: skip
+
+    budget = {
+        "chosen": 0, "chosen_kind": "search", "value_type": "int4",
+        "valid": {"ndcg@20": 0.30}, "test": {"ndcg@20": test},
+        "candidates": [candidate(0, "search", 1200), candidate(1, "equal", 900),
+                       candidate(2, "full", 3000)],
+    }  # fmt: skip
+    summary = {"budgets": {"bytes-0.05": budget}, "timings": {"retrain_bytes-0.05": 100.0}}
+    (pipeline / "summary.json").write_text(json.dumps(summary))
+    return work
+
+
+def test_the_grid_compares_two_runs_ratio_by_ratio(tmp_path: Path) -> None:
+    warm = _finished_run(tmp_path / "warm", "teacher", 0.43, 1000)
+    scratch = _finished_run(tmp_path / "scratch", None, 0.42, 3000)  # before the setting
+    (row,) = grid_rows(warm, scratch)
+    assert (row["kind"], row["byte_ratio"], row["full_test"]) == ("grid", 0.05, 0.44)
+    sides = {side["retrain_start"]: side for side in row["runs"]}
+    assert set(sides) == {"teacher", "random"}
+    assert sides["teacher"]["selection_batches"] == 2000  # the two retrained candidates
+    assert sides["random"]["selection_batches"] == 6000
+    assert sides["teacher"]["test_batches"] == 1200  # the pick's selected batches
+    lines = report_lines({"rows": [row], "machine": "m", "date": "d", "commands": ["c"]})
+    assert any(
+        line.startswith("| 0.05 | teacher | search | int4 | 0.3000 | 0.4300 (97.7%)")
+        for line in lines
+    )

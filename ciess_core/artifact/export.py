@@ -46,6 +46,7 @@ from ciess_core.artifact.ragged import pack, unpack
 from ciess_core.artifact.reader import load_artifact
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
 from ciess_core.artifact.stores import store_table
+from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ArtifactError, ConfigError, DataError
 from ciess_core.json_form import jsonable
 from ciess_core.models import NCF, NGCF, Backbone, BackboneConfig, BackboneKind, build_backbone
@@ -430,6 +431,27 @@ def load_run(run_dir: Path | str, data_dir: Path) -> LoadedRun:
         config=config,
         metrics=run.metrics,
         fingerprint=fingerprint,
+    )
+
+
+def export_deployed(
+    model: Backbone,
+    split: DatasetSplit,
+    out_dir: Path | str,
+    metadata: ExportMetadata | None = None,
+    options: ExportOptions | None = None,
+) -> Path:
+    """:func:`export_model` for a model trained on every interaction of ``split`` (its
+    deployment phase), with the split's external ids."""
+    everything, _ = split.phase(Phase.DEPLOY)
+    return export_model(
+        model,
+        everything,
+        split.external_user_ids,
+        split.external_item_ids,
+        out_dir,
+        metadata,
+        options,
     )
 
 

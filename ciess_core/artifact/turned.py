@@ -27,6 +27,14 @@ from ciess_core.artifact.ragged import RaggedTable, pack, unpack
 from ciess_core.artifact.requantise import source_to_rewrite, write_with_tables
 from ciess_core.errors import ArtifactError, ConfigError
 from ciess_core.rotation import turn_to_principal_axes
+from ciess_core.storage import equal_stored_bytes
+
+
+def turned_bytes(manifest: Manifest, width: int, value_type: str) -> int:
+    """The embedding stores' bytes of ``manifest``'s model turned and cut to ``width`` for
+    every user and item, stored as ``value_type`` (sizes as one run)."""
+    tables = len(manifest.tables)
+    return equal_stored_bytes(manifest.num_entities, width, value_type, manifest.max_size, tables)
 
 
 def turned_and_cut(table: RaggedTable, width: int) -> RaggedTable:

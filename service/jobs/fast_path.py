@@ -8,8 +8,14 @@ whose stores fit and that validates best (from an artifact stored in a quantised
 type: its codes cannot be rounded again into a model its run validated); a ``requantise`` job
 then stores that artifact's
 tables again in that type (:func:`~ciess_core.artifact.requantise.requantise_artifact`, numpy
-only: no torch, no training) and the worker promotes it. The byte planner's budget job runs
-after it and replaces it only if its pick validates better (``replace_if_better``).
+only: no torch, no training) and the worker promotes it. A kept float32 LightGCN artifact
+that recorded how it validates turned to its principal axes and cut to equal sizes
+(``metrics.valid_turned``, the full model a search job keeps:
+:func:`~ciess_core.search.turned_full.export_turnable_full`) also offers each measured cut
+whose stores fit; a ``turn`` job writes it (:func:`~ciess_core.artifact.turned.
+turn_and_cut_artifact`, numpy only), so that a budget below every quantised store of a kept
+model is met within seconds too. The byte planner's budget job runs after either and replaces
+it only if its pick validates better (``replace_if_better``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from ciess_core.artifact.requantise import (
     requantise_artifact,
     requantised_bytes,
 )
+from ciess_core.artifact.turned import turn_and_cut_artifact, turned_bytes
 from ciess_core.errors import ConfigError
 from ciess_core.storage import VALUE_TYPES
 from service.jobs.store import Job, JobStore
@@ -35,6 +42,9 @@ from service.versions import kept_versions
 logger = logging.getLogger(__name__)
 
 REQUANTISE_JOB = "requantise"
+TURN_JOB = "turn"
+#: The jobs of the fast path: numpy only, each done in seconds.
+FAST_PATH_JOBS = (REQUANTISE_JOB, TURN_JOB)
 SELECTION_METRIC = "ndcg@20"
 """The validation metric the pipeline selects on, and the fast path compares with."""
 
@@ -46,14 +56,17 @@ def new_version(job_id: int) -> str:
 
 @dataclass(frozen=True)
 class FastPlan:
-    """A kept artifact and the value type that meets the budget.
+    """A kept artifact and the value type (and, turned, the equal size) that meets the budget.
 
     Attributes:
         source: the kept artifact's directory.
         source_version: its name.
         value_type: the type to store its tables as.
         bytes: its embedding stores' bytes in that type.
-        valid: its selected twin's validation :data:`SELECTION_METRIC` in that type.
+        valid: its selected twin's validation :data:`SELECTION_METRIC` in that type (turned:
+            the full model's turned and cut so).
+        width: None: stored as it is; else the equal size it is turned and cut to.
+        metrics: the validation metrics behind ``valid``.
     """
 
     source: Path
@@ -61,6 +74,13 @@ class FastPlan:
     value_type: str
     bytes: int
     valid: float
+    width: int | None = None
+    metrics: dict[str, float] | None = None
+
+    @property
+    def kind(self) -> str:
+        """The job that writes it: :data:`REQUANTISE_JOB` or :data:`TURN_JOB`."""
+        return REQUANTISE_JOB if self.width is None else TURN_JOB
 
     def params(self) -> dict[str, Any]:
         return {
@@ -70,6 +90,7 @@ class FastPlan:
             "bytes": self.bytes,
             "valid": self.valid,
             "metric": SELECTION_METRIC,
+            **({} if self.width is None else {"width": self.width, "metrics": self.metrics}),
         }
 
 
@@ -83,46 +104,95 @@ def _same_model_family(kept: Manifest, served: Manifest) -> bool:
     )
 
 
+def _requantised_plans(
+    directory: Path, version: str, manifest: Manifest, served: Manifest
+) -> list[FastPlan]:
+    """``manifest``'s model stored as every type its run measured that its stores can give
+    (:func:`keeps_measured_quality`), the served model in its own type aside."""
+    measured = manifest.metrics.get("valid_by_value_type") or {}
+    plans = []
+    for value_type in VALUE_TYPES:
+        valid = (measured.get(value_type) or {}).get(SELECTION_METRIC)
+        if valid is None or not keeps_measured_quality(manifest.value_dtype, value_type):
+            continue
+        if manifest == served and value_type == manifest.value_dtype:
+            continue  # the served model as it is: nothing to serve sooner
+        size = requantised_bytes(manifest, value_type)
+        plans.append(FastPlan(directory, version, value_type, size, float(valid)))
+    return plans
+
+
+def _turned_plans(directory: Path, version: str, manifest: Manifest) -> list[FastPlan]:
+    """Every turned cut that ``manifest`` (a float32 LightGCN) measured
+    (``metrics.valid_turned``: value type → size → metrics); entries of another shape are
+    skipped."""
+    if manifest.backbone != "lightgcn" or manifest.value_dtype != "float32":
+        return []
+    measured = manifest.metrics.get("valid_turned")
+    plans = []
+    for value_type, by_width in (measured if isinstance(measured, dict) else {}).items():
+        if value_type not in VALUE_TYPES or not isinstance(by_width, dict):
+            continue
+        for width, metrics in by_width.items():
+            valid = metrics.get(SELECTION_METRIC) if isinstance(metrics, dict) else None
+            if not isinstance(valid, (int, float)) or not str(width).isdigit():
+                continue
+            size = int(width)
+            if not 1 <= size <= manifest.max_size:
+                continue
+            stored = turned_bytes(manifest, size, value_type)
+            plans.append(
+                FastPlan(directory, version, value_type, stored, float(valid), size, dict(metrics))
+            )
+    return plans
+
+
 def plan_fast_path(
     settings: Settings, store: JobStore, served: Manifest, max_bytes: int
 ) -> FastPlan | None:
-    """The kept artifact and value type within ``max_bytes`` that validates best, or None when
-    no kept artifact measured a type that fits. A kept artifact stored in a quantised type offers
-    only that type: its float32 values are gone (:func:`keeps_measured_quality`). The served
-    model in its own type is no candidate: a copy of it would change nothing."""
+    """The kept artifact, value type (and turned cut) within ``max_bytes`` that validates best,
+    or None when no kept artifact measured one that fits. A kept artifact stored in a quantised
+    type offers only that type: its float32 values are gone (:func:`keeps_measured_quality`).
+    The served model in its own type is no candidate: a copy of it would change nothing."""
     best: FastPlan | None = None
     for kept in kept_versions(settings, store):
         manifest = kept.manifest
         if manifest is None or not _same_model_family(manifest, served):
             continue
-        measured = manifest.metrics.get("valid_by_value_type") or {}
-        for value_type in VALUE_TYPES:
-            valid = (measured.get(value_type) or {}).get(SELECTION_METRIC)
-            if valid is None or not keeps_measured_quality(manifest.value_dtype, value_type):
-                continue
-            if manifest == served and value_type == manifest.value_dtype:
-                continue  # the served model as it is: nothing to serve sooner
-            size = requantised_bytes(manifest, value_type)
-            if size <= max_bytes and (best is None or valid > best.valid):
-                best = FastPlan(kept.directory, kept.version, value_type, size, float(valid))
+        plans = _requantised_plans(kept.directory, kept.version, manifest, served)
+        plans += _turned_plans(kept.directory, kept.version, manifest)
+        for plan in plans:
+            if plan.bytes <= max_bytes and (best is None or plan.valid > best.valid):
+                best = plan
     return best
 
 
-def run_requantise_job(settings: Settings, store: JobStore, job: Job) -> Path:
-    """The ``requantise`` job: the planned artifact stored as its value type, exported under
-    ``artifacts_dir``; the worker promotes it when this returns."""
+def run_fast_path_job(settings: Settings, store: JobStore, job: Job) -> Path:
+    """A ``requantise`` job (the planned artifact stored as its value type) or a ``turn`` job
+    (turned, cut to its width and stored so), exported under ``artifacts_dir``; the worker
+    promotes it when this returns."""
     params = job.params
-    store.report(job.id, "requantising", 0.1)
+    turned = job.kind == TURN_JOB
+    store.report(job.id, "turning" if turned else "requantising", 0.1)
     source, value_type = Path(str(params["source"])), str(params["value_type"])
     if not source.is_dir():
         raise ConfigError(f"the kept artifact {source} is gone")
     version = new_version(job.id)
     out = settings.artifacts_dir / version
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
-    requantise_artifact(
-        source, value_type, out, str(params.get("source_version")), int(params["max_bytes"])
-    )
+    label, max_bytes = str(params.get("source_version")), int(params["max_bytes"])
+    if turned:
+        width = int(params["width"])
+        turn_and_cut_artifact(
+            source, width, value_type, out, label, max_bytes, params.get("metrics")
+        )
+    else:
+        requantise_artifact(source, value_type, out, label, max_bytes)
     store.set_artifact(job.id, out, version)
     store.report(job.id, "exported", 1.0)
-    logger.info("job %d: %s stored as %s in %s", job.id, source.name, value_type, out)
+    logger.info(
+        "job %d: %s %s as %s in %s",
+        job.id, source.name, f"turned, cut to {params['width']} and stored" if turned else
+        "stored", value_type, out,
+    )  # fmt: skip
     return out

@@ -27,16 +27,17 @@ from ciess_core.artifact.export import (
     ExportMetadata,
     ExportOptions,
     backbone_config_from_dict,
-    export_model,
+    export_deployed,
     export_run,
 )
 from ciess_core.artifact.manifest import Manifest
 from ciess_core.artifact.reader import read_manifest
-from ciess_core.data import DatasetSplit, InteractionData, Phase, load_dataset, split_per_user
+from ciess_core.data import DatasetSplit, InteractionData, load_dataset, split_per_user
 from ciess_core.data.registry import resolve_data_dir
-from ciess_core.errors import ConfigError, DataError
+from ciess_core.errors import CiessError, ConfigError, DataError
 from ciess_core.executors import DEFAULT_WORKERS
 from ciess_core.json_form import jsonable
+from ciess_core.models import BackboneKind
 from ciess_core.pipeline import DEFAULT_SPARSITY_BUDGETS, PipelineSpec, pipeline_spec
 from ciess_core.run_folder import RUN_FORMAT_VERSION
 from ciess_core.runs import TRAINED_ON_ALL, RunSpec, execute_and_deploy
@@ -44,6 +45,8 @@ from ciess_core.search.budgets import ByteBudget
 from ciess_core.search.files import BudgetFolder
 from ciess_core.search.pipeline import run_pipeline
 from ciess_core.search.shared_stages import reuse_sibling_stages, stages_identity
+from ciess_core.search.teachers import keeps_phase_teachers
+from ciess_core.search.turned_full import export_turnable_full
 from ciess_core.sizes import SizeAssignment, SizeScheme, equal_sizes_within, highest_sparsity
 from ciess_core.storage import dense_fp32_bytes
 from service.jobs.fast_path import new_version
@@ -137,11 +140,13 @@ def _search_job(
     spec: PipelineSpec,
     split: DatasetSplit,
     fingerprint: str,
+    split_seed: int,
     out: Path,
     report: Reporter,
 ) -> None:
     """The product pipeline at one budget (its byte budget when it has one, else its sparsity),
-    its deployment model exported to ``out`` in the value type it was selected in."""
+    its deployment model exported to ``out`` in the value type it was selected in; then, for
+    LightGCN, the pipeline's full model kept for turned budget changes (:func:`_keep_full`)."""
     directory = _pipeline_folder(settings, spec, fingerprint)
     (budget,) = [ByteBudget(ratio) for ratio in spec.byte_ratios] or spec.search.budgets
     run_dir = BudgetFolder.of(directory, budget).run
@@ -168,6 +173,38 @@ def _search_job(
         resolve_data_dir(settings.data_dir),
         ExportOptions(verify_users=64, threads=1),
     )
+    if spec.backbone.kind is BackboneKind.LIGHTGCN and keeps_phase_teachers(spec):
+        report("keeping the full model", 0.95, force=True)
+        _keep_full(settings, spec, split, directory, fingerprint, split_seed)
+
+
+def _keep_full(
+    settings: Settings,
+    spec: PipelineSpec,
+    split: DatasetSplit,
+    directory: Path,
+    fingerprint: str,
+    split_seed: int,
+) -> None:
+    """Keep the full model of the pipeline in ``directory`` as the artifact
+    ``artifacts_dir/full-<key>`` (the key: what its budget-free stages depend on, so one per
+    data and recipe), with its turned cuts measured on validation
+    (:func:`~ciess_core.search.turned_full.export_turnable_full`): a later byte budget that no
+    kept model meets by its stored type is then met at once by turning and cutting it. An
+    artifact of the same key is kept as it is. A failure here is logged, not the job's: its
+    model is exported already."""
+    identity = stages_identity(jsonable(spec), fingerprint)
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    out = settings.artifacts_dir / f"full-{key}"
+    if out.is_dir():
+        return
+    options = ExportOptions(verify_users=64, threads=1)
+    try:
+        export_turnable_full(spec, split, directory, out, fingerprint, split_seed, options)
+    except CiessError as error:
+        logger.warning("the full model is not kept for turned budget changes: %s", error)
+        return
+    logger.info("kept the full model of %s as %s", directory, out)
 
 
 def _equal_job(
@@ -194,7 +231,6 @@ def _equal_job(
     report("training", _PIPELINE_START, force=True)
     model, outcome, _ = execute_and_deploy(run_spec, split, sizes, progress=False)
     report("exporting", _PIPELINE_END, force=True)
-    everything, _ = split.phase(Phase.DEPLOY)
     metadata = ExportMetadata(
         dataset=spec.dataset,
         dataset_fingerprint=fingerprint,
@@ -209,15 +245,7 @@ def _equal_job(
         source=f"job {job_id}",
         trained_on=TRAINED_ON_ALL,
     )
-    export_model(
-        model,
-        everything,
-        split.external_user_ids,
-        split.external_item_ids,
-        out,
-        metadata,
-        ExportOptions(verify_users=64, threads=1),
-    )
+    export_deployed(model, split, out, metadata, ExportOptions(verify_users=64, threads=1))
 
 
 def _job_spec(settings: Settings, manifest: Manifest, targets: tuple[float, ...]) -> PipelineSpec:
@@ -283,7 +311,7 @@ def run_budget_job(settings: Settings, store: JobStore, job: Job) -> Path:
     if method == "search":
         if max_bytes is not None:  # the byte planner chooses the value type and sizes
             spec = _byte_budget_spec(spec, split, int(max_bytes))
-        _search_job(settings, spec, split, data.fingerprint(), out, report)
+        _search_job(settings, spec, split, data.fingerprint(), split_seed, out, report)
     elif method == "equal":
         num_entities = split.num_users + split.num_items
         max_parameters = int(params.get("max_parameters") or 0) // len(manifest.tables)

@@ -34,7 +34,7 @@ from types import FrameType
 
 from ciess_core.artifact.reader import read_manifest
 from ciess_core.errors import CiessError
-from service.jobs.fast_path import REQUANTISE_JOB, run_requantise_job
+from service.jobs.fast_path import FAST_PATH_JOBS, run_fast_path_job
 from service.jobs.store import Job, JobState, JobStore, pid_alive, worker_name
 from service.settings import Settings, load_settings
 from service.versions import apply_retention, promote
@@ -75,8 +75,8 @@ def _job_main(settings: Settings, job_id: int) -> None:
     ).start()
     try:
         job = store.get(job_id)
-        if job.kind == REQUANTISE_JOB:  # numpy only: starts and ends in seconds
-            run_requantise_job(settings, store, job)
+        if job.kind in FAST_PATH_JOBS:  # numpy only: starts and ends in seconds
+            run_fast_path_job(settings, store, job)
         else:
             from service.jobs.runner import run_budget_job
 

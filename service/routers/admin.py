@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from service.deps import HolderDep, MetricsDep, ModelDep, SettingsDep, StoreDep, admin_router
 from service.errors import NotReadyError, error_responses
 from service.jobs.budget import Budget, resolve_budget, served_budget, sizing_method
-from service.jobs.fast_path import REQUANTISE_JOB, plan_fast_path
+from service.jobs.fast_path import plan_fast_path
 from service.jobs.store import Job, JobState, JobStore
 from service.model_holder import ServedModel, all_processes_within, request_reload
 from service.schemas import (
@@ -188,20 +188,21 @@ def _queue_fast_path(
     model: ServedModel, store: JobStore, settings: Settings, max_bytes: int
 ) -> Job | None:
     """Queue the fast path of a byte budget (:mod:`service.jobs.fast_path`) when a kept model
-    meets it by its stored type; None when none does."""
+    meets it stored in another type, or turned and cut; None when none does."""
     plan = plan_fast_path(settings, store, model.scorer.manifest, max_bytes)
     if plan is None:
         return None
     job, _ = store.enqueue(
-        REQUANTISE_JOB,
+        plan.kind,
         {**plan.params(), "max_bytes": max_bytes, "base_version": model.version},
-        key=f"{plan.source_version}:{plan.value_type}:{max_bytes}",
+        key=f"{plan.source_version}:{plan.value_type}:{plan.width}:{max_bytes}",
         max_queued=settings.max_queued_jobs,
         retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS,
     )
     logger.info(
-        "job %d queued: %s stored as %s (%d bytes) meets %d bytes at once",
-        job.id, plan.source_version, plan.value_type, plan.bytes, max_bytes,
+        "job %d queued: %s%s stored as %s (%d bytes) meets %d bytes at once",
+        job.id, plan.source_version, "" if plan.width is None else f" turned, cut to {plan.width},",
+        plan.value_type, plan.bytes, max_bytes,
     )  # fmt: skip
     return job
 

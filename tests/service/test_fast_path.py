@@ -7,15 +7,18 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from ciess_core.artifact.reader import read_manifest
+from ciess_core.artifact.manifest import Manifest
+from ciess_core.artifact.reader import load_artifact, read_manifest
 from ciess_core.artifact.requantise import requantise_artifact, requantised_bytes
-from service.jobs.fast_path import REQUANTISE_JOB
+from ciess_core.artifact.turned import turned_bytes
+from ciess_core.storage import VALUE_TYPES
+from service.jobs.fast_path import REQUANTISE_JOB, TURN_JOB
 from service.jobs.store import JobState, JobStore
 from service.jobs.worker import _better_served, execute, run_worker
 from service.main import create_app
@@ -183,3 +186,92 @@ def test_the_planners_pick_replaces_the_fast_path_only_if_it_validates_better(
     assert (why is None) is promoted
     if not promoted:
         assert "not promoted: validates ndcg@20 0.29" in str(why)
+
+
+# What the full model's twin validated at turned and cut to equal sizes (test input, made up):
+# value type -> size -> metrics, as a search job's kept full model records it.
+TURNED = {
+    "int8": {"8": {"ndcg@20": 0.280}, "4": {"ndcg@20": 0.230}},
+    "int4-table": {"16": {"ndcg@20": 0.301}, "6": {"ndcg@20": 0.260}, "3": {"ndcg@20": 0.200}},
+}
+
+
+@pytest.fixture
+def turnable(measured: Settings, tmp_path: Path) -> Settings:
+    """``measured``, its served full float32 LightGCN also recording its turned cuts."""
+    base = _with_metrics(
+        measured.artifact_dir,  # type: ignore[arg-type]
+        tmp_path / "v1-turnable",
+        {"valid_turned": TURNED},
+    )
+    return measured.replace(artifact_dir=base)
+
+
+@pytest.mark.parametrize(
+    ("budget_of", "expected"),
+    [
+        # below every type the model can be stored in: the best fitting turned cut
+        (lambda m: min(requantised_bytes(m, t) for t in VALUE_TYPES) - 1, ("int4-table", 6)),
+        # int8 fits (0.299), and so does the int4-table cut at full width, which validated better
+        (lambda m: requantised_bytes(m, "int8"), ("int4-table", 16)),
+    ],
+)
+def test_a_turned_cut_of_the_full_model_serves_a_byte_budget_at_once(
+    turnable: Settings, budget_of: Callable[[Manifest], int], expected: tuple[str, int]
+) -> None:
+    manifest = read_manifest(turnable.artifact_dir)  # type: ignore[arg-type]
+    budget = budget_of(manifest)
+    value_type, width = expected
+    assert turned_bytes(manifest, width, value_type) <= budget
+    started = time.perf_counter()
+    with TestClient(create_app(turnable)) as client:
+        answer = client.post(
+            "/v1/admin/budget",
+            json={"max_bytes": budget, "method": "search"},
+            headers=admin_headers(),
+        )
+        assert answer.status_code == 202, answer.text
+        body = answer.json()
+        fast = body["fast_path"]
+        assert fast["kind"] == TURN_JOB
+        assert (fast["params"]["value_type"], fast["params"]["width"]) == expected
+        valid = TURNED[value_type][str(width)]["ndcg@20"]
+        assert body["params"]["replace_if_better"]["valid"] == valid
+        store = JobStore(turnable.job_db_path)
+        job = store.claim("test", 1)
+        assert job is not None and job.id == fast["id"]  # the fast path runs first
+        assert execute(turnable, store, job, threading.Event()) is JobState.SUCCEEDED
+        served = read_pointer(turnable)
+        assert served is not None
+        new = load_artifact(served)
+        assert new.manifest.value_dtype == value_type and new.manifest.memory.stored <= budget
+        assert set(new.tables["embedding"].sizes.tolist()) == {width}
+        assert new.manifest.metrics["valid"] == TURNED[value_type][str(width)]
+        assert new.manifest.verification["turned_from"] == manifest_version(turnable)
+        deadline = time.monotonic() + 10
+        while client.get("/v1/model").json()["version"] != served.name:
+            assert time.monotonic() < deadline, "the API did not swap the turned model in"
+            time.sleep(0.1)
+        assert time.perf_counter() - started < 10.0
+        assert client.get("/v1/users/u3/recommendations").status_code == 200
+
+
+def manifest_version(settings: Settings) -> str:
+    return Path(str(settings.artifact_dir)).name
+
+
+def test_turned_cuts_recorded_in_another_shape_are_no_candidates(
+    measured: Settings, tmp_path: Path
+) -> None:
+    odd = {"int8": "8", "float64": {"4": {"ndcg@20": 0.3}},
+           "int4": {"abc": {"ndcg@20": 0.3}, "0": {"ndcg@20": 0.3}, "4": {"ndcg@20": "high"}}}  # fmt: skip
+    base = _with_metrics(measured.artifact_dir, tmp_path / "v1-odd", {"valid_turned": odd})  # type: ignore[arg-type]
+    settings = measured.replace(artifact_dir=base)
+    below = min(requantised_bytes(read_manifest(base), t) for t in VALUE_TYPES) - 1
+    with TestClient(create_app(settings)) as client:
+        answer = client.post(
+            "/v1/admin/budget",
+            json={"max_bytes": below, "method": "search"},
+            headers=admin_headers(),
+        )
+        assert answer.status_code == 202 and answer.json()["fast_path"] is None

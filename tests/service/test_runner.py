@@ -18,6 +18,8 @@ from ciess_core.search import evaluators, teachers
 from ciess_core.search import pipeline as pipeline_module
 from ciess_core.search.files import BudgetFolder
 from ciess_core.search.shared_stages import COPIED_STAGES_FILE, SHARED_STAGES
+from ciess_core.search.turned_full import turned_widths
+from ciess_core.storage import VALUE_TYPES
 from service.jobs.runner import run_budget_job
 from service.jobs.store import JobState, JobStore
 from service.settings import Settings
@@ -67,9 +69,20 @@ def test_search_job_runs_the_pipeline_once_and_reuses_it(settings: Settings) -> 
     summary = json.loads((searches[0] / "summary.json").read_text())
     assert (summary["executor"], summary["workers"]) == ("local", 1)  # beside the API: one unit
     summary_time = (searches[0] / "summary.json").stat().st_mtime_ns
+    (kept,) = settings.artifacts_dir.glob("full-*")  # the full model, for turned budgets
+    full = load_artifact(kept).manifest
+    assert (full.value_dtype, full.achieved_sparsity, full.dataset["size_scheme"]) == (
+        "float32", 0.0, "full")  # fmt: skip
+    assert full.dataset["trained_on"] == TRAINED_ON_ALL and full.verification["users"] > 0
+    widths = turned_widths(full.num_users, full.num_items, full.max_size)
+    turned = full.metrics["valid_turned"]
+    assert {t: [int(w) for w in turned[t]] for t in turned} == widths
+    assert set(full.metrics["valid_by_value_type"]) == set(VALUE_TYPES)
+    kept_time = (kept / "manifest.json").stat().st_mtime_ns
     job = _job(store, target_sparsity=0.7, method="search")
     run_budget_job(settings, store, job)
     assert (searches[0] / "summary.json").stat().st_mtime_ns == summary_time  # reused
+    assert (kept / "manifest.json").stat().st_mtime_ns == kept_time  # kept once
 
 
 def test_a_byte_budget_search_job_serves_the_planners_pick_within_its_bytes(
