@@ -21,8 +21,9 @@ Usage:
   within the ratio, float32, trained and tested under the same protocol.
 
 Every row: `bytes` (stored embedding bytes, every file) ≤ `byte_ratio` × `dense_fp32_bytes`.
-`--retrain-start teacher` starts the planner's retrainings from each phase's teacher turned to
-its principal axes (LightGCN; the baselines always start from random weights).
+The planner's retrainings start where the recipe says (LightGCN: from each phase's teacher
+turned to its principal axes and cut; `--retrain-start random` for the random start, which
+folders written before the setting ran). The baselines always start from random weights.
 `--reuse DIR` copies the full model, its teachers and the supernet from an earlier pipeline
 folder of the same recipe (they do not depend on the budgets), to spare their hours.
 Rows go to `docs/benchmarks/bytes.json`; `report` rewrites `docs/benchmarks/bytes.md` and a PNG

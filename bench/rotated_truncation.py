@@ -101,7 +101,8 @@ def run_folder(work: Path) -> tuple[str, PipelineSpec, Path]:
         stored["dataset"],
         "lightgcn",
         byte_ratios=tuple(stored["byte_ratios"]),
-    )
+    )  # a folder from before the start was a setting ran the random start
+    spec = dataclasses.replace(spec, retrain_start=Start(stored.get("retrain_start", "random")))
     try:
         claim_pipeline_folder(pipeline, spec)  # the folder's spec exists: this only compares
     except ConfigError as error:

@@ -16,7 +16,7 @@ from ciess_core import runs
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError, DataError
 from ciess_core.models import BackboneConfig, BackboneKind
-from ciess_core.pipeline import claim_pipeline_folder
+from ciess_core.pipeline import claim_pipeline_folder, pipeline_spec
 from ciess_core.run_folder import MODEL_FILE, RUN_FORMAT_VERSION, read_run
 from ciess_core.runs import Protocol, RunProtocol, Start
 from ciess_core.search import ItemQuality, SearchConfig
@@ -358,6 +358,11 @@ def test_retraining_from_the_turned_teachers_resumes_old_folders_and_needs_their
     assert warm["budgets"]["0.8"]["achieved_sparsity"] >= 0.8 - 1e-9
     with pytest.raises(ConfigError, match="only a pipeline that distils"):
         dataclasses.replace(tiny_spec(), retrain_start=Start.TEACHER)
+    # the shipped recipes: LightGCN starts from its teachers, the others from random weights
+    assert pipeline_spec("ml-1m", "lightgcn").retrain_start is Start.TEACHER
+    assert {pipeline_spec("ml-1m", kind).retrain_start for kind in ("ngcf", "ncf")} == {
+        Start.RANDOM
+    }
     with pytest.raises(ConfigError, match="LightGCN only"):
         dataclasses.replace(
             warm_start, backbone=BackboneConfig(kind=BackboneKind.NGCF, max_size=MAX_SIZE)

@@ -139,6 +139,8 @@ class PipelineSpec:
             (:class:`~ciess_core.runs.Start`): from random weights (the paper's), or from that
             phase's teacher turned to its principal axes and cut to the candidate's sizes
             (LightGCN only; it needs ``distillation``, whose teachers it starts from).
+            :func:`ciess_core.pipeline.pipeline_spec` gives each backbone its measured best
+            (``RETRAIN_START``: the teacher for LightGCN).
     """
 
     dataset: str
