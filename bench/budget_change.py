@@ -171,7 +171,7 @@ def write_report(report: dict[str, Any], path: Path) -> None:
                 f"| {row['repeat']} | {row['served_bytes_before']:,} ({row['value_type_before']})"
                 f" | {row['max_bytes']:,} | {row['served_bytes_after']:,} "
                 f"({row['value_type_after']}) | {_fast_job(row)} | "
-                f"{row.get('fast_job_valid') or '—'} | {row['post_to_new_answer_s']} | "
+                f"{_valid(row.get('fast_job_valid'))} | {row['post_to_new_answer_s']} | "
                 f"{row['fast_job_seconds']} | {row['requests']} | {row['not_valid_200']} | "
                 f"{row['p50_ms']} | {row['p99_ms']} | {row['max_ms']} |"
             )
@@ -185,6 +185,10 @@ def write_report(report: dict[str, Any], path: Path) -> None:
             "",
         ]
     path.write_text("\n".join(lines))
+
+
+def _valid(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
 
 
 def _fast_job(row: dict[str, Any]) -> str:
