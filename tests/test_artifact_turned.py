@@ -79,6 +79,7 @@ def test_cut_in_numpy_it_scores_as_the_torch_model_turned_and_cut(
     assert manifest.achieved_sparsity == pytest.approx(1 - width / MAX_SIZE)
     assert manifest.metrics["valid"] == measured and manifest.metrics["test"] is None
     assert manifest.metrics["valid_by_value_type"] == {value_type: measured}
+    assert manifest.dataset["size_scheme"] == "equal" and manifest.target_sparsity is None
     assert manifest.memory.stored < 0.25 * load_artifact(source).manifest.memory.stored
     assert any("size_runs" in entry.path for entry in manifest.files)  # one run of sizes
     assert manifest.memory.stored == turned_bytes(load_artifact(source).manifest, width, value_type)

@@ -11,7 +11,8 @@ that ``docs/benchmarks/rotated-truncation.md`` measures.
 The source must store float32 values: from a quantised store the decoded codes would be turned
 and rounded again, a model no run validated. The new manifest's ``valid`` is the figure the
 caller measured for this cut (null otherwise), its ``test`` is null (no run tested this model),
-and ``verification`` records the source, the width and the seconds taken.
+its sizes are recorded as equal sizes, and ``verification`` records the source, the width and
+the seconds taken.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def turn_and_cut_artifact(
             "metrics": metrics,
             "achieved_sparsity": 1.0 - width / old.max_size,
             "target_sparsity": None,
+            "dataset": {**old.dataset, "size_scheme": "equal"},
         },
         {"turned_from": source_label or str(source), "width": width},
         max_bytes,
