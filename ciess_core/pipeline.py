@@ -155,11 +155,25 @@ def claim_pipeline_folder(out: Path, spec: PipelineSpec) -> None:
         stored = _with_later_defaults(json.loads(spec_path.read_text()))
         if stored != described:
             raise ConfigError(
-                f"{out} holds a pipeline with other settings ({spec_path}); choose another "
-                "output folder to start a new one"
+                f"{out} holds a pipeline with other settings ({spec_path}: "
+                f"{_differences(stored, described)}); choose another output folder to start a "
+                "new one"
             )
     else:
         spec_path.write_text(json.dumps(described, indent=1) + "\n")
+
+
+def _differences(stored: Any, described: Any, where: str = "") -> str:
+    """The settings in which a folder's recorded spec and this run's differ, as
+    ``name: recorded -> asked`` (nested settings by their dotted path)."""
+    if isinstance(stored, dict) and isinstance(described, dict):
+        parts = [
+            _differences(stored.get(key), described.get(key), f"{where}{key}.")
+            for key in sorted(set(stored) | set(described), key=str)
+            if stored.get(key) != described.get(key)
+        ]
+        return "; ".join(parts)
+    return f"{where.rstrip('.')}: {json.dumps(stored)} -> {json.dumps(described)}"
 
 
 def run_product_pipeline(

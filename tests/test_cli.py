@@ -270,7 +270,7 @@ def test_search_runs_end_to_end_and_resumes(
     assert main(arguments) == 0  # resumes: every stage is already done
     # A flag that changes the recipe is refused on a folder of another recipe.
     assert main([*arguments, "--max-batches", "3"]) == 2
-    assert "other settings" in capsys.readouterr().err
+    assert "training.max_batches: " in capsys.readouterr().err  # names what differs
     assert json.loads((out / "summary.json").read_text())["workers"] == 2  # the default
     # With one worker every stage runs in this process, one after another; the sizes are the same.
     sequential = tmp_path / "apart" / "sequential"  # not beside `out`: trains every stage

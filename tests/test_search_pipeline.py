@@ -349,7 +349,7 @@ def test_retraining_from_the_turned_teachers_resumes_old_folders_and_needs_their
     del stored["retrain_start"]
     (tmp_path / "old" / "spec.json").write_text(json.dumps(stored))
     claim_pipeline_folder(tmp_path / "old", random_start)  # an older folder resumes
-    with pytest.raises(ConfigError, match="other settings"):
+    with pytest.raises(ConfigError, match=r'other settings .*retrain_start: "random" -> "teacher"'):
         claim_pipeline_folder(tmp_path / "old", warm_start)
     scratch = run_pipeline(random_start, clustered_split, tmp_path / "old", progress=False)
     warm = run_pipeline(warm_start, clustered_split, tmp_path / "warm", progress=False)
