@@ -27,7 +27,7 @@ import numpy as np
 from ciess_core.artifact.files import file_entry, write_array
 from ciess_core.artifact.manifest import MANIFEST_NAME, Manifest, manifest_to_json
 from ciess_core.artifact.ragged import RaggedTable
-from ciess_core.artifact.reader import Artifact, load_artifact, read_manifest
+from ciess_core.artifact.reader import Artifact, load_artifact
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
 from ciess_core.artifact.stores import store_table
 from ciess_core.errors import ArtifactError
@@ -75,6 +75,7 @@ def requantise_artifact(
     metrics["valid"] = measured if keeps_measured_quality(old.value_dtype, value_type) else None
     return write_with_tables(
         source,
+        old,
         out,
         artifact.tables,
         value_type,
@@ -101,6 +102,7 @@ def source_to_rewrite(source: Path, value_type: str, out: Path) -> Artifact:
 
 def write_with_tables(
     source: Path,
+    old: Manifest,
     out: Path,
     tables: Mapping[str, RaggedTable],
     value_type: str,
@@ -109,13 +111,13 @@ def write_with_tables(
     max_bytes: int | None,
     started: float,
 ) -> Manifest:
-    """Write the artifact of ``source`` to ``out`` with ``tables`` (float, one per table of its
-    manifest) stored as ``value_type``, the manifest's fields in ``changes`` replaced and
-    ``verification`` saying where it came from; every other file is copied. The copy is staged
-    beside ``out``, checked (within ``max_bytes`` when given; it loads and scores finite
-    values) and only then renamed into place; returns its manifest. ``verification`` gains the
-    seconds since ``started`` (a ``time.perf_counter()`` reading)."""
-    old = read_manifest(source)
+    """Write the artifact of ``source`` (whose manifest, already loaded, is ``old``) to ``out``
+    with ``tables`` (float, one per table of its manifest) stored as ``value_type``, the
+    manifest's fields in ``changes`` replaced and ``verification`` saying where it came from;
+    every other file is copied. The copy is staged beside ``out``, checked (within
+    ``max_bytes`` when given; it loads and scores finite values) and only then renamed into
+    place; returns its manifest. ``verification`` gains the seconds since ``started`` (a
+    ``time.perf_counter()`` reading)."""
     staging = out.parent / f".{out.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -88,6 +88,7 @@ def turn_and_cut_artifact(
     metrics["valid_by_value_type"] = {} if valid is None else {value_type: valid}
     return write_with_tables(
         source,
+        old,
         out,
         tables,
         value_type,
