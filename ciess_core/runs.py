@@ -95,7 +95,9 @@ class Protocol(enum.Enum):
             stages["select"] = stage_summary(selection)
             valid_metrics = selection.best_metrics
             selected_batches = max(selection.best_batch, 1)
-            by_value_type = validation_by_value_type(selected, split, spec)
+            by_value_type = validation_by_value_type(
+                selected, split, spec.training.eval_users_per_chunk
+            )
         final_config = dataclasses.replace(
             spec.training, max_batches=selected_batches, eval_every=0
         )
@@ -279,12 +281,11 @@ def select_on_validation(
 
 
 def validation_by_value_type(
-    model: Backbone, split: DatasetSplit, spec: RunSpec
+    model: Backbone, split: DatasetSplit, chunk: int
 ) -> dict[str, dict[str, float]]:
-    """``model`` (trained on the search phase's train) scored on validation with its tables
-    stored as each value type of :data:`~ciess_core.storage.VALUE_TYPES`."""
+    """``model`` (trained on the search phase's train) scored on validation, ``chunk`` users at
+    a time, with its tables stored as each value type of :data:`~ciess_core.storage.VALUE_TYPES`."""
     train, valid = split.phase(Phase.SEARCH)
-    chunk = spec.training.eval_users_per_chunk
     return {
         value_type: evaluate_model(model, train, valid, chunk, value_type=value_type).mean()
         for value_type in VALUE_TYPES

@@ -128,7 +128,7 @@ def _select_full(
     scored on validation (and, with a protocol that selects on test, the test phase's on test);
     its batch count is the full model's."""
     search_model = _phase_model(teachers, Phase.SEARCH)
-    by_type = validation_by_value_type(search_model, split, run_spec)
+    by_type = validation_by_value_type(search_model, split, run_spec.training.eval_users_per_chunk)
     record: dict[str, Any] = {
         "valid": by_type[run_spec.training.value_type],
         "valid_by_value_type": by_type,
@@ -184,7 +184,9 @@ def select_candidate(
         history = [{"stage": "select", **dataclasses.asdict(r)} for r in selection.history]
         record.update(
             valid=selection.best_metrics,
-            valid_by_value_type=validation_by_value_type(model, split, run_spec),
+            valid_by_value_type=validation_by_value_type(
+                model, split, run_spec.training.eval_users_per_chunk
+            ),
             selected_batches=max(selection.best_batch, 1),
             stages={"select": stage_summary(selection)},
         )

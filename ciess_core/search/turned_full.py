@@ -30,11 +30,11 @@ from ciess_core.artifact.export import ExportMetadata, ExportOptions, export_dep
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneKind
-from ciess_core.runs import TRAINED_ON_ALL
+from ciess_core.runs import TRAINED_ON_ALL, validation_by_value_type
 from ciess_core.search.budgets import ByteBudget
 from ciess_core.search.teachers import TEACHER_DIRECTORIES, load_full_model
 from ciess_core.sizes import SizeAssignment
-from ciess_core.storage import VALUE_TYPES, widest_equal_size
+from ciess_core.storage import widest_equal_size
 from ciess_core.training import evaluate_model
 
 if TYPE_CHECKING:
@@ -120,12 +120,8 @@ def export_turnable_full(
     if not (deploy_folder / "model.pt").is_file():
         raise ConfigError(f"{pipeline} keeps no full model trained on every interaction")
     stage_one = load_full_model(spec, split, pipeline / "full")
-    train, valid = split.phase(Phase.SEARCH)
     chunk = spec.training.eval_users_per_chunk
-    by_type = {
-        value_type: evaluate_model(stage_one, train, valid, chunk, value_type=value_type).mean()
-        for value_type in VALUE_TYPES
-    }
+    by_type = validation_by_value_type(stage_one, split, chunk)
     test_summary = pipeline / TEACHER_DIRECTORIES[Phase.TEST] / "summary.json"
     tested = json.loads(test_summary.read_text()).get("test") if test_summary.is_file() else None
     metadata = ExportMetadata(
