@@ -61,6 +61,7 @@ from ciess_core.search.files import BudgetFolder
 from ciess_core.search.pipeline import PipelineSpec
 from ciess_core.search.retraining import FULL_KIND, run_spec_of
 from ciess_core.search.teachers import TEACHER_DIRECTORIES, load_full_model
+from ciess_core.search.turned_full import turned_cut_scores
 from ciess_core.sizes import SizeAssignment
 from ciess_core.storage import VALUE_TYPES, widest_equal_size
 from ciess_core.training import TrainResult, evaluate_model
@@ -198,28 +199,33 @@ def equal_rows(work: Path, split: DatasetSplit) -> list[dict[str, Any]]:
     teacher_folder = pipeline / TEACHER_DIRECTORIES[Phase.TEST]
     stage_one = load_full_model(spec, split, pipeline / "full")
     full_valid = phase_score(stage_one, split, Phase.SEARCH, "float32")
-    turned_stage_one = TurnedModel(stage_one)
-    full_test, turned_test = None, None
+    test_model, full_test = None, None
     if (teacher_folder / "model.pt").exists():
         test_model = load_full_model(spec, split, teacher_folder, Phase.TEST)
         full_test = phase_score(test_model, split, Phase.TEST, "float32")
-        turned_test = TurnedModel(test_model)
+    widths = {
+        ratio: {t: equal_width(split, spec, ratio, t) for t in VALUE_TYPES}
+        for ratio in spec.byte_ratios
+    }
+    cuts = {t: sorted({w[t] for w in widths.values() if w[t] > 0}) for t in VALUE_TYPES}
+    started = time.perf_counter()
+    valid_scores = turned_cut_scores(stage_one, split, Phase.SEARCH, cuts)
+    scoring_seconds = (time.perf_counter() - started) / len(spec.byte_ratios)
     rows = []
     for ratio in spec.byte_ratios:
         started = time.perf_counter()
-        scored: dict[str, tuple[int, float]] = {}
-        for value_type in VALUE_TYPES:
-            size = equal_width(split, spec, ratio, value_type)
-            if size == 0:
-                continue
-            model = turned_stage_one.cut(_equal(split, size, spec.backbone.max_size))
-            scored[value_type] = (size, phase_score(model, split, Phase.SEARCH, value_type))
+        scored = {
+            value_type: (size, valid_scores[value_type][str(size)][METRIC])
+            for value_type, size in widths[ratio].items()
+            if size > 0
+        }
         best = max(scored, key=lambda t: scored[t][1])
         size, valid = scored[best]
         sizes = _equal(split, size, spec.backbone.max_size)
         test = None
-        if turned_test is not None:
-            test = phase_score(turned_test.cut(sizes), split, Phase.TEST, best)
+        if test_model is not None:
+            tested = turned_cut_scores(test_model, split, Phase.TEST, {best: [size]})
+            test = tested[best][str(size)][METRIC]
         rows.append(
             {
                 "run_id": run_id,
@@ -235,7 +241,7 @@ def equal_rows(work: Path, split: DatasetSplit) -> list[dict[str, Any]]:
                 "valid_by_value_type": {t: v for t, (_, v) in scored.items()},
                 "rotated_valid": valid,
                 "rotated_test": test,
-                "seconds": round(time.perf_counter() - started, 2),
+                "seconds": round(scoring_seconds + time.perf_counter() - started, 2),
             }
         )
         logger.info("%s", rows[-1])

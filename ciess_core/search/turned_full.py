@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,22 +72,38 @@ def turned_validation(
     """``model`` (a full-size LightGCN trained on the search phase's train) turned, cut to
     every width of :func:`turned_widths` and stored as its value type, scored on validation:
     value type → width (as text, as JSON keys are) → metrics. ``model`` is left as it was."""
+    widths = turned_widths(split.num_users, split.num_items, model.max_size)
+    return turned_cut_scores(model, split, Phase.SEARCH, widths, users_per_chunk)
+
+
+def turned_cut_scores(
+    model: Backbone,
+    split: DatasetSplit,
+    phase: Phase,
+    widths: Mapping[str, Sequence[int]],
+    users_per_chunk: int = 2048,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``model`` (a full-size LightGCN trained on ``phase``'s train) turned to its principal
+    axes, cut to each of ``widths`` (value type → equal sizes) and stored as that value type,
+    scored on ``phase``'s held-out interactions: value type → width (as text) → metrics.
+    ``model`` is left as it was."""
     weight = model.tables()[0].weight
     original = weight.detach().clone()
-    train, valid = split.phase(Phase.SEARCH)
+    train, held_out = split.phase(phase)
     scores: dict[str, dict[str, dict[str, float]]] = {}
     try:
         model.turn_to_principal_axes()
         turned = weight.detach().clone()
-        all_widths = turned_widths(split.num_users, split.num_items, model.max_size)
-        for value_type, widths in all_widths.items():
+        for value_type, cut_widths in widths.items():
             scores[value_type] = {}
-            for width in widths:
+            for width in cut_widths:
                 with torch.no_grad():
                     weight.copy_(turned)
                 sides = (np.full(split.num_users, width), np.full(split.num_items, width))
                 model.set_size_assignment(SizeAssignment(*sides, model.max_size))
-                result = evaluate_model(model, train, valid, users_per_chunk, value_type=value_type)
+                result = evaluate_model(
+                    model, train, held_out, users_per_chunk, value_type=value_type
+                )
                 scores[value_type][str(width)] = result.mean()
     finally:
         model.set_size_assignment(
