@@ -29,7 +29,11 @@ from ciess_core.runs import Protocol, RunProtocol, Start
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.pipeline import PipelineSpec, StageReport, run_pipeline
 from ciess_core.search.planner import check_byte_budgets
-from ciess_core.search.shared_stages import reuse_sibling_stages, stages_identity
+from ciess_core.search.shared_stages import (
+    reuse_sibling_stages,
+    shares_stages_with,
+    stages_identity,
+)
 from ciess_core.training import TrainConfig
 
 __all__ = [
@@ -154,10 +158,13 @@ def claim_pipeline_folder(out: Path, spec: PipelineSpec) -> None:
     if spec_path.exists():
         stored = _with_later_defaults(json.loads(spec_path.read_text()))
         if stored != described:
+            reuse = ""
+            if shares_stages_with(out, described):
+                reuse = " (one beside it reuses this folder's full model, teachers and supernet)"
             raise ConfigError(
                 f"{out} holds a pipeline with other settings ({spec_path}: "
                 f"{_differences(stored, described)}); choose another output folder to start a "
-                "new one"
+                f"new one{reuse}"
             )
     else:
         spec_path.write_text(json.dumps(described, indent=1) + "\n")

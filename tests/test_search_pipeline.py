@@ -15,6 +15,7 @@ import torch
 from ciess_core import runs
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError, DataError
+from ciess_core.json_form import jsonable
 from ciess_core.models import BackboneConfig, BackboneKind
 from ciess_core.pipeline import claim_pipeline_folder, pipeline_spec
 from ciess_core.run_folder import MODEL_FILE, RUN_FORMAT_VERSION, read_run
@@ -31,6 +32,7 @@ from ciess_core.search.pipeline import (
     run_pipeline,
     selection_views,
 )
+from ciess_core.search.shared_stages import reuse_sibling_stages, stages_identity
 from ciess_core.sizes import SizeAssignment, parameter_budget
 from ciess_core.training import TrainConfig, checkpoints, evaluate_model
 from ciess_core.training.distillation import DistillationConfig, TeacherSource
@@ -351,6 +353,14 @@ def test_retraining_from_the_turned_teachers_resumes_old_folders_and_needs_their
     claim_pipeline_folder(tmp_path / "old", random_start)  # an older folder resumes
     with pytest.raises(ConfigError, match=r'other settings .*retrain_start: "random" -> "teacher"'):
         claim_pipeline_folder(tmp_path / "old", warm_start)
+    reuse_sibling_stages(tmp_path / "old", stages_identity(jsonable(random_start), "data"))
+    with pytest.raises(ConfigError, match="one beside it reuses this folder's full model"):
+        claim_pipeline_folder(tmp_path / "old", warm_start)  # the budget-free stages are alike
+    other_recipe = dataclasses.replace(
+        random_start, training=dataclasses.replace(random_start.training, batch_size=64)
+    )
+    with pytest.raises(ConfigError, match=r"new one$"):
+        claim_pipeline_folder(tmp_path / "old", other_recipe)
     scratch = run_pipeline(random_start, clustered_split, tmp_path / "old", progress=False)
     warm = run_pipeline(warm_start, clustered_split, tmp_path / "warm", progress=False)
     assert _untimed_trace(tmp_path / "warm") == _untimed_trace(tmp_path / "old")

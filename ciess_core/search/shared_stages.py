@@ -87,6 +87,20 @@ def stages_identity(described: dict[str, Any], dataset_fingerprint: str) -> dict
     }
 
 
+def shares_stages_with(folder: Path, described: dict[str, Any]) -> bool:
+    """Whether a pipeline of ``described``'s spec in a new folder beside ``folder`` would copy
+    ``folder``'s budget-free stages (on the same data): ``folder`` recorded the identity those
+    stages need. False for a folder that recorded none or one that cannot be read."""
+    try:
+        recorded = read_cached(folder / SHARED_STAGES_FILE)
+    except (OSError, ValueError):
+        return False
+    if recorded is None:
+        return False
+    recorded.pop("fingerprint", None)
+    return recorded == {"format": RUN_FORMAT_VERSION, **shared_stages_key(described)}
+
+
 def reuse_sibling_stages(out: Path, identity: dict[str, Any]) -> list[str]:
     """Record ``identity`` in ``out`` (:data:`SHARED_STAGES_FILE`) and copy the budget-free
     stages ``out`` lacks from the folders beside it that recorded the same, newest first;
