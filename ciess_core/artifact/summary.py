@@ -8,10 +8,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ciess_core.artifact.manifest import Manifest
 from ciess_core.artifact.reader import Artifact
+from ciess_core.artifact.rewrites import best_within, measured_rewrites
 from ciess_core.sizes import SizeAssignment
 
 _BAR_WIDTH = 40
+#: The validation metric that ranks the models an artifact gives without training (the one the
+#: pipeline selects on), and the metrics shown for each.
+REWRITE_METRIC = "ndcg@20"
+REWRITE_SHOWN = ("ndcg@20", "recall@20")
 
 
 def size_histogram(
@@ -54,6 +60,29 @@ def _metrics_line(name: str, values: Any) -> str | None:
         return None
     shown = "  ".join(f"{key}={value:.4f}" for key, value in sorted(values.items()))
     return f"  {name}: {shown}"
+
+
+def _rewrite_lines(manifest: Manifest) -> list[str]:
+    """The models this artifact gives without training that validate better than every one of
+    fewer bytes, as its manifest measured them (:mod:`ciess_core.artifact.rewrites`)."""
+    frontier = best_within(measured_rewrites(manifest), REWRITE_METRIC)
+    if not frontier:
+        return []
+    lines = [
+        f"models it gives without training, the best validation {REWRITE_METRIC} within each "
+        "size (as measured at export; the service's budget jobs serve them within seconds):",
+        f"  {'stored bytes':>12} {'of dense':>8}  {'stored as':<34} validation",
+    ]
+    for rewrite in reversed(frontier):
+        what = rewrite.value_type
+        if rewrite.width is not None:
+            what += f", turned and cut to {rewrite.width}"
+        shown = "  ".join(
+            f"{key}={rewrite.metrics[key]:.4f}" for key in REWRITE_SHOWN if key in rewrite.metrics
+        )
+        share = rewrite.bytes / manifest.memory.dense
+        lines.append(f"  {rewrite.bytes:>12,} {share:8.2%}  {what:<34} {shown}")
+    return lines
 
 
 def summarize(artifact: Artifact) -> str:
@@ -108,6 +137,7 @@ def summarize(artifact: Artifact) -> str:
     if metric_lines:
         lines.append(f"metrics ({metrics.get('protocol') or 'protocol unknown'}):")
         lines += metric_lines
+    lines += _rewrite_lines(manifest)
     check = manifest.verification
     if check.get("users"):
         lines.append(

@@ -27,14 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from ciess_core.artifact.manifest import Manifest
-from ciess_core.artifact.requantise import (
-    keeps_measured_quality,
-    requantise_artifact,
-    requantised_bytes,
-)
-from ciess_core.artifact.turned import turn_and_cut_artifact, turned_bytes
+from ciess_core.artifact.requantise import requantise_artifact
+from ciess_core.artifact.rewrites import measured_rewrites
+from ciess_core.artifact.turned import turn_and_cut_artifact
 from ciess_core.errors import ConfigError
-from ciess_core.storage import VALUE_TYPES
 from service.jobs.store import Job, JobStore
 from service.settings import Settings
 from service.versions import kept_versions
@@ -104,46 +100,33 @@ def _same_model_family(kept: Manifest, served: Manifest) -> bool:
     )
 
 
-def _requantised_plans(
-    directory: Path, version: str, manifest: Manifest, served: Manifest
-) -> list[FastPlan]:
-    """``manifest``'s model stored as every type its run measured that its stores can give
-    (:func:`keeps_measured_quality`), the served model in its own type aside."""
-    measured = manifest.metrics.get("valid_by_value_type") or {}
+def _plans(directory: Path, version: str, manifest: Manifest, served: Manifest) -> list[FastPlan]:
+    """Every model ``manifest``'s artifact gives without training whose validation on
+    :data:`SELECTION_METRIC` it records (:func:`~ciess_core.artifact.rewrites.measured_rewrites`),
+    the served model as it is aside."""
     plans = []
-    for value_type in VALUE_TYPES:
-        valid = (measured.get(value_type) or {}).get(SELECTION_METRIC)
-        if valid is None or not keeps_measured_quality(manifest.value_dtype, value_type):
+    for rewrite in measured_rewrites(manifest):
+        valid = rewrite.metrics.get(SELECTION_METRIC)
+        if valid is None:
             continue
-        if manifest == served and value_type == manifest.value_dtype:
+        if (
+            rewrite.width is None
+            and manifest == served
+            and rewrite.value_type == manifest.value_dtype
+        ):
             continue  # the served model as it is: nothing to serve sooner
-        size = requantised_bytes(manifest, value_type)
-        plans.append(FastPlan(directory, version, value_type, size, float(valid)))
-    return plans
-
-
-def _turned_plans(directory: Path, version: str, manifest: Manifest) -> list[FastPlan]:
-    """Every turned cut that ``manifest`` (a float32 LightGCN) measured
-    (``metrics.valid_turned``: value type → size → metrics); entries of another shape are
-    skipped."""
-    if manifest.backbone != "lightgcn" or manifest.value_dtype != "float32":
-        return []
-    measured = manifest.metrics.get("valid_turned")
-    plans = []
-    for value_type, by_width in (measured if isinstance(measured, dict) else {}).items():
-        if value_type not in VALUE_TYPES or not isinstance(by_width, dict):
-            continue
-        for width, metrics in by_width.items():
-            valid = metrics.get(SELECTION_METRIC) if isinstance(metrics, dict) else None
-            if not isinstance(valid, (int, float)) or not str(width).isdigit():
-                continue
-            size = int(width)
-            if not 1 <= size <= manifest.max_size:
-                continue
-            stored = turned_bytes(manifest, size, value_type)
-            plans.append(
-                FastPlan(directory, version, value_type, stored, float(valid), size, dict(metrics))
+        metrics = None if rewrite.width is None else rewrite.metrics
+        plans.append(
+            FastPlan(
+                directory,
+                version,
+                rewrite.value_type,
+                rewrite.bytes,
+                float(valid),
+                rewrite.width,
+                metrics,
             )
+        )
     return plans
 
 
@@ -159,9 +142,7 @@ def plan_fast_path(
         manifest = kept.manifest
         if manifest is None or not _same_model_family(manifest, served):
             continue
-        plans = _requantised_plans(kept.directory, kept.version, manifest, served)
-        plans += _turned_plans(kept.directory, kept.version, manifest)
-        for plan in plans:
+        for plan in _plans(kept.directory, kept.version, manifest, served):
             if plan.bytes <= max_bytes and (best is None or plan.valid > best.valid):
                 best = plan
     return best
