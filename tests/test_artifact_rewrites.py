@@ -96,6 +96,8 @@ def test_the_frontier_holds_the_best_within_every_budget(rewrites: list[Rewrite]
 def test_inspect_shows_the_frontier(source: Path) -> None:  # noqa: F811
     artifact = load_artifact(source)
     assert "without training" not in summarize(artifact)
+    as_it_is = _with_metrics(artifact.manifest, valid_by_value_type={"float32": _measured(0.3)})
+    assert "without training" not in summarize(dataclasses.replace(artifact, manifest=as_it_is))
     manifest = _with_metrics(
         artifact.manifest,
         valid_by_value_type={"float32": _measured(0.30), "int8": _measured(0.31)},

@@ -66,8 +66,8 @@ def _rewrite_lines(manifest: Manifest) -> list[str]:
     """The models this artifact gives without training that validate better than every one of
     fewer bytes, as its manifest measured them (:mod:`ciess_core.artifact.rewrites`)."""
     frontier = best_within(measured_rewrites(manifest), REWRITE_METRIC)
-    if not frontier:
-        return []
+    if all(r.width is None and r.value_type == manifest.value_dtype for r in frontier):
+        return []  # none, or only the model as it is
     lines = [
         f"models it gives without training, the best validation {REWRITE_METRIC} within each "
         "size (as measured at export; the service's budget jobs serve them within seconds):",
