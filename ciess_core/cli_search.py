@@ -47,10 +47,13 @@ def add_search_parser(subparsers: Any) -> None:
         "chosen on validation, tested once, trained on all data for export",
         description="Train the full model, search a size for every user and item (CIESS), fit "
         "each budget's candidates on held-out validation, retrain the searched sizes and "
-        "per-side equal sizes with distillation, keep the one that validates better, test it "
-        "once (clean protocol) and train it on all interactions for export. Training settings "
-        "come from the shipped recipe for the dataset and backbone, then --config, then the "
-        "flags. Rerun the same command to resume after an interruption.",
+        "per-side equal sizes with distillation (LightGCN's starting from the full model "
+        "turned to its principal axes and cut to their sizes), keep the one that validates "
+        "better, test it once (clean protocol) and train it on all interactions for export. "
+        "Training settings come from the shipped recipe for the dataset and backbone, then "
+        "--config, then the flags. Rerun the same command to resume after an interruption; a "
+        "new --out beside another folder of the same data and recipe copies its finished full "
+        "model, teachers and supernet.",
     )
     add_dataset_arguments(parser)
     parser.add_argument(
