@@ -318,6 +318,37 @@ class BudgetJob(JobView):
     )
 
 
+class BudgetOption(BaseModel):
+    """A model that a byte budget of at least its bytes gets within seconds (the fast path)."""
+
+    bytes: int = Field(description="its embedding stores' bytes")
+    byte_ratio: float = Field(
+        description="those bytes as a share of the served model's dense float32 tables"
+    )
+    value_type: str = Field(description="the type its tables are stored as")
+    width: int | None = Field(
+        description="null: the kept model as it is, stored as value_type; else the equal size "
+        "every user and item is cut to after turning its table to its principal axes"
+    )
+    kind: Literal["requantise", "turn"] = Field(description="the job that writes it")
+    source_version: str = Field(description="the kept artifact it is written from")
+    valid: float = Field(description="its validation score on the selection metric")
+
+
+class BudgetOptions(BaseModel):
+    """What byte budgets get within seconds: the fast path's options, fewest bytes first, each
+    validating better than every option of fewer bytes. A budget of at least an option's bytes
+    (``max_bytes`` with the ``search`` method) is served by the last option within it, then the
+    byte planner's job replaces that only if its pick validates better."""
+
+    model_version: str = Field(description="the served model, whose data and backbone they share")
+    dense_fp32_bytes: int = Field(description="the served model's tables dense in float32")
+    metric: str = Field(description="the validation metric of 'valid' (the one selected on)")
+    options: list[BudgetOption]
+
+    model_config = ConfigDict(protected_namespaces=())
+
+
 class BudgetUnchanged(BaseModel):
     """The answer to a budget the served model already meets: no job (200)."""
 

@@ -82,15 +82,19 @@ _REWRITES = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(_REWRITES)
 def test_the_frontier_holds_the_best_within_every_budget(rewrites: list[Rewrite]) -> None:
-    frontier = best_within([*rewrites, Rewrite("int8", 1, {"recall@20": 1.0})], "ndcg@20")
+    frontier = best_within(rewrites, lambda r: r.bytes, lambda r: r.metrics["ndcg@20"])
     assert all(r in rewrites for r in frontier)
     for earlier, later in itertools.pairwise(frontier):
         assert earlier.bytes < later.bytes
         assert earlier.metrics["ndcg@20"] < later.metrics["ndcg@20"]
     for budget in range(0, 52):
-        fitting = [r.metrics["ndcg@20"] for r in rewrites if r.bytes <= budget]
-        chosen = [r.metrics["ndcg@20"] for r in frontier if r.bytes <= budget]
-        assert max(fitting, default=None) == max(chosen, default=None)
+        fitting = [r for r in rewrites if r.bytes <= budget]
+        within = [r for r in frontier if r.bytes <= budget]
+        assert bool(fitting) == bool(within)
+        if within:  # the last within the budget: the best score, in the fewest bytes
+            best = max(r.metrics["ndcg@20"] for r in fitting)
+            assert within[-1].metrics["ndcg@20"] == best
+            assert within[-1].bytes == min(r.bytes for r in fitting if r.metrics["ndcg@20"] == best)
 
 
 def test_inspect_shows_the_frontier(source: Path) -> None:  # noqa: F811

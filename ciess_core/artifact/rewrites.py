@@ -11,14 +11,16 @@ service's fast path chooses from for a new byte budget and what ``ciess inspect`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ciess_core.artifact.manifest import Manifest
 from ciess_core.artifact.requantise import keeps_measured_quality, requantised_bytes
 from ciess_core.artifact.turned import turned_bytes
 from ciess_core.storage import VALUE_TYPES
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,15 +70,16 @@ def measured_rewrites(manifest: Manifest) -> list[Rewrite]:
     return rewrites
 
 
-def best_within(rewrites: Iterable[Rewrite], metric: str) -> list[Rewrite]:
-    """The rewrites that validate better on ``metric`` than every one of fewer or equal bytes,
-    fewest bytes first: the choice at each budget (those that do not record ``metric`` left
-    out)."""
-    scored = [rewrite for rewrite in rewrites if metric in rewrite.metrics]
-    frontier: list[Rewrite] = []
-    for rewrite in sorted(scored, key=lambda r: (r.bytes, -r.metrics[metric])):
-        if not frontier or rewrite.metrics[metric] > frontier[-1].metrics[metric]:
-            frontier.append(rewrite)
+def best_within(
+    items: Iterable[T], size: Callable[[T], int], score: Callable[[T], float]
+) -> list[T]:
+    """The items that score higher than every one of smaller or equal ``size``, smallest
+    first: at any budget, the last of them within it scores best of all the items within it
+    (the smallest such, on ties)."""
+    frontier: list[T] = []
+    for item in sorted(items, key=lambda item: (size(item), -score(item))):
+        if not frontier or score(item) > score(frontier[-1]):
+            frontier.append(item)
     return frontier
 
 

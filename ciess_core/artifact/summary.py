@@ -65,7 +65,8 @@ def _metrics_line(name: str, values: Any) -> str | None:
 def _rewrite_lines(manifest: Manifest) -> list[str]:
     """The models this artifact gives without training that validate better than every one of
     fewer bytes, as its manifest measured them (:mod:`ciess_core.artifact.rewrites`)."""
-    frontier = best_within(measured_rewrites(manifest), REWRITE_METRIC)
+    scored = [r for r in measured_rewrites(manifest) if REWRITE_METRIC in r.metrics]
+    frontier = best_within(scored, lambda r: r.bytes, lambda r: r.metrics[REWRITE_METRIC])
     if all(r.width is None and r.value_type == manifest.value_dtype for r in frontier):
         return []  # none, or only the model as it is
     lines = [

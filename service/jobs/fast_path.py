@@ -24,11 +24,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 from ciess_core.artifact.manifest import Manifest
 from ciess_core.artifact.requantise import requantise_artifact
-from ciess_core.artifact.rewrites import measured_rewrites
+from ciess_core.artifact.rewrites import best_within, measured_rewrites
 from ciess_core.artifact.turned import turn_and_cut_artifact
 from ciess_core.errors import ConfigError
 from service.jobs.store import Job, JobStore
@@ -37,8 +37,8 @@ from service.versions import kept_versions
 
 logger = logging.getLogger(__name__)
 
-REQUANTISE_JOB = "requantise"
-TURN_JOB = "turn"
+REQUANTISE_JOB: Final = "requantise"
+TURN_JOB: Final = "turn"
 #: The jobs of the fast path: numpy only, each done in seconds.
 FAST_PATH_JOBS = (REQUANTISE_JOB, TURN_JOB)
 SELECTION_METRIC = "ndcg@20"
@@ -74,7 +74,7 @@ class FastPlan:
     metrics: dict[str, float] | None = None
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> Literal["requantise", "turn"]:
         """The job that writes it: :data:`REQUANTISE_JOB` or :data:`TURN_JOB`."""
         return REQUANTISE_JOB if self.width is None else TURN_JOB
 
@@ -130,22 +130,32 @@ def _plans(directory: Path, version: str, manifest: Manifest, served: Manifest) 
     return plans
 
 
+def fast_path_options(settings: Settings, store: JobStore, served: Manifest) -> list[FastPlan]:
+    """What byte budgets get within seconds: of every kept artifact of the served model's data
+    and backbone, each model it gives without training and measured, the ones that validate
+    better than every one of fewer or equal bytes, fewest bytes first. A kept artifact stored in
+    a quantised type offers only that type: its float32 values are gone
+    (:func:`~ciess_core.artifact.requantise.keeps_measured_quality`). The served model in its
+    own type is no option: a copy of it would change nothing."""
+    plans = [
+        plan
+        for kept in kept_versions(settings, store)
+        if kept.manifest is not None and _same_model_family(kept.manifest, served)
+        for plan in _plans(kept.directory, kept.version, kept.manifest, served)
+    ]
+    return best_within(plans, lambda plan: plan.bytes, lambda plan: plan.valid)
+
+
 def plan_fast_path(
     settings: Settings, store: JobStore, served: Manifest, max_bytes: int
 ) -> FastPlan | None:
-    """The kept artifact, value type (and turned cut) within ``max_bytes`` that validates best,
-    or None when no kept artifact measured one that fits. A kept artifact stored in a quantised
-    type offers only that type: its float32 values are gone (:func:`keeps_measured_quality`).
-    The served model in its own type is no candidate: a copy of it would change nothing."""
-    best: FastPlan | None = None
-    for kept in kept_versions(settings, store):
-        manifest = kept.manifest
-        if manifest is None or not _same_model_family(manifest, served):
-            continue
-        for plan in _plans(kept.directory, kept.version, manifest, served):
-            if plan.bytes <= max_bytes and (best is None or plan.valid > best.valid):
-                best = plan
-    return best
+    """The option of :func:`fast_path_options` within ``max_bytes`` that validates best (the
+    fewest bytes of those that validate as well), or None when no kept artifact measured one
+    that fits."""
+    fitting = [
+        plan for plan in fast_path_options(settings, store, served) if plan.bytes <= max_bytes
+    ]
+    return fitting[-1] if fitting else None
 
 
 def run_fast_path_job(settings: Settings, store: JobStore, job: Job) -> Path:

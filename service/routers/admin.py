@@ -21,11 +21,13 @@ from fastapi.concurrency import run_in_threadpool
 from service.deps import HolderDep, MetricsDep, ModelDep, SettingsDep, StoreDep, admin_router
 from service.errors import NotReadyError, error_responses
 from service.jobs.budget import Budget, resolve_budget, served_budget, sizing_method
-from service.jobs.fast_path import plan_fast_path
+from service.jobs.fast_path import SELECTION_METRIC, fast_path_options, plan_fast_path
 from service.jobs.store import Job, JobState, JobStore
 from service.model_holder import ServedModel, all_processes_within, request_reload
 from service.schemas import (
     BudgetJob,
+    BudgetOption,
+    BudgetOptions,
     BudgetRequest,
     BudgetUnchanged,
     JobList,
@@ -205,6 +207,37 @@ def _queue_fast_path(
         plan.value_type, plan.bytes, max_bytes,
     )  # fmt: skip
     return job
+
+
+@router.get(
+    "/budget/options",
+    response_model=BudgetOptions,
+    summary="What byte budgets get within seconds, and how each validates",
+    responses=error_responses((503,), {503: "no model loaded yet"}),
+)
+def budget_options(model: ModelDep, store: StoreDep, settings: SettingsDep) -> BudgetOptions:
+    """The models that the kept artifacts of the served model's data and backbone give without
+    training (stored in fewer bits; a kept full LightGCN also turned and cut), as their runs
+    validated them: at each size, the best. Empty when no kept artifact recorded any."""
+    manifest = model.scorer.manifest
+    dense = manifest.memory.dense
+    return BudgetOptions(
+        model_version=model.version,
+        dense_fp32_bytes=dense,
+        metric=SELECTION_METRIC,
+        options=[
+            BudgetOption(
+                bytes=plan.bytes,
+                byte_ratio=plan.bytes / dense,
+                value_type=plan.value_type,
+                width=plan.width,
+                kind=plan.kind,
+                source_version=plan.source_version,
+                valid=plan.valid,
+            )
+            for plan in fast_path_options(settings, store, manifest)
+        ],
+    )
 
 
 @router.get(

@@ -3,6 +3,7 @@ the planner's job replaces it only if it validates better; a failing fast path c
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
@@ -275,3 +276,47 @@ def test_turned_cuts_recorded_in_another_shape_are_no_candidates(
             headers=admin_headers(),
         )
         assert answer.status_code == 202 and answer.json()["fast_path"] is None
+
+
+def test_the_budget_options_list_what_each_budget_gets_at_once(turnable: Settings) -> None:
+    manifest = read_manifest(turnable.artifact_dir)  # type: ignore[arg-type]
+    with TestClient(create_app(turnable)) as client:
+        assert client.get("/v1/admin/budget/options").status_code == 401
+        answer = client.get("/v1/admin/budget/options", headers=admin_headers())
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["metric"] == "ndcg@20" and body["dense_fp32_bytes"] == manifest.memory.dense
+        options = body["options"]
+        assert [o["bytes"] for o in options] == sorted(o["bytes"] for o in options)
+        assert all(a["valid"] < b["valid"] for a, b in itertools.pairwise(options))
+        # every recorded cut and type, the best within each size (the served float32 aside)
+        expected = [("int4-table", 3, 0.200), ("int4-table", 6, 0.260), ("int4-table", 16, 0.301)]
+        assert [(o["value_type"], o["width"], o["valid"]) for o in options] == expected
+        assert options[0]["bytes"] == turned_bytes(manifest, 3, "int4-table")
+        assert options[0]["kind"] == TURN_JOB and options[0]["source_version"] == "v1-turnable"
+        assert options[0]["byte_ratio"] == pytest.approx(
+            options[0]["bytes"] / manifest.memory.dense
+        )
+        # a budget between two options gets the smaller one, as its job's fast path
+        between = options[1]["bytes"] + (options[2]["bytes"] - options[1]["bytes"]) // 2
+        budget = client.post(
+            "/v1/admin/budget",
+            json={"max_bytes": between, "method": "search"},
+            headers=admin_headers(),
+        )
+        fast = budget.json()["fast_path"]["params"]
+        assert (fast["value_type"], fast["width"]) == ("int4-table", 6)
+
+
+def test_the_budget_options_of_each_stored_type_and_of_none(
+    client: TestClient, settings: Settings
+) -> None:
+    answer = client.get("/v1/admin/budget/options", headers=admin_headers()).json()
+    # the served float32 aside, each type validated better than every smaller one
+    expected = ["int4-table", "int4", "int8-table", "int8", "float16"]
+    assert [o["value_type"] for o in answer["options"]] == expected
+    assert {(o["kind"], o["width"]) for o in answer["options"]} == {(REQUANTISE_JOB, None)}
+    assert [o["valid"] for o in answer["options"]] == [MEASURED[t] for t in expected]
+    with TestClient(create_app(settings)) as unmeasured:  # its manifest records no validation
+        answer = unmeasured.get("/v1/admin/budget/options", headers=admin_headers()).json()
+        assert answer["options"] == []
