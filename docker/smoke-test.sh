@@ -8,8 +8,9 @@
 #      the product pipeline ("search"), under a tiny recipe file (docker/compose.recipe.yml); wait
 #      for the job; check that the served model changed to the job's artifact at the new sparsity,
 #      while a client kept asking for top-k the whole time without one failure; then an equal-size
-#      job at another budget, promoted in turn; then a rollback to the search job's model through
-#      the kept versions (GET /v1/admin/models, POST /v1/admin/models/{version}/promote);
+#      job at another budget, promoted in turn; what byte budgets get at once from the kept models
+#      (GET /v1/admin/budget/options); then a rollback to the search job's model through the kept
+#      versions (GET /v1/admin/models, POST /v1/admin/models/{version}/promote);
 #   4. `down` and `up` again on the same volume: the job history and the current artifact are kept;
 #   5. `down`, and `up` with the `ray` profile (a Ray head and worker node from the trainer image,
 #      the worker pointed at them with a token): a budget job's pipeline runs on the cluster and
@@ -377,6 +378,20 @@ import json, sys
 models = {model["version"]: model for model in json.loads(sys.argv[1])["models"]}
 assert sys.argv[2] in models and models[sys.argv[3]]["served"], sorted(models)
 EOF
+# What byte budgets get at once from the kept models (the search job's records its validation in
+# every type, and it kept its full model for turned cuts): the best within each size.
+reply=$(SMOKE_AUTH=$TOKEN http GET /v1/admin/budget/options)
+[ "${reply%% *}" = 200 ] || fail "GET /v1/admin/budget/options: $reply"
+python3 - "${reply#* }" <<'EOF' || fail "budget options: $reply"
+import json, sys
+options = json.loads(sys.argv[1])["options"]
+assert options, "no kept model offers a budget anything at once"
+assert [o["bytes"] for o in options] == sorted(o["bytes"] for o in options), options
+assert all(a["valid"] < b["valid"] for a, b in zip(options, options[1:])), options
+EOF
+log "budget options (bytes, job, validation): $(python3 -c 'import json, sys
+print([(o["bytes"], o["kind"], round(o["valid"], 4)) for o in json.loads(sys.argv[1])["options"]])' \
+    "${reply#* }")"
 reply=$(SMOKE_AUTH=$TOKEN http POST "/v1/admin/models/$search_version/promote")
 [ "${reply%% *}" = 200 ] || fail "rollback to $search_version: $reply"
 wait_served "$search_version" 0.95
