@@ -4,7 +4,9 @@
   paths, so that user ids do not explode the label set).
 - ``ciess_requests_total{method, route, status}``.
 - ``ciess_model_info{version}`` = 1 for the served model (of the process that answers the
-  scrape); ``ciess_model_swaps_total``, ``ciess_model_swap_failures_total``.
+  scrape); ``ciess_model_bytes{kind}``: its embedding stores' bytes (``stored``), the same
+  tables dense in float32 (``dense_fp32``) and the scorer's resident bytes (``resident``);
+  ``ciess_model_swaps_total``, ``ciess_model_swap_failures_total``.
 - ``ciess_jobs{state}``: jobs per state, read from the store at scrape time.
 - ``ciess_job_workers``: job workers alive (registered, heartbeat fresh, process present), read
   from the store at scrape time; 0 means queued jobs will not run.
@@ -78,10 +80,21 @@ class _StateCollector(Collector):
         model = GaugeMetricFamily(
             "ciess_model_info", "The served model (value 1, version as label)", labels=["version"]
         )
+        memory = GaugeMetricFamily(
+            "ciess_model_bytes",
+            "The served model's bytes: its embedding stores as stored, the same tables dense in "
+            "float32, and what the scorer keeps in memory",
+            labels=["kind"],
+        )
         current = self._holder.current
         if current is not None:
             model.add_metric([current.version], 1.0)
+            stored = current.scorer.manifest.memory
+            memory.add_metric(["stored"], float(stored.stored))
+            memory.add_metric(["dense_fp32"], float(stored.dense))
+            memory.add_metric(["resident"], float(current.scorer.resident_bytes))
         yield model
+        yield memory
 
 
 class Metrics:

@@ -153,6 +153,13 @@ def test_metrics_report_latency_status_version_and_jobs(client: TestClient) -> N
     assert f'ciess_requests_total{{method="GET",{route},status="404"}} 1.0' in text
     assert 'ciess_model_info{version="v1-base"} 1.0' in text
     assert 'ciess_jobs{state="queued"} 0.0' in text
+    model = client.get("/v1/model").json()["bytes"]
+    for kind, value in (
+        ("stored", model["embedding_stores"]),
+        ("dense_fp32", model["dense_equivalent"]),
+        ("resident", model["resident"]),
+    ):
+        assert f'ciess_model_bytes{{kind="{kind}"}} {float(value)}' in text
 
 
 def test_a_job_store_that_cannot_be_opened_is_a_503_to_retry(
