@@ -1,4 +1,5 @@
-"""Admin: new budgets (as jobs), the job list, job status, cancellation and model reload.
+"""Admin: new budgets (as jobs), what budgets get at once, the job list, job status, cancellation
+and model reload.
 
 Every endpoint needs ``Authorization: Bearer <admin token>``: 401 without it, 403 when wrong.
 
