@@ -22,6 +22,10 @@ from ciess_core.storage import VALUE_TYPES
 
 T = TypeVar("T")
 
+#: The validation metric the pipeline selects on (the default of ``TrainConfig``'s
+#: ``selection_metric``), by which the models an artifact gives without training are compared.
+SELECTION_METRIC = "ndcg@20"
+
 
 @dataclass(frozen=True)
 class Rewrite:

@@ -10,13 +10,11 @@ import numpy.typing as npt
 
 from ciess_core.artifact.manifest import Manifest
 from ciess_core.artifact.reader import Artifact
-from ciess_core.artifact.rewrites import best_within, measured_rewrites
+from ciess_core.artifact.rewrites import SELECTION_METRIC, best_within, measured_rewrites
 from ciess_core.sizes import SizeAssignment
 
 _BAR_WIDTH = 40
-#: The validation metric that ranks the models an artifact gives without training (the one the
-#: pipeline selects on), and the metrics shown for each.
-REWRITE_METRIC = "ndcg@20"
+#: The validation metrics shown for each model an artifact gives without training.
 REWRITE_SHOWN = ("ndcg@20", "recall@20")
 
 
@@ -65,12 +63,12 @@ def _metrics_line(name: str, values: Any) -> str | None:
 def _rewrite_lines(manifest: Manifest) -> list[str]:
     """The models this artifact gives without training that validate better than every one of
     fewer bytes, as its manifest measured them (:mod:`ciess_core.artifact.rewrites`)."""
-    scored = [r for r in measured_rewrites(manifest) if REWRITE_METRIC in r.metrics]
-    frontier = best_within(scored, lambda r: r.bytes, lambda r: r.metrics[REWRITE_METRIC])
+    scored = [r for r in measured_rewrites(manifest) if SELECTION_METRIC in r.metrics]
+    frontier = best_within(scored, lambda r: r.bytes, lambda r: r.metrics[SELECTION_METRIC])
     if all(r.width is None and r.value_type == manifest.value_dtype for r in frontier):
         return []  # none, or only the model as it is
     lines = [
-        f"models it gives without training, the best validation {REWRITE_METRIC} within each "
+        f"models it gives without training, the best validation {SELECTION_METRIC} within each "
         "size (as measured at export; the service's budget jobs serve them within seconds):",
         f"  {'stored bytes':>12} {'of dense':>8}  {'stored as':<34} validation",
     ]

@@ -28,7 +28,12 @@ from typing import Any, Final, Literal
 
 from ciess_core.artifact.manifest import Manifest
 from ciess_core.artifact.requantise import requantise_artifact
-from ciess_core.artifact.rewrites import best_within, measured_rewrites
+from ciess_core.artifact.rewrites import (
+    SELECTION_METRIC,
+    Rewrite,
+    best_within,
+    measured_rewrites,
+)
 from ciess_core.artifact.turned import turn_and_cut_artifact
 from ciess_core.errors import ConfigError
 from service.jobs.store import Job, JobStore
@@ -41,8 +46,6 @@ REQUANTISE_JOB: Final = "requantise"
 TURN_JOB: Final = "turn"
 #: The jobs of the fast path: numpy only, each done in seconds.
 FAST_PATH_JOBS = (REQUANTISE_JOB, TURN_JOB)
-SELECTION_METRIC = "ndcg@20"
-"""The validation metric the pipeline selects on, and the fast path compares with."""
 
 
 def new_version(job_id: int) -> str:
@@ -52,26 +55,36 @@ def new_version(job_id: int) -> str:
 
 @dataclass(frozen=True)
 class FastPlan:
-    """A kept artifact and the value type (and, turned, the equal size) that meets the budget.
+    """A kept artifact and a model it gives without training that meets the budget.
 
     Attributes:
         source: the kept artifact's directory.
         source_version: its name.
-        value_type: the type to store its tables as.
-        bytes: its embedding stores' bytes in that type.
-        valid: its selected twin's validation :data:`SELECTION_METRIC` in that type (turned:
-            the full model's turned and cut so).
-        width: None: stored as it is; else the equal size it is turned and cut to.
-        metrics: the validation metrics behind ``valid``.
+        rewrite: the model (value type, bytes, validation metrics, and the equal size it is
+            turned and cut to, if it is).
     """
 
     source: Path
     source_version: str
-    value_type: str
-    bytes: int
-    valid: float
-    width: int | None = None
-    metrics: dict[str, float] | None = None
+    rewrite: Rewrite
+
+    @property
+    def value_type(self) -> str:
+        return self.rewrite.value_type
+
+    @property
+    def bytes(self) -> int:
+        return self.rewrite.bytes
+
+    @property
+    def width(self) -> int | None:
+        return self.rewrite.width
+
+    @property
+    def valid(self) -> float:
+        """Its validation :data:`SELECTION_METRIC` (the selected twin's in that type; turned:
+        the full model's turned and cut so)."""
+        return float(self.rewrite.metrics[SELECTION_METRIC])
 
     @property
     def kind(self) -> Literal["requantise", "turn"]:
@@ -86,7 +99,11 @@ class FastPlan:
             "bytes": self.bytes,
             "valid": self.valid,
             "metric": SELECTION_METRIC,
-            **({} if self.width is None else {"width": self.width, "metrics": self.metrics}),
+            **(
+                {}
+                if self.width is None
+                else {"width": self.width, "metrics": dict(self.rewrite.metrics)}
+            ),
         }
 
 
@@ -104,30 +121,16 @@ def _plans(directory: Path, version: str, manifest: Manifest, served: Manifest) 
     """Every model ``manifest``'s artifact gives without training whose validation on
     :data:`SELECTION_METRIC` it records (:func:`~ciess_core.artifact.rewrites.measured_rewrites`),
     the served model as it is aside."""
-    plans = []
-    for rewrite in measured_rewrites(manifest):
-        valid = rewrite.metrics.get(SELECTION_METRIC)
-        if valid is None:
-            continue
-        if (
+    return [
+        FastPlan(directory, version, rewrite)
+        for rewrite in measured_rewrites(manifest)
+        if SELECTION_METRIC in rewrite.metrics
+        and not (
             rewrite.width is None
             and manifest == served
             and rewrite.value_type == manifest.value_dtype
-        ):
-            continue  # the served model as it is: nothing to serve sooner
-        metrics = None if rewrite.width is None else rewrite.metrics
-        plans.append(
-            FastPlan(
-                directory,
-                version,
-                rewrite.value_type,
-                rewrite.bytes,
-                float(valid),
-                rewrite.width,
-                metrics,
-            )
-        )
-    return plans
+        )  # the served model as it is: nothing to serve sooner
+    ]
 
 
 def fast_path_options(settings: Settings, store: JobStore, served: Manifest) -> list[FastPlan]:

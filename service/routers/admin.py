@@ -19,10 +19,11 @@ from typing import Annotated
 from fastapi import Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
+from ciess_core.artifact.rewrites import SELECTION_METRIC
 from service.deps import HolderDep, MetricsDep, ModelDep, SettingsDep, StoreDep, admin_router
 from service.errors import NotReadyError, error_responses
 from service.jobs.budget import Budget, resolve_budget, served_budget, sizing_method
-from service.jobs.fast_path import SELECTION_METRIC, fast_path_options, plan_fast_path
+from service.jobs.fast_path import fast_path_options, plan_fast_path
 from service.jobs.store import Job, JobState, JobStore
 from service.model_holder import ServedModel, all_processes_within, request_reload
 from service.schemas import (
