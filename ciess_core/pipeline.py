@@ -27,9 +27,12 @@ from ciess_core.models import BackboneConfig, BackboneKind
 from ciess_core.recipes import resolve_recipe
 from ciess_core.runs import Protocol, RunProtocol, Start
 from ciess_core.search.config import SearchConfig
+from ciess_core.search.files import write_json
 from ciess_core.search.pipeline import PipelineSpec, StageReport, run_pipeline
 from ciess_core.search.planner import check_byte_budgets
 from ciess_core.search.shared_stages import (
+    check_same_data,
+    recorded_fingerprint,
     reuse_sibling_stages,
     shares_stages_with,
     stages_identity,
@@ -49,6 +52,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SPLIT_SEED = 42
+
+SPEC_FILE = "spec.json"
+FINGERPRINT_KEY = "dataset_fingerprint"
+"""The key of ``spec.json`` beside the spec's own: the fingerprint of the data the folder's
+stages were trained on."""
 
 _LATER_DEFAULTS = {
     ("byte_ratios",): [],
@@ -144,30 +152,51 @@ def load_split(dataset: str, data_dir: Path | str | None = None) -> tuple[Datase
     return split_per_user(data, seed=SPLIT_SEED), data.fingerprint()
 
 
-def claim_pipeline_folder(out: Path, spec: PipelineSpec) -> None:
-    """Make ``out`` the folder of ``spec``'s pipeline: record the spec in ``out/spec.json``, or
-    check that the one recorded there is the same, so that a rerun resumes and a changed command
-    never mixes stages of two recipes.
+def claim_pipeline_folder(
+    out: Path, spec: PipelineSpec, dataset_fingerprint: str | None = None
+) -> None:
+    """Make ``out`` the folder of ``spec``'s pipeline on the data of ``dataset_fingerprint``:
+    record both in ``out/spec.json`` (written whole or not at all), or check that those
+    recorded there are the same, so that a rerun resumes and a changed command never mixes
+    stages of two recipes or of two datasets. A folder that recorded no fingerprint (written
+    before folders did) resumes and records this one; ``dataset_fingerprint`` None compares the
+    spec alone (a benchmark's check before it loads the data).
 
     Raises:
-        ConfigError: ``out`` holds a pipeline with other settings.
+        ConfigError: ``out`` holds a pipeline with other settings, or one of other data.
     """
     out.mkdir(parents=True, exist_ok=True)
     described = jsonable(spec)
-    spec_path = out / "spec.json"
-    if spec_path.exists():
-        stored = _with_later_defaults(json.loads(spec_path.read_text()))
-        if stored != described:
-            reuse = ""
-            if shares_stages_with(out, described):
-                reuse = " (one beside it reuses this folder's full model, teachers and supernet)"
-            raise ConfigError(
-                f"{out} holds a pipeline with other settings ({spec_path}: "
-                f"{_differences(stored, described)}); choose another output folder to start a "
-                f"new one{reuse}"
-            )
-    else:
-        spec_path.write_text(json.dumps(described, indent=1) + "\n")
+    spec_path = out / SPEC_FILE
+    if not spec_path.exists():
+        _record_claim(spec_path, described, dataset_fingerprint)
+        return
+    stored = _with_later_defaults(json.loads(spec_path.read_text()))
+    in_spec = stored.pop(FINGERPRINT_KEY, None)
+    if stored != described:
+        reuse = ""
+        if shares_stages_with(out, described):
+            reuse = " (one beside it reuses this folder's full model, teachers and supernet)"
+        raise ConfigError(
+            f"{out} holds a pipeline with other settings ({spec_path}: "
+            f"{_differences(stored, described)}); choose another output folder to start a "
+            f"new one{reuse}"
+        )
+    if dataset_fingerprint is None:
+        return
+    # an older folder: the data its budget-free stages recorded, if they did
+    check_same_data(out, in_spec or recorded_fingerprint(out), dataset_fingerprint)
+    if in_spec is None:
+        _record_claim(spec_path, described, dataset_fingerprint)
+
+
+def _record_claim(
+    spec_path: Path, described: dict[str, Any], dataset_fingerprint: str | None
+) -> None:
+    """``spec.json``: the spec in JSON form, with the data's fingerprint when it is known."""
+    if dataset_fingerprint is not None:
+        described = {**described, FINGERPRINT_KEY: dataset_fingerprint}
+    write_json(spec_path, described)
 
 
 def _differences(stored: Any, described: Any, where: str = "") -> str:
@@ -196,7 +225,7 @@ def run_product_pipeline(
 ) -> dict[str, Any]:
     """Run (or resume) the pipeline in ``out`` on ``split`` (:func:`load_split`).
 
-    ``out`` is claimed for ``spec`` first (:func:`claim_pipeline_folder`). With
+    ``out`` is claimed for ``spec`` and the data first (:func:`claim_pipeline_folder`). With
     ``reuse_siblings`` (``ciess search``), the full model, teachers and supernet it lacks are
     copied from a folder beside it with the same data and recipe
     (:func:`~ciess_core.search.shared_stages.reuse_sibling_stages`); benchmarks that time a
@@ -204,7 +233,7 @@ def run_product_pipeline(
     (``processes``, ``local`` or ``ray``; the same results).
     """
     check_byte_budgets(spec, split.num_users + split.num_items)  # before the folder is made
-    claim_pipeline_folder(out, spec)
+    claim_pipeline_folder(out, spec, dataset_fingerprint)
     if reuse_siblings:
         reuse_sibling_stages(out, stages_identity(jsonable(spec), dataset_fingerprint))
     return run_pipeline(

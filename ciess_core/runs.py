@@ -145,6 +145,9 @@ class RunSpec:
     ``distillation``: when set, every training stage also follows a teacher (passed to
     :func:`execute_run`), see :mod:`ciess_core.training.distillation`. ``start``: where every
     stage's model starts (:class:`Start`); from the teacher, the phases' teachers must be given.
+    ``budget_bytes``: the byte budget the run's embedding stores were chosen within (every
+    stored byte, :class:`~ciess_core.search.budgets.ByteBudget`); None for a sparsity budget,
+    which ``target_sparsity`` holds.
     """
 
     dataset: str
@@ -156,6 +159,7 @@ class RunSpec:
     split_seed: int = 42
     distillation: DistillationConfig | None = None
     start: Start = Start.RANDOM
+    budget_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.start is Start.TEACHER and self.backbone.kind is not BackboneKind.LIGHTGCN:

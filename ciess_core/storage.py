@@ -13,8 +13,10 @@ Value types: ``float32``; ``float16``; ``int8`` (each row ``x`` stored as
 ``round(x / s)`` in [-127, 127] with ``s = max|x| / 127``); ``int4`` (the same in [-7, 7] with
 ``s = max|x| / 7``, two values per byte, the first in the low nibble). The quantisation is
 symmetric: no zero point, since trained embeddings are centred on zero. ``int8-table`` and
-``int4-table`` share one scale, the table's largest magnitude over the levels, among all rows:
-two bytes per row fewer, which at a few values per row is most of a row's bytes.
+``int4-table`` share one scale among all rows, the clip of the table's largest magnitude (1.0
+to 0.3 of it, over the levels) with the least squared error, past which outliers saturate
+(:func:`table_scale`): two bytes per row fewer, which at a few values per row is most of a
+row's bytes.
 
 The byte count of a store is the sum of its files' sizes, ``.npy`` headers included, so that a
 manifest's bytes equal what is on disk; :func:`stored_bytes` computes it without writing.

@@ -345,6 +345,10 @@ CORRUPTIONS = {
         r"interactions/indices.npy: item ids must lie in \[0, 80\)",
     ),
     "no manifest": (lambda d: (d / "manifest.json").unlink(), r"manifest.json: missing file"),
+    "budget bytes not a count": (
+        _set("budget_bytes", 1.5),
+        r"manifest.json: field 'budget_bytes' must be a positive integer or null",
+    ),
 }
 
 
@@ -487,29 +491,39 @@ def _write_pairs(data: InteractionData, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.fixture(scope="module")
-def run_dir(clustered_data: InteractionData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _written_run(
+    data: InteractionData, root: Path, value_type: str = "float32", budget_type: str | None = None
+) -> Path:
+    """A run folder of an untrained NGCF of random sizes on ``data`` (written to ``root``)
+    selected as ``value_type``; with ``budget_type``, one picked within the bytes of its stores as
+    that value type (a byte budget's run)."""
     from ciess_core.data import load_dataset
 
-    root = tmp_path_factory.mktemp("run")
     data_file = root / "pairs.txt"
-    _write_pairs(clustered_data, data_file)
-    data = load_dataset(str(data_file), root)
-    split = split_per_user(data, seed=3)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_pairs(data, data_file)
+    loaded = load_dataset(str(data_file), root)
+    split = split_per_user(loaded, seed=3)
     train, _ = split.phase(Phase.TEST)
     sizes = random_sizes(split.num_users + split.num_items, seed=4)
     model = make_model(BackboneKind.NGCF, train, sizes)
     spec = RunSpec(
         dataset=str(data_file),
         backbone=model.config,
-        training=TrainConfig(batch_size=10, max_batches=1),
+        training=TrainConfig(batch_size=10, max_batches=1, value_type=value_type),
         size_scheme=SizeScheme.RANDOM,
         target_sparsity=0.5,
         protocol=Protocol.CLEAN,
         split_seed=3,
+        budget_bytes=None if budget_type is None else model.size_assignment().bytes(budget_type),
     )
     outcome = RunOutcome({"recall@20": 0.25}, {"recall@20": 0.3}, model.sparsity(), 1.0)
-    return write_run(root / "run", spec, data.fingerprint(), model, outcome, [])
+    return write_run(root / "run", spec, loaded.fingerprint(), model, outcome, [])
+
+
+@pytest.fixture(scope="module")
+def run_dir(clustered_data: InteractionData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _written_run(clustered_data, tmp_path_factory.mktemp("run"))
 
 
 def test_export_run_rebuilds_the_model_and_checks_it(run_dir: Path, tmp_path: Path) -> None:
@@ -522,6 +536,38 @@ def test_export_run_rebuilds_the_model_and_checks_it(run_dir: Path, tmp_path: Pa
     check = manifest.verification
     assert check["max_abs_score_difference"] <= 1e-5 * (1 + check["max_abs_score"])
     np.testing.assert_array_equal(artifact.tables["embedding"].sizes, read_run(run_dir).sizes.sizes)
+
+
+def test_a_byte_budget_run_records_its_bytes_and_refuses_a_type_over_them(
+    clustered_data: InteractionData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _written_run(clustered_data, tmp_path / "picked", "int8", budget_type="int8")
+    stored = read_run(run)
+    budget, sizes = stored.config["budget_bytes"], stored.sizes
+    assert budget == sizes.bytes("int8")
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    manifest = load_artifact(export_run(run, exported / "int8", run.parent)).manifest
+    assert manifest.budget_bytes == budget and manifest.value_dtype == "int8"
+    assert manifest.memory.stored == budget  # the bytes are the files' sizes
+    assert json.loads((exported / "int8" / "manifest.json").read_text())["budget_bytes"] == budget
+    wide = ["export", str(run), "--out", str(exported / "wide"), "--data-dir", str(run.parent)]
+    assert main([*wide, "--value-type", "float16"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: stored as float16 the embedding stores take {sizes.bytes('float16'):,} bytes, "
+        f"over the run's byte budget of {budget:,}; int8 fits ({budget:,} bytes)\n"
+    )
+    assert [path.name for path in exported.iterdir()] == ["int8"]  # nothing half-written
+    assert main([*wide, "--value-type", "int4"]) == 0  # narrower: within the budget
+
+
+def test_a_manifest_from_before_byte_budgets_were_recorded_reads_none(
+    artifacts: dict, tmp_path: Path
+) -> None:
+    directory = _copy(artifacts[BackboneKind.LIGHTGCN], tmp_path)
+    assert load_artifact(directory).manifest.budget_bytes is None  # a model without one
+    _edit_manifest(directory, lambda manifest: manifest.pop("budget_bytes"))
+    assert load_artifact(directory).manifest.budget_bytes is None
 
 
 def test_export_run_rejects_other_data(run_dir: Path, tmp_path: Path) -> None:
@@ -671,3 +717,17 @@ def test_a_schema_2_artifact_still_loads(artifacts: dict, tmp_path: Path) -> Non
     directory = _copy(artifacts[BackboneKind.LIGHTGCN], tmp_path)
     _edit_manifest(directory, lambda manifest: manifest.update(schema_version=2))
     assert load_artifact(directory).manifest.schema_version == 2
+
+
+def test_sizes_stored_as_runs_in_a_schema_2_manifest_are_rejected(
+    equal_sized: Path, tmp_path: Path
+) -> None:
+    """Schema 2 stored one size a row; runs came with schema 3."""
+    directory = _copy(equal_sized, tmp_path)
+    _edit_manifest(directory, lambda manifest: manifest.update(schema_version=2))
+    message = (
+        rf"manifest.json: lists {RUNS}, but sizes stored as runs came with schema version 3 "
+        r"and this manifest says 2"
+    )
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(directory)

@@ -4,11 +4,14 @@ counts, and that a failure leaves nothing behind."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ciess_core import __version__
+from ciess_core.artifact.manifest import SCHEMA_VERSION
 from ciess_core.artifact.reader import load_artifact
 from ciess_core.artifact.requantise import (
     keeps_measured_quality,
@@ -26,8 +29,8 @@ from tests.test_artifact_export import export
 def source(clustered_split: DatasetSplit, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = export(BackboneKind.NCF, clustered_split, tmp_path_factory.mktemp("src") / "a")
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest["metrics"] = {"valid": {"ndcg@20": 0.3}, "valid_by_value_type": {
-        "int4-table": {"ndcg@20": 0.28}}}  # fmt: skip
+    manifest["metrics"] = {"valid": {"ndcg@20": 0.3}, "test": {"ndcg@20": 0.29},
+        "valid_by_value_type": {"int4-table": {"ndcg@20": 0.28}}}  # fmt: skip
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
@@ -107,3 +110,24 @@ def test_a_quantised_artifact_stored_in_another_type_claims_no_validation(
     assert keeps_measured_quality("int8", "int4-table") is False
     assert twice.metrics["valid"] is None
     assert keeps_measured_quality("float32", "int4-table") is True
+
+
+def test_a_requantised_artifact_is_of_this_version_and_claims_no_test_of_another_model(
+    source: Path, tmp_path: Path
+) -> None:
+    """Its manifest is written by this ciess (an older source's versions would misstate its
+    stores); a test measured the source's model, which only the source's own type keeps."""
+    older = tmp_path / "older"
+    shutil.copytree(source, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    assert manifest["value_dtype"] == "float32"
+    (older / "manifest.json").write_text(
+        json.dumps({**manifest, "schema_version": 2, "ciess_version": "0.0.1"})
+    )
+    same = requantise_artifact(older, "float32", tmp_path / "float32", max_bytes=10**9)
+    other = requantise_artifact(older, "int8", tmp_path / "int8")
+    for copy in (same, other):
+        assert (copy.schema_version, copy.ciess_version) == (SCHEMA_VERSION, __version__)
+    assert same.metrics["test"] == {"ndcg@20": 0.29} and same.budget_bytes == 10**9
+    assert other.metrics["test"] is None and other.budget_bytes is None
+    assert load_artifact(tmp_path / "int8").manifest == other

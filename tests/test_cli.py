@@ -17,6 +17,7 @@ from ciess_core.cli import main
 from ciess_core.cli_search import DEFAULT_BYTE_BUDGETS
 from ciess_core.errors import ConfigError
 from ciess_core.run_folder import read_run
+from ciess_core.search.budgets import ByteBudget
 from ciess_core.search.files import BudgetFolder
 from ciess_core.search.shared_stages import COPIED_STAGES_FILE, SHARED_STAGES
 from ciess_core.sizes import SizeAssignment
@@ -323,6 +324,9 @@ def test_search_plans_byte_budgets_by_default_and_exports_a_pick_within_the_byte
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["value_dtype"] == result["value_type"]  # exported as it was selected
     assert manifest["memory"]["stored"] <= 0.05 * manifest["memory"]["dense"]
+    rows, tables = manifest["num_users"] + manifest["num_items"], len(manifest["tables"])
+    allowed = ByteBudget(0.05).allowed_bytes(rows, manifest["max_size"], tables)
+    assert manifest["budget_bytes"] == read_run(run).config["budget_bytes"] == allowed
 
 
 def test_train_on_a_lightgcn_folder(tmp_path: Path) -> None:

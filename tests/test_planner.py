@@ -89,6 +89,44 @@ def test_byte_ratios_outside_the_unit_interval_are_refused() -> None:
         dataclasses.replace(tiny_spec(), byte_ratios=(0.1, 0.1))
 
 
+def test_byte_budget_labels_keep_their_short_names_and_tell_nearby_budgets_apart() -> None:
+    """Six significant digits where they give the ratio back (the names of existing folders),
+    every digit it needs where they do not: budgets a byte apart on a large dataset."""
+    for ratio in (0.2, 0.1, 0.05, 0.025, 0.01):
+        assert ByteBudget(ratio).label == f"bytes-{ratio}"
+    assert ByteBudget(1.0).label == "bytes-1" and ByteBudget(1e-5).label == "bytes-1e-05"
+    rows, bytes_asked = 10_000_000, 250_000_000  # a ratio of 0.048828125: eight digits
+    nearby = [ByteBudget.of_bytes(bytes_asked + extra, rows, 128, 1) for extra in range(4)]
+    labels = [budget.label for budget in nearby]
+    assert len(set(labels)) == 4 and labels[0] == "bytes-0.048828125"
+    for budget in nearby:
+        assert float(budget.label.removeprefix("bytes-")) == budget.ratio
+
+
+def test_a_pick_over_its_byte_budget_is_refused_before_its_deployment_trains(
+    clustered_split: DatasetSplit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug, never a choice: no deployment training and no run folder for it."""
+    spec = dataclasses.replace(tiny_spec(), byte_ratios=(0.07,))
+    split, budget = clustered_split, ByteBudget(0.07)
+    folder = BudgetFolder.of(tmp_path, budget)
+    full = SizeAssignment.full(split.num_users, split.num_items, MAX_SIZE)
+    record = {"candidate": 0, "kind": "search", "value_type": "float32", "achieved_sparsity": 0.0,
+              "valid": {}, "test": {}, "selected_batches": 1, "stages": {}, "seconds": 0.0}  # fmt: skip
+    folder.write_candidate(0, full, [], record)
+    folder.write_result({"chosen": 0, "candidates": [record]}, full)
+    allowed = budget.allowed_bytes(split.num_users + split.num_items, MAX_SIZE, 1)
+    message = f"bytes-0.07 exceeded: {full.bytes('float32')} bytes stored, {allowed} allowed"
+    monkeypatch.setattr(retraining, "train_deployment", lambda *_: pytest.fail("it trained"))
+    with pytest.raises(ConfigError, match=message):
+        retraining.deploy_budget(spec, split, budget, folder.path, "data", progress=False)
+    assert folder.deployment_summary() is None and not folder.deployed()
+    folder.write_deployment({}, {"candidate": 0, "seconds": 0.0})  # trained by an older ciess
+    with pytest.raises(ConfigError, match=message):
+        retraining.write_deployed_run(spec, split, folder, budget, "data")
+    assert not folder.deployed()
+
+
 def test_narrow_types_get_more_parameters_and_infeasible_types_none() -> None:
     spec = dataclasses.replace(tiny_spec(), byte_ratios=(0.07,))
     planned = planned_sparsities(spec, ByteBudget(0.07), 1000)

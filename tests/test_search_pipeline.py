@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -20,10 +21,11 @@ from ciess_core.models import BackboneConfig, BackboneKind
 from ciess_core.pipeline import claim_pipeline_folder, pipeline_spec
 from ciess_core.run_folder import MODEL_FILE, RUN_FORMAT_VERSION, read_run
 from ciess_core.runs import Protocol, RunProtocol, Start
-from ciess_core.search import ItemQuality, SearchConfig
+from ciess_core.search import ItemQuality, SearchConfig, loop
 from ciess_core.search.evaluators import RandomSizeDraws
 from ciess_core.search.files import BudgetFolder
 from ciess_core.search.fit import within_side_spread
+from ciess_core.search.loop import SearchInputs, SearchOutcome, run_search
 from ciess_core.search.pipeline import (
     PipelineSpec,
     build_evaluator,
@@ -119,17 +121,11 @@ class _InterruptError(Exception):
     pass
 
 
-def test_interrupted_search_resumes_from_its_checkpoint_and_matches(
-    clustered_split: DatasetSplit, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    from ciess_core.data import Phase
-    from ciess_core.search.loop import SearchInputs, run_search
-    from ciess_core.search.pipeline import build_evaluator
-
-    spec = tiny_spec()
-    train, _ = clustered_split.phase(Phase.SEARCH)
+def _search_inputs(split: DatasetSplit) -> SearchInputs:
+    """The search's inputs on ``split``'s search phase, with made-up full-model qualities."""
+    train, _ = split.phase(Phase.SEARCH)
     rng = np.random.default_rng(0)
-    inputs = SearchInputs(
+    return SearchInputs(
         popularity={
             "users": np.diff(train.indptr).astype(float),
             "items": np.bincount(train.indices, minlength=train.shape[1]).astype(float),
@@ -139,6 +135,36 @@ def test_interrupted_search_resumes_from_its_checkpoint_and_matches(
             "items": rng.uniform(0.2, 0.8, train.shape[1]),
         },
     )
+
+
+_TRACE_FIELDS = (
+    "episode",
+    "iteration",
+    "users_mean_size",
+    "items_mean_size",
+    "sparsity",
+    "mean_quality",
+)
+
+
+def _untimed_rows(trace: list[dict]) -> list[list[object]]:
+    return [[row[field] for field in _TRACE_FIELDS] for row in trace]
+
+
+def _assert_same_pools(
+    resumed: SearchOutcome, straight: SearchOutcome, budgets: tuple[float, ...]
+) -> None:
+    for budget in budgets:
+        assert [e.key for e in resumed.pool.top(budget)] == [
+            e.key for e in straight.pool.top(budget)
+        ]
+
+
+def test_interrupted_search_resumes_from_its_checkpoint_and_matches(
+    clustered_split: DatasetSplit, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = tiny_spec()
+    inputs = _search_inputs(clustered_split)
     evaluator = build_evaluator(spec, clustered_split)
     straight = run_search(spec.search, inputs, evaluator, progress=False)
 
@@ -166,22 +192,66 @@ def test_interrupted_search_resumes_from_its_checkpoint_and_matches(
     episodes = spec.search.num_episodes
     logged = [line.split(",")[0] for line in caplog.messages if line.startswith("search: ")]
     assert logged == [f"search: episode {e} of {episodes}" for e in range(2, episodes + 1)]
-    fields = (
-        "episode",
-        "iteration",
-        "users_mean_size",
-        "items_mean_size",
-        "sparsity",
-        "mean_quality",
-    )
-    assert [[row[f] for f in fields] for row in resumed.trace] == [
-        [row[f] for f in fields] for row in straight.trace
-    ]
+    assert _untimed_rows(resumed.trace) == _untimed_rows(straight.trace)
     assert len(trace.read_text().splitlines()) == len(straight.trace)
-    for budget in spec.search.budgets:
-        assert [e.key for e in resumed.pool.top(budget)] == [
-            e.key for e in straight.pool.top(budget)
-        ]
+    _assert_same_pools(resumed, straight, spec.search.budgets)
+
+
+def test_a_search_killed_between_its_checkpoint_renames_resumes_and_matches(
+    clustered_split: DatasetSplit,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After episode 2 the old checkpoint is renamed to its backup and the process dies before
+    the staged one takes its place: a rerun resumes from the staged one (complete), or from the
+    backup when the staged one is not; either way the search is the uninterrupted one."""
+    spec = tiny_spec()
+    inputs = _search_inputs(clustered_split)
+    evaluator = build_evaluator(spec, clustered_split)
+    straight = run_search(spec.search, inputs, evaluator, progress=False)
+    work = tmp_path / "staged"
+    checkpoint, trace = work / "checkpoint", work / "trace.jsonl"
+    real_replace = os.replace
+
+    def dies_after_episode_two(source: Path, target: Path) -> None:
+        staged = Path(source) / "checkpoint.json"
+        if Path(target) == checkpoint and json.loads(staged.read_text())["episodes_done"] == 2:
+            raise _InterruptError
+        real_replace(source, target)
+
+    monkeypatch.setattr(loop.os, "replace", dies_after_episode_two)
+    work.mkdir()
+    with pytest.raises(_InterruptError):
+        run_search(
+            spec.search,
+            inputs,
+            evaluator,
+            checkpoint_dir=checkpoint,
+            trace_path=trace,
+            progress=False,
+        )
+    monkeypatch.undo()
+    assert sorted(path.name for path in work.iterdir()) == [
+        "checkpoint.old", "checkpoint.tmp", "trace.jsonl"]  # fmt: skip
+    unstaged = tmp_path / "unstaged"  # the same crash with the staged checkpoint incomplete
+    shutil.copytree(work, unstaged)
+    (unstaged / "checkpoint.tmp" / "checkpoint.json").unlink()
+    for folder, first in ((work, 3), (unstaged, 2)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ciess_core.search.loop"):
+            resumed = run_search(
+                spec.search,
+                inputs,
+                evaluator,
+                checkpoint_dir=folder / "checkpoint",
+                trace_path=folder / "trace.jsonl",
+                progress=False,
+            )
+        logged = [line.split(" of ")[0] for line in caplog.messages if line.startswith("search: ")]
+        assert logged == [f"search: episode {e}" for e in range(first, 4)]
+        assert _untimed_rows(resumed.trace) == _untimed_rows(straight.trace)
+        _assert_same_pools(resumed, straight, spec.search.budgets)
 
 
 def test_search_with_the_items_own_quality(clustered_split: DatasetSplit, tmp_path: Path) -> None:

@@ -1,19 +1,27 @@
 """The budget-free stages copied between pipeline folders: finished ones only, never over a
-stage the target has, and keyed on what they depend on."""
+stage the target has, and keyed on what they depend on; a pipeline folder resumes on the data
+it was made from only."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
+import pytest
+
+from ciess_core.errors import ConfigError
 from ciess_core.json_form import jsonable
-from ciess_core.pipeline import pipeline_spec
+from ciess_core.pipeline import claim_pipeline_folder, pipeline_spec
 from ciess_core.search.shared_stages import (
     COPIED_STAGES_FILE,
     SHARED_STAGES,
+    SHARED_STAGES_FILE,
     copy_shared_stages,
+    reuse_sibling_stages,
     shared_stages_key,
+    stages_identity,
 )
 
 
@@ -54,3 +62,65 @@ def test_the_key_ignores_budgets_and_value_types_but_not_the_recipe() -> None:
     assert shared_stages_key(jsonable(other_budgets)) == key
     assert shared_stages_key(jsonable(longer)) != key
     assert shared_stages_key(jsonable(dataclasses.replace(spec, supernet_batches=5))) != key
+
+
+OURS, THEIRS = "a" * 64, "b" * 64
+
+
+def test_a_folder_of_other_data_is_refused_naming_both_fingerprints(tmp_path: Path) -> None:
+    spec, out = pipeline_spec("ml-1m", "lightgcn"), tmp_path / "pipeline"
+    claim_pipeline_folder(out, spec, OURS)
+    assert json.loads((out / "spec.json").read_text())["dataset_fingerprint"] == OURS
+    claim_pipeline_folder(out, spec, OURS)  # the same data resumes
+    claim_pipeline_folder(out, spec)  # a check of the spec alone
+    refusal = re.escape(f"{out} holds a pipeline trained on other data")
+    with pytest.raises(ConfigError, match=refusal) as error:
+        claim_pipeline_folder(out, spec, THEIRS)
+    assert f"fingerprint {OURS[:16]}…, this data's {THEIRS[:16]}…" in str(error.value)
+    # The budget-free stages' record keeps the data they were trained on.
+    reuse_sibling_stages(out, stages_identity(jsonable(spec), OURS))
+    with pytest.raises(ConfigError, match="trained on other data"):
+        reuse_sibling_stages(out, stages_identity(jsonable(spec), THEIRS))
+    assert json.loads((out / SHARED_STAGES_FILE).read_text())["fingerprint"] == OURS
+
+
+def test_an_older_folder_resumes_and_records_its_data(tmp_path: Path) -> None:
+    """A folder written before folders recorded their data: its data is the one its stages
+    recorded when it has that record, else the first data it resumes with."""
+    spec = pipeline_spec("ml-1m", "lightgcn")
+    older, copied = tmp_path / "older", tmp_path / "copied"
+    for out in (older, copied):
+        out.mkdir()
+        (out / "spec.json").write_text(json.dumps(jsonable(spec)))
+    claim_pipeline_folder(older, spec, OURS)
+    assert json.loads((older / "spec.json").read_text()) == {
+        **jsonable(spec), "dataset_fingerprint": OURS}  # fmt: skip
+    with pytest.raises(ConfigError, match="trained on other data"):
+        claim_pipeline_folder(older, spec, THEIRS)
+    (copied / SHARED_STAGES_FILE).write_text(json.dumps(stages_identity(jsonable(spec), THEIRS)))
+    with pytest.raises(ConfigError, match=f"fingerprint {THEIRS[:16]}…, this data's {OURS[:16]}…"):
+        claim_pipeline_folder(copied, spec, OURS)
+    assert "dataset_fingerprint" not in json.loads((copied / "spec.json").read_text())
+    claim_pipeline_folder(copied, spec, THEIRS)  # its own data: it resumes and records it
+    assert json.loads((copied / "spec.json").read_text())["dataset_fingerprint"] == THEIRS
+
+
+def test_the_spec_file_is_written_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, out = pipeline_spec("ml-1m", "lightgcn"), tmp_path / "older"
+    out.mkdir()
+    before = json.dumps(jsonable(spec))
+    (out / "spec.json").write_text(before)
+    real_write = Path.write_text
+
+    def dies_halfway(path: Path, text: str, *args: object, **kwargs: object) -> int:
+        real_write(path, text[: len(text) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", dies_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        claim_pipeline_folder(out, spec, OURS)  # records the data: a rewrite
+    monkeypatch.undo()
+    assert (out / "spec.json").read_text() == before
+    assert sorted(path.name for path in out.iterdir()) == ["spec.json"]

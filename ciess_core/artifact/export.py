@@ -64,6 +64,8 @@ class ExportMetadata:
         dataset_fingerprint: ``InteractionData.fingerprint()`` of that dataset.
         split_seed: seed of the 50/25/25 split.
         target_sparsity: the budget asked (None for a full-size model).
+        budget_bytes: the byte budget asked, every stored byte of the embedding stores (None: a
+            sparsity budget); an export whose stores exceed it is refused.
         size_scheme: how the sizes were chosen ("full", "equal", "random", "ciess").
         metrics: the run's metrics ({"protocol", "valid", "test"}).
         source: free text, e.g. the run directory.
@@ -74,6 +76,7 @@ class ExportMetadata:
     dataset_fingerprint: str = ""
     split_seed: int | None = None
     target_sparsity: float | None = None
+    budget_bytes: int | None = None
     size_scheme: str | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
@@ -281,6 +284,7 @@ def export_model(
             f"external ids have shapes {user_ids.shape} and {item_ids.shape}, expected "
             f"({model.num_users},) and ({model.num_items},)"
         )
+    _check_budget_bytes(model, value_type, metadata.budget_bytes)
     was_training = model.training
     model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -326,6 +330,25 @@ def export_model(
     return out
 
 
+def _check_budget_bytes(model: Backbone, value_type: str, budget_bytes: int | None) -> None:
+    """Refuse (ConfigError) to store ``model``'s tables as ``value_type`` when their stores
+    would take more than ``budget_bytes`` (None: no byte budget), before anything is written;
+    the message names the type that fits with the most bytes (the finest)."""
+    if budget_bytes is None:
+        return
+    sizes, tables = model.size_assignment(), len(model.tables())
+    stored = {kind: sizes.bytes(kind, tables) for kind in VALUE_TYPES}
+    if stored[value_type] <= budget_bytes:
+        return
+    fitting = [kind for kind in VALUE_TYPES if stored[kind] <= budget_bytes]
+    finest = max(fitting, key=stored.__getitem__, default=None)
+    fits = "no value type fits" if finest is None else f"{finest} fits ({stored[finest]:,} bytes)"
+    raise ConfigError(
+        f"stored as {value_type} the embedding stores take {stored[value_type]:,} bytes, over "
+        f"the run's byte budget of {budget_bytes:,}; {fits}"
+    )
+
+
 def _manifest(
     model: Backbone,
     metadata: ExportMetadata,
@@ -348,6 +371,7 @@ def _manifest(
         tables=TABLES_BY_KIND[kind],
         graphs=graph_files(kind, model.config.num_layers),
         target_sparsity=metadata.target_sparsity,
+        budget_bytes=metadata.budget_bytes,
         achieved_sparsity=model.size_assignment().sparsity,
         dataset={
             "name": metadata.dataset,
@@ -474,6 +498,7 @@ def export_run(
         dataset_fingerprint=run.fingerprint,
         split_seed=int(config.get("split_seed", 42)),
         target_sparsity=config.get("target_sparsity"),
+        budget_bytes=config.get("budget_bytes"),
         size_scheme=config.get("size_scheme"),
         metrics={
             **{key: run.metrics.get(key) for key in ("protocol", "valid", "test")},

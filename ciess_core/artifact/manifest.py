@@ -19,8 +19,12 @@ from ciess_core.json_form import jsonable
 from ciess_core.storage import VALUE_TYPES
 
 SCHEMA_VERSION = 3
-"""3: a table's sizes may be stored as runs (``size_runs.npy``); 2: one size per row only."""
+"""3: a table's sizes may be stored as runs (``size_runs.npy``); 2: one size per row only.
+An optional field (``budget_bytes``: None where it is missing) or graph
+(:data:`OPTIONAL_GRAPHS`) needs no new version: a reader ignores the fields it does not know."""
 READABLE_SCHEMA_VERSIONS = (2, 3)
+SIZE_RUNS_SCHEMA_VERSION = 3
+"""The first schema version whose tables may store their sizes as runs."""
 MANIFEST_NAME = "manifest.json"
 BACKBONE_KINDS = ("lightgcn", "ngcf", "ncf")
 
@@ -110,7 +114,10 @@ class Manifest:
             :data:`ciess_core.storage.VALUE_TYPES` (float32, float16, int8, int4).
         tables: names of the ragged tables, in the backbone's order.
         graphs: graph role -> file.
-        target_sparsity: the budget asked (None for a full-size model).
+        target_sparsity: the budget asked (None for a full-size model); for a byte budget,
+            the sparsity of the model picked within it.
+        budget_bytes: the byte budget asked, every stored byte of the embedding stores (None:
+            a sparsity budget, or a manifest written before it was recorded).
         achieved_sparsity: 1 - Σ sizes / (N · d_max).
         dataset: name, fingerprint and split seed of the training data.
         metrics: metrics of the run ("valid", "test", "protocol").
@@ -132,6 +139,7 @@ class Manifest:
     tables: tuple[str, ...]
     graphs: Mapping[str, str]
     target_sparsity: float | None
+    budget_bytes: int | None = field(default=None, kw_only=True)
     achieved_sparsity: float
     dataset: Mapping[str, Any]
     metrics: Mapping[str, Any]
@@ -168,6 +176,20 @@ def _field(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], wh
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ArtifactError(f"{where}: field {name!r} has the wrong type ({type(value).__name__})")
     return value
+
+
+def _budget(data: Mapping[str, Any], where: str) -> tuple[float | None, int | None]:
+    """The budget asked: ``target_sparsity`` (a number or null) and ``budget_bytes`` (a positive
+    integer, null, or missing in a manifest written before it was recorded)."""
+    target = data.get("target_sparsity")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
+        raise ArtifactError(f"{where}: field 'target_sparsity' must be a number or null")
+    budget_bytes = data.get("budget_bytes")
+    if budget_bytes is not None and (
+        isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 1
+    ):
+        raise ArtifactError(f"{where}: field 'budget_bytes' must be a positive integer or null")
+    return None if target is None else float(target), budget_bytes
 
 
 def manifest_from_json(text: str, where: str = MANIFEST_NAME) -> Manifest:
@@ -223,9 +245,7 @@ def manifest_from_json(text: str, where: str = MANIFEST_NAME) -> Manifest:
                 bytes=_field(entry, "bytes", int, label),
             )
         )
-    target = data.get("target_sparsity")
-    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
-        raise ArtifactError(f"{where}: field 'target_sparsity' must be a number or null")
+    target, budget_bytes = _budget(data, where)
     tables = tuple(_field(data, "tables", list, where))
     if tables != TABLES_BY_KIND[backbone]:
         raise ArtifactError(
@@ -249,7 +269,8 @@ def manifest_from_json(text: str, where: str = MANIFEST_NAME) -> Manifest:
         value_dtype=value_dtype,
         tables=tables,
         graphs=MappingProxyType(dict(_field(data, "graphs", dict, where))),
-        target_sparsity=None if target is None else float(target),
+        target_sparsity=target,
+        budget_bytes=budget_bytes,
         achieved_sparsity=float(_field(data, "achieved_sparsity", (int, float), where)),
         dataset=MappingProxyType(dict(_field(data, "dataset", dict, where))),
         metrics=MappingProxyType(dict(_field(data, "metrics", dict, where))),

@@ -25,6 +25,7 @@ from ciess_core.artifact.manifest import (
     OPTIONAL_GRAPHS,
     SEEN_INDICES_FILE,
     SEEN_INDPTR_FILE,
+    SIZE_RUNS_SCHEMA_VERSION,
     USER_IDS_FILE,
     Manifest,
     graph_files,
@@ -72,9 +73,16 @@ def read_manifest(directory: Path) -> Manifest:
 
 
 def table_files(manifest: Manifest, name: str) -> dict[str, str]:
-    """The files of table ``name``: its sizes as runs when the manifest lists a runs file."""
+    """The files of table ``name``: its sizes as runs when the manifest lists a runs file (which
+    a manifest of a schema before :data:`SIZE_RUNS_SCHEMA_VERSION` may not)."""
     runs = store_files(name, manifest.value_dtype, size_runs=True)["sizes"]
     listed = any(entry.path == runs for entry in manifest.files)
+    if listed and manifest.schema_version < SIZE_RUNS_SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{MANIFEST_NAME}: lists {runs}, but sizes stored as runs came with schema version "
+            f"{SIZE_RUNS_SCHEMA_VERSION} and this manifest says {manifest.schema_version} "
+            "(re-export the artifact with a matching ciess version)"
+        )
     return store_files(name, manifest.value_dtype, size_runs=listed)
 
 

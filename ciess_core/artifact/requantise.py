@@ -6,7 +6,9 @@ training: every table is decoded as the scorer reads it and stored again
 unchanged. The manifest keeps the source's model, data and metrics, with ``valid`` replaced by
 the source run's validation of that value type when the run measured it
 (``metrics.valid_by_value_type``) and the copy holds that model (:func:`keeps_measured_quality`;
-null otherwise), and ``verification`` saying where it came from.
+null otherwise), ``test`` null unless the value type is the source's (another type is another
+model, never tested), the byte budget it was written for, the current schema and package
+versions, and ``verification`` saying where it came from.
 
 The copy is written in a hidden staging folder beside ``out`` and renamed into place only once it
 loads and scores, so a failure leaves nothing behind.
@@ -24,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from ciess_core import __version__
 from ciess_core.artifact.files import file_entry, write_array
-from ciess_core.artifact.manifest import MANIFEST_NAME, Manifest, manifest_to_json
+from ciess_core.artifact.manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, manifest_to_json
 from ciess_core.artifact.ragged import RaggedTable
 from ciess_core.artifact.reader import Artifact, load_artifact
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
@@ -73,6 +76,8 @@ def requantise_artifact(
     metrics: dict[str, Any] = dict(old.metrics)
     measured = (metrics.get("valid_by_value_type") or {}).get(value_type)
     metrics["valid"] = measured if keeps_measured_quality(old.value_dtype, value_type) else None
+    if value_type != old.value_dtype:  # its codes decode to another model: one never tested
+        metrics["test"] = None
     return write_with_tables(
         source,
         old,
@@ -113,7 +118,8 @@ def write_with_tables(
 ) -> Manifest:
     """Write the artifact of ``source`` (whose manifest, already loaded, is ``old``) to ``out``
     with ``tables`` (float, one per table of its manifest) stored as ``value_type``, the
-    manifest's fields in ``changes`` replaced and ``verification`` saying where it came from;
+    manifest's fields in ``changes`` replaced, ``budget_bytes`` set to ``max_bytes``, the schema
+    and package versions to this ciess's and ``verification`` saying where it came from;
     every other file is copied. The copy is staged beside ``out``, checked (within
     ``max_bytes`` when given; it loads and scores finite values) and only then renamed into
     place; returns its manifest. ``verification`` gains the seconds since ``started`` (a
@@ -137,6 +143,9 @@ def write_with_tables(
         manifest = dataclasses.replace(
             old,
             **changes,
+            schema_version=SCHEMA_VERSION,  # its stores are written by this version's rules
+            ciess_version=__version__,
+            budget_bytes=max_bytes,
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             memory=dataclasses.replace(
                 old.memory, stored=sum(detail.values()), stored_detail=detail

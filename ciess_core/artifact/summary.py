@@ -90,6 +90,7 @@ def summarize(artifact: Artifact) -> str:
     sizes = artifact_sizes(artifact)
     dataset, memory = manifest.dataset, manifest.memory
     target = "not recorded" if manifest.target_sparsity is None else manifest.target_sparsity
+    asked = "" if manifest.budget_bytes is None else f"{manifest.budget_bytes:,} bytes, "
     lines = [
         f"artifact: {artifact.directory}",
         f"  schema {manifest.schema_version}, ciess {manifest.ciess_version}, "
@@ -101,7 +102,7 @@ def summarize(artifact: Artifact) -> str:
         f"{str(dataset.get('fingerprint') or '?')[:16]}  split seed {dataset.get('split_seed')}",
         f"  {manifest.num_users} users, {manifest.num_items} items, "
         f"{artifact.seen.nnz} seen interactions",
-        f"budget: target sparsity {target}, achieved {manifest.achieved_sparsity:.4f}  "
+        f"budget: {asked}target sparsity {target}, achieved {manifest.achieved_sparsity:.4f}  "
         f"(sizes: {dataset.get('size_scheme') or '?'})",
     ]
     for side, side_sizes in (("users", sizes.user_sizes), ("items", sizes.item_sizes)):

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from ciess_core.errors import ConfigError
+from ciess_core.sizes import SizeAssignment
 from ciess_core.storage import dense_fp32_bytes, parameters_within
 
 
@@ -48,8 +49,11 @@ class ByteBudget:
 
     @property
     def label(self) -> str:
-        """How folders, timings and summaries name it: ``bytes-<ratio>``."""
-        return f"bytes-{self.ratio:g}"
+        """How folders, timings and summaries name it: ``bytes-<ratio>``, the ratio in six
+        significant digits (``bytes-0.05``) when they give it back exactly, else in all the
+        digits it needs: two budgets a few bytes apart get folders of their own."""
+        short = f"{self.ratio:g}"
+        return f"bytes-{short if float(short) == self.ratio else repr(self.ratio)}"
 
 
 Budget = float | ByteBudget
@@ -59,6 +63,18 @@ Budget = float | ByteBudget
 def budget_label(budget: Budget) -> str:
     """``0.9`` for a sparsity, ``bytes-0.05`` for a byte budget."""
     return budget.label if isinstance(budget, ByteBudget) else f"{budget:g}"
+
+
+def check_within(budget: Budget, sizes: SizeAssignment, value_type: str, tables: int) -> None:
+    """Raise ConfigError when ``sizes`` stored as ``value_type`` in ``tables`` tables exceed
+    ``budget`` (a bug, never a choice: every candidate is planned within its budget)."""
+    if isinstance(budget, ByteBudget):
+        used = sizes.bytes(value_type, tables)
+        allowed = budget.allowed_bytes(sizes.num_entities, sizes.max_size, tables)
+        if used > allowed:
+            raise ConfigError(f"{budget.label} exceeded: {used} bytes stored, {allowed} allowed")
+    elif sizes.sparsity < budget - 1e-12:
+        raise ConfigError(f"budget {budget} exceeded by the chosen assignment")
 
 
 def sparsity_of(parameters: int, num_rows: int, max_size: int) -> float:

@@ -34,11 +34,13 @@ from ciess_core.search.replay import ReplayBuffer
 from ciess_core.search.state import entity_states, quality_ratio, reward
 from ciess_core.search.td3 import TD3Agent, build_agent, policy_sizes, update
 from ciess_core.sizes import SizeAssignment
+from ciess_core.staged_files import staged_file
 
 logger = logging.getLogger(__name__)
 
 SIDES = ("users", "items")
 CHECKPOINT_VERSION = 1
+CHECKPOINT_FILE = "checkpoint.json"
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ def _save_checkpoint(
     trace: list[dict[str, Any]],
 ) -> None:
     """Write the whole search state after ``episode`` episodes, replacing the old checkpoint."""
-    staging = directory.with_name(directory.name + ".tmp")
+    staging = _staging_of(directory)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for side, state in sides.items():
@@ -178,8 +180,10 @@ def _save_checkpoint(
         "rng": rng.bit_generator.state,
         "trace_length": len(trace),
     }
-    (staging / "checkpoint.json").write_text(json.dumps(meta, indent=1))
-    backup = directory.with_name(directory.name + ".old")
+    # last, and whole: a staged checkpoint that has this file is complete
+    with staged_file(staging / CHECKPOINT_FILE) as meta_staging:
+        meta_staging.write_text(json.dumps(meta, indent=1))
+    backup = _backup_of(directory)
     shutil.rmtree(backup, ignore_errors=True)
     if directory.exists():
         os.replace(directory, backup)
@@ -187,13 +191,35 @@ def _save_checkpoint(
     shutil.rmtree(backup, ignore_errors=True)
 
 
+def _staging_of(directory: Path) -> Path:
+    return directory.with_name(directory.name + ".tmp")
+
+
+def _backup_of(directory: Path) -> Path:
+    return directory.with_name(directory.name + ".old")
+
+
+def _has_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds a checkpoint, once a swap that a process died in between its
+    two renames (the old checkpoint to its backup, the staged one into place) is finished: with
+    ``directory`` missing, the staged checkpoint takes its place when it is complete (it has its
+    ``checkpoint.json``, written last), else the backup does."""
+    if not directory.exists():
+        for kept in (_staging_of(directory), _backup_of(directory)):
+            if (kept / CHECKPOINT_FILE).is_file():
+                logger.warning("the checkpoint %s is missing: restoring %s", directory, kept)
+                os.replace(kept, directory)
+                break
+    return (directory / CHECKPOINT_FILE).is_file()
+
+
 def _load_checkpoint(
     directory: Path, sides: dict[str, _SideState], rng: np.random.Generator
 ) -> tuple[int, AssignmentPool, int]:
-    meta = json.loads((directory / "checkpoint.json").read_text())
+    meta = json.loads((directory / CHECKPOINT_FILE).read_text())
     if meta.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(
-            f"{directory / 'checkpoint.json'}: unknown checkpoint version {meta.get('version')}"
+            f"{directory / CHECKPOINT_FILE}: unknown checkpoint version {meta.get('version')}"
         )
     for side, state in sides.items():
         saved = torch.load(directory / f"agent_{side}.pt", weights_only=True)
@@ -238,7 +264,7 @@ def run_search(
     sides = _build_sides(config, inputs, hooks.exploration)
     pool = AssignmentPool(config.budgets, config.pool_size, config.max_size)
     first_episode, trace = 0, []
-    if checkpoint_dir is not None and (checkpoint_dir / "checkpoint.json").exists():
+    if checkpoint_dir is not None and _has_checkpoint(checkpoint_dir):
         first_episode, pool, trace_length = _load_checkpoint(checkpoint_dir, sides, rng)
         if trace_path is not None and trace_path.exists():
             lines = trace_path.read_text().splitlines()[:trace_length]

@@ -36,7 +36,7 @@ from ciess_core.errors import ConfigError
 from ciess_core.executors import DEFAULT_EXECUTOR
 from ciess_core.models import BackboneConfig, BackboneKind
 from ciess_core.runs import Protocol, RunProtocol, Start
-from ciess_core.search.budgets import Budget, ByteBudget, budget_label
+from ciess_core.search.budgets import Budget, ByteBudget, budget_label, check_within
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.evaluators import QualityEvaluator, SupernetEvaluator, quality_signal
 from ciess_core.search.files import BudgetFolder, checkpoint_folder, read_cached, write_json
@@ -411,7 +411,8 @@ def run_pipeline(
         timings[f"retrain_{label}"] = result["seconds"]
         if deploy_seconds:
             timings[f"deploy_{label}"] = deploy_seconds
-        _check_within(spec, split, budget, folders[budget], result)
+        chosen_type = result.get("value_type", "float32")
+        check_within(budget, folders[budget].chosen(), chosen_type, spec.backbone_tables)
     summary = {
         "dataset": spec.dataset,
         "backbone": spec.backbone.kind.value,
@@ -430,26 +431,6 @@ def run_pipeline(
     # (stopped under settings since changed)
     shutil.rmtree(checkpoint_folder(out), ignore_errors=True)
     return summary
-
-
-def _check_within(
-    spec: PipelineSpec,
-    split: DatasetSplit,
-    budget: Budget,
-    folder: BudgetFolder,
-    result: dict[str, Any],
-) -> None:
-    """Raise ConfigError if the chosen assignment exceeds its budget (a bug, never a choice)."""
-    chosen = folder.chosen()
-    if isinstance(budget, ByteBudget):
-        used = chosen.bytes(result.get("value_type", "float32"), spec.backbone_tables)
-        allowed = budget.allowed_bytes(
-            split.num_users + split.num_items, chosen.max_size, spec.backbone_tables
-        )
-        if used > allowed:
-            raise ConfigError(f"{budget.label} exceeded: {used} bytes stored, {allowed} allowed")
-    elif chosen.sparsity < budget - 1e-12:
-        raise ConfigError(f"budget {budget} exceeded by the chosen assignment")
 
 
 def _search_stage(

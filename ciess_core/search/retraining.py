@@ -40,7 +40,7 @@ from ciess_core.runs import (
     train_deployment,
     validation_by_value_type,
 )
-from ciess_core.search.budgets import Budget, ByteBudget, budget_label
+from ciess_core.search.budgets import Budget, ByteBudget, budget_label, check_within
 from ciess_core.search.files import BudgetFolder, checkpoint_folder, chosen_candidate
 from ciess_core.search.parallel import StageRunner
 from ciess_core.search.teachers import full_model_batches, prepare_teachers
@@ -302,7 +302,10 @@ def train_deployed(
 ) -> dict[str, Any]:
     """Train candidate ``record`` on every interaction for its selected batches and keep the
     weights in ``folder``'s ``deploy/`` until the run folder is written; returns the stage
-    summary (an earlier call's when it trained the same candidate)."""
+    summary (an earlier call's when it trained the same candidate). A candidate over
+    ``budget`` is a ConfigError before anything trains."""
+    sizes = folder.candidate(record["candidate"])
+    check_within(budget, sizes, record.get("value_type", "float32"), spec.backbone_tables)
     if (cached := folder.deployment_summary()) is not None and cached["candidate"] == record[
         "candidate"
     ]:
@@ -312,7 +315,6 @@ def train_deployed(
         summary: dict[str, Any] = {"batches_run": 0, "seconds": 0.0, "kept": "teacher-deploy"}
     else:
         run_spec = run_spec_of(spec, budget, record)
-        sizes = folder.candidate(record["candidate"])
         model, summary = train_deployment(
             run_spec, split, sizes, int(record["selected_batches"]), progress, teachers
         )
@@ -325,14 +327,19 @@ def write_deployed_run(
     spec: PipelineSpec, split: DatasetSplit, folder: BudgetFolder, budget: Budget, fingerprint: str
 ) -> None:
     """The run folder ``run/`` (what ``ciess export`` takes) from the deployment weights and the
-    budget's result: the protocol's numbers, the deployment stage, the chosen history."""
+    budget's result: the protocol's numbers, the deployment stage, the chosen history, and a
+    byte budget's bytes (``budget_bytes`` in ``config.json``). A pick over ``budget`` is a
+    ConfigError and no run folder."""
     result, summary = folder.result(), folder.deployment_summary()
     if result is None or summary is None or summary["candidate"] != result["chosen"]:
         raise ConfigError(f"{folder.path} has no tested pick with its deployment model to write")
-    chosen = chosen_candidate(result)
-    run_spec = run_spec_of(spec, budget, chosen)
+    chosen, sizes = chosen_candidate(result), folder.chosen()
+    check_within(budget, sizes, chosen.get("value_type", "float32"), spec.backbone_tables)
+    run_spec = dataclasses.replace(
+        run_spec_of(spec, budget, chosen), budget_bytes=_budget_bytes(spec, sizes, budget)
+    )
     everything, _ = split.phase(Phase.DEPLOY)
-    model = fresh_model(run_spec, everything, folder.chosen())
+    model = fresh_model(run_spec, everything, sizes)
     model.load_state_dict(torch.load(folder.deployment_weights(), map_location="cpu"))
     stages = {key: value for key, value in summary.items() if key != "candidate"}
     outcome = RunOutcome(
@@ -347,6 +354,13 @@ def write_deployed_run(
     history = folder.candidate_history(result["chosen"])
     write_run(folder.run, run_spec, fingerprint, model, outcome, history)
     folder.drop_deployment()
+
+
+def _budget_bytes(spec: PipelineSpec, sizes: SizeAssignment, budget: Budget) -> int | None:
+    """The bytes a byte budget allows tables of ``sizes``' rows (None: a sparsity budget)."""
+    if not isinstance(budget, ByteBudget):
+        return None
+    return budget.allowed_bytes(sizes.num_entities, sizes.max_size, spec.backbone_tables)
 
 
 def deploy_budget(

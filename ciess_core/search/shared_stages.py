@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ciess_core.errors import ConfigError
 from ciess_core.run_folder import RUN_FORMAT_VERSION
 from ciess_core.search.files import read_cached, write_json
 from ciess_core.search.teachers import TEACHER_DIRECTORIES
@@ -101,11 +102,39 @@ def shares_stages_with(folder: Path, described: dict[str, Any]) -> bool:
     return recorded == {"format": RUN_FORMAT_VERSION, **shared_stages_key(described)}
 
 
+def recorded_fingerprint(folder: Path) -> str | None:
+    """The fingerprint of the data ``folder``'s budget-free stages were trained on, as its
+    :data:`SHARED_STAGES_FILE` records it (None: none recorded, or not readable)."""
+    try:
+        recorded = read_cached(folder / SHARED_STAGES_FILE)
+    except (OSError, ValueError):
+        return None
+    fingerprint = None if recorded is None else recorded.get("fingerprint")
+    return fingerprint if isinstance(fingerprint, str) else None
+
+
+def check_same_data(folder: Path, recorded: str | None, fingerprint: str) -> None:
+    """Raise ConfigError when ``folder``, whose stages were trained on the data of ``recorded``
+    (None: not recorded), is to go on with the data of ``fingerprint``, another one."""
+    if recorded is not None and recorded != fingerprint:
+        raise ConfigError(
+            f"{folder} holds a pipeline trained on other data (dataset fingerprint "
+            f"{recorded[:16]}…, this data's {fingerprint[:16]}…); choose another output folder "
+            "to start a new one"
+        )
+
+
 def reuse_sibling_stages(out: Path, identity: dict[str, Any]) -> list[str]:
     """Record ``identity`` in ``out`` (:data:`SHARED_STAGES_FILE`) and copy the budget-free
     stages ``out`` lacks from the folders beside it that recorded the same, newest first;
-    returns the names copied."""
+    returns the names copied.
+
+    Raises:
+        ConfigError: ``out`` recorded stages trained on the data of another fingerprint (its
+            record is left as it is).
+    """
     out.mkdir(parents=True, exist_ok=True)
+    check_same_data(out, recorded_fingerprint(out), identity["fingerprint"])
     write_json(out / SHARED_STAGES_FILE, identity)
     siblings = [path.parent for path in out.parent.glob(f"*/{SHARED_STAGES_FILE}")]
     copied: list[str] = []
