@@ -128,12 +128,6 @@ def register_worker(subparsers: Any) -> None:
     worker.set_defaults(handler=run_worker_command)
 
 
-def add_service_parsers(subparsers: Any) -> None:
-    """Register ``serve`` and ``worker``."""
-    register_serve(subparsers)
-    register_worker(subparsers)
-
-
 def uvicorn_http_protocol(name: str = "coalescing") -> Any:
     """uvicorn's ``http`` setting for ``--http``: ``coalescing`` is uvicorn's httptools protocol
     with one write per response (service/http_protocol.py), or uvicorn's choice without httptools.

@@ -56,7 +56,7 @@ async def _watch_pointer(app: FastAPI) -> None:
             if await run_in_threadpool(holder.refresh, settings, forced):
                 metrics.swaps.inc()
         except Exception:
-            # The old model keeps serving; the failed version is not retried until a reload.
+            # The old model keeps serving; the failed version is tried again after a backoff.
             metrics.swap_failures.inc()
             logger.exception("could not load the promoted artifact; the old model keeps serving")
         metrics.sync()

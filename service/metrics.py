@@ -1,7 +1,8 @@
 """Prometheus metrics: one registry per app, filled by a lean ASGI middleware.
 
 - ``ciess_request_duration_seconds{method, route}``: latency histogram (route templates, not raw
-  paths, so that user ids do not explode the label set).
+  paths, so that user ids do not explode the label set; ``unmatched`` for a path no route has;
+  methods outside :data:`LABELLED_METHODS` as ``other``, since a client may send any token).
 - ``ciess_requests_total{method, route, status}``.
 - ``ciess_model_info{version}`` = 1 for the served model (of the process that answers the
   scrape); ``ciess_model_bytes{kind}``: its embedding stores' bytes (``stored``), the same
@@ -43,6 +44,16 @@ _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5,
 )  # fmt: skip
+
+
+LABELLED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Request methods labelled as themselves; any other is ``other``."""
+
+
+def _method_label(method: str) -> str:
+    """The ``method`` label of a request: the method if standard, else ``other`` (a bounded set
+    of labels, whatever methods clients invent)."""
+    return method if method in LABELLED_METHODS else "other"
 
 
 def multiprocess_mode() -> bool:
@@ -171,7 +182,8 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
         # Labelled children, looked up once per label set (``labels()`` costs more than the
-        # observation itself on the hot path); routes are templates, so the sets stay few.
+        # observation itself on the hot path); routes are templates and methods a fixed few, so
+        # the sets stay few.
         self._latency: dict[tuple[str, str], Any] = {}
         self._requests: dict[tuple[str, str, int], Any] = {}
 
@@ -192,7 +204,7 @@ class MetricsMiddleware:
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
+            method = _method_label(scope.get("method", ""))
             latency = self._latency.get((method, template))
             if latency is None:
                 latency = self._latency[method, template] = self.metrics.latency.labels(

@@ -7,7 +7,9 @@ When the promoted artifact (``current.json``) does not load, at start-up or late
 serves and :attr:`ModelHolder.fallback` says which version failed and why (``GET /v1/model``): at
 start-up the newest promoted artifact that loads, then the configured ``artifact_dir``
 (:meth:`ModelHolder.start`); later, the model that was serving. A start-up never fails for an
-artifact: with none that loads, the service starts not ready and says why.
+artifact: with none that loads, the service starts not ready and says why. A pointed-to version
+that failed to load is tried again after :data:`RETRY_FAILED_LOAD_SECONDS`, then twice as long
+after each further failure (a failure may pass: out of memory, out of file descriptors).
 
 ``reload.json`` in the state folder carries a reload generation: ``POST /v1/admin/reload`` bumps
 it, and every process of the service, which reads it with ``current.json`` every
@@ -21,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,13 +135,55 @@ def reload_generation(settings: Settings) -> str | None:
         return None
 
 
-class ModelHolder:
-    """Holds the current :class:`ServedModel`; readers never block, swaps are serialised."""
+def _log_swap(model: ServedModel, previous: ServedModel | None) -> None:
+    logger.info("serving model %s (was %s)", model.version, previous.version if previous else None)
 
-    def __init__(self) -> None:
+
+def _still_pointed(settings: Settings, directory: Path) -> bool:
+    """Whether the pointer still names ``directory`` (resolved)."""
+    try:
+        pointed = read_pointer(settings)
+    except (ArtifactError, OSError):
+        return False  # unreadable now: the next poll decides
+    return pointed is not None and Path(pointed).resolve() == directory
+
+
+RETRY_FAILED_LOAD_SECONDS = 60.0
+"""How long :meth:`ModelHolder.refresh` waits before it loads again a pointed-to version whose
+load failed (the failure may pass: out of memory, out of file descriptors); twice as long after
+each further failure, up to :data:`MAX_RETRY_FAILED_LOAD_SECONDS`."""
+MAX_RETRY_FAILED_LOAD_SECONDS = 960.0
+
+
+@dataclass(frozen=True)
+class _FailedLoad:
+    """A version whose load failed ``failures`` times in a row; the next try is at ``retry_at``
+    (the holder's clock)."""
+
+    failures: int
+    retry_at: float
+
+
+def _retry_delay(failures: int) -> float:
+    """Seconds before the next load of a version that failed ``failures`` (≥ 1) times."""
+    return min(RETRY_FAILED_LOAD_SECONDS * 2 ** (failures - 1), MAX_RETRY_FAILED_LOAD_SECONDS)
+
+
+class ModelHolder:
+    """Holds the current :class:`ServedModel`; readers never block, swaps are serialised.
+
+    Two locks: loads (seconds) are serialised by one, so that two refreshes never load at once;
+    the other guards only the swap itself (the pointer read again and the assignment), so that a
+    promotion waits for no load.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: seconds for the retry delays of failed loads (monotonic)."""
         self._current: ServedModel | None = None
         self._swap_lock = threading.Lock()
-        self.failed_versions: set[str] = set()
+        self._load_lock = threading.Lock()
+        self._clock = clock
+        self._failed: dict[str, _FailedLoad] = {}
         self.fallback: Fallback | None = None
 
     @property
@@ -157,16 +201,28 @@ class ModelHolder:
         """Make ``model`` current (a single reference assignment); returns the previous one."""
         with self._swap_lock:
             previous, self._current = self._current, model
-        logger.info(
-            "serving model %s (was %s)", model.version, previous.version if previous else None
-        )
+        _log_swap(model, previous)
+        return previous
+
+    def serve_promoted(self, model: ServedModel) -> ServedModel | None:
+        """Swap in ``model``, which ``current.json`` now names (a promotion wrote it): its past
+        failures and the fallback are forgotten. Returns the previous model."""
+        with self._swap_lock:
+            previous, self._current = self._current, model
+            self._failed.pop(model.version, None)
+            self.fallback = None
+        _log_swap(model, previous)
         return previous
 
     def refresh(self, settings: Settings, force: bool = False) -> bool:
         """Load and swap in the pointed-to artifact if it is not the one served (or ``force``).
 
-        Loading happens beside the current model, which keeps serving; a failed load leaves it in
-        place, is recorded in :attr:`fallback` and raises. Returns whether a swap happened.
+        Loading happens beside the current model, which keeps serving, and outside the swap
+        lock; once loaded, the model is swapped in only if the pointer still names it (a
+        promotion may have moved it meanwhile). A failed load leaves the current model in place,
+        is recorded in :attr:`fallback` and raises; that version is loaded again only after
+        :func:`_retry_delay` (or when forced), so that a poll does not fail, and log, again each
+        time. Returns whether a swap happened.
         """
         try:
             directory = read_pointer(settings)
@@ -180,26 +236,43 @@ class ModelHolder:
             raise
         if directory is None:
             return False
-        with self._swap_lock:
+        resolved = Path(directory).resolve()
+        version = resolved.name
+        with self._load_lock:
             current = self._current
-            version = Path(directory).resolve().name
             if not force and current is not None and current.version == version:
                 return False
-            if not force and version in self.failed_versions:
+            failed = self._failed.get(version)
+            if not force and failed is not None and self._clock() < failed.retry_at:
                 return False
+            if failed is not None:
+                logger.info("loading %s again (it failed %d time(s))", version, failed.failures)
             try:
-                model = load_served_model(directory, settings.scorer_threads)
+                model = load_served_model(resolved, settings.scorer_threads)
             except Exception as error:
-                self.failed_versions.add(version)
-                self.fallback = Fallback(version, _reason(error), time.time())
+                self._record_failure(settings, resolved, failed, error)
                 raise
-            self._current = model
-            self.fallback = None
-            self.failed_versions.discard(version)
-        logger.info(
-            "serving model %s (was %s)", model.version, current.version if current else None
-        )
+            with self._swap_lock:
+                if not _still_pointed(settings, resolved):
+                    logger.info("not serving %s: the pointer moved while it loaded", version)
+                    return False
+                previous, self._current = self._current, model
+                self.fallback = None
+                self._failed.pop(version, None)
+        _log_swap(model, previous)
         return True
+
+    def _record_failure(
+        self, settings: Settings, directory: Path, failed: _FailedLoad | None, error: Exception
+    ) -> None:
+        """Remember a failed load of ``directory`` for its retry delay; say so in
+        :attr:`fallback` unless a promotion moved the pointer meanwhile."""
+        failures = 1 if failed is None else failed.failures + 1
+        retry_at = self._clock() + _retry_delay(failures)
+        with self._swap_lock:
+            self._failed[directory.name] = _FailedLoad(failures, retry_at)
+            if _still_pointed(settings, directory):
+                self.fallback = Fallback(directory.name, _reason(error), time.time())
 
     def start(self, settings: Settings, fallbacks: Sequence[Path] = ()) -> None:
         """The start-up load: the pointed-to artifact, else the first of ``fallbacks`` that

@@ -10,10 +10,10 @@
 - :func:`apply_retention`: after a job's artifact is promoted (the worker), remove the
   artifacts under ``state_dir/artifacts`` beyond the :data:`KEEP_VERSIONS` newest, but never
   one that ``current.json`` points at, one of the :data:`KEEP_VERSIONS` last promoted (the
-  start-up fallbacks), or one that a queued or running job uses; then, when no job runs, the
-  pipeline folders (``state_dir/searches/*``) that no kept artifact came from and that are older
-  than the oldest kept artifact (a newer one may be an interrupted pipeline to resume).
-  Nothing outside ``state_dir`` is ever removed.
+  start-up fallbacks), or one that a queued or running job uses (its base, a fast-path job's
+  source, its result); then, when no job runs, the pipeline folders (``state_dir/searches/*``)
+  that no kept artifact came from and that are older than the oldest kept artifact (a newer one
+  may be an interrupted pipeline to resume). Nothing outside ``state_dir`` is ever removed.
 """
 
 from __future__ import annotations
@@ -148,12 +148,19 @@ def _pointed(settings: Settings) -> Path | None:
     return None if directory is None else Path(directory).resolve()
 
 
+# The job parameters that name an artifact a job reads: a budget job's base, a fast-path job's
+# (``requantise``, ``turn``: service.jobs.fast_path) source.
+_READ_ARTIFACT_PARAMS = ("base_artifact", "source")
+
+
 def _used_by_jobs(store: JobStore) -> set[Path]:
-    """Artifacts a queued or running job reads (its base) or has written (its result)."""
+    """Artifacts a queued or running job reads (its base or source) or has written (its
+    result)."""
     used = set()
     for state in (JobState.QUEUED, JobState.RUNNING):
         for job in store.list_jobs(state, limit=10_000):
-            for path in (job.params.get("base_artifact"), job.artifact):
+            read = [job.params.get(name) for name in _READ_ARTIFACT_PARAMS]
+            for path in (*read, job.artifact):
                 if path:
                     used.add(Path(str(path)).resolve())
     return used

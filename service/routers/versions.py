@@ -1,8 +1,8 @@
 """Admin: the kept model versions and rollback (promote a kept version).
 
 A promotion validates and loads the artifact before anything changes (a broken one is a 409 and
-the served model keeps serving), then serves it in this process, points ``current.json`` at it
-(recorded in the promotion history, the start-up fallbacks) and bumps the reload generation, so
+the served model keeps serving), then points ``current.json`` at it (recorded in the promotion
+history, the start-up fallbacks), serves it in this process and bumps the reload generation, so
 that every process serves it within ``all_processes_within_seconds``. A budget job that is
 running still promotes its own result when it finishes.
 
@@ -22,7 +22,10 @@ from ciess_core.errors import ArtifactError
 from service.deps import HolderDep, MetricsDep, SettingsDep, StoreDep, admin_router
 from service.errors import ConflictError, NotFoundError, error_responses
 from service.jobs.budget import served_budget
+from service.jobs.store import JobStore
 from service.model_holder import (
+    ModelHolder,
+    ServedModel,
     all_processes_within,
     load_served_model,
     read_pointer,
@@ -120,6 +123,15 @@ def _pointed_version(versions: list[KeptVersion], current_path: str | None) -> s
     return next((v.version for v in versions if str(v.directory) == current_path), None)
 
 
+def _promote_and_serve(
+    holder: ModelHolder, settings: Settings, store: JobStore, model: ServedModel
+) -> ServedModel | None:
+    """Point ``current.json`` at ``model`` (recorded in the history), then serve it here;
+    returns the model it replaced."""
+    promote(settings, store, model.directory)
+    return holder.serve_promoted(model)
+
+
 @router.get(
     "/models",
     response_model=KeptModels,
@@ -167,17 +179,17 @@ async def promote_model(
     settings: SettingsDep,
     metrics: MetricsDep,
 ) -> PromoteResponse:
-    """Validate and load ``version`` beside the served model, then serve it here, point
-    ``current.json`` at it and tell the other processes, which serve it within
+    """Validate and load ``version`` beside the served model, then point ``current.json`` at
+    it, serve it here and tell the other processes, which serve it within
     ``all_processes_within_seconds``."""
     versions = await run_in_threadpool(kept_versions, settings, store)
     kept = next((v for v in versions if v.version == version), None)
     if kept is None:
         known = ", ".join(v.version for v in versions[:10])
         raise NotFoundError(f"no kept model version {version!r}; kept: {known or 'none'}")
-    previous = holder.current
+    served = holder.current
     current = await run_in_threadpool(_current_path, settings)
-    if previous is not None and previous.version == version and current == str(kept.directory):
+    if served is not None and served.version == version and current == str(kept.directory):
         return PromoteResponse(
             model_version=version,
             previous_version=version,
@@ -193,11 +205,10 @@ async def promote_model(
             f"model version {version} cannot be served: {error}; the served model keeps serving"
         ) from None
     load_seconds = time.perf_counter() - started
-    holder.swap(model)
-    holder.failed_versions.discard(version)
-    holder.fallback = None
+    # The pointer first: if it cannot be written nothing changes here either, and a watcher
+    # that loaded the old pointer meanwhile sees the new one and drops its load.
+    previous = await run_in_threadpool(_promote_and_serve, holder, settings, store, model)
     metrics.swaps.inc()
-    await run_in_threadpool(promote, settings, store, kept.directory)
     # Every process loads the pointer again, even one that once failed this version.
     request.app.state.reload_generation = await run_in_threadpool(request_reload, settings)
     logger.info("promoted %s (was %s)", version, previous.version if previous else None)

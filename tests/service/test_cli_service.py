@@ -21,8 +21,8 @@ from ciess_core.cli import build_parser
 from service import api_processes
 from service.cli import (
     _export_settings,
-    add_service_parsers,
     run_serve_command,
+    run_worker_command,
     serve_main,
     worker_main,
 )
@@ -39,9 +39,8 @@ from tests.service.conftest import (
 
 
 def _parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_service_parsers(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
+    """``argv`` as ``ciess`` parses it: serve and worker come from its entry points."""
+    return build_parser().parse_args(argv)
 
 
 def test_flags_become_the_settings_of_api_and_worker(tmp_path: Path) -> None:
@@ -58,10 +57,11 @@ def test_flags_become_the_settings_of_api_and_worker(tmp_path: Path) -> None:
 
 
 def test_ciess_finds_serve_and_worker_through_its_entry_points() -> None:
-    # The same flags through `ciess` (the ciess.commands entry points) as through the parsers.
-    argv = ["serve", "--state-dir", "/s", "--port", "9", "--http", "h11", "--no-worker"]
-    assert vars(build_parser().parse_args(argv)) == {**vars(_parse(*argv)), "verbose": False}
-    assert build_parser().parse_args(["worker", "--data-dir", "/d"]).data_dir == "/d"
+    serve = _parse("serve", "--state-dir", "/s", "--port", "9", "--http", "h11", "--no-worker")
+    assert serve.handler is run_serve_command
+    assert (serve.state_dir, serve.port, serve.http, serve.no_worker) == ("/s", 9, "h11", True)
+    worker = _parse("worker", "--data-dir", "/d")
+    assert worker.handler is run_worker_command and worker.data_dir == "/d"
 
 
 def test_serve_passes_the_connection_timeouts_to_uvicorn(

@@ -7,9 +7,11 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -17,12 +19,14 @@ from fastapi.testclient import TestClient
 from ciess_core.artifact.files import sha256_file
 from ciess_core.artifact.ragged import MAX_ABS_VALUE
 from ciess_core.errors import ArtifactError
+from service import model_holder
+from service.jobs.fast_path import REQUANTISE_JOB, TURN_JOB
 from service.jobs.store import JobState, JobStore
 from service.main import create_app
-from service.model_holder import load_served_model, read_pointer, write_pointer
+from service.model_holder import ServedModel, load_served_model, read_pointer, write_pointer
 from service.settings import Settings
 from service.versions import KEEP_VERSIONS, apply_retention, kept_versions, promote
-from tests.service.conftest import BaseArtifact, admin_headers, wait_for
+from tests.service.conftest import BaseArtifact, admin_headers, live_server, wait_for
 
 VALUES = "tables/embedding/values.npy"
 
@@ -207,6 +211,67 @@ def test_kept_versions_are_listed_and_a_rollback_reaches_every_process(
         assert client.post("/v1/admin/models/v2/promote").status_code == 401
 
 
+def _swaps(client: httpx.Client) -> float:
+    line = next(
+        line
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("ciess_model_swaps_total ")
+    )
+    return float(line.split()[1])
+
+
+def test_a_rollback_during_a_slow_load_answers_at_once_and_stays(
+    settings: Settings, base_model: BaseArtifact, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's artifact is loading in the pointer watcher (held back here) when an admin
+    rolls back: the promotion answers and serves at once, the server keeps answering, and the
+    watcher's load, which the pointer no longer names, is never served."""
+    from_job = copy_artifact(base_model, settings.artifacts_dir / "v2-job")
+    rollback = copy_artifact(base_model, settings.artifacts_dir / "v3-rollback")
+    loading, release, loaded = threading.Event(), threading.Event(), threading.Event()
+
+    def held_back(directory: Path, threads: int) -> ServedModel:
+        if Path(directory).name == from_job.name:
+            loading.set()
+            release.wait(timeout=60)
+        try:
+            return load_served_model(directory, threads)
+        finally:
+            loaded.set()
+
+    with live_server(settings) as url, httpx.Client(base_url=url, timeout=10) as client:
+        monkeypatch.setattr(model_holder, "load_served_model", held_back)  # the watcher's
+        write_pointer(settings, from_job)  # as a finished job does
+        assert loading.wait(timeout=30), "the watcher did not start loading"
+        try:
+            assert client.get("/healthz").status_code == 200
+            answer = client.post("/v1/admin/models/v3-rollback/promote", headers=admin_headers())
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["previous_version"] == "v1-base"
+            assert client.get("/v1/model").json()["version"] == "v3-rollback"
+            assert not loaded.is_set()  # all of it while the watcher was still loading
+        finally:
+            release.set()
+        assert loaded.wait(timeout=60)
+        time.sleep(5 * settings.poll_seconds)  # the watcher's swap, had it made one, and more
+        assert client.get("/v1/model").json()["version"] == "v3-rollback"
+        assert _swaps(client) == 1.0  # the promotion's only
+    assert read_pointer(settings) == rollback.resolve()
+
+
+def test_a_promotion_whose_pointer_cannot_be_written_swaps_nothing(
+    settings: Settings, base_model: BaseArtifact
+) -> None:
+    store = JobStore(settings.job_db_path)
+    copy_artifact(base_model, settings.artifacts_dir / "v2")
+    settings.current_pointer.mkdir(parents=True)  # a folder where the pointer file goes
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        answer = client.post("/v1/admin/models/v2/promote", headers=admin_headers())
+        assert answer.status_code == 500
+        assert client.get("/v1/model").json()["version"] == "v1-base"
+    assert store.promotions() == []
+
+
 def test_the_openapi_schema_documents_the_version_routes(settings: Settings) -> None:
     with TestClient(create_app(settings)) as client:
         paths = client.get("/openapi.json").json()["paths"]
@@ -265,3 +330,30 @@ def test_retention_keeps_the_newest_the_promoted_and_what_jobs_use(
     assert versions[0].is_dir() and base_model.artifact.is_dir()  # promoted; configured
     assert (settings.artifacts_dir / ".v8.staging").is_dir()
     assert [p.version for p in store.promotions()] == ["v0"]
+
+
+def test_retention_keeps_the_source_of_a_queued_fast_path_job(
+    settings: Settings, base_model: BaseArtifact
+) -> None:
+    store = JobStore(settings.job_db_path)
+    versions = [
+        copy_artifact(
+            base_model, settings.artifacts_dir / f"v{n}", f"2030-01-{n + 1:02d}T00:00:00+00:00"
+        )
+        for n in range(KEEP_VERSIONS + 2)
+    ]  # v0 and v1 are beyond the newest KEEP_VERSIONS
+    requantise = store.submit(
+        REQUANTISE_JOB,
+        {"source": str(versions[0]), "source_version": "v0", "value_type": "int8"},
+    )
+    turn = store.submit(
+        TURN_JOB,
+        {"source": str(versions[1]), "source_version": "v1", "value_type": "int4", "width": 8},
+    )
+    assert apply_retention(settings, store) == []
+    assert versions[0].is_dir() and versions[1].is_dir()
+
+    store.cancel(requantise.id)
+    store.cancel(turn.id)
+    removed = apply_retention(settings, store)
+    assert sorted(path.name for path in removed) == ["v0", "v1"]
