@@ -306,8 +306,8 @@ class JobView(BaseModel):
 
 class BudgetJob(JobView):
     existing: bool = Field(
-        description="true: the queued or running job of an identical budget (same budget, "
-        "method and base model), answered with 200 instead of a new job (202)"
+        description="true: the queued or running job of an identical budget (same budget and "
+        "method), answered with 200 instead of a new job (202)"
     )
     fast_path: JobView | None = Field(
         default=None,
@@ -315,6 +315,11 @@ class BudgetJob(JobView):
         "bits ('requantise'), or a kept full LightGCN turned to its principal axes and cut to "
         "equal sizes ('turn'): the job that serves it within seconds; this job then replaces it "
         "only if its pick validates better",
+    )
+    superseded: list[int] = Field(
+        default_factory=list,
+        description="the jobs of earlier budgets that this one cancelled (the budget asked last "
+        "wins); running ones stop within a poll interval",
     )
 
 
@@ -356,6 +361,10 @@ class BudgetUnchanged(BaseModel):
     model_version: str = Field(description="the served model, which keeps serving")
     target_sparsity: float = Field(description="the budget, as resolved for the served model")
     max_parameters: int
+    superseded: list[int] = Field(
+        default_factory=list,
+        description="the jobs of other budgets that asking for the served one cancelled",
+    )
 
     model_config = ConfigDict(protected_namespaces=())
 

@@ -143,10 +143,10 @@ def _search_job(
     split_seed: int,
     out: Path,
     report: Reporter,
-) -> None:
+) -> Path:
     """The product pipeline at one budget (its byte budget when it has one, else its sparsity),
-    its deployment model exported to ``out`` in the value type it was selected in; then, for
-    LightGCN, the pipeline's full model kept for turned budget changes (:func:`_keep_full`)."""
+    its deployment model exported to ``out`` in the value type it was selected in; returns the
+    pipeline's folder."""
     directory = _pipeline_folder(settings, spec, fingerprint)
     (budget,) = [ByteBudget(ratio) for ratio in spec.byte_ratios] or spec.search.budgets
     run_dir = BudgetFolder.of(directory, budget).run
@@ -173,9 +173,7 @@ def _search_job(
         resolve_data_dir(settings.data_dir),
         ExportOptions(verify_users=64, threads=1),
     )
-    if spec.backbone.kind is BackboneKind.LIGHTGCN and keeps_phase_teachers(spec):
-        report("keeping the full model", 0.95, force=True)
-        _keep_full(settings, spec, split, directory, fingerprint, split_seed)
+    return directory
 
 
 def _keep_full(
@@ -203,6 +201,9 @@ def _keep_full(
         export_turnable_full(spec, split, directory, out, fingerprint, split_seed, options)
     except CiessError as error:
         logger.warning("the full model is not kept for turned budget changes: %s", error)
+        return
+    except Exception:  # a bug here must not fail a job whose model is exported already
+        logger.exception("the full model is not kept for turned budget changes")
         return
     logger.info("kept the full model of %s as %s", directory, out)
 
@@ -308,10 +309,11 @@ def run_budget_job(settings: Settings, store: JobStore, job: Job) -> Path:
     spec = _job_spec(settings, manifest, steering)
     version = new_version(job.id)
     out = settings.artifacts_dir / version
+    pipeline = None
     if method == "search":
         if max_bytes is not None:  # the byte planner chooses the value type and sizes
             spec = _byte_budget_spec(spec, split, int(max_bytes))
-        _search_job(settings, spec, split, data.fingerprint(), split_seed, out, report)
+        pipeline = _search_job(settings, spec, split, data.fingerprint(), split_seed, out, report)
     elif method == "equal":
         num_entities = split.num_users + split.num_items
         max_parameters = int(params.get("max_parameters") or 0) // len(manifest.tables)
@@ -324,7 +326,11 @@ def run_budget_job(settings: Settings, store: JobStore, job: Job) -> Path:
         _equal_job(spec, split, data.fingerprint(), split_seed, sizes, out, report, job.id)
     else:
         raise ConfigError(f"unknown sizing method {method!r}; use 'search' or 'equal'")
-    store.set_artifact(job.id, out, version)
-    report("exported", 1.0, force=True)
+    store.set_artifact(job.id, out, version)  # known from here on: a stopped job removes it
     logger.info("job %d exported %s", job.id, out)
+    lightgcn = spec.backbone.kind is BackboneKind.LIGHTGCN
+    if pipeline is not None and lightgcn and keeps_phase_teachers(spec):
+        report("keeping the full model", 0.95, force=True)
+        _keep_full(settings, spec, split, pipeline, data.fingerprint(), split_seed)
+    report("exported", 1.0, force=True)
     return out

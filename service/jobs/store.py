@@ -3,16 +3,20 @@
 Every operation opens its own short connection, so the store is safe to use from any thread or
 process. State changes are single ``UPDATE … WHERE state = …`` statements, which makes them atomic:
 two workers cannot claim the same job, and a job cancelled while it finishes ends in exactly one
-final state. :meth:`JobStore.enqueue` checks and inserts in one ``BEGIN IMMEDIATE`` transaction:
-requests racing with the same key create one job, and the queue never passes its limit.
+final state. :meth:`JobStore.enqueue` and :meth:`JobStore.request` check and insert in one
+``BEGIN IMMEDIATE`` transaction: requests racing with the same key create one job, the queue never
+passes its limit, and a request's jobs are queued all together or not at all.
 
 Lifecycle: ``queued`` → ``running`` (stage and progress 0..1, heartbeats) → ``succeeded`` |
 ``failed`` | ``cancelled``; a queued job can be cancelled directly, a running one is flagged
-(``cancel_requested``) and its worker stops it.
+(``cancel_requested``, with the reason in ``cancel_reason``) and its worker stops it. A newer
+request supersedes older jobs of the kinds it names (:meth:`JobStore.request`): they are cancelled
+as if by an admin, with the newer job in the reason.
 
-Beside the jobs: the workers (``host:pid``, heartbeat), so that the API can tell whether jobs can
-run, and the promotions (every artifact ``current.json`` pointed at, newest last), which start-up
-falls back through when the pointed-to artifact does not load (:mod:`service.versions`).
+Beside the jobs: the workers (``host:pid``, the host naming the pid namespace too; heartbeat), so
+that the API can tell whether jobs can run, and the promotions (every artifact ``current.json``
+pointed at, newest last), which start-up falls back through when the pointed-to artifact does not
+load (:mod:`service.versions`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +47,9 @@ class JobState(enum.Enum):
     def finished(self) -> bool:
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
+
+# The stage of a job whose artifact is being promoted: too late to cancel it.
+PROMOTING_STAGE = "promoting"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -81,7 +88,7 @@ CREATE TABLE IF NOT EXISTS promotions (
 );
 """
 # Columns added since the first schema: (name, type), added to an older file when it is opened.
-_ADDED_COLUMNS = (("dedupe_key", "TEXT"),)
+_ADDED_COLUMNS = (("dedupe_key", "TEXT"), ("cancel_reason", "TEXT"))
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class Job:
     finished_at: float | None
     heartbeat_at: float | None
     dedupe_key: str | None = None
+    cancel_reason: str | None = None
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -137,15 +145,48 @@ class Promotion:
     at: float
 
 
+@dataclass(frozen=True)
+class JobDraft:
+    """A job to queue: its kind, its parameters (or a function of the job queued before it in
+    the same request), and the key that makes a repeated request find it."""
+
+    kind: str
+    params: Mapping[str, Any] | Callable[[Job | None], Mapping[str, Any]]
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class Requested:
+    """What :meth:`JobStore.request` did: the job (``existing``: one queued or running already),
+    the fast job queued with it, and the jobs it superseded."""
+
+    job: Job | None
+    existing: bool
+    fast: Job | None
+    superseded: tuple[int, ...]
+
+
 def worker_fresh_seconds(poll_seconds: float) -> float:
     """A worker writes its heartbeat every poll: one silent for 5 polls (at least 5 s) is not
     counted as alive (a worker on another host, whose pid cannot be checked from here)."""
     return max(5.0 * poll_seconds, 5.0)
 
 
+def _pid_namespace() -> str:
+    """This process's pid namespace (its inode under ``/proc``), "" where there is none to read."""
+    try:
+        return os.readlink("/proc/self/ns/pid").rsplit("[", 1)[-1].rstrip("]")
+    except OSError:
+        return ""
+
+
 def worker_name() -> str:
-    """``host:pid`` of this process (the host tells whether a pid can be checked here)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid`` of this process. The host part names the pid namespace too (``name~ns``):
+    a pid can be checked only from the same host and namespace (containers of one pod share a
+    host name, not their pids)."""
+    namespace = _pid_namespace()
+    host = socket.gethostname() + (f"~{namespace}" if namespace else "")
+    return f"{host}:{os.getpid()}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -166,8 +207,8 @@ def pid_alive(pid: int) -> bool:
 def _gone(name: str | None, pid: int | None, alive: Callable[[int], bool]) -> bool:
     """Whether the process ``name`` (``host:pid``) is known to be gone: its pid can be checked
     only on its own host."""
-    host = worker_name().split(":")[0]
-    return (name or "").split(":")[0] == host and pid is not None and not alive(pid)
+    host = worker_name().rsplit(":", 1)[0]
+    return (name or "").rsplit(":", 1)[0] == host and pid is not None and not alive(pid)
 
 
 class JobStore:
@@ -245,6 +286,124 @@ class JobStore:
         job, _ = self.enqueue(kind, params)
         return job
 
+    def request(
+        self,
+        draft: JobDraft,
+        fast: JobDraft | None = None,
+        supersedes: Collection[str] = (),
+        max_queued: int | None = None,
+        retry_after: int = 60,
+        queue: bool = True,
+    ) -> Requested:
+        """Queue ``draft`` (and before it ``fast``, the job that answers sooner) in one
+        transaction, cancelling the queued and running jobs of the kinds in ``supersedes``.
+
+        A queued or running job of ``draft``'s kind and key answers instead, and then nothing
+        is queued or cancelled. ``draft.params`` may be a function of the fast job (None when
+        there is none), for a job that must name it. Without ``queue`` nothing is queued: the
+        jobs of ``supersedes`` are cancelled for what is served already (``job`` None), unless
+        such a job answers.
+
+        Raises:
+            QueueFullError: the jobs would take the queue past ``max_queued`` (counted after the
+                superseded ones left it); nothing is queued or cancelled.
+        """
+        now = time.time()
+        with self._connect() as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            found = self._active_with_key(connection, draft.kind, draft.key)
+            if found is not None:
+                fast_id = (found.params.get("replace_if_better") or {}).get("job_id")
+                fast_job = None if fast_id is None else self._row(connection, int(fast_id))
+                return Requested(found, True, fast_job, ())
+            superseded = self._supersede(connection, supersedes, now)
+            if not queue:
+                self._give_reason(connection, superseded, "superseded: the served model was "
+                                  "made for the budget asked last")  # fmt: skip
+                return Requested(None, False, None, superseded)
+            self._check_room(connection, 1 + (fast is not None), max_queued, retry_after)
+            fast_job = None if fast is None else self._insert(connection, fast, None, now)
+            job = self._insert(connection, draft, fast_job, now)
+            self._give_reason(
+                connection, superseded, f"superseded by job {job.id} (a newer budget)"
+            )
+        return Requested(job, False, fast_job, superseded)
+
+    @staticmethod
+    def _give_reason(connection: sqlite3.Connection, ids: Iterable[int], reason: str) -> None:
+        """Record why jobs ``ids`` were cancelled: the message of those cancelled already, the
+        reason their worker gives when it stops a running one."""
+        connection.executemany(
+            "UPDATE jobs SET cancel_reason = ?, message = CASE WHEN state = ? THEN ? "
+            "ELSE message END WHERE id = ?",
+            [(reason, JobState.CANCELLED.value, reason, job_id) for job_id in ids],
+        )
+
+    @staticmethod
+    def _row(connection: sqlite3.Connection, job_id: int) -> Job | None:
+        row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    @staticmethod
+    def _active_with_key(connection: sqlite3.Connection, kind: str, key: str | None) -> Job | None:
+        if key is None:
+            return None
+        row = connection.execute(
+            "SELECT * FROM jobs WHERE kind = ? AND dedupe_key = ? AND state IN (?, ?) "
+            "ORDER BY id LIMIT 1",
+            (kind, key, JobState.QUEUED.value, JobState.RUNNING.value),
+        ).fetchone()
+        return None if row is None else _job(row)
+
+    @staticmethod
+    def _check_room(
+        connection: sqlite3.Connection, adding: int, max_queued: int | None, retry_after: int
+    ) -> None:
+        if max_queued is None:
+            return
+        (queued,) = connection.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,)
+        ).fetchone()
+        if queued + adding > max_queued:
+            raise QueueFullError(
+                f"{queued} jobs are queued already and this budget needs {adding} more, past "
+                f"the {max_queued} the max_queued_jobs setting allows; try again when one has "
+                "started",
+                retry_after,
+            )
+
+    @staticmethod
+    def _insert(
+        connection: sqlite3.Connection, draft: JobDraft, fast: Job | None, now: float
+    ) -> Job:
+        params = draft.params(fast) if callable(draft.params) else draft.params
+        row = connection.execute(
+            "INSERT INTO jobs (kind, params, state, stage, created_at, updated_at, "
+            "dedupe_key) VALUES (?, ?, ?, 'queued', ?, ?, ?) RETURNING *",
+            (draft.kind, json.dumps(dict(params)), JobState.QUEUED.value, now, now, draft.key),
+        ).fetchone()
+        return _job(row)
+
+    @staticmethod
+    def _supersede(
+        connection: sqlite3.Connection, kinds: Collection[str], now: float
+    ) -> tuple[int, ...]:
+        """Cancel the queued jobs of ``kinds`` and flag the running ones; their ids."""
+        if not kinds:
+            return ()
+        marks = ", ".join("?" for _ in kinds)
+        queued = connection.execute(
+            f"UPDATE jobs SET state = ?, stage = 'cancelled', cancel_requested = 1, "
+            f"updated_at = ?, finished_at = ? WHERE state = ? AND kind IN ({marks}) RETURNING id",
+            (JobState.CANCELLED.value, now, now, JobState.QUEUED.value, *kinds),
+        ).fetchall()
+        running = connection.execute(
+            f"UPDATE jobs SET cancel_requested = 1, updated_at = ? "
+            f"WHERE state = ? AND stage != ? AND kind IN ({marks}) RETURNING id",
+            (now, JobState.RUNNING.value, PROMOTING_STAGE, *kinds),
+        ).fetchall()
+        return tuple(sorted(int(row[0]) for row in (*queued, *running)))
+
     def enqueue(
         self,
         kind: str,
@@ -267,39 +426,11 @@ class JobStore:
             # One write transaction from the first read: a second request with the same key
             # waits here, then finds the job this one inserted.
             connection.execute("BEGIN IMMEDIATE")
-            if key is not None:
-                row = connection.execute(
-                    "SELECT * FROM jobs WHERE kind = ? AND dedupe_key = ? AND state IN (?, ?) "
-                    "ORDER BY id LIMIT 1",
-                    (kind, key, JobState.QUEUED.value, JobState.RUNNING.value),
-                ).fetchone()
-                if row is not None:
-                    return _job(row), True
-            if max_queued is not None:
-                (queued,) = connection.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,)
-                ).fetchone()
-                if queued >= max_queued:
-                    raise QueueFullError(
-                        f"{queued} jobs are queued already, the most the max_queued_jobs "
-                        "setting allows; try again when one has started",
-                        retry_after,
-                    )
-            row = connection.execute(
-                "INSERT INTO jobs (kind, params, state, stage, created_at, updated_at, "
-                "dedupe_key) VALUES (?, ?, ?, 'queued', ?, ?, ?) RETURNING *",
-                (kind, json.dumps(dict(params)), JobState.QUEUED.value, now, now, key),
-            ).fetchone()
-        return _job(row), False
-
-    def active(self, kind: str) -> list[Job]:
-        """Queued and running jobs of ``kind``, oldest first."""
-        with self._connect() as connection:
-            rows = connection.execute(
-                "SELECT * FROM jobs WHERE kind = ? AND state IN (?, ?) ORDER BY id",
-                (kind, JobState.QUEUED.value, JobState.RUNNING.value),
-            ).fetchall()
-        return [_job(row) for row in rows]
+            found = self._active_with_key(connection, kind, key)
+            if found is not None:
+                return found, True
+            self._check_room(connection, 1, max_queued, retry_after)
+            return self._insert(connection, JobDraft(kind, params, key), None, now), False
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a queued job now; flag a running one for its worker to stop."""
@@ -312,24 +443,29 @@ class JobStore:
                 (JobState.CANCELLED.value, now, now, job_id, JobState.QUEUED.value),
             )
             connection.execute(
-                "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ? AND state = ?",
-                (now, job_id, JobState.RUNNING.value),
+                "UPDATE jobs SET cancel_requested = 1, updated_at = ? "
+                "WHERE id = ? AND state = ? AND stage != ?",
+                (now, job_id, JobState.RUNNING.value, PROMOTING_STAGE),
             )
         job = self.get(job_id)
         if job.state.finished and job.state is not JobState.CANCELLED:
             raise ConflictError(f"job {job_id} already {job.state.value}; nothing to cancel")
+        if job.state is JobState.RUNNING and not job.cancel_requested:
+            raise ConflictError(f"job {job_id} is being promoted; it can no longer be cancelled")
         return job
 
     # -- the worker's side --------------------------------------------------------------------
-    def claim(self, worker: str, pid: int) -> Job | None:
-        """Atomically move the oldest queued job to running for this worker; None when idle."""
+    def claim(self, worker: str, pid: int, first: Collection[str] = ()) -> Job | None:
+        """Atomically move the oldest queued job to running for this worker, a job of the kinds
+        in ``first`` before any other; None when idle."""
         now = time.time()
+        marks = ", ".join("?" for _ in first) or "NULL"
         with self._connect() as connection:
             row = connection.execute(
                 "UPDATE jobs SET state = ?, stage = 'starting', worker = ?, worker_pid = ?, "
                 "started_at = ?, heartbeat_at = ?, updated_at = ? "
-                "WHERE id = (SELECT id FROM jobs WHERE state = ? ORDER BY id LIMIT 1) "
-                "AND state = ? RETURNING *",
+                "WHERE id = (SELECT id FROM jobs WHERE state = ? "
+                f"ORDER BY kind IN ({marks}) DESC, id LIMIT 1) AND state = ? RETURNING *",
                 (
                     JobState.RUNNING.value,
                     worker,
@@ -338,6 +474,7 @@ class JobStore:
                     now,
                     now,
                     JobState.QUEUED.value,
+                    *first,
                     JobState.QUEUED.value,
                 ),
             ).fetchone()
@@ -381,6 +518,17 @@ class JobStore:
                 "WHERE id = ? AND state = ?",
                 (str(artifact), version, time.time(), job_id, JobState.RUNNING.value),
             )
+
+    def start_promotion(self, job_id: int) -> bool:
+        """Mark a running job as being promoted, unless a cancel was asked for (False): from
+        then on it can no longer be cancelled or superseded."""
+        with self._connect() as connection:
+            cursor = connection.execute(
+                "UPDATE jobs SET stage = ?, updated_at = ? "
+                "WHERE id = ? AND state = ? AND cancel_requested = 0",
+                (PROMOTING_STAGE, time.time(), job_id, JobState.RUNNING.value),
+            )
+            return cursor.rowcount == 1
 
     def finish(self, job_id: int, state: JobState, message: str, stage: str | None = None) -> bool:
         """Move a running job to a final state; False if it was no longer running."""

@@ -128,7 +128,7 @@ def execute(settings: Settings, store: JobStore, job: Job, stop: threading.Event
             store.finish(
                 job.id,
                 JobState.CANCELLED,
-                f"cancelled by an admin during stage {current.stage!r}; the previous model "
+                f"{_cancelled_by(current)} during stage {current.stage!r}; the previous model "
                 "keeps serving",
                 stage="cancelled",
             )
@@ -140,11 +140,14 @@ def execute(settings: Settings, store: JobStore, job: Job, stop: threading.Event
             store.finish(
                 job.id, JobState.FAILED, "the worker was stopped while the job ran; submit it again"
             )
+            _discard_artifact(settings, store.get(job.id))
             return JobState.FAILED
     current = store.get(job.id)
     if current.state is not JobState.RUNNING:
+        _discard_artifact(settings, current)
         return current.state  # the child recorded its own failure
     if process.exitcode != 0 or not current.artifact:
+        _discard_artifact(settings, current)
         why = (
             f"killed by signal {-process.exitcode}"
             if process.exitcode is not None and process.exitcode < 0
@@ -158,13 +161,20 @@ def execute(settings: Settings, store: JobStore, job: Job, stop: threading.Event
         )
         return JobState.FAILED
     if store.heartbeat(job.id):
-        store.finish(job.id, JobState.CANCELLED, "cancelled by an admin after exporting")
+        cancelled = store.get(job.id)
+        store.finish(job.id, JobState.CANCELLED, f"{_cancelled_by(cancelled)} after exporting")
         _discard_artifact(settings, current)
         return JobState.CANCELLED
     if (kept := _better_served(store, current)) is not None:
         store.finish(job.id, JobState.SUCCEEDED, kept, stage="done")
         logger.info("job %d: %s", job.id, kept)
         return JobState.SUCCEEDED
+    # From here on a cancel answers 409 instead of being accepted and then ignored.
+    if not store.start_promotion(job.id):
+        cancelled = store.get(job.id)
+        store.finish(job.id, JobState.CANCELLED, f"{_cancelled_by(cancelled)} after exporting")
+        _discard_artifact(settings, current)
+        return JobState.CANCELLED
     promote(settings, store, Path(current.artifact), job.id)
     store.finish(job.id, JobState.SUCCEEDED, f"promoted {current.version}", stage="done")
     logger.info("job %d succeeded: %s is the current model", job.id, current.version)
@@ -173,6 +183,11 @@ def execute(settings: Settings, store: JobStore, job: Job, stop: threading.Event
     except OSError:  # disk trouble must not fail a promoted job; the next one tries again
         logger.exception("retention could not remove old versions")
     return JobState.SUCCEEDED
+
+
+def _cancelled_by(job: Job) -> str:
+    """Who cancelled ``job``: an admin, or the newer request that superseded it."""
+    return job.cancel_reason or "cancelled by an admin"
 
 
 def _better_served(store: JobStore, job: Job) -> str | None:
@@ -256,7 +271,7 @@ def run_worker(
     ran = 0
     try:
         while not stop.is_set():
-            job = store.claim(name, pid)
+            job = store.claim(name, pid, first=FAST_PATH_JOBS)  # seconds: before the rest
             if job is None:
                 if once:
                     break

@@ -3,10 +3,10 @@ and model reload.
 
 Every endpoint needs ``Authorization: Bearer <admin token>``: 401 without it, 403 when wrong.
 
-A budget is idempotent: the same budget, method and base model as a queued or running job
-answers that job (200, ``existing``), the budget the served model was made for answers that
-nothing changes (200, no job), and a new job waits in a queue of at most ``max_queued_jobs``
-(429 beyond).
+The budget asked last wins: it cancels the jobs of earlier budgets. A budget is idempotent: the
+same budget and method as a queued or running job answers that job (200, ``existing``), the
+budget the served model was made for answers that nothing changes (200, no job), and a new job
+waits in a queue of at most ``max_queued_jobs`` (429 beyond, and nothing queued).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Annotated
+from functools import partial
+from typing import Annotated, Any
 
 from fastapi import Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -23,8 +24,8 @@ from ciess_core.artifact.rewrites import SELECTION_METRIC
 from service.deps import HolderDep, MetricsDep, ModelDep, SettingsDep, StoreDep, admin_router
 from service.errors import NotReadyError, error_responses
 from service.jobs.budget import Budget, resolve_budget, served_budget, sizing_method
-from service.jobs.fast_path import fast_path_options, plan_fast_path
-from service.jobs.store import Job, JobState, JobStore
+from service.jobs.fast_path import FAST_PATH_JOBS, fast_path_options, plan_fast_path
+from service.jobs.store import Job, JobDraft, JobState, JobStore
 from service.model_holder import ServedModel, all_processes_within, request_reload
 from service.schemas import (
     BudgetJob,
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 router = admin_router()
 
 BUDGET_JOB = "budget"
+# The jobs a budget request queues: a newer request supersedes them.
+BUDGET_REQUEST_JOBS = (BUDGET_JOB, *FAST_PATH_JOBS)
 # A full queue frees up as jobs start; a budget job takes minutes.
 QUEUE_FULL_RETRY_AFTER_SECONDS = 60
 # SQLite integers are signed 64-bit: a larger id is a 422, not an OverflowError in the store.
@@ -122,10 +125,12 @@ def set_budget(
     d_max and tables); the job retrains and exports a model within it, which then replaces the
     served one. Poll ``Location`` for progress.
 
-    Asking again is safe: the same budget and method, on the same served model, as a queued or
-    running job answers that job (200, ``existing``: true); the budget the served model was made
-    for answers 200 without a job (``method`` then counts only when given), unless a budget job
-    is queued or running; more than ``max_queued_jobs`` queued jobs answer 429."""
+    The budget asked last wins: a new budget cancels the queued and running jobs of earlier
+    ones (``superseded``), and so does asking for the budget the served model was made for,
+    which answers 200 without a job (``method`` then counts only when given). Asking again is
+    safe: the same budget and method as a queued or running job answers that job (200,
+    ``existing``: true). A budget whose jobs would take the queue past ``max_queued_jobs``
+    answers 429 and queues nothing."""
     manifest = model.scorer.manifest
     method = body.method or settings.job_method
     planned_bytes = body.max_bytes if method == "search" else None  # the byte planner's job
@@ -136,79 +141,95 @@ def set_budget(
         body.max_bytes,
         any_value_type=planned_bytes is not None,
     )
-    if _served_already(model, budget, body.method) and not store.active(BUDGET_JOB):
+    # The planner plans by the bytes: two byte budgets are one job only at the same bytes.
+    same_budget = str(budget.max_parameters) if planned_bytes is None else f"bytes-{planned_bytes}"
+    params = {
+        "target_sparsity": budget.target_sparsity,
+        "max_parameters": budget.max_parameters,
+        "requested": budget.requested,
+        "method": method,
+        "base_artifact": str(model.directory),
+        "base_version": model.version,
+    }
+    fast = None
+    served = _served_already(model, budget, body.method)
+    if planned_bytes is not None and not served:
+        fast = _fast_path_draft(model, store, settings, planned_bytes)
+    requested = store.request(
+        JobDraft(BUDGET_JOB, partial(_replacing, params), f"{same_budget}:{method}"),
+        fast=fast,
+        supersedes=BUDGET_REQUEST_JOBS,
+        max_queued=settings.max_queued_jobs,
+        retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS,
+        queue=not served,
+    )
+    if requested.superseded:
+        logger.info("budget %s supersedes jobs %s", budget.requested, list(requested.superseded))
+    job = requested.job
+    if job is None:
         response.status_code = status.HTTP_200_OK
         return BudgetUnchanged(
             message=f"the served model {model.version} was made for this budget; no job queued",
             model_version=model.version,
             target_sparsity=budget.target_sparsity,
             max_parameters=budget.max_parameters,
+            superseded=list(requested.superseded),
         )
-    # The planner plans by the bytes: two byte budgets are one job only at the same bytes.
-    same_budget = str(budget.max_parameters) if planned_bytes is None else f"bytes-{planned_bytes}"
-    fast = None
-    if planned_bytes is not None:
-        fast = _queue_fast_path(model, store, settings, planned_bytes)
-    job, existing = store.enqueue(
-        BUDGET_JOB,
-        {
-            "target_sparsity": budget.target_sparsity,
-            "max_parameters": budget.max_parameters,
-            "requested": budget.requested,
-            "method": method,
-            "base_artifact": str(model.directory),
-            "base_version": model.version,
-            **(
-                {}
-                if fast is None
-                else {
-                    "replace_if_better": {
-                        "job_id": fast.id,
-                        "metric": fast.params["metric"],
-                        "valid": fast.params["valid"],
-                    }
-                }
-            ),
-        },
-        key=f"{same_budget}:{method}:{model.version}",
-        max_queued=settings.max_queued_jobs,
-        retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS,
-    )
-    if existing:
+    if requested.existing:
         response.status_code = status.HTTP_200_OK
         logger.info("budget %s: job %d has it already", budget.requested, job.id)
     else:
+        if requested.fast is not None:
+            logger.info("job %d queued: %s", requested.fast.id, _fast_path_summary(requested.fast))
         logger.info("job %d queued: budget %s (sparsity %.4f)", job.id, budget.requested,
                     budget.target_sparsity)  # fmt: skip
     response.headers["Location"] = f"/v1/admin/jobs/{job.id}"
     return BudgetJob(
         **job_view(job).model_dump(),
-        existing=existing,
-        fast_path=None if fast is None else job_view(fast),
+        existing=requested.existing,
+        fast_path=None if requested.fast is None else job_view(requested.fast),
+        superseded=list(requested.superseded),
     )
 
 
-def _queue_fast_path(
+def _replacing(params: dict[str, Any], fast: Job | None) -> dict[str, Any]:
+    """A budget job's parameters: with a fast path, the job it replaces only by validating
+    better (``replace_if_better``)."""
+    if fast is None:
+        return params
+    return {
+        **params,
+        "replace_if_better": {
+            "job_id": fast.id,
+            "metric": fast.params["metric"],
+            "valid": fast.params["valid"],
+        },
+    }
+
+
+def _fast_path_draft(
     model: ServedModel, store: JobStore, settings: Settings, max_bytes: int
-) -> Job | None:
-    """Queue the fast path of a byte budget (:mod:`service.jobs.fast_path`) when a kept model
-    meets it stored in another type, or turned and cut; None when none does."""
+) -> JobDraft | None:
+    """The fast path of a byte budget (:mod:`service.jobs.fast_path`) when a kept model meets it
+    stored in another type, or turned and cut; None when none does."""
     plan = plan_fast_path(settings, store, model.scorer.manifest, max_bytes)
     if plan is None:
         return None
-    job, _ = store.enqueue(
+    return JobDraft(
         plan.kind,
         {**plan.params(), "max_bytes": max_bytes, "base_version": model.version},
         key=f"{plan.source_version}:{plan.value_type}:{plan.width}:{max_bytes}",
-        max_queued=settings.max_queued_jobs,
-        retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS,
     )
-    logger.info(
-        "job %d queued: %s%s stored as %s (%d bytes) meets %d bytes at once",
-        job.id, plan.source_version, "" if plan.width is None else f" turned, cut to {plan.width},",
-        plan.value_type, plan.bytes, max_bytes,
-    )  # fmt: skip
-    return job
+
+
+def _fast_path_summary(fast: Job) -> str:
+    params = fast.params
+    width = params.get("width")
+    return (
+        f"{params['source_version']}{'' if width is None else f' turned, cut to {width},'} "
+        f"stored as {params['value_type']} ({params['bytes']} bytes) meets "
+        f"{params['max_bytes']} bytes at once"
+    )
 
 
 @router.get(

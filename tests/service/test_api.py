@@ -162,6 +162,26 @@ def test_metrics_report_latency_status_version_and_jobs(client: TestClient) -> N
         assert f'ciess_model_bytes{{kind="{kind}"}} {float(value)}' in text
 
 
+def test_metric_labels_stay_few_whatever_methods_and_paths_clients_send(
+    client: TestClient,
+) -> None:
+    """Invented methods (h11 takes any token) count as ``other``; paths count as their route
+    template, or ``unmatched``: no label set per user id, path or method."""
+    for method in ("BREW", "X-INVENTED-1", "PROPFIND"):
+        client.request(method, "/v1/users/u1/recommendations")
+        client.request(method, "/nowhere/at-all")
+    client.get("/v1/users/someone-new/recommendations")
+    client.request("DELETE", "/no/such/path-7")
+    text = client.get("/metrics").text
+    route = 'route="/v1/users/{user_id}/recommendations"'
+    assert f'ciess_requests_total{{method="other",{route},status="405"}} 3.0' in text
+    assert 'ciess_requests_total{method="other",route="unmatched",status="404"} 3.0' in text
+    assert 'ciess_requests_total{method="DELETE",route="unmatched",status="404"} 1.0' in text
+    assert f'ciess_requests_total{{method="GET",{route},status="404"}} 1.0' in text
+    for raw in ("BREW", "X-INVENTED-1", "PROPFIND", "someone-new", "at-all", "path-7"):
+        assert raw not in text
+
+
 def test_a_job_store_that_cannot_be_opened_is_a_503_to_retry(
     client: TestClient, settings: Settings
 ) -> None:
@@ -301,13 +321,17 @@ def test_the_served_budget_is_a_no_op(client: TestClient) -> None:
         headers=admin_headers(),
     )
     assert searched.status_code == 202
-    # While a budget job is queued, the served budget (and method) is a change again (back to it).
+    # Asking for the served budget (and method) again takes it back: the job is superseded.
     back = client.post(
         "/v1/admin/budget",
         json={"target_sparsity": 0.0, "method": "equal"},
         headers=admin_headers(),
     )
-    assert back.status_code == 202
+    assert back.status_code == 200, back.text
+    assert "no job" in back.json()["message"]
+    assert back.json()["superseded"] == [searched.json()["id"]]
+    job = client.get(f"/v1/admin/jobs/{searched.json()['id']}", headers=admin_headers()).json()
+    assert job["state"] == "cancelled" and "superseded" in job["message"]
 
 
 def test_a_served_model_is_made_for_a_byte_budget_only_within_its_bytes(
@@ -343,23 +367,40 @@ def test_a_served_model_is_made_for_a_byte_budget_only_within_its_bytes(
         assert fewer.json()["params"]["max_parameters"] == 200
 
 
-def test_a_full_queue_is_429_with_retry_after(settings: Settings) -> None:
-    with TestClient(create_app(settings.replace(max_queued_jobs=2))) as client:
-        for sparsity in (0.5, 0.6):
+def test_the_budget_asked_last_supersedes_the_earlier_ones(settings: Settings) -> None:
+    """A new budget cancels the queued jobs of earlier ones (running ones are flagged, and their
+    worker stops them); asking again for the budget of a live job answers that job."""
+    with TestClient(create_app(settings)) as client:
+        ids: list[int] = []
+        for sparsity in (0.5, 0.6, 0.7):
             response = client.post(
                 "/v1/admin/budget", json={"target_sparsity": sparsity}, headers=admin_headers()
             )
-            assert response.status_code == 202
+            assert response.status_code == 202, response.text
+            assert response.json()["superseded"] == ids[-1:]
+            ids.append(response.json()["id"])
+        same = client.post(
+            "/v1/admin/budget", json={"target_sparsity": 0.7}, headers=admin_headers()
+        )
+        assert same.status_code == 200 and same.json()["existing"] is True
+        assert same.json()["id"] == ids[-1] and same.json()["superseded"] == []
+    store = JobStore(settings.job_db_path)
+    assert [store.get(i).state for i in ids] == [JobState.CANCELLED] * 2 + [JobState.QUEUED]
+    assert store.get(ids[0]).message == f"superseded by job {ids[1]} (a newer budget)"
+
+
+def test_a_full_queue_is_429_with_retry_after(settings: Settings) -> None:
+    store = JobStore(settings.job_db_path)
+    for n in range(2):  # jobs of another kind, which a budget does not supersede
+        store.submit("other", {"n": n})
+    with TestClient(create_app(settings.replace(max_queued_jobs=2))) as client:
         full = client.post(
             "/v1/admin/budget", json={"target_sparsity": 0.7}, headers=admin_headers()
         )
         assert full.status_code == 429
         assert full.headers["Retry-After"] == "60"
         assert "max_queued_jobs" in full.json()["detail"]
-        same = client.post(
-            "/v1/admin/budget", json={"target_sparsity": 0.6}, headers=admin_headers()
-        )
-        assert same.status_code == 200 and same.json()["existing"] is True
+    assert store.counts()[JobState.QUEUED] == 2
 
 
 def test_concurrent_identical_budgets_make_one_job(settings: Settings) -> None:

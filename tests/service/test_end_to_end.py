@@ -160,6 +160,17 @@ def test_a_job_killed_mid_run_fails_and_the_old_model_keeps_serving(
         assert response.json()["model_version"] == "v1-base"
 
 
+def _training_job(client: httpx.Client, budget: dict[str, int]) -> int:
+    """Post ``budget`` and wait until its job trains the pipeline's full model; its id."""
+    job_id = int(client.post("/v1/admin/budget", json=budget, headers=admin_headers()).json()["id"])
+    wait_for(
+        lambda: get_job(client, job_id)["stage"] == "full model",
+        timeout=120,
+        what="the job to be training",
+    )
+    return job_id
+
+
 def test_cancelling_a_running_job_keeps_the_old_model(settings: Settings, tmp_path: Path) -> None:
     long_jobs = long_jobs_of(settings, tmp_path)
     with (
@@ -167,18 +178,36 @@ def test_cancelling_a_running_job_keeps_the_old_model(settings: Settings, tmp_pa
         httpx.Client(base_url=url, timeout=10) as client,
         worker_process(long_jobs),
     ):
-        job_id = client.post(
-            "/v1/admin/budget", json={"max_parameters": 1000}, headers=admin_headers()
-        ).json()["id"]
-        wait_for(
-            lambda: get_job(client, job_id)["stage"] == "full model",
-            timeout=120,
-            what="the job to be training",
-        )
+        job_id = _training_job(client, {"max_parameters": 1000})
         cancel = client.post(f"/v1/admin/jobs/{job_id}/cancel", headers=admin_headers())
         assert cancel.status_code == 200 and cancel.json()["cancel_requested"]
         wait_for(lambda: get_job(client, job_id)["state"] == "cancelled", timeout=30)
         assert "cancelled by an admin" in str(get_job(client, job_id)["message"])
+        assert client.get("/v1/model").json()["version"] == "v1-base"
+
+
+def test_a_newer_budget_stops_the_running_job_of_an_older_one(
+    settings: Settings, tmp_path: Path
+) -> None:
+    long_jobs = long_jobs_of(settings, tmp_path)
+    with (
+        live_server(long_jobs) as url,
+        httpx.Client(base_url=url, timeout=10) as client,
+        worker_process(long_jobs),
+    ):
+        older = _training_job(client, {"max_parameters": 1000})
+        newer = client.post(
+            "/v1/admin/budget", json={"max_parameters": 2000}, headers=admin_headers()
+        ).json()
+        assert newer["superseded"] == [older]
+        wait_for(lambda: get_job(client, older)["state"] == "cancelled", timeout=30)
+        message = str(get_job(client, older)["message"])
+        assert message.startswith(f"superseded by job {newer['id']} (a newer budget) during")
+        wait_for(
+            lambda: get_job(client, newer["id"])["state"] == "running",
+            timeout=30,
+            what="the newer budget's job to start",
+        )
         assert client.get("/v1/model").json()["version"] == "v1-base"
 
 

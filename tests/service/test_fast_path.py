@@ -99,10 +99,53 @@ def test_no_fast_path_without_a_measured_type_that_fits(
         "/v1/admin/budget", json={"max_bytes": 1_900, "method": "search"}, headers=admin_headers()
     )
     assert answer.status_code == 202 and answer.json()["fast_path"] is None
+    manifest = read_manifest(measured.artifact_dir)  # type: ignore[arg-type]
+    int8 = requantised_bytes(manifest, "int8")  # the search method's fast path would take it
     equal = client.post(
-        "/v1/admin/budget", json={"max_bytes": 50_000, "method": "equal"}, headers=admin_headers()
+        "/v1/admin/budget", json={"max_bytes": int8, "method": "equal"}, headers=admin_headers()
     )
+    assert equal.status_code == 202, equal.text
     assert equal.json()["fast_path"] is None  # the fast path serves the planner's budgets only
+
+
+def test_a_budget_whose_two_jobs_do_not_fit_the_queue_queues_neither(
+    measured: Settings,
+) -> None:
+    manifest = read_manifest(measured.artifact_dir)  # type: ignore[arg-type]
+    budget = requantised_bytes(manifest, "int8")
+    with TestClient(create_app(measured.replace(max_queued_jobs=1))) as client:
+        answer = client.post(
+            "/v1/admin/budget", json={"max_bytes": budget, "method": "search"},
+            headers=admin_headers(),
+        )  # fmt: skip
+        assert answer.status_code == 429, answer.text
+        assert "needs 2 more" in answer.json()["detail"]
+    assert JobStore(measured.job_db_path).list_jobs() == []
+
+
+def test_the_same_budget_after_its_fast_path_served_is_the_same_job(
+    client: TestClient, measured: Settings
+) -> None:
+    """The fast path changes the served version within seconds; asking again for the budget
+    then answers the planner's job still running, and queues no second fast path."""
+    manifest = read_manifest(measured.artifact_dir)  # type: ignore[arg-type]
+    body = {"max_bytes": requantised_bytes(manifest, "int8"), "method": "search"}
+    first = client.post("/v1/admin/budget", json=body, headers=admin_headers()).json()
+    store = JobStore(measured.job_db_path)
+    fast = store.claim("test", 1)
+    assert fast is not None and fast.id == first["fast_path"]["id"]
+    assert execute(measured, store, fast, threading.Event()) is JobState.SUCCEEDED
+    served = read_pointer(measured)
+    assert served is not None
+    deadline = time.monotonic() + 10
+    while client.get("/v1/model").json()["version"] != served.name:
+        assert time.monotonic() < deadline, "the API did not swap the fast path's model in"
+        time.sleep(0.1)
+    again = client.post("/v1/admin/budget", json=body, headers=admin_headers())
+    assert again.status_code == 200, again.text
+    assert again.json()["existing"] is True and again.json()["id"] == first["id"]
+    assert again.json()["fast_path"]["id"] == fast.id and again.json()["superseded"] == []
+    assert [job.id for job in store.list_jobs()] == [first["id"], fast.id]
 
 
 def test_a_served_quantised_model_offers_only_its_own_type(

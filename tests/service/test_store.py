@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from service.errors import ConflictError, NotFoundError, QueueFullError
-from service.jobs.store import _SCHEMA, JobState, JobStore, worker_name
+from service.jobs.store import _SCHEMA, Job, JobDraft, JobState, JobStore, _gone, worker_name
 from service.jobs.worker import pid_alive
 
 
@@ -243,3 +243,98 @@ def test_promotions_are_kept_newest_first(store: JobStore, tmp_path: Path) -> No
     assert [(p.version, p.job_id) for p in store.promotions()] == [("a", 3), ("b", None), ("a", 1)]
     store.forget_promotions([tmp_path / "a"])
     assert [p.version for p in store.promotions()] == ["b"]
+
+
+def test_fast_kinds_are_claimed_before_older_jobs(store: JobStore) -> None:
+    older = store.submit("budget", {})
+    fast = store.submit("requantise", {})
+    claimed = store.claim("w", 1, first=("requantise", "turn"))
+    assert claimed is not None and claimed.id == fast.id
+    claimed = store.claim("w", 1, first=("requantise", "turn"))
+    assert claimed is not None and claimed.id == older.id
+
+
+def test_a_request_supersedes_queued_and_running_jobs_of_its_kinds(store: JobStore) -> None:
+    running = store.submit("budget", {})
+    assert store.claim("w", 1) is not None
+    queued = store.submit("requantise", {})
+    other = store.submit("other", {})
+    requested = store.request(
+        JobDraft("budget", {"b": 2}, key="2"),
+        fast=JobDraft("requantise", {"f": 2}, key="f2"),
+        supersedes=("budget", "requantise"),
+    )
+    assert requested.job is not None and not requested.existing
+    assert requested.superseded == (running.id, queued.id)
+    reason = f"superseded by job {requested.job.id} (a newer budget)"
+    assert store.get(queued.id).state is JobState.CANCELLED
+    assert store.get(queued.id).message == reason
+    flagged = store.get(running.id)
+    assert flagged.state is JobState.RUNNING and flagged.cancel_requested
+    assert flagged.cancel_reason == reason
+    assert store.get(other.id).state is JobState.QUEUED
+    assert requested.fast is not None and requested.fast.id < requested.job.id
+
+
+def test_a_request_finds_its_live_job_and_then_supersedes_nothing(store: JobStore) -> None:
+    def params(fast: Job | None) -> dict[str, object]:
+        return {"fast": None if fast is None else fast.id}
+
+    first = store.request(
+        JobDraft("budget", params, key="b"), fast=JobDraft("requantise", {}, key="f"),
+        supersedes=("budget", "requantise"),
+    )  # fmt: skip
+    assert first.job is not None and first.fast is not None
+    assert first.job.params == {"fast": first.fast.id}
+    again = store.request(
+        JobDraft("budget", params, key="b"), fast=JobDraft("requantise", {}, key="f2"),
+        supersedes=("budget", "requantise"), queue=False,
+    )  # fmt: skip
+    assert again.existing and again.job == first.job and again.superseded == ()
+    assert len(store.list_jobs()) == 2
+
+
+def test_a_request_without_a_job_only_supersedes(store: JobStore) -> None:
+    queued = store.submit("budget", {})
+    requested = store.request(JobDraft("budget", {}, key="x"), supersedes=("budget",), queue=False)
+    assert requested.job is None and requested.superseded == (queued.id,)
+    assert "served model" in store.get(queued.id).message
+
+
+def test_a_request_that_does_not_fit_the_queue_changes_nothing(store: JobStore) -> None:
+    queued = store.submit("budget", {})
+    with pytest.raises(QueueFullError, match="needs 2 more"):
+        store.request(
+            JobDraft("budget", {}, key="x"), fast=JobDraft("requantise", {}),
+            supersedes=(), max_queued=2,
+        )  # fmt: skip
+    assert [job.id for job in store.list_jobs()] == [queued.id]
+    assert store.get(queued.id).state is JobState.QUEUED
+
+
+def test_a_job_being_promoted_can_no_longer_be_cancelled(store: JobStore) -> None:
+    job = store.submit("budget", {})
+    assert store.claim("w", 1) is not None
+    assert store.start_promotion(job.id)
+    with pytest.raises(ConflictError, match="being promoted"):
+        store.cancel(job.id)
+    superseded = store.request(JobDraft("budget", {}, key="n"), supersedes=("budget",))
+    assert superseded.superseded == ()
+    assert not store.get(job.id).cancel_requested
+
+
+def test_a_cancelled_job_is_not_promoted(store: JobStore) -> None:
+    job = store.submit("budget", {})
+    assert store.claim("w", 1) is not None
+    store.cancel(job.id)
+    assert not store.start_promotion(job.id)
+
+
+def test_a_pid_is_checked_only_in_its_own_pid_namespace() -> None:
+    """Containers of one pod share a host name, not their pids: a worker of another pid
+    namespace is never judged gone by its pid."""
+    here = worker_name().rsplit(":", 1)[0]
+    assert "~" in here  # Linux: the namespace is part of the name
+    assert _gone(f"{here}:5", 5, alive=lambda pid: False)
+    other = here.split("~")[0] + "~1"
+    assert not _gone(f"{other}:5", 5, alive=lambda pid: False)
