@@ -220,7 +220,12 @@ class ModelInfo(BaseModel):
     version: str
     backbone: str
     max_size: int = Field(description="d_max")
-    target_sparsity: float | None = Field(description="the budget asked")
+    target_sparsity: float | None = Field(description="the budget asked, as a sparsity")
+    budget_bytes: int | None = Field(
+        default=None,
+        description="the byte budget asked (every stored byte of the embedding stores), when "
+        "the model was made for one",
+    )
     sparsity: float = Field(description="the sparsity achieved")
     num_users: int
     num_items: int

@@ -28,6 +28,7 @@ def model_info(model: ModelDep, holder: HolderDep, response: Response) -> ModelI
         backbone=manifest.backbone,
         max_size=manifest.max_size,
         target_sparsity=manifest.target_sparsity,
+        budget_bytes=manifest.budget_bytes,
         sparsity=manifest.achieved_sparsity,
         num_users=manifest.num_users,
         num_items=manifest.num_items,

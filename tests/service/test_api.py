@@ -122,7 +122,7 @@ def test_model_information(client: TestClient) -> None:
     assert body["version"] == "v1-base"
     assert body["backbone"] == "lightgcn"
     assert body["max_size"] == 16
-    assert body["sparsity"] == 0.0
+    assert body["sparsity"] == 0.0 and body["budget_bytes"] is None  # no byte budget asked
     assert body["num_users"] == 120 and body["num_items"] == 80
     stores = body["bytes"]["embedding_stores_detail"]
     # .npy header + data; every size is 16: one run (size, count) as two uint32

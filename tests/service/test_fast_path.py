@@ -89,6 +89,7 @@ def test_a_byte_budget_is_served_at_once_by_the_best_fitting_type(
         assert time.monotonic() < deadline, "the API did not swap the fast path's model in"
         time.sleep(0.1)
     assert time.perf_counter() - started < 10.0
+    assert client.get("/v1/model").json()["budget_bytes"] == budget  # the budget it was made for
     assert client.get("/v1/users/u3/recommendations").status_code == 200
 
 
