@@ -208,10 +208,16 @@ class ModelHolder:
         """Swap in ``model``, which ``current.json`` now names (a promotion wrote it): its past
         failures and the fallback are forgotten. Returns the previous model."""
         with self._swap_lock:
-            previous, self._current = self._current, model
-            self._failed.pop(model.version, None)
-            self.fallback = None
+            previous = self._serve_locked(model)
         _log_swap(model, previous)
+        return previous
+
+    def _serve_locked(self, model: ServedModel) -> ServedModel | None:
+        """Serve ``model``, the one the pointer names, forgetting its past failures and the
+        fallback (the caller holds the swap lock); returns the previous model."""
+        previous, self._current = self._current, model
+        self._failed.pop(model.version, None)
+        self.fallback = None
         return previous
 
     def refresh(self, settings: Settings, force: bool = False) -> bool:
@@ -256,9 +262,7 @@ class ModelHolder:
                 if not _still_pointed(settings, resolved):
                     logger.info("not serving %s: the pointer moved while it loaded", version)
                     return False
-                previous, self._current = self._current, model
-                self.fallback = None
-                self._failed.pop(version, None)
+                previous = self._serve_locked(model)
         _log_swap(model, previous)
         return True
 

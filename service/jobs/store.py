@@ -158,7 +158,7 @@ class JobDraft:
 @dataclass(frozen=True)
 class Requested:
     """What :meth:`JobStore.request` did: the job (``existing``: one queued or running already),
-    the fast job queued with it, and the jobs it superseded."""
+    the fast job queued with it now (None for an existing job), and the jobs it superseded."""
 
     job: Job | None
     existing: bool
@@ -313,9 +313,7 @@ class JobStore:
             connection.execute("BEGIN IMMEDIATE")
             found = self._active_with_key(connection, draft.kind, draft.key)
             if found is not None:
-                fast_id = (found.params.get("replace_if_better") or {}).get("job_id")
-                fast_job = None if fast_id is None else self._row(connection, int(fast_id))
-                return Requested(found, True, fast_job, ())
+                return Requested(found, True, None, ())
             superseded = self._supersede(connection, supersedes, now)
             if not queue:
                 self._give_reason(connection, superseded, "superseded: the served model was "
@@ -338,11 +336,6 @@ class JobStore:
             "ELSE message END WHERE id = ?",
             [(reason, JobState.CANCELLED.value, reason, job_id) for job_id in ids],
         )
-
-    @staticmethod
-    def _row(connection: sqlite3.Connection, job_id: int) -> Job | None:
-        row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _job(row)
 
     @staticmethod
     def _active_with_key(connection: sqlite3.Connection, kind: str, key: str | None) -> Job | None:

@@ -160,7 +160,9 @@ def execute(settings: Settings, store: JobStore, job: Job, stop: threading.Event
             "serving",
         )
         return JobState.FAILED
-    if store.heartbeat(job.id):
+    # Unless a cancel came first: from here on a cancel answers 409 instead of being accepted
+    # and then ignored.
+    if not store.start_promotion(job.id):
         cancelled = store.get(job.id)
         store.finish(job.id, JobState.CANCELLED, f"{_cancelled_by(cancelled)} after exporting")
         _discard_artifact(settings, current)
@@ -169,12 +171,6 @@ def execute(settings: Settings, store: JobStore, job: Job, stop: threading.Event
         store.finish(job.id, JobState.SUCCEEDED, kept, stage="done")
         logger.info("job %d: %s", job.id, kept)
         return JobState.SUCCEEDED
-    # From here on a cancel answers 409 instead of being accepted and then ignored.
-    if not store.start_promotion(job.id):
-        cancelled = store.get(job.id)
-        store.finish(job.id, JobState.CANCELLED, f"{_cancelled_by(cancelled)} after exporting")
-        _discard_artifact(settings, current)
-        return JobState.CANCELLED
     promote(settings, store, Path(current.artifact), job.id)
     store.finish(job.id, JobState.SUCCEEDED, f"promoted {current.version}", stage="done")
     logger.info("job %d succeeded: %s is the current model", job.id, current.version)

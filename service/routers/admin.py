@@ -175,19 +175,21 @@ def set_budget(
             max_parameters=budget.max_parameters,
             superseded=list(requested.superseded),
         )
+    fast_job = requested.fast
     if requested.existing:
         response.status_code = status.HTTP_200_OK
         logger.info("budget %s: job %d has it already", budget.requested, job.id)
+        fast_job = _fast_path_of(store, job)
     else:
-        if requested.fast is not None:
-            logger.info("job %d queued: %s", requested.fast.id, _fast_path_summary(requested.fast))
+        if fast_job is not None:
+            logger.info("job %d queued: %s", fast_job.id, _fast_path_summary(fast_job))
         logger.info("job %d queued: budget %s (sparsity %.4f)", job.id, budget.requested,
                     budget.target_sparsity)  # fmt: skip
     response.headers["Location"] = f"/v1/admin/jobs/{job.id}"
     return BudgetJob(
         **job_view(job).model_dump(),
         existing=requested.existing,
-        fast_path=None if requested.fast is None else job_view(requested.fast),
+        fast_path=None if fast_job is None else job_view(fast_job),
         superseded=list(requested.superseded),
     )
 
@@ -205,6 +207,12 @@ def _replacing(params: dict[str, Any], fast: Job | None) -> dict[str, Any]:
             "valid": fast.params["valid"],
         },
     }
+
+
+def _fast_path_of(store: JobStore, job: Job) -> Job | None:
+    """The fast path queued with budget job ``job`` (its ``replace_if_better``), if any."""
+    fast = job.params.get("replace_if_better")
+    return None if not fast else store.get(int(fast["job_id"]))
 
 
 def _fast_path_draft(
