@@ -250,18 +250,15 @@ def sized_rows(
             continue
         sparsity = sparsity_of(parameters, entities, width)
         shape = (split.num_users, split.num_items)
+        allowed = ByteBudget(ratio).allowed_bytes(entities, width, tables)
         # Equal sizes are stored as one run: they may keep more than the per-row sizes' room.
-        equal = widest_equal_size(
-            ByteBudget(ratio).allowed_bytes(entities, width, tables), entities, "float32",
-            width, tables,
-        )  # fmt: skip
+        equal = widest_equal_size(allowed, entities, "float32", width, tables)
         sizes = {
             "es": SizeAssignment.equal(*shape, equal, width),
             "mr": mixed_random_sizes(*shape, width, sparsity, rng),
             "ciess": pool.selection(sparsity)[0],
         }
         for method, assignment in sizes.items():
-            allowed = ByteBudget(ratio).allowed_bytes(entities, width, tables)
             if assignment.bytes("float32", tables) > allowed:
                 raise SystemExit(f"{method} at {ratio} stores more than its {allowed} bytes")
             path = work / "baselines" / f"{method}-{ratio:g}.json"
