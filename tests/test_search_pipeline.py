@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.selection_views import budget_rows
 from ciess_core import runs
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError, DataError
@@ -34,6 +35,7 @@ from ciess_core.search.pipeline import (
     run_pipeline,
     selection_views,
 )
+from ciess_core.search.retraining import held_out_metrics
 from ciess_core.search.shared_stages import reuse_sibling_stages, stages_identity
 from ciess_core.sizes import SizeAssignment, parameter_budget
 from ciess_core.training import TrainConfig, checkpoints, evaluate_model
@@ -562,11 +564,26 @@ def test_the_default_pipeline_deploys_the_chosen_candidate_trained_on_every_inte
         assert run.config["format_version"] == RUN_FORMAT_VERSION
         assert run.sizes == folder.chosen() == folder.candidate(result["chosen"])
         assert summary["timings"][f"deploy_{budget}"] > 0
+        for record in result["candidates"]:  # scored on the half the search never saw too
+            assert set(record["valid_held_out"]) == set(record["valid"])
     assert {"teacher", "teacher-deploy"} <= set(summary["timings"])
     # Each phase's teacher is a full model of that phase's data.
     teachers, _ = prepare_teachers(spec, clustered_split, tmp_path)
     assert set(teachers) == {Phase.SEARCH, Phase.TEST, Phase.DEPLOY}
     assert teachers[Phase.DEPLOY].num_users == clustered_split.num_users
+    # The held-out score is the fits' view: the half of validation the search never saw.
+    train, held = selection_views(spec, clustered_split)[1].phase(Phase.SEARCH)
+    expected = evaluate_model(teachers[Phase.SEARCH], train, held, 64, value_type="float32").mean()
+    measured = held_out_metrics(spec, clustered_split, teachers[Phase.SEARCH], "float32")
+    assert measured == pytest.approx(expected)
+    assert measured != pytest.approx(summary["full_valid_metrics"])
+    # bench/selection_views.py reads both picks of every budget.
+    rows = budget_rows(tmp_path)
+    assert [row["budget"] for row in rows] == ["0.5", "0.8"]
+    for row in rows:
+        assert row["picked"] == summary["budgets"][row["budget"]]["chosen"]
+        best = max(row["candidates"], key=lambda candidate: candidate["valid_held_out"])
+        assert row["agree"] == (best["candidate"] == row["picked"])
 
 
 def test_only_the_pick_is_tested_and_a_resumed_budget_keeps_its_selections(

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ciess_core.data import DatasetSplit, Phase
+from ciess_core.data import DatasetSplit, Phase, hold_out_per_user
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone
 from ciess_core.run_folder import write_run
@@ -135,9 +135,25 @@ def _select_full(
         "selected_batches": full_model_batches(folder.path.parent),
         "stages": {},
     }
+    if spec.selection_share:
+        value_type = run_spec.training.value_type
+        record["valid_held_out"] = held_out_metrics(spec, split, search_model, value_type)
     if not selects_on_validation(spec):
         record["test"] = _phase_metrics(run_spec, split, teachers, Phase.TEST)
     return record
+
+
+def held_out_metrics(
+    spec: PipelineSpec, split: DatasetSplit, model: Backbone, value_type: str
+) -> dict[str, float]:
+    """``model`` (trained on the search phase's train), stored as ``value_type``, scored on the
+    part of validation that the search never saw (``spec.selection_share``; the fits' view).
+    The pick uses all of validation; this score is kept beside it so that a pick made on the
+    unseen part alone can be compared (``bench/selection_views.py``)."""
+    train, valid = split.phase(Phase.SEARCH)
+    _, held = hold_out_per_user(valid, spec.selection_share, spec.search.seed)
+    chunk = spec.training.eval_users_per_chunk
+    return evaluate_model(model, train, held, chunk, value_type=value_type).mean()
 
 
 def selects_on_validation(spec: PipelineSpec) -> bool:
@@ -190,6 +206,9 @@ def select_candidate(
             selected_batches=max(selection.best_batch, 1),
             stages={"select": stage_summary(selection)},
         )
+        if spec.selection_share:
+            value_type = run_spec.training.value_type
+            record["valid_held_out"] = held_out_metrics(spec, split, model, value_type)
     else:
         _, outcome, history = execute_run(run_spec, split, sizes, progress, teachers)
         record.update(
