@@ -22,7 +22,7 @@ BARS_APPLY_TO = ("ml-1m", "lightgcn")
 KEPT_BARS = ((0.05, 0.99), (0.01, 0.95))
 """(ratio, share of the full model's N@20 the planner must keep there), clean protocol."""
 PAPER_CIESS_80 = {"recall@20": 0.2436, "ndcg@20": 0.4257}
-"""The paper's CIESS on ML-1M LightGCN at 80 % sparsity (CIESS.md, reference protocol)."""
+"""The paper's CIESS on ML-1M LightGCN at 80 % sparsity (`../shared/spec/CIESS.md`, reference protocol)."""
 
 
 def _started(run_id: str) -> str:
