@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def _add_train_parser(subparsers: Any) -> None:
         "--sizes",
         default="full",
         choices=["full", "equal", "random"],
-        help="full width, equal sizes (ES) or mixed random sizes (MR)",
+        help="full width, equal sizes (ES) or mixed random sizes (MR) (default full)",
     )
     parser.add_argument(
         "--sparsity", type=float, help="target sparsity for equal/random, e.g. 0.9 keeps 10%%"
@@ -80,8 +80,8 @@ def _train(arguments: argparse.Namespace) -> int:
         raise ConfigError(f"--sizes {scheme.value} needs --sparsity (for example 0.9)")
     if scheme is SizeScheme.FULL and arguments.sparsity not in (None, 0.0):
         raise ConfigError("--sparsity needs --sizes equal or random (full sizes prune nothing)")
-    if arguments.out is not None and Path(arguments.out).exists():
-        raise ConfigError(f"run directory {arguments.out} already exists; choose another --out")
+    if arguments.out is not None:  # before the training, which would be lost
+        new_folder(Path(arguments.out), "--out")
     recipe = recipe_spec(arguments)
     spec = RunSpec(
         dataset=arguments.dataset,
@@ -99,9 +99,7 @@ def _train(arguments: argparse.Namespace) -> int:
         suffix = "" if scheme is SizeScheme.FULL else f"-{arguments.sparsity}"
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{label}-{spec.backbone.kind.value}-{scheme.value}{suffix}-{stamp}"
-    out = Path(out)
-    if out.exists():
-        raise ConfigError(f"run directory {out} already exists; choose another --out")
+    out = new_folder(Path(out), "--out")
     model, outcome, history = execute_and_deploy(
         spec, split, sizes, progress=not arguments.no_progress
     )
@@ -135,7 +133,7 @@ def _add_export_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--verify-users",
-        type=int,
+        type=non_negative,
         default=256,
         help="users whose scores are compared with the model after writing (default 256)",
     )
@@ -145,17 +143,18 @@ def _export(arguments: argparse.Namespace) -> int:
     from ciess_core.artifact.export import ExportOptions, export_run
     from ciess_core.artifact.reader import load_artifact
     from ciess_core.artifact.summary import summarize
-    from ciess_core.data import resolve_data_dir
 
-    if not Path(arguments.run_dir).is_dir():  # before the data folder: the first mistake first
-        raise ConfigError(f"run directory {arguments.run_dir} does not exist")
+    run_dir = Path(arguments.run_dir)  # before the data folder: the first mistake first
+    if run_dir.is_file():
+        raise ConfigError(f"{run_dir} is a file; name a run directory written by ciess train")
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} does not exist")
+    new_folder(Path(arguments.out), "--out")
     options = ExportOptions(
         value_dtype=arguments.value_type,
         verify_users=arguments.verify_users,
     )
-    out = export_run(
-        arguments.run_dir, arguments.out, resolve_data_dir(arguments.data_dir), options
-    )
+    out = export_run(arguments.run_dir, arguments.out, arguments.data_dir, options)
     print(summarize(load_artifact(out)))
     return 0
 
@@ -171,7 +170,10 @@ def _add_inspect_parser(subparsers: Any) -> None:
     )
     parser.add_argument("artifact_dir", metavar="ARTIFACT_DIR", help="artifact directory")
     parser.add_argument(
-        "--plot", metavar="PNG", help="also write a size-by-popularity scatter plot to this PNG"
+        "--plot",
+        metavar="PNG",
+        help="also write a size-by-popularity scatter plot to this file (.png, .pdf or .svg; "
+        "missing folders are made)",
     )
 
 
@@ -179,11 +181,63 @@ def _inspect(arguments: argparse.Namespace) -> int:
     from ciess_core.artifact.reader import load_artifact
     from ciess_core.artifact.summary import plot_sizes, summarize
 
+    plot = None if arguments.plot is None else plot_target(Path(arguments.plot))
     artifact = load_artifact(arguments.artifact_dir)
     print(summarize(artifact))
-    if arguments.plot:
-        print(f"plot: {plot_sizes(artifact, Path(arguments.plot))}")
+    if plot is not None:
+        print(f"plot: {plot_sizes(artifact, plot)}")
     return 0
+
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def non_negative(text: str) -> int:
+    """A count flag: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"0 or more, got {value}")
+    return value
+
+
+def _under_folders(path: Path, flag: str) -> Path:
+    """``path``, refused when a file stands where one of its folders would be (checked before
+    any work, so that no result is lost at the end)."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
+def new_folder(path: Path, flag: str) -> Path:
+    """``path`` for ``flag`` to create: it must not exist, and its folders must be folders."""
+    if path.exists():
+        raise ConfigError(f"{flag} {path} already exists; choose another")
+    return _under_folders(path, flag)
+
+
+def plot_target(path: Path) -> Path:
+    """A ``--plot`` file: a format matplotlib writes by its suffix, not a folder."""
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(
+            f"--plot {path}: the format comes from the suffix, one of "
+            f"{', '.join(PLOT_SUFFIXES)}; got {path.suffix or 'none'!r}"
+        )
+    if path.is_dir():
+        raise ConfigError(f"--plot {path} is a folder; name a file")
+    return _under_folders(path, "--plot")
+
+
+def _version() -> str:
+    try:
+        return version("ciess")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 @dataclass(frozen=True)
@@ -216,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="CIESS embedding compression: train, search sizes, export and serve.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--version", action="version", version=f"ciess {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train_parser(subparsers)
     _add_export_parser(subparsers)

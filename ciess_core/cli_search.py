@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,16 @@ def at_least_one(text: str) -> int:
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """``--dataset``, ``--data-dir`` and ``--backbone``, as ``ciess train`` and ``ciess search``
     take them."""
-    parser.add_argument("--dataset", default="ml-1m", help="ml-1m, yelp2018, a file or a folder")
+    parser.add_argument(
+        "--dataset", default="ml-1m", help="ml-1m, yelp2018, a file or a folder (default ml-1m)"
+    )
     parser.add_argument("--data-dir", help=DATA_DIR_HELP)
-    parser.add_argument("--backbone", default="lightgcn", choices=["lightgcn", "ngcf", "ncf"])
+    parser.add_argument(
+        "--backbone",
+        default="lightgcn",
+        choices=["lightgcn", "ngcf", "ncf"],
+        help="the recommender whose embeddings are compressed (default lightgcn)",
+    )
 
 
 def add_search_parser(subparsers: Any) -> None:
@@ -80,7 +88,8 @@ def add_search_parser(subparsers: Any) -> None:
         type=at_least_one,
         default=DEFAULT_WORKERS,
         help="independent stages at a time (teachers beside the search, candidates beside "
-        "each other), the threads shared among them; 1: one after another with every thread",
+        "each other), the threads shared among them; 1: one after another with every thread "
+        f"(default {DEFAULT_WORKERS})",
     )
     parser.add_argument(
         "--executor",
@@ -88,21 +97,24 @@ def add_search_parser(subparsers: Any) -> None:
         default=DEFAULT_EXECUTOR,
         help="where those stages run: local (this process, one after another), processes "
         "(spawned processes on this machine) or ray (Ray tasks on a local cluster or "
-        "$RAY_ADDRESS's; pip install 'ciess[ray]')",
+        f"$RAY_ADDRESS's; pip install 'ciess[ray]'; default {DEFAULT_EXECUTOR})",
     )
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, batches: str, seed: str) -> None:
     """The flags that override a recipe (``--config`` and four keys) and ``--device``; what
     :func:`recipe_spec` reads. ``batches`` and ``seed``: the help of those two flags."""
+    recipe = "default: the recipe's, from ciess_core/recipes.toml and --config"
     parser.add_argument(
         "--config", help="recipe file (TOML or JSON) overriding the shipped recipe's settings"
     )
-    parser.add_argument("--learning-rate", type=float, help="Adam's initial learning rate")
-    parser.add_argument("--weight-decay", type=float, help="L2 on the batch embeddings")
-    parser.add_argument("--max-batches", type=int, help=batches)
-    parser.add_argument("--seed", type=int, help=seed)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument(
+        "--learning-rate", type=float, help=f"Adam's initial learning rate; {recipe}"
+    )
+    parser.add_argument("--weight-decay", type=float, help=f"L2 on the batch embeddings; {recipe}")
+    parser.add_argument("--max-batches", type=int, help=f"{batches}; {recipe}")
+    parser.add_argument("--seed", type=int, help=f"{seed}; {recipe}")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
 
 def recipe_spec(arguments: argparse.Namespace, budgets: tuple[float, ...] | None = None) -> Any:
@@ -128,20 +140,27 @@ def recipe_spec(arguments: argparse.Namespace, budgets: tuple[float, ...] | None
 
 def run_search_command(arguments: argparse.Namespace) -> int:
     from ciess_core.pipeline import load_split, run_product_pipeline
+    from ciess_core.runs import usable_device
     from ciess_core.search.budgets import ByteBudget
     from ciess_core.search.files import chosen_candidate
+    from ciess_core.search.parallel import check_executor
 
     budgets = _numbers("--budgets", arguments.budgets or "", float)
     spec = recipe_spec(arguments, budgets or None)
+    usable_device(spec.training.device)  # before the data is read: the first mistake first
+    check_executor(arguments.executor)
     out = Path(arguments.out or f"runs/search-{Path(arguments.dataset).stem}-{arguments.backbone}")
     byte_text = arguments.budget_bytes
     if byte_text is None:
         byte_text = "" if budgets else DEFAULT_BYTE_BUDGETS
     byte_values = _numbers("--budget-bytes", byte_text, float)
     for value in byte_values:  # a ratio is checked here, a count of bytes once the data is read
-        if value <= 1.0:
-            ByteBudget(value)
-        elif not value.is_integer():
+        if not math.isfinite(value) or value <= 0.0:
+            raise ConfigError(
+                f"--budget-bytes {value:g}: a budget is a ratio of the dense float32 tables "
+                "in (0, 1] or a whole number of bytes above 1"
+            )
+        if value > 1.0 and not value.is_integer():
             raise ConfigError(
                 f"--budget-bytes {value:g}: a value above 1 is a number of bytes and must be "
                 "whole (a ratio of the dense float32 tables lies in (0, 1])"

@@ -25,12 +25,14 @@ from ciess_core.executors import DEFAULT_EXECUTOR
 from ciess_core.json_form import jsonable
 from ciess_core.models import BackboneConfig, BackboneKind
 from ciess_core.recipes import resolve_recipe
-from ciess_core.runs import Protocol, RunProtocol, Start
+from ciess_core.runs import Protocol, RunProtocol, Start, usable_device
 from ciess_core.search.config import SearchConfig
 from ciess_core.search.files import write_json
+from ciess_core.search.parallel import check_executor
 from ciess_core.search.pipeline import PipelineSpec, StageReport, run_pipeline
 from ciess_core.search.planner import check_byte_budgets
 from ciess_core.search.shared_stages import (
+    SHARED_STAGES_FILE,
     check_same_data,
     recorded_fingerprint,
     reuse_sibling_stages,
@@ -38,6 +40,7 @@ from ciess_core.search.shared_stages import (
     stages_identity,
 )
 from ciess_core.training import TrainConfig
+from ciess_core.training.config import MIN_LEARNING_RATE
 
 __all__ = [
     "DEFAULT_SPARSITY_BUDGETS",
@@ -121,6 +124,7 @@ def pipeline_spec(
         batch_size=recipe["batch_size"],
         max_batches=recipe["max_batches"],
         learning_rate=recipe["learning_rate"],
+        min_learning_rate=min(MIN_LEARNING_RATE, recipe["learning_rate"]),
         eval_every=recipe["eval_every"],
         patience=recipe["patience"],
         seed=recipe["seed"],
@@ -160,7 +164,8 @@ def claim_pipeline_folder(
     recorded there are the same, so that a rerun resumes and a changed command never mixes
     stages of two recipes or of two datasets. A folder that recorded no fingerprint (written
     before folders did) resumes and records this one; ``dataset_fingerprint`` None compares the
-    spec alone (a benchmark's check before it loads the data).
+    spec alone (a benchmark's check before it loads the data). A folder that holds nothing but
+    its claim (an earlier run stopped before any stage wrote a file) is claimed anew.
 
     Raises:
         ConfigError: ``out`` holds a pipeline with other settings, or one of other data.
@@ -169,6 +174,10 @@ def claim_pipeline_folder(
     described = jsonable(spec)
     spec_path = out / SPEC_FILE
     if not spec_path.exists():
+        _record_claim(spec_path, described, dataset_fingerprint)
+        return
+    if _holds_no_work(out):  # an earlier run stopped before its first stage wrote a file
+        (out / SHARED_STAGES_FILE).unlink(missing_ok=True)
         _record_claim(spec_path, described, dataset_fingerprint)
         return
     stored = _with_later_defaults(json.loads(spec_path.read_text()))
@@ -190,6 +199,17 @@ def claim_pipeline_folder(
         _record_claim(spec_path, described, dataset_fingerprint)
 
 
+def _holds_no_work(out: Path) -> bool:
+    """Whether ``out`` holds nothing but its claim (``spec.json``, the shared-stages record and
+    empty folders): a run that stopped before any stage wrote a file, so that nothing is lost
+    when the folder is claimed for other settings."""
+    claim_files = {SPEC_FILE, SHARED_STAGES_FILE}
+    return all(
+        path.is_dir() or (path.parent == out and path.name in claim_files)
+        for path in out.rglob("*")
+    )
+
+
 def _record_claim(
     spec_path: Path, described: dict[str, Any], dataset_fingerprint: str | None
 ) -> None:
@@ -199,17 +219,34 @@ def _record_claim(
     write_json(spec_path, described)
 
 
-def _differences(stored: Any, described: Any, where: str = "") -> str:
+def _differences(stored: Any, described: Any) -> str:
     """The settings in which a folder's recorded spec and this run's differ, as
-    ``name: recorded -> asked`` (nested settings by their dotted path)."""
+    ``name: recorded -> asked`` (nested settings by their dotted path), the first
+    :data:`_DIFFERENCES_SHOWN` of them, each value cut to :data:`_VALUE_SHOWN` characters."""
+    parts = _differing(stored, described, "")
+    shown = "; ".join(parts[:_DIFFERENCES_SHOWN])
+    more = len(parts) - _DIFFERENCES_SHOWN
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
+_DIFFERENCES_SHOWN = 5
+_VALUE_SHOWN = 60
+
+
+def _differing(stored: Any, described: Any, where: str) -> list[str]:
     if isinstance(stored, dict) and isinstance(described, dict):
-        parts = [
-            _differences(stored.get(key), described.get(key), f"{where}{key}.")
+        return [
+            part
             for key in sorted(set(stored) | set(described), key=str)
             if stored.get(key) != described.get(key)
+            for part in _differing(stored.get(key), described.get(key), f"{where}{key}.")
         ]
-        return "; ".join(parts)
-    return f"{where.rstrip('.')}: {json.dumps(stored)} -> {json.dumps(described)}"
+    return [f"{where.rstrip('.')}: {_shown(stored)} -> {_shown(described)}"]
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= _VALUE_SHOWN else text[: _VALUE_SHOWN - 1] + "…"
 
 
 def run_product_pipeline(
@@ -232,7 +269,10 @@ def run_product_pipeline(
     whole pipeline leave it off. ``workers`` units run at a time on ``executor``
     (``processes``, ``local`` or ``ray``; the same results).
     """
-    check_byte_budgets(spec, split.num_users + split.num_items)  # before the folder is made
+    # what can be refused is refused before the folder is made
+    check_byte_budgets(spec, split.num_users + split.num_items)
+    usable_device(spec.training.device)
+    check_executor(executor)
     claim_pipeline_folder(out, spec, dataset_fingerprint)
     if reuse_siblings:
         reuse_sibling_stages(out, stages_identity(jsonable(spec), dataset_fingerprint))

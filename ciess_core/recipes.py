@@ -17,6 +17,7 @@ from typing import Any
 
 import tomllib
 
+from ciess_core.checks import MAX_SEED
 from ciess_core.errors import ConfigError
 
 __all__ = ["RECIPE_KEYS", "read_recipe_file", "resolve_recipe"]
@@ -36,7 +37,24 @@ RECIPE_KEYS: dict[str, type] = {
     "supernet_batches": int,
 }
 
+#: The least value of each key (a learning rate must also be above 0), and the greatest seed:
+#: checked where the value is read, so that a mistake names its file or flag.
+RECIPE_MINIMA: dict[str, float] = {
+    "learning_rate": 0.0,
+    "weight_decay": 0.0,
+    "max_batches": 1,
+    "eval_every": 0,
+    "patience": 1,
+    "batch_size": 1,
+    "seed": 0,
+    "episodes": 1,
+    "iterations": 1,
+    "reward_penalty": 0.0,
+    "supernet_batches": 1,
+}
+
 _SECTIONS = ("defaults", "backbones", "datasets")
+FLAGS = "flags"  # the source of overrides: their errors name the flag
 
 
 def read_recipe_file(path: Path | str) -> dict[str, Any]:
@@ -46,9 +64,15 @@ def read_recipe_file(path: Path | str) -> dict[str, Any]:
     keys at its top level (they apply to every dataset and backbone, as ``[defaults]`` does).
     """
     file = Path(path)
+    if file.is_dir():
+        raise ConfigError(f"config file {file} is a folder; name a TOML or JSON file")
     if not file.is_file():
         raise ConfigError(f"config file {file} does not exist")
-    text = file.read_text()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {file} is not UTF-8 text ({error.reason} at byte "
+                          f"{error.start}); name a TOML or JSON file") from None  # fmt: skip
     try:
         table = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
@@ -102,15 +126,22 @@ def _checked(values: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _coerce(key: str, value: Any, kind: type, where: str) -> Any:
+    """``value`` of ``key`` as ``kind``, within its limits; ``where`` names its source (a file
+    and section, or ``flags``, which names the flag) in the error."""
+    name = f"--{key.replace('_', '-')}" if where == FLAGS else f"config file {where}: '{key}'"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"config file {where}: '{key}' must be a number, got {value!r}")
-    if kind is int:
-        if isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"config file {where}: '{key}' must be a whole number, got {value}")
-        return int(value)
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"{name} must be a whole number, got {value}")
     if not math.isfinite(value):
-        raise ConfigError(f"config file {where}: '{key}' must be finite, got {value}")
-    return float(value)
+        raise ConfigError(f"{name} must be finite, got {value}")
+    least = RECIPE_MINIMA[key]
+    if value < least or (key == "learning_rate" and value <= least):
+        relation = "above" if key == "learning_rate" else "at least"
+        raise ConfigError(f"{name} must be {relation} {least:g}, got {value}")
+    if key == "seed" and value > MAX_SEED:
+        raise ConfigError(f"{name} must be at most {MAX_SEED}, got {value}")
+    return int(value) if kind is int else float(value)
 
 
 def _shipped() -> dict[str, Any]:
@@ -144,7 +175,7 @@ def resolve_recipe(
     if config_file is not None:
         recipe.update(_layers(read_recipe_file(config_file), name, backbone))
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
-    recipe.update(_checked(given, "flags"))
+    recipe.update(_checked(given, FLAGS))
     missing = sorted(set(RECIPE_KEYS) - set(recipe))
     if missing:
         raise ConfigError(f"the recipe for {name}/{backbone} sets no {', '.join(missing)}")

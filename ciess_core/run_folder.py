@@ -17,6 +17,8 @@ import logging
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +32,7 @@ from ciess_core.json_form import jsonable
 from ciess_core.models import Backbone
 from ciess_core.runs import TRAINED_ON_ALL, RunOutcome, RunSpec
 from ciess_core.sizes import SizeAssignment
+from ciess_core.storage import VALUE_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -116,17 +119,26 @@ def write_run(
     return directory
 
 
+def run_folder(directory: Path | str) -> Path:
+    """``directory`` as a path, refused (ConfigError naming it) unless it is a folder."""
+    run = Path(directory)
+    if run.is_dir():
+        return run
+    if run.exists():
+        raise ConfigError(f"run directory {run} is a file, not a folder")
+    raise ConfigError(f"run directory {run} does not exist")
+
+
 def read_run(directory: Path | str) -> StoredRun:
     """Read a run folder written by :func:`write_run`.
 
     Raises:
-        ConfigError: ``directory`` does not exist.
-        DataError: a file is missing or malformed, the folder is of another format version,
-            or its sizes do not match its users and items.
+        ConfigError: ``directory`` does not exist or is a file.
+        DataError: a file is missing or malformed (a field of ``config.json`` of the wrong
+            type included), the folder is of another format version, or its sizes do not match
+            its users and items; the message names the file (and the field).
     """
-    run = Path(directory)
-    if not run.is_dir():
-        raise ConfigError(f"run directory {run} does not exist")
+    run = run_folder(directory)
     config = _read_json(run, CONFIG_FILE)
     version = config.get("format_version")
     if version != RUN_FORMAT_VERSION:
@@ -135,12 +147,13 @@ def read_run(directory: Path | str) -> StoredRun:
             f"{RUN_FORMAT_VERSION} (a deployment model trained on all interactions, its sizes "
             f"in {SIZES_FILE}); train it again"
         )
+    _check_config(run / CONFIG_FILE, config)
     for name in (METRICS_FILE, SIZES_FILE, MODEL_FILE):
         if not (run / name).is_file():
             raise DataError(f"{run}: not a complete run directory, {name} is missing")
     metrics = _read_json(run, METRICS_FILE)
-    sizes = SizeAssignment.load(run / SIZES_FILE)
-    recorded = (config.get("num_users"), config.get("num_items"))
+    sizes = _read_sizes(run / SIZES_FILE)
+    recorded = (config["num_users"], config["num_items"])
     if recorded != (sizes.num_users, sizes.num_items):
         raise DataError(
             f"{run / SIZES_FILE} holds {sizes.num_users} users and {sizes.num_items} items, "
@@ -153,6 +166,52 @@ def read_run(directory: Path | str) -> StoredRun:
     return StoredRun(run, config, metrics, sizes, weights)
 
 
+# config.json's fields that readers of a run use: name -> (JSON types, what it must be, needed).
+_CONFIG_FIELDS: dict[str, tuple[tuple[type, ...], str, bool]] = {
+    "backbone": ((dict,), "an object", True),
+    "dataset": ((str,), "a string", True),
+    "dataset_fingerprint": ((str,), "a string", True),
+    "num_users": ((int,), "an integer", True),
+    "num_items": ((int,), "an integer", True),
+    "split_seed": ((int,), "an integer", False),
+    "training": ((dict,), "an object", False),
+    "target_sparsity": ((int, float, type(None)), "a number or null", False),
+    "budget_bytes": ((int, type(None)), "an integer or null", False),
+    "size_scheme": ((str, type(None)), "a string or null", False),
+    "trained_on": ((str,), "a string", False),
+}
+
+
+def _check_config(path: Path, config: dict[str, Any]) -> None:
+    """DataError naming ``path``, the field and its value for a field of ``config`` that a
+    reader uses and that is missing (where needed) or of the wrong JSON type."""
+    for name, (types, what, needed) in _CONFIG_FIELDS.items():
+        if name not in config:
+            if needed:
+                raise DataError(f"{path}: missing field {name!r}")
+            continue
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, types):  # a bool is an int in Python
+            raise DataError(f"{path}: field {name!r} must be {what}, got {json.dumps(value)}")
+    value_type = config.get("training", {}).get("value_type", "float32")
+    if value_type not in VALUE_TYPES:
+        raise DataError(
+            f"{path}: field 'training.value_type' must be one of {list(VALUE_TYPES)}, got "
+            f"{json.dumps(value_type)}"
+        )
+
+
+def _read_sizes(path: Path) -> SizeAssignment:
+    """:meth:`SizeAssignment.load`, with a truncated or corrupt archive a DataError naming
+    ``path``."""
+    try:
+        return SizeAssignment.load(path)
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as error:
+        raise DataError(f"{path}: not a readable size assignment file ({error})") from None
+
+
 def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
 
@@ -162,9 +221,11 @@ def _read_json(run: Path, name: str) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{run}: not a complete run directory, {name} is missing")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise DataError(f"{path}: not valid JSON ({error})") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object")
     return data

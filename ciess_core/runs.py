@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ciess_core.checks import check_device
 from ciess_core.data import DatasetSplit, Phase
 from ciess_core.errors import ConfigError
 from ciess_core.models import Backbone, BackboneConfig, BackboneKind, build_backbone
@@ -189,11 +190,26 @@ RunResult = tuple[Backbone, RunOutcome, list[dict[str, Any]]]
 """What a protocol's run gives: the tested model, the outcome, the evaluation history."""
 
 
+def usable_device(device: str) -> torch.device:
+    """``device`` (``cpu``, ``cuda`` or ``cuda:N``) as torch's; a ConfigError when this machine
+    has no such device."""
+    check_device(device)
+    parsed = torch.device(device)
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device '{device}' was asked for but this machine has no usable CUDA device"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device '{device}' was asked for but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    return parsed
+
+
 def _device(spec: RunSpec) -> torch.device:
-    device = torch.device(spec.training.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but this machine has no usable CUDA device")
-    return device
+    return usable_device(spec.training.device)
 
 
 def fresh_model(spec: RunSpec, train: sp.csr_matrix, sizes: SizeAssignment) -> Backbone:

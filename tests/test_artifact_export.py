@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ import torch
 from ciess_core.artifact import export as export_module
 from ciess_core.artifact.export import ExportMetadata, ExportOptions, export_model, export_run
 from ciess_core.artifact.files import sha256_file
-from ciess_core.artifact.manifest import SCHEMA_VERSION
+from ciess_core.artifact.manifest import SCHEMA_VERSION, FileEntry
 from ciess_core.artifact.reader import load_artifact
 from ciess_core.cli import main
 from ciess_core.data import DatasetSplit, InteractionData, Phase, split_per_user
@@ -345,6 +348,10 @@ CORRUPTIONS = {
         r"interactions/indices.npy: item ids must lie in \[0, 80\)",
     ),
     "no manifest": (lambda d: (d / "manifest.json").unlink(), r"manifest.json: missing file"),
+    "binary manifest": (
+        lambda d: (d / "manifest.json").write_bytes(b"\xff\xfe\x00{binary"),
+        r"manifest.json: not UTF-8 text, so not a manifest \(invalid start byte at byte 0\)",
+    ),
     "budget bytes not a count": (
         _set("budget_bytes", 1.5),
         r"manifest.json: field 'budget_bytes' must be a positive integer or null",
@@ -359,8 +366,79 @@ def test_each_corruption_is_rejected_with_its_own_message(
     corrupt, message = CORRUPTIONS[name]
     directory = _copy(artifacts[BackboneKind.LIGHTGCN], tmp_path)
     corrupt(directory)
-    with pytest.raises(ArtifactError, match=message):
+    with pytest.raises(ArtifactError, match=message) as raised:
         load_artifact(directory)
+    assert str(directory) in str(raised.value)  # the folder, not only the file inside it
+
+
+def _list_outside_file(directory: Path, path: str) -> None:
+    """List ``path`` in the manifest with the size and sha256 of a file outside the artifact:
+    a reader that followed it would read that file and pass."""
+    outside = directory.parent / "outside.txt"
+    outside.write_text("not part of the artifact\n")
+    entry = {"path": path, "sha256": sha256_file(outside), "bytes": outside.stat().st_size}
+    _edit_manifest(directory, lambda manifest: manifest["files"].append(entry))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../outside.txt",
+        "ids/../../outside.txt",
+        "..\\outside.txt",
+        "{outside}",  # absolute
+        "C:/outside.txt",
+    ],
+)
+def test_a_manifest_path_that_leaves_the_artifact_folder_is_refused(
+    path: str, artifacts: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = _copy(artifacts[BackboneKind.LIGHTGCN], tmp_path)
+    path = path.format(outside=tmp_path / "outside.txt")
+    _list_outside_file(directory, path)
+    last = len(json.loads((directory / "manifest.json").read_text())["files"]) - 1
+    expected = (
+        f"{directory / 'manifest.json'} files[{last}]: field 'path' is {path!r}, not a file "
+        "inside the artifact folder"
+    )
+    with pytest.raises(ArtifactError) as raised:
+        load_artifact(directory)
+    assert str(raised.value).startswith(expected)
+    assert main(["inspect", str(directory)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {expected}")
+
+
+def test_a_listed_link_out_of_the_artifact_folder_is_refused(
+    artifacts: dict, tmp_path: Path
+) -> None:
+    directory = _copy(artifacts[BackboneKind.LIGHTGCN], tmp_path)
+    _list_outside_file(directory, "ids/extra.json")
+    (directory / "ids/extra.json").symlink_to(tmp_path / "outside.txt")
+    with pytest.raises(ArtifactError) as raised:
+        load_artifact(directory)
+    assert str(raised.value) == (
+        f"artifact {directory}: manifest.json: files entry 'path' 'ids/extra.json' resolves to "
+        f"{(tmp_path / 'outside.txt').resolve()}, outside the artifact folder"
+    )
+    (directory / "ids/extra.json").unlink()  # a link that stays inside the folder is read
+    (directory / "ids/extra.json").symlink_to(directory / "ids/users.json")
+    users = directory / "ids/users.json"
+    entry = FileEntry("ids/extra.json", sha256_file(users), users.stat().st_size)
+    _edit_manifest(directory, lambda m: m["files"].__setitem__(-1, dataclasses.asdict(entry)))
+    assert load_artifact(directory).manifest.file("ids/extra.json") == entry
+
+
+def test_an_artifact_path_that_is_a_file_or_missing_is_named_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "notes.txt"
+    file.write_text("not an artifact\n")
+    with pytest.raises(ArtifactError, match=f"^{re.escape(str(file))}: is a file, not an artifact"):
+        load_artifact(file)
+    assert main(["inspect", str(file)]) == 2
+    assert capsys.readouterr().err == f"error: {file}: is a file, not an artifact folder\n"
+    with pytest.raises(ArtifactError, match="not an artifact folder \\(does not exist\\)"):
+        load_artifact(tmp_path / "nowhere")
 
 
 @pytest.fixture(scope="module")
@@ -614,6 +692,80 @@ def test_read_run_refuses_older_formats_and_sizes_that_do_not_fit(
         read_run(tmp_path / "nowhere")
 
 
+def _edit_config(run: Path, field: str, value: object) -> None:
+    config = json.loads((run / "config.json").read_text())
+    config[field] = value
+    (run / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("backbone", "x", """field 'backbone' must be an object, got "x\""""),
+        ("split_seed", "x", """field 'split_seed' must be an integer, got "x\""""),
+        ("num_users", None, "field 'num_users' must be an integer, got null"),
+        ("training", {"value_type": "int3"}, "field 'training.value_type' must be one of"),
+    ],
+)
+def test_a_run_config_field_of_the_wrong_type_is_named(
+    field: str, value: object, message: str, run_dir: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "run"
+    shutil.copytree(run_dir, broken)
+    _edit_config(broken, field, value)
+    with pytest.raises(DataError) as raised:
+        export_run(broken, tmp_path / "artifact", run_dir.parent)
+    assert str(raised.value).startswith(f"{broken / 'config.json'}: {message}")
+    assert not (tmp_path / "artifact").exists()
+
+
+def test_a_bad_backbone_config_names_the_run_config_file(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "run"
+    shutil.copytree(run_dir, broken)
+    backbone = json.loads((broken / "config.json").read_text())["backbone"]
+    _edit_config(broken, "backbone", {**backbone, "kind": "bogus"})
+    out = ["export", str(broken), "--out", str(tmp_path / "a"), "--data-dir", str(run_dir.parent)]
+    assert main(out) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {broken / 'config.json'}: field 'backbone' {{'kind': 'bogus'")
+    assert "'bogus' is not a valid BackboneKind" in error and not (tmp_path / "a").exists()
+
+
+def _zero_a_member(data: bytes) -> bytes:
+    """The archive with bytes of its first member's data zeroed: its CRC no longer matches."""
+    start = data.index(b"user_sizes.npy") + 40
+    return data[:start] + bytes(16) + data[start + 16 :]
+
+
+@pytest.mark.parametrize(
+    "corrupt", [lambda data: data[:100], _zero_a_member], ids=["truncated", "member"]
+)
+def test_a_truncated_sizes_file_is_a_clean_error(
+    corrupt: Callable[[bytes], bytes],
+    run_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    broken = tmp_path / "run"
+    shutil.copytree(run_dir, broken)
+    sizes = broken / "sizes.npz"
+    sizes.write_bytes(corrupt(sizes.read_bytes()))
+    with pytest.raises(DataError, match=f"^{re.escape(str(sizes))}: not a readable size"):
+        read_run(broken)
+    out = ["export", str(broken), "--out", str(tmp_path / "a"), "--data-dir", str(run_dir.parent)]
+    assert main(out) == 2
+    assert capsys.readouterr().err.startswith(f"error: {sizes}: not a readable size assignment")
+
+
+def test_a_run_path_that_is_a_file_is_named_so(tmp_path: Path) -> None:
+    file = tmp_path / "pairs.txt"
+    file.write_text("u i\n")
+    with pytest.raises(ConfigError, match=f"^run directory {re.escape(str(file))} is a file, not"):
+        read_run(file)
+
+
 def test_cli_export_and_inspect(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -649,7 +801,7 @@ def test_cli_export_and_inspect(
     _truncate_any = out / "ids/users.json"
     _truncate_any.write_text("[]")
     assert main(["inspect", str(out)]) == 2
-    assert "error: ids/users.json" in capsys.readouterr().err
+    assert f"error: artifact {out}: ids/users.json" in capsys.readouterr().err
 
 
 def test_reader_and_scorer_need_no_torch(artifacts: dict) -> None:

@@ -70,6 +70,24 @@ def test_a_requantisation_over_its_budget_writes_nothing(source: Path, tmp_path:
         requantise_artifact(source, "int8", source)
 
 
+def test_a_requantisation_copies_only_the_listed_files(source: Path, tmp_path: Path) -> None:
+    """A stray file, or a link out of the source folder, is neither copied nor listed: the copy
+    holds what the source's manifest vouches for."""
+    copy = tmp_path / "source"
+    shutil.copytree(source, copy)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside the artifact\n")
+    (copy / "ids/leak.json").symlink_to(secret)
+    (copy / "notes.txt").write_text("stray\n")
+    manifest = requantise_artifact(copy, "int8", tmp_path / "out")
+    listed = {entry.path for entry in manifest.files}
+    assert "ids/leak.json" not in listed and "notes.txt" not in listed
+    assert not (tmp_path / "out/ids/leak.json").exists()
+    out = tmp_path / "out"
+    written = {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
+    assert written == listed | {"manifest.json"}
+
+
 def test_a_requantisation_keeps_sizes_stored_as_runs_and_counts_them_so(
     clustered_split: DatasetSplit, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 from collections.abc import Iterator
@@ -16,12 +17,14 @@ from ciess_core import cli
 from ciess_core.cli import main
 from ciess_core.cli_search import DEFAULT_BYTE_BUDGETS
 from ciess_core.errors import ConfigError
+from ciess_core.pipeline import pipeline_spec
 from ciess_core.run_folder import read_run
 from ciess_core.search.budgets import ByteBudget
 from ciess_core.search.files import BudgetFolder
 from ciess_core.search.shared_stages import COPIED_STAGES_FILE, SHARED_STAGES
 from ciess_core.sizes import SizeAssignment
 from ciess_core.storage import VALUE_TYPES
+from ciess_core.training.config import MIN_LEARNING_RATE
 from tests.conftest import clustered_interactions
 
 
@@ -109,7 +112,12 @@ def test_train_settings_from_a_recipe_file_then_flags(pairs_file: Path, tmp_path
         (["train", "--sizes", "equal", "--sparsity", "1.5"], "target sparsity"),
         (["train", "--config", "missing.toml"], "missing.toml"),
         (["search", "--budgets", "0.8,abc"], "--budgets"),
-        (["search", "--learning-rate", "-1"], "learning_rate"),
+        (["search", "--learning-rate", "-1"], "--learning-rate must be above 0, got -1.0"),
+        (["search", "--seed", "-1"], "--seed must be at least 0, got -1"),
+        (["train", "--seed", str(2**70)], "--seed must be at most 4294967295"),
+        (["search", "--device", "cudax"], "device must be 'cpu', 'cuda' or 'cuda:N', got 'cudax'"),
+        (["search", "--device", "cuda:99"], "device 'cuda:99' was asked for but this machine"),
+        (["search", "--budget-bytes", "nan"], "--budget-bytes nan: a budget is a ratio"),
         (["search", "--config", "missing.toml"], "missing.toml"),
     ],
 )
@@ -131,8 +139,8 @@ def test_user_mistakes_end_in_one_error_line(
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["search", "--budget-bytes", "0"], "a byte ratio must lie in (0, 1], got 0.0"),
-        (["search", "--budget-bytes", "0.05,-3"], "a byte ratio must lie in (0, 1], got -3.0"),
+        (["search", "--budget-bytes", "0"], "--budget-bytes 0: a budget is a ratio"),
+        (["search", "--budget-bytes", "0.05,-3"], "--budget-bytes -3: a budget is a ratio"),
         (["search", "--budget-bytes", "5%"], "--budget-bytes must be comma-separated numbers"),
         (
             ["search", "--budget-bytes", "0.05,1.5"],
@@ -141,7 +149,9 @@ def test_user_mistakes_end_in_one_error_line(
         (["search", "--workers", "0"], "--workers: at least 1 process, got 0"),
         (["export", "nowhere-run", "--out", "x"], "run directory nowhere-run does not exist"),
         (["train", "--sparsity", "0.9"], "--sparsity needs --sizes equal or random"),
-        (["train", "--out", "."], "run directory . already exists"),
+        (["train", "--out", "."], "--out . already exists; choose another"),
+        (["export", ".", "--out", "."], "--out . already exists; choose another"),
+        (["inspect", "nowhere", "--plot", "sizes.txt"], "the format comes from the suffix"),
     ],
 )
 def test_a_mistaken_flag_is_named_before_any_data_is_looked_for(
@@ -164,6 +174,55 @@ def test_a_mistaken_flag_is_named_before_any_data_is_looked_for(
     error = capsys.readouterr().err
     assert message in error and "no-data-here" not in error
     assert "Traceback" not in error
+
+
+def test_a_refused_search_leaves_no_folder_and_a_bad_output_no_lost_training(
+    pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What can be refused is refused before anything is written or trained: the corrected
+    command then runs in the same folder."""
+    out = tmp_path / "search"
+    for mistake in (["--seed", "-1"], ["--device", "cuda:99"], ["--executor", "ray"]):
+        if mistake[0] == "--executor" and importlib.util.find_spec("ray") is not None:
+            continue  # installed: nothing to refuse
+        assert main(["search", "--dataset", str(pairs_file), "--out", str(out), *mistake]) == 2
+        assert not out.exists()
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for command in (
+        ["train", "--dataset", str(pairs_file), "--out", str(afile / "run")],
+        ["export", str(tmp_path), "--out", str(afile / "artifact")],
+        ["inspect", str(tmp_path), "--plot", str(afile / "sizes.png")],
+    ):
+        assert main(command) == 2
+        assert f"{afile} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_config_files_that_are_no_text_or_a_folder_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary = tmp_path / "recipe.toml"
+    binary.write_bytes(bytes(range(128, 256)))
+    assert main(["train", "--config", str(binary)]) == 2
+    assert f"config file {binary} is not UTF-8 text" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path)]) == 2
+    assert f"config file {tmp_path} is a folder" in capsys.readouterr().err
+    zero = tmp_path / "zero.toml"
+    zero.write_text("episodes = 0\n")
+    assert main(["search", "--config", str(zero)]) == 2
+    assert f"config file {zero}: 'episodes' must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_learning_rate_below_the_schedules_floor_lowers_the_floor() -> None:
+    spec = pipeline_spec("ml-1m", "lightgcn", overrides={"learning_rate": 0.0005})
+    assert spec.training.learning_rate == spec.training.min_learning_rate == 0.0005
+    assert pipeline_spec("ml-1m", "lightgcn").training.min_learning_rate == MIN_LEARNING_RATE
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("ciess ")
 
 
 def test_bad_config_file_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -297,7 +356,10 @@ def test_a_byte_budget_below_the_smallest_store_is_refused_before_any_training(
 
 
 def test_search_plans_byte_budgets_by_default_and_exports_a_pick_within_the_bytes(
-    pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pairs_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "search"
     recipe = tmp_path / "tiny.toml"
@@ -320,7 +382,9 @@ def test_search_plans_byte_budgets_by_default_and_exports_a_pick_within_the_byte
     result = json.loads((out / "bytes-0.05" / "result.json").read_text())
     artifact = tmp_path / "artifact"
     run = out / "bytes-0.05" / "run"
-    assert main(["export", str(run), "--out", str(artifact), "--data-dir", str(tmp_path)]) == 0
+    # A dataset given as a file is found as the search found it: no data folder needed.
+    monkeypatch.setenv("CIESS_DATA_DIR", str(tmp_path / "no-data-here"))
+    assert main(["export", str(run), "--out", str(artifact)]) == 0
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["value_dtype"] == result["value_type"]  # exported as it was selected
     assert manifest["memory"]["stored"] <= 0.05 * manifest["memory"]["dense"]

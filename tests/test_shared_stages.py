@@ -71,6 +71,7 @@ def test_a_folder_of_other_data_is_refused_naming_both_fingerprints(tmp_path: Pa
     spec, out = pipeline_spec("ml-1m", "lightgcn"), tmp_path / "pipeline"
     claim_pipeline_folder(out, spec, OURS)
     assert json.loads((out / "spec.json").read_text())["dataset_fingerprint"] == OURS
+    _started_a_stage(out)
     claim_pipeline_folder(out, spec, OURS)  # the same data resumes
     claim_pipeline_folder(out, spec)  # a check of the spec alone
     refusal = re.escape(f"{out} holds a pipeline trained on other data")
@@ -84,6 +85,46 @@ def test_a_folder_of_other_data_is_refused_naming_both_fingerprints(tmp_path: Pa
     assert json.loads((out / SHARED_STAGES_FILE).read_text())["fingerprint"] == OURS
 
 
+def _started_a_stage(out: Path) -> None:
+    """What a pipeline's first stage leaves once it has begun: a file under ``full/``."""
+    (out / "full").mkdir(exist_ok=True)
+    (out / "full" / "history.jsonl").write_text("{}\n")
+
+
+def test_a_folder_holding_only_its_claim_is_claimed_again_whatever_it_recorded(
+    tmp_path: Path,
+) -> None:
+    """A run that stopped before its first stage wrote a file (a bad flag found late, a
+    crash) loses nothing when its folder is claimed for other settings or other data."""
+    spec, out = pipeline_spec("ml-1m", "lightgcn"), tmp_path / "pipeline"
+    claim_pipeline_folder(out, spec, OURS)
+    (out / SHARED_STAGES_FILE).write_text(json.dumps(stages_identity(jsonable(spec), OURS)))
+    (out / "full").mkdir()  # an empty folder is no work
+    other = dataclasses.replace(spec, training=dataclasses.replace(spec.training, seed=7))
+    claim_pipeline_folder(out, other, THEIRS)
+    recorded = json.loads((out / "spec.json").read_text())
+    assert recorded == {**jsonable(other), "dataset_fingerprint": THEIRS}
+    assert not (out / SHARED_STAGES_FILE).exists()
+    _started_a_stage(out)
+    with pytest.raises(ConfigError, match=r"other settings .*training\.seed: 7 -> 42"):
+        claim_pipeline_folder(out, spec, THEIRS)
+
+
+def test_a_refusal_lists_the_first_differences_each_cut_short(tmp_path: Path) -> None:
+    spec, out = pipeline_spec("ml-1m", "lightgcn"), tmp_path / "pipeline"
+    claim_pipeline_folder(out, spec, OURS)
+    _started_a_stage(out)
+    other = pipeline_spec(
+        "yelp2018", "ngcf", budgets=tuple(round(0.5 + i / 100, 2) for i in range(40))
+    )
+    with pytest.raises(ConfigError) as error:
+        claim_pipeline_folder(out, other, OURS)
+    message = str(error.value)
+    assert re.search(r"; and \d+ more\); choose another output folder", message)
+    assert len(message) < 1000
+    assert "search.budgets: [0.8, 0.9, 0.95] -> [0.5, 0.51," in message and "…" in message
+
+
 def test_an_older_folder_resumes_and_records_its_data(tmp_path: Path) -> None:
     """A folder written before folders recorded their data: its data is the one its stages
     recorded when it has that record, else the first data it resumes with."""
@@ -92,6 +133,7 @@ def test_an_older_folder_resumes_and_records_its_data(tmp_path: Path) -> None:
     for out in (older, copied):
         out.mkdir()
         (out / "spec.json").write_text(json.dumps(jsonable(spec)))
+        _started_a_stage(out)
     claim_pipeline_folder(older, spec, OURS)
     assert json.loads((older / "spec.json").read_text()) == {
         **jsonable(spec), "dataset_fingerprint": OURS}  # fmt: skip

@@ -388,8 +388,17 @@ def _manifest(
     )
 
 
-def backbone_config_from_dict(values: Mapping[str, Any]) -> BackboneConfig:
-    """Rebuild a :class:`BackboneConfig` from its JSON form (as ``config.json`` stores it)."""
+def backbone_config_from_dict(
+    values: Mapping[str, Any], where: str = "backbone config"
+) -> BackboneConfig:
+    """Rebuild a :class:`BackboneConfig` from its JSON form (as ``config.json`` stores it).
+
+    Raises:
+        ConfigError: ``values`` is not a mapping, or not a valid config; the message starts
+            with ``where`` (the file and field it came from).
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: expected an object, got {values!r}")
     try:
         kind = BackboneKind(values["kind"])
         known = {f.name for f in dataclasses.fields(BackboneConfig)} - {"kind"}
@@ -398,7 +407,7 @@ def backbone_config_from_dict(values: Mapping[str, Any]) -> BackboneConfig:
             rest["mlp_layers"] = tuple(rest["mlp_layers"])
         return BackboneConfig(kind=kind, **rest)
     except (KeyError, ValueError, TypeError) as error:
-        raise ConfigError(f"backbone config {dict(values)} is not valid ({error})") from None
+        raise ConfigError(f"{where} {dict(values)} is not valid ({error})") from None
 
 
 @dataclass(frozen=True)
@@ -414,21 +423,24 @@ class LoadedRun:
     fingerprint: str
 
 
-def load_run(run_dir: Path | str, data_dir: Path) -> LoadedRun:
+def load_run(run_dir: Path | str, data_dir: Path | str | None) -> LoadedRun:
     """Rebuild the model of a run directory (:func:`ciess_core.run_folder.read_run`).
 
     The run's model is its deployment model, trained on every interaction; the backbone is
     rebuilt on all interactions of the run's dataset, after checking that the dataset found
-    under ``data_dir`` has the fingerprint the run recorded. Those interactions are also each
-    user's seen items in the artifact.
+    (as ``ciess train`` finds it: :func:`~ciess_core.data.open_dataset`, under ``data_dir``
+    or ``$CIESS_DATA_DIR`` for a registered name; a file or folder path needs neither) has the
+    fingerprint the run recorded. Those interactions are also each user's seen items in the
+    artifact.
     """
-    from ciess_core.data import Phase, load_dataset, split_per_user
-    from ciess_core.run_folder import read_run
+    from ciess_core.data import Phase, open_dataset, split_per_user
+    from ciess_core.run_folder import CONFIG_FILE, read_run
 
     run = read_run(run_dir)
     config = run.config
-    backbone = backbone_config_from_dict(config.get("backbone", {}))
-    data = load_dataset(str(config.get("dataset")), data_dir)
+    where = f"{run.directory / CONFIG_FILE}: field 'backbone'"
+    backbone = backbone_config_from_dict(config["backbone"], where)
+    data = open_dataset(str(config.get("dataset")), data_dir)
     fingerprint, recorded = data.fingerprint(), str(config.get("dataset_fingerprint"))
     if fingerprint != recorded:
         raise DataError(
@@ -482,7 +494,7 @@ def export_deployed(
 def export_run(
     run_dir: Path | str,
     out_dir: Path | str,
-    data_dir: Path,
+    data_dir: Path | str | None,
     options: ExportOptions | None = None,
 ) -> Path:
     """Export the model of a run directory written by :func:`ciess_core.run_folder.write_run`

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from ciess_core.artifact.manifest import FileEntry
+from ciess_core.artifact.manifest import MANIFEST_NAME, FileEntry
 from ciess_core.errors import ArtifactError
 
 _CHUNK = 1 << 20
@@ -49,22 +49,45 @@ def write_ids(root: Path, relative: str, external_ids: npt.ArrayLike) -> FileEnt
     return file_entry(root, relative)
 
 
-def check_file(root: Path, entry: FileEntry) -> Path:
-    """Check that ``entry``'s file exists with the recorded byte size and sha256; return its path.
+def inside(root: Path, relative: str) -> Path:
+    """``root/relative``, refused unless it lies inside ``root`` once links are followed.
 
     Raises:
-        ArtifactError: the file is missing, has another size (truncated or padded) or another hash.
+        ArtifactError: the path resolves outside ``root`` (a ``..``, an absolute path or a
+            symbolic link that points out of the artifact folder); names the manifest's field
+            and value.
     """
-    path = root / entry.path
+    path = root / relative
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise ArtifactError(
+            f"{MANIFEST_NAME}: files entry 'path' {relative!r} resolves to {resolved}, outside "
+            "the artifact folder"
+        )
+    return path
+
+
+def check_file(root: Path, entry: FileEntry) -> Path:
+    """Check that ``entry``'s file lies inside ``root`` (links followed) and exists with the
+    recorded byte size and sha256; return its path.
+
+    Raises:
+        ArtifactError: the file lies outside ``root``, is missing or unreadable, has another
+            size (truncated or padded) or another hash.
+    """
+    path = inside(root, entry.path)
     if not path.is_file():
         raise ArtifactError(f"{entry.path}: missing file (listed in the manifest)")
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+        digest = sha256_file(path) if size == entry.bytes else ""
+    except OSError as error:
+        raise ArtifactError(f"{entry.path}: cannot be read ({error.strerror})") from None
     if size != entry.bytes:
         raise ArtifactError(
             f"{entry.path}: file has {size} bytes, the manifest records {entry.bytes} "
             "(truncated or overwritten)"
         )
-    digest = sha256_file(path)
     if digest != entry.sha256:
         raise ArtifactError(
             f"{entry.path}: sha256 mismatch (file {digest[:12]}…, manifest {entry.sha256[:12]}…)"
@@ -85,8 +108,10 @@ def read_ids(path: Path, relative: str) -> npt.NDArray[np.str_]:
     """Load a JSON list of distinct string ids as a numpy unicode array."""
     try:
         ids = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ArtifactError(f"{relative}: not a JSON list of ids ({error})") from None
+    except OSError as error:
+        raise ArtifactError(f"{relative}: cannot be read ({error.strerror})") from None
     if not isinstance(ids, list) or not all(isinstance(value, str) for value in ids):
         raise ArtifactError(f"{relative}: expected a JSON list of strings")
     array = np.asarray(ids, dtype=np.str_)

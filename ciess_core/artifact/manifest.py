@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath, PureWindowsPath
 from types import MappingProxyType
 from typing import Any
 
@@ -178,6 +179,27 @@ def _field(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], wh
     return value
 
 
+def _inside_path(entry: Mapping[str, Any], label: str) -> str:
+    """The ``path`` field of a file entry, refused (ArtifactError naming ``label``, the field
+    and the value) unless it names a file inside the artifact folder: not empty, not absolute,
+    no drive, no NUL byte and no ``..`` component (split on ``/`` or ``\\``). Links are
+    followed where the file is read (:func:`ciess_core.artifact.files.inside`)."""
+    path: str = _field(entry, "path", str, label)
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    if (
+        not path
+        or "\x00" in path
+        or PurePosixPath(path).is_absolute()
+        or PureWindowsPath(path).anchor
+        or ".." in parts
+    ):
+        raise ArtifactError(
+            f"{label}: field 'path' is {path!r}, not a file inside the artifact folder (a "
+            "file path must be relative to it, without '..')"
+        )
+    return path
+
+
 def _budget(data: Mapping[str, Any], where: str) -> tuple[float | None, int | None]:
     """The budget asked: ``target_sparsity`` (a number or null) and ``budget_bytes`` (a positive
     integer, null, or missing in a manifest written before it was recorded)."""
@@ -197,12 +219,15 @@ def manifest_from_json(text: str, where: str = MANIFEST_NAME) -> Manifest:
 
     Raises:
         ArtifactError: not JSON, unknown schema version, a missing or ill-typed field, an unknown
-            backbone, or a count or size that is not positive.
+            backbone, a count or size that is not positive, or a file path that leaves the
+            artifact folder.
     """
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ArtifactError(f"{where}: not valid JSON ({error})") from None
+    except RecursionError:
+        raise ArtifactError(f"{where}: not a manifest (JSON nested too deeply)") from None
     if not isinstance(data, dict):
         raise ArtifactError(f"{where}: expected a JSON object at the top level")
     version = data.get("schema_version")
@@ -240,7 +265,7 @@ def manifest_from_json(text: str, where: str = MANIFEST_NAME) -> Manifest:
             raise ArtifactError(f"{label}: expected an object")
         files.append(
             FileEntry(
-                path=_field(entry, "path", str, label),
+                path=_inside_path(entry, label),
                 sha256=_field(entry, "sha256", str, label),
                 bytes=_field(entry, "bytes", int, label),
             )

@@ -3,13 +3,16 @@
 Checks, in order: the manifest (schema version, fields), that every file the backbone needs is
 listed, every listed file's size and sha256, the id maps against the entity counts, each ragged
 table's shapes and offsets invariants, and the seen-items CSR. Any failure raises
-:class:`ArtifactError` naming the file and the rule it breaks.
+:class:`ArtifactError` naming the artifact folder, the file and the rule it breaks. A listed
+file must lie inside the folder: a path that leaves it (absolute, ``..``, or a link pointing
+out) is refused before anything is read.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -62,14 +65,45 @@ class Artifact:
     graph_paths: Mapping[str, Path]
 
 
-def read_manifest(directory: Path) -> Manifest:
-    """Parse ``directory/manifest.json`` (no file checks)."""
-    path = Path(directory) / MANIFEST_NAME
-    if not Path(directory).is_dir():
-        raise ArtifactError(f"{directory}: not an artifact directory (does not exist)")
+def artifact_folder(directory: Path | str) -> Path:
+    """``directory`` as a path, refused (ArtifactError naming it) unless it is a folder."""
+    root = Path(directory)
+    if root.is_dir():
+        return root
+    if root.exists():
+        raise ArtifactError(f"{root}: is a file, not an artifact folder")
+    raise ArtifactError(f"{root}: not an artifact folder (does not exist)")
+
+
+def read_manifest(directory: Path | str) -> Manifest:
+    """Parse ``directory/manifest.json`` (no file checks); errors name its full path.
+
+    Raises:
+        ArtifactError: ``directory`` is not a folder, or its manifest is missing, unreadable,
+            not UTF-8 text or not a valid manifest (:func:`manifest_from_json`).
+    """
+    path = artifact_folder(directory) / MANIFEST_NAME
     if not path.is_file():
-        raise ArtifactError(f"{MANIFEST_NAME}: missing file in {directory}")
-    return manifest_from_json(path.read_text(encoding="utf-8"))
+        raise ArtifactError(f"{path}: missing file (every artifact folder holds one)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ArtifactError(
+            f"{path}: not UTF-8 text, so not a manifest ({error.reason} at byte {error.start})"
+        ) from None
+    except OSError as error:
+        raise ArtifactError(f"{path}: cannot be read ({error.strerror})") from None
+    return manifest_from_json(text, where=str(path))
+
+
+@contextmanager
+def _naming_folder(root: Path) -> Iterator[None]:
+    """Prefix every ArtifactError raised inside with the artifact folder: the checks' messages
+    name a file relative to it (``ids/users.json: ...``, ``manifest.json: ...``)."""
+    try:
+        yield
+    except ArtifactError as error:
+        raise ArtifactError(f"artifact {root}: {error}") from None
 
 
 def table_files(manifest: Manifest, name: str) -> dict[str, str]:
@@ -171,31 +205,47 @@ def _read_seen(manifest: Manifest, paths: Mapping[str, Path]) -> sp.csr_matrix:
     return matrix
 
 
+def _read_id_maps(
+    manifest: Manifest, paths: Mapping[str, Path]
+) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.str_]]:
+    """The users' and items' external ids, each map as long as the manifest's count."""
+    maps = []
+    for relative, field, count in (
+        (USER_IDS_FILE, "num_users", manifest.num_users),
+        (ITEM_IDS_FILE, "num_items", manifest.num_items),
+    ):
+        ids = read_ids(paths[relative], relative)
+        if ids.size != count:
+            raise ArtifactError(
+                f"{relative}: holds {ids.size} ids but {MANIFEST_NAME} says {field} = {count}"
+            )
+        maps.append(ids)
+    return maps[0], maps[1]
+
+
 def load_artifact(directory: Path | str) -> Artifact:
     """Read and validate the artifact in ``directory``.
 
     Raises:
-        ArtifactError: anything missing, corrupt, inconsistent or of an unknown schema version;
-            the message names the file and the rule.
+        ArtifactError: anything missing, corrupt, inconsistent or of an unknown schema version,
+            or a listed file outside the folder; the message names the artifact folder, the
+            file and the rule.
     """
     root = Path(directory)
     manifest = read_manifest(root)
+    with _naming_folder(root):
+        return _validated(root, manifest)
+
+
+def _validated(root: Path, manifest: Manifest) -> Artifact:
+    """Check every file ``manifest`` lists under ``root`` and read the artifact (errors name
+    files relative to ``root``)."""
     listed = {entry.path for entry in manifest.files}
     for relative in _required_files(manifest):
         if relative not in listed:
             raise ArtifactError(f"{MANIFEST_NAME}: file list lacks required file {relative}")
     paths = {entry.path: check_file(root, entry) for entry in manifest.files}
-
-    user_ids = read_ids(paths[USER_IDS_FILE], USER_IDS_FILE)
-    item_ids = read_ids(paths[ITEM_IDS_FILE], ITEM_IDS_FILE)
-    for relative, ids, field, count in (
-        (USER_IDS_FILE, user_ids, "num_users", manifest.num_users),
-        (ITEM_IDS_FILE, item_ids, "num_items", manifest.num_items),
-    ):
-        if ids.size != count:
-            raise ArtifactError(
-                f"{relative}: holds {ids.size} ids but {MANIFEST_NAME} says {field} = {count}"
-            )
+    user_ids, item_ids = _read_id_maps(manifest, paths)
     tables = {name: _read_table(manifest, name, paths) for name in manifest.tables}
     _check_stored_bytes(manifest)
     seen = _read_seen(manifest, paths)

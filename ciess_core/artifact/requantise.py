@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from ciess_core import __version__
-from ciess_core.artifact.files import file_entry, write_array
+from ciess_core.artifact.files import file_entry, inside, write_array
 from ciess_core.artifact.manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, manifest_to_json
 from ciess_core.artifact.ragged import RaggedTable
-from ciess_core.artifact.reader import Artifact, load_artifact
+from ciess_core.artifact.reader import Artifact, load_artifact, table_files
 from ciess_core.artifact.scorer import ArtifactScorer, ScorerOptions
 from ciess_core.artifact.stores import store_table
 from ciess_core.errors import ArtifactError
@@ -105,6 +105,20 @@ def source_to_rewrite(source: Path, value_type: str, out: Path) -> Artifact:
     return load_artifact(source)
 
 
+def _copy_listed_files(source: Path, manifest: Manifest, staging: Path) -> None:
+    """Copy the files ``manifest`` lists under ``source``, but the tables', into a new
+    ``staging`` folder: only listed files, each inside ``source`` (links followed, their
+    contents copied), never a stray file or a link out of the folder."""
+    staging.mkdir(parents=True)
+    tables = {file for name in manifest.tables for file in table_files(manifest, name).values()}
+    for entry in manifest.files:
+        if entry.path in tables:
+            continue
+        target = staging / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(inside(source, entry.path), target)
+
+
 def write_with_tables(
     source: Path,
     old: Manifest,
@@ -120,14 +134,14 @@ def write_with_tables(
     with ``tables`` (float, one per table of its manifest) stored as ``value_type``, the
     manifest's fields in ``changes`` replaced, ``budget_bytes`` set to ``max_bytes``, the schema
     and package versions to this ciess's and ``verification`` saying where it came from;
-    every other file is copied. The copy is staged beside ``out``, checked (within
-    ``max_bytes`` when given; it loads and scores finite values) and only then renamed into
-    place; returns its manifest. ``verification`` gains the seconds since ``started`` (a
-    ``time.perf_counter()`` reading)."""
+    every other file ``old`` lists is copied (:func:`_copy_listed_files`). The copy is staged
+    beside ``out``, checked (within ``max_bytes`` when given; it loads and scores finite
+    values) and only then renamed into place; returns its manifest. ``verification`` gains the
+    seconds since ``started`` (a ``time.perf_counter()`` reading)."""
     staging = out.parent / f".{out.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        shutil.copytree(source, staging, ignore=shutil.ignore_patterns(MANIFEST_NAME, "tables"))
+        _copy_listed_files(source, old, staging)
         detail: dict[str, int] = {}
         for name in old.tables:
             stored = store_table(tables[name], name, value_type)

@@ -6,6 +6,7 @@ import enum
 import math
 from dataclasses import dataclass
 
+from ciess_core.checks import check_device, check_seed
 from ciess_core.errors import ConfigError
 from ciess_core.sizes import check_target_sparsity
 
@@ -137,8 +138,8 @@ class SearchConfig:
                 raise ConfigError(f"budgets: {error}") from None
         if len(set(self.budgets)) != len(self.budgets):
             raise ConfigError(f"budgets must be distinct, got {self.budgets}")
-        if not self.device.startswith(("cpu", "cuda")):
-            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got '{self.device}'")
+        check_device(self.device)
+        check_seed(self.seed)
 
     def replay_capacity(self, num_entities: int) -> int:
         """Replay capacity of a side with ``num_entities`` users or items."""

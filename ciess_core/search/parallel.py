@@ -15,6 +15,7 @@ number of threads whichever executor runs it, so the results are the same floats
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import multiprocessing
 import os
@@ -169,10 +170,9 @@ class RayRunner(StageRunner):
 
     def __init__(self, workers: int, address: str | None = None) -> None:
         self.threads = _threads_per_worker(workers)
-        try:
-            import ray
-        except ImportError:
-            raise ConfigError("the ray executor needs Ray: pip install 'ciess[ray]'") from None
+        check_executor("ray")
+        import ray
+
         self._ray = ray
         self.workers = workers
         self._executor = None
@@ -235,6 +235,15 @@ class RayRunner(StageRunner):
         self._shared.clear()
         if self._owns_cluster:
             ray.shutdown()
+
+
+def check_executor(executor: str) -> None:
+    """Refuse an executor that is not one of :data:`~ciess_core.executors.EXECUTORS` or whose
+    package is not installed (a ConfigError that says how to install it)."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("the ray executor needs Ray: pip install 'ciess[ray]'")
 
 
 def stage_runner(executor: str, workers: int, address: str | None = None) -> StageRunner:

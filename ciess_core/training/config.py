@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ciess_core.checks import check_device, check_seed
 from ciess_core.errors import ConfigError
 from ciess_core.storage import ValueType
+
+#: The least learning rate a schedule decays to, unless the learning rate itself is lower.
+MIN_LEARNING_RATE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class TrainConfig:
     learning_rate: float = 0.03
     lr_decay: float = 0.9
     lr_decay_every: int = 200
-    min_learning_rate: float = 1e-3
+    min_learning_rate: float = MIN_LEARNING_RATE
     eval_every: int = 200
     patience: int = 3
     selection_metric: str = "ndcg@20"
@@ -65,8 +69,8 @@ class TrainConfig:
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
         ValueType(self.value_type)  # raises ConfigError naming the choices
-        if not self.device.startswith(("cpu", "cuda")):
-            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got '{self.device}'")
+        check_device(self.device)
+        check_seed(self.seed)
 
     def learning_rate_at(self, batch: int) -> float:
         """Learning rate in force for the 0-based ``batch``."""
