@@ -31,6 +31,7 @@ from ciess_core.cli_search import (
     add_search_parser,
     recipe_spec,
     run_search_command,
+    whole_number,
 )
 from ciess_core.errors import CiessError, ConfigError
 from ciess_core.storage import VALUE_TYPES
@@ -133,7 +134,7 @@ def _add_export_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--verify-users",
-        type=non_negative,
+        type=whole_number(0, None, "0 or more"),
         default=256,
         help="users whose scores are compared with the model after writing (default 256)",
     )
@@ -190,17 +191,6 @@ def _inspect(arguments: argparse.Namespace) -> int:
 
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
-
-
-def non_negative(text: str) -> int:
-    """A count flag: a whole number, 0 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"0 or more, got {value}")
-    return value
 
 
 def _under_folders(path: Path, flag: str) -> Path:

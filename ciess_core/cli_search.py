@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,24 @@ DATA_DIR_HELP = "datasets folder (default $CIESS_DATA_DIR, ./data)"
 DEFAULT_BYTE_BUDGETS = "0.1,0.05,0.025"
 
 
-def at_least_one(text: str) -> int:
-    """A ``--workers`` flag: a whole number of processes, 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"at least 1 process, got {value}")
-    return value
+def whole_number(least: int, most: int | None, words: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``least`` to ``most`` (None: no upper bound);
+    ``words`` says the range in the error (``"at least 1 process"``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < least or (most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"{words}, got {value}")
+        return value
+
+    return parse
+
+
+#: A ``--workers`` flag: a whole number of processes, 1 or more.
+at_least_one = whole_number(1, None, "at least 1 process")
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:

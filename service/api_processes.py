@@ -69,21 +69,41 @@ class RestartBackoff:
         return wait
 
 
-def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` with ``SO_REUSEADDR`` and ``SO_REUSEPORT`` (not
-    listening yet). Raises ``OSError`` when the address is taken or cannot be bound."""
+def _bound_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEADDR`` (and ``SO_REUSEPORT`` if
+    ``reuse_port``). Raises ``OSError`` when the address is taken or cannot be bound."""
     family, kind, protocol, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     bound = socket.socket(family, kind, protocol)
     try:
         bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_port:
+            bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         bound.bind(address)
     except OSError:
         bound.close()
         raise
     return bound
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEADDR`` and ``SO_REUSEPORT`` (not
+    listening yet). Raises ``OSError`` when the address is taken or cannot be bound."""
+    return _bound_socket(host, port, reuse_port=True)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` with ``SO_REUSEADDR`` only, as uvicorn binds one
+    (``ciess serve`` with one API process). Raises ``OSError`` when the address is taken or
+    cannot be bound."""
+    listening = _bound_socket(host, port, reuse_port=False)
+    try:
+        listening.listen(LISTEN_BACKLOG)
+    except OSError:
+        listening.close()
+        raise
+    return listening
 
 
 def serve_one(

@@ -290,8 +290,11 @@ class ModelHolder:
         failure = self.fallback
         if failure is None:
             return  # serving what the pointer says, or nothing is configured
+        # no current.json: the artifact that failed is the configured one, never promoted
+        what = "promoted" if settings.current_pointer.is_file() else "configured (artifact_dir)"
         logger.error(
-            "the promoted artifact %s does not load: %s; trying the last good versions",
+            "the %s artifact %s does not load: %s; trying the last good versions",
+            what,
             failure.version,
             failure.reason,
         )
@@ -307,8 +310,9 @@ class ModelHolder:
             self.swap(model)
             self.fallback = failure
             logger.warning(
-                "serving %s instead of the promoted %s (%s); promote or reload to change it",
+                "serving %s instead of the %s %s (%s); promote or reload to change it",
                 model.version,
+                what,
                 failure.version,
                 failure.reason,
             )

@@ -5,7 +5,10 @@ Precedence, lowest first: the defaults below, the TOML file named by ``CIESS_CON
 field names), ``CIESS_<FIELD>`` environment variables (``CIESS_ADMIN_TOKEN``, ``CIESS_STATE_DIR``…),
 then explicit overrides (the command line's flags). ``CIESS_DATA_DIR`` is the same variable the
 command line uses. Other ``CIESS_*`` variables (``CIESS_CONFIG``, ``CIESS_ADMIN_TOKEN_FILE``…) are
-not settings and are left alone; an unknown key in the file is an error.
+not settings and are left alone; an unknown key in the file is an error, and
+:func:`unknown_variables` names the ``CIESS_*`` variables that neither are settings nor are read
+elsewhere in the project (:data:`OTHER_VARIABLES`), for ``ciess serve`` and ``ciess worker`` to warn
+about (a mistyped name would otherwise be ignored without a word).
 
 ``Settings(...)`` itself is the defaults and its keywords alone (tests build it so); only
 :func:`load_settings` reads the file and the environment. A value that is not valid is a
@@ -15,13 +18,14 @@ a pydantic traceback.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomllib
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -37,6 +41,35 @@ ENV_PREFIX = "CIESS_"
 CONFIG_ENV = "CIESS_CONFIG"
 MIN_ADMIN_TOKEN_LENGTH = 32
 _STALE_POLLS = 60  # heartbeats a running job may miss before it is failed
+DEFAULT_ORIGIN = "the default"
+
+OTHER_VARIABLES = frozenset(
+    {
+        CONFIG_ENV,
+        # docker/entrypoint.sh, docker/compose.secret.yml: the admin token from a file
+        "CIESS_ADMIN_TOKEN_FILE",
+        "CIESS_ADMIN_TOKEN_SECRET",
+        # docker-compose.yml, docker/init-artifact.sh, docker/smoke-test.sh
+        "CIESS_IMAGE_TAG",
+        "CIESS_INIT_DATASET",
+        "CIESS_INIT_TRAIN_ARGS",
+        "CIESS_PORT",  # also scripts/run.sh
+        "CIESS_RAY_ADDRESS",
+        "CIESS_RAY_TOKEN",
+        "CIESS_RECIPE_HOST_FILE",
+        # scripts/setup.sh, scripts/run.sh, scripts/test.sh
+        "CIESS_BUDGET",
+        "CIESS_BUDGET_BYTES",
+        "CIESS_EXTRAS",
+        "CIESS_TORCH_SPEC",
+        "CIESS_VENV",
+        # bench/torch_server.py
+        "CIESS_TORCH_RUN",
+        "CIESS_TORCH_THREADS",
+    }
+)
+"""``CIESS_*`` variables that are not settings but that other parts of the project read: never
+reported by :func:`unknown_variables`."""
 
 
 class Settings(BaseSettings):
@@ -91,9 +124,11 @@ class Settings(BaseSettings):
     the request's first byte) is closed (:func:`service.limits.with_header_timeout`): slow or
     silent clients cannot hold connections, and file descriptors, for ever."""
 
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
     def __init__(self, *, _origins: Mapping[str, str] | None = None, **values: Any) -> None:
         """The defaults and ``values``; ``_origins`` (setting -> where its value came from) is
-        for :func:`load_settings`'s messages.
+        for :func:`load_settings`'s messages and :meth:`origin`.
 
         Raises:
             ConfigError: an unknown setting, or a value that is not valid.
@@ -102,6 +137,7 @@ class Settings(BaseSettings):
             super().__init__(**values)
         except ValidationError as error:
             raise ConfigError(_explain(error, values, _origins or {})) from None
+        self._origins = dict(_origins or {})
 
     @classmethod
     def settings_customise_sources(
@@ -132,7 +168,13 @@ class Settings(BaseSettings):
         Raises:
             ConfigError: a change that is not valid.
         """
-        return type(self)(**{**self.model_dump(), **changes})
+        origins = {**self._origins, **dict.fromkeys(changes, "the arguments")}
+        return type(self)(_origins=origins, **{**self.model_dump(), **changes})
+
+    def origin(self, name: str) -> str:
+        """Where setting ``name``'s value came from, for messages: ``CIESS_<NAME>``, ``config
+        file <path>``, ``the arguments`` or :data:`DEFAULT_ORIGIN`."""
+        return self._origins.get(name, DEFAULT_ORIGIN)
 
     @property
     def job_db_path(self) -> Path:
@@ -186,6 +228,27 @@ class _Environment(EnvSettingsSource):
             for name, value in self._environ.items()
             if name.startswith(ENV_PREFIX)
         }
+
+
+def setting_variables() -> dict[str, str]:
+    """Each setting's environment variable (``CIESS_<NAME>``) and the setting's name."""
+    return {f"{ENV_PREFIX}{name.upper()}": name for name in Settings.model_fields}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The ``CIESS_*`` names in ``environ`` that are neither a setting's variable nor one of
+    :data:`OTHER_VARIABLES`, sorted, each followed by the closest known name when one is close
+    (``… (did you mean CIESS_STATE_DIR?)`` after a mistyped ``CIESS_STATE_DIR``)."""
+    known = [*setting_variables(), *sorted(OTHER_VARIABLES)]
+    # compared without the prefix, which every name shares
+    stems = {name.removeprefix(ENV_PREFIX): name for name in known}
+    unknown = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), stems, n=1)
+        unknown.append(f"{name} (did you mean {stems[close[0]]}?)" if close else name)
+    return unknown
 
 
 def _read_file(path: Path) -> dict[str, Any]:

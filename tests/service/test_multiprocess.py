@@ -210,8 +210,8 @@ def test_a_taken_port_is_a_clear_error(settings: Settings) -> None:
             text=True,
             timeout=120,
         )
-    assert finished.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in finished.stderr
+    assert finished.returncode == 2  # as with one API process: a usage error
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in finished.stderr
     assert "Traceback" not in finished.stderr
 
 

@@ -3,12 +3,21 @@ the admin-token rule and the settings budget."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from ciess_core.errors import ConfigError
-from service.settings import MIN_ADMIN_TOKEN_LENGTH, Settings, load_settings
+from service.settings import (
+    MIN_ADMIN_TOKEN_LENGTH,
+    OTHER_VARIABLES,
+    Settings,
+    load_settings,
+    unknown_variables,
+)
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 TOKEN = "t" * MIN_ADMIN_TOKEN_LENGTH
 
@@ -127,3 +136,52 @@ def test_an_admin_token_of_32_characters_is_required_outside_dev_mode() -> None:
 
 def test_at_most_15_settings() -> None:
     assert len(Settings.model_fields) <= 15
+
+
+def test_each_setting_knows_where_its_value_came_from(tmp_path: Path) -> None:
+    config = tmp_path / "ciess.toml"
+    config.write_text("scorer_threads = 2\n")
+    settings = load_settings({"CIESS_STATE_DIR": "/s"}, config_file=config, data_dir="/d")
+    assert settings.origin("state_dir") == "CIESS_STATE_DIR"
+    assert settings.origin("scorer_threads") == f"config file {config}"
+    assert settings.origin("data_dir") == "the arguments"
+    assert settings.origin("poll_seconds") == "the default"
+    replaced = settings.replace(poll_seconds=2)
+    assert replaced.origin("poll_seconds") == "the arguments"
+    assert replaced.origin("state_dir") == "CIESS_STATE_DIR"
+
+
+def test_unknown_variables_are_the_ciess_ones_that_nothing_reads() -> None:
+    environ = {
+        "CIESS_STAT_DIR": "x",  # a typo of a setting's variable
+        "CIESS_WORKERS": "2",  # a flag, not a setting
+        "CIESS_STATE_DIR": "s",
+        "CIESS_ADMIN_TOKEN_FILE": "/run/secrets/token",  # read by docker/entrypoint.sh
+        "CIESS_CONFIG": "/etc/ciess.toml",
+        "STATE_DIR": "x",  # not ours
+    }
+    assert unknown_variables(environ) == [
+        "CIESS_STAT_DIR (did you mean CIESS_STATE_DIR?)",
+        "CIESS_WORKERS",
+    ]
+
+
+# Names that look like variables but are not: bench/serving.py's dict of servers.
+_NOT_VARIABLES = {"CIESS_SERVERS"}
+_READERS = ("ciess_core", "service", "scripts", "docker", "bench", "docker-compose.yml")
+
+
+def test_no_ciess_variable_that_the_project_reads_is_unknown() -> None:
+    """Every ``CIESS_*`` name in the code, scripts and docker files is a setting's variable or
+    one of OTHER_VARIABLES, so that none is warned about at start."""
+    names: set[str] = set()
+    for reader in _READERS:
+        root = REPOSITORY / reader
+        for path in [root] if root.is_file() else sorted(root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                text = path.read_text(errors="replace")
+                names |= set(re.findall(r"(?<![A-Za-z0-9_])CIESS_[A-Z0-9_]*[A-Z0-9]", text))
+    names -= _NOT_VARIABLES
+    assert "CIESS_ADMIN_TOKEN_FILE" in names and "CIESS_PORT" in names  # the scan finds them
+    assert unknown_variables(dict.fromkeys(names, "")) == []
+    assert names | {"CIESS_CONFIG"} >= OTHER_VARIABLES  # and none is listed without a reader
