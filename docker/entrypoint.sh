@@ -20,7 +20,11 @@ if [ -n "${CIESS_ADMIN_TOKEN_FILE:-}" ]; then
     unset CIESS_ADMIN_TOKEN_FILE
 fi
 
-if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ] && command -v "$1" >/dev/null 2>&1; then
-    exec "$@"
+# A program is a file on PATH: `command -v` also names shell builtins (`export`, `test`), which
+# are `ciess` commands here, so only an absolute path counts.
+if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then
+    case "$(command -v "$1" 2>/dev/null || true)" in
+        /*) exec "$@" ;;
+    esac
 fi
 exec ciess "$@"

@@ -143,6 +143,9 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
 fi
 
 # --- room for the builds -----------------------------------------------------------------------
+# This script's images carry a label, so that pruning removes what its own older builds left
+# behind and nothing of other projects'.
+SMOKE_LABEL=org.ciess.smoke-test=1
 # vfs storage copies every layer in full: one build of both images took 22 GB at its peak. A full
 # disk fails a build deep inside the engine ("no space left on device"); check first, prune what
 # older builds left behind, and stop with a message that says where the space went.
@@ -153,7 +156,7 @@ if [ -n "$storage" ] && [ -d "$storage" ]; then
     need=${SMOKE_MIN_FREE_GB:-25}
     if [ "$(free_gb "$storage")" -lt "$need" ]; then
         log "only $(free_gb "$storage") GB free under $storage; pruning dangling images"
-        "$ENGINE" image prune -f >/dev/null 2>&1 || true
+        "$ENGINE" image prune -f --filter "label=$SMOKE_LABEL" >/dev/null 2>&1 || true
     fi
     have=$(free_gb "$storage")
     [ "$have" -ge "$need" ] || fail "only $have GB free under $storage (the engine's storage), \
@@ -174,14 +177,15 @@ for image in service trainer; do
     # keeps, while it drops what older builds left behind (vfs storage copies every layer in full).
     for target in build ""; do
         if [ -n "$target" ]; then name="ciess-$image-build:$TAG"; else name="ciess-$image:$TAG"; fi
-        "$ENGINE" build --build-arg "BASE_IMAGE=$BASE_IMAGE" "${extra[@]}" ${target:+--target "$target"} \
+        "$ENGINE" build --label "$SMOKE_LABEL" --build-arg "BASE_IMAGE=$BASE_IMAGE" "${extra[@]}" \
+            ${target:+--target "$target"} \
             -f "docker/Dockerfile.$image" -t "$name" . >>"$WORK/build-$image.log" 2>&1 \
             || { tail -n 40 "$WORK/build-$image.log"; fail "build of $name"; }
     done
     log "built ciess-$image:$TAG in $(elapsed "$t") s"
 done
 if [ "${SMOKE_PRUNE:-1}" = 1 ]; then
-    "$ENGINE" image prune -f >/dev/null 2>&1 || true
+    "$ENGINE" image prune -f --filter "label=$SMOKE_LABEL" >/dev/null 2>&1 || true
 fi
 for image in service trainer; do
     size=$("$ENGINE" image inspect --format '{{.Size}}' "ciess-$image:$TAG")
@@ -198,6 +202,13 @@ for image in service trainer; do
     case "$user" in "" | 0 | 0:* | root | root:*) fail "ciess-$image runs as root" ;; esac
 done
 log "both images run as the user '$user', not root"
+# The entry point runs a `ciess` command whose name is also a shell builtin (`export`), and a
+# program on PATH as itself.
+"$ENGINE" run --rm "ciess-trainer:$TAG" export --help 2>&1 | grep -q "usage: ciess export" \
+    || fail "the trainer image's entry point does not run 'ciess export'"
+"$ENGINE" run --rm "ciess-trainer:$TAG" python -c "print('program')" | grep -qx program \
+    || fail "the trainer image's entry point does not run a program on PATH"
+log "the entry point runs ciess commands (export included) and programs"
 
 # --- helpers for the API -----------------------------------------------------------------------
 http() { # METHOD PATH [BODY] -> prints "STATUS BODY"; SMOKE_AUTH=token adds the bearer token

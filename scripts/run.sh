@@ -12,6 +12,13 @@
 # scripts/quickstart-recipe.toml).
 # The full-length pipeline is `ciess search --budget-bytes 0.05` with the shipped recipe.
 set -euo pipefail
+# Relative paths given by the caller are the caller's, not the checkout's: made absolute first.
+for name in CIESS_DATA_DIR CIESS_STATE_DIR CIESS_RECIPE_FILE; do
+    value="${!name:-}"
+    if [ -n "$value" ] && [ "${value#/}" = "$value" ]; then
+        export "$name=$PWD/$value"
+    fi
+done
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
@@ -57,7 +64,8 @@ fi
 
 mkdir -p "$state"
 if [ -z "${CIESS_ADMIN_TOKEN:-}" ]; then
-    [ -s "$state/admin-token" ] || python -c "import secrets; print(secrets.token_hex(32))" >"$state/admin-token"
+    # written readable by its owner alone from the start (umask), not made so afterwards
+    [ -s "$state/admin-token" ] || (umask 077 && python -c "import secrets; print(secrets.token_hex(32))" >"$state/admin-token")
     chmod 600 "$state/admin-token"
     CIESS_ADMIN_TOKEN=$(cat "$state/admin-token")
     export CIESS_ADMIN_TOKEN

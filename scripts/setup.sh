@@ -31,10 +31,14 @@ quiet_pip() {
 }
 if [ -n "${CIESS_TORCH_SPEC:-}" ]; then
     quiet_pip "$CIESS_TORCH_SPEC"
-elif ! python -m pip install --quiet "torch==$torch_version+cpu" >/dev/null 2>&1 \
-    && ! python -m pip install --quiet "torch==$torch_version+cpu" \
+elif ! python -m pip install --quiet "torch==$torch_version+cpu" >/dev/null 2>&1; then
+    if [ "$(uname -s)" = Linux ]; then
+        # Linux's plain release is the CUDA build (GBs): only the CPU build is installed here
+        quiet_pip "torch==$torch_version+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
+    elif ! python -m pip install --quiet "torch==$torch_version+cpu" \
         --extra-index-url https://download.pytorch.org/whl/cpu >/dev/null 2>&1; then
-    quiet_pip "torch==$torch_version"
+        quiet_pip "torch==$torch_version"  # macOS, say: the plain release is CPU-only there
+    fi
 fi
 # -W ignore: numpy is not installed yet, and torch warns about it on import.
 python -W ignore -c "import sys, torch; sys.exit(f'torch {torch.__version__} is a CUDA build: set CIESS_TORCH_SPEC' if torch.version.cuda and not '${CIESS_TORCH_SPEC:-}' else 0)"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from service.errors import ConflictError, NotFoundError, QueueFullError
+from service.jobs import health
 from service.jobs.store import _SCHEMA, Job, JobDraft, JobState, JobStore, _gone, worker_name
 from service.jobs.worker import pid_alive
 
@@ -338,3 +339,23 @@ def test_a_pid_is_checked_only_in_its_own_pid_namespace() -> None:
     assert _gone(f"{here}:5", 5, alive=lambda pid: False)
     other = here.split("~")[0] + "~1"
     assert not _gone(f"{other}:5", 5, alive=lambda pid: False)
+
+
+def test_the_worker_health_check_reads_this_containers_heartbeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m service.jobs.health``: healthy while a worker of this host and pid namespace
+    beats, whatever its pid; a stale beat, another host's or none is unhealthy."""
+    monkeypatch.setenv("CIESS_STATE_DIR", str(tmp_path))
+    assert health.main() == 1 and "no worker of" in capsys.readouterr().out  # no store yet
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    host = worker_name().rsplit(":", 1)[0]
+    store.worker_heartbeat(f"elsewhere{host}:7", 7)  # another host whose name ends like ours
+    assert health.main() == 1
+    store.worker_heartbeat(f"{host}:99999", 99999)  # a worker of this container, another pid
+    assert health.main() == 0
+    assert health.newest_heartbeat(store.path, host) == pytest.approx(time.time(), abs=5)
+    with sqlite3.connect(store.path) as connection:
+        connection.execute("UPDATE workers SET heartbeat_at = heartbeat_at - 3600")
+    assert health.main() == 1
+    assert "is 3600 s old (over 60 s)" in capsys.readouterr().out
