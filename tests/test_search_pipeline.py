@@ -419,6 +419,8 @@ def test_retraining_from_the_turned_teachers_resumes_old_folders_and_needs_their
     )
     warm_start = dataclasses.replace(random_start, retrain_start=Start.TEACHER)
     claim_pipeline_folder(tmp_path / "old", random_start)
+    (tmp_path / "old" / "checkpoints").mkdir()  # a stage has begun: the folder holds work
+    (tmp_path / "old" / "checkpoints" / "begun").write_text("")
     stored = json.loads((tmp_path / "old" / "spec.json").read_text())
     del stored["retrain_start"]
     (tmp_path / "old" / "spec.json").write_text(json.dumps(stored))
