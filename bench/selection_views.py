@@ -37,7 +37,7 @@ def budget_rows(pipeline: Path, metric: str = METRIC) -> list[dict[str, Any]]:
     """One row per finished budget of ``pipeline`` whose candidates were scored on the unseen
     half: both picks and every candidate's two scores on ``metric``."""
     rows = []
-    for path in sorted(pipeline.glob("budget-*")):
+    for path in sorted([*pipeline.glob("budget-*"), *pipeline.glob("bytes-*")]):
         result = BudgetFolder(path).result()
         if result is None or not all("valid_held_out" in r for r in result["candidates"]):
             continue
@@ -55,7 +55,7 @@ def budget_rows(pipeline: Path, metric: str = METRIC) -> list[dict[str, Any]]:
         rows.append(
             {
                 "pipeline": str(pipeline),
-                "budget": path.name.removeprefix("budget-"),
+                "budget": path.name.removeprefix("budget-"),  # bytes-<ratio> kept whole
                 "metric": metric,
                 "picked": result["chosen"],
                 "picked_on_unseen": on_unseen["candidate"],

@@ -13,9 +13,11 @@ directory per budget for :func:`ciess_core.artifact.export.export_run`.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,8 @@ logger = logging.getLogger(__name__)
 SPLIT_SEED = 42
 
 SPEC_FILE = "spec.json"
+#: Held (``flock``) by the run that uses a pipeline folder (:func:`pipeline_folder_lock`).
+LOCK_FILE = ".lock"
 FINGERPRINT_KEY = "dataset_fingerprint"
 """The key of ``spec.json`` beside the spec's own: the fingerprint of the data the folder's
 stages were trained on."""
@@ -203,7 +207,7 @@ def _holds_no_work(out: Path) -> bool:
     """Whether ``out`` holds nothing but its claim (``spec.json``, the shared-stages record and
     empty folders): a run that stopped before any stage wrote a file, so that nothing is lost
     when the folder is claimed for other settings."""
-    claim_files = {SPEC_FILE, SHARED_STAGES_FILE}
+    claim_files = {SPEC_FILE, SHARED_STAGES_FILE, LOCK_FILE}
     return all(
         path.is_dir() or (path.parent == out and path.name in claim_files)
         for path in out.rglob("*")
@@ -273,16 +277,42 @@ def run_product_pipeline(
     check_byte_budgets(spec, split.num_users + split.num_items)
     usable_device(spec.training.device)
     check_executor(executor)
-    claim_pipeline_folder(out, spec, dataset_fingerprint)
-    if reuse_siblings:
-        reuse_sibling_stages(out, stages_identity(jsonable(spec), dataset_fingerprint))
-    return run_pipeline(
-        spec,
-        split,
-        out,
-        progress=progress,
-        dataset_fingerprint=dataset_fingerprint,
-        workers=workers,
-        on_stage=on_stage,
-        executor=executor,
-    )
+    with pipeline_folder_lock(out):
+        claim_pipeline_folder(out, spec, dataset_fingerprint)
+        if reuse_siblings:
+            reuse_sibling_stages(out, stages_identity(jsonable(spec), dataset_fingerprint))
+        return run_pipeline(
+            spec,
+            split,
+            out,
+            progress=progress,
+            dataset_fingerprint=dataset_fingerprint,
+            workers=workers,
+            on_stage=on_stage,
+            executor=executor,
+        )
+
+
+@contextmanager
+def pipeline_folder_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the pipeline folder ``out`` (``flock`` of :data:`LOCK_FILE`
+    in it) while a run uses it: a second run of the folder, from this process or another, is
+    refused instead of mixing its stages with the first's (and a folder that holds only its
+    claim is claimed anew only by the run that holds the lock).
+
+    Raises:
+        ConfigError: another run holds the folder.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / LOCK_FILE).open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"{out} is in use by another run of the pipeline; wait for it to end or choose "
+                "another output folder"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

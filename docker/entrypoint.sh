@@ -20,9 +20,12 @@ if [ -n "${CIESS_ADMIN_TOKEN_FILE:-}" ]; then
     unset CIESS_ADMIN_TOKEN_FILE
 fi
 
-# A program is a file on PATH: `command -v` also names shell builtins (`export`, `test`), which
-# are `ciess` commands here, so only an absolute path counts.
+# A program is a path (`./job.sh`) or a file on PATH: `command -v` also names shell builtins
+# (`export`, `test`), which are `ciess` commands here, so only a path it gives counts.
 if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then
+    case "$1" in
+        */*) exec "$@" ;;
+    esac
     case "$(command -v "$1" 2>/dev/null || true)" in
         /*) exec "$@" ;;
     esac

@@ -69,17 +69,18 @@ class RestartBackoff:
         return wait
 
 
-def _bound_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
-    """A TCP socket bound to ``host:port`` with ``SO_REUSEADDR`` (and ``SO_REUSEPORT`` if
-    ``reuse_port``). Raises ``OSError`` when the address is taken or cannot be bound."""
-    family, kind, protocol, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+def _bind(address_info: tuple[Any, ...], reuse_port: bool) -> socket.socket:
+    """A TCP socket of one ``getaddrinfo`` result, bound with ``SO_REUSEADDR`` (and
+    ``SO_REUSEPORT`` if ``reuse_port``; an IPv6 one for IPv6 alone). Raises ``OSError`` when
+    the address is taken or cannot be bound."""
+    family, kind, protocol, _, address = address_info
     bound = socket.socket(family, kind, protocol)
     try:
         bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            bound.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         bound.bind(address)
     except OSError:
         bound.close()
@@ -87,23 +88,34 @@ def _bound_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return bound
 
 
+def _addresses(host: str, port: int) -> list[tuple[Any, ...]]:
+    """The distinct ``getaddrinfo`` results of ``host:port`` for a listening TCP socket."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return list({info[4]: info for info in found}.values())
+
+
 def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` with ``SO_REUSEADDR`` and ``SO_REUSEPORT`` (not
-    listening yet). Raises ``OSError`` when the address is taken or cannot be bound."""
-    return _bound_socket(host, port, reuse_port=True)
+    """A TCP socket bound to ``host:port`` (its first address) with ``SO_REUSEADDR`` and
+    ``SO_REUSEPORT`` (not listening yet). Raises ``OSError`` when the address is taken or cannot
+    be bound."""
+    return _bind(_addresses(host, port)[0], reuse_port=True)
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on ``host:port`` with ``SO_REUSEADDR`` only, as uvicorn binds one
-    (``ciess serve`` with one API process). Raises ``OSError`` when the address is taken or
-    cannot be bound."""
-    listening = _bound_socket(host, port, reuse_port=False)
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """TCP sockets listening on every address of ``host:port`` (a name such as ``localhost``
+    may have an IPv4 and an IPv6 one), with ``SO_REUSEADDR`` only, as uvicorn binds them
+    (``ciess serve`` with one API process). Raises ``OSError`` when one is taken or cannot be
+    bound; then none is left open."""
+    sockets: list[socket.socket] = []
     try:
-        listening.listen(LISTEN_BACKLOG)
+        for info in _addresses(host, port):
+            sockets.append(_bind(info, reuse_port=False))
+            sockets[-1].listen(LISTEN_BACKLOG)
     except OSError:
-        listening.close()
+        for opened in sockets:
+            opened.close()
         raise
-    return listening
+    return sockets
 
 
 def serve_one(

@@ -52,7 +52,7 @@ from service.api_processes import (
     MAX_RESTART_DELAY_SECONDS,
     STARTUP_FAILURE,
     RestartBackoff,
-    listening_socket,
+    listening_sockets,
 )
 
 if TYPE_CHECKING:
@@ -467,23 +467,25 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _serve_one_process(listening: socket.socket, options: Mapping[str, Any]) -> int:
-    """One API process: uvicorn serving the app on ``listening``; 0, or
+def _serve_one_process(listening: list[socket.socket], options: Mapping[str, Any]) -> int:
+    """One API process: uvicorn serving the app on the sockets ``listening``; 0, or
     :data:`~service.api_processes.STARTUP_FAILURE` (as ``uvicorn.run``) when the app did not
     start."""
     import uvicorn
 
     from service.api_processes import APP
 
-    host, port = listening.getsockname()[:2]
-    logger.info("API listening on http://%s (Press CTRL+C to quit)", _address(host, port))
+    for bound in listening:
+        host, port = bound.getsockname()[:2]
+        logger.info("API listening on http://%s (Press CTRL+C to quit)", _address(host, port))
     server = uvicorn.Server(uvicorn.Config(APP, factory=True, **options))
     try:
-        server.run(sockets=[listening])
+        server.run(sockets=listening)
     except KeyboardInterrupt:  # a second Ctrl-C during the shutdown, as uvicorn.run takes it
         pass
     finally:
-        listening.close()
+        for bound in listening:
+            bound.close()
     return 0 if server.started else STARTUP_FAILURE
 
 
@@ -503,7 +505,7 @@ def _listen(
     try:
         if arguments.workers > 1:
             return ApiProcesses(arguments.workers, host, port, options, environment).run
-        listening = listening_socket(host, port)
+        listening = listening_sockets(host, port)
     except OSError as error:
         reason = error.strerror or str(error)
         raise ConfigError(f"cannot listen on {_address(host, port)}: {reason}") from None

@@ -586,6 +586,8 @@ def test_the_default_pipeline_deploys_the_chosen_candidate_trained_on_every_inte
         assert row["picked"] == summary["budgets"][row["budget"]]["chosen"]
         best = max(row["candidates"], key=lambda candidate: candidate["valid_held_out"])
         assert row["agree"] == (best["candidate"] == row["picked"])
+    shutil.copytree(tmp_path / "budget-0.5", tmp_path / "bytes-0.05")  # a byte budget's folder
+    assert [row["budget"] for row in budget_rows(tmp_path)] == ["0.5", "0.8", "bytes-0.05"]
 
 
 def test_only_the_pick_is_tested_and_a_resumed_budget_keeps_its_selections(

@@ -7,13 +7,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from ciess_core.errors import ConfigError
 from ciess_core.json_form import jsonable
-from ciess_core.pipeline import claim_pipeline_folder, pipeline_spec
+from ciess_core.pipeline import claim_pipeline_folder, pipeline_folder_lock, pipeline_spec
 from ciess_core.search.shared_stages import (
     COPIED_STAGES_FILE,
     SHARED_STAGES,
@@ -166,3 +168,27 @@ def test_the_spec_file_is_written_whole_or_not_at_all(
     monkeypatch.undo()
     assert (out / "spec.json").read_text() == before
     assert sorted(path.name for path in out.iterdir()) == ["spec.json"]
+
+
+def test_a_pipeline_folder_in_use_is_refused_to_a_second_run(tmp_path: Path) -> None:
+    """Two runs of one folder would mix their stages (and a folder that holds only its claim
+    is claimed anew): the second run, in this process or another, is refused while the first
+    holds the folder, and the folder is free again after it."""
+    out = tmp_path / "pipeline"
+    other = (
+        "import sys; from pathlib import Path; from ciess_core.errors import ConfigError\n"
+        "from ciess_core.pipeline import pipeline_folder_lock\n"
+        "try:\n"
+        "    with pipeline_folder_lock(Path(sys.argv[1])): sys.exit(0)\n"
+        "except ConfigError as error: print(error); sys.exit(2)\n"
+    )
+    with pipeline_folder_lock(out):
+        with pytest.raises(ConfigError, match="in use by another run"), pipeline_folder_lock(out):
+            pass
+        refused = subprocess.run(
+            [sys.executable, "-c", other, str(out)], capture_output=True, text=True, check=False
+        )
+        assert refused.returncode == 2 and "in use by another run" in refused.stdout
+        claim_pipeline_folder(out, pipeline_spec("ml-1m", "lightgcn"), OURS)
+    with pipeline_folder_lock(out):  # released
+        assert (out / "spec.json").is_file()

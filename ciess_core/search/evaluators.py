@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ciess_core.checks import MAX_SEED
 from ciess_core.errors import ConfigError
 from ciess_core.json_form import jsonable
 from ciess_core.models import Backbone, BackboneConfig, build_backbone
@@ -236,9 +237,8 @@ class SupernetEvaluator:
             model.set_size_assignment(sizes, clear_truncated=False)
         else:
             model.set_size_assignment(sizes, clear_truncated=True)
-            config = dataclasses.replace(
-                self.finetune_training, seed=self.training.seed + self.calls
-            )
+            seed = (self.training.seed + self.calls) % (MAX_SEED + 1)  # a seed each call
+            config = dataclasses.replace(self.finetune_training, seed=seed)
             train_bpr(model, self.train, config, progress=False)
         self.calls += 1
         return quality_signal(model, self.train, self.valid, started, self.item_quality, value_type)

@@ -171,7 +171,10 @@ class RayRunner(StageRunner):
     def __init__(self, workers: int, address: str | None = None) -> None:
         self.threads = _threads_per_worker(workers)
         check_executor("ray")
-        import ray
+        try:
+            import ray
+        except ImportError as error:  # installed, but it does not import (a dependency clash)
+            raise ConfigError(f"the ray executor needs Ray; it fails to import: {error}") from None
 
         self._ray = ray
         self.workers = workers

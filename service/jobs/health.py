@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ciess_core.errors import CiessError
 from service.jobs.store import worker_fresh_seconds, worker_name
 from service.settings import load_settings
 
@@ -39,10 +40,14 @@ def newest_heartbeat(store: Path, host: str) -> float | None:
 
 
 def main() -> int:
-    settings = load_settings(os.environ)
-    host = worker_name().rsplit(":", 1)[0]
-    stale = max(LEAST_STALE_SECONDS, worker_fresh_seconds(settings.poll_seconds))
-    beat = newest_heartbeat(settings.job_db_path, host)
+    try:
+        settings = load_settings(os.environ)
+        host = worker_name().rsplit(":", 1)[0]
+        stale = max(LEAST_STALE_SECONDS, worker_fresh_seconds(settings.poll_seconds))
+        beat = newest_heartbeat(settings.job_db_path, host)
+    except (CiessError, sqlite3.Error) as error:  # bad settings, a locked or older store
+        print(f"unhealthy: {error}")
+        return 1
     if beat is None:
         print(f"unhealthy: no worker of {host} in {settings.job_db_path}")
         return 1

@@ -23,6 +23,7 @@ import uvicorn
 
 from ciess_core.cli import build_parser
 from service import api_processes, cli
+from service.api_processes import listening_sockets
 from service.cli import (
     _export_settings,
     run_serve_command,
@@ -68,9 +69,9 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Served]:
     monkeypatch.setattr(signal, "signal", lambda *arguments: None)
     seen = _Served()
 
-    def listening(host: str, port: int) -> socket.socket:
+    def listening(host: str, port: int) -> list[socket.socket]:
         seen.addresses.append((host, port))
-        return socket.socket()  # unbound: only closed
+        return [socket.socket()]  # unbound: only closed
 
     class Server:
         started = True
@@ -81,7 +82,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Served]:
         def run(self, sockets: list[socket.socket]) -> None:
             assert len(sockets) == 1
 
-    monkeypatch.setattr(cli, "listening_socket", listening)
+    monkeypatch.setattr(cli, "listening_sockets", listening)
     monkeypatch.setattr(uvicorn, "Config", lambda app, **options: {"app": app, **options})
     monkeypatch.setattr(uvicorn, "Server", Server)
     yield seen
@@ -438,3 +439,21 @@ def test_unknown_ciess_variables_are_named_in_a_warning_at_start(
     (record,) = caplog.records
     assert record.levelno == logging.WARNING
     assert "CIESS_STAT_DIR (did you mean CIESS_STATE_DIR?)" in record.getMessage()
+
+
+def test_one_api_process_listens_on_every_address_of_its_host_name() -> None:
+    """As uvicorn did when it bound the host itself: ``localhost`` may be 127.0.0.1 and ::1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    found = {info[4][0] for info in socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)}
+    sockets = listening_sockets("localhost", port)
+    try:
+        assert {bound.getsockname()[0] for bound in sockets} == found
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+        with pytest.raises(OSError):  # taken now: nothing is left open by the failed call
+            listening_sockets("localhost", port)
+    finally:
+        for bound in sockets:
+            bound.close()

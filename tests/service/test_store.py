@@ -359,3 +359,6 @@ def test_the_worker_health_check_reads_this_containers_heartbeat(
         connection.execute("UPDATE workers SET heartbeat_at = heartbeat_at - 3600")
     assert health.main() == 1
     assert "is 3600 s old (over 60 s)" in capsys.readouterr().out
+    monkeypatch.setenv("CIESS_POLL_SECONDS", "often")  # bad settings: one line, no traceback
+    assert health.main() == 1
+    assert capsys.readouterr().out.startswith("unhealthy: ")
