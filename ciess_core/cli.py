@@ -144,12 +144,9 @@ def _export(arguments: argparse.Namespace) -> int:
     from ciess_core.artifact.export import ExportOptions, export_run
     from ciess_core.artifact.reader import load_artifact
     from ciess_core.artifact.summary import summarize
+    from ciess_core.run_folder import run_folder
 
-    run_dir = Path(arguments.run_dir)  # before the data folder: the first mistake first
-    if run_dir.is_file():
-        raise ConfigError(f"{run_dir} is a file; name a run directory written by ciess train")
-    if not run_dir.is_dir():
-        raise ConfigError(f"run directory {run_dir} does not exist")
+    run_folder(arguments.run_dir)  # before the data folder: the first mistake first
     new_folder(Path(arguments.out), "--out")
     options = ExportOptions(
         value_dtype=arguments.value_type,
